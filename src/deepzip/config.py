@@ -1,0 +1,439 @@
+"""Typed, frozen configuration objects, validated on construction, with TOML in and out.
+
+One config per technique. Every value is checked in ``__post_init__`` and a bad one raises
+:class:`~deepzip.errors.ConfigError` naming the key and the value. Per-layer overrides select
+layers by name glob (``fnmatch`` syntax, matched against the module name such as ``features.0``
+or the parameter name such as ``features.0.weight``).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import tomli_w
+
+from deepzip._atomic import atomic_write_text
+from deepzip.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "LayerOverride",
+    "PruneConfig",
+    "PruneJob",
+    "RetrainConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "load_prune_job",
+    "load_toml",
+    "save_toml",
+]
+
+PruneScope = Literal["layer", "global"]
+ScheduleKind = Literal["steps", "agp", "oneshot"]
+OptimizerName = Literal["sgd", "adam", "adamw"]
+
+
+def _check_sparsity(key: str, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be a number in [0, 1), got {value!r}")
+    if not (0.0 <= float(value) < 1.0) or math.isnan(value):
+        raise ConfigError(f"{key} must be in [0, 1), got {value!r}")
+
+
+def _check_quality(key: str, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be a non-negative number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{key} must be a finite number >= 0, got {value!r}")
+
+
+def _check_patterns(key: str, value: tuple[str, ...]) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(p, str) and p for p in value):
+        raise ConfigError(f"{key} must be a list of non-empty glob strings, got {value!r}")
+
+
+@dataclass(frozen=True)
+class LayerOverride:
+    """Per-layer settings for the layers whose name matches ``pattern``.
+
+    Attributes:
+        pattern: fnmatch glob matched against module and parameter names. It must match at
+            least one selected layer, otherwise pruning raises ``ConfigError``.
+        sparsity: target fraction of weights removed in the matching layers.
+        quality: threshold multiplier; weights with ``|w| < quality * std(w)`` are removed.
+        skip: leave the matching layers unpruned (recorded in the report as skipped).
+    """
+
+    pattern: str
+    sparsity: float | None = None
+    quality: float | None = None
+    skip: bool = False
+
+    def __post_init__(self) -> None:
+        key = f"overrides[{self.pattern!r}]"
+        if not isinstance(self.pattern, str) or not self.pattern:
+            raise ConfigError(f"override pattern must be a non-empty glob, got {self.pattern!r}")
+        _check_sparsity(f"{key}.sparsity", self.sparsity)
+        _check_quality(f"{key}.quality", self.quality)
+        if self.sparsity is not None and self.quality is not None:
+            raise ConfigError(f"{key}: give sparsity or quality, not both")
+        if not self.skip and self.sparsity is None and self.quality is None:
+            raise ConfigError(f"{key}: set sparsity, quality or skip = true")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Magnitude pruning.
+
+    Exactly one of ``sparsity`` and ``quality`` sets the default threshold of every selected
+    layer; ``overrides`` change it per layer.
+
+    Attributes:
+        sparsity: fraction of each layer's weights to remove, in [0, 1).
+        quality: Han et al.'s rule: remove weights with ``|w| < quality * std(layer weights)``.
+            The standard deviation is that of the dense layer when pruning first attached.
+        scope: ``"layer"`` ranks weights within each layer; ``"global"`` ranks all selected
+            weights together (one threshold across layers; needs ``sparsity``).
+        include: globs; when given, only matching layers/parameters are pruned. A glob may name
+            any floating-point parameter with at least two dimensions, such as a
+            ``MultiheadAttention``'s ``in_proj_weight``.
+        exclude: globs of layers/parameters never pruned.
+        overrides: per-layer sparsity/quality/skip, the last matching override wins.
+    """
+
+    sparsity: float | None = None
+    quality: float | None = None
+    scope: PruneScope = "layer"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    overrides: tuple[LayerOverride, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_sparsity("prune.sparsity", self.sparsity)
+        _check_quality("prune.quality", self.quality)
+        if (self.sparsity is None) == (self.quality is None):
+            raise ConfigError(
+                "prune: give exactly one of sparsity and quality, got "
+                f"sparsity={self.sparsity!r}, quality={self.quality!r}"
+            )
+        if self.scope not in ("layer", "global"):
+            raise ConfigError(f"prune.scope must be 'layer' or 'global', got {self.scope!r}")
+        if self.scope == "global" and self.sparsity is None:
+            raise ConfigError("prune.scope = 'global' needs prune.sparsity, not quality")
+        if self.scope == "global" and any(not o.skip for o in self.overrides):
+            raise ConfigError("prune.scope = 'global' sets one threshold; overrides may only skip")
+        _check_patterns("prune.include", self.include)
+        _check_patterns("prune.exclude", self.exclude)
+        if not isinstance(self.overrides, tuple) or not all(
+            isinstance(o, LayerOverride) for o in self.overrides
+        ):
+            raise ConfigError(f"prune.overrides must be LayerOverride items, got {self.overrides!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PruneConfig:
+        """Build from a TOML/JSON table; unknown keys raise ``ConfigError``."""
+        data = dict(data)
+        raw_overrides = data.pop("overrides", [])
+        if not isinstance(raw_overrides, list):
+            raise ConfigError(f"prune.overrides must be a list of tables, got {raw_overrides!r}")
+        overrides = tuple(
+            _build(LayerOverride, o, f"prune.overrides[{i}]") for i, o in enumerate(raw_overrides)
+        )
+        for key in ("include", "exclude"):
+            if key in data:
+                data[key] = _as_str_tuple(f"prune.{key}", data[key])
+        return _build(cls, {**data, "overrides": overrides}, "prune")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML/JSON form (``None`` values omitted)."""
+        out = _as_dict(self)
+        out["overrides"] = [_as_dict(o) for o in self.overrides]
+        out["include"] = list(self.include)
+        out["exclude"] = list(self.exclude)
+        return out
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """How the final sparsity is reached over iterative prune → retrain steps.
+
+    Every step applies a *progress* fraction of each layer's final target (its sparsity, or
+    its quality multiplier): layers with different targets advance together.
+
+    Attributes:
+        kind: ``"steps"`` uses ``steps`` as given; ``"agp"`` is Zhu & Gupta's polynomial
+            schedule ``1 - (1 - i/n)^3`` over ``n_steps``; ``"oneshot"`` prunes once.
+        steps: increasing progress fractions in (0, 1], the last one 1.0 (``kind="steps"``).
+        n_steps: number of steps for ``kind="agp"``.
+    """
+
+    kind: ScheduleKind = "steps"
+    steps: tuple[float, ...] = (0.5, 0.75, 0.875, 1.0)
+    n_steps: int = 5
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("steps", "agp", "oneshot"):
+            raise ConfigError(
+                f"schedule.kind must be 'steps', 'agp' or 'oneshot', got {self.kind!r}"
+            )
+        if isinstance(self.n_steps, bool) or not isinstance(self.n_steps, int):
+            raise ConfigError(f"schedule.n_steps must be an integer, got {self.n_steps!r}")
+        if self.n_steps < 1:
+            raise ConfigError(f"schedule.n_steps must be >= 1, got {self.n_steps!r}")
+        if self.kind == "steps":
+            s = self.steps
+            if not isinstance(s, tuple) or not s:
+                raise ConfigError(f"schedule.steps must be a non-empty list, got {s!r}")
+            for v in s:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+                    raise ConfigError(f"schedule.steps values must be in (0, 1], got {v!r}")
+            if any(b <= a for a, b in zip(s, s[1:], strict=False)):
+                raise ConfigError(f"schedule.steps must increase strictly, got {list(s)!r}")
+            if s[-1] != 1.0:
+                raise ConfigError(f"schedule.steps must end at 1.0 (the target), got {s[-1]!r}")
+
+    def fractions(self) -> tuple[float, ...]:
+        """Progress fraction of the final target at each step (last is 1.0)."""
+        if self.kind == "oneshot":
+            return (1.0,)
+        if self.kind == "agp":
+            n = self.n_steps
+            return tuple(1.0 - (1.0 - i / n) ** 3 for i in range(1, n + 1))
+        return tuple(float(v) for v in self.steps)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScheduleConfig:
+        """Build from a TOML/JSON table; unknown keys raise ``ConfigError``."""
+        data = dict(data)
+        if "steps" in data:
+            if not isinstance(data["steps"], list):
+                raise ConfigError(f"schedule.steps must be a list, got {data['steps']!r}")
+            data["steps"] = tuple(data["steps"])
+        return _build(cls, data, "schedule")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML/JSON form."""
+        out = _as_dict(self)
+        out["steps"] = list(self.steps)
+        return out
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Retraining after each pruning step.
+
+    Attributes:
+        epochs: epochs of retraining after each pruning step.
+        final_epochs: extra epochs after the last step.
+        lr: base learning rate (that of dense training).
+        lr_scale: retraining uses ``lr * lr_scale`` (the paper: 1/10 for LeNet).
+        optimizer: ``"sgd"`` (momentum 0.9), ``"adam"`` or ``"adamw"``.
+        weight_decay: L2 / decoupled weight decay.
+        batch_size: mini-batch size.
+        scale_dropout: scale dropout rates by ``sqrt(kept / original)`` (Han et al. 2015).
+    """
+
+    epochs: int = 2
+    final_epochs: int = 2
+    lr: float = 0.01
+    lr_scale: float = 0.1
+    optimizer: OptimizerName = "sgd"
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    scale_dropout: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "final_epochs", "batch_size"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "batch_size" else 0):
+                raise ConfigError(f"retrain.{key} must be a non-negative integer, got {v!r}")
+        for key in ("lr", "lr_scale"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                math.isfinite(v) and v > 0
+            ):
+                raise ConfigError(f"retrain.{key} must be a positive number, got {v!r}")
+        wd = self.weight_decay
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not (
+            math.isfinite(wd) and wd >= 0
+        ):
+            raise ConfigError(f"retrain.weight_decay must be >= 0, got {wd!r}")
+        if self.optimizer not in ("sgd", "adam", "adamw"):
+            raise ConfigError(
+                f"retrain.optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}"
+            )
+
+    @property
+    def retrain_lr(self) -> float:
+        """The learning rate used while retraining."""
+        return float(self.lr * self.lr_scale)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RetrainConfig:
+        """Build from a TOML/JSON table; unknown keys raise ``ConfigError``."""
+        return _build(cls, dict(data), "retrain")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML/JSON form."""
+        return _as_dict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Dense training of a model (the baseline that compression starts from).
+
+    Attributes:
+        epochs: training epochs.
+        lr: peak learning rate.
+        optimizer: ``"sgd"`` (momentum 0.9), ``"adam"`` or ``"adamw"``.
+        weight_decay: L2 / decoupled weight decay.
+        batch_size: mini-batch size.
+        schedule: ``"cosine"`` anneals the learning rate to zero over the epochs;
+            ``"constant"`` keeps it.
+        seed: seeds weight initialisation and data order.
+    """
+
+    epochs: int = 6
+    lr: float = 0.05
+    optimizer: OptimizerName = "sgd"
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    schedule: Literal["cosine", "constant"] = "cosine"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "seed"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "batch_size" else 0):
+                raise ConfigError(f"train.{key} must be a non-negative integer, got {v!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (
+            math.isfinite(self.lr) and self.lr > 0
+        ):
+            raise ConfigError(f"train.lr must be a positive number, got {self.lr!r}")
+        wd = self.weight_decay
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not (
+            math.isfinite(wd) and wd >= 0
+        ):
+            raise ConfigError(f"train.weight_decay must be >= 0, got {wd!r}")
+        if self.optimizer not in ("sgd", "adam", "adamw"):
+            raise ConfigError(
+                f"train.optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}"
+            )
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(
+                f"train.schedule must be 'cosine' or 'constant', got {self.schedule!r}"
+            )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build from a TOML/JSON table; unknown keys raise ``ConfigError``."""
+        return _build(cls, dict(data), "train")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML/JSON form."""
+        return _as_dict(self)
+
+
+@dataclass(frozen=True)
+class PruneJob:
+    """An iterative pruning job: what to prune, the schedule, and how to retrain."""
+
+    prune: PruneConfig
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PruneJob:
+        """Build from a table with ``[prune]``, ``[schedule]`` and ``[retrain]`` sub-tables."""
+        unknown = sorted(set(data) - {"prune", "schedule", "retrain"})
+        if unknown:
+            raise ConfigError(
+                f"unknown section {unknown[0]!r}; expected 'prune', 'schedule' or 'retrain'"
+            )
+        if "prune" not in data:
+            raise ConfigError("a pruning recipe needs a [prune] section")
+        return cls(
+            prune=PruneConfig.from_dict(_table(data, "prune")),
+            schedule=ScheduleConfig.from_dict(_table(data, "schedule")),
+            retrain=RetrainConfig.from_dict(_table(data, "retrain")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML/JSON form."""
+        return {
+            "prune": self.prune.to_dict(),
+            "schedule": self.schedule.to_dict(),
+            "retrain": self.retrain.to_dict(),
+        }
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file; a syntax error becomes ``ConfigError`` naming the file."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"recipe file not found: {p}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
+
+
+def save_toml(data: Mapping[str, Any], path: str | Path) -> None:
+    """Write a mapping as TOML (atomically: temp file then rename)."""
+    atomic_write_text(path, tomli_w.dumps(dict(data)))
+
+
+def load_prune_job(path: str | Path) -> PruneJob:
+    """Load a pruning recipe (``[prune]``, ``[schedule]``, ``[retrain]``) from TOML."""
+    try:
+        return PruneJob.from_dict(load_toml(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+_T = TypeVar("_T")
+
+
+def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"[{key}] must be a table, got {value!r}")
+    return value
+
+
+def _build(cls: type[_T], data: Mapping[str, Any], where: str) -> _T:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a table, got {data!r}")
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(names))})"
+        )
+    return cls(**data)
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj) if getattr(obj, f.name) is not None}
+
+
+def _as_str_tuple(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list):
+        raise ConfigError(f"{key} must be a list of globs, got {value!r}")
+    return tuple(value)

@@ -1,0 +1,23 @@
+"""File I/O: training checkpoints (safetensors with masks)."""
+
+from __future__ import annotations
+
+from deepzip.format.checkpoint import (
+    CHECKPOINT_VERSION,
+    MASK_PREFIX,
+    Checkpoint,
+    load_checkpoint,
+    plain_state_dict,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "MASK_PREFIX",
+    "Checkpoint",
+    "load_checkpoint",
+    "plain_state_dict",
+    "read_checkpoint",
+    "save_checkpoint",
+]

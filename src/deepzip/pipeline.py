@@ -1,0 +1,195 @@
+"""Running compression stages on a model and a data set.
+
+This module joins the layers below it: a zoo or user model, a data set split into
+train/validation/test, the training harness, and the pruning stage. Validation accuracy (never
+the test set) is what steps are judged by; test accuracy is reported at the ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from deepzip.config import PruneJob, RetrainConfig, TrainConfig
+from deepzip.datasets import DataSplits, ImageDataset, TensorLoader
+from deepzip.prune import PruneReport, StepRecord, iterative_prune
+from deepzip.train import Callback, FitHistory, evaluate, fit, make_optimizer, seed_everything
+
+__all__ = [
+    "Loaders",
+    "PruneOutcome",
+    "accuracy_fn",
+    "make_loaders",
+    "prune_with_retraining",
+    "train_dense",
+]
+
+
+@dataclass(frozen=True)
+class Loaders:
+    """Batch iterators over the three splits (validation may be ``None``)."""
+
+    train: TensorLoader
+    val: TensorLoader | None
+    test: TensorLoader
+
+
+def _loader(ds: ImageDataset, batch_size: int, *, shuffle: bool, seed: int) -> TensorLoader:
+    return TensorLoader(ds.images, ds.labels, batch_size, shuffle=shuffle, seed=seed)
+
+
+def make_loaders(data: DataSplits, batch_size: int, *, seed: int = 0) -> Loaders:
+    """Shuffled training batches; fixed-order evaluation batches (size 1000)."""
+    return Loaders(
+        train=_loader(data.train, batch_size, shuffle=True, seed=seed),
+        val=_loader(data.val, 1000, shuffle=False, seed=seed) if len(data.val) else None,
+        test=_loader(data.test, 1000, shuffle=False, seed=seed),
+    )
+
+
+def accuracy_fn(
+    loader: TensorLoader, device: torch.device | None = None
+) -> Callable[[nn.Module], float]:
+    """``evaluate(model) -> accuracy`` on one loader, for schedules and sensitivity."""
+
+    def _evaluate(model: nn.Module) -> float:
+        return evaluate(model, loader, device=device).accuracy
+
+    return _evaluate
+
+
+def _scheduler(
+    optimizer: torch.optim.Optimizer, kind: str, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if kind == "cosine" and epochs > 0:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    return None
+
+
+def train_dense(
+    model: nn.Module,
+    data: DataSplits,
+    config: TrainConfig,
+    *,
+    device: torch.device | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> FitHistory:
+    """Train ``model`` from its current weights on ``data.train`` (validation each epoch)."""
+    seed_everything(config.seed)
+    loaders = make_loaders(data, config.batch_size, seed=config.seed)
+    optimizer = make_optimizer(
+        model.parameters(), config.optimizer, config.lr, weight_decay=config.weight_decay
+    )
+    return fit(
+        model,
+        loaders.train,
+        optimizer=optimizer,
+        epochs=config.epochs,
+        device=device,
+        scheduler=_scheduler(optimizer, config.schedule, config.epochs),
+        callbacks=callbacks,
+        eval_loader=loaders.val,
+        seed=config.seed,
+    )
+
+
+def _retrain(
+    model: nn.Module,
+    loaders: Loaders,
+    config: RetrainConfig,
+    epochs: int,
+    *,
+    device: torch.device | None,
+    callbacks: Sequence[Callback],
+    seed: int,
+) -> None:
+    if epochs == 0:
+        return
+    optimizer = make_optimizer(
+        model.parameters(), config.optimizer, config.retrain_lr, weight_decay=config.weight_decay
+    )
+    fit(
+        model,
+        loaders.train,
+        optimizer=optimizer,
+        epochs=epochs,
+        device=device,
+        callbacks=callbacks,
+        eval_loader=loaders.val,
+        seed=seed,
+    )
+
+
+@dataclass(frozen=True)
+class PruneOutcome:
+    """The result of :func:`prune_with_retraining`."""
+
+    report: PruneReport
+    steps: tuple[StepRecord, ...]
+    test_acc_before: float
+    test_acc_after: float
+    val_acc_before: float | None
+    val_acc_after: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "test_acc_before": self.test_acc_before,
+            "test_acc_after": self.test_acc_after,
+            "val_acc_before": self.val_acc_before,
+            "val_acc_after": self.val_acc_after,
+            "report": self.report.to_dict(),
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+
+def prune_with_retraining(
+    model: nn.Module,
+    data: DataSplits,
+    job: PruneJob,
+    *,
+    device: torch.device | None = None,
+    callbacks: Sequence[Callback] = (),
+    on_step: Callable[[StepRecord], None] | None = None,
+    seed: int = 0,
+) -> PruneOutcome:
+    """Iterative magnitude pruning with retraining at a reduced learning rate.
+
+    After each step of ``job.schedule`` the model is retrained for ``job.retrain.epochs``
+    epochs at ``lr * lr_scale``; after the last step, for ``job.retrain.final_epochs`` more.
+    Masks stay attached to ``model`` on return.
+    """
+    seed_everything(seed)
+    loaders = make_loaders(data, job.retrain.batch_size, seed=seed)
+    test_acc = accuracy_fn(loaders.test, device)
+    val_acc = accuracy_fn(loaders.val, device) if loaders.val is not None else None
+    before_test = test_acc(model)
+    before_val = val_acc(model) if val_acc is not None else None
+    n_steps = len(job.schedule.fractions())
+
+    def retrain(m: nn.Module, step: int) -> None:
+        epochs = job.retrain.epochs + (job.retrain.final_epochs if step == n_steps - 1 else 0)
+        _retrain(
+            m, loaders, job.retrain, epochs, device=device, callbacks=callbacks, seed=seed + step
+        )
+
+    report, steps = iterative_prune(
+        model,
+        job.prune,
+        job.schedule,
+        retrain,
+        evaluate=val_acc,
+        scale_dropout=job.retrain.scale_dropout,
+        on_step=on_step,
+    )
+    return PruneOutcome(
+        report=report,
+        steps=tuple(steps),
+        test_acc_before=before_test,
+        test_acc_after=test_acc(model),
+        val_acc_before=before_val,
+        val_acc_after=val_acc(model) if val_acc is not None else None,
+    )

@@ -1,0 +1,149 @@
+"""Pure mask functions: tensors in, boolean keep-masks out. No module walking here.
+
+A mask is a ``torch.bool`` tensor of the weight's shape; ``True`` keeps the weight. Positions
+already pruned (``current`` mask ``False``) stay pruned: they rank below every live weight.
+Ties at the threshold are broken by position (stable sort), so masks are deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from deepzip.errors import ConfigError, InvalidTensorError
+
+__all__ = [
+    "check_finite",
+    "global_magnitude_masks",
+    "quality_mask",
+    "sparsity_mask",
+]
+
+
+def check_finite(name: str, weight: torch.Tensor) -> None:
+    """Raise ``InvalidTensorError`` naming the tensor if it holds NaN or infinity."""
+    finite = torch.isfinite(weight)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        first = int((~finite).flatten().nonzero()[0])
+        value = float(weight.detach().flatten()[first])
+        raise InvalidTensorError(
+            f"{name}: {bad} non-finite value(s) in the weights (first at flat index {first}: "
+            f"{value}); cannot rank weights by magnitude"
+        )
+
+
+def _check_sparsity(sparsity: float) -> None:
+    if not (0.0 <= sparsity < 1.0) or math.isnan(sparsity):
+        raise ConfigError(f"sparsity must be in [0, 1), got {sparsity!r}")
+
+
+def _scores(weight: torch.Tensor, current: torch.Tensor | None) -> torch.Tensor:
+    scores = weight.detach().abs().flatten().to(torch.float64)
+    if current is not None:
+        if current.shape != weight.shape:
+            raise InvalidTensorError(
+                f"mask shape {tuple(current.shape)} does not match weight {tuple(weight.shape)}"
+            )
+        scores = scores.masked_fill(~current.flatten().to(scores.device), -1.0)
+    return scores
+
+
+def sparsity_mask(
+    weight: torch.Tensor,
+    sparsity: float,
+    current: torch.Tensor | None = None,
+    *,
+    name: str = "weight",
+) -> torch.Tensor:
+    """Keep the largest-magnitude ``1 - sparsity`` fraction of ``weight``.
+
+    Exactly ``round(sparsity * numel)`` weights are removed, or the already pruned ones if more.
+
+    Args:
+        weight: any-shape floating-point tensor.
+        sparsity: fraction to remove, in [0, 1).
+        current: an existing keep-mask; pruned positions never come back.
+        name: tensor name used in error messages.
+
+    Returns:
+        A boolean keep-mask of ``weight``'s shape, on ``weight``'s device.
+    """
+    _check_sparsity(sparsity)
+    check_finite(name, weight)
+    n = weight.numel()
+    n_prune = int(round(sparsity * n))
+    scores = _scores(weight, current)
+    if current is not None:
+        n_prune = max(n_prune, n - int(current.sum()))
+    keep = torch.ones(n, dtype=torch.bool, device=weight.device)
+    if n_prune > 0:
+        order = torch.sort(scores, stable=True).indices
+        keep[order[:n_prune]] = False
+    return keep.view(weight.shape)
+
+
+def quality_mask(
+    weight: torch.Tensor,
+    quality: float,
+    std: float,
+    current: torch.Tensor | None = None,
+    *,
+    name: str = "weight",
+) -> torch.Tensor:
+    """Han et al.'s rule: remove weights with ``|w| < quality * std``.
+
+    Args:
+        weight: any-shape floating-point tensor.
+        quality: threshold multiplier, >= 0.
+        std: the layer's reference standard deviation (of the dense weights).
+        current: an existing keep-mask; pruned positions never come back.
+        name: tensor name used in error messages.
+    """
+    if not math.isfinite(quality) or quality < 0:
+        raise ConfigError(f"quality must be a finite number >= 0, got {quality!r}")
+    check_finite(name, weight)
+    keep = weight.detach().abs() >= quality * std
+    if current is not None:
+        keep &= current.to(keep.device)
+    return keep
+
+
+def global_magnitude_masks(
+    weights: Mapping[str, torch.Tensor],
+    sparsity: float,
+    current: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """One magnitude threshold across all tensors: remove the ``sparsity`` fraction overall.
+
+    Args:
+        weights: name → tensor; all are ranked together.
+        sparsity: overall fraction to remove, in [0, 1).
+        current: name → existing keep-mask (optional per name).
+
+    Returns:
+        name → keep-mask.
+    """
+    _check_sparsity(sparsity)
+    if not weights:
+        return {}
+    current = current or {}
+    names = list(weights)
+    for n in names:
+        check_finite(n, weights[n])
+    device = next(iter(weights.values())).device
+    scores = torch.cat([_scores(weights[n], current.get(n)).to(device) for n in names])
+    total = scores.numel()
+    n_prune = max(int(round(sparsity * total)), int((scores < 0).sum()))
+    keep = torch.ones(total, dtype=torch.bool, device=device)
+    if n_prune > 0:
+        keep[torch.sort(scores, stable=True).indices[:n_prune]] = False
+    out: dict[str, torch.Tensor] = {}
+    offset = 0
+    for n in names:
+        w = weights[n]
+        out[n] = keep[offset : offset + w.numel()].view(w.shape).to(w.device)
+        offset += w.numel()
+    return out

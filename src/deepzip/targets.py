@@ -1,0 +1,216 @@
+"""The one place that walks a module and decides which parameters are compressed.
+
+By default the ``weight`` of every ``Linear``, ``Conv1d/2d/3d`` and ``Embedding`` is a target.
+``include`` globs restrict the selection and may add any floating-point parameter with at least
+two dimensions (for example a ``MultiheadAttention``'s ``in_proj_weight``); ``exclude`` globs
+remove. Every parameter that is not selected is recorded with its reason, so nothing is skipped
+silently. Globs use ``fnmatch`` syntax and are matched against both the module name
+(``encoder.layers.0.linear1``) and the parameter name (``encoder.layers.0.linear1.weight``).
+A glob that matches nothing is an error: it is almost always a typo.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from deepzip.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_LAYER_TYPES",
+    "Skipped",
+    "Target",
+    "TargetSelection",
+    "check_patterns_match",
+    "matches",
+    "select_targets",
+]
+
+DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.Embedding,
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One parameter selected for compression.
+
+    Attributes:
+        name: full parameter name as in ``state_dict`` of the plain model (``fc1.weight``).
+        module_name: name of the owning module (``fc1``; ``""`` for the root).
+        param_name: attribute name on the owning module (``weight``).
+        module: the owning module.
+        layer_type: class name of the owning module (``Linear``).
+    """
+
+    name: str
+    module_name: str
+    param_name: str
+    module: nn.Module
+    layer_type: str
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The parameter's current value (masked/shared if a parametrization is attached)."""
+        value = getattr(self.module, self.param_name)
+        assert isinstance(value, torch.Tensor)
+        return value
+
+    @property
+    def numel(self) -> int:
+        """Number of elements."""
+        return int(self.tensor.numel())
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A parameter left out of compression, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class TargetSelection:
+    """The result of :func:`select_targets`."""
+
+    targets: tuple[Target, ...]
+    skipped: tuple[Skipped, ...]
+
+    def names(self) -> list[str]:
+        """Parameter names of the targets, in module order."""
+        return [t.name for t in self.targets]
+
+    def by_name(self, name: str) -> Target:
+        """The target with this parameter name (``KeyError`` if absent)."""
+        for t in self.targets:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+def matches(pattern: str, module_name: str, param_name: str) -> bool:
+    """Whether a glob matches a module name or its full parameter name."""
+    full = f"{module_name}.{param_name}" if module_name else param_name
+    return fnmatch.fnmatchcase(module_name, pattern) or fnmatch.fnmatchcase(full, pattern)
+
+
+def _named_params(model: nn.Module) -> Iterable[tuple[str, str, nn.Module, torch.Tensor]]:
+    """(module name, attribute name, module, tensor), seeing through parametrizations."""
+    for mod_name, module in model.named_modules():
+        if mod_name.endswith(".parametrizations") or ".parametrizations." in mod_name:
+            continue
+        seen: set[str] = set()
+        if parametrize.is_parametrized(module):
+            for attr in module.parametrizations:  # type: ignore[union-attr]
+                seen.add(attr)
+                yield mod_name, attr, module, getattr(module, attr)
+        for attr, param in module.named_parameters(recurse=False):
+            if attr not in seen:
+                yield mod_name, attr, module, param
+
+
+def select_targets(
+    model: nn.Module,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    layer_types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
+) -> TargetSelection:
+    """Pick the parameters to compress and record every other parameter with its reason.
+
+    Args:
+        model: any ``nn.Module``.
+        include: when non-empty, only parameters matching one of these globs are selected.
+        exclude: parameters matching one of these globs are never selected.
+        layer_types: module types whose ``weight`` is selected by default.
+
+    Returns:
+        The selected targets (module order) and the skipped parameters with reasons.
+
+    Raises:
+        ConfigError: a glob in ``include`` or ``exclude`` matches no parameter at all.
+    """
+    check_patterns_match(model, include, "include")
+    check_patterns_match(model, exclude, "exclude")
+    entries = list(_named_params(model))
+    aliases: dict[int, list[str]] = {}
+    for mod_name, attr, module, tensor in entries:
+        full = f"{mod_name}.{attr}" if mod_name else attr
+        aliases.setdefault(id(_underlying(module, attr, tensor)), []).append(full)
+    targets: list[Target] = []
+    skipped: list[Skipped] = []
+    for mod_name, attr, module, tensor in entries:
+        full = f"{mod_name}.{attr}" if mod_name else attr
+        names = aliases[id(_underlying(module, attr, tensor))]
+        if len(names) > 1:
+            others = ", ".join(n for n in names if n != full)
+            skipped.append(Skipped(full, f"tied to {others}; shared weights are not compressed"))
+            continue
+        reason = _skip_reason(module, mod_name, attr, tensor, include, exclude, layer_types)
+        if reason is None:
+            targets.append(Target(full, mod_name, attr, module, type(module).__name__))
+        else:
+            skipped.append(Skipped(full, reason))
+    return TargetSelection(tuple(targets), tuple(skipped))
+
+
+def _underlying(module: nn.Module, attr: str, tensor: torch.Tensor) -> torch.Tensor:
+    """The stored tensor behind an attribute (a parametrization's ``original``)."""
+    if parametrize.is_parametrized(module, attr):
+        original = module.parametrizations[attr].original  # type: ignore[union-attr,index]
+        assert isinstance(original, torch.Tensor)
+        return original
+    return tensor
+
+
+def _skip_reason(
+    module: nn.Module,
+    mod_name: str,
+    attr: str,
+    tensor: torch.Tensor,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    layer_types: tuple[type[nn.Module], ...],
+) -> str | None:
+    for pattern in exclude:
+        if matches(pattern, mod_name, attr):
+            return f"excluded by pattern {pattern!r}"
+    explicitly_included = any(matches(p, mod_name, attr) for p in include)
+    if include and not explicitly_included:
+        return "not matched by any include pattern"
+    if not tensor.is_floating_point():
+        return f"not a floating-point tensor ({tensor.dtype})"
+    default_target = isinstance(module, layer_types) and attr == "weight"
+    if default_target:
+        return None
+    if explicitly_included:
+        if tensor.dim() < 2:
+            return f"included by pattern but has {tensor.dim()} dimension(s); only weights " \
+                   "with 2 or more dimensions are compressed"
+        return None
+    if attr == "bias" or tensor.dim() < 2:
+        return f"{type(module).__name__}.{attr}: bias/normalization vector (kept in float)"
+    return f"{type(module).__name__}.{attr}: not a default target type; name it in include"
+
+
+def check_patterns_match(model: nn.Module, patterns: Sequence[str], what: str) -> None:
+    """Raise ``ConfigError`` for a glob that matches no module or parameter of ``model``."""
+    if not patterns:
+        return
+    names = [(m, a) for m, a, _, _ in _named_params(model)]
+    for pattern in patterns:
+        if not any(matches(pattern, m, a) for m, a in names):
+            sample = ", ".join(sorted({m for m, _ in names if m})[:8])
+            raise ConfigError(
+                f"{what} pattern {pattern!r} matches no layer (layers include: {sample})"
+            )

@@ -1,0 +1,73 @@
+"""Shared fixtures: small models and seeded synthetic data (no network, no real data set)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class ResidualCNN(nn.Module):
+    """A small residual CNN with BatchNorm (stem, one block with a projection, head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.conv1 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.proj = nn.Conv2d(8, 16, 1, stride=2, bias=False)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn0(self.stem(x)))
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        x = torch.relu(y + self.proj(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class TinyTransformer(nn.Module):
+    """Embedding → 2-layer TransformerEncoder → LayerNorm → Linear classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.1,
+                                           batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(16)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(self.encoder(self.embed(x))).mean(dim=1))
+
+
+@pytest.fixture
+def resnet() -> ResidualCNN:
+    torch.manual_seed(0)
+    return ResidualCNN()
+
+
+@pytest.fixture
+def transformer() -> TinyTransformer:
+    torch.manual_seed(0)
+    return TinyTransformer()
+
+
+@pytest.fixture
+def mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 4))
+
+
+@pytest.fixture
+def blobs() -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded 4-class Gaussian-blob problem in 20 dimensions (1024 samples)."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(4, 20, generator=g) * 3
+    y = torch.randint(0, 4, (1024,), generator=g)
+    x = centers[y] + torch.randn(1024, 20, generator=g)
+    return x, y

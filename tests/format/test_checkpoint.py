@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from deepzip import (
+    CheckpointError,
+    LayerOverride,
+    PruneConfig,
+    load_checkpoint,
+    prune_,
+    read_checkpoint,
+    save_checkpoint,
+)
+from deepzip.prune import get_mask, mask_dict
+
+
+def _mlp() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 4))
+
+
+def test_mask_survives_save_load_round_trip(mlp: nn.Module, tmp_path: Path) -> None:
+    prune_(mlp, PruneConfig(quality=0.8, overrides=(LayerOverride("3", sparsity=0.5),)))
+    masks = mask_dict(mlp)
+    path = save_checkpoint(mlp, tmp_path / "p.safetensors", metadata={"note": "x"})
+    fresh = _mlp()
+    ckpt = load_checkpoint(fresh, path)
+    assert ckpt.metadata["note"] == "x"
+    loaded = mask_dict(fresh)
+    assert set(loaded) == set(masks)
+    for k in masks:
+        assert torch.equal(loaded[k], masks[k])
+    for a, b in zip(mlp.state_dict().values(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    m_old, m_new = get_mask(mlp[0]), get_mask(fresh[0])
+    assert m_old is not None and m_new is not None
+    assert float(m_new.reference_std) == float(m_old.reference_std)
+    # the mask still holds through training after loading
+    opt = torch.optim.SGD(fresh.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        fresh(torch.randn(8, 20)).sum().backward()
+        opt.step()
+    assert torch.count_nonzero(fresh[0].weight[~loaded["0.weight"]]) == 0
+
+
+def test_plain_names_readable_without_deepzip(mlp: nn.Module, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    prune_(mlp, PruneConfig(sparsity=0.5))
+    path = save_checkpoint(mlp, tmp_path / "p.safetensors")
+    raw = load_file(str(path))
+    assert set(raw) == {"0.weight", "0.bias", "3.weight", "3.bias",
+                        "__deepzip_mask__.0.weight", "__deepzip_mask__.3.weight"}
+    plain = _mlp()
+    plain.load_state_dict({k: v for k, v in raw.items() if not k.startswith("__")})
+    assert int((plain[0].weight == 0).sum()) == 640
+
+
+def test_keys_that_do_not_fit_the_model(mlp: nn.Module, tmp_path: Path) -> None:
+    path = save_checkpoint(mlp, tmp_path / "p.safetensors")
+    other = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 4))
+    with pytest.raises(CheckpointError, match=r"missing 2 key\(s\): 2.bias, 2.weight; "
+                                              r"unexpected 2 key\(s\): 3.bias, 3.weight"):
+        load_checkpoint(other, path)
+    wrong = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Dropout(), nn.Linear(32, 4))
+    with pytest.raises(CheckpointError, match=r"tensor '0.weight' has shape \(64, 20\), "
+                                              r"the model expects \(32, 20\) \(and 2 more\)"):
+        load_checkpoint(wrong, path)
+
+
+def test_pt_state_dict_read_with_weights_only(mlp: nn.Module, tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    torch.save({"state_dict": mlp.state_dict()}, path)
+    fresh = _mlp()
+    load_checkpoint(fresh, path)
+    assert torch.equal(fresh[0].weight, mlp[0].weight)
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        read_checkpoint(tmp_path / "evil.pt")
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        read_checkpoint(tmp_path / "none.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\xff" * 64)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        read_checkpoint(bad)
+    (tmp_path / "x.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="unknown checkpoint type '.ckpt'"):
+        read_checkpoint(tmp_path / "x.ckpt")
+
+
+def test_failed_write_leaves_no_file(mlp: nn.Module, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import deepzip.format.checkpoint as mod
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mod, "save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(mlp, tmp_path / "p.safetensors")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from deepzip.config import (
+    LayerOverride,
+    PruneConfig,
+    PruneJob,
+    RetrainConfig,
+    ScheduleConfig,
+    TrainConfig,
+    load_prune_job,
+    save_toml,
+)
+from deepzip.errors import ConfigError
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan"), "0.5", True])
+def test_sparsity_outside_range_is_rejected(bad: object) -> None:
+    with pytest.raises(ConfigError, match="sparsity"):
+        PruneConfig(sparsity=bad)  # type: ignore[arg-type]
+
+
+def test_exactly_one_threshold() -> None:
+    with pytest.raises(ConfigError, match="exactly one of sparsity and quality"):
+        PruneConfig()
+    with pytest.raises(ConfigError, match="exactly one"):
+        PruneConfig(sparsity=0.5, quality=1.0)
+    with pytest.raises(ConfigError, match="global"):
+        PruneConfig(quality=1.0, scope="global")
+
+
+def test_override_validation() -> None:
+    with pytest.raises(ConfigError, match=r"overrides\['fc1'\]\.sparsity must be in \[0, 1\)"):
+        LayerOverride("fc1", sparsity=1.2)
+    with pytest.raises(ConfigError, match="set sparsity, quality or skip"):
+        LayerOverride("fc1")
+
+
+def test_schedule_fractions() -> None:
+    assert ScheduleConfig(kind="oneshot").fractions() == (1.0,)
+    agp = ScheduleConfig(kind="agp", n_steps=4).fractions()
+    assert agp[-1] == 1.0
+    assert all(b > a for a, b in zip(agp, agp[1:], strict=False))
+    assert math.isclose(agp[0], 1 - 0.75**3)
+    with pytest.raises(ConfigError, match="end at 1.0"):
+        ScheduleConfig(steps=(0.5, 0.9))
+    with pytest.raises(ConfigError, match="increase strictly"):
+        ScheduleConfig(steps=(0.5, 0.5, 1.0))
+
+
+def test_retrain_and_train_validation() -> None:
+    assert RetrainConfig(lr=0.1, lr_scale=0.1).retrain_lr == pytest.approx(0.01)
+    with pytest.raises(ConfigError, match="retrain.lr must be a positive number"):
+        RetrainConfig(lr=0)
+    with pytest.raises(ConfigError, match="retrain.optimizer"):
+        RetrainConfig(optimizer="rmsprop")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="train.epochs"):
+        TrainConfig(epochs=-1)
+
+
+def test_toml_round_trip(tmp_path: Path) -> None:
+    job = PruneJob(
+        PruneConfig(sparsity=0.9, exclude=("head",),
+                    overrides=(LayerOverride("conv*", sparsity=0.5), LayerOverride("fc3", skip=True))),
+        ScheduleConfig(kind="agp", n_steps=3),
+        RetrainConfig(epochs=1, optimizer="adamw"),
+    )
+    path = tmp_path / "recipe.toml"
+    save_toml(job.to_dict(), path)
+    assert load_prune_job(path) == job
+
+
+def test_unknown_key_and_section_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "r.toml"
+    path.write_text("[prune]\nsparsity = 0.5\nsparsty = 0.9\n")
+    with pytest.raises(ConfigError, match="unknown key 'sparsty'"):
+        load_prune_job(path)
+    path.write_text("[prune]\nsparsity = 0.5\n[quantize]\nbits = 4\n")
+    with pytest.raises(ConfigError, match="unknown section 'quantize'"):
+        load_prune_job(path)
+    path.write_text("[prune]\nsparsity = 1.5\n")
+    with pytest.raises(ConfigError, match=r"r\.toml: prune\.sparsity must be in \[0, 1\), got 1\.5"):
+        load_prune_job(path)
+    path.write_text("[prune\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_prune_job(path)
