@@ -35,8 +35,7 @@ class TinyTransformer(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.embed = nn.Embedding(50, 16)
-        layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.1,
-                                           batch_first=True)
+        layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.1, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(16)
         self.out = nn.Linear(16, 3)

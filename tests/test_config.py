@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -44,9 +45,9 @@ def test_schedule_fractions() -> None:
     assert ScheduleConfig(kind="oneshot").fractions() == (1.0,)
     agp = ScheduleConfig(kind="agp", n_steps=4).fractions()
     assert agp[-1] == 1.0
-    assert all(b > a for a, b in zip(agp, agp[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(agp))
     assert math.isclose(agp[0], 1 - 0.75**3)
-    with pytest.raises(ConfigError, match="end at 1.0"):
+    with pytest.raises(ConfigError, match=r"end at 1.0"):
         ScheduleConfig(steps=(0.5, 0.9))
     with pytest.raises(ConfigError, match="increase strictly"):
         ScheduleConfig(steps=(0.5, 0.5, 1.0))
@@ -54,18 +55,21 @@ def test_schedule_fractions() -> None:
 
 def test_retrain_and_train_validation() -> None:
     assert RetrainConfig(lr=0.1, lr_scale=0.1).retrain_lr == pytest.approx(0.01)
-    with pytest.raises(ConfigError, match="retrain.lr must be a positive number"):
+    with pytest.raises(ConfigError, match=r"retrain\.lr must be a number > 0, got 0"):
         RetrainConfig(lr=0)
-    with pytest.raises(ConfigError, match="retrain.optimizer"):
+    with pytest.raises(ConfigError, match=r"retrain.optimizer"):
         RetrainConfig(optimizer="rmsprop")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="train.epochs"):
+    with pytest.raises(ConfigError, match=r"train.epochs"):
         TrainConfig(epochs=-1)
 
 
 def test_toml_round_trip(tmp_path: Path) -> None:
     job = PruneJob(
-        PruneConfig(sparsity=0.9, exclude=("head",),
-                    overrides=(LayerOverride("conv*", sparsity=0.5), LayerOverride("fc3", skip=True))),
+        PruneConfig(
+            sparsity=0.9,
+            exclude=("head",),
+            overrides=(LayerOverride("conv*", sparsity=0.5), LayerOverride("fc3", skip=True)),
+        ),
         ScheduleConfig(kind="agp", n_steps=3),
         RetrainConfig(epochs=1, optimizer="adamw"),
     )
@@ -83,7 +87,9 @@ def test_unknown_key_and_section_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown section 'quantize'"):
         load_prune_job(path)
     path.write_text("[prune]\nsparsity = 1.5\n")
-    with pytest.raises(ConfigError, match=r"r\.toml: prune\.sparsity must be in \[0, 1\), got 1\.5"):
+    with pytest.raises(
+        ConfigError, match=r"r\.toml: prune\.sparsity must be in \[0, 1\), got 1\.5"
+    ):
         load_prune_job(path)
     path.write_text("[prune\n")
     with pytest.raises(ConfigError, match="invalid TOML"):

@@ -11,11 +11,20 @@ from deepzip.targets import select_targets
 def test_resnet_selects_conv_and_linear_weights_only(resnet: nn.Module) -> None:
     sel = select_targets(resnet)
     assert sel.names() == [
-        "stem.weight", "conv1.weight", "conv2.weight", "proj.weight", "head.weight"
+        "stem.weight",
+        "conv1.weight",
+        "conv2.weight",
+        "proj.weight",
+        "head.weight",
     ]
     skipped = {s.name: s.reason for s in sel.skipped}
     assert set(skipped) == {
-        "bn0.weight", "bn0.bias", "bn1.weight", "bn1.bias", "bn2.weight", "bn2.bias",
+        "bn0.weight",
+        "bn0.bias",
+        "bn1.weight",
+        "bn1.bias",
+        "bn2.weight",
+        "bn2.bias",
         "head.bias",
     }
     assert "BatchNorm2d" in skipped["bn1.weight"]
@@ -26,8 +35,7 @@ def test_transformer_default_targets_and_reasons(transformer: nn.Module) -> None
     expected = ["embed.weight"]
     for i in range(2):
         p = f"encoder.layers.{i}"
-        expected += [f"{p}.self_attn.out_proj.weight", f"{p}.linear1.weight",
-                     f"{p}.linear2.weight"]
+        expected += [f"{p}.self_attn.out_proj.weight", f"{p}.linear1.weight", f"{p}.linear2.weight"]
     expected.append("out.weight")
     assert sorted(sel.names()) == sorted(expected)
     reasons = {s.name: s.reason for s in sel.skipped}
@@ -41,13 +49,18 @@ def test_transformer_default_targets_and_reasons(transformer: nn.Module) -> None
 
 def test_transformer_prune_touches_exactly_the_targets(transformer: nn.Module) -> None:
     before = {n: p.detach().clone() for n, p in transformer.named_parameters()}
-    report = prune_(transformer, PruneConfig(sparsity=0.5,
-                                             include=("*in_proj_weight", "*linear*", "out")))
+    report = prune_(
+        transformer, PruneConfig(sparsity=0.5, include=("*in_proj_weight", "*linear*", "out"))
+    )
     pruned = {r.name for r in report.layers}
     assert pruned == {
-        "encoder.layers.0.self_attn.in_proj_weight", "encoder.layers.1.self_attn.in_proj_weight",
-        "encoder.layers.0.linear1.weight", "encoder.layers.0.linear2.weight",
-        "encoder.layers.1.linear1.weight", "encoder.layers.1.linear2.weight", "out.weight",
+        "encoder.layers.0.self_attn.in_proj_weight",
+        "encoder.layers.1.self_attn.in_proj_weight",
+        "encoder.layers.0.linear1.weight",
+        "encoder.layers.0.linear2.weight",
+        "encoder.layers.1.linear1.weight",
+        "encoder.layers.1.linear2.weight",
+        "out.weight",
     }
     for name, old in before.items():
         owner, attr = name.rsplit(".", 1)

@@ -11,8 +11,9 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_text"]
 
 
 @contextmanager
@@ -35,12 +36,22 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``dest`` atomically (flushed and fsync'ed before the rename)."""
+@contextmanager
+def atomic_open(dest: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A writable binary stream whose content replaces ``dest`` only if the block succeeds.
+
+    The stream is flushed and fsync'ed before the rename.
+    """
     with atomic_path(dest) as tmp, tmp.open("wb") as fh:
-        fh.write(data)
+        yield fh
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``dest`` atomically."""
+    with atomic_open(dest) as fh:
+        fh.write(data)
     return Path(dest)
 
 

@@ -74,9 +74,11 @@ class _ProgressCallback(Callback):
 
     def on_batch_end(self, state: FitState) -> None:
         self.progress.update(
-            self.task, advance=1, description=(
+            self.task,
+            advance=1,
+            description=(
                 f"{self.label} epoch {state.epoch + 1}/{state.epochs} loss {state.epoch_loss:.4f}"
-            )
+            ),
         )
 
     def on_epoch_end(self, state: FitState) -> None:
@@ -119,8 +121,7 @@ def _model_for(args: argparse.Namespace, ckpt_path: str | None) -> str:
         name = read_checkpoint(ckpt_path).metadata.get("deepzip.model")
     if name is None:
         raise ConfigError(
-            "cannot tell the model architecture; pass --model "
-            f"({', '.join(model_names())})"
+            f"cannot tell the model architecture; pass --model ({', '.join(model_names())})"
         )
     return name
 
@@ -133,14 +134,27 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Modu
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS,
-                   help="data set (default: fashion-mnist)")
-    p.add_argument("--data-dir", default=None,
-                   help="directory with the four IDX files (default: auto-discover)")
-    p.add_argument("--val-size", type=int, default=5000,
-                   help="training images held out for validation (default: 5000)")
+    p.add_argument(
+        "--dataset",
+        default="fashion-mnist",
+        choices=DATASETS,
+        help="data set (default: fashion-mnist)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory with the four IDX files (default: auto-discover)",
+    )
+    p.add_argument(
+        "--val-size",
+        type=int,
+        default=5000,
+        help="training images held out for validation (default: 5000)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -218,16 +232,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     with _progress(not args.no_progress) as progress:
-        train_dense(model, data, config, device=device,
-                    callbacks=[_ProgressCallback(progress, "train")])
+        train_dense(
+            model, data, config, device=device, callbacks=[_ProgressCallback(progress, "train")]
+        )
     test = evaluate(model, make_loaders(data, 1000).test, device=device)
-    save_checkpoint(model, args.output, metadata={
-        "deepzip.model": args.model,
-        "deepzip.dataset": args.dataset,
-        "deepzip.test_accuracy": f"{test.accuracy:.6f}",
-    })
-    console.print(f"{args.model} on {args.dataset}: test accuracy {100 * test.accuracy:.2f}% "
-                  f"→ {args.output}")
+    save_checkpoint(
+        model,
+        args.output,
+        metadata={
+            "deepzip.model": args.model,
+            "deepzip.dataset": args.dataset,
+            "deepzip.test_accuracy": f"{test.accuracy:.6f}",
+        },
+    )
+    console.print(
+        f"{args.model} on {args.dataset}: test accuracy {100 * test.accuracy:.2f}% → {args.output}"
+    )
     return 0
 
 
@@ -239,20 +259,37 @@ def cmd_prune(args: argparse.Namespace) -> int:
     data = _data(args)
     with _progress(not args.no_progress) as progress:
         outcome = prune_with_retraining(
-            model, data, job, device=device, seed=args.seed,
-            callbacks=[_ProgressCallback(progress, "retrain")], on_step=_print_step,
+            model,
+            data,
+            job,
+            device=device,
+            seed=args.seed,
+            callbacks=[_ProgressCallback(progress, "retrain")],
+            on_step=_print_step,
         )
-    save_checkpoint(model, args.output, metadata={
-        "deepzip.model": name,
-        "deepzip.dataset": args.dataset,
-        "deepzip.recipe": json.dumps(job.to_dict(), sort_keys=True),
-        "deepzip.test_accuracy": f"{outcome.test_acc_after:.6f}",
-    })
+    save_checkpoint(
+        model,
+        args.output,
+        metadata={
+            "deepzip.model": name,
+            "deepzip.dataset": args.dataset,
+            "deepzip.recipe": json.dumps(job.to_dict(), sort_keys=True),
+            "deepzip.test_accuracy": f"{outcome.test_acc_after:.6f}",
+        },
+    )
     console.print(steps_table(outcome.steps))
-    console.print(prune_table(outcome.report, acc_before=outcome.test_acc_before,
-                              acc_after=outcome.test_acc_after, title=f"Pruned {name}"))
+    console.print(
+        prune_table(
+            outcome.report,
+            acc_before=outcome.test_acc_before,
+            acc_after=outcome.test_acc_after,
+            title=f"Pruned {name}",
+        )
+    )
     for s in outcome.report.skipped:
-        console.print(f"[dim]not pruned: {s.name} ({s.reason})[/dim]")
+        console.print(
+            f"not pruned: {s.name} ({s.reason})", style="dim", markup=False, soft_wrap=True
+        )
     if args.json is not None:
         atomic_write_text(args.json, json.dumps(outcome.to_dict(), indent=2) + "\n")
     console.print(f"pruned checkpoint → {args.output}")
@@ -272,20 +309,26 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         task = progress.add_task("sensitivity", total=None)
 
         def on_point(layer: str, sparsity: float, acc: float) -> None:
-            progress.update(task, advance=1,
-                            description=f"{layer} @ {100 * sparsity:.0f}%: {100 * acc:.2f}%")
+            progress.update(
+                task, advance=1, description=f"{layer} @ {100 * sparsity:.0f}%: {100 * acc:.2f}%"
+            )
 
         result = sensitivity_analysis(
-            model, accuracy_fn(loaders.val, device), sparsities=sweep,
-            include=tuple(args.include), exclude=tuple(args.exclude), on_point=on_point,
+            model,
+            accuracy_fn(loaders.val, device),
+            sparsities=sweep,
+            include=tuple(args.include),
+            exclude=tuple(args.exclude),
+            on_point=on_point,
         )
     result.save_json(args.output)
     plot_path = args.plot or str(Path(args.output).with_suffix(".png"))
     plot_sensitivity(result, plot_path)
     console.print(f"baseline validation accuracy {100 * result.baseline:.2f}%")
     for layer, sparsity in result.suggest(args.max_drop / 100).items():
-        console.print(f"  {layer}: prune up to {100 * sparsity:.0f}% within "
-                      f"{args.max_drop:g} point(s)")
+        console.print(
+            f"  {layer}: prune up to {100 * sparsity:.0f}% within {args.max_drop:g} point(s)"
+        )
     console.print(f"sensitivity → {args.output}, plot → {plot_path}")
     return 0
 
@@ -301,30 +344,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model = create_model("lenet-300-100").to(device)
     start = time.perf_counter()
     with _progress(not args.no_progress) as progress:
-        train_dense(model, data, TrainConfig(epochs=epochs, seed=0), device=device,
-                    callbacks=[_ProgressCallback(progress, "train")])
-        save_checkpoint(model, out / "dense.safetensors",
-                        metadata={"deepzip.model": "lenet-300-100"})
+        train_dense(
+            model,
+            data,
+            TrainConfig(epochs=epochs, seed=0),
+            device=device,
+            callbacks=[_ProgressCallback(progress, "train")],
+        )
+        save_checkpoint(
+            model, out / "dense.safetensors", metadata={"deepzip.model": "lenet-300-100"}
+        )
         job = PruneJob(
-            PruneConfig(sparsity=0.9, overrides=(
-                LayerOverride("fc1", sparsity=0.925), LayerOverride("fc3", sparsity=0.74))),
+            PruneConfig(
+                sparsity=0.9,
+                overrides=(
+                    LayerOverride("fc1", sparsity=0.925),
+                    LayerOverride("fc3", sparsity=0.74),
+                ),
+            ),
             ScheduleConfig(kind="steps", steps=(0.5, 0.75, 0.9, 1.0)),
             RetrainConfig(epochs=1, final_epochs=1 if args.quick else 3, lr=0.05, lr_scale=0.2),
         )
         outcome = prune_with_retraining(
-            model, data, job, device=device,
-            callbacks=[_ProgressCallback(progress, "retrain")], on_step=_print_step,
+            model,
+            data,
+            job,
+            device=device,
+            callbacks=[_ProgressCallback(progress, "retrain")],
+            on_step=_print_step,
         )
-    save_checkpoint(model, out / "pruned.safetensors",
-                    metadata={"deepzip.model": "lenet-300-100"})
+    save_checkpoint(model, out / "pruned.safetensors", metadata={"deepzip.model": "lenet-300-100"})
     console.print(steps_table(outcome.steps))
-    console.print(prune_table(outcome.report, acc_before=outcome.test_acc_before,
-                              acc_after=outcome.test_acc_after,
-                              title="LeNet-300-100 on Fashion-MNIST, pruned with retraining"))
+    console.print(
+        prune_table(
+            outcome.report,
+            acc_before=outcome.test_acc_before,
+            acc_after=outcome.test_acc_after,
+            title="LeNet-300-100 on Fashion-MNIST, pruned with retraining",
+        )
+    )
     ratio = 1 / outcome.report.kept_fraction
-    console.print(f"weights kept: {100 * outcome.report.kept_fraction:.2f}% "
-                  f"({ratio:.1f}× fewer); took {time.perf_counter() - start:.0f} s; "
-                  f"checkpoints in {out}/")
+    console.print(
+        f"weights kept: {100 * outcome.report.kept_fraction:.2f}% "
+        f"({ratio:.1f}× fewer); took {time.perf_counter() - start:.0f} s; "
+        f"checkpoints in {out}/"
+    )
     return 0
 
 
@@ -347,8 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a zoo model and write a safetensors checkpoint",
-                       description="Train a zoo model on a data set; write a checkpoint.")
+    p = sub.add_parser(
+        "train",
+        help="train a zoo model and write a safetensors checkpoint",
+        description="Train a zoo model on a data set; write a checkpoint.",
+    )
     p.add_argument("model", choices=model_names(), help="zoo model")
     p.add_argument("-o", "--output", required=True, help="output .safetensors checkpoint")
     p.add_argument("--epochs", type=int, default=6)
@@ -359,26 +426,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("prune", help="prune a checkpoint iteratively with retraining",
-                       description="Magnitude pruning with iterative retraining. Flags or a "
-                                   "TOML recipe ([prune], [schedule], [retrain]).")
+    p = sub.add_parser(
+        "prune",
+        help="prune a checkpoint iteratively with retraining",
+        description="Magnitude pruning with iterative retraining. Flags or a "
+        "TOML recipe ([prune], [schedule], [retrain]).",
+    )
     p.add_argument("checkpoint", help="input checkpoint (.safetensors, .pt, .pth)")
     p.add_argument("-o", "--output", required=True, help="output .safetensors checkpoint")
-    p.add_argument("--model", choices=model_names(), default=None,
-                   help="zoo architecture (default: read from the checkpoint)")
+    p.add_argument(
+        "--model",
+        choices=model_names(),
+        default=None,
+        help="zoo architecture (default: read from the checkpoint)",
+    )
     p.add_argument("--recipe", default=None, help="TOML recipe; replaces the pruning flags")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--sparsity", type=float, default=None, help="fraction removed per layer")
-    g.add_argument("--quality", type=float, default=None,
-                   help="remove |w| < quality × std(layer)")
+    g.add_argument("--quality", type=float, default=None, help="remove |w| < quality × std(layer)")
     p.add_argument("--scope", default="layer", choices=("layer", "global"))
     p.add_argument("--include", action="append", default=[], metavar="GLOB")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB")
-    p.add_argument("--override", action="append", default=[], metavar="GLOB=SPARSITY|skip",
-                   help="per-layer sparsity, e.g. --override 'conv1=0.34'")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="GLOB=SPARSITY|skip",
+        help="per-layer sparsity, e.g. --override 'conv1=0.34'",
+    )
     p.add_argument("--schedule", default="steps", choices=("steps", "agp", "oneshot"))
-    p.add_argument("--steps", default="0.5,0.75,0.875,1.0",
-                   help="progress fractions of the target (schedule=steps)")
+    p.add_argument(
+        "--steps",
+        default="0.5,0.75,0.875,1.0",
+        help="progress fractions of the target (schedule=steps)",
+    )
     p.add_argument("--n-steps", type=int, default=5, help="steps of the AGP schedule")
     p.add_argument("--retrain-epochs", type=int, default=2, help="epochs after each step")
     p.add_argument("--final-epochs", type=int, default=2, help="extra epochs at the end")
@@ -391,9 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("sensitivity", help="per-layer pruning sensitivity (JSON + PNG)",
-                       description="Prune one layer at a time over a sparsity sweep and "
-                                   "record validation accuracy.")
+    p = sub.add_parser(
+        "sensitivity",
+        help="per-layer pruning sensitivity (JSON + PNG)",
+        description="Prune one layer at a time over a sparsity sweep and "
+        "record validation accuracy.",
+    )
     p.add_argument("checkpoint")
     p.add_argument("-o", "--output", required=True, help="output JSON")
     p.add_argument("--plot", default=None, help="output PNG (default: next to the JSON)")
@@ -401,14 +485,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsities", default="0,0.3,0.5,0.6,0.7,0.8,0.85,0.9,0.93,0.95,0.97")
     p.add_argument("--include", action="append", default=[], metavar="GLOB")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB")
-    p.add_argument("--max-drop", type=float, default=1.0,
-                   help="accuracy budget (points) for the suggested per-layer sparsity")
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        default=1.0,
+        help="accuracy budget (points) for the suggested per-layer sparsity",
+    )
     _add_data_args(p)
     p.set_defaults(func=cmd_sensitivity)
 
-    p = sub.add_parser("demo", help="the built-in default: LeNet-300-100 on Fashion-MNIST",
-                       description="Train LeNet-300-100 on Fashion-MNIST, prune it iteratively "
-                                   "with retraining, print the per-layer table.")
+    p = sub.add_parser(
+        "demo",
+        help="the built-in default: LeNet-300-100 on Fashion-MNIST",
+        description="Train LeNet-300-100 on Fashion-MNIST, prune it iteratively "
+        "with retraining, print the per-layer table.",
+    )
     p.add_argument("--out-dir", default="runs/demo")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default=None)
@@ -418,7 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("download", help="download MNIST or Fashion-MNIST (needs a network)")
     p.add_argument("name", choices=DATASETS)
-    p.add_argument("--root", required=True, help="directory to write the IDX files to")
+    p.add_argument(
+        "--root",
+        default=None,
+        help="directory to write into (default: ~/.cache/deepzip, searched by deepzip)",
+    )
     p.set_defaults(func=cmd_download)
     return parser
 
@@ -427,13 +522,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deepzip`` command. Returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         code: int = args.func(args)
     except DeepZipError as exc:
         one_line = " ".join(str(exc).split())
-        err_console.print(f"deepzip: error: {one_line}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(
+            f"deepzip: error: {one_line}", markup=False, highlight=False, soft_wrap=True
+        )
         return 2
     except KeyboardInterrupt:
         err_console.print("deepzip: interrupted", markup=False)

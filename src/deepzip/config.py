@@ -8,6 +8,7 @@ or the parameter name such as ``features.0.weight``).
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ __all__ = [
 PruneScope = Literal["layer", "global"]
 ScheduleKind = Literal["steps", "agp", "oneshot"]
 OptimizerName = Literal["sgd", "adam", "adamw"]
+LRSchedule = Literal["cosine", "constant"]
 
 
 def _check_sparsity(key: str, value: float | None) -> None:
@@ -58,6 +60,26 @@ def _check_quality(key: str, value: float | None) -> None:
         raise ConfigError(f"{key} must be a non-negative number, got {value!r}")
     if not math.isfinite(value) or value < 0:
         raise ConfigError(f"{key} must be a finite number >= 0, got {value!r}")
+
+
+_OPTIMIZERS = ("sgd", "adam", "adamw")
+_LR_SCHEDULES = ("cosine", "constant")
+
+
+def _check_int(key: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_number(key: str, value: object, *, positive: bool) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not ok or (value <= 0 if positive else value < 0):  # type: ignore[operator]
+        raise ConfigError(f"{key} must be a number {'> 0' if positive else '>= 0'}, got {value!r}")
+
+
+def _check_choice(key: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 def _check_patterns(key: str, value: tuple[str, ...]) -> None:
@@ -140,7 +162,9 @@ class PruneConfig:
         if not isinstance(self.overrides, tuple) or not all(
             isinstance(o, LayerOverride) for o in self.overrides
         ):
-            raise ConfigError(f"prune.overrides must be LayerOverride items, got {self.overrides!r}")
+            raise ConfigError(
+                f"prune.overrides must be LayerOverride items, got {self.overrides!r}"
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PruneConfig:
@@ -200,7 +224,7 @@ class ScheduleConfig:
             for v in s:
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
                     raise ConfigError(f"schedule.steps values must be in (0, 1], got {v!r}")
-            if any(b <= a for a, b in zip(s, s[1:], strict=False)):
+            if any(b <= a for a, b in itertools.pairwise(s)):
                 raise ConfigError(f"schedule.steps must increase strictly, got {list(s)!r}")
             if s[-1] != 1.0:
                 raise ConfigError(f"schedule.steps must end at 1.0 (the target), got {s[-1]!r}")
@@ -244,6 +268,8 @@ class RetrainConfig:
         weight_decay: L2 / decoupled weight decay.
         batch_size: mini-batch size.
         scale_dropout: scale dropout rates by ``sqrt(kept / original)`` (Han et al. 2015).
+        schedule: learning rate within each retraining run: ``"constant"`` (the paper) or
+            ``"cosine"`` (annealed to zero over that run's epochs).
     """
 
     epochs: int = 2
@@ -254,26 +280,20 @@ class RetrainConfig:
     weight_decay: float = 0.0
     batch_size: int = 128
     scale_dropout: bool = True
+    schedule: LRSchedule = "constant"
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "final_epochs", "batch_size"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "batch_size" else 0):
-                raise ConfigError(f"retrain.{key} must be a non-negative integer, got {v!r}")
-        for key in ("lr", "lr_scale"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
-                math.isfinite(v) and v > 0
-            ):
-                raise ConfigError(f"retrain.{key} must be a positive number, got {v!r}")
-        wd = self.weight_decay
-        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not (
-            math.isfinite(wd) and wd >= 0
-        ):
-            raise ConfigError(f"retrain.weight_decay must be >= 0, got {wd!r}")
-        if self.optimizer not in ("sgd", "adam", "adamw"):
+        _check_int("retrain.epochs", self.epochs, minimum=0)
+        _check_int("retrain.final_epochs", self.final_epochs, minimum=0)
+        _check_int("retrain.batch_size", self.batch_size, minimum=1)
+        _check_number("retrain.lr", self.lr, positive=True)
+        _check_number("retrain.lr_scale", self.lr_scale, positive=True)
+        _check_number("retrain.weight_decay", self.weight_decay, positive=False)
+        _check_choice("retrain.optimizer", self.optimizer, _OPTIMIZERS)
+        _check_choice("retrain.schedule", self.schedule, _LR_SCHEDULES)
+        if not isinstance(self.scale_dropout, bool):
             raise ConfigError(
-                f"retrain.optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}"
+                f"retrain.scale_dropout must be true or false, got {self.scale_dropout!r}"
             )
 
     @property
@@ -311,31 +331,17 @@ class TrainConfig:
     optimizer: OptimizerName = "sgd"
     weight_decay: float = 5e-4
     batch_size: int = 128
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: LRSchedule = "cosine"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "seed"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "batch_size" else 0):
-                raise ConfigError(f"train.{key} must be a non-negative integer, got {v!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (
-            math.isfinite(self.lr) and self.lr > 0
-        ):
-            raise ConfigError(f"train.lr must be a positive number, got {self.lr!r}")
-        wd = self.weight_decay
-        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not (
-            math.isfinite(wd) and wd >= 0
-        ):
-            raise ConfigError(f"train.weight_decay must be >= 0, got {wd!r}")
-        if self.optimizer not in ("sgd", "adam", "adamw"):
-            raise ConfigError(
-                f"train.optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}"
-            )
-        if self.schedule not in ("cosine", "constant"):
-            raise ConfigError(
-                f"train.schedule must be 'cosine' or 'constant', got {self.schedule!r}"
-            )
+        _check_int("train.epochs", self.epochs, minimum=0)
+        _check_int("train.batch_size", self.batch_size, minimum=1)
+        _check_int("train.seed", self.seed, minimum=0)
+        _check_number("train.lr", self.lr, positive=True)
+        _check_number("train.weight_decay", self.weight_decay, positive=False)
+        _check_choice("train.optimizer", self.optimizer, _OPTIMIZERS)
+        _check_choice("train.schedule", self.schedule, _LR_SCHEDULES)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:

@@ -117,6 +117,7 @@ def _retrain(
         optimizer=optimizer,
         epochs=epochs,
         device=device,
+        scheduler=_scheduler(optimizer, config.schedule, epochs),
         callbacks=callbacks,
         eval_loader=loaders.val,
         seed=seed,

@@ -111,7 +111,7 @@ def _named_params(model: nn.Module) -> Iterable[tuple[str, str, nn.Module, torch
             continue
         seen: set[str] = set()
         if parametrize.is_parametrized(module):
-            for attr in module.parametrizations:  # type: ignore[union-attr]
+            for attr in module.parametrizations:
                 seen.add(attr)
                 yield mod_name, attr, module, getattr(module, attr)
         for attr, param in module.named_parameters(recurse=False):
@@ -195,8 +195,10 @@ def _skip_reason(
         return None
     if explicitly_included:
         if tensor.dim() < 2:
-            return f"included by pattern but has {tensor.dim()} dimension(s); only weights " \
-                   "with 2 or more dimensions are compressed"
+            return (
+                f"included by pattern but has {tensor.dim()} dimension(s); only weights "
+                "with 2 or more dimensions are compressed"
+            )
         return None
     if attr == "bias" or tensor.dim() < 2:
         return f"{type(module).__name__}.{attr}: bias/normalization vector (kept in float)"

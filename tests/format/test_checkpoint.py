@@ -36,7 +36,8 @@ def test_mask_survives_save_load_round_trip(mlp: nn.Module, tmp_path: Path) -> N
     for a, b in zip(mlp.state_dict().values(), fresh.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     m_old, m_new = get_mask(mlp[0]), get_mask(fresh[0])
-    assert m_old is not None and m_new is not None
+    assert m_old is not None
+    assert m_new is not None
     assert float(m_new.reference_std) == float(m_old.reference_std)
     # the mask still holds through training after loading
     opt = torch.optim.SGD(fresh.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
@@ -53,8 +54,14 @@ def test_plain_names_readable_without_deepzip(mlp: nn.Module, tmp_path: Path) ->
     prune_(mlp, PruneConfig(sparsity=0.5))
     path = save_checkpoint(mlp, tmp_path / "p.safetensors")
     raw = load_file(str(path))
-    assert set(raw) == {"0.weight", "0.bias", "3.weight", "3.bias",
-                        "__deepzip_mask__.0.weight", "__deepzip_mask__.3.weight"}
+    assert set(raw) == {
+        "0.weight",
+        "0.bias",
+        "3.weight",
+        "3.bias",
+        "__deepzip_mask__.0.weight",
+        "__deepzip_mask__.3.weight",
+    }
     plain = _mlp()
     plain.load_state_dict({k: v for k, v in raw.items() if not k.startswith("__")})
     assert int((plain[0].weight == 0).sum()) == 640
@@ -63,12 +70,18 @@ def test_plain_names_readable_without_deepzip(mlp: nn.Module, tmp_path: Path) ->
 def test_keys_that_do_not_fit_the_model(mlp: nn.Module, tmp_path: Path) -> None:
     path = save_checkpoint(mlp, tmp_path / "p.safetensors")
     other = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 4))
-    with pytest.raises(CheckpointError, match=r"missing 2 key\(s\): 2.bias, 2.weight; "
-                                              r"unexpected 2 key\(s\): 3.bias, 3.weight"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"missing 2 key\(s\): 2.bias, 2.weight; "
+        r"unexpected 2 key\(s\): 3.bias, 3.weight",
+    ):
         load_checkpoint(other, path)
     wrong = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Dropout(), nn.Linear(32, 4))
-    with pytest.raises(CheckpointError, match=r"tensor '0.weight' has shape \(64, 20\), "
-                                              r"the model expects \(32, 20\) \(and 2 more\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"tensor '0.weight' has shape \(64, 20\), "
+        r"the model expects \(32, 20\) \(and 2 more\)",
+    ):
         load_checkpoint(wrong, path)
 
 
@@ -96,12 +109,13 @@ def test_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         read_checkpoint(bad)
     (tmp_path / "x.ckpt").write_bytes(b"")
-    with pytest.raises(CheckpointError, match="unknown checkpoint type '.ckpt'"):
+    with pytest.raises(CheckpointError, match=r"unknown checkpoint type '.ckpt'"):
         read_checkpoint(tmp_path / "x.ckpt")
 
 
-def test_failed_write_leaves_no_file(mlp: nn.Module, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_write_leaves_no_file(
+    mlp: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import deepzip.format.checkpoint as mod
 
     def boom(*args: object, **kwargs: object) -> None:

@@ -20,8 +20,9 @@ def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: m.weight for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
 
 
-def _train_steps(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
-                 y: torch.Tensor, steps: int = 30) -> None:
+def _train_steps(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, steps: int = 30
+) -> None:
     for _ in range(steps):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
@@ -58,9 +59,14 @@ def test_masked_weights_stay_exactly_zero_through_retraining(
 
 
 def test_resnet_with_batchnorm_trains_under_masks(resnet: nn.Module) -> None:
-    report = prune_(resnet, PruneConfig(sparsity=0.5, overrides=(LayerOverride("stem", skip=True),)))
+    report = prune_(
+        resnet, PruneConfig(sparsity=0.5, overrides=(LayerOverride("stem", skip=True),))
+    )
     assert [r.name for r in report.layers] == [
-        "conv1.weight", "conv2.weight", "proj.weight", "head.weight"
+        "conv1.weight",
+        "conv2.weight",
+        "proj.weight",
+        "head.weight",
     ]
     assert ("stem.weight", "skipped by override 'stem'") in {
         (s.name, s.reason) for s in report.skipped
@@ -106,7 +112,7 @@ def test_global_scope_single_threshold(mlp: nn.Module) -> None:
 def test_pattern_matching_no_layer(mlp: nn.Module) -> None:
     with pytest.raises(ConfigError, match="override pattern 'fc9' matches no prunable layer"):
         prune_(mlp, PruneConfig(sparsity=0.5, overrides=(LayerOverride("fc9", sparsity=0.1),)))
-    with pytest.raises(ConfigError, match="include pattern 'encoder.\\*' matches no layer"):
+    with pytest.raises(ConfigError, match=r"include pattern 'encoder.\\*' matches no layer"):
         prune_(mlp, PruneConfig(sparsity=0.5, include=("encoder.*",)))
 
 

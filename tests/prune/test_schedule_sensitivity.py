@@ -47,13 +47,17 @@ def test_iterative_prune_follows_schedule_and_recovers(
         _train(x, y)(model, step)
 
     report, steps = iterative_prune(
-        mlp, PruneConfig(sparsity=0.9), ScheduleConfig(steps=(0.5, 0.8, 1.0)), retrain,
+        mlp,
+        PruneConfig(sparsity=0.9),
+        ScheduleConfig(steps=(0.5, 0.8, 1.0)),
+        retrain,
         evaluate=_accuracy(x, y),
     )
     assert calls == [0, 1, 2]
     # per layer round(s * n) weights go; 1280 + 256 weights in all
-    expected = [(1280 - round(1280 * 0.9 * f) + 256 - round(256 * 0.9 * f)) / 1536
-                for f in (0.5, 0.8, 1.0)]
+    expected = [
+        (1280 - round(1280 * 0.9 * f) + 256 - round(256 * 0.9 * f)) / 1536 for f in (0.5, 0.8, 1.0)
+    ]
     assert [s.kept_fraction for s in steps] == pytest.approx(expected)
     assert report.kept_fraction == pytest.approx(expected[-1])
     assert steps[-1].accuracy_after_retrain is not None

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from deepzip.datasets._atomic import atomic_open
+from deepzip._atomic import atomic_open
 from deepzip.errors import IDXFormatError
 
 __all__ = ["IDX_DTYPES", "MAX_NDIM", "MAX_PAYLOAD_BYTES", "read_idx", "write_idx"]

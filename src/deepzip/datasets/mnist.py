@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from deepzip.datasets._atomic import atomic_open
+from deepzip._atomic import atomic_open
 from deepzip.datasets.idx import read_idx
 from deepzip.errors import (
     ConfigError,

@@ -101,11 +101,13 @@ def save_checkpoint(
         assert m is not None
         stds[name] = float(m.reference_std)
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    meta.update({
-        "deepzip.format": "checkpoint",
-        "deepzip.version": CHECKPOINT_VERSION,
-        "deepzip.reference_std": json.dumps(stds, sort_keys=True),
-    })
+    meta.update(
+        {
+            "deepzip.format": "checkpoint",
+            "deepzip.version": CHECKPOINT_VERSION,
+            "deepzip.reference_std": json.dumps(stds, sort_keys=True),
+        }
+    )
     with atomic_path(dest) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return dest
@@ -141,12 +143,16 @@ def _as_state_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model_state_dict", "model"):
             inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(
-                isinstance(v, torch.Tensor) for v in inner.values()
+            if (
+                isinstance(inner, Mapping)
+                and inner
+                and all(isinstance(v, torch.Tensor) for v in inner.values())
             ):
                 obj = inner
                 break
-        bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        bad = [
+            k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)
+        ]
         if not bad:
             return dict(obj)
         raise CheckpointError(f"{path}: entry {bad[0]!r} is not a tensor; expected a state dict")
@@ -161,7 +167,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """
     p = Path(path)
     raw, meta = _read_tensors(p)
-    masks = {k[len(MASK_PREFIX):]: v.to(torch.bool) for k, v in raw.items() if k.startswith(MASK_PREFIX)}
+    masks = {
+        k[len(MASK_PREFIX) :]: v.to(torch.bool) for k, v in raw.items() if k.startswith(MASK_PREFIX)
+    }
     tensors = {k: v for k, v in raw.items() if not k.startswith(MASK_PREFIX)}
     stds: dict[str, float] = {}
     if "deepzip.reference_std" in meta:
@@ -204,8 +212,9 @@ def load_checkpoint(
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:5])}")
         raise CheckpointError(f"{path} does not fit the model: {'; '.join(parts)}")
-    mismatched = [n for n, t in expected.items() if n in ckpt.tensors
-                  and ckpt.tensors[n].shape != t.shape]
+    mismatched = [
+        n for n, t in expected.items() if n in ckpt.tensors and ckpt.tensors[n].shape != t.shape
+    ]
     if mismatched:
         name = mismatched[0]
         more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
@@ -213,9 +222,7 @@ def load_checkpoint(
             f"{path}: tensor {name!r} has shape {tuple(ckpt.tensors[name].shape)}, "
             f"the model expects {tuple(expected[name].shape)}{more}"
         )
-    model.load_state_dict(
-        {k: v for k, v in ckpt.tensors.items() if k in expected}, strict=strict
-    )
+    model.load_state_dict({k: v for k, v in ckpt.tensors.items() if k in expected}, strict=strict)
     for name, mask in ckpt.masks.items():
         owner, attr = name.rsplit(".", 1) if "." in name else ("", name)
         try:

@@ -88,7 +88,7 @@ class PruneReport:
 
 
 def _override_for(target: Target, overrides: tuple[LayerOverride, ...]) -> LayerOverride | None:
-    found = None
+    found: LayerOverride | None = None
     for o in overrides:
         if matches(o.pattern, target.module_name, target.param_name):
             found = o
@@ -115,11 +115,11 @@ def layer_targets(
     chosen: list[tuple[Target, LayerOverride | None]] = []
     skipped = list(selection.skipped)
     for t in selection.targets:
-        o = _override_for(t, config.overrides)
-        if o is not None and o.skip:
-            skipped.append(Skipped(t.name, f"skipped by override {o.pattern!r}"))
+        override = _override_for(t, config.overrides)
+        if override is not None and override.skip:
+            skipped.append(Skipped(t.name, f"skipped by override {override.pattern!r}"))
         else:
-            chosen.append((t, o))
+            chosen.append((t, override))
     return chosen, skipped
 
 
@@ -182,7 +182,9 @@ def _prune_layer(
     attach_mask(t.module, t.param_name, mask)
 
 
-def _report(chosen: list[tuple[Target, LayerOverride | None]], skipped: list[Skipped]) -> PruneReport:
+def _report(
+    chosen: list[tuple[Target, LayerOverride | None]], skipped: list[Skipped]
+) -> PruneReport:
     records = []
     for t, _ in chosen:
         m = get_mask(t.module, t.param_name)

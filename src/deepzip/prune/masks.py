@@ -74,7 +74,7 @@ def sparsity_mask(
     _check_sparsity(sparsity)
     check_finite(name, weight)
     n = weight.numel()
-    n_prune = int(round(sparsity * n))
+    n_prune = round(sparsity * n)
     scores = _scores(weight, current)
     if current is not None:
         n_prune = max(n_prune, n - int(current.sum()))
@@ -136,7 +136,7 @@ def global_magnitude_masks(
     device = next(iter(weights.values())).device
     scores = torch.cat([_scores(weights[n], current.get(n)).to(device) for n in names])
     total = scores.numel()
-    n_prune = max(int(round(sparsity * total)), int((scores < 0).sum()))
+    n_prune = max(round(sparsity * total), int((scores < 0).sum()))
     keep = torch.ones(total, dtype=torch.bool, device=device)
     if n_prune > 0:
         keep[torch.sort(scores, stable=True).indices[:n_prune]] = False

@@ -48,7 +48,7 @@ class WeightMask(nn.Module):
 def _find(module: nn.Module, attr: str) -> WeightMask | None:
     if not parametrize.is_parametrized(module, attr):
         return None
-    for p in module.parametrizations[attr]:  # type: ignore[union-attr,index]
+    for p in module.parametrizations[attr]:  # type: ignore[index]
         if isinstance(p, WeightMask):
             return p
     return None

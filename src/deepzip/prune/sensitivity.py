@@ -47,8 +47,11 @@ class SensitivityResult:
         """
         out: dict[str, float] = {}
         for name, accs in self.curves.items():
-            ok = [s for s, a in zip(self.sparsities, accs, strict=True)
-                  if a >= self.baseline - max_drop]
+            ok = [
+                s
+                for s, a in zip(self.sparsities, accs, strict=True)
+                if a >= self.baseline - max_drop
+            ]
             out[name] = max(ok, default=0.0)
         return out
 

@@ -6,14 +6,13 @@ import os
 from pathlib import Path
 
 from deepzip._atomic import atomic_path
-
 from deepzip.prune import SensitivityResult
 
 __all__ = ["plot_sensitivity"]
 
 
 def plot_sensitivity(result: SensitivityResult, path: str | os.PathLike[str]) -> Path:
-    """One accuracy-vs-sparsity curve per layer, the unpruned baseline dashed; written atomically."""
+    """One accuracy-vs-sparsity curve per layer, the unpruned baseline dashed (atomic write)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -23,8 +22,13 @@ def plot_sensitivity(result: SensitivityResult, path: str | os.PathLike[str]) ->
     ax = fig.add_subplot(1, 1, 1)
     xs = [100 * s for s in result.sparsities]
     for name, accs in result.curves.items():
-        ax.plot(xs, [100 * a for a in accs], marker="o", markersize=3,
-                label=f"{name} ({result.weights[name]:,} w)")
+        ax.plot(
+            xs,
+            [100 * a for a in accs],
+            marker="o",
+            markersize=3,
+            label=f"{name} ({result.weights[name]:,} w)",
+        )
     ax.axhline(100 * result.baseline, color="gray", linestyle="--", linewidth=1, label="unpruned")
     ax.set_xlabel("weights pruned in this layer only (%)")
     ax.set_ylabel("validation accuracy (%)")

@@ -33,8 +33,9 @@ def prune_table_rows(report: PruneReport) -> list[list[str]]:
         ]
         for r in report.layers
     ]
-    rows.append(["total", "", "", f"{report.weights:,}", f"{report.kept:,}",
-                 _pct(report.kept_fraction)])
+    rows.append(
+        ["total", "", "", f"{report.weights:,}", f"{report.kept:,}", _pct(report.kept_fraction)]
+    )
     return rows
 
 

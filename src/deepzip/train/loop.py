@@ -1,0 +1,272 @@
+"""The training loop and evaluation, for any model, batch iterable, loss and optimizer."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+from deepzip.errors import ConfigError, InvalidTensorError
+from deepzip.train.callbacks import Callback, FitHistory, FitState
+from deepzip.train.seed import resolve_device, seed_everything
+
+__all__ = ["EvalResult", "evaluate", "fit", "predict_logits"]
+
+logger = logging.getLogger(__name__)
+
+_Batches = Iterable[Sequence[torch.Tensor]]
+_LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The result of :func:`evaluate`.
+
+    Attributes:
+        loss: sample-weighted mean loss.
+        accuracy: fraction of samples whose argmax over dim 1 equals the target, in ``[0, 1]``.
+        n: number of samples.
+    """
+
+    loss: float
+    accuracy: float
+    n: int
+
+
+def _split(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, torch.Tensor) or len(batch) != 2:
+        raise ConfigError(
+            f"a batch must be an (inputs, targets) pair, got {type(batch).__name__} "
+            f"of length {len(batch)}"
+        )
+    inputs, targets = batch
+    return inputs, targets
+
+
+def _to_device(
+    batch: Sequence[torch.Tensor], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs, targets = _split(batch)
+    return inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+
+
+def _batches_per_epoch(loader: object) -> int | None:
+    if not isinstance(loader, Sized):
+        return None
+    try:
+        return len(loader)
+    except TypeError:  # e.g. a DataLoader over an IterableDataset without __len__
+        return None
+
+
+def _model_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return resolve_device(device)
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return resolve_device(None)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model.eval()``, then restore each submodule's own training flag."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def fit(
+    model: nn.Module,
+    loader: _Batches,
+    *,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    loss_fn: _LossFn | None = None,
+    device: str | torch.device | None = None,
+    scheduler: LRScheduler | ReduceLROnPlateau | None = None,
+    callbacks: Sequence[Callback] = (),
+    eval_loader: _Batches | None = None,
+    max_grad_norm: float | None = None,
+    seed: int | None = None,
+) -> FitHistory:
+    """Train ``model`` for a number of epochs.
+
+    Each epoch puts the model in training mode and runs, per batch: ``zero_grad``, forward,
+    loss, backward, optional gradient-norm clipping, ``optimizer.step()``. At the end of each
+    epoch ``eval_loader`` is evaluated (``val_loss`` and ``val_accuracy`` go into
+    ``state.metrics``), then the scheduler is stepped, then the callbacks' ``on_epoch_end``
+    hooks run. A callback may end training early by setting ``state.stop``.
+
+    Args:
+        model: any module; it is moved to ``device``. The optimizer must hold its parameters.
+        loader: an iterable of ``(inputs, targets)`` batches, iterated once per epoch (a
+            ``DataLoader``, a ``TensorLoader``, a list).
+        optimizer: the optimizer.
+        epochs: number of epochs, >= 0.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar``; default ``nn.CrossEntropyLoss()``.
+        device: where to train; ``None`` for CUDA when available, else the CPU.
+        scheduler: a learning-rate scheduler stepped once per epoch. ``ReduceLROnPlateau``
+            is stepped with ``val_loss`` (the epoch's training loss without ``eval_loader``).
+        callbacks: hooks called in order (see :class:`~deepzip.train.Callback`).
+        eval_loader: ``(inputs, targets)`` batches evaluated at each epoch end.
+        max_grad_norm: clip the total gradient norm to this value (> 0) before each step.
+        seed: when given, :func:`~deepzip.train.seed_everything` is called with it first
+            (initialise the model before, under your own seed, for reproducible weights).
+
+    Returns:
+        The per-epoch history (it also ran as the last callback).
+
+    Raises:
+        ConfigError: ``epochs < 0``, ``max_grad_norm <= 0``, a bad device or seed, a batch
+            that is not a pair, or a loader that yields no batch in an epoch.
+        InvalidTensorError: the loss is NaN or infinite (no optimizer step is taken then).
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ConfigError(f"epochs must be an integer >= 0, got {epochs!r}")
+    if max_grad_norm is not None and not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
+        raise ConfigError(f"max_grad_norm must be a finite number > 0, got {max_grad_norm!r}")
+    if seed is not None:
+        seed_everything(seed)
+    dev = resolve_device(device)
+    model.to(dev)
+    criterion: _LossFn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+    history = FitHistory()
+    hooks = [*callbacks, history]
+    state = FitState(epochs=epochs, batches_per_epoch=_batches_per_epoch(loader))
+    for cb in hooks:
+        cb.on_fit_start(state)
+    for epoch in range(epochs):
+        if state.stop:
+            break
+        state.epoch, state.batch_in_epoch = epoch, 0
+        state.epoch_loss, state.metrics = math.nan, {}
+        model.train()
+        for cb in hooks:
+            cb.on_epoch_start(state)
+        loss_sum, samples = 0.0, 0
+        for batch in loader:
+            inputs, targets = _to_device(batch, dev)
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(inputs), targets)
+            torch.autograd.backward(loss)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise InvalidTensorError(
+                    f"training loss is {value} at epoch {epoch + 1}/{epochs}, "
+                    f"batch {state.batch_in_epoch + 1} of the epoch (step {state.step + 1})"
+                )
+            if max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            loss_sum += value * inputs.shape[0]
+            samples += inputs.shape[0]
+            state.step += 1
+            state.batch_in_epoch += 1
+            state.last_loss, state.epoch_loss = value, loss_sum / samples
+            for cb in hooks:
+                cb.on_batch_end(state)
+            if state.stop:
+                break
+        if state.batch_in_epoch == 0:
+            raise ConfigError(f"the training loader yielded no batches in epoch {epoch + 1}")
+        if eval_loader is not None:
+            result = evaluate(model, eval_loader, loss_fn=criterion, device=dev)
+            state.metrics.update(val_loss=result.loss, val_accuracy=result.accuracy)
+        if isinstance(scheduler, ReduceLROnPlateau):
+            scheduler.step(state.metrics.get("val_loss", state.epoch_loss))
+        elif scheduler is not None:
+            scheduler.step()
+        logger.info(
+            "epoch %d/%d: train loss %.4f %s", epoch + 1, epochs, state.epoch_loss, state.metrics
+        )
+        for cb in hooks:
+            cb.on_epoch_end(state)
+    for cb in hooks:
+        cb.on_fit_end(state)
+    return history
+
+
+def evaluate(
+    model: nn.Module,
+    loader: _Batches,
+    *,
+    loss_fn: _LossFn | None = None,
+    device: str | torch.device | None = None,
+) -> EvalResult:
+    """Mean loss and accuracy of ``model`` over a loader, without gradients.
+
+    Runs in eval mode under ``torch.inference_mode``; each submodule's training flag is
+    restored afterwards. Totals are accumulated on the device, so there is a single
+    host synchronisation at the end.
+
+    Args:
+        model: a classifier returning ``N×C`` logits; it is moved to ``device``.
+        loader: ``(inputs, targets)`` batches with class-index targets.
+        loss_fn: ``loss_fn(outputs, targets) -> mean loss``; default ``nn.CrossEntropyLoss()``.
+        device: where to run; ``None`` for the device the model's parameters are on.
+
+    Returns:
+        The sample-weighted mean loss, accuracy and sample count.
+
+    Raises:
+        ConfigError: the loader yields no samples, a batch is not a pair, or a bad device.
+    """
+    dev = _model_device(model, device)
+    model.to(dev)
+    criterion: _LossFn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+    loss_sum = torch.zeros((), device=dev)
+    correct = torch.zeros((), dtype=torch.long, device=dev)
+    samples = 0
+    with _eval_mode(model), torch.inference_mode():
+        for batch in loader:
+            inputs, targets = _to_device(batch, dev)
+            logits = model(inputs)
+            n = targets.shape[0]
+            loss_sum += criterion(logits, targets).float() * n
+            correct += (logits.argmax(dim=1) == targets).sum()
+            samples += n
+    if samples == 0:
+        raise ConfigError("the evaluation loader yielded no samples")
+    return EvalResult(loss=loss_sum.item() / samples, accuracy=correct.item() / samples, n=samples)
+
+
+def predict_logits(
+    model: nn.Module, loader: _Batches, device: str | torch.device | None = None
+) -> torch.Tensor:
+    """The model's outputs over a loader, concatenated along dim 0, on the CPU.
+
+    Runs in eval mode without gradients (the result is an ordinary tensor); each
+    submodule's training flag is restored afterwards.
+
+    Args:
+        model: any module; it is moved to ``device``.
+        loader: ``(inputs, targets)`` batches; the targets are ignored.
+        device: where to run; ``None`` for the device the model's parameters are on.
+
+    Returns:
+        The outputs of all batches, in loader order.
+
+    Raises:
+        ConfigError: the loader yields no batches, a batch is not a pair, or a bad device.
+    """
+    dev = _model_device(model, device)
+    model.to(dev)
+    outputs: list[torch.Tensor] = []
+    with _eval_mode(model), torch.no_grad():
+        for batch in loader:
+            inputs, _ = _split(batch)
+            outputs.append(model(inputs.to(dev, non_blocking=True)))
+    if not outputs:
+        raise ConfigError("the prediction loader yielded no batches")
+    return torch.cat(outputs).cpu()

@@ -1,0 +1,64 @@
+"""Reproducibility and device selection."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from deepzip.errors import ConfigError
+
+__all__ = ["resolve_device", "seed_everything"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global RNG and torch's RNGs on every device.
+
+    ``torch.manual_seed`` also seeds every CUDA device (lazily, so this is safe to call
+    before CUDA is initialised or when it is absent).
+
+    Args:
+        seed: an integer in ``[0, 2**32)``.
+
+    Raises:
+        ConfigError: ``seed`` is not such an integer.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """Turn a device request into a usable ``torch.device``.
+
+    Args:
+        device: ``None`` for CUDA when available and else the CPU, or anything
+            ``torch.device`` accepts (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
+
+    Returns:
+        The device.
+
+    Raises:
+        ConfigError: the string is not a device name, or a CUDA device (or MPS) is requested
+            that this machine does not have.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a valid torch device: {exc}") from exc
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {device!r} requested but CUDA is not available")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(
+                f"device {device!r} requested but only {count} CUDA device(s) are present"
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} requested but MPS is not available")
+    return dev

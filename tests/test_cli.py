@@ -1,0 +1,247 @@
+"""End-to-end CLI runs on a tiny synthetic IDX data set (no network, no real data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepzip.cli import main
+from deepzip.datasets import write_idx
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A learnable 10-class toy set in the Fashion-MNIST file layout (class = bright band)."""
+    root = tmp_path_factory.mktemp("idx")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 1200), ("t10k", 300)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, c in enumerate(labels):
+            images[i, 2 * c + 3 : 2 * c + 6, 4:24] = 250
+        write_idx(root / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels, gzip=True)
+    return root
+
+
+COMMON = ["--val-size", "200", "--no-progress", "--device", "cpu"]
+
+
+def test_train_prune_sensitivity(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dense = tmp_path / "dense.safetensors"
+    assert (
+        main(
+            [
+                "train",
+                "lenet-300-100",
+                "-o",
+                str(dense),
+                "--epochs",
+                "3",
+                "--data-dir",
+                str(data_dir),
+                *COMMON,
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "test accuracy" in out
+    assert dense.is_file()
+
+    pruned = tmp_path / "pruned.safetensors"
+    report = tmp_path / "report.json"
+    assert (
+        main(
+            [
+                "prune",
+                str(dense),
+                "-o",
+                str(pruned),
+                "--sparsity",
+                "0.9",
+                "--override",
+                "fc3=0.5",
+                "--steps",
+                "0.5,1.0",
+                "--retrain-epochs",
+                "1",
+                "--final-epochs",
+                "1",
+                "--json",
+                str(report),
+                "--data-dir",
+                str(data_dir),
+                *COMMON,
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    for column in ("layer", "weights", "kept %", "fc1.weight", "test accuracy"):
+        assert column in out
+    data = json.loads(report.read_text())
+    kept = {r["name"]: r["kept_fraction"] for r in data["report"]["layers"]}
+    assert kept == pytest.approx({"fc1.weight": 0.1, "fc2.weight": 0.1, "fc3.weight": 0.5})
+    assert data["test_acc_after"] > 0.8
+
+    sens = tmp_path / "sens.json"
+    assert (
+        main(
+            [
+                "sensitivity",
+                str(pruned),
+                "-o",
+                str(sens),
+                "--sparsities",
+                "0,0.5,0.95",
+                "--data-dir",
+                str(data_dir),
+                *COMMON,
+            ]
+        )
+        == 0
+    )
+    result = json.loads(sens.read_text())
+    assert set(result["layers"]) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    assert sens.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_prune_with_recipe_and_errors(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dense = tmp_path / "dense.safetensors"
+    assert (
+        main(
+            [
+                "train",
+                "lenet-300-100",
+                "-o",
+                str(dense),
+                "--epochs",
+                "1",
+                "--data-dir",
+                str(data_dir),
+                *COMMON,
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        '[prune]\nsparsity = 0.8\nexclude = ["fc3"]\n'
+        '[schedule]\nkind = "oneshot"\n[retrain]\nepochs = 0\nfinal_epochs = 0\n'
+    )
+    out = tmp_path / "p.safetensors"
+    assert (
+        main(
+            [
+                "prune",
+                str(dense),
+                "-o",
+                str(out),
+                "--recipe",
+                str(recipe),
+                "--data-dir",
+                str(data_dir),
+                *COMMON,
+            ]
+        )
+        == 0
+    )
+    assert "fc3.weight (excluded by pattern 'fc3')" in capsys.readouterr().out
+
+    recipe.write_text("[prune]\nsparsity = 1.0\n")
+    assert (
+        main(
+            [
+                "prune",
+                str(dense),
+                "-o",
+                str(out),
+                "--recipe",
+                str(recipe),
+                "--data-dir",
+                str(data_dir),
+                *COMMON,
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "prune.sparsity must be in [0, 1), got 1.0" in err
+
+    assert (
+        main(
+            [
+                "prune",
+                str(dense),
+                "-o",
+                str(out),
+                "--sparsity",
+                "0.5",
+                "--override",
+                "conv9=0.2",
+                "--data-dir",
+                str(data_dir),
+                *COMMON,
+            ]
+        )
+        == 2
+    )
+    assert "'conv9' matches no prunable layer" in capsys.readouterr().err
+
+    assert (
+        main(
+            [
+                "prune",
+                str(dense),
+                "-o",
+                str(out),
+                "--sparsity",
+                "0.5",
+                "--model",
+                "lenet-5",
+                "--data-dir",
+                str(data_dir),
+                *COMMON,
+            ]
+        )
+        == 2
+    )
+    assert "does not fit the model" in capsys.readouterr().err
+
+
+def test_missing_data_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "train",
+            "lenet-300-100",
+            "-o",
+            str(tmp_path / "x.safetensors"),
+            "--data-dir",
+            str(tmp_path / "nothing"),
+            *COMMON,
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("deepzip: error:")
+    assert err.count("\n") == 0
+    assert "apt-get install dataset-fashion-mnist" in err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "prune", "sensitivity", "demo", "download"])
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: deepzip" in capsys.readouterr().out
