@@ -112,7 +112,7 @@ def test_global_scope_single_threshold(mlp: nn.Module) -> None:
 def test_pattern_matching_no_layer(mlp: nn.Module) -> None:
     with pytest.raises(ConfigError, match="override pattern 'fc9' matches no prunable layer"):
         prune_(mlp, PruneConfig(sparsity=0.5, overrides=(LayerOverride("fc9", sparsity=0.1),)))
-    with pytest.raises(ConfigError, match=r"include pattern 'encoder.\\*' matches no layer"):
+    with pytest.raises(ConfigError, match=r"include pattern 'encoder\.\*' matches no layer"):
         prune_(mlp, PruneConfig(sparsity=0.5, include=("encoder.*",)))
 
 
