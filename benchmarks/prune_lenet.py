@@ -24,14 +24,7 @@ from pathlib import Path
 import torch
 
 from deepzip._atomic import atomic_write_text
-from deepzip.config import (
-    LayerOverride,
-    PruneConfig,
-    PruneJob,
-    RetrainConfig,
-    ScheduleConfig,
-    TrainConfig,
-)
+from deepzip.config import ScheduleConfig, builtin_recipe
 from deepzip.datasets import DataSplits, load_dataset
 from deepzip.pipeline import accuracy_fn, make_loaders, prune_with_retraining, train_dense
 from deepzip.report import markdown_table
@@ -58,31 +51,9 @@ PAPER = {
     },
 }
 
-# Per-layer targets follow the paper's profile, with the largest layer slightly tighter so the
-# overall kept fraction is at most 8%.
-JOBS = {
-    "lenet-300-100": PruneJob(
-        PruneConfig(
-            sparsity=0.91,
-            overrides=(LayerOverride("fc1", sparsity=0.925), LayerOverride("fc3", sparsity=0.74)),
-        ),
-        ScheduleConfig(kind="steps", steps=(0.5, 0.7, 0.85, 0.95, 1.0)),
-        RetrainConfig(epochs=2, final_epochs=6, lr=0.05, lr_scale=0.2, weight_decay=0.0),
-    ),
-    "lenet-5": PruneJob(
-        PruneConfig(
-            sparsity=0.925,
-            overrides=(
-                LayerOverride("conv1", sparsity=0.34),
-                LayerOverride("conv2", sparsity=0.88),
-                LayerOverride("fc2", sparsity=0.81),
-            ),
-        ),
-        ScheduleConfig(kind="steps", steps=(0.5, 0.7, 0.85, 0.95, 1.0)),
-        RetrainConfig(epochs=2, final_epochs=6, lr=0.05, lr_scale=0.2, weight_decay=0.0),
-    ),
-}
-DENSE = TrainConfig(epochs=10, lr=0.05, weight_decay=5e-4, seed=0)
+# The recipes shipped in deepzip/recipes/: per-layer targets follow the paper's profile, with
+# the largest layer slightly tighter so the overall kept fraction is at most 8%.
+MODELS = ("lenet-300-100", "lenet-5")
 
 
 def _subsample(data: DataSplits, n_train: int) -> DataSplits:
@@ -90,8 +61,9 @@ def _subsample(data: DataSplits, n_train: int) -> DataSplits:
 
 
 def run_model(name: str, data: DataSplits, *, quick: bool, seed: int) -> dict[str, object]:
-    job = JOBS[name]
-    dense_cfg = replace(DENSE, seed=seed)
+    job = builtin_recipe(name)
+    assert job.train is not None
+    dense_cfg = replace(job.train, seed=seed)
     if quick:
         dense_cfg = replace(dense_cfg, epochs=1)
         job = replace(
@@ -130,7 +102,7 @@ def run_model(name: str, data: DataSplits, *, quick: bool, seed: int) -> dict[st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run on a data slice")
-    parser.add_argument("--models", default="lenet-300-100,lenet-5")
+    parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -94,3 +94,15 @@ def test_unknown_key_and_section_are_named(tmp_path: Path) -> None:
     path.write_text("[prune\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_prune_job(path)
+
+
+def test_builtin_recipes_load_and_name_unknown() -> None:
+    from deepzip.config import builtin_recipe, builtin_recipe_names
+
+    assert builtin_recipe_names() == ["lenet-300-100", "lenet-5"]
+    for name in builtin_recipe_names():
+        job = builtin_recipe(name)
+        assert job.train is not None
+        assert job.schedule.fractions()[-1] == 1.0
+    with pytest.raises(ConfigError, match="no built-in recipe 'vgg'"):
+        builtin_recipe("vgg")

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from deepzip.config import (
     RetrainConfig,
     ScheduleConfig,
     TrainConfig,
+    builtin_recipe,
     load_prune_job,
 )
 from deepzip.datasets import DATASETS, DataSplits, download, load_dataset
@@ -337,33 +339,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``deepzip demo``: LeNet-300-100 on Fashion-MNIST, trained then pruned with retraining."""
     device = resolve_device(args.device)
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     data = load_dataset("fashion-mnist", args.data_dir, val_size=5000, seed=0)
-    epochs = 2 if args.quick else 6
-    torch.manual_seed(0)
+    job = builtin_recipe("lenet-300-100")
+    assert job.train is not None
+    train_cfg = job.train
+    if args.quick:
+        train_cfg = replace(train_cfg, epochs=2)
+        job = replace(
+            job,
+            schedule=ScheduleConfig(kind="steps", steps=(0.6, 1.0)),
+            retrain=replace(job.retrain, epochs=1, final_epochs=1),
+        )
+    torch.manual_seed(train_cfg.seed)
     model = create_model("lenet-300-100").to(device)
     start = time.perf_counter()
     with _progress(not args.no_progress) as progress:
         train_dense(
-            model,
-            data,
-            TrainConfig(epochs=epochs, seed=0),
-            device=device,
-            callbacks=[_ProgressCallback(progress, "train")],
+            model, data, train_cfg, device=device, callbacks=[_ProgressCallback(progress, "train")]
         )
         save_checkpoint(
             model, out / "dense.safetensors", metadata={"deepzip.model": "lenet-300-100"}
-        )
-        job = PruneJob(
-            PruneConfig(
-                sparsity=0.9,
-                overrides=(
-                    LayerOverride("fc1", sparsity=0.925),
-                    LayerOverride("fc3", sparsity=0.74),
-                ),
-            ),
-            ScheduleConfig(kind="steps", steps=(0.5, 0.75, 0.9, 1.0)),
-            RetrainConfig(epochs=1, final_epochs=1 if args.quick else 3, lr=0.05, lr_scale=0.2),
         )
         outcome = prune_with_retraining(
             model,
@@ -419,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", choices=model_names(), help="zoo model")
     p.add_argument("-o", "--output", required=True, help="output .safetensors checkpoint")
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"))
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--batch-size", type=int, default=128)
@@ -463,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-steps", type=int, default=5, help="steps of the AGP schedule")
     p.add_argument("--retrain-epochs", type=int, default=2, help="epochs after each step")
     p.add_argument("--final-epochs", type=int, default=2, help="extra epochs at the end")
-    p.add_argument("--lr", type=float, default=0.05, help="dense learning rate")
+    p.add_argument("--lr", type=float, default=0.02, help="dense learning rate")
     p.add_argument("--lr-scale", type=float, default=0.1, help="retrain at lr × lr-scale")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"))
     p.add_argument("--weight-decay", type=float, default=0.0)

@@ -13,6 +13,7 @@ import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -33,6 +34,8 @@ __all__ = [
     "RetrainConfig",
     "ScheduleConfig",
     "TrainConfig",
+    "builtin_recipe",
+    "builtin_recipe_names",
     "load_prune_job",
     "load_toml",
     "save_toml",
@@ -327,7 +330,7 @@ class TrainConfig:
     """
 
     epochs: int = 6
-    lr: float = 0.05
+    lr: float = 0.02
     optimizer: OptimizerName = "sgd"
     weight_decay: float = 5e-4
     batch_size: int = 128
@@ -355,19 +358,25 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PruneJob:
-    """An iterative pruning job: what to prune, the schedule, and how to retrain."""
+    """An iterative pruning job: what to prune, the schedule, and how to retrain.
+
+    ``train`` optionally describes how the dense model is trained first (the zoo recipes
+    carry it; pruning an existing checkpoint ignores it).
+    """
 
     prune: PruneConfig
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    train: TrainConfig | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PruneJob:
-        """Build from a table with ``[prune]``, ``[schedule]`` and ``[retrain]`` sub-tables."""
-        unknown = sorted(set(data) - {"prune", "schedule", "retrain"})
+        """Build from ``[prune]``, ``[schedule]``, ``[retrain]`` and optional ``[train]``."""
+        unknown = sorted(set(data) - {"prune", "schedule", "retrain", "train"})
         if unknown:
             raise ConfigError(
-                f"unknown section {unknown[0]!r}; expected 'prune', 'schedule' or 'retrain'"
+                f"unknown section {unknown[0]!r}; expected 'prune', 'schedule', 'retrain' "
+                "or 'train'"
             )
         if "prune" not in data:
             raise ConfigError("a pruning recipe needs a [prune] section")
@@ -375,15 +384,19 @@ class PruneJob:
             prune=PruneConfig.from_dict(_table(data, "prune")),
             schedule=ScheduleConfig.from_dict(_table(data, "schedule")),
             retrain=RetrainConfig.from_dict(_table(data, "retrain")),
+            train=TrainConfig.from_dict(_table(data, "train")) if "train" in data else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML/JSON form."""
-        return {
+        out = {
             "prune": self.prune.to_dict(),
             "schedule": self.schedule.to_dict(),
             "retrain": self.retrain.to_dict(),
         }
+        if self.train is not None:
+            out["train"] = self.train.to_dict()
+        return out
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -401,6 +414,24 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 def save_toml(data: Mapping[str, Any], path: str | Path) -> None:
     """Write a mapping as TOML (atomically: temp file then rename)."""
     atomic_write_text(path, tomli_w.dumps(dict(data)))
+
+
+def builtin_recipe(name: str) -> PruneJob:
+    """A recipe shipped with deepzip, by zoo model name (``"lenet-300-100"``, ``"lenet-5"``)."""
+    names = builtin_recipe_names()
+    if name not in names:
+        raise ConfigError(f"no built-in recipe {name!r}; available: {', '.join(names)}")
+    text = resources.files("deepzip.recipes").joinpath(f"{name}.toml").read_text("utf-8")
+    try:
+        return PruneJob.from_dict(tomllib.loads(text))
+    except ConfigError as exc:  # pragma: no cover - shipped recipes are tested
+        raise ConfigError(f"built-in recipe {name!r}: {exc}") from exc
+
+
+def builtin_recipe_names() -> list[str]:
+    """Names of the recipes shipped with deepzip."""
+    files = resources.files("deepzip.recipes").iterdir()
+    return sorted(f.name.removesuffix(".toml") for f in files if f.name.endswith(".toml"))
 
 
 def load_prune_job(path: str | Path) -> PruneJob:
