@@ -30,58 +30,29 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 COMMON = ["--val-size", "200", "--no-progress", "--device", "cpu"]
 
 
+def _run(data_dir: Path, *args: str) -> int:
+    return main([*args, "--data-dir", str(data_dir), *COMMON])
+
+
+def _train(data_dir: Path, dest: Path, epochs: int) -> None:
+    assert _run(data_dir, "train", "lenet-300-100", "-o", str(dest), "--epochs", str(epochs)) == 0
+
+
 def test_train_prune_sensitivity(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dense = tmp_path / "dense.safetensors"
-    assert (
-        main(
-            [
-                "train",
-                "lenet-300-100",
-                "-o",
-                str(dense),
-                "--epochs",
-                "3",
-                "--data-dir",
-                str(data_dir),
-                *COMMON,
-            ]
-        )
-        == 0
-    )
-    out = capsys.readouterr().out
-    assert "test accuracy" in out
+    _train(data_dir, dense, epochs=3)
+    assert "test accuracy" in capsys.readouterr().out
     assert dense.is_file()
 
-    pruned = tmp_path / "pruned.safetensors"
-    report = tmp_path / "report.json"
-    assert (
-        main(
-            [
-                "prune",
-                str(dense),
-                "-o",
-                str(pruned),
-                "--sparsity",
-                "0.9",
-                "--override",
-                "fc3=0.5",
-                "--steps",
-                "0.5,1.0",
-                "--retrain-epochs",
-                "1",
-                "--final-epochs",
-                "1",
-                "--json",
-                str(report),
-                "--data-dir",
-                str(data_dir),
-                *COMMON,
-            ]
-        )
-        == 0
-    )
+    pruned, report = tmp_path / "pruned.safetensors", tmp_path / "report.json"
+    code = _run(
+        data_dir, "prune", str(dense), "-o", str(pruned), "--sparsity", "0.9",
+        "--override", "fc3=0.5", "--steps", "0.5,1.0", "--retrain-epochs", "1",
+        "--final-epochs", "1", "--json", str(report),
+    )  # fmt: skip
+    assert code == 0
     out = capsys.readouterr().out
     for column in ("layer", "weights", "kept %", "fc1.weight", "test accuracy"):
         assert column in out
@@ -91,22 +62,8 @@ def test_train_prune_sensitivity(
     assert data["test_acc_after"] > 0.8
 
     sens = tmp_path / "sens.json"
-    assert (
-        main(
-            [
-                "sensitivity",
-                str(pruned),
-                "-o",
-                str(sens),
-                "--sparsities",
-                "0,0.5,0.95",
-                "--data-dir",
-                str(data_dir),
-                *COMMON,
-            ]
-        )
-        == 0
-    )
+    code = _run(data_dir, "sensitivity", str(pruned), "-o", str(sens), "--sparsities", "0,0.5,0.95")
+    assert code == 0
     result = json.loads(sens.read_text())
     assert set(result["layers"]) == {"fc1.weight", "fc2.weight", "fc3.weight"}
     assert sens.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
@@ -115,107 +72,31 @@ def test_train_prune_sensitivity(
 def test_prune_with_recipe_and_errors(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    dense = tmp_path / "dense.safetensors"
-    assert (
-        main(
-            [
-                "train",
-                "lenet-300-100",
-                "-o",
-                str(dense),
-                "--epochs",
-                "1",
-                "--data-dir",
-                str(data_dir),
-                *COMMON,
-            ]
-        )
-        == 0
-    )
+    dense, out = tmp_path / "dense.safetensors", tmp_path / "p.safetensors"
+    _train(data_dir, dense, epochs=1)
     capsys.readouterr()
     recipe = tmp_path / "r.toml"
     recipe.write_text(
         '[prune]\nsparsity = 0.8\nexclude = ["fc3"]\n'
         '[schedule]\nkind = "oneshot"\n[retrain]\nepochs = 0\nfinal_epochs = 0\n'
     )
-    out = tmp_path / "p.safetensors"
-    assert (
-        main(
-            [
-                "prune",
-                str(dense),
-                "-o",
-                str(out),
-                "--recipe",
-                str(recipe),
-                "--data-dir",
-                str(data_dir),
-                *COMMON,
-            ]
-        )
-        == 0
-    )
+    assert _run(data_dir, "prune", str(dense), "-o", str(out), "--recipe", str(recipe)) == 0
     assert "fc3.weight (excluded by pattern 'fc3')" in capsys.readouterr().out
 
     recipe.write_text("[prune]\nsparsity = 1.0\n")
-    assert (
-        main(
-            [
-                "prune",
-                str(dense),
-                "-o",
-                str(out),
-                "--recipe",
-                str(recipe),
-                "--data-dir",
-                str(data_dir),
-                *COMMON,
-            ]
-        )
-        == 2
-    )
+    assert _run(data_dir, "prune", str(dense), "-o", str(out), "--recipe", str(recipe)) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert "prune.sparsity must be in [0, 1), got 1.0" in err
 
-    assert (
-        main(
-            [
-                "prune",
-                str(dense),
-                "-o",
-                str(out),
-                "--sparsity",
-                "0.5",
-                "--override",
-                "conv9=0.2",
-                "--data-dir",
-                str(data_dir),
-                *COMMON,
-            ]
-        )
-        == 2
-    )
+    code = _run(data_dir, "prune", str(dense), "-o", str(out), "--sparsity", "0.5",
+                "--override", "conv9=0.2")  # fmt: skip
+    assert code == 2
     assert "'conv9' matches no prunable layer" in capsys.readouterr().err
 
-    assert (
-        main(
-            [
-                "prune",
-                str(dense),
-                "-o",
-                str(out),
-                "--sparsity",
-                "0.5",
-                "--model",
-                "lenet-5",
-                "--data-dir",
-                str(data_dir),
-                *COMMON,
-            ]
-        )
-        == 2
-    )
+    code = _run(data_dir, "prune", str(dense), "-o", str(out), "--sparsity", "0.5",
+                "--model", "lenet-5")  # fmt: skip
+    assert code == 2
     assert "does not fit the model" in capsys.readouterr().err
 
 

@@ -160,6 +160,30 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_optimizer_args(p: argparse.ArgumentParser, *, weight_decay: float) -> None:
+    p.add_argument("--lr", type=float, default=0.02, help="(dense) learning rate")
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"))
+    p.add_argument("--weight-decay", type=float, default=weight_decay)
+    p.add_argument("--batch-size", type=int, default=128)
+
+
+def _add_glob_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only layers matching this glob (repeatable)",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="never layers matching this glob (repeatable)",
+    )
+
+
 def _parse_override(text: str) -> LayerOverride:
     pattern, sep, value = text.partition("=")
     if not sep or not pattern:
@@ -414,10 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", choices=model_names(), help="zoo model")
     p.add_argument("-o", "--output", required=True, help="output .safetensors checkpoint")
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--lr", type=float, default=0.02)
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"))
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--batch-size", type=int, default=128)
+    _add_optimizer_args(p, weight_decay=5e-4)
     _add_data_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -440,8 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sparsity", type=float, default=None, help="fraction removed per layer")
     g.add_argument("--quality", type=float, default=None, help="remove |w| < quality × std(layer)")
     p.add_argument("--scope", default="layer", choices=("layer", "global"))
-    p.add_argument("--include", action="append", default=[], metavar="GLOB")
-    p.add_argument("--exclude", action="append", default=[], metavar="GLOB")
+    _add_glob_args(p)
     p.add_argument(
         "--override",
         action="append",
@@ -458,11 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-steps", type=int, default=5, help="steps of the AGP schedule")
     p.add_argument("--retrain-epochs", type=int, default=2, help="epochs after each step")
     p.add_argument("--final-epochs", type=int, default=2, help="extra epochs at the end")
-    p.add_argument("--lr", type=float, default=0.02, help="dense learning rate")
+    _add_optimizer_args(p, weight_decay=0.0)
     p.add_argument("--lr-scale", type=float, default=0.1, help="retrain at lr × lr-scale")
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"))
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--json", default=None, help="also write the report as JSON")
     _add_data_args(p)
     p.set_defaults(func=cmd_prune)
@@ -478,8 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="output PNG (default: next to the JSON)")
     p.add_argument("--model", choices=model_names(), default=None)
     p.add_argument("--sparsities", default="0,0.3,0.5,0.6,0.7,0.8,0.85,0.9,0.93,0.95,0.97")
-    p.add_argument("--include", action="append", default=[], metavar="GLOB")
-    p.add_argument("--exclude", action="append", default=[], metavar="GLOB")
+    _add_glob_args(p)
     p.add_argument(
         "--max-drop",
         type=float,
