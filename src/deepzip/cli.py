@@ -42,7 +42,7 @@ from deepzip.config import (
 )
 from deepzip.datasets import DATASETS, DataSplits, download, load_dataset
 from deepzip.errors import ConfigError, DeepZipError
-from deepzip.format import load_checkpoint, read_checkpoint, save_checkpoint
+from deepzip.format import apply_checkpoint, read_checkpoint, save_checkpoint
 from deepzip.pipeline import (
     accuracy_fn,
     make_loaders,
@@ -117,21 +117,17 @@ def _data(args: argparse.Namespace) -> DataSplits:
     return load_dataset(args.dataset, args.data_dir, val_size=args.val_size, seed=args.seed)
 
 
-def _model_for(args: argparse.Namespace, ckpt_path: str | None) -> str:
-    name: str | None = getattr(args, "model", None)
-    if name is None and ckpt_path is not None:
-        name = read_checkpoint(ckpt_path).metadata.get("deepzip.model")
+def _load_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, str]:
+    """The zoo model named by ``--model`` or the checkpoint's metadata, with its weights."""
+    ckpt = read_checkpoint(args.checkpoint)
+    name: str | None = args.model or ckpt.metadata.get("deepzip.model")
     if name is None:
         raise ConfigError(
-            f"cannot tell the model architecture; pass --model ({', '.join(model_names())})"
+            f"{args.checkpoint}: cannot tell the model architecture; pass --model "
+            f"({', '.join(model_names())})"
         )
-    return name
-
-
-def _load_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, str]:
-    name = _model_for(args, args.checkpoint)
     model = create_model(name)
-    load_checkpoint(model, args.checkpoint, strict=True)
+    apply_checkpoint(model, ckpt, strict=True, source=args.checkpoint)
     return model.to(device), name
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "MASK_PREFIX",
     "Checkpoint",
+    "apply_checkpoint",
     "load_checkpoint",
     "plain_state_dict",
     "read_checkpoint",
@@ -200,7 +201,16 @@ def load_checkpoint(
     Raises:
         CheckpointError: missing or unexpected keys, or a shape mismatch (names the tensor).
     """
-    ckpt = read_checkpoint(path)
+    return apply_checkpoint(model, read_checkpoint(path), strict=strict, source=str(path))
+
+
+def apply_checkpoint(
+    model: nn.Module, ckpt: Checkpoint, *, strict: bool = True, source: str = "checkpoint"
+) -> Checkpoint:
+    """Load an already read :class:`Checkpoint` into ``model`` (see :func:`load_checkpoint`).
+
+    ``source`` names the checkpoint in error messages.
+    """
     strip_(model)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(ckpt.tensors))
@@ -211,7 +221,7 @@ def load_checkpoint(
             parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:5])}")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:5])}")
-        raise CheckpointError(f"{path} does not fit the model: {'; '.join(parts)}")
+        raise CheckpointError(f"{source} does not fit the model: {'; '.join(parts)}")
     mismatched = [
         n for n, t in expected.items() if n in ckpt.tensors and ckpt.tensors[n].shape != t.shape
     ]
@@ -219,7 +229,7 @@ def load_checkpoint(
         name = mismatched[0]
         more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
         raise CheckpointError(
-            f"{path}: tensor {name!r} has shape {tuple(ckpt.tensors[name].shape)}, "
+            f"{source}: tensor {name!r} has shape {tuple(ckpt.tensors[name].shape)}, "
             f"the model expects {tuple(expected[name].shape)}{more}"
         )
     model.load_state_dict({k: v for k, v in ckpt.tensors.items() if k in expected}, strict=strict)
@@ -228,7 +238,7 @@ def load_checkpoint(
         try:
             module = model.get_submodule(owner)
         except AttributeError as exc:
-            raise CheckpointError(f"{path}: mask for {name!r} names no module") from exc
+            raise CheckpointError(f"{source}: mask for {name!r} names no module") from exc
         m = attach_mask(module, attr, mask.to(getattr(module, attr).device))
         if name in ckpt.reference_std:
             m.reference_std.fill_(ckpt.reference_std[name])
