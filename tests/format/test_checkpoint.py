@@ -125,3 +125,13 @@ def test_failed_write_leaves_no_file(
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(mlp, tmp_path / "p.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_load_leaves_pruned_model_untouched(mlp: nn.Module, tmp_path: Path) -> None:
+    other = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 4))
+    path = save_checkpoint(other, tmp_path / "other.safetensors")
+    prune_(mlp, PruneConfig(sparsity=0.5))
+    masks = mask_dict(mlp)
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        load_checkpoint(mlp, path)
+    assert mask_dict(mlp).keys() == masks.keys()

@@ -211,8 +211,7 @@ def apply_checkpoint(
 
     ``source`` names the checkpoint in error messages.
     """
-    strip_(model)
-    expected = model.state_dict()
+    expected = plain_state_dict(model)  # validated before the model is touched
     missing = sorted(set(expected) - set(ckpt.tensors))
     unexpected = sorted(set(ckpt.tensors) - set(expected))
     if strict and (missing or unexpected):
@@ -232,6 +231,7 @@ def apply_checkpoint(
             f"{source}: tensor {name!r} has shape {tuple(ckpt.tensors[name].shape)}, "
             f"the model expects {tuple(expected[name].shape)}{more}"
         )
+    strip_(model)
     model.load_state_dict({k: v for k, v in ckpt.tensors.items() if k in expected}, strict=strict)
     for name, mask in ckpt.masks.items():
         owner, attr = name.rsplit(".", 1) if "." in name else ("", name)
