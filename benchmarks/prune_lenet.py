@@ -26,11 +26,14 @@ import torch
 from deepzip._atomic import atomic_write_text
 from deepzip.config import ScheduleConfig, builtin_recipe
 from deepzip.datasets import DataSplits, load_dataset
+from deepzip.format import save_checkpoint
 from deepzip.pipeline import accuracy_fn, make_loaders, prune_with_retraining, train_dense
 from deepzip.report import markdown_table
 from deepzip.zoo import create_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Dense and pruned checkpoints for the later stages' benchmarks (not committed: see .gitignore).
+CACHE = RESULTS / "cache"
 
 # The paper's pruning-only results on MNIST (Han et al. 2015 / 2016, Table 1 of "Learning both
 # Weights and Connections"): percentage of weights kept per layer and overall.
@@ -77,9 +80,13 @@ def run_model(name: str, data: DataSplits, *, quick: bool, seed: int) -> dict[st
     train_dense(model, data, dense_cfg)
     t_dense = time.perf_counter() - t0
     dense_acc = accuracy_fn(make_loaders(data, 1000).test)(model)
+    suffix = "-quick" if quick else ""
+    meta = {"deepzip.model": name, "deepzip.dataset": "fashion-mnist"}
+    save_checkpoint(model, CACHE / f"{name}-dense{suffix}.safetensors", metadata=meta)
     t0 = time.perf_counter()
     outcome = prune_with_retraining(model, data, job, seed=seed)
     t_prune = time.perf_counter() - t0
+    save_checkpoint(model, CACHE / f"{name}-pruned{suffix}.safetensors", metadata=meta)
     kept = {r.name.removesuffix(".weight"): r.kept_fraction for r in outcome.report.layers}
     return {
         "dense_acc": dense_acc,

@@ -106,3 +106,11 @@ def test_builtin_recipes_load_and_name_unknown() -> None:
         assert job.schedule.fractions()[-1] == 1.0
     with pytest.raises(ConfigError, match="no built-in recipe 'vgg'"):
         builtin_recipe("vgg")
+
+
+def test_distillation_settings_validated() -> None:
+    assert RetrainConfig(distill=0.5).distill == 0.5
+    with pytest.raises(ConfigError, match=r"retrain\.distill must be in \[0, 1\]"):
+        RetrainConfig(distill=1.5)
+    with pytest.raises(ConfigError, match=r"retrain\.temperature must be a number > 0"):
+        RetrainConfig(temperature=0.0)

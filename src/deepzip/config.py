@@ -28,9 +28,11 @@ else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
 __all__ = [
+    "BitsOverride",
     "LayerOverride",
     "PruneConfig",
     "PruneJob",
+    "QuantizeConfig",
     "RetrainConfig",
     "ScheduleConfig",
     "TrainConfig",
@@ -45,6 +47,9 @@ PruneScope = Literal["layer", "global"]
 ScheduleKind = Literal["steps", "agp", "oneshot"]
 OptimizerName = Literal["sgd", "adam", "adamw"]
 LRSchedule = Literal["cosine", "constant"]
+QuantMethod = Literal["kmeans", "uniform", "ecsq"]
+KMeansInit = Literal["linear", "density", "forgy", "kmeans++"]
+ImportanceKind = Literal["none", "fisher", "adam"]
 
 
 def _check_sparsity(key: str, value: float | None) -> None:
@@ -83,6 +88,11 @@ def _check_number(key: str, value: object, *, positive: bool) -> None:
 def _check_choice(key: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _check_bits(key: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
+        raise ConfigError(f"{key} must be an integer from 1 to 8, got {value!r}")
 
 
 def _check_patterns(key: str, value: tuple[str, ...]) -> None:
@@ -273,6 +283,9 @@ class RetrainConfig:
         scale_dropout: scale dropout rates by ``sqrt(kept / original)`` (Han et al. 2015).
         schedule: learning rate within each retraining run: ``"constant"`` (the paper) or
             ``"cosine"`` (annealed to zero over that run's epochs).
+        distill: weight ``α`` of knowledge distillation from the model as it was before
+            compression (its logits on the training set are computed once); 0 turns it off.
+        temperature: distillation temperature.
     """
 
     epochs: int = 2
@@ -284,6 +297,8 @@ class RetrainConfig:
     batch_size: int = 128
     scale_dropout: bool = True
     schedule: LRSchedule = "constant"
+    distill: float = 0.0
+    temperature: float = 4.0
 
     def __post_init__(self) -> None:
         _check_int("retrain.epochs", self.epochs, minimum=0)
@@ -294,6 +309,10 @@ class RetrainConfig:
         _check_number("retrain.weight_decay", self.weight_decay, positive=False)
         _check_choice("retrain.optimizer", self.optimizer, _OPTIMIZERS)
         _check_choice("retrain.schedule", self.schedule, _LR_SCHEDULES)
+        _check_number("retrain.distill", self.distill, positive=False)
+        if self.distill > 1:
+            raise ConfigError(f"retrain.distill must be in [0, 1], got {self.distill!r}")
+        _check_number("retrain.temperature", self.temperature, positive=True)
         if not isinstance(self.scale_dropout, bool):
             raise ConfigError(
                 f"retrain.scale_dropout must be true or false, got {self.scale_dropout!r}"
@@ -354,6 +373,112 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """The TOML/JSON form."""
         return _as_dict(self)
+
+
+@dataclass(frozen=True)
+class BitsOverride:
+    """Per-layer bit width for the layers whose name matches ``pattern``.
+
+    Attributes:
+        pattern: fnmatch glob on module and parameter names; it must match a selected layer.
+        bits: bits per weight index (1..8, k = 2^bits levels).
+        skip: leave the matching layers in float (recorded in the report as skipped).
+    """
+
+    pattern: str
+    bits: int | None = None
+    skip: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pattern, str) or not self.pattern:
+            raise ConfigError(f"override pattern must be a non-empty glob, got {self.pattern!r}")
+        if self.bits is not None:
+            _check_bits(f"overrides[{self.pattern!r}].bits", self.bits)
+        elif not self.skip:
+            raise ConfigError(f"overrides[{self.pattern!r}]: set bits or skip = true")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Weight sharing: one codebook per layer plus one index per surviving weight.
+
+    Attributes:
+        bits: bits for every layer; ``None`` uses the paper's defaults ``conv_bits`` for
+            convolutions and ``fc_bits`` for everything else (Linear, Embedding, ...).
+        conv_bits: default bits of Conv1d/2d/3d layers (paper: 8).
+        fc_bits: default bits of the other layers (paper: 5).
+        method: ``"kmeans"`` (Deep Compression), ``"uniform"`` or ``"ecsq"`` (Choi et al.).
+        init: k-means initialisation: ``"linear"`` (the paper's winner), ``"density"``,
+            ``"forgy"`` or ``"kmeans++"``.
+        importance: per-weight importance used as sample weights: ``"none"``, ``"fisher"``
+            (squared gradients) or ``"adam"`` (Adam's second moment). The caller supplies the
+            tensors (see ``deepzip.quantize.fisher_diagonal``).
+        ecsq_lambda: ECSQ's rate weight (``method="ecsq"``); 0 equals uniform quantization.
+        grad: centroid gradient rule: ``"sum"`` of member gradients (the paper) or ``"mean"``.
+        max_iter: most k-means / ECSQ iterations.
+        seed: seeds the random initialisations.
+        include: globs; when given, only matching layers are quantized.
+        exclude: globs of layers left in float.
+        overrides: per-layer bits or skip; the last matching override wins.
+    """
+
+    bits: int | None = None
+    conv_bits: int = 8
+    fc_bits: int = 5
+    method: QuantMethod = "kmeans"
+    init: KMeansInit = "linear"
+    importance: ImportanceKind = "none"
+    ecsq_lambda: float = 0.0
+    grad: Literal["sum", "mean"] = "sum"
+    max_iter: int = 100
+    seed: int = 0
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    overrides: tuple[BitsOverride, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.bits is not None:
+            _check_bits("quantize.bits", self.bits)
+        _check_bits("quantize.conv_bits", self.conv_bits)
+        _check_bits("quantize.fc_bits", self.fc_bits)
+        _check_choice("quantize.method", self.method, ("kmeans", "uniform", "ecsq"))
+        _check_choice("quantize.init", self.init, ("linear", "density", "forgy", "kmeans++"))
+        _check_choice("quantize.importance", self.importance, ("none", "fisher", "adam"))
+        _check_choice("quantize.grad", self.grad, ("sum", "mean"))
+        _check_number("quantize.ecsq_lambda", self.ecsq_lambda, positive=False)
+        _check_int("quantize.max_iter", self.max_iter, minimum=1)
+        _check_int("quantize.seed", self.seed, minimum=0)
+        _check_patterns("quantize.include", self.include)
+        _check_patterns("quantize.exclude", self.exclude)
+        if not isinstance(self.overrides, tuple) or not all(
+            isinstance(o, BitsOverride) for o in self.overrides
+        ):
+            raise ConfigError(
+                f"quantize.overrides must be BitsOverride items, got {self.overrides!r}"
+            )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QuantizeConfig:
+        """Build from a TOML/JSON table; unknown keys raise ``ConfigError``."""
+        data = dict(data)
+        raw = data.pop("overrides", [])
+        if not isinstance(raw, list):
+            raise ConfigError(f"quantize.overrides must be a list of tables, got {raw!r}")
+        overrides = tuple(
+            _build(BitsOverride, o, f"quantize.overrides[{i}]") for i, o in enumerate(raw)
+        )
+        for key in ("include", "exclude"):
+            if key in data:
+                data[key] = _as_str_tuple(f"quantize.{key}", data[key])
+        return _build(cls, {**data, "overrides": overrides}, "quantize")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML/JSON form (``None`` values omitted)."""
+        out = _as_dict(self)
+        out["overrides"] = [_as_dict(o) for o in self.overrides]
+        out["include"] = list(self.include)
+        out["exclude"] = list(self.exclude)
+        return out
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,17 @@ from torch import nn
 from deepzip.config import PruneJob, RetrainConfig, TrainConfig
 from deepzip.datasets import DataSplits, ImageDataset, TensorLoader
 from deepzip.prune import PruneReport, StepRecord, iterative_prune
-from deepzip.train import Callback, FitHistory, evaluate, fit, make_optimizer, seed_everything
+from deepzip.train import (
+    Callback,
+    DistillationLoss,
+    FitHistory,
+    evaluate,
+    fit,
+    make_optimizer,
+    pack_teacher_targets,
+    predict_logits,
+    seed_everything,
+)
 
 __all__ = [
     "Loaders",
@@ -108,6 +118,7 @@ def _retrain(
 ) -> None:
     if epochs == 0:
         return
+    loss_fn = DistillationLoss(config.distill, config.temperature) if config.distill else None
     optimizer = make_optimizer(
         model.parameters(), config.optimizer, config.retrain_lr, weight_decay=config.weight_decay
     )
@@ -116,12 +127,29 @@ def _retrain(
         loaders.train,
         optimizer=optimizer,
         epochs=epochs,
+        loss_fn=loss_fn,
         device=device,
         scheduler=_scheduler(optimizer, config.schedule, epochs),
         callbacks=callbacks,
         eval_loader=loaders.val,
         seed=seed,
     )
+
+
+def _with_teacher(
+    model: nn.Module,
+    data: DataSplits,
+    loaders: Loaders,
+    batch_size: int,
+    seed: int,
+    device: torch.device | None,
+) -> Loaders:
+    """Training batches whose targets carry the current model's logits (the teacher)."""
+    plain = TensorLoader(data.train.images, data.train.labels, 1000)
+    logits = predict_logits(model, plain, device=device)
+    targets = pack_teacher_targets(data.train.labels, logits)
+    train = TensorLoader(data.train.images, targets, batch_size, shuffle=True, seed=seed)
+    return Loaders(train=train, val=loaders.val, test=loaders.test)
 
 
 @dataclass(frozen=True)
@@ -165,6 +193,8 @@ def prune_with_retraining(
     """
     seed_everything(seed)
     loaders = make_loaders(data, job.retrain.batch_size, seed=seed)
+    if job.retrain.distill:
+        loaders = _with_teacher(model, data, loaders, job.retrain.batch_size, seed, device)
     test_acc = accuracy_fn(loaders.test, device)
     val_acc = accuracy_fn(loaders.val, device) if loaders.val is not None else None
     before_test = test_acc(model)

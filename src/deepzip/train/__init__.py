@@ -7,6 +7,7 @@ and epoch summaries go to the ``deepzip.train.loop`` logger.
 from __future__ import annotations
 
 from deepzip.train.callbacks import Callback, EpochRecord, FitHistory, FitState, LambdaCallback
+from deepzip.train.distill import DistillationLoss, pack_teacher_targets
 from deepzip.train.loop import EvalResult, evaluate, fit, predict_logits
 from deepzip.train.optim import OPTIMIZERS, make_optimizer
 from deepzip.train.seed import resolve_device, seed_everything
@@ -14,6 +15,7 @@ from deepzip.train.seed import resolve_device, seed_everything
 __all__ = [
     "OPTIMIZERS",
     "Callback",
+    "DistillationLoss",
     "EpochRecord",
     "EvalResult",
     "FitHistory",
@@ -22,6 +24,7 @@ __all__ = [
     "evaluate",
     "fit",
     "make_optimizer",
+    "pack_teacher_targets",
     "predict_logits",
     "resolve_device",
     "seed_everything",

@@ -1,0 +1,63 @@
+"""Knowledge distillation from a fixed teacher (Hinton, Vinyals & Dean 2015).
+
+Retraining a pruned or quantized network can learn from the dense network's soft outputs as
+well as from the labels. The teacher is fixed and the inputs are not augmented, so its logits
+are computed once and packed beside the labels: a target row is ``[label, logit_0, ...]``.
+:class:`DistillationLoss` unpacks such rows; given plain integer labels (an evaluation loader)
+it is ordinary cross-entropy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from deepzip.errors import ConfigError
+
+__all__ = ["DistillationLoss", "pack_teacher_targets"]
+
+
+def pack_teacher_targets(labels: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Rows ``[label, teacher logits...]`` (float32) for :class:`DistillationLoss`."""
+    if labels.dim() != 1 or teacher_logits.dim() != 2 or labels.shape[0] != teacher_logits.shape[0]:
+        raise ConfigError(
+            f"labels {tuple(labels.shape)} and teacher logits {tuple(teacher_logits.shape)} "
+            "must be (N,) and (N, classes)"
+        )
+    return torch.cat([labels[:, None].to(torch.float32), teacher_logits.to(torch.float32)], 1)
+
+
+class DistillationLoss(nn.Module):
+    """``(1 − α)·CE(outputs, labels) + α·T²·KL(softmax(teacher/T) ‖ softmax(outputs/T))``.
+
+    Args:
+        alpha: weight of the distillation term, in [0, 1].
+        temperature: softening temperature ``T > 0``.
+    """
+
+    def __init__(self, alpha: float, temperature: float = 4.0) -> None:
+        super().__init__()
+        if not (0.0 <= alpha <= 1.0):
+            raise ConfigError(f"distillation alpha must be in [0, 1], got {alpha!r}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ConfigError(f"distillation temperature must be > 0, got {temperature!r}")
+        self.alpha = alpha
+        self.temperature = temperature
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss; plain cross-entropy when ``targets`` are integer labels."""
+        if targets.dim() == 1:
+            return nn.functional.cross_entropy(outputs, targets)
+        labels = targets[:, 0].long()
+        teacher = targets[:, 1:]
+        hard = nn.functional.cross_entropy(outputs, labels)
+        t = self.temperature
+        soft = nn.functional.kl_div(
+            nn.functional.log_softmax(outputs / t, dim=1),
+            nn.functional.log_softmax(teacher / t, dim=1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        return (1 - self.alpha) * hard + self.alpha * t * t * soft
