@@ -135,3 +135,24 @@ def test_failed_load_leaves_pruned_model_untouched(mlp: nn.Module, tmp_path: Pat
     with pytest.raises(CheckpointError, match="does not fit the model"):
         load_checkpoint(mlp, path)
     assert mask_dict(mlp).keys() == masks.keys()
+
+
+def test_quantized_checkpoint_round_trip(mlp: nn.Module, tmp_path: Path) -> None:
+    from deepzip.config import QuantizeConfig
+    from deepzip.quantize import export_shared, quantize_
+
+    prune_(mlp, PruneConfig(sparsity=0.7))
+    quantize_(mlp, QuantizeConfig(bits=3))
+    path = save_checkpoint(mlp, tmp_path / "q.safetensors")
+    fresh = _mlp()
+    load_checkpoint(fresh, path)
+    before, after = export_shared(mlp), export_shared(fresh)
+    assert before.keys() == after.keys() == {"0.weight", "3.weight"}
+    for k in before:
+        assert torch.equal(before[k].codebook, after[k].codebook)
+        assert torch.equal(before[k].indices, after[k].indices)
+        assert torch.equal(before[k].mask, after[k].mask)
+    x = torch.randn(5, 20)
+    mlp.eval()
+    fresh.eval()
+    assert torch.equal(mlp(x), fresh(x))

@@ -1,8 +1,10 @@
-"""Training checkpoints: safetensors files that carry pruning masks.
+"""Training checkpoints: safetensors files that carry pruning masks and shared weights.
 
 A deepzip checkpoint is a plain ``.safetensors`` file any tool can read: the model's tensors
 under their usual names (pruned weights hold exact zeros), plus one ``bool`` tensor per pruning
-mask under ``__deepzip_mask__.<parameter name>``. The safetensors metadata holds
+mask under ``__deepzip_mask__.<parameter name>``; a quantized tensor also has its codebook
+(``__deepzip_codebook__.<name>``, float32) and indices (``__deepzip_index__.<name>``, uint8),
+so fine-tuning can resume with the same clusters. The safetensors metadata holds
 ``deepzip.format = "checkpoint"``, ``deepzip.version``, the masks' reference standard deviations
 (JSON) and the caller's string key/values.
 
@@ -24,11 +26,15 @@ from torch import nn
 
 from deepzip._atomic import atomic_path
 from deepzip.errors import CheckpointError
-from deepzip.prune.api import mask_dict, strip_
+from deepzip.prune.api import mask_dict
 from deepzip.prune.parametrization import attach_mask, get_mask
+from deepzip.quantize.api import export_shared, strip_
+from deepzip.quantize.shared import SharedTensor, attach_shared
 
 __all__ = [
     "CHECKPOINT_VERSION",
+    "CODEBOOK_PREFIX",
+    "INDEX_PREFIX",
     "MASK_PREFIX",
     "Checkpoint",
     "apply_checkpoint",
@@ -40,6 +46,9 @@ __all__ = [
 
 CHECKPOINT_VERSION = "1"
 MASK_PREFIX = "__deepzip_mask__."
+CODEBOOK_PREFIX = "__deepzip_codebook__."
+INDEX_PREFIX = "__deepzip_index__."
+_DEEPZIP_KEY = "__deepzip_"
 _PARAM_SEP = ".parametrizations."
 
 
@@ -71,9 +80,11 @@ class Checkpoint:
         masks: dict[str, torch.Tensor],
         reference_std: dict[str, float],
         metadata: dict[str, str],
+        shared: dict[str, SharedTensor] | None = None,
     ) -> None:
         self.tensors = tensors
         self.masks = masks
+        self.shared = shared or {}
         self.reference_std = reference_std
         self.metadata = metadata
 
@@ -94,6 +105,10 @@ def save_checkpoint(
     dest = Path(path)
     tensors = {k: v.contiguous().cpu() for k, v in plain_state_dict(model).items()}
     masks = mask_dict(model)
+    for name, s in export_shared(model).items():
+        tensors[MASK_PREFIX + name] = s.mask.cpu().contiguous()
+        tensors[CODEBOOK_PREFIX + name] = s.codebook.cpu().contiguous()
+        tensors[INDEX_PREFIX + name] = s.indices.cpu().contiguous()
     stds: dict[str, float] = {}
     for name, mask in masks.items():
         tensors[MASK_PREFIX + name] = mask.cpu().contiguous()
@@ -168,10 +183,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """
     p = Path(path)
     raw, meta = _read_tensors(p)
-    masks = {
-        k[len(MASK_PREFIX) :]: v.to(torch.bool) for k, v in raw.items() if k.startswith(MASK_PREFIX)
-    }
-    tensors = {k: v for k, v in raw.items() if not k.startswith(MASK_PREFIX)}
+    tensors = {k: v for k, v in raw.items() if not k.startswith(_DEEPZIP_KEY)}
+    masks = _with_prefix(raw, MASK_PREFIX)
+    codebooks = _with_prefix(raw, CODEBOOK_PREFIX)
+    indices = _with_prefix(raw, INDEX_PREFIX)
+    known = (MASK_PREFIX, CODEBOOK_PREFIX, INDEX_PREFIX)
+    for k in raw:
+        if k.startswith(_DEEPZIP_KEY) and not k.startswith(known):
+            raise CheckpointError(f"{p}: unknown deepzip entry {k!r} (written by a newer version?)")
     stds: dict[str, float] = {}
     if "deepzip.reference_std" in meta:
         try:
@@ -187,7 +206,48 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
                 f"{p}: mask for {name!r} has shape {tuple(mask.shape)}, "
                 f"the tensor {tuple(tensors[name].shape)}"
             )
-    return Checkpoint(tensors, masks, stds, meta)
+    shared = {
+        name: _shared_entry(p, name, cb, indices, masks, tensors) for name, cb in codebooks.items()
+    }
+    if set(indices) - set(codebooks):
+        raise CheckpointError(
+            f"{p}: indices without a codebook for {sorted(set(indices) - set(codebooks))[0]!r}"
+        )
+    return Checkpoint(tensors, {k: v.to(torch.bool) for k, v in masks.items()}, stds, meta, shared)
+
+
+def _with_prefix(raw: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
+
+
+def _shared_entry(
+    path: Path,
+    name: str,
+    codebook: torch.Tensor,
+    indices: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    tensors: Mapping[str, torch.Tensor],
+) -> SharedTensor:
+    """Validate one quantized tensor's codebook, indices and mask."""
+    if name not in indices or name not in masks or name not in tensors:
+        raise CheckpointError(f"{path}: codebook for {name!r} without its indices, mask or tensor")
+    index = indices[name]
+    if codebook.dim() != 1 or not 1 <= codebook.numel() <= 256 or not codebook.is_floating_point():
+        raise CheckpointError(
+            f"{path}: codebook of {name!r} must be 1-D float with 1..256 entries, "
+            f"got shape {tuple(codebook.shape)} {codebook.dtype}"
+        )
+    if index.dtype != torch.uint8 or index.shape != tensors[name].shape:
+        raise CheckpointError(
+            f"{path}: indices of {name!r} must be uint8 of shape {tuple(tensors[name].shape)}, "
+            f"got {index.dtype} {tuple(index.shape)}"
+        )
+    if index.numel() and int(index.max()) >= codebook.numel():
+        raise CheckpointError(
+            f"{path}: indices of {name!r} reach {int(index.max())}, the codebook has "
+            f"{codebook.numel()} entries"
+        )
+    return SharedTensor(codebook.to(torch.float32), index, masks[name].to(torch.bool))
 
 
 def load_checkpoint(
@@ -239,6 +299,9 @@ def apply_checkpoint(
             module = model.get_submodule(owner)
         except AttributeError as exc:
             raise CheckpointError(f"{source}: mask for {name!r} names no module") from exc
+        if name in ckpt.shared:
+            attach_shared(module, attr, ckpt.shared[name])
+            continue
         m = attach_mask(module, attr, mask.to(getattr(module, attr).device))
         if name in ckpt.reference_std:
             m.reference_std.fill_(ckpt.reference_std[name])

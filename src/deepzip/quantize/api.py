@@ -1,0 +1,244 @@
+"""The quantization verbs: :func:`quantize_`, :func:`export_shared`, :func:`strip_`.
+
+Every quantizer (k-means, uniform, ECSQ) produces the same thing per layer: a sorted float32
+codebook plus one index per surviving weight. Pruned positions (from a pruning mask, or exact
+zeros in an unmasked weight that was pruned and stripped) are never cluster members and stay
+exactly zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from deepzip.config import BitsOverride, QuantizeConfig
+from deepzip.errors import ConfigError, InvalidTensorError
+from deepzip.prune.api import strip_ as strip_masks_
+from deepzip.prune.masks import check_finite
+from deepzip.prune.parametrization import get_mask
+from deepzip.quantize.kmeans import KMeansResult, bits_to_k, kmeans_1d
+from deepzip.quantize.scalar import ecsq_quantize, uniform_quantize
+from deepzip.quantize.shared import SharedTensor, attach_shared, get_shared
+from deepzip.targets import Skipped, Target, matches, select_targets
+
+__all__ = [
+    "QuantizeReport",
+    "QuantizedLayer",
+    "export_shared",
+    "layer_bits",
+    "quantize_",
+    "quantize_tensor",
+    "strip_",
+]
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass(frozen=True)
+class QuantizedLayer:
+    """What quantization did to one tensor."""
+
+    name: str
+    layer_type: str
+    bits: int
+    weights: int
+    kept: int
+    levels: int
+    sse: float
+    notes: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "name": self.name,
+            "type": self.layer_type,
+            "bits": self.bits,
+            "weights": self.weights,
+            "kept": self.kept,
+            "levels": self.levels,
+            "sse": self.sse,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class QuantizeReport:
+    """Per-layer results, and every parameter left in float with its reason."""
+
+    layers: tuple[QuantizedLayer, ...]
+    skipped: tuple[Skipped, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "layers": [layer.to_dict() for layer in self.layers],
+            "skipped": [{"name": s.name, "reason": s.reason} for s in self.skipped],
+        }
+
+
+def layer_bits(target: Target, config: QuantizeConfig) -> int | None:
+    """Bits for one target: last matching override, else ``bits``, else the paper's default.
+
+    Returns ``None`` when an override says ``skip``.
+    """
+    found: BitsOverride | None = None
+    for o in config.overrides:
+        if matches(o.pattern, target.module_name, target.param_name):
+            found = o
+    if found is not None:
+        return None if found.skip else found.bits
+    if config.bits is not None:
+        return config.bits
+    return config.conv_bits if isinstance(target.module, _CONV) else config.fc_bits
+
+
+def quantize_tensor(
+    values: torch.Tensor,
+    bits: int,
+    config: QuantizeConfig,
+    *,
+    weights: torch.Tensor | None = None,
+) -> KMeansResult:
+    """Quantize a 1-D tensor of surviving weights with the configured method."""
+    k = bits_to_k(bits)
+    if config.method == "uniform":
+        return uniform_quantize(values, k, weights=weights)
+    if config.method == "ecsq":
+        return ecsq_quantize(
+            values, k, config.ecsq_lambda, weights=weights, max_iter=config.max_iter
+        )
+    return kmeans_1d(
+        values, k, weights=weights, init=config.init, seed=config.seed, max_iter=config.max_iter
+    )
+
+
+def _current_mask(target: Target) -> torch.Tensor:
+    shared = get_shared(target.module, target.param_name)
+    if shared is not None:
+        return shared.mask.clone()
+    m = get_mask(target.module, target.param_name)
+    if m is not None:
+        return m.mask.clone()
+    return target.tensor.detach() != 0
+
+
+def quantize_(
+    model: nn.Module,
+    config: QuantizeConfig,
+    *,
+    importance: Mapping[str, torch.Tensor] | None = None,
+) -> QuantizeReport:
+    """Share weights in place: each selected layer becomes ``codebook[index] * mask``.
+
+    The codebook of each layer is an ``nn.Parameter`` that fine-tunes with any optimizer (only
+    the codebooks train; indices and masks are fixed). Pruned layers keep their pruning.
+
+    Args:
+        model: any ``nn.Module``, pruned or not.
+        config: bits per layer and the quantizer.
+        importance: ``{parameter name: per-weight importance}`` (same shape, >= 0) used as
+            k-means/ECSQ sample weights; required when ``config.importance != "none"``.
+
+    Returns:
+        The per-layer report. A layer with no surviving weights is skipped and reported.
+
+    Raises:
+        ConfigError: a glob or override that matches no layer; importance missing.
+        InvalidTensorError: non-finite weights; importance of the wrong shape or negative.
+    """
+    if config.importance != "none" and importance is None:
+        raise ConfigError(
+            f"quantize.importance = {config.importance!r} needs importance tensors: compute "
+            "them with deepzip.quantize.fisher_diagonal or adam_second_moment"
+        )
+    selection = select_targets(model, include=config.include, exclude=config.exclude)
+    for o in config.overrides:
+        if not any(matches(o.pattern, t.module_name, t.param_name) for t in selection.targets):
+            raise ConfigError(
+                f"override pattern {o.pattern!r} matches no quantizable layer "
+                f"(layers: {', '.join(selection.names()) or 'none'})"
+            )
+    skipped = list(selection.skipped)
+    plans: list[tuple[Target, int, torch.Tensor, torch.Tensor | None]] = []
+    for t in selection.targets:
+        bits = layer_bits(t, config)
+        if bits is None:
+            skipped.append(Skipped(t.name, "skipped by override (kept in float)"))
+            continue
+        check_finite(t.name, t.tensor)
+        imp = _importance_for(t, importance) if config.importance != "none" else None
+        plans.append((t, bits, _current_mask(t), imp))
+    layers: list[QuantizedLayer] = []
+    for t, bits, mask, imp in plans:  # every input validated before any layer changes
+        weight = t.tensor.detach()
+        if not bool(mask.any()):
+            skipped.append(Skipped(t.name, "no surviving weights (all pruned); left as zeros"))
+            continue
+        values = weight[mask].to(torch.float32)
+        result = quantize_tensor(values, bits, config, weights=None if imp is None else imp[mask])
+        indices = torch.zeros(weight.shape, dtype=torch.uint8, device=weight.device)
+        indices[mask] = result.labels.to(device=weight.device, dtype=torch.uint8)
+        attach_shared(
+            t.module, t.param_name, SharedTensor(result.centroids, indices, mask), grad=config.grad
+        )
+        layers.append(
+            QuantizedLayer(
+                t.name,
+                t.layer_type,
+                bits,
+                int(weight.numel()),
+                int(mask.sum()),
+                result.k,
+                result.sse,
+                result.notes,
+            )
+        )
+    return QuantizeReport(tuple(layers), tuple(skipped))
+
+
+def _importance_for(target: Target, importance: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
+    if importance is None or target.name not in importance:
+        raise ConfigError(f"{target.name}: no importance tensor given for this layer")
+    imp = importance[target.name]
+    if imp.shape != target.tensor.shape:
+        raise InvalidTensorError(
+            f"{target.name}: importance has shape {tuple(imp.shape)}, "
+            f"the weight {tuple(target.tensor.shape)}"
+        )
+    if not bool(torch.isfinite(imp).all()) or bool((imp < 0).any()):
+        raise InvalidTensorError(f"{target.name}: importance must be finite and >= 0")
+    return imp.detach().to(device=target.tensor.device, dtype=torch.float32)
+
+
+def export_shared(model: nn.Module) -> dict[str, SharedTensor]:
+    """``{parameter name: (codebook, indices, mask)}`` for every quantized tensor."""
+    out: dict[str, SharedTensor] = {}
+    for mod_name, module in model.named_modules():
+        params = getattr(module, "parametrizations", None)
+        if params is None:
+            continue
+        for attr in params:
+            shared = get_shared(module, attr)
+            if shared is not None:
+                out[f"{mod_name}.{attr}" if mod_name else attr] = shared.export()
+    return out
+
+
+def strip_(model: nn.Module) -> nn.Module:
+    """Make pruning and quantization permanent: plain dense weights, exact zeros and levels.
+
+    Returns ``model`` (modified in place).
+    """
+    for _, module in list(model.named_modules()):
+        params = getattr(module, "parametrizations", None)
+        if params is None:
+            continue
+        for attr in list(params):
+            if get_shared(module, attr) is not None:
+                parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+                getattr(module, attr).requires_grad_(True)
+    return strip_masks_(model)

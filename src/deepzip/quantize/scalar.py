@@ -1,0 +1,168 @@
+"""Uniform and entropy-constrained scalar quantization (Choi, El-Khamy & Lee, ICLR 2017).
+
+Both work on a layer's surviving weights with optional per-weight importance and return the
+same :class:`~deepzip.quantize.kmeans.KMeansResult` as k-means: a sorted codebook plus one
+label per value.
+
+*Uniform*: ``k`` equal-width bins over ``[min, max]``; each bin's centre is the (importance-)
+weighted mean of its members. Empty bins are dropped.
+
+*ECSQ* (the iterative algorithm of Chou, Lookabaugh & Gray 1989, as used by Choi et al.): start
+from the uniform quantizer's bins ("cells"), then repeat: assign each cell to the cluster with the
+least Lagrangian cost ``Σ importance·(w − c)² / σ² + λ·n·(−log2 p_c)``, and update each centre
+``c`` (weighted mean) and probability ``p`` (share of values). Cells move as units, so with
+``λ = 0`` every cell stays its own cluster and ECSQ equals uniform quantization exactly; a larger
+``λ`` merges cells into fewer, more probable clusters (a lower entropy rate). Distortion is
+divided by the layer's weighted variance ``σ²`` so one ``λ`` means the same for every layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from deepzip.errors import ConfigError
+from deepzip.quantize.kmeans import KMeansResult, check_inputs, weighted_sse
+
+__all__ = ["ecsq_quantize", "uniform_quantize"]
+
+
+def _cells(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Uniform bin index of each value over ``[min, max]`` (``k`` bins)."""
+    lo, hi = values.min(), values.max()
+    if float(hi) == float(lo):
+        return torch.zeros_like(values, dtype=torch.int64)
+    scaled = (values.to(torch.float64) - float(lo)) / (float(hi) - float(lo)) * k
+    return scaled.floor().clamp_(0, k - 1).to(torch.int64)
+
+
+def _finish(
+    values: torch.Tensor,
+    weights: torch.Tensor,
+    cluster_of_value: torch.Tensor,
+    k_requested: int,
+    iterations: int,
+    converged: bool,
+    notes: list[str],
+) -> KMeansResult:
+    """Drop empty clusters, sort centres, relabel, and compute the SSE."""
+    n_clusters = int(cluster_of_value.max()) + 1
+    w = weights.to(torch.float64)
+    wsum = torch.zeros(n_clusters, dtype=torch.float64, device=values.device)
+    xsum = torch.zeros_like(wsum)
+    count = torch.zeros(n_clusters, dtype=torch.int64, device=values.device)
+    wsum.index_add_(0, cluster_of_value, w)
+    xsum.index_add_(0, cluster_of_value, w * values.to(torch.float64))
+    count.index_add_(0, cluster_of_value, torch.ones_like(cluster_of_value))
+    used = count > 0
+    # a cluster whose members all have zero importance takes their plain mean
+    plain = torch.zeros_like(wsum).index_add_(0, cluster_of_value, values.to(torch.float64))
+    centre = torch.where(wsum > 0, xsum / wsum.clamp(min=1e-300), plain / count.clamp(min=1))
+    order = torch.argsort(centre[used], stable=True)
+    centroids = centre[used][order]
+    remap = torch.full((n_clusters,), -1, dtype=torch.int64, device=values.device)
+    remap[torch.nonzero(used).flatten()[order]] = torch.arange(
+        centroids.numel(), device=values.device
+    )
+    labels = remap[cluster_of_value]
+    k_eff = int(centroids.numel())
+    if k_eff < k_requested:
+        notes.append(f"{k_requested - k_eff} of {k_requested} levels unused")
+    centroids32 = centroids.to(torch.float32)
+    return KMeansResult(
+        centroids=centroids32,
+        labels=labels,
+        k_requested=k_requested,
+        k=k_eff,
+        iterations=iterations,
+        sse=weighted_sse(values, centroids32, labels, weights),
+        converged=converged,
+        notes=tuple(notes),
+    )
+
+
+def uniform_quantize(
+    values: torch.Tensor, k: int, *, weights: torch.Tensor | None = None
+) -> KMeansResult:
+    """Uniform bins over ``[min, max]``, each represented by its weighted mean.
+
+    Args:
+        values: 1-D finite float tensor (the surviving weights).
+        k: number of bins, 1..256.
+        weights: optional per-value importance (>= 0).
+    """
+    w = check_inputs(values, k, weights)
+    cells = _cells(values, k)
+    return _finish(values, w, cells, k, 0, True, [])
+
+
+def ecsq_quantize(
+    values: torch.Tensor,
+    k: int,
+    lam: float,
+    *,
+    weights: torch.Tensor | None = None,
+    max_iter: int = 100,
+) -> KMeansResult:
+    """Entropy-constrained scalar quantization over ``k`` uniform cells (see the module doc).
+
+    Args:
+        values: 1-D finite float tensor (the surviving weights).
+        k: number of uniform cells (the most levels the result can have), 1..256.
+        lam: the rate weight ``λ >= 0``; 0 gives uniform quantization.
+        weights: optional per-value importance (>= 0).
+        max_iter: most assignment/update rounds.
+    """
+    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+        raise ConfigError(f"ECSQ lambda must be a finite number >= 0, got {lam!r}")
+    if max_iter < 1:
+        raise ConfigError(f"max_iter must be >= 1, got {max_iter!r}")
+    w = check_inputs(values, k, weights).to(torch.float64)
+    x = values.to(torch.float64)
+    cells = _cells(values, k)
+    dev = values.device
+    # per-cell sufficient statistics
+    cw = torch.zeros(k, dtype=torch.float64, device=dev).index_add_(0, cells, w)
+    c1 = torch.zeros_like(cw).index_add_(0, cells, w * x)
+    c2 = torch.zeros_like(cw).index_add_(0, cells, w * x * x)
+    cn = torch.zeros_like(cw).index_add_(0, cells, torch.ones_like(x))
+    occupied = torch.nonzero(cn > 0).flatten()
+    cw, c1, c2, cn = cw[occupied], c1[occupied], c2[occupied], cn[occupied]
+    total_w = float(cw.sum())
+    mean = float(c1.sum()) / total_w if total_w > 0 else float(x.mean())
+    var = float(c2.sum()) / total_w - mean * mean if total_w > 0 else 0.0
+    scale = 1.0 / var if var > 0 else 1.0
+    n_total = float(cn.sum())
+    assign = torch.arange(occupied.numel(), device=dev)  # cell -> cluster
+    iterations, converged = 0, False
+    for step in range(1, max_iter + 1):
+        iterations = step
+        n_cl = int(assign.max()) + 1
+        sw = torch.zeros(n_cl, dtype=torch.float64, device=dev).index_add_(0, assign, cw)
+        s1 = torch.zeros_like(sw).index_add_(0, assign, c1)
+        sn = torch.zeros_like(sw).index_add_(0, assign, cn)
+        alive = sn > 0
+        centre = torch.where(sw > 0, s1 / sw.clamp(min=1e-300), torch.zeros_like(sw))[alive]
+        rate = -torch.log2(sn[alive] / n_total)
+        # cost[cell, cluster] = Σ imp (w - c)^2 / σ² + λ n log2(1/p)
+        distortion = c2[:, None] - 2 * c1[:, None] * centre[None, :] + cw[:, None] * centre**2
+        cost = distortion * scale + lam * cn[:, None] * rate[None, :]
+        new_assign = torch.argmin(cost, dim=1)
+        # keep the numbering compact
+        _, new_assign = torch.unique(new_assign, return_inverse=True)
+        if torch.equal(new_assign, assign):
+            converged = True
+            break
+        assign = new_assign
+    cell_to_cluster = torch.zeros(k, dtype=torch.int64, device=dev)
+    cell_to_cluster[occupied] = assign
+    return _finish(
+        values,
+        check_inputs(values, k, weights),
+        cell_to_cluster[cells],
+        k,
+        iterations,
+        converged,
+        [],
+    )

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deepzip.errors import ConfigError
+from deepzip.quantize.scalar import ecsq_quantize, uniform_quantize
+
+
+def _laplace(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, generator=g, dtype=torch.float64) - 0.5
+    return (-0.02 * torch.sign(u) * torch.log1p(-2 * u.abs())).float()
+
+
+def _entropy(labels: torch.Tensor) -> float:
+    p = torch.bincount(labels).double() / labels.numel()
+    p = p[p > 0]
+    return float(-(p * torch.log2(p)).sum())
+
+
+def test_uniform_bins_and_weighted_means() -> None:
+    v = torch.tensor([0.0, 0.1, 0.2, 0.9, 1.0])
+    w = torch.tensor([1.0, 1.0, 2.0, 1.0, 3.0])
+    r = uniform_quantize(v, 2, weights=w)
+    assert r.labels.tolist() == [0, 0, 0, 1, 1]
+    torch.testing.assert_close(r.centroids, torch.tensor([0.5 / 4, 3.9 / 4]))
+
+
+def test_uniform_drops_empty_bins() -> None:
+    r = uniform_quantize(torch.tensor([0.0, 0.01, 1.0]), 8)
+    assert r.k == 2
+    assert r.notes == ("6 of 8 levels unused",)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(2, 3000),
+    bits=st.integers(1, 8),
+    seed=st.integers(0, 1000),
+    weighted=st.booleans(),
+)
+def test_ecsq_with_zero_lambda_equals_uniform(n: int, bits: int, seed: int, weighted: bool) -> None:
+    v = _laplace(n, seed)
+    w = torch.rand(n, generator=torch.Generator().manual_seed(seed)) if weighted else None
+    u = uniform_quantize(v, 2**bits, weights=w)
+    e = ecsq_quantize(v, 2**bits, 0.0, weights=w)
+    assert torch.equal(u.labels, e.labels)
+    assert torch.equal(u.centroids, e.centroids)
+
+
+def test_larger_lambda_lowers_the_rate() -> None:
+    v = _laplace(20000, 0)
+    rates, sses = [], []
+    for lam in (0.0, 0.01, 0.05, 0.2):
+        r = ecsq_quantize(v, 64, lam)
+        rates.append(_entropy(r.labels))
+        sses.append(r.sse)
+    assert rates == sorted(rates, reverse=True)
+    assert rates[-1] < rates[0] - 1.0
+    assert sses == sorted(sses)
+
+
+def test_ecsq_bad_lambda() -> None:
+    with pytest.raises(ConfigError, match="lambda"):
+        ecsq_quantize(torch.randn(10), 4, -1.0)
+    with pytest.raises(ConfigError, match="lambda"):
+        ecsq_quantize(torch.randn(10), 4, math.nan)
