@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from deepzip import errors
 from deepzip.config import (
+    BitsOverride,
     LayerOverride,
     PruneConfig,
     PruneJob,
+    QuantizeConfig,
     RetrainConfig,
     ScheduleConfig,
+    TrainConfig,
     load_prune_job,
 )
 from deepzip.errors import (
@@ -30,13 +33,14 @@ from deepzip.prune import (
     prune_,
     pruning_report,
     sensitivity_analysis,
-    strip_,
 )
+from deepzip.quantize import QuantizeReport, export_shared, quantize_, strip_
 from deepzip.targets import select_targets
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BitsOverride",
     "CheckpointError",
     "ConfigError",
     "CorruptFileError",
@@ -47,16 +51,21 @@ __all__ = [
     "PruneConfig",
     "PruneJob",
     "PruneReport",
+    "QuantizeConfig",
+    "QuantizeReport",
     "RetrainConfig",
     "ScheduleConfig",
+    "TrainConfig",
     "UnsupportedVersionError",
     "__version__",
     "errors",
+    "export_shared",
     "iterative_prune",
     "load_checkpoint",
     "load_prune_job",
     "prune_",
     "pruning_report",
+    "quantize_",
     "read_checkpoint",
     "save_checkpoint",
     "select_targets",
