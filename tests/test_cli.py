@@ -120,7 +120,36 @@ def test_missing_data_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFi
     assert not (tmp_path / "x.safetensors").exists()
 
 
-@pytest.mark.parametrize("command", ["train", "prune", "sensitivity", "demo", "download"])
+def test_quantize_with_finetuning(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dense, out, report = (tmp_path / n for n in ("d.safetensors", "q.safetensors", "q.json"))
+    _train(data_dir, dense, epochs=2)
+    code = _run(
+        data_dir, "quantize", str(dense), "-o", str(out), "--override", "fc3=3",
+        "--importance", "fisher", "--finetune-epochs", "1", "--json", str(report),
+    )  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "distinct values" in text
+    assert "clustered" in text
+    data = json.loads(report.read_text())
+    bits = {layer["name"]: layer["bits"] for layer in data["report"]["layers"]}
+    assert bits == {"fc1.weight": 5, "fc2.weight": 5, "fc3.weight": 3}
+    assert data["acc_finetuned"] > 0.8
+    from deepzip.format import read_checkpoint
+
+    ckpt = read_checkpoint(out)
+    assert {k: v.codebook.numel() for k, v in ckpt.shared.items()} == {
+        "fc1.weight": 32, "fc2.weight": 32, "fc3.weight": 8,
+    }  # fmt: skip
+    assert _run(data_dir, "quantize", str(dense), "-o", str(out), "--bits", "9") == 2
+    assert "quantize.bits must be an integer from 1 to 8, got 9" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command", ["train", "prune", "quantize", "sensitivity", "demo", "download"]
+)
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])

@@ -31,9 +31,11 @@ from torch import nn
 from deepzip import __version__
 from deepzip._atomic import atomic_write_text
 from deepzip.config import (
+    BitsOverride,
     LayerOverride,
     PruneConfig,
     PruneJob,
+    QuantizeConfig,
     RetrainConfig,
     ScheduleConfig,
     TrainConfig,
@@ -47,10 +49,11 @@ from deepzip.pipeline import (
     accuracy_fn,
     make_loaders,
     prune_with_retraining,
+    quantize_with_finetuning,
     train_dense,
 )
 from deepzip.prune import StepRecord, sensitivity_analysis
-from deepzip.report import plot_sensitivity, prune_table, steps_table
+from deepzip.report import plot_sensitivity, prune_table, quantize_table, steps_table
 from deepzip.train import Callback, FitState, evaluate, resolve_device
 from deepzip.zoo import create_model, model_names
 
@@ -156,9 +159,16 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _add_optimizer_args(p: argparse.ArgumentParser, *, weight_decay: float) -> None:
-    p.add_argument("--lr", type=float, default=0.02, help="(dense) learning rate")
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"))
+def _add_optimizer_args(
+    p: argparse.ArgumentParser, *, weight_decay: float, lr: float = 0.02, optimizer: str = "sgd"
+) -> None:
+    p.add_argument("--lr", type=float, default=lr, help=f"(dense) learning rate (default: {lr})")
+    p.add_argument(
+        "--optimizer",
+        default=optimizer,
+        choices=("sgd", "adam", "adamw"),
+        help=f"default: {optimizer}",
+    )
     p.add_argument("--weight-decay", type=float, default=weight_decay)
     p.add_argument("--batch-size", type=int, default=128)
 
@@ -315,6 +325,88 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.json is not None:
         atomic_write_text(args.json, json.dumps(outcome.to_dict(), indent=2) + "\n")
     console.print(f"pruned checkpoint → {args.output}")
+    return 0
+
+
+def _parse_bits_override(text: str) -> BitsOverride:
+    pattern, sep, value = text.partition("=")
+    if not sep or not pattern:
+        raise ConfigError(f"--override expects GLOB=BITS or GLOB=skip, got {text!r}")
+    if value == "skip":
+        return BitsOverride(pattern, skip=True)
+    try:
+        return BitsOverride(pattern, bits=int(value))
+    except ValueError as exc:
+        raise ConfigError(f"--override {text!r}: {value!r} is not an integer") from exc
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """``deepzip quantize``: weight sharing, optional centroid fine-tuning; per-layer table."""
+    device = resolve_device(args.device)
+    config = QuantizeConfig(
+        bits=args.bits,
+        conv_bits=args.conv_bits,
+        fc_bits=args.fc_bits,
+        method=args.method,
+        init=args.init,
+        importance=args.importance,
+        ecsq_lambda=args.ecsq_lambda,
+        grad=args.grad,
+        seed=args.seed,
+        include=tuple(args.include),
+        exclude=tuple(args.exclude),
+        overrides=tuple(_parse_bits_override(o) for o in args.override),
+    )
+    finetune = RetrainConfig(
+        epochs=args.finetune_epochs,
+        final_epochs=0,
+        lr=args.lr,
+        lr_scale=args.lr_scale,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+    )
+    model, name = _load_model(args, device)
+    data = _data(args)
+    with _progress(not args.no_progress) as progress:
+        outcome = quantize_with_finetuning(
+            model,
+            data,
+            config,
+            finetune,
+            device=device,
+            seed=args.seed,
+            callbacks=[_ProgressCallback(progress, "fine-tune")],
+        )
+    save_checkpoint(
+        model,
+        args.output,
+        metadata={
+            "deepzip.model": name,
+            "deepzip.dataset": args.dataset,
+            "deepzip.quantize": json.dumps(config.to_dict(), sort_keys=True),
+            "deepzip.test_accuracy": f"{outcome.acc_finetuned:.6f}",
+        },
+    )
+    console.print(
+        quantize_table(
+            outcome.report,
+            acc_before=outcome.acc_before,
+            acc_clustered=outcome.acc_clustered,
+            acc_finetuned=outcome.acc_finetuned,
+            title=f"Quantized {name} ({config.method})",
+        )
+    )
+    for s in outcome.report.skipped:
+        console.print(
+            f"not quantized: {s.name} ({s.reason})", style="dim", markup=False, soft_wrap=True
+        )
+    for layer in outcome.report.layers:
+        for note in layer.notes:
+            console.print(f"{layer.name}: {note}", markup=False, soft_wrap=True)
+    if args.json is not None:
+        atomic_write_text(args.json, json.dumps(outcome.to_dict(), indent=2) + "\n")
+    console.print(f"quantized checkpoint → {args.output}")
     return 0
 
 
@@ -479,6 +571,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the report as JSON")
     _add_data_args(p)
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser(
+        "quantize",
+        help="weight sharing with trainable codebooks (k-means, uniform, ECSQ)",
+        description="Quantize a (pruned) checkpoint by weight sharing and fine-tune the "
+        "codebooks. Defaults are the paper's: 8 bits for convolutions, 5 for the rest.",
+    )
+    p.add_argument("checkpoint", help="input checkpoint (.safetensors, .pt, .pth)")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors checkpoint")
+    p.add_argument("--model", choices=model_names(), default=None)
+    p.add_argument("--bits", type=int, default=None, help="bits for every layer")
+    p.add_argument("--conv-bits", type=int, default=8)
+    p.add_argument("--fc-bits", type=int, default=5)
+    p.add_argument("--override", action="append", default=[], metavar="GLOB=BITS|skip")
+    p.add_argument("--method", default="kmeans", choices=("kmeans", "uniform", "ecsq"))
+    p.add_argument("--init", default="linear", choices=("linear", "density", "forgy", "kmeans++"))
+    p.add_argument(
+        "--importance",
+        default="none",
+        choices=("none", "fisher"),
+        help="weight k-means/ECSQ by the Fisher diagonal (Choi et al. 2017)",
+    )
+    p.add_argument("--ecsq-lambda", type=float, default=0.0, help="ECSQ rate weight")
+    p.add_argument(
+        "--grad",
+        default="sum",
+        choices=("sum", "mean"),
+        help="centroid gradient: sum (the paper) or mean of member gradients",
+    )
+    p.add_argument("--finetune-epochs", type=int, default=2)
+    # A centroid's gradient is the sum over its (thousands of) members: Adam's step size does
+    # not depend on the gradient's scale, plain SGD would need a far smaller learning rate.
+    _add_optimizer_args(p, weight_decay=0.0, lr=1e-3, optimizer="adam")
+    p.add_argument("--lr-scale", type=float, default=0.1, help="fine-tune at lr × lr-scale")
+    _add_glob_args(p)
+    p.add_argument("--json", default=None, help="also write the report as JSON")
+    _add_data_args(p)
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser(
         "sensitivity",

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from deepzip.config import PruneJob, RetrainConfig, TrainConfig
+from deepzip.config import PruneJob, QuantizeConfig, RetrainConfig, TrainConfig
 from deepzip.datasets import DataSplits, ImageDataset, TensorLoader
 from deepzip.prune import PruneReport, StepRecord, iterative_prune
+from deepzip.quantize import QuantizeReport, fisher_diagonal, quantize_
 from deepzip.train import (
     Callback,
     DistillationLoss,
@@ -31,9 +32,11 @@ from deepzip.train import (
 __all__ = [
     "Loaders",
     "PruneOutcome",
+    "QuantizeOutcome",
     "accuracy_fn",
     "make_loaders",
     "prune_with_retraining",
+    "quantize_with_finetuning",
     "train_dense",
 ]
 
@@ -120,7 +123,10 @@ def _retrain(
         return
     loss_fn = DistillationLoss(config.distill, config.temperature) if config.distill else None
     optimizer = make_optimizer(
-        model.parameters(), config.optimizer, config.retrain_lr, weight_decay=config.weight_decay
+        [p for p in model.parameters() if p.requires_grad],
+        config.optimizer,
+        config.retrain_lr,
+        weight_decay=config.weight_decay,
     )
     fit(
         model,
@@ -224,3 +230,64 @@ def prune_with_retraining(
         val_acc_before=before_val,
         val_acc_after=val_acc(model) if val_acc is not None else None,
     )
+
+
+@dataclass(frozen=True)
+class QuantizeOutcome:
+    """The result of :func:`quantize_with_finetuning` (test accuracy at each point)."""
+
+    report: QuantizeReport
+    acc_before: float
+    acc_clustered: float
+    acc_finetuned: float
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "acc_before": self.acc_before,
+            "acc_clustered": self.acc_clustered,
+            "acc_finetuned": self.acc_finetuned,
+            "report": self.report.to_dict(),
+        }
+
+
+def quantize_with_finetuning(
+    model: nn.Module,
+    data: DataSplits,
+    config: QuantizeConfig,
+    finetune: RetrainConfig,
+    *,
+    device: torch.device | None = None,
+    callbacks: Sequence[Callback] = (),
+    seed: int = 0,
+    fisher_batches: int = 20,
+) -> QuantizeOutcome:
+    """Share weights (k-means, uniform or ECSQ), then fine-tune the codebooks with the task loss.
+
+    With ``config.importance == "fisher"`` the importance is the empirical Fisher diagonal over
+    ``fisher_batches`` training batches. Fine-tuning runs ``finetune.epochs`` epochs at
+    ``finetune.retrain_lr``; indices and masks stay fixed, codebooks and float parameters train.
+    """
+    seed_everything(seed)
+    loaders = make_loaders(data, finetune.batch_size, seed=seed)
+    test_acc = accuracy_fn(loaders.test, device)
+    before = test_acc(model)
+    importance = None
+    if config.importance == "fisher":
+        importance = fisher_diagonal(
+            model,
+            loaders.train,
+            max_batches=fisher_batches,
+            include=config.include,
+            exclude=config.exclude,
+        )
+    if finetune.distill:  # the teacher is the model before quantization
+        loaders = _with_teacher(model, data, loaders, finetune.batch_size, seed, device)
+    report = quantize_(model, config, importance=importance)
+    clustered = test_acc(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if finetune.epochs and trainable:
+        _retrain(
+            model, loaders, finetune, finetune.epochs, device=device, callbacks=callbacks, seed=seed
+        )
+    return QuantizeOutcome(report, before, clustered, test_acc(model))

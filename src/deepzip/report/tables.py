@@ -7,11 +7,13 @@ from collections.abc import Sequence
 from rich.table import Table
 
 from deepzip.prune import PruneReport, StepRecord
+from deepzip.quantize import QuantizeReport
 
 __all__ = [
     "markdown_table",
     "prune_table",
     "prune_table_rows",
+    "quantize_table",
     "steps_table",
 ]
 
@@ -62,6 +64,34 @@ def prune_table(
     for row in rows[:-1]:
         table.add_row(*row)
     table.add_row(*rows[-1], style="bold")
+    return table
+
+
+def quantize_table(
+    report: QuantizeReport,
+    *,
+    acc_before: float | None = None,
+    acc_clustered: float | None = None,
+    acc_finetuned: float | None = None,
+    title: str = "Quantization",
+) -> Table:
+    """Per layer: bits, distinct values, weights kept; accuracy before → clustered → tuned."""
+    caption = (
+        f"test accuracy: {_pct(acc_before)} before → {_pct(acc_clustered)} clustered → "
+        f"{_pct(acc_finetuned)} after fine-tuning the centroids"
+    )
+    table = Table(title=title, caption=caption)
+    for h in ("layer", "type", "bits", "distinct values", "weights", "kept"):
+        table.add_column(h, justify="left" if h in ("layer", "type") else "right")
+    for layer in report.layers:
+        table.add_row(
+            layer.name,
+            layer.layer_type,
+            str(layer.bits),
+            str(layer.levels),
+            f"{layer.weights:,}",
+            f"{layer.kept:,}",
+        )
     return table
 
 
