@@ -17,7 +17,10 @@ run Lloyd's algorithm for the same ``--max-iter`` with ``tol=0``. Reported per k
   on at most 20 000 values when ``kmeans1d`` is not installed).
 
     python benchmarks/kmeans_speed.py                 # 10 million weights, k = 32 and 256
-    python benchmarks/kmeans_speed.py --n 1000000     # quicker
+    python benchmarks/kmeans_speed.py --n 1000000     # quicker (about 4 min on 2 busy cores)
+
+At 10 million values scikit-learn (O(n·k) per iteration) and ``kmeans1d`` (O(n·k), k = 32
+only by default) take most of the run: expect several minutes.
 
 Needs scikit-learn (and, for the optimum, ``kmeans1d``). Writes
 benchmarks/results/kmeans_speed.json (``--out`` to change) and prints a Markdown table.

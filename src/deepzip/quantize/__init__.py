@@ -20,7 +20,9 @@ from deepzip.quantize.kmeans import (
     KMeansResult,
     assign_nearest,
     bits_to_k,
+    initial_centroids,
     kmeans_1d,
+    optimal_kmeans_1d,
 )
 from deepzip.quantize.scalar import ecsq_quantize, uniform_quantize
 from deepzip.quantize.shared import SharedTensor, SharedWeight, attach_shared, get_shared
@@ -39,8 +41,10 @@ __all__ = [
     "export_shared",
     "fisher_diagonal",
     "get_shared",
+    "initial_centroids",
     "kmeans_1d",
     "layer_bits",
+    "optimal_kmeans_1d",
     "quantize_",
     "quantize_tensor",
     "strip_",

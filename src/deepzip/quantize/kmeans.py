@@ -1,13 +1,23 @@
 """Fast exact-Lloyd 1-D k-means for weight sharing (Deep Compression stage 2).
 
-The values are sorted once; in 1-D every cluster of a Lloyd iteration is a contiguous run of
-the sorted values, bounded by the midpoints between neighbouring centroids. So an iteration is
-a ``searchsorted`` of the k − 1 midpoints plus prefix-sum differences: O(k log n), with no
-n × k distance matrix. Labels are mapped back through the sort permutation at the end.
+In one dimension every cluster of a Lloyd iteration is a contiguous run of the sorted values,
+bounded by the midpoints between neighbouring centroids. So the values are sorted once
+(O(n log n)), float64 prefix sums of the importance ``w`` and of ``w·x`` are built over the
+sorted order, and each iteration is a ``searchsorted`` of the k − 1 midpoints plus prefix-sum
+differences: O(k log n), with no n × k distance matrix. Labels are mapped back to the input order
+through the sort permutation once, at the end. Everything stays on the values' device.
+
+Equal values are merged first (their importances summed), so the work is done on the distinct
+values; "k is reduced" whenever fewer than k distinct values carry a non-zero importance, and the
+result is then exact (each such value is a centroid).
+
+:func:`optimal_kmeans_1d` is the exact optimum (dynamic programming with divide-and-conquer
+optimisation, O(k · n log n)) for quality checks on small inputs.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,17 +26,34 @@ import torch
 from deepzip.errors import ConfigError, InvalidTensorError
 
 __all__ = [
+    "MAX_K",
+    "OPTIMAL_MAX_VALUES",
     "KMeansInit",
     "KMeansResult",
     "assign_nearest",
     "bits_to_k",
     "check_inputs",
+    "initial_centroids",
     "kmeans_1d",
+    "optimal_kmeans_1d",
     "weighted_sse",
 ]
 
 KMeansInit = Literal["linear", "density", "forgy", "kmeans++"]
-_MAX_K = 256
+_INITS = ("linear", "density", "forgy", "kmeans++")
+
+MAX_K = 256
+"""The largest codebook (8-bit indices)."""
+
+OPTIMAL_MAX_VALUES = 20_000
+"""The most values :func:`optimal_kmeans_1d` accepts (it is a quality check, not a quantizer)."""
+
+_KMEANSPP_SAMPLE = 1 << 17
+"""k-means++ seeds from a weighted sample of this many values when there are more (see below)."""
+
+_CPU_SEARCH_CHUNK = 200
+"""ATen's CPU ``searchsorted`` goes multi-threaded above 200 queries; for the k − 1 midpoints
+of an iteration waking the thread pool costs far more than the search, so search in chunks."""
 
 
 @dataclass(frozen=True)
@@ -34,15 +61,18 @@ class KMeansResult:
     """A scalar quantizer: sorted codebook plus one label per value.
 
     Attributes:
-        centroids: float32, sorted ascending, ``k`` entries.
-        labels: int64 index into ``centroids`` for each input value (input order).
+        centroids: float32, sorted ascending, ``k`` distinct entries, on the values' device.
+        labels: int64 index into ``centroids`` for each input value (input order); always the
+            nearest centroid (a value exactly half-way goes to the upper one).
         k_requested: the k asked for.
         k: the k delivered (smaller when the data has fewer distinct values, or levels are
             unused).
-        iterations: iterations run.
-        sse: importance-weighted sum of squared errors (float64 arithmetic).
-        converged: whether the assignment stopped changing.
-        notes: what the report should say (k reduced, levels unused).
+        iterations: Lloyd iterations run (each is one assignment and one update).
+        sse: importance-weighted sum of squared errors of the values to their centroids,
+            computed in float64.
+        converged: whether the centroids are a Lloyd fixed point (the assignment stopped
+            changing), or moved no more than ``tol``.
+        notes: what the report should say (k reduced, iteration limit reached).
     """
 
     centroids: torch.Tensor
@@ -55,100 +85,511 @@ class KMeansResult:
     notes: tuple[str, ...]
 
 
+# --------------------------------------------------------------------------------------------
+# validation and small helpers
+
+
 def bits_to_k(bits: int) -> int:
-    """``2 ** bits`` for bits in 1..8."""
+    """Codebook size for an index width: ``2 ** bits`` for bits in 1..8.
+
+    Raises:
+        ConfigError: ``bits`` is not an integer from 1 to 8.
+    """
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
         raise ConfigError(f"bits must be an integer from 1 to 8, got {bits!r}")
     return 1 << bits
 
 
-def check_inputs(values: torch.Tensor, k: int, weights: torch.Tensor | None) -> torch.Tensor:
-    """Validate a quantizer's inputs; returns the importance weights (ones when ``None``)."""
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= _MAX_K:
-        raise ConfigError(f"k must be an integer from 1 to {_MAX_K}, got {k!r}")
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise ConfigError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+
+
+def _check_shape(values: torch.Tensor, name: str) -> None:
     if values.dim() != 1 or values.numel() == 0:
         raise InvalidTensorError(
-            f"values must be a non-empty 1-D tensor, got shape {tuple(values.shape)}"
+            f"{name} must be a non-empty 1-D tensor, got shape {tuple(values.shape)}"
         )
     if not values.is_floating_point():
-        raise InvalidTensorError(f"values must be floating point, got {values.dtype}")
+        raise InvalidTensorError(f"{name} must be floating point, got {values.dtype}")
+
+
+def _check_finite(values: torch.Tensor, name: str, what: str) -> None:
     finite = torch.isfinite(values)
     if not bool(finite.all()):
         bad = int((~finite).sum())
+        first = int((~finite).nonzero()[0])
         raise InvalidTensorError(
-            f"{bad} non-finite value(s) to quantize (first: {float(values[~finite][0])})"
+            f"{name}: {bad} non-finite value(s) {what} "
+            f"(first at index {first}: {float(values[first])})"
         )
+
+
+def _check_values(values: torch.Tensor, name: str = "values") -> None:
+    _check_shape(values, name)
+    _check_finite(values, name, "to quantize")
+
+
+def _check_weights(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor | None:
+    """Validated importance as float64 on the values' device (``None`` stays ``None``)."""
     if weights is None:
-        return torch.ones_like(values, dtype=torch.float32)
+        return None
     if weights.shape != values.shape:
         raise InvalidTensorError(
             f"importance has shape {tuple(weights.shape)}, the values {tuple(values.shape)}"
         )
-    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
-        raise InvalidTensorError("importance must be finite and >= 0")
-    if not bool((weights > 0).any()):
+    w = weights.detach().to(device=values.device, dtype=torch.float64)
+    lo, hi = torch.aminmax(w)  # one pass; NaN propagates into both
+    if not (float(lo) >= 0 and math.isfinite(float(hi))):
+        _check_finite(w, "importance", "(importance must be finite and >= 0)")
+        negative = w < 0
+        first = int(negative.nonzero()[0])
+        raise InvalidTensorError(
+            f"importance must be finite and >= 0: {int(negative.sum())} negative value(s) "
+            f"(first at index {first}: {float(w[first])})"
+        )
+    if float(hi) <= 0:
         raise InvalidTensorError("importance is zero for every value")
-    return weights.to(device=values.device, dtype=torch.float32)
+    return w
+
+
+def check_inputs(values: torch.Tensor, k: int, weights: torch.Tensor | None) -> torch.Tensor:
+    """Validate a quantizer's inputs.
+
+    Args:
+        values: the 1-D finite floating-point values to quantize.
+        k: the codebook size, 1..256.
+        weights: optional per-value importance (same shape, >= 0, not all zero).
+
+    Returns:
+        The importance as float32 on the values' device (ones when ``weights`` is ``None``).
+
+    Raises:
+        ConfigError: ``k`` is out of range.
+        InvalidTensorError: empty, non-1-D, non-float or non-finite values; bad importance.
+    """
+    _check_k(k)
+    _check_values(values)
+    w = _check_weights(values, weights)
+    if w is None:
+        return torch.ones_like(values, dtype=torch.float32)
+    return w.to(torch.float32)
 
 
 def weighted_sse(
     values: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
 ) -> float:
-    """``Σ w · (x − centroid[label])²`` in float64."""
+    """``Σ w · (x − centroid[label])²``, computed in float64."""
     err = values.to(torch.float64) - centroids.to(torch.float64)[labels]
     return float((weights.to(torch.float64) * err * err).sum())
 
 
 def assign_nearest(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest centroid for each value (``centroids`` sorted ascending)."""
-    mids = (centroids[1:] + centroids[:-1]) / 2
-    return torch.searchsorted(mids.contiguous(), values.contiguous(), right=True)
+    """Index of the nearest centroid for each value.
+
+    The comparison is made in float64 against the midpoints between neighbouring centroids;
+    a value exactly half-way goes to the upper centroid.
+
+    Args:
+        values: any-shape floating-point tensor.
+        centroids: 1-D, non-empty, sorted ascending.
+
+    Returns:
+        int64 labels of ``values``' shape, on ``values``' device.
+
+    Raises:
+        InvalidTensorError: ``centroids`` is empty, not 1-D or not sorted.
+    """
+    if centroids.dim() != 1 or centroids.numel() == 0:
+        raise InvalidTensorError(
+            f"centroids must be a non-empty 1-D tensor, got shape {tuple(centroids.shape)}"
+        )
+    c = centroids.detach().to(device=values.device, dtype=torch.float64)
+    if bool((c[1:] < c[:-1]).any()):
+        raise InvalidTensorError("centroids must be sorted ascending")
+    mids = (c[1:] + c[:-1]) / 2
+    x = values.detach().to(torch.float64).contiguous()
+    return torch.searchsorted(mids.contiguous(), x, right=True)
 
 
-def _quantiles(xs: torch.Tensor, cw: torch.Tensor, k: int) -> torch.Tensor:
-    """Values at the weighted CDF levels (i + 0.5) / k of sorted ``xs`` (cumulative ``cw``)."""
-    levels = (torch.arange(k, dtype=torch.float64, device=xs.device) + 0.5) / k * cw[-1]
-    idx = torch.searchsorted(cw, levels).clamp_(max=xs.numel() - 1)
-    return xs[idx]
+def _search(sorted_seq: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """``searchsorted`` (left) of a few queries in a long sorted sequence."""
+    n = queries.numel()
+    if queries.device.type != "cpu" or n <= _CPU_SEARCH_CHUNK:
+        return torch.searchsorted(sorted_seq, queries)
+    parts = [
+        torch.searchsorted(sorted_seq, queries[i : i + _CPU_SEARCH_CHUNK])
+        for i in range(0, n, _CPU_SEARCH_CHUNK)
+    ]
+    return torch.cat(parts)
 
 
-def _kmeanspp(
-    distinct: torch.Tensor, dweights: torch.Tensor, k: int, gen: torch.Generator
-) -> torch.Tensor:
-    """D² seeding over the distinct values (weighted by their total importance)."""
-    probs = dweights / dweights.sum()
-    first = int(torch.multinomial(probs.float().cpu(), 1, generator=gen))
-    chosen = [first]
-    d2 = (distinct - distinct[first]) ** 2
-    for _ in range(1, k):
-        score = (dweights * d2).float().cpu()
-        if float(score.sum()) <= 0:
+# --------------------------------------------------------------------------------------------
+# the sorted, merged view of the data
+
+
+@dataclass(frozen=True)
+class _Sorted:
+    """Values sorted once and merged: ``xd`` distinct (float64), ``wd`` their importance."""
+
+    order: torch.Tensor  # sort permutation of the input
+    run_start: torch.Tensor  # int64 (nd + 1): start of each distinct value's run, then n
+    xd: torch.Tensor  # float64 distinct values, ascending
+    wd: torch.Tensor  # float64 summed importance (counts when unweighted)
+    pw: torch.Tensor  # float64 (nd + 1) prefix sums of wd
+    px: torch.Tensor  # float64 (nd + 1) prefix sums of wd * xd
+    n_pos: int  # distinct values with non-zero importance
+
+
+def _prefix(v: torch.Tensor) -> torch.Tensor:
+    """``[0, v0, v0 + v1, ...]`` (length ``len(v) + 1``) without an extra copy."""
+    out = torch.empty(v.numel() + 1, dtype=v.dtype, device=v.device)
+    out[0] = 0
+    torch.cumsum(v, 0, out=out[1:])
+    return out
+
+
+def _ordered_bits(x: torch.Tensor) -> torch.Tensor:
+    """The float bits as signed integers that sort like the floats (an involution).
+
+    Non-negative floats keep their bits; negative floats flip their magnitude bits, so a larger
+    magnitude gives a smaller integer. -0.0 lands just below +0.0, NaNs at the two ends.
+    """
+    itype = torch.int64 if x.element_size() == 8 else torch.int32
+    bits = x.view(itype)
+    mask = (1 << (torch.iinfo(itype).bits - 1)) - 1
+    return bits ^ ((bits >> (torch.iinfo(itype).bits - 1)) & mask)
+
+
+def _sort_floats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stable ascending sort of float32/float64 ``x``: (sorted values, permutation).
+
+    Sorting the order-preserving integer image of the bits lets ATen use its radix sort on
+    CPU, about three times faster than its float sort for millions of values.
+    """
+    keys, order = torch.sort(_ordered_bits(x.contiguous()), stable=True)
+    return _ordered_bits(keys).view(x.dtype), order
+
+
+def _prepare(values: torch.Tensor, weights: torch.Tensor | None) -> _Sorted:
+    """Sort once, merge equal values, build the prefix sums. Checks finiteness on the way
+    (NaN sorts last, infinities to the ends), which saves a pass over the values."""
+    x = values.detach()
+    if x.dtype != torch.float64:
+        x = x.to(torch.float32)
+    xs, order = _sort_floats(x)
+    ends = xs[[0, -1]]
+    if not bool(torch.isfinite(ends).all()):
+        _check_values(values)
+    distinct, counts = torch.unique_consecutive(xs, return_counts=True)
+    run_start = _prefix(counts)
+    xd = distinct.to(torch.float64)
+    if weights is None:
+        wd = counts.to(torch.float64)
+        pw = _prefix(wd)
+    else:
+        # Everything below works from these prefix sums, so the importance of a value is
+        # taken as its step in them (deterministic on every device; a run of zeros stays
+        # exactly zero, and an importance below float64 resolution of the running total
+        # counts as zero, consistently everywhere).
+        pw = _prefix(weights[order])
+        if distinct.numel() != xs.numel():
+            pw = pw[run_start]
+        wd = pw[1:] - pw[:-1]
+    px = _prefix(wd * xd)
+    n_pos = xd.numel() if weights is None else int((wd > 0).sum())
+    return _Sorted(order, run_start, xd, wd, pw, px, n_pos)
+
+
+# --------------------------------------------------------------------------------------------
+# initialisations
+
+
+def _linear(s: _Sorted, k: int) -> torch.Tensor:
+    live = s.xd if s.n_pos == s.xd.numel() else s.xd[s.wd > 0]
+    lo, hi = float(live[0]), float(live[-1])
+    return torch.linspace(lo, hi, k, dtype=torch.float64, device=s.xd.device)
+
+
+def _density(s: _Sorted, k: int) -> torch.Tensor:
+    """Values at the weighted-CDF levels (i + 0.5) / k (duplicates are possible: Lloyd's
+    empty-cluster rule separates them)."""
+    total = s.pw[-1]
+    levels = (torch.arange(k, dtype=torch.float64, device=s.xd.device) + 0.5) / k * total
+    idx = torch.searchsorted(s.pw[1:].contiguous(), levels).clamp_(max=s.xd.numel() - 1)
+    return s.xd[idx]
+
+
+def _forgy(s: _Sorted, k: int, gen: torch.Generator) -> torch.Tensor:
+    """k distinct values drawn without replacement, with probability proportional to their
+    importance (their count when unweighted), by Efraimidis–Spirakis keys ``log(u) / w``."""
+    u = torch.rand(s.xd.numel(), generator=gen, dtype=torch.float64).to(s.xd.device)
+    keys = torch.log(u.clamp_(min=1e-300)) / s.wd  # zero importance -> -inf, never chosen
+    idx = torch.topk(keys, k).indices
+    return s.xd[idx]
+
+
+def _kmeanspp(s: _Sorted, k: int, gen: torch.Generator) -> torch.Tensor:
+    """D² seeding (Arthur & Vassilvitskii 2007), importance-weighted, one candidate per step.
+
+    With more than 2^17 distinct values the seeding runs on a sample of 2^17 values drawn with
+    replacement in proportion to importance (equal draws merged, weighted by their count), so
+    it costs O(k · 2^17) whatever n is.
+    """
+    x, w = s.xd, s.wd
+    device = x.device
+    if x.numel() > _KMEANSPP_SAMPLE:
+        u = torch.rand(_KMEANSPP_SAMPLE, generator=gen, dtype=torch.float64).to(device)
+        pick = torch.searchsorted(s.pw[1:].contiguous(), u * s.pw[-1], right=True)
+        pick = torch.sort(pick.clamp_(max=x.numel() - 1)).values
+        uniq, cnt = torch.unique_consecutive(pick, return_counts=True)
+        x, w = x[uniq], cnt.to(torch.float64)
+    chosen: list[int] = []
+    d2 = torch.ones_like(x)  # first pick: in proportion to importance alone
+    for _ in range(k):
+        cdf = torch.cumsum(w * d2, 0)
+        total = float(cdf[-1])
+        if total <= 0:
             break
-        nxt = int(torch.multinomial(score, 1, generator=gen))
-        chosen.append(nxt)
-        d2 = torch.minimum(d2, (distinct - distinct[nxt]) ** 2)
-    return distinct[torch.tensor(sorted(set(chosen)), device=distinct.device)]
+        r = float(torch.rand(1, generator=gen, dtype=torch.float64)) * total
+        target = torch.tensor([r], dtype=torch.float64, device=device)
+        i = int(torch.searchsorted(cdf, target, right=True).clamp_(max=x.numel() - 1))
+        chosen.append(i)
+        d2 = torch.minimum(d2, (x - x[i]) ** 2) if len(chosen) > 1 else (x - x[i]) ** 2
+    centres = x[torch.tensor(chosen, dtype=torch.int64, device=device)]
+    if centres.numel() < k:  # fewer distinct values in the sample: duplicates get re-seated
+        pad = centres[-1:].expand(k - centres.numel())
+        centres = torch.cat([centres, pad])
+    return centres
 
 
-def _initial(
-    xs: torch.Tensor, ws: torch.Tensor, k: int, init: KMeansInit, seed: int
-) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
+def _initial(s: _Sorted, k: int, init: str, seed: int) -> torch.Tensor:
     if init == "linear":
-        return torch.linspace(float(xs[0]), float(xs[-1]), k, dtype=torch.float64, device=xs.device)
-    if init == "density":
-        return _quantiles(xs, torch.cumsum(ws, 0), k)
-    unique = torch.unique_consecutive(xs, return_inverse=True)
-    distinct: torch.Tensor = unique[0]
-    inverse: torch.Tensor = unique[1]
-    if init == "forgy":
-        pick = torch.randperm(distinct.numel(), generator=gen)[:k].to(xs.device)
-        return distinct[pick]
-    if init == "kmeans++":
-        dweights = torch.zeros(distinct.numel(), dtype=torch.float64, device=xs.device)
-        dweights.index_add_(0, inverse, ws)
-        return _kmeanspp(distinct, dweights, k, gen)
-    raise ConfigError(f"init must be 'linear', 'density', 'forgy' or 'kmeans++', got {init!r}")
+        c = _linear(s, k)
+    elif init == "density":
+        c = _density(s, k)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        c = _forgy(s, k, gen) if init == "forgy" else _kmeanspp(s, k, gen)
+    return torch.sort(c).values
+
+
+def _check_init(init: str, seed: int) -> None:
+    if init not in _INITS:
+        raise ConfigError(f"init must be one of {', '.join(map(repr, _INITS))}, got {init!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+
+
+def initial_centroids(
+    values: torch.Tensor,
+    k: int,
+    *,
+    weights: torch.Tensor | None = None,
+    init: KMeansInit = "linear",
+    seed: int = 0,
+) -> torch.Tensor:
+    """The starting centroids :func:`kmeans_1d` would use (float64, sorted, ``k`` entries).
+
+    Useful to start another k-means implementation from the same point: :func:`kmeans_1d`
+    rounds its start to float32, so ``init_centroids=initial_centroids(...)`` (or its float32
+    rounding) reproduces ``init=...`` exactly. Only values with a non-zero importance count.
+    ``density`` can repeat a value that carries more than 1/k of the importance; the others
+    give distinct values when the data has at least ``k``.
+
+    Args:
+        values: 1-D finite float tensor.
+        k: number of clusters, 1..256.
+        weights: optional per-value importance (>= 0, not all zero).
+        init: ``"linear"``, ``"density"``, ``"forgy"`` or ``"kmeans++"`` (see :func:`kmeans_1d`).
+        seed: seeds the random initialisations.
+
+    Returns:
+        A float64 tensor of ``k`` sorted centroids on the values' device.
+    """
+    _check_k(k)
+    _check_shape(values, "values")
+    _check_init(init, seed)
+    w = _check_weights(values, weights)
+    s = _prepare(values, w)
+    if s.n_pos < k:
+        raise ConfigError(
+            f"k={k} initial centroids requested but the values have only {s.n_pos} distinct "
+            "value(s) with non-zero importance"
+        )
+    return _initial(s, k, init, seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Lloyd
+
+
+def _farthest(s: _Sorted, c: torch.Tensor, n_new: int) -> torch.Tensor:
+    """Add ``n_new`` centroids at the values of largest importance-weighted squared distance
+    to their nearest centroid in sorted ``c`` (ties: the smaller value first). Those values
+    are not centroids already (their error is positive), so the centroids stay distinct."""
+    err = s.xd - _spread(c, _search(s.xd, (c[1:] + c[:-1]) / 2), s.xd.numel())
+    err.square_().mul_(s.wd)
+    n_cand = min(n_new, int((err > 0).sum()))
+    if n_cand == 0:
+        return c
+    threshold = torch.topk(err, n_cand).values[-1]
+    cand = torch.nonzero(err >= threshold).flatten()  # ascending positions
+    if cand.numel() > n_cand:
+        by_err = torch.sort(err[cand], descending=True, stable=True).indices[:n_cand]
+        cand = cand[by_err]
+    return torch.sort(torch.cat([c, s.xd[cand]])).values
+
+
+def _reseat(
+    s: _Sorted,
+    means: torch.Tensor,
+    live: torch.Tensor,
+    starts: torch.Tensor,
+    stops: torch.Tensor,
+    n_empty: int,
+) -> torch.Tensor:
+    """Re-seat the centroids of the clusters that got no importance in this assignment.
+
+    Rule: every live cluster (a run ``starts[j]:stops[j]`` of the sorted distinct values) is
+    scored by how much splitting it at its mean (below / not below) would lower the weighted
+    SSE, ``W_L·W_R / (W_L + W_R) · (mean_L − mean_R)²``; the ``n_empty`` best-scoring clusters
+    are split (ties: the leftmost): the cluster's centroid becomes the lower part's mean and an
+    empty centroid the upper part's. Should fewer clusters be splittable (a cluster needs two
+    distinct values with importance), each remaining empty centroid moves to the value
+    farthest from its centroid (see :func:`_farthest`). Every part lies in its own disjoint
+    range of values, so the centroids stay distinct and sorted.
+
+    Cost: O(k log n), plus O(n) in the rare fallback.
+    """
+    pw, px, xd = s.pw, s.px, s.xd
+    sw = pw[stops] - pw[starts]
+    sx = px[stops] - px[starts]
+    mean = sx / torch.where(live, sw, torch.ones_like(sw))
+    q = torch.minimum(torch.maximum(_search(xd, mean), starts), stops)
+    wl, wr = pw[q] - pw[starts], pw[stops] - pw[q]
+    cross = (px[q] - px[starts]) * wr - (px[stops] - px[q]) * wl
+    ok = live & (wl > 0) & (wr > 0)
+    den = torch.where(ok, wl * wr * sw, torch.ones_like(sw))
+    gain = torch.where(ok, cross * cross / den, torch.zeros_like(sw))
+    rank = torch.sort(gain, descending=True, stable=True).indices[:n_empty]
+    rank = rank[gain[rank] > 0]
+    new = means.clone()
+    if rank.numel():
+        q, ra, rb = q[rank], starts[rank], stops[rank]
+        left = (px[q] - px[ra]) / wl[rank]
+        right = (px[rb] - px[q]) / wr[rank]
+        # rounding must not push a mean out of its part's range
+        new[rank] = torch.minimum(torch.maximum(left, xd[ra]), xd[q - 1])
+        right = torch.minimum(torch.maximum(right, xd[q]), xd[rb - 1])
+        keep = torch.sort(torch.cat([new[live], right])).values
+    else:
+        keep = new[live]
+    remaining = n_empty - int(rank.numel())
+    return _farthest(s, keep, remaining) if remaining else keep
+
+
+def _spread(c: torch.Tensor, bounds: torch.Tensor, n: int) -> torch.Tensor:
+    """Each of ``n`` sorted positions gets the centroid of its run (runs end at ``bounds``)."""
+    edges = torch.cat([bounds.new_zeros(1), bounds, bounds.new_full((1,), n)])
+    return torch.repeat_interleave(c, edges[1:] - edges[:-1], output_size=n)
+
+
+def _lloyd(
+    s: _Sorted, c: torch.Tensor, max_iter: int, tol: float
+) -> tuple[torch.Tensor, int, bool]:
+    """Run Lloyd from sorted float64 centroids ``c``; returns (centroids, iterations, converged)."""
+    device = c.device
+    nd = s.xd.numel()
+    zero = torch.zeros(1, dtype=torch.int64, device=device)
+    last = torch.full((1,), nd, dtype=torch.int64, device=device)
+    previous: torch.Tensor | None = None
+    iterations = 0
+    while True:
+        ends = _search(s.xd, (c[1:] + c[:-1]) / 2)  # values < midpoint go left
+        if previous is not None and torch.equal(ends, previous):
+            return c, iterations, True
+        if iterations >= max_iter:
+            return c, iterations, False
+        starts = torch.cat([zero, ends])
+        stops = torch.cat([ends, last])
+        sw = s.pw[stops] - s.pw[starts]
+        sx = s.px[stops] - s.px[starts]
+        live = sw > 0
+        mean = sx / torch.where(live, sw, torch.ones_like(sw))
+        # keep each mean inside its run despite rounding, so the order stays strict
+        lo = s.xd[starts.clamp(max=nd - 1)]
+        hi = s.xd[(stops - 1).clamp(min=0)]
+        new_c = torch.where(live, torch.minimum(torch.maximum(mean, lo), hi), c)
+        n_empty = int((~live).sum())
+        if n_empty:
+            new_c = _reseat(s, new_c, live, starts, stops, n_empty)
+            previous = None
+        else:
+            previous = ends
+        # The codebook is float32: iterate with float32-representable centroids so that the
+        # partition found here is exactly the nearest-centroid partition of the result.
+        new_c = new_c.to(torch.float32).to(torch.float64)
+        same = new_c.numel() == c.numel()  # (always, unless re-seating ran out of values)
+        shift = float((new_c - c).abs().max()) if tol > 0 and same else math.inf
+        c = new_c
+        iterations += 1
+        if tol > 0 and not n_empty and shift <= tol:
+            return c, iterations, True
+
+
+def _finish(
+    values: torch.Tensor,
+    s: _Sorted,
+    c64: torch.Tensor,
+    k_requested: int,
+    iterations: int,
+    converged: bool,
+    notes: list[str],
+) -> KMeansResult:
+    """Round the centroids to float32, label every value (nearest), and compute the SSE."""
+    c32 = c64.to(torch.float32)
+    if c32.numel() > 1 and bool((c32[1:] == c32[:-1]).any()):
+        before = int(c32.numel())
+        c32 = torch.unique_consecutive(c32)
+        notes.append(
+            f"k reduced from {before} to {c32.numel()}: centroids closer than float32 "
+            "resolution were merged"
+        )
+    c = c32.to(torch.float64)
+    k_eff = int(c.numel())
+    device = values.device
+    bounds = _search(s.xd, (c[1:] + c[:-1]) / 2)
+    nd = s.xd.numel()
+    zero = torch.zeros(1, dtype=torch.int64, device=device)
+    dbounds = torch.cat([zero, bounds, torch.full((1,), nd, dtype=torch.int64, device=device)])
+    ids = torch.arange(k_eff, device=device)
+    err = s.xd - torch.repeat_interleave(c, dbounds[1:] - dbounds[:-1], output_size=nd)
+    sse = float(torch.dot(s.wd, err.square_()))
+    fb = s.run_start[dbounds]
+    n = values.numel()
+    labels_sorted = torch.repeat_interleave(ids, fb[1:] - fb[:-1], output_size=n)
+    labels = torch.empty(n, dtype=torch.int64, device=device).scatter_(0, s.order, labels_sorted)
+    return KMeansResult(
+        centroids=c32,
+        labels=labels,
+        k_requested=k_requested,
+        k=k_eff,
+        iterations=iterations,
+        sse=sse,
+        converged=converged,
+        notes=tuple(notes),
+    )
+
+
+def _reduced(values: torch.Tensor, s: _Sorted, k: int, weighted: bool) -> KMeansResult:
+    """Fewer distinct (non-zero-importance) values than k: each is its own centroid."""
+    notes: list[str] = []
+    if s.n_pos < k:
+        what = "distinct value(s) with non-zero importance" if weighted else "distinct value(s)"
+        notes.append(f"k reduced from {k} to {s.n_pos}: only {s.n_pos} {what}")
+    live = s.xd if s.n_pos == s.xd.numel() else s.xd[s.wd > 0]
+    return _finish(values, s, live, k, 0, True, notes)
 
 
 def kmeans_1d(
@@ -162,130 +603,179 @@ def kmeans_1d(
     tol: float = 0.0,
     init_centroids: torch.Tensor | None = None,
 ) -> KMeansResult:
-    """Weighted 1-D k-means (Lloyd's algorithm, exact, on sorted values).
+    """Weighted 1-D k-means: exact Lloyd iterations on the sorted values.
 
-    Empty clusters: a centroid left without members is re-seated at the value with the largest
-    weighted squared error (splitting the worst cluster), so the result has ``k`` non-empty
-    clusters whenever the data has at least ``k`` distinct values. With fewer distinct values,
-    ``k`` is reduced to their count and each distinct value is its own centroid (exact).
+    Cost: one sort (O(n log n)), O(k log n) per iteration, O(n) to label the values at the end.
+    The result is deterministic for a given seed on a given device.
+
+    Empty clusters: when an assignment leaves a cluster without importance (no members, or
+    members of zero importance), its centroid is used to split the live cluster whose split at
+    its mean lowers the SSE most (several empty clusters: the several best clusters; should
+    there be more empty clusters than clusters with two distinct values, the rest go to the
+    values farthest from their centroids). So the result has ``k``
+    distinct centroids whenever at least ``k`` distinct values carry importance. With fewer,
+    ``k`` is reduced to their number, each of them is a centroid (SSE 0) and a note says so.
+
+    Lloyd's algorithm finds a local optimum: on heavy-tailed data (trained weights are roughly
+    Laplacian) its SSE can be well above the optimum, and the initialisation matters.
 
     Args:
         values: 1-D finite float tensor (a layer's surviving weights), on any device.
         k: number of clusters, 1..256.
-        weights: optional per-value importance (>= 0, not all zero).
-        init: ``"linear"`` (evenly over [min, max], the paper's choice), ``"density"`` (evenly
-            over the weighted CDF), ``"forgy"`` (random distinct values) or ``"kmeans++"``.
-        seed: seeds the random initialisations.
-        max_iter: most Lloyd iterations.
-        tol: stop when no centroid moves more than this (0: stop when assignments settle).
-        init_centroids: explicit starting centroids (overrides ``init``).
+        weights: optional per-value importance (>= 0, same shape, not all zero); values of zero
+            importance are labelled but do not move centroids.
+        init: ``"linear"`` (evenly over [min, max], the paper's choice), ``"density"`` (the
+            weighted-CDF quantiles (i + 0.5) / k), ``"forgy"`` (k distinct values drawn at
+            random in proportion to importance) or ``"kmeans++"`` (weighted D² seeding; on a
+            2^17-value weighted sample when there are more distinct values).
+        seed: seeds the random initialisations (``forgy``, ``kmeans++``).
+        max_iter: most Lloyd iterations (>= 1).
+        tol: also stop when no centroid moves more than ``tol`` (0: stop only when the
+            assignment stops changing).
+        init_centroids: explicit starting centroids, ``k`` finite values (sorted here);
+            overrides ``init``.
 
     Returns:
         The :class:`KMeansResult`.
+
+    Raises:
+        ConfigError: bad ``k``, ``init``, ``seed``, ``max_iter``, ``tol`` or
+            ``init_centroids`` count.
+        InvalidTensorError: empty, non-1-D or non-finite values, bad importance or
+            non-finite ``init_centroids``.
     """
-    w = check_inputs(values, k, weights)
-    if max_iter < 1:
-        raise ConfigError(f"max_iter must be >= 1, got {max_iter!r}")
-    xs, order = torch.sort(values.to(torch.float64), stable=True)
-    ws = w.to(torch.float64)[order]
-    distinct = torch.unique_consecutive(xs)
-    notes: list[str] = []
-    if distinct.numel() <= k:
-        if distinct.numel() < k:
-            notes.append(
-                f"k reduced from {k} to {distinct.numel()}: only "
-                f"{distinct.numel()} distinct value(s)"
-            )
-        centroids = distinct
-        labels = torch.searchsorted(distinct, values.to(torch.float64))
-        c32 = centroids.to(torch.float32)
-        return KMeansResult(
-            c32,
-            labels,
-            k,
-            int(distinct.numel()),
-            0,
-            weighted_sse(values, c32, labels, w),
-            True,
-            tuple(notes),
-        )
+    _check_k(k)
+    _check_shape(values, "values")
+    _check_init(init, seed)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ConfigError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if not math.isfinite(tol) or tol < 0:
+        raise ConfigError(f"tol must be a finite number >= 0, got {tol!r}")
     if init_centroids is not None:
-        if init_centroids.dim() != 1 or not 1 <= init_centroids.numel() <= _MAX_K:
-            raise ConfigError(f"init_centroids must be 1-D with 1..{_MAX_K} entries")
-        c = torch.sort(init_centroids.to(device=xs.device, dtype=torch.float64)).values
+        if init_centroids.dim() != 1:
+            raise InvalidTensorError(
+                f"init_centroids must be 1-D, got shape {tuple(init_centroids.shape)}"
+            )
+        if init_centroids.numel() != k:
+            raise ConfigError(f"init_centroids has {init_centroids.numel()} value(s) but k is {k}")
+        _check_values(init_centroids, "init_centroids")
+    w = _check_weights(values, weights)
+    s = _prepare(values, w)
+    if s.n_pos <= k:
+        return _reduced(values, s, k, w is not None)
+    if init_centroids is not None:
+        c = init_centroids.detach().to(device=values.device, dtype=torch.float64)
+        c = torch.sort(c).values
     else:
-        c = torch.sort(_initial(xs, ws, k, init, seed)).values
-    zero = torch.zeros(1, dtype=torch.float64, device=xs.device)
-    pw = torch.cat([zero, torch.cumsum(ws, 0)])
-    px = torch.cat([zero, torch.cumsum(ws * xs, 0)])
-    n = xs.numel()
-    bounds = None
-    converged = False
-    iterations = 0
-    for step in range(1, max_iter + 1):
-        iterations = step
-        mids = (c[1:] + c[:-1]) / 2
-        ends = torch.cat([torch.searchsorted(xs, mids), torch.tensor([n], device=xs.device)])
-        starts = torch.cat([torch.zeros(1, dtype=ends.dtype, device=xs.device), ends[:-1]])
-        sw = pw[ends] - pw[starts]
-        sx = px[ends] - px[starts]
-        new_c = torch.where(sw > 0, sx / sw.clamp(min=1e-300), c)
-        empty = torch.nonzero((ends - starts) == 0).flatten()
-        if empty.numel():
-            new_c = _reseat(xs, ws, new_c, starts, ends, empty)
-        new_c = torch.sort(new_c).values
-        shift = float((new_c - c).abs().max())
-        c = new_c
-        if bounds is not None and torch.equal(bounds, ends) and not empty.numel():
-            converged = True
-            break
-        if tol > 0 and shift <= tol and not empty.numel():
-            converged = True
-            break
-        bounds = ends
-    labels_sorted = torch.searchsorted(xs, (c[1:] + c[:-1]) / 2)
-    seg = torch.zeros(n, dtype=torch.int64, device=xs.device)
-    if labels_sorted.numel():
-        seg.index_add_(
-            0, labels_sorted[labels_sorted < n], torch.ones_like(labels_sorted[labels_sorted < n])
-        )
-    seg = torch.cumsum(seg, 0)
-    labels = torch.empty_like(seg)
-    labels[order] = seg
-    c32 = c.to(torch.float32)
+        c = _initial(s, k, init, seed)
+    c, iterations, converged = _lloyd(s, c.to(torch.float32).to(torch.float64), max_iter, tol)
+    notes: list[str] = []
     if not converged:
-        notes.append(f"k-means stopped at max_iter={max_iter} before settling")
-    return KMeansResult(
-        c32,
-        labels,
-        k,
-        int(c.numel()),
-        iterations,
-        weighted_sse(values, c32, labels, w),
-        converged,
-        tuple(notes),
-    )
+        notes.append(f"k-means stopped at max_iter={max_iter} before the assignment settled")
+    return _finish(values, s, c, k, iterations, converged, notes)
 
 
-def _reseat(
-    xs: torch.Tensor,
-    ws: torch.Tensor,
-    c: torch.Tensor,
-    starts: torch.Tensor,
-    ends: torch.Tensor,
-    empty: torch.Tensor,
-) -> torch.Tensor:
-    """Move each empty cluster's centroid to the worst-fit value (largest weighted error)."""
-    seg = torch.repeat_interleave(torch.arange(c.numel(), device=xs.device), ends - starts)
-    err = ws * (xs - c[seg]) ** 2
-    c = c.clone()
-    taken: set[float] = set(c.tolist())
-    for e in empty.tolist():
-        for idx in torch.argsort(err, descending=True, stable=True).tolist():
-            v = float(xs[idx])
-            if v not in taken:
-                c[e] = v
-                taken.add(v)
-                err[idx] = 0
-                break
-    return c
+# --------------------------------------------------------------------------------------------
+# the exact optimum
+
+
+def _optimal_cuts(x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
+    """Boundaries (k + 1 positions) of the optimal k-partition of sorted ``x`` (all ``w`` > 0)."""
+    device = x.device
+    n = x.numel()
+    xc = x - float((w * x).sum() / w.sum())  # centred: less cancellation in the x² sums
+    pw, px, p2 = _prefix(w), _prefix(w * xc), _prefix(w * xc * xc)
+
+    def cost(j: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        sx = px[i] - px[j]
+        return (p2[i] - p2[j] - sx * sx / (pw[i] - pw[j])).clamp_(min=0)
+
+    idx = torch.arange(1, n + 1, device=device)
+    prev = torch.cat([torch.zeros(1, dtype=torch.float64, device=device), cost(idx * 0, idx)])
+    splits: list[torch.Tensor] = []
+    for m in range(2, k + 1):
+        cur = torch.full((n + 1,), math.inf, dtype=torch.float64, device=device)
+        arg = torch.zeros(n + 1, dtype=torch.int64, device=device)
+        # tasks: rows i in [lo, hi] with splits j in [jlo, jhi]; row i needs i >= m, j in
+        # [m - 1, i - 1]; all the tasks of one recursion level are solved together
+        lo = torch.tensor([m], device=device)
+        hi = torch.tensor([n], device=device)
+        jlo = torch.tensor([m - 1], device=device)
+        jhi = torch.tensor([n - 1], device=device)
+        while lo.numel():
+            mid = (lo + hi) // 2
+            a = jlo
+            lengths = torch.minimum(jhi, mid - 1) - a + 1
+            task = torch.repeat_interleave(torch.arange(mid.numel(), device=device), lengths)
+            offsets = torch.cumsum(lengths, 0) - lengths
+            j = a[task] + torch.arange(task.numel(), device=device) - offsets[task]
+            val = prev[j] + cost(j, mid[task])
+            inf = torch.full(mid.shape, math.inf, dtype=torch.float64, device=device)
+            best = inf.scatter_reduce(0, task, val, reduce="amin")
+            at_min = val <= best[task]
+            big = torch.full_like(mid, n + 1)
+            best_j = big.scatter_reduce(0, task[at_min], j[at_min], reduce="amin")  # leftmost
+            cur[mid] = best
+            arg[mid] = best_j
+            left = lo <= mid - 1
+            right = mid + 1 <= hi
+            lo, hi, jlo, jhi = (
+                torch.cat([lo[left], (mid + 1)[right]]),
+                torch.cat([(mid - 1)[left], hi[right]]),
+                torch.cat([jlo[left], best_j[right]]),
+                torch.cat([best_j[left], jhi[right]]),
+            )
+        splits.append(arg)
+        prev = cur
+    cuts = [n]
+    for arg in reversed(splits):
+        cuts.append(int(arg[cuts[-1]]))
+    cuts.append(0)
+    cuts.reverse()
+    return torch.tensor(cuts, dtype=torch.int64, device=device)
+
+
+def optimal_kmeans_1d(
+    values: torch.Tensor, k: int, *, weights: torch.Tensor | None = None
+) -> KMeansResult:
+    """The exact minimum-SSE k-clustering of 1-D values (a quality reference for tests).
+
+    Dynamic programming over the sorted distinct values: ``D[m][i]`` is the least SSE of the
+    first ``i`` values in ``m`` clusters; the leftmost optimal split is monotone in ``i``
+    (the SSE cost satisfies the quadrangle inequality), so each of the k layers is solved by
+    divide and conquer (as in Grønlund et al. 2017 and the ``kmeans1d`` package), vectorised
+    one recursion level at a time: O(k · n log n). Segment costs come from float64 prefix sums
+    of the centred values, so SSE differences below about 1e-15 × Σ w·(x − mean)² are not
+    resolved (as in other prefix-sum solvers).
+
+    Args:
+        values: 1-D finite float tensor with at most 20 000 values.
+        k: number of clusters, 1..256.
+        weights: optional per-value importance (>= 0, not all zero).
+
+    Returns:
+        A :class:`KMeansResult` (``iterations`` 0, ``converged`` True). Values of zero
+        importance take the nearest centroid.
+
+    Raises:
+        ConfigError: bad ``k``, or more than 20 000 values.
+        InvalidTensorError: as :func:`kmeans_1d`.
+    """
+    _check_k(k)
+    _check_shape(values, "values")
+    if values.numel() > OPTIMAL_MAX_VALUES:
+        raise ConfigError(
+            f"optimal_kmeans_1d takes at most {OPTIMAL_MAX_VALUES} values "
+            f"(it is a quality check, not a quantizer), got {values.numel()}"
+        )
+    w = _check_weights(values, weights)
+    s = _prepare(values, w)
+    if s.n_pos <= k:
+        return _reduced(values, s, k, w is not None)
+    live = s.wd > 0
+    x, wx = s.xd[live], s.wd[live]
+    cut = _optimal_cuts(x, wx, k)
+    pw, px = _prefix(wx), _prefix(wx * x)
+    mean = (px[cut[1:]] - px[cut[:-1]]) / (pw[cut[1:]] - pw[cut[:-1]])
+    centroids = torch.minimum(torch.maximum(mean, x[cut[:-1]]), x[cut[1:] - 1])
+    return _finish(values, s, centroids, k, 0, True, [])
