@@ -13,7 +13,9 @@ fine-tuning the centroids (same budget everywhere: one epoch, Adam, lr 1e-4):
 Each row also gives the zeroth-order entropy of the indices (bits/weight an ideal entropy
 coder would need). Writes benchmarks/results/quantize_lenet.json and quantize_lenet.png.
 
-    python benchmarks/quantize_lenet.py [--quick]
+    python benchmarks/quantize_lenet.py [--quick] [--models lenet-5]
+
+A run over some of the models keeps the other models' results in the JSON.
 """
 
 from __future__ import annotations
@@ -142,8 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "quantize_lenet_quick" if args.quick else "quantize_lenet"
-    atomic_write_text(RESULTS / f"{stem}.json", json.dumps(out, indent=2) + "\n")
-    _plot(results, bits_sweep, RESULTS / f"{stem}.png")
+    dest = RESULTS / f"{stem}.json"
+    if dest.is_file():  # a run over some models keeps the others' results
+        kept = json.loads(dest.read_text())["models"]
+        out["models"] = {**{k: v for k, v in kept.items() if k not in results}, **results}
+    atomic_write_text(dest, json.dumps(out, indent=2) + "\n")
+    _plot(out["models"], bits_sweep, RESULTS / f"{stem}.png")
     print(
         markdown_table(
             [
