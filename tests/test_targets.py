@@ -94,3 +94,9 @@ def test_tied_weights_are_skipped_with_reason() -> None:
     reasons = {s.name: s.reason for s in sel.skipped}
     assert reasons["emb.weight"].startswith("tied to head.weight")
     assert reasons["head.weight"].startswith("tied to emb.weight")
+
+
+def test_layer_type_sees_through_parametrization(resnet: nn.Module) -> None:
+    prune_(resnet, PruneConfig(sparsity=0.5))
+    sel = select_targets(resnet)
+    assert {t.layer_type for t in sel.targets} == {"Conv2d", "Linear"}

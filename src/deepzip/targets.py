@@ -27,6 +27,7 @@ __all__ = [
     "Target",
     "TargetSelection",
     "check_patterns_match",
+    "layer_type",
     "matches",
     "select_targets",
 ]
@@ -98,6 +99,14 @@ class TargetSelection:
         raise KeyError(name)
 
 
+def layer_type(module: nn.Module) -> str:
+    """The module's class name, seeing through parametrize's ``Parametrized<Class>`` wrapper."""
+    cls = type(module)
+    if parametrize.is_parametrized(module):
+        cls = cls.__bases__[0]
+    return cls.__name__
+
+
 def matches(pattern: str, module_name: str, param_name: str) -> bool:
     """Whether a glob matches a module name or its full parameter name."""
     full = f"{module_name}.{param_name}" if module_name else param_name
@@ -158,7 +167,7 @@ def select_targets(
             continue
         reason = _skip_reason(module, mod_name, attr, tensor, include, exclude, layer_types)
         if reason is None:
-            targets.append(Target(full, mod_name, attr, module, type(module).__name__))
+            targets.append(Target(full, mod_name, attr, module, layer_type(module)))
         else:
             skipped.append(Skipped(full, reason))
     return TargetSelection(tuple(targets), tuple(skipped))
@@ -201,8 +210,8 @@ def _skip_reason(
             )
         return None
     if attr == "bias" or tensor.dim() < 2:
-        return f"{type(module).__name__}.{attr}: bias/normalization vector (kept in float)"
-    return f"{type(module).__name__}.{attr}: not a default target type; name it in include"
+        return f"{layer_type(module)}.{attr}: bias/normalization vector (kept in float)"
+    return f"{layer_type(module)}.{attr}: not a default target type; name it in include"
 
 
 def check_patterns_match(model: nn.Module, patterns: Sequence[str], what: str) -> None:

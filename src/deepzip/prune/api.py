@@ -11,7 +11,14 @@ from deepzip.config import LayerOverride, PruneConfig
 from deepzip.errors import ConfigError
 from deepzip.prune.masks import check_finite, global_magnitude_masks, quality_mask, sparsity_mask
 from deepzip.prune.parametrization import attach_mask, get_mask, strip_mask
-from deepzip.targets import Skipped, Target, TargetSelection, matches, select_targets
+from deepzip.targets import (
+    Skipped,
+    Target,
+    TargetSelection,
+    layer_type,
+    matches,
+    select_targets,
+)
 
 __all__ = [
     "LayerRecord",
@@ -206,7 +213,7 @@ def pruning_report(model: nn.Module) -> PruneReport:
             records.append(
                 LayerRecord(
                     name,
-                    type(module).__name__,
+                    layer_type(module),
                     tuple(m.mask.shape),
                     int(m.mask.numel()),
                     int(m.mask.sum()),
