@@ -170,37 +170,16 @@ class PruneConfig:
             raise ConfigError("prune.scope = 'global' needs prune.sparsity, not quality")
         if self.scope == "global" and any(not o.skip for o in self.overrides):
             raise ConfigError("prune.scope = 'global' sets one threshold; overrides may only skip")
-        _check_patterns("prune.include", self.include)
-        _check_patterns("prune.exclude", self.exclude)
-        if not isinstance(self.overrides, tuple) or not all(
-            isinstance(o, LayerOverride) for o in self.overrides
-        ):
-            raise ConfigError(
-                f"prune.overrides must be LayerOverride items, got {self.overrides!r}"
-            )
+        _check_selection("prune", self.include, self.exclude, self.overrides, LayerOverride)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PruneConfig:
         """Build from a TOML/JSON table; unknown keys raise ``ConfigError``."""
-        data = dict(data)
-        raw_overrides = data.pop("overrides", [])
-        if not isinstance(raw_overrides, list):
-            raise ConfigError(f"prune.overrides must be a list of tables, got {raw_overrides!r}")
-        overrides = tuple(
-            _build(LayerOverride, o, f"prune.overrides[{i}]") for i, o in enumerate(raw_overrides)
-        )
-        for key in ("include", "exclude"):
-            if key in data:
-                data[key] = _as_str_tuple(f"prune.{key}", data[key])
-        return _build(cls, {**data, "overrides": overrides}, "prune")
+        return _selection_from_dict(cls, LayerOverride, data, "prune")
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML/JSON form (``None`` values omitted)."""
-        out = _as_dict(self)
-        out["overrides"] = [_as_dict(o) for o in self.overrides]
-        out["include"] = list(self.include)
-        out["exclude"] = list(self.exclude)
-        return out
+        return _selection_to_dict(self)
 
 
 @dataclass(frozen=True)
@@ -448,37 +427,16 @@ class QuantizeConfig:
         _check_number("quantize.ecsq_lambda", self.ecsq_lambda, positive=False)
         _check_int("quantize.max_iter", self.max_iter, minimum=1)
         _check_int("quantize.seed", self.seed, minimum=0)
-        _check_patterns("quantize.include", self.include)
-        _check_patterns("quantize.exclude", self.exclude)
-        if not isinstance(self.overrides, tuple) or not all(
-            isinstance(o, BitsOverride) for o in self.overrides
-        ):
-            raise ConfigError(
-                f"quantize.overrides must be BitsOverride items, got {self.overrides!r}"
-            )
+        _check_selection("quantize", self.include, self.exclude, self.overrides, BitsOverride)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QuantizeConfig:
         """Build from a TOML/JSON table; unknown keys raise ``ConfigError``."""
-        data = dict(data)
-        raw = data.pop("overrides", [])
-        if not isinstance(raw, list):
-            raise ConfigError(f"quantize.overrides must be a list of tables, got {raw!r}")
-        overrides = tuple(
-            _build(BitsOverride, o, f"quantize.overrides[{i}]") for i, o in enumerate(raw)
-        )
-        for key in ("include", "exclude"):
-            if key in data:
-                data[key] = _as_str_tuple(f"quantize.{key}", data[key])
-        return _build(cls, {**data, "overrides": overrides}, "quantize")
+        return _selection_from_dict(cls, BitsOverride, data, "quantize")
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML/JSON form (``None`` values omitted)."""
-        out = _as_dict(self)
-        out["overrides"] = [_as_dict(o) for o in self.overrides]
-        out["include"] = list(self.include)
-        out["exclude"] = list(self.exclude)
-        return out
+        return _selection_to_dict(self)
 
 
 @dataclass(frozen=True)
@@ -591,6 +549,48 @@ def _build(cls: type[_T], data: Mapping[str, Any], where: str) -> _T:
 
 def _as_dict(obj: Any) -> dict[str, Any]:
     return {f.name: getattr(obj, f.name) for f in fields(obj) if getattr(obj, f.name) is not None}
+
+
+def _check_selection(
+    where: str,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    overrides: tuple[Any, ...],
+    override_cls: type,
+) -> None:
+    """Validate the include/exclude globs and the override items of a config."""
+    _check_patterns(f"{where}.include", include)
+    _check_patterns(f"{where}.exclude", exclude)
+    if not isinstance(overrides, tuple) or not all(isinstance(o, override_cls) for o in overrides):
+        raise ConfigError(
+            f"{where}.overrides must be {override_cls.__name__} items, got {overrides!r}"
+        )
+
+
+def _selection_from_dict(
+    cls: type[_T], override_cls: type, data: Mapping[str, Any], where: str
+) -> _T:
+    """Build a config with ``include``/``exclude`` globs and ``overrides`` tables."""
+    data = dict(data)
+    raw = data.pop("overrides", [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}.overrides must be a list of tables, got {raw!r}")
+    overrides: tuple[Any, ...] = tuple(
+        _build(override_cls, o, f"{where}.overrides[{i}]") for i, o in enumerate(raw)
+    )
+    for key in ("include", "exclude"):
+        if key in data:
+            data[key] = _as_str_tuple(f"{where}.{key}", data[key])
+    return _build(cls, {**data, "overrides": overrides}, where)
+
+
+def _selection_to_dict(config: Any) -> dict[str, Any]:
+    """The TOML/JSON form of a config with globs and overrides (``None`` values omitted)."""
+    out = _as_dict(config)
+    out["overrides"] = [_as_dict(o) for o in config.overrides]
+    out["include"] = list(config.include)
+    out["exclude"] = list(config.exclude)
+    return out
 
 
 def _as_str_tuple(key: str, value: Any) -> tuple[str, ...]:
