@@ -159,6 +159,17 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_checkpoint_args(p: argparse.ArgumentParser, *, output_help: str) -> None:
+    p.add_argument("checkpoint", help="input checkpoint (.safetensors, .pt, .pth)")
+    p.add_argument("-o", "--output", required=True, help=output_help)
+    p.add_argument(
+        "--model",
+        choices=model_names(),
+        default=None,
+        help="zoo architecture (default: read from the checkpoint)",
+    )
+
+
 def _add_optimizer_args(
     p: argparse.ArgumentParser, *, weight_decay: float, lr: float = 0.02, optimizer: str = "sgd"
 ) -> None:
@@ -536,14 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Magnitude pruning with iterative retraining. Flags or a "
         "TOML recipe ([prune], [schedule], [retrain]).",
     )
-    p.add_argument("checkpoint", help="input checkpoint (.safetensors, .pt, .pth)")
-    p.add_argument("-o", "--output", required=True, help="output .safetensors checkpoint")
-    p.add_argument(
-        "--model",
-        choices=model_names(),
-        default=None,
-        help="zoo architecture (default: read from the checkpoint)",
-    )
+    _add_checkpoint_args(p, output_help="output .safetensors checkpoint")
     p.add_argument("--recipe", default=None, help="TOML recipe; replaces the pruning flags")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--sparsity", type=float, default=None, help="fraction removed per layer")
@@ -578,9 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quantize a (pruned) checkpoint by weight sharing and fine-tune the "
         "codebooks. Defaults are the paper's: 8 bits for convolutions, 5 for the rest.",
     )
-    p.add_argument("checkpoint", help="input checkpoint (.safetensors, .pt, .pth)")
-    p.add_argument("-o", "--output", required=True, help="output .safetensors checkpoint")
-    p.add_argument("--model", choices=model_names(), default=None)
+    _add_checkpoint_args(p, output_help="output .safetensors checkpoint")
     p.add_argument("--bits", type=int, default=None, help="bits for every layer")
     p.add_argument("--conv-bits", type=int, default=8)
     p.add_argument("--fc-bits", type=int, default=5)
@@ -616,10 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prune one layer at a time over a sparsity sweep and "
         "record validation accuracy.",
     )
-    p.add_argument("checkpoint")
-    p.add_argument("-o", "--output", required=True, help="output JSON")
+    _add_checkpoint_args(p, output_help="output JSON")
     p.add_argument("--plot", default=None, help="output PNG (default: next to the JSON)")
-    p.add_argument("--model", choices=model_names(), default=None)
     p.add_argument("--sparsities", default="0,0.3,0.5,0.6,0.7,0.8,0.85,0.9,0.93,0.95,0.97")
     _add_glob_args(p)
     p.add_argument(
