@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from laplace_weights import laplace as _laplace
 
 from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.quantize import (
@@ -19,12 +20,6 @@ from deepzip.quantize import (
 from deepzip.quantize.kmeans import weighted_sse
 
 INITS = ("linear", "density", "forgy", "kmeans++")
-
-
-def _laplace(n: int, seed: int, scale: float = 0.02) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    u = torch.rand(n, generator=g, dtype=torch.float64) - 0.5
-    return (-scale * torch.sign(u) * torch.log1p(-2 * u.abs())).float()
 
 
 def _brute_force_sse(values: torch.Tensor, k: int, weights: torch.Tensor | None = None) -> float:

@@ -6,15 +6,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from laplace_weights import laplace as _laplace
 
 from deepzip.errors import ConfigError
 from deepzip.quantize.scalar import ecsq_quantize, uniform_quantize
-
-
-def _laplace(n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    u = torch.rand(n, generator=g, dtype=torch.float64) - 0.5
-    return (-0.02 * torch.sign(u) * torch.log1p(-2 * u.abs())).float()
 
 
 def _entropy(labels: torch.Tensor) -> float:
