@@ -8,6 +8,7 @@ generic handlers keep working. Messages name the layer, tensor or file and the b
 from __future__ import annotations
 
 __all__ = [
+    "BloomierBuildError",
     "CheckpointError",
     "ConfigError",
     "CorruptFileError",
@@ -32,6 +33,10 @@ class ConfigError(DeepZipError, ValueError):
 
 class InvalidTensorError(DeepZipError, ValueError):
     """A tensor cannot be processed: NaN/inf values, wrong shape or dtype (names the tensor)."""
+
+
+class BloomierBuildError(DeepZipError, RuntimeError):
+    """A Bloomier filter could not be built: peeling failed for every seed tried."""
 
 
 class CheckpointError(DeepZipError):

@@ -4,7 +4,9 @@ A deepzip checkpoint is a plain ``.safetensors`` file any tool can read: the mod
 under their usual names (pruned weights hold exact zeros), plus one ``bool`` tensor per pruning
 mask under ``__deepzip_mask__.<parameter name>``; a quantized tensor also has its codebook
 (``__deepzip_codebook__.<name>``, float32) and indices (``__deepzip_index__.<name>``, uint8),
-so fine-tuning can resume with the same clusters. The safetensors metadata holds
+so fine-tuning can resume with the same clusters; a layer encoded with Weightless also has its
+serialised Bloomier filter (``__deepzip_bloomier__.<name>``, uint8), checked against the
+indices and mask when read. The safetensors metadata holds
 ``deepzip.format = "checkpoint"``, ``deepzip.version``, the masks' reference standard deviations
 (JSON) and the caller's string key/values.
 
@@ -19,19 +21,23 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from deepzip._atomic import atomic_path
-from deepzip.errors import CheckpointError
+from deepzip.coding.bloomier import BloomierFilter
+from deepzip.errors import CheckpointError, CorruptFileError
 from deepzip.prune.api import mask_dict
 from deepzip.prune.parametrization import attach_mask, get_mask
 from deepzip.quantize.api import export_shared, strip_
 from deepzip.quantize.shared import SharedTensor, attach_shared
+from deepzip.quantize.weightless import attach_weightless, get_weightless
 
 __all__ = [
+    "BLOOMIER_PREFIX",
     "CHECKPOINT_VERSION",
     "CODEBOOK_PREFIX",
     "INDEX_PREFIX",
@@ -48,6 +54,7 @@ CHECKPOINT_VERSION = "1"
 MASK_PREFIX = "__deepzip_mask__."
 CODEBOOK_PREFIX = "__deepzip_codebook__."
 INDEX_PREFIX = "__deepzip_index__."
+BLOOMIER_PREFIX = "__deepzip_bloomier__."
 _DEEPZIP_KEY = "__deepzip_"
 _PARAM_SEP = ".parametrizations."
 
@@ -81,10 +88,12 @@ class Checkpoint:
         reference_std: dict[str, float],
         metadata: dict[str, str],
         shared: dict[str, SharedTensor] | None = None,
+        bloomier: dict[str, bytes] | None = None,
     ) -> None:
         self.tensors = tensors
         self.masks = masks
         self.shared = shared or {}
+        self.bloomier = bloomier or {}
         self.reference_std = reference_std
         self.metadata = metadata
 
@@ -109,6 +118,10 @@ def save_checkpoint(
         tensors[MASK_PREFIX + name] = s.mask.cpu().contiguous()
         tensors[CODEBOOK_PREFIX + name] = s.codebook.cpu().contiguous()
         tensors[INDEX_PREFIX + name] = s.indices.cpu().contiguous()
+        owner, attr = name.rsplit(".", 1) if "." in name else ("", name)
+        encoded = get_weightless(model.get_submodule(owner), attr)
+        if encoded is not None:
+            tensors[BLOOMIER_PREFIX + name] = encoded.bloomier.detach().cpu().contiguous()
     stds: dict[str, float] = {}
     for name, mask in masks.items():
         tensors[MASK_PREFIX + name] = mask.cpu().contiguous()
@@ -187,7 +200,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     masks = _with_prefix(raw, MASK_PREFIX)
     codebooks = _with_prefix(raw, CODEBOOK_PREFIX)
     indices = _with_prefix(raw, INDEX_PREFIX)
-    known = (MASK_PREFIX, CODEBOOK_PREFIX, INDEX_PREFIX)
+    filters = _with_prefix(raw, BLOOMIER_PREFIX)
+    known = (MASK_PREFIX, CODEBOOK_PREFIX, INDEX_PREFIX, BLOOMIER_PREFIX)
     for k in raw:
         if k.startswith(_DEEPZIP_KEY) and not k.startswith(known):
             raise CheckpointError(f"{p}: unknown deepzip entry {k!r} (written by a newer version?)")
@@ -213,7 +227,36 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(
             f"{p}: indices without a codebook for {sorted(set(indices) - set(codebooks))[0]!r}"
         )
-    return Checkpoint(tensors, {k: v.to(torch.bool) for k, v in masks.items()}, stds, meta, shared)
+    bloomier = {name: _bloomier_entry(p, name, data, shared) for name, data in filters.items()}
+    return Checkpoint(
+        tensors, {k: v.to(torch.bool) for k, v in masks.items()}, stds, meta, shared, bloomier
+    )
+
+
+def _bloomier_entry(
+    path: Path, name: str, data: torch.Tensor, shared: Mapping[str, SharedTensor]
+) -> bytes:
+    """Validate one Weightless layer's filter: it must decode to the stored indices and mask."""
+    if name not in shared:
+        raise CheckpointError(f"{path}: Bloomier filter for {name!r} without its codebook")
+    s = shared[name]
+    if data.dtype != torch.uint8 or data.dim() != 1:
+        raise CheckpointError(f"{path}: Bloomier filter of {name!r} must be 1-D uint8")
+    raw = bytes(data.numpy().tobytes())
+    try:
+        f = BloomierFilter.from_bytes(raw, name=name, n_positions=s.mask.numel())
+    except CorruptFileError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    indices, mask = f.decode_indices()
+    if (
+        f.num_values != s.codebook.numel()
+        or not np.array_equal(mask, s.mask.reshape(-1).numpy())
+        or not np.array_equal(indices[mask], s.indices.reshape(-1).numpy()[mask])
+    ):
+        raise CheckpointError(
+            f"{path}: the Bloomier filter of {name!r} does not decode to its indices and mask"
+        )
+    return raw
 
 
 def _with_prefix(raw: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -299,6 +342,9 @@ def apply_checkpoint(
             module = model.get_submodule(owner)
         except AttributeError as exc:
             raise CheckpointError(f"{source}: mask for {name!r} names no module") from exc
+        if name in ckpt.bloomier:
+            attach_weightless(module, attr, ckpt.shared[name], ckpt.bloomier[name])
+            continue
         if name in ckpt.shared:
             attach_shared(module, attr, ckpt.shared[name])
             continue

@@ -1,0 +1,205 @@
+"""``deepzip compress`` then ``deepzip decompress`` on a ~100M-parameter safetensors checkpoint.
+
+A seeded synthetic checkpoint shaped like a transformer stack (8 blocks of QKV, output and MLP
+projections with biases and norm vectors, about 100.7 M float32 parameters, 403 MB) with
+Laplace-distributed weights (scale 1/sqrt(fan_in), like trained Linear layers) is written to a
+temporary directory. The two commands run as subprocesses under ``/usr/bin/time -v``, which
+reports their wall time and peak resident memory. The decompressed ``.safetensors`` file must
+have the original names, shapes and dtypes, raw tensors bit-exact, and each compressed tensor
+equal to the quantized tensor computed independently here (the uniform quantizer of the tensor's
+own values). Target: peak memory of each command at most about 3x the checkpoint size.
+
+    python benchmarks/big_checkpoint.py           # ~100 M parameters (a few minutes)
+    python benchmarks/big_checkpoint.py --quick   # ~12.6 M parameters
+
+Updates only the ``big_checkpoint`` key of ``benchmarks/results/coding.json`` (the coding
+benchmark owns the other keys); ``--quick`` writes ``big_checkpoint_quick.json`` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from deepzip import __version__
+from deepzip._atomic import atomic_write_text
+from deepzip.posttrain import DEFAULT_BITS, DEFAULT_QUANTIZER
+from deepzip.quantize.scalar import uniform_quantize
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PEAK_LIMIT = 3.0
+
+
+def block_shapes(d_model: int, d_ff: int) -> dict[str, tuple[int, ...]]:
+    """One transformer block's tensors (PyTorch Linear layout: out × in)."""
+    return {
+        "attn.qkv.weight": (3 * d_model, d_model),
+        "attn.qkv.bias": (3 * d_model,),
+        "attn.out.weight": (d_model, d_model),
+        "attn.out.bias": (d_model,),
+        "norm1.weight": (d_model,),
+        "norm1.bias": (d_model,),
+        "mlp.fc1.weight": (d_ff, d_model),
+        "mlp.fc1.bias": (d_ff,),
+        "mlp.fc2.weight": (d_model, d_ff),
+        "mlp.fc2.bias": (d_model,),
+        "norm2.weight": (d_model,),
+        "norm2.bias": (d_model,),
+    }
+
+
+def make_checkpoint(path: Path, blocks: int, d_model: int, d_ff: int) -> tuple[int, int]:
+    """Write the seeded checkpoint; returns (parameters, bytes)."""
+    g = torch.Generator().manual_seed(0)
+    tensors: dict[str, torch.Tensor] = {}
+    for b in range(blocks):
+        for name, shape in block_shapes(d_model, d_ff).items():
+            if name.startswith("norm") and name.endswith("weight"):
+                t = 1.0 + 0.05 * torch.randn(shape, generator=g)
+            elif len(shape) == 1:
+                t = 0.02 * torch.randn(shape, generator=g)
+            else:  # Laplace(0, 1/sqrt(fan_in)): the difference of two exponentials
+                e1 = torch.empty(shape).exponential_(generator=g)
+                t = (e1 - torch.empty(shape).exponential_(generator=g)) / math.sqrt(shape[1])
+            tensors[f"blocks.{b}.{name}"] = t.contiguous()
+    params = sum(t.numel() for t in tensors.values())
+    save_file(tensors, str(path))
+    return params, path.stat().st_size
+
+
+def _deepzip() -> list[str]:
+    script = Path(sys.executable).parent / "deepzip"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "deepzip.cli"]
+
+
+def timed(cmd: list[str]) -> dict[str, Any]:
+    """Run ``cmd`` under ``/usr/bin/time -v``; wall seconds and peak RSS bytes."""
+    proc = subprocess.run(
+        ["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=os.environ.copy()
+    )
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", proc.stderr)
+    if rss is None or wall is None:
+        sys.exit(f"cannot parse /usr/bin/time output:\n{proc.stderr}")
+    seconds = 0.0
+    for part in wall.group(1).split(":"):
+        seconds = 60 * seconds + float(part)
+    return {"command": " ".join(Path(c).name for c in cmd[:1]) + " " + " ".join(cmd[1:2]),
+            "wall_seconds": seconds, "peak_rss_bytes": 1024 * int(rss.group(1))}  # fmt: skip
+
+
+def verify(original: Path, decompressed: Path, levels: int) -> dict[str, Any]:
+    """Names, shapes, dtypes and values of the decompressed file, one tensor at a time."""
+    compressed = exact = 0
+    with (
+        safe_open(str(original), framework="pt") as src,
+        safe_open(str(decompressed), framework="pt") as back,
+    ):
+        if set(src.keys()) != set(back.keys()):
+            sys.exit("decompressed tensor names differ from the original")
+        for name in src.keys():  # noqa: SIM118 - safe_open is not a mapping
+            a, b = src.get_tensor(name), back.get_tensor(name)
+            if a.dtype != b.dtype or a.shape != b.shape:
+                sys.exit(f"{name}: {a.dtype} {tuple(a.shape)} came back {b.dtype} {tuple(b.shape)}")
+            if a.dim() < 2:
+                if not torch.equal(a, b):
+                    sys.exit(f"{name}: raw tensor changed")
+                exact += 1
+                continue
+            q = uniform_quantize(a.flatten(), levels)
+            if not torch.equal(q.centroids[q.labels].reshape(a.shape), b):
+                sys.exit(f"{name}: decompressed tensor is not the quantized tensor")
+            compressed += 1
+    return {"compressed_tensors_equal_quantized": compressed, "raw_tensors_exact": exact}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate, compress, decompress, verify, record."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one block (~12.6 M parameters)")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the files here")
+    args = parser.parse_args(argv)
+    blocks, d_model, d_ff = (1, 1024, 4096) if args.quick else (8, 1024, 4096)
+    work = Path(tempfile.mkdtemp(prefix="dzip-big-")) if args.workdir is None else args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        ckpt, dzip, back = (
+            work / "model.safetensors",
+            work / "model.dzip",
+            work / "back.safetensors",
+        )
+        t0 = time.perf_counter()
+        params, ckpt_bytes = make_checkpoint(ckpt, blocks, d_model, d_ff)
+        print(f"checkpoint: {params:,} parameters, {ckpt_bytes:,} bytes "
+              f"({time.perf_counter() - t0:.0f} s to generate)", flush=True)  # fmt: skip
+        compress = timed([*_deepzip(), "compress", str(ckpt), "-o", str(dzip), "--no-progress"])
+        print(f"compress:   {compress['wall_seconds']:.1f} s, peak RSS "
+              f"{compress['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)  # fmt: skip
+        decompress = timed([*_deepzip(), "decompress", str(dzip), "-o", str(back), "--no-progress"])
+        print(f"decompress: {decompress['wall_seconds']:.1f} s, peak RSS "
+              f"{decompress['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)  # fmt: skip
+        checks = verify(ckpt, back, 1 << DEFAULT_BITS)
+        dzip_bytes = dzip.stat().st_size
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    for step in (compress, decompress):
+        step["peak_over_checkpoint"] = step["peak_rss_bytes"] / ckpt_bytes
+        step["within_limit"] = step["peak_over_checkpoint"] <= PEAK_LIMIT
+    record = {
+        "description": "deepzip compress + decompress (subprocesses, /usr/bin/time -v) of a "
+        "seeded synthetic transformer-like float32 checkpoint; default post-training "
+        f"settings ({DEFAULT_QUANTIZER}, {DEFAULT_BITS} bits, coder auto, no pruning)",
+        "parameters": params,
+        "checkpoint_bytes": ckpt_bytes,
+        "dzip_bytes": dzip_bytes,
+        "ratio": ckpt_bytes / dzip_bytes,
+        "compress": compress,
+        "decompress": decompress,
+        "peak_limit_over_checkpoint": PEAK_LIMIT,
+        "within_limit": compress["within_limit"] and decompress["within_limit"],
+        "compress_mparams_per_s": params / compress["wall_seconds"] / 1e6,
+        "decompress_mparams_per_s": params / decompress["wall_seconds"] / 1e6,
+        **checks,
+        "deepzip_version": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if args.quick:
+        out = RESULTS / "big_checkpoint_quick.json"
+        atomic_write_text(out, json.dumps({"big_checkpoint": record}, indent=2) + "\n")
+    else:
+        out = RESULTS / "coding.json"
+        existing = json.loads(out.read_text()) if out.is_file() else {}
+        existing["big_checkpoint"] = record  # the coding benchmark owns the other keys
+        atomic_write_text(out, json.dumps(existing, indent=2) + "\n")
+    print(
+        f"ratio {record['ratio']:.2f}x; peak RSS compress {compress['peak_over_checkpoint']:.2f}x, "
+        f"decompress {decompress['peak_over_checkpoint']:.2f}x the checkpoint "
+        f"(limit {PEAK_LIMIT}x); results -> {out}"
+    )
+    return 0 if record["within_limit"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Near-optimal entropy coding with asymmetric numeral systems (the ``constriction`` package).
+
+The model is a table of integer weights, one per used symbol, that sum to exactly
+``2**precision`` (``1 <= precision <= 24``); the file stores these integers, so encoder and
+decoder build the same model on every machine. The used symbols, in increasing order, get
+ranks ``0..m-1``, and ranks are coded with constriction's stack ``AnsCoder`` (32-bit words,
+64-bit state, 24-bit model precision) and a ``Categorical`` model whose weights are the stored
+integers times ``2**(24 - precision)``.
+
+Building that model from integers is exact: ``Categorical(p, perfect=False)`` gives symbol
+``r`` the weight ``floor(C[r+1] * s) - floor(C[r] * s) + 1`` with ``C`` the running sum of
+``p`` and ``s = (2**24 - m) / sum(p)``. Passing ``p[r] = weight[r] - 1`` makes ``s == 1`` and
+every ``C`` an integer below ``2**24`` (exact in float32 and float64), so the model's weights
+are the given integers, bit for bit.
+
+Symbols are pushed in reverse (``encode_reverse``) so that decoding pops them in order; the
+payload is ``get_compressed()`` as little-endian uint32 words. After decoding every symbol the
+coder must be empty. A one-symbol model (``precision == 0``, weight 1) codes nothing: the
+payload is empty.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable
+from fractions import Fraction
+
+import numpy as np
+
+from deepzip.errors import CorruptFileError
+
+__all__ = [
+    "CONSTRICTION_PRECISION",
+    "MAX_PRECISION",
+    "check_payload_size",
+    "choose_precision",
+    "decode",
+    "encode",
+    "estimated_bits",
+    "quantize_counts",
+]
+
+CONSTRICTION_PRECISION = 24
+"""The fixed-point precision of constriction's default ``AnsCoder`` models."""
+
+MAX_PRECISION = CONSTRICTION_PRECISION
+"""The largest ``precision`` a stored model may have."""
+
+_CHUNK = 1 << 20  # symbols converted to int32 ranks at a time
+_MAX_SAFE_TOTAL = 1 << 38  # counts * 2**24 stays below 2**63
+
+
+def quantize_counts(counts: np.ndarray, precision: int) -> np.ndarray:
+    """Integer weights summing to ``2**precision``, proportional to ``counts``.
+
+    Every symbol with a non-zero count gets a weight of at least 1; unused symbols get 0.
+    Deterministic integer arithmetic: floor of ``count * 2**precision / total``, then the
+    leftover units go to the largest remainders (ties: lower symbol), or, when raising small
+    weights to 1 overshot, units are taken back one at a time from the symbol where that
+    costs least, ``count / (weight - 1/2)`` compared as exact fractions (ties: lower symbol).
+
+    Args:
+        counts: non-negative integer counts (1-D), at least one non-zero.
+        precision: ``0..MAX_PRECISION``; ``2**precision`` must be at least the number of used
+            symbols, and ``precision == 0`` only for a single used symbol.
+
+    Returns:
+        int64 weights, same length as ``counts``.
+
+    Raises:
+        ValueError: bad counts or a precision that cannot hold the used symbols.
+    """
+    c = np.asarray(counts).astype(np.int64)
+    if c.ndim != 1 or c.size == 0 or int(c.min()) < 0 or not c.any():
+        raise ValueError("counts must be a 1-D non-negative array with a non-zero entry")
+    used = np.flatnonzero(c)
+    m = used.size
+    if not 0 <= precision <= MAX_PRECISION or m > (1 << precision) or (m > 1 and precision == 0):
+        raise ValueError(f"precision {precision} cannot hold {m} used symbols")
+    total_weight = 1 << precision
+    cu = c[used]
+    total = int(cu.sum())
+    if total >= _MAX_SAFE_TOTAL:  # scale the counts down (ceil keeps them non-zero)
+        shift = (total // _MAX_SAFE_TOTAL).bit_length()
+        cu = (cu + ((1 << shift) - 1)) >> shift
+        total = int(cu.sum())
+    scaled = cu * total_weight
+    w = scaled // total
+    rem = scaled - w * total
+    w = np.maximum(w, 1)
+    diff = total_weight - int(w.sum())
+    if diff > 0:
+        # diff <= number of symbols whose floor was not raised, so one pass suffices
+        order = np.lexsort((used, -rem))
+        w[order[:diff]] += 1
+    if diff < 0:
+        # give back one unit at a time where it costs least: c * log2(w / (w - 1)) is about
+        # c / (w - 1/2); exact rational keys keep the choice identical on every machine
+        heap = [(Fraction(2 * int(cu[i]), 2 * int(w[i]) - 1), i) for i in range(m) if w[i] > 1]
+        heapq.heapify(heap)
+        for _ in range(-diff):
+            _, i = heapq.heappop(heap)
+            w[i] -= 1
+            if w[i] > 1:
+                heapq.heappush(heap, (Fraction(2 * int(cu[i]), 2 * int(w[i]) - 1), i))
+    out = np.zeros(c.size, dtype=np.int64)
+    out[used] = w
+    return out
+
+
+def estimated_bits(counts: np.ndarray, weights: np.ndarray, precision: int) -> float:
+    """The ideal code length of the data under the model, ``sum c * (precision - log2 w)``."""
+    c = np.asarray(counts, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    nz = c > 0
+    return float(np.sum(c[nz] * (precision - np.log2(w[nz]))))
+
+
+def choose_precision(
+    counts: np.ndarray, model_bits: Callable[[np.ndarray], int] | None = None
+) -> tuple[int, np.ndarray]:
+    """The precision that minimises the estimated payload plus the model size.
+
+    Args:
+        counts: the symbol counts (at least one non-zero).
+        model_bits: the stored model's size in bits for given weights (optional; without it
+            every weight is assumed to cost ``precision`` bits).
+
+    Returns:
+        ``(precision, weights)``: 0 and weight 1 for a single used symbol, else the best
+        precision of ``ceil(log2 m)..MAX_PRECISION`` (ties: the lower one) and its
+        :func:`quantize_counts` weights.
+    """
+    c = np.asarray(counts)
+    m = int(np.count_nonzero(c))
+    if m <= 1:
+        return 0, quantize_counts(c, 0)
+    candidates = []
+    for p in range(max(1, (m - 1).bit_length()), MAX_PRECISION + 1):
+        w = quantize_counts(c, p)
+        model = model_bits(w) if model_bits is not None else p * m
+        candidates.append((estimated_bits(c, w, p) + model, p, w))
+    _, best, weights = min(candidates, key=lambda t: (t[0], t[1]))
+    return best, weights
+
+
+def _model(weights_used: np.ndarray, precision: int) -> object:
+    """The constriction model with exactly these integer weights (module docstring)."""
+    import constriction
+
+    scaled = weights_used.astype(np.int64) << (CONSTRICTION_PRECISION - precision)
+    return constriction.stream.model.Categorical((scaled - 1).astype(np.float64), perfect=False)
+
+
+def encode(symbols: np.ndarray, weights: np.ndarray, precision: int) -> bytes:
+    """ANS-code ``symbols`` with the model ``weights`` (from :func:`quantize_counts`).
+
+    Every symbol must have a non-zero weight. Returns the payload (little-endian uint32
+    words; empty for a one-symbol model).
+    """
+    import constriction
+
+    sym = np.asarray(symbols).reshape(-1)
+    w = np.asarray(weights, dtype=np.int64)
+    used = np.flatnonzero(w)
+    if used.size <= 1 or sym.size == 0:
+        return b""
+    rank = np.full(w.size, -1, dtype=np.int32)
+    rank[used] = np.arange(used.size, dtype=np.int32)
+    model = _model(w[used], precision)
+    coder = constriction.stream.stack.AnsCoder()
+    for end in range(sym.size, 0, -_CHUNK):  # last chunk first: the stack pops in order
+        ranks = rank[sym[max(0, end - _CHUNK) : end]]
+        if ranks.size and int(ranks.min()) < 0:
+            raise ValueError("a symbol has no weight in the ANS model")
+        coder.encode_reverse(ranks, model)
+    words = coder.get_compressed()
+    return np.asarray(words, dtype="<u4").tobytes()
+
+
+def check_payload_size(
+    nbytes: int, weights: np.ndarray, precision: int, count: int, *, what: str
+) -> None:
+    """Reject a payload size that cannot hold ``count`` symbols under the model.
+
+    A one-symbol model and an empty stream have no payload; otherwise the payload is whole
+    32-bit words and, since every symbol costs at least ``log2(2**precision / max weight)``
+    bits, at least that many bits (less 128 bits of slack for the coder's state).
+
+    Raises:
+        CorruptFileError: naming ``what`` and the sizes.
+    """
+    w = np.asarray(weights, dtype=np.int64)
+    used = np.flatnonzero(w)
+    if used.size == 1 or count == 0:
+        if nbytes:
+            kind = "a one-symbol" if used.size == 1 else "an empty"
+            raise CorruptFileError(f"{what}: {kind} ANS stream must have no payload")
+        return
+    if nbytes % 4:
+        raise CorruptFileError(f"{what}: ANS payload of {nbytes} bytes is not whole 32-bit words")
+    min_bits = count * (precision - math.log2(int(w[used].max())))
+    if min_bits > 8 * nbytes + 128:
+        raise CorruptFileError(
+            f"{what}: ANS payload of {nbytes} bytes cannot hold {count} symbols "
+            f"(at least {min_bits:.0f} bits)"
+        )
+
+
+def decode(
+    payload: bytes | memoryview,
+    weights: np.ndarray,
+    precision: int,
+    count: int,
+    *,
+    dtype: type[np.unsignedinteger] = np.uint8,
+    what: str = "ANS stream",
+) -> np.ndarray:
+    """Decode ``count`` symbols coded by :func:`encode` with the same ``weights``.
+
+    Raises:
+        CorruptFileError: the payload is not a whole number of words, too short for the
+            count, rejected by constriction, or not fully consumed.
+    """
+    import constriction
+
+    w = np.asarray(weights, dtype=np.int64)
+    used = np.flatnonzero(w)
+    check_payload_size(len(payload), w, precision, count, what=what)
+    out = np.empty(count, dtype=dtype)
+    if used.size == 1:
+        out.fill(used[0])
+        return out
+    if count == 0:
+        return out
+    words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+    model = _model(w[used], precision)
+    try:
+        coder = constriction.stream.stack.AnsCoder(words)
+        for start in range(0, count, _CHUNK):
+            n = min(_CHUNK, count - start)
+            ranks = np.asarray(coder.decode(model, n))
+            out[start : start + n] = used[ranks]
+        empty = bool(coder.is_empty())
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except BaseException as exc:  # constriction raises ValueError, or pyo3's PanicException
+        raise CorruptFileError(f"{what}: invalid ANS payload ({exc})") from exc
+    if not empty:
+        raise CorruptFileError(f"{what}: ANS payload has data left after {count} symbols")
+    return out

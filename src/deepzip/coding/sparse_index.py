@@ -1,0 +1,183 @@
+"""Deep Compression's relative sparse index (Han et al. 2016, Fig. 2).
+
+A pruned tensor is flattened in C order and stored as a list of *entries* in position order:
+each entry has a *gap* (a ``width``-bit unsigned integer) and a *value* (a symbol).
+
+**Gap convention.** An entry's gap is the number of positions skipped since the previous
+entry, so entry ``j`` sits at position ``p[j] = p[j-1] + gap[j] + 1`` with ``p[-1] = -1``; in
+closed form ``p = cumsum(gap + 1) - 1``. The first entry's gap is therefore its own position,
+and two adjacent kept weights have gap 0. Positions after the last entry are pruned.
+
+**Fillers.** A gap holds at most ``G = 2**width - 1``. When ``d`` pruned positions precede a
+kept weight and ``d > G``, the writer inserts ``f = floor(d / 2**width)`` filler entries first,
+each with gap ``G`` and the value ``filler`` (it stands on a pruned position, a "filler zero");
+the kept weight's entry then has gap ``d - f * 2**width``. Fillers are counted in both streams
+(gaps and values). The caller reserves the filler symbol: with ``k`` clusters the values use
+symbols ``0..k-1`` and ``filler = k`` (an alphabet of ``k + 1``).
+
+The decoder drops every entry whose value is ``filler``; it accepts fillers anywhere (even
+where a gap would have fit), so the only requirements on a stored index are that every gap fits
+in ``width`` bits, every value is at most ``filler``, and the last entry lies inside the tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepzip.errors import ConfigError, CorruptFileError, InvalidTensorError
+
+__all__ = [
+    "MAX_WIDTH",
+    "MIN_WIDTH",
+    "RelativeIndex",
+    "decode_relative",
+    "encode_relative",
+    "filler_count",
+]
+
+MIN_WIDTH = 1
+MAX_WIDTH = 16
+_MAX_FILLER = (1 << 16) - 1
+
+
+@dataclass(frozen=True)
+class RelativeIndex:
+    """A relative index (module docstring).
+
+    Attributes:
+        gaps: uint8 (``width <= 8``) or uint16 gaps, each ``< 2**width``.
+        values: one symbol per entry, for kept weights and fillers alike (uint8 when the
+            filler symbol is at most 255, else uint16).
+        width: bits per gap, ``1..16``.
+    """
+
+    gaps: np.ndarray
+    values: np.ndarray
+    width: int
+
+    @property
+    def entries(self) -> int:
+        """Number of entries, fillers included."""
+        return int(self.gaps.size)
+
+
+def _check_width(width: int, exc: type[Exception], what: str) -> None:
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)):
+        raise exc(f"{what}: index width must be an integer, got {width!r}")
+    if not MIN_WIDTH <= width <= MAX_WIDTH:
+        raise exc(f"{what}: index width must be in [{MIN_WIDTH}, {MAX_WIDTH}], got {width}")
+
+
+def _check_filler(filler: int, exc: type[Exception], what: str) -> None:
+    if isinstance(filler, bool) or not isinstance(filler, (int, np.integer)):
+        raise exc(f"{what}: filler must be an integer, got {filler!r}")
+    if not 0 <= filler <= _MAX_FILLER:
+        raise exc(f"{what}: filler symbol must be in [0, {_MAX_FILLER}], got {filler}")
+
+
+def filler_count(mask: np.ndarray, width: int) -> int:
+    """How many filler entries :func:`encode_relative` will insert for ``mask``."""
+    _check_width(width, ConfigError, "relative index")
+    positions = np.flatnonzero(np.asarray(mask, dtype=bool))
+    skipped = np.diff(positions, prepend=-1) - 1
+    return int(np.sum(skipped >> width))
+
+
+def encode_relative(
+    mask: np.ndarray, values: np.ndarray, width: int, *, filler: int
+) -> RelativeIndex:
+    """Build the relative index of the kept positions of ``mask``.
+
+    Args:
+        mask: bool array of any shape (flattened in C order); ``True`` = kept.
+        values: the symbols of the kept positions in C order (one per ``True``), each in
+            ``[0, filler)``.
+        width: bits per gap, ``1..16`` (paper: 5 for fully connected layers, 8 for conv).
+        filler: the reserved filler symbol (the alphabet's extra symbol ``k``).
+
+    Returns:
+        The index; ``entries == mask.sum() + filler_count(mask, width)``.
+
+    Raises:
+        ConfigError: bad ``width`` or ``filler``.
+        InvalidTensorError: ``mask`` is not boolean, or ``values`` has the wrong length, is not
+            integer, or holds a symbol outside ``[0, filler)``.
+    """
+    _check_width(width, ConfigError, "relative index")
+    _check_filler(filler, ConfigError, "relative index")
+    m = np.asarray(mask)
+    if m.dtype != np.bool_:
+        raise InvalidTensorError(f"relative index: mask must be boolean, got {m.dtype}")
+    vals = np.asarray(values).reshape(-1)
+    if vals.dtype.kind not in "ui":
+        raise InvalidTensorError(f"relative index: values must be integers, got {vals.dtype}")
+    positions = np.flatnonzero(m)
+    n = positions.size
+    if vals.size != n:
+        raise InvalidTensorError(f"relative index: {vals.size} values for {n} kept positions")
+    if n and (int(vals.min()) < 0 or int(vals.max()) >= filler):
+        raise InvalidTensorError(
+            f"relative index: values must be in [0, {filler}) (filler {filler}), got range "
+            f"[{int(vals.min())}, {int(vals.max())}]"
+        )
+    gap_dtype = np.uint8 if width <= 8 else np.uint16
+    val_dtype = np.uint8 if filler <= 255 else np.uint16
+    skipped = np.diff(positions, prepend=-1) - 1  # pruned positions before each kept one
+    fillers = skipped >> width  # floor(d / 2**width)
+    total = n + int(fillers.sum())
+    slot = np.arange(n, dtype=np.int64) + np.cumsum(fillers)  # entry index of each kept weight
+    gaps = np.full(total, (1 << width) - 1, dtype=gap_dtype)
+    gaps[slot] = (skipped - (fillers << width)).astype(gap_dtype)
+    out_values = np.full(total, filler, dtype=val_dtype)
+    out_values[slot] = vals.astype(val_dtype)
+    return RelativeIndex(gaps=gaps, values=out_values, width=int(width))
+
+
+def decode_relative(
+    index: RelativeIndex, numel: int, *, filler: int, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and values of the kept weights of a (hostile) relative index.
+
+    Args:
+        index: gaps, values and width, e.g. decoded from a file.
+        numel: the tensor's number of elements.
+        filler: the filler symbol.
+        what: names the index in error messages (e.g. ``"tensor 'fc1.weight' index"``).
+
+    Returns:
+        ``(positions, values)``: int64 flat C-order positions, strictly increasing and below
+        ``numel``, and the values of those positions (fillers dropped).
+
+    Raises:
+        CorruptFileError: a bad width, mismatched lengths, a gap that does not fit, a value
+            above ``filler``, or an entry past the end of the tensor.
+    """
+    _check_width(index.width, CorruptFileError, what)
+    _check_filler(filler, CorruptFileError, what)
+    if numel < 0:
+        raise CorruptFileError(f"{what}: negative element count {numel}")
+    gaps = np.asarray(index.gaps).reshape(-1)
+    vals = np.asarray(index.values).reshape(-1)
+    if gaps.dtype.kind not in "ui" or vals.dtype.kind not in "ui":
+        raise CorruptFileError(f"{what}: gaps and values must be integers")
+    if gaps.size != vals.size:
+        raise CorruptFileError(f"{what}: {gaps.size} gaps but {vals.size} values")
+    if gaps.size > numel:
+        raise CorruptFileError(f"{what}: {gaps.size} entries for a tensor of {numel} elements")
+    if gaps.size == 0:
+        return np.zeros(0, dtype=np.int64), vals
+    if int(gaps.min()) < 0 or int(gaps.max()) >= 1 << index.width:
+        raise CorruptFileError(f"{what}: gap {int(gaps.max())} does not fit in {index.width} bits")
+    if int(vals.min()) < 0 or int(vals.max()) > filler:
+        raise CorruptFileError(
+            f"{what}: index value {int(vals.max())} is above the filler symbol {filler}"
+        )
+    positions = np.cumsum(gaps.astype(np.int64) + 1) - 1
+    if int(positions[-1]) >= numel:
+        raise CorruptFileError(
+            f"{what}: index reaches position {int(positions[-1])}, the tensor has {numel} elements"
+        )
+    keep = vals != filler
+    return positions[keep], vals[keep]

@@ -1,0 +1,340 @@
+"""The ``.dzip`` verbs: :func:`save`, :func:`load_state_dict`, :func:`load_model`, :func:`inspect`.
+
+:func:`save` writes a model with deepzip's pruning masks and shared weights (or a plain state
+dict) into one ``.dzip`` file: quantized tensors as codebook + entropy-coded indices (with
+Deep Compression's relative sparse index when pruned), pruned float tensors as sparse index +
+values, everything else raw. The other verbs read it back.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import struct
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepzip._atomic import atomic_open
+from deepzip.errors import CheckpointError, ConfigError
+from deepzip.format.checkpoint import plain_state_dict
+from deepzip.format.dzip_reader import DzipReader
+from deepzip.format.dzip_report import InspectReport, SaveReport
+from deepzip.format.dzip_spec import (
+    MAX_GAP_WIDTH,
+    MIN_GAP_WIDTH,
+    SAFETENSORS_DTYPE,
+    dtype_itemsize,
+)
+from deepzip.format.dzip_writer import CoderName, DzipWriter, Layout, tensor_bytes
+from deepzip.prune.parametrization import get_mask
+from deepzip.quantize.api import export_shared, strip_
+from deepzip.quantize.shared import SharedTensor
+from deepzip.quantize.weightless import WeightlessWeight, get_weightless
+
+__all__ = [
+    "CONV_GAP_WIDTH",
+    "FC_GAP_WIDTH",
+    "IndexBits",
+    "inspect",
+    "load_model",
+    "load_state_dict",
+    "save",
+    "to_safetensors",
+]
+
+FC_GAP_WIDTH = 5
+"""The paper's relative-index width for fully connected (and other non-conv) layers."""
+
+CONV_GAP_WIDTH = 8
+"""The paper's relative-index width for convolutions."""
+
+IndexBits = int | Mapping[str, int] | None
+"""Gap width of the relative sparse index: one for every tensor, ``{glob: bits}`` (the last
+matching glob wins, the paper's default elsewhere), or ``None`` (the paper's defaults)."""
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _owner(name: str) -> tuple[str, str]:
+    return (name.rsplit(".", 1)[0], name.rsplit(".", 1)[1]) if "." in name else ("", name)
+
+
+def _check_width(where: str, bits: object) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise ConfigError(f"{where} must be an integer number of bits, got {bits!r}")
+    if not MIN_GAP_WIDTH <= bits <= MAX_GAP_WIDTH:
+        raise ConfigError(f"{where} must be in {MIN_GAP_WIDTH}..{MAX_GAP_WIDTH}, got {bits}")
+    return bits
+
+
+def _width_resolver(
+    index_bits: IndexBits, names: list[str], is_conv: Mapping[str, bool]
+) -> dict[str, int]:
+    """Gap width per tensor name (see :data:`IndexBits`)."""
+    default = {n: CONV_GAP_WIDTH if is_conv.get(n, False) else FC_GAP_WIDTH for n in names}
+    if index_bits is None:
+        return default
+    if isinstance(index_bits, int):
+        width = _check_width("index_bits", index_bits)
+        return dict.fromkeys(names, width)
+    if not isinstance(index_bits, Mapping):
+        raise ConfigError(
+            f"index_bits must be an int, a {{glob: bits}} mapping or None, got {index_bits!r}"
+        )
+    out = dict(default)
+    for pattern, bits in index_bits.items():
+        width = _check_width(f"index_bits[{pattern!r}]", bits)
+        hits = [
+            n
+            for n in names
+            if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(_owner(n)[0], pattern)
+        ]
+        if not hits:
+            raise ConfigError(
+                f"index_bits pattern {pattern!r} matches no tensor "
+                f"(tensors include: {', '.join(names[:8])})"
+            )
+        for n in hits:
+            out[n] = width
+    return out
+
+
+def _json_ready(value: Any) -> Any:
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    return value
+
+
+def save(
+    model_or_state_dict: nn.Module | Mapping[str, torch.Tensor | SharedTensor],
+    path: str | os.PathLike[str],
+    *,
+    coder: CoderName = "auto",
+    index_bits: IndexBits = None,
+    layout: Layout = "auto",
+    metadata: Mapping[str, str] | None = None,
+    recipe: Any = None,
+    report: Any = None,
+) -> SaveReport:
+    """Write a model or state dict to a ``.dzip`` file, atomically.
+
+    From a model: every tensor of its plain state dict, in order. A weight with shared-weight
+    parametrization (``deepzip.quantize_``) is stored as codebook + coded indices (with the
+    relative sparse index when pruned); a layer encoded with Weightless
+    (``deepzip.weightless_``) as codebook + its Bloomier filter; a weight with only a pruning
+    mask as sparse index + float values; everything else (biases, buffers) raw. From a
+    mapping: ``SharedTensor`` values are stored shared (float32), tensors raw.
+
+    Args:
+        model_or_state_dict: an ``nn.Module`` or ``{name: tensor or SharedTensor}``.
+        path: destination; nothing is left there if writing fails.
+        coder: entropy coder of every stream: ``"auto"`` (smallest per stream), ``"huffman"``,
+            ``"ans"`` or ``"raw"``.
+        index_bits: gap width of the relative sparse index (see :data:`IndexBits`); by default
+            the paper's 8 bits for convolutions and 5 for everything else (from a mapping,
+            tensors of 3 or more dimensions count as convolutions).
+        layout: ``"auto"`` (the smaller of dense and sparse for each pruned quantized tensor),
+            ``"sparse"`` (always the relative index) or ``"dense"``.
+        metadata: the caller's string key/values (stored under ``"user"``).
+        recipe: the compression recipe (JSON-ready, or an object with ``to_dict()``).
+        report: the per-layer report (JSON-ready, or an object with ``to_dict()``).
+
+    Returns:
+        The per-tensor report with the real file size and the ratio to float32.
+
+    Raises:
+        ConfigError: bad ``coder``, ``layout``, ``index_bits`` or metadata.
+        InvalidTensorError: a tensor that cannot be stored (names it).
+    """
+    weightless: dict[str, WeightlessWeight] = {}
+    if isinstance(model_or_state_dict, nn.Module):
+        model = model_or_state_dict
+        state: Mapping[str, torch.Tensor | SharedTensor] = plain_state_dict(model)
+        shared = export_shared(model)
+        masks: dict[str, torch.Tensor] = {}
+        is_conv: dict[str, bool] = {}
+        for name in state:
+            owner_name, attr = _owner(name)
+            owner = model.get_submodule(owner_name)
+            is_conv[name] = isinstance(owner, _CONV)
+            filtered = get_weightless(owner, attr)
+            if filtered is not None:
+                weightless[name] = filtered
+            m = get_mask(owner, attr)
+            if m is not None and name not in shared:
+                masks[name] = m.mask
+    elif isinstance(model_or_state_dict, Mapping):
+        model, state, shared, masks = None, model_or_state_dict, {}, {}
+        is_conv = {}
+        for name, value in state.items():
+            if isinstance(value, SharedTensor):
+                shared[name] = value
+                is_conv[name] = value.indices.dim() >= 3
+            elif isinstance(value, torch.Tensor):
+                is_conv[name] = value.dim() >= 3
+            else:
+                raise ConfigError(
+                    f"state dict entry {name!r} is a {type(value).__name__}, "
+                    "expected a tensor or a SharedTensor"
+                )
+    else:
+        raise ConfigError(
+            f"save() takes an nn.Module or a state dict, got {type(model_or_state_dict).__name__}"
+        )
+    widths = _width_resolver(index_bits, list(state), is_conv)
+    meta: dict[str, Any] = {"user": {str(k): str(v) for k, v in (metadata or {}).items()}}
+    if recipe is not None:
+        meta["recipe"] = _json_ready(recipe)
+    if report is not None:
+        meta["report"] = _json_ready(report)
+    with DzipWriter(path, coder=coder, metadata=meta) as writer:
+        for name, value in state.items():
+            if name in weightless:
+                p = weightless[name]
+                dtype = value.dtype if isinstance(value, torch.Tensor) else torch.float32
+                shape = tuple(p.indices.shape)
+                writer.add_bloomier(name, p.codebook, p.filter_bytes(), shape, dtype=dtype)
+            elif name in shared:
+                dtype = value.dtype if isinstance(value, torch.Tensor) else torch.float32
+                writer.add_shared(
+                    name, shared[name], dtype=dtype, gap_width=widths[name], layout=layout
+                )
+            elif name in masks:
+                assert isinstance(value, torch.Tensor)
+                writer.add_sparse_float(name, value, masks[name], gap_width=widths[name])
+            else:
+                assert isinstance(value, torch.Tensor)
+                writer.add_raw(name, value)
+    return writer.report
+
+
+def load_state_dict(
+    path: str | os.PathLike[str], *, device: torch.device | str | None = None
+) -> dict[str, torch.Tensor]:
+    """Every tensor of a ``.dzip`` file, dense, with its original name, shape and dtype.
+
+    Args:
+        path: the file.
+        device: where to put the tensors (default CPU).
+
+    Raises:
+        CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
+    """
+    out: dict[str, torch.Tensor] = {}
+    with DzipReader(path) as r:
+        for e in r.entries:
+            t = r.tensor(e.name)
+            out[e.name] = t if device is None else t.to(device)
+    return out
+
+
+def load_model(model: nn.Module, path: str | os.PathLike[str], *, strict: bool = True) -> nn.Module:
+    """Load a ``.dzip`` file's dense tensors into ``model`` in place.
+
+    Any pruning masks or shared weights on ``model`` are removed first (the loaded weights
+    carry the exact zeros and shared values). Names and shapes are checked before the model
+    is touched.
+
+    Args:
+        model: a module with the same architecture.
+        path: the file.
+        strict: the file's tensor names must equal the model's exactly.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        CheckpointError: missing or unexpected keys (with ``strict``), or a shape mismatch;
+            the message names them.
+        CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
+    """
+    state = load_state_dict(path)
+    expected = plain_state_dict(model)
+    missing = [n for n in expected if n not in state]
+    unexpected = [n for n in state if n not in expected]
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:5])}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:5])}")
+        raise CheckpointError(f"{Path(path)} does not fit the model: {'; '.join(parts)}")
+    for name, t in expected.items():
+        if name in state and state[name].shape != t.shape:
+            raise CheckpointError(
+                f"{Path(path)}: tensor {name!r} has shape {tuple(state[name].shape)}, "
+                f"the model expects {tuple(t.shape)}"
+            )
+    strip_(model)
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=strict)
+    return model
+
+
+def inspect(path: str | os.PathLike[str]) -> InspectReport:
+    """Describe a ``.dzip`` file: per-tensor parts and per-section bytes (every checksum checked).
+
+    The sections (header, every tensor part, directory, metadata) add up exactly to the file
+    size.
+
+    Raises:
+        CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
+    """
+    with DzipReader(path) as r:
+        return r.inspect()
+
+
+def to_safetensors(
+    src: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Path:
+    """Decompress a ``.dzip`` file into a ``.safetensors`` file, one tensor at a time.
+
+    Names, shapes and dtypes are exactly those stored; the tensors appear in file order. The
+    safetensors header is computed from the ``.dzip`` directory first, then each tensor is
+    decoded and written, so memory holds one decoded tensor at a time. The ``.dzip`` file's
+    user key/values become the safetensors metadata (plus ``"format": "pt"``). The write is
+    atomic.
+
+    Args:
+        src: the ``.dzip`` file.
+        dest: the ``.safetensors`` file to write.
+        progress: called with ``(name, index, total)`` before each tensor.
+
+    Returns:
+        ``dest`` as a path.
+
+    Raises:
+        CorruptFileError, UnsupportedVersionError: the ``.dzip`` file is damaged or too new.
+    """
+    with DzipReader(src) as r:
+        user = r.metadata.get("user")
+        meta = {str(k): str(v) for k, v in user.items()} if isinstance(user, dict) else {}
+        meta["format"] = "pt"
+        header: dict[str, Any] = {"__metadata__": meta}
+        pos = 0
+        for e in r.entries:
+            n = e.numel * dtype_itemsize(e.dtype)
+            header[e.name] = {
+                "dtype": SAFETENSORS_DTYPE[e.dtype],
+                "shape": list(e.shape),
+                "data_offsets": [pos, pos + n],
+            }
+            pos += n
+        blob = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+        with atomic_open(dest) as fh:
+            fh.write(struct.pack("<Q", len(blob)))
+            fh.write(blob)
+            for i, e in enumerate(r.entries):
+                if progress is not None:
+                    progress(e.name, i, len(r.entries))
+                fh.write(tensor_bytes(r.tensor(e.name)))
+    return Path(dest)

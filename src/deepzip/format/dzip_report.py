@@ -1,0 +1,253 @@
+"""What a ``.dzip`` file holds, tensor by tensor and byte by byte: the save and inspect reports.
+
+The writer returns a :class:`SaveReport`; :func:`deepzip.format.api.inspect` builds an
+:class:`InspectReport` from a file alone. Both count every byte: the tensor rows plus the
+header, directory and metadata add up exactly to the file size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["InspectReport", "PartRecord", "SaveReport", "Section", "TensorRecord"]
+
+
+@dataclass(frozen=True)
+class PartRecord:
+    """One part of a tensor's region.
+
+    Attributes:
+        name: ``data``, ``codebook``, ``symbols``, ``gaps`` or ``values``.
+        bytes: its length in the file.
+        coder: ``"huffman"``, ``"ans"`` or ``"raw"`` for an entropy-coded stream; ``None`` for
+            plain little-endian numbers (raw data, codebooks, sparse float values).
+        symbols: symbols in the stream (``None`` for plain numbers).
+        alphabet: the stream's alphabet size (``None`` for plain numbers).
+    """
+
+    name: str
+    bytes: int
+    coder: str | None = None
+    symbols: int | None = None
+    alphabet: int | None = None
+
+    @property
+    def bits_per_symbol(self) -> float | None:
+        """Bits per coded symbol, everything the stream needs included (``None`` if not coded)."""
+        if self.symbols is None:
+            return None
+        return 8.0 * self.bytes / self.symbols if self.symbols else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "name": self.name,
+            "bytes": self.bytes,
+            "coder": self.coder,
+            "symbols": self.symbols,
+            "alphabet": self.alphabet,
+            "bits_per_symbol": self.bits_per_symbol,
+        }
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    """One tensor of a ``.dzip`` file.
+
+    Attributes:
+        name: state-dict key.
+        encoding: ``"raw"``, ``"shared_dense"``, ``"shared_sparse"`` or ``"sparse_float"``.
+        shape: the tensor's shape.
+        dtype: original dtype name (``"float32"``).
+        weights: number of elements.
+        kept: surviving (non-pruned) elements.
+        k: codebook entries (shared encodings) or ``None``.
+        gap_width: bits of the sparse index's gap field (sparse encodings) or ``None``.
+        parts: the region's parts in file order.
+    """
+
+    name: str
+    encoding: str
+    shape: tuple[int, ...]
+    dtype: str
+    weights: int
+    kept: int
+    k: int | None
+    gap_width: int | None
+    parts: tuple[PartRecord, ...]
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of the tensor's region (directory entry not included)."""
+        return sum(p.bytes for p in self.parts)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Region bits per element."""
+        return 8.0 * self.bytes / self.weights if self.weights else 0.0
+
+    def part(self, name: str) -> PartRecord | None:
+        """The part called ``name``, or ``None``."""
+        for p in self.parts:
+            if p.name == name:
+                return p
+        return None
+
+    @property
+    def index_bits(self) -> int | None:
+        """Bits of the cluster-index stream (``symbols`` or ``values``), or ``None``."""
+        part = {"shared_dense": "symbols", "shared_sparse": "values"}.get(self.encoding)
+        p = None if part is None else self.part(part)
+        return None if p is None else 8 * p.bytes
+
+    @property
+    def gap_bits(self) -> int | None:
+        """Bits of the relative index's gap stream, or ``None``."""
+        p = self.part("gaps")
+        return None if p is None else 8 * p.bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "name": self.name,
+            "encoding": self.encoding,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "weights": self.weights,
+            "kept": self.kept,
+            "k": self.k,
+            "gap_width": self.gap_width,
+            "bytes": self.bytes,
+            "bits_per_weight": self.bits_per_weight,
+            "parts": [p.to_dict() for p in self.parts],
+        }
+
+
+@dataclass(frozen=True)
+class Section:
+    """A byte range of the file.
+
+    Attributes:
+        name: ``header``, ``directory``, ``metadata`` or ``<tensor>:<part>``.
+        kind: ``header``, ``tensor``, ``directory`` or ``metadata``.
+        offset: first byte.
+        length: byte count.
+    """
+
+    name: str
+    kind: str
+    offset: int
+    length: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"name": self.name, "kind": self.kind, "offset": self.offset, "length": self.length}
+
+
+def _float32_bytes(tensors: tuple[TensorRecord, ...]) -> int:
+    return sum(4 * t.weights for t in tensors)
+
+
+@dataclass(frozen=True)
+class SaveReport:
+    """What :func:`deepzip.save` / :func:`deepzip.compress_checkpoint` wrote.
+
+    Attributes:
+        path: the file written.
+        tensors: one row per tensor, in file order.
+        skipped: ``(name, reason)`` of every tensor left uncompressed on purpose.
+        file_bytes: real bytes on disk.
+        overhead_bytes: header + directory + metadata.
+        original_bytes: the tensors' size in their original dtypes.
+    """
+
+    path: str
+    tensors: tuple[TensorRecord, ...]
+    skipped: tuple[tuple[str, str], ...]
+    file_bytes: int
+    overhead_bytes: int
+    original_bytes: int
+
+    @property
+    def float32_bytes(self) -> int:
+        """4 bytes per element of every tensor: the model's float32 size."""
+        return _float32_bytes(self.tensors)
+
+    @property
+    def ratio(self) -> float:
+        """``float32_bytes / file_bytes``."""
+        return self.float32_bytes / self.file_bytes if self.file_bytes else 0.0
+
+    @property
+    def weights(self) -> int:
+        """Elements over all tensors."""
+        return sum(t.weights for t in self.tensors)
+
+    @property
+    def kept(self) -> int:
+        """Surviving elements over all tensors."""
+        return sum(t.kept for t in self.tensors)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "path": self.path,
+            "file_bytes": self.file_bytes,
+            "float32_bytes": self.float32_bytes,
+            "original_bytes": self.original_bytes,
+            "overhead_bytes": self.overhead_bytes,
+            "ratio": self.ratio,
+            "weights": self.weights,
+            "kept": self.kept,
+            "tensors": [t.to_dict() for t in self.tensors],
+            "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
+        }
+
+
+@dataclass(frozen=True)
+class InspectReport:
+    """A ``.dzip`` file described from its bytes alone (see :func:`deepzip.inspect`).
+
+    Attributes:
+        path: the file.
+        version: ``(major, minor)`` of the format.
+        tensors: one row per tensor, in file order.
+        sections: every byte range of the file in order; their lengths sum to ``file_bytes``.
+        metadata: the metadata section.
+        file_bytes: the file's size.
+    """
+
+    path: str
+    version: tuple[int, int]
+    tensors: tuple[TensorRecord, ...]
+    sections: tuple[Section, ...]
+    metadata: dict[str, Any]
+    file_bytes: int
+
+    @property
+    def float32_bytes(self) -> int:
+        """4 bytes per element of every tensor."""
+        return _float32_bytes(self.tensors)
+
+    @property
+    def ratio(self) -> float:
+        """``float32_bytes / file_bytes``."""
+        return self.float32_bytes / self.file_bytes if self.file_bytes else 0.0
+
+    def section_bytes(self, kind: str) -> int:
+        """Total length of the sections of one kind."""
+        return sum(s.length for s in self.sections if s.kind == kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "path": self.path,
+            "version": list(self.version),
+            "file_bytes": self.file_bytes,
+            "float32_bytes": self.float32_bytes,
+            "ratio": self.ratio,
+            "sections": [s.to_dict() for s in self.sections],
+            "tensors": [t.to_dict() for t in self.tensors],
+            "metadata": self.metadata,
+        }

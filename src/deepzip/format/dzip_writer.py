@@ -1,0 +1,523 @@
+"""The ``.dzip`` writer: one tensor at a time, deterministic, atomic.
+
+Tensors are written in the order they are added (the state-dict order); each region is
+streamed to a temporary file next to the destination as soon as it is encoded, so memory holds
+one tensor at a time. The directory, the metadata and finally the header are written when the
+writer closes, and only then is the temporary file renamed over the destination. An exception
+anywhere leaves the destination as it was (the old file, or none). See ``docs/format.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import zlib
+from collections.abc import Iterable, Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, Literal
+
+import numpy as np
+import torch
+
+from deepzip._atomic import atomic_open
+from deepzip.coding.bloomier import BloomierFilter
+from deepzip.coding.sparse_index import encode_relative
+from deepzip.coding.streams import CoderName, EncodedStream, encode_symbols
+from deepzip.errors import ConfigError, CorruptFileError, DeepZipError, InvalidTensorError
+from deepzip.format.dzip_report import PartRecord, SaveReport, TensorRecord
+from deepzip.format.dzip_spec import (
+    DTYPE_IDS,
+    ENCODING_MINOR,
+    FLOAT_DTYPE_IDS,
+    FORMAT_MAJOR,
+    HEADER,
+    HEADER_CRC_SPAN,
+    HEADER_SIZE,
+    MAGIC,
+    MAX_DIRECTORY_BYTES,
+    MAX_ELEMENTS,
+    MAX_GAP_WIDTH,
+    MAX_K,
+    MAX_METADATA_BYTES,
+    MAX_NAME_BYTES,
+    MAX_RANK,
+    MAX_TENSORS,
+    MIN_GAP_WIDTH,
+    PARAM_FIELDS,
+    Encoding,
+    TensorEntry,
+    canonical_json,
+    dtype_name,
+)
+from deepzip.quantize.shared import SharedTensor
+
+__all__ = ["CoderName", "DzipWriter", "Layout", "check_little_endian"]
+
+Layout = Literal["auto", "dense", "sparse"]
+_CODERS = ("auto", "huffman", "ans", "raw")
+_LAYOUTS = ("auto", "dense", "sparse")
+
+_Part = bytes | memoryview
+
+
+def check_little_endian() -> None:
+    """Raise ``DeepZipError`` on a big-endian host (the format is little-endian throughout)."""
+    if sys.byteorder != "little":  # pragma: no cover - no big-endian CI machine
+        raise DeepZipError("deepzip's .dzip I/O needs a little-endian host")
+
+
+def _check_coder(coder: str) -> None:
+    if coder not in _CODERS:
+        raise ConfigError(f"coder must be one of {', '.join(_CODERS)}, got {coder!r}")
+
+
+def _check_gap_width(name: str, width: int) -> None:
+    if isinstance(width, bool) or not isinstance(width, int):
+        raise ConfigError(f"{name}: gap width must be an integer, got {width!r}")
+    if not MIN_GAP_WIDTH <= width <= MAX_GAP_WIDTH:
+        raise ConfigError(
+            f"{name}: gap width must be in {MIN_GAP_WIDTH}..{MAX_GAP_WIDTH} bits, got {width}"
+        )
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The little-endian bytes of a CPU tensor, without a copy when it is contiguous."""
+    t = tensor.detach().cpu().contiguous()
+    if t.numel() == 0:
+        return memoryview(b"")
+    if t.dtype == torch.bool:
+        t = t.view(torch.uint8)
+    return t.reshape(-1).view(torch.uint8).numpy().data
+
+
+class DzipWriter:
+    """Write a ``.dzip`` file tensor by tensor.
+
+    Use as a context manager; on a clean exit the file is completed (directory, metadata,
+    header) and renamed over ``path``; on an exception nothing at ``path`` changes::
+
+        with DzipWriter("net.dzip", metadata={"user": {"task": "demo"}}) as w:
+            w.add_raw("fc.bias", bias)
+            w.add_shared("fc.weight", shared, gap_width=5)
+        report = w.report
+
+    Args:
+        path: destination file.
+        coder: default entropy coder of every stream: ``"auto"`` (the smaller of Huffman and
+            ANS, per stream), ``"huffman"``, ``"ans"`` or ``"raw"`` (fixed width).
+        metadata: the JSON object stored in the metadata section (canonical JSON; may be
+            replaced through :attr:`metadata` before the writer closes).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        coder: CoderName = "auto",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        check_little_endian()
+        _check_coder(coder)
+        self.path = Path(path)
+        self.coder: CoderName = coder
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.skipped: list[tuple[str, str]] = []
+        self._entries: list[TensorEntry] = []
+        self._records: list[TensorRecord] = []
+        self._names: set[str] = set()
+        self._offset = HEADER_SIZE
+        self._stack = ExitStack()
+        self._fh: BinaryIO | None = None
+        self._report: SaveReport | None = None
+
+    # ------------------------------------------------------------------ context management
+
+    def __enter__(self) -> DzipWriter:
+        self._fh = self._stack.enter_context(atomic_open(self.path))
+        self._fh.write(bytes(HEADER_SIZE))  # the header is written last
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc is None:
+                self._finish()
+        except BaseException as err:
+            self._fh = None
+            self._stack.__exit__(type(err), err, err.__traceback__)  # removes the temp file
+            raise
+        self._fh = None
+        self._stack.__exit__(exc_type, exc, tb)
+
+    @property
+    def report(self) -> SaveReport:
+        """The report of the finished file (after the ``with`` block)."""
+        if self._report is None:
+            raise DeepZipError(f"{self.path}: the writer has not finished yet")
+        return self._report
+
+    @property
+    def records(self) -> tuple[TensorRecord, ...]:
+        """Rows of the tensors added so far."""
+        return tuple(self._records)
+
+    # ------------------------------------------------------------------------ adding tensors
+
+    def add_raw(self, name: str, tensor: torch.Tensor) -> TensorRecord:
+        """Store ``tensor`` as its little-endian elements (encoding ``RAW``)."""
+        t = tensor.detach()
+        self._check_tensor(name, t)
+        parts = [(PartRecord("data", 0), tensor_bytes(t))]
+        return self._emit(name, Encoding.RAW, t.dtype, tuple(t.shape), 0, 0, t.numel(), parts)
+
+    def add_shared(
+        self,
+        name: str,
+        shared: SharedTensor,
+        *,
+        dtype: torch.dtype = torch.float32,
+        gap_width: int = 5,
+        layout: Layout = "auto",
+        coder: CoderName | None = None,
+    ) -> TensorRecord:
+        """Store a quantized tensor ``codebook[indices] * mask`` (shared encodings).
+
+        Args:
+            name: state-dict key.
+            shared: float codebook of 1..256 entries, uint8 indices and bool mask (same
+                shape). Indices at pruned positions are not stored (they read back as 0).
+            dtype: the dtype decoding restores (float32, float16, bfloat16 or float64).
+            gap_width: gap field bits of the relative sparse index (``SHARED_SPARSE``).
+            layout: ``"dense"`` codes one symbol per element (symbol ``k`` = pruned);
+                ``"sparse"`` codes Deep Compression's relative index (gaps + values);
+                ``"auto"`` writes dense when nothing is pruned, else the smaller of the two.
+            coder: entropy coder of the streams (default: the writer's).
+
+        Raises:
+            InvalidTensorError: codebook, indices or mask malformed (names the tensor).
+            ConfigError: bad ``gap_width``, ``layout`` or ``coder``.
+        """
+        coder = self.coder if coder is None else coder
+        _check_coder(coder)
+        if layout not in _LAYOUTS:
+            raise ConfigError(f"{name}: layout must be one of {_LAYOUTS}, got {layout!r}")
+        _check_gap_width(name, gap_width)
+        codebook, indices, mask = self._check_shared(name, shared, dtype)
+        k = codebook.size
+        kept = int(mask.sum())
+        shape = tuple(shared.indices.shape)
+        cb_part = (PartRecord("codebook", 0), memoryview(codebook.astype("<f4").tobytes()))
+        candidates: list[tuple[Encoding, int, list[tuple[PartRecord, _Part]]]] = []
+        if layout == "sparse" or (layout == "auto" and kept < mask.size):
+            sparse = self._sparse(indices, mask, k, gap_width, coder)
+            candidates.append((Encoding.SHARED_SPARSE, gap_width, [cb_part, *sparse]))
+        if layout in ("dense", "auto"):
+            dense = self._dense(indices, mask, k, coder)
+            candidates.append((Encoding.SHARED_DENSE, 0, [cb_part, dense]))
+        # the smallest region wins; on a tie the first (sparse) candidate
+        encoding, width, parts = min(candidates, key=lambda c: sum(_nbytes(p) for _, p in c[2]))
+        return self._emit(name, encoding, dtype, shape, k, width, kept, parts)
+
+    def add_sparse_float(
+        self,
+        name: str,
+        tensor: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        gap_width: int = 5,
+        coder: CoderName | None = None,
+    ) -> TensorRecord:
+        """Store a pruned, unquantized float tensor: relative index + values (``SPARSE_FLOAT``).
+
+        The values at ``mask == False`` are not stored; they read back as zeros.
+        """
+        coder = self.coder if coder is None else coder
+        _check_coder(coder)
+        _check_gap_width(name, gap_width)
+        t = tensor.detach().cpu()
+        self._check_tensor(name, t)
+        if DTYPE_IDS[t.dtype] not in FLOAT_DTYPE_IDS:
+            raise InvalidTensorError(f"{name}: SPARSE_FLOAT needs a float tensor, got {t.dtype}")
+        if mask.shape != t.shape or mask.dtype != torch.bool:
+            raise InvalidTensorError(
+                f"{name}: mask must be bool of shape {tuple(t.shape)}, "
+                f"got {mask.dtype} {tuple(mask.shape)}"
+            )
+        m = mask.detach().cpu().contiguous().numpy()
+        kept = int(m.sum())
+        index = encode_relative(m, np.zeros(kept, dtype=np.uint8), gap_width, filler=1)
+        is_value = np.asarray(index.values) == 0
+        values = torch.zeros(len(is_value), dtype=t.dtype)
+        values[torch.from_numpy(is_value)] = t.contiguous()[mask.cpu()]
+        gaps = encode_symbols(np.asarray(index.gaps), 1 << gap_width, coder=coder)
+        parts = [_stream_part("gaps", gaps), (PartRecord("values", 0), tensor_bytes(values))]
+        shape = tuple(t.shape)
+        return self._emit(name, Encoding.SPARSE_FLOAT, t.dtype, shape, 0, gap_width, kept, parts)
+
+    def add_bloomier(
+        self,
+        name: str,
+        codebook: torch.Tensor,
+        filter_bytes: bytes,
+        shape: tuple[int, ...],
+        *,
+        dtype: torch.dtype = torch.float32,
+    ) -> TensorRecord:
+        """Store a Weightless layer: codebook + Bloomier filter (``BLOOMIER``, format 1.1).
+
+        The filter maps every position (C order) to a value: below the codebook's size ``k``
+        it is a cluster index, anything else is a zero. No position is stored.
+
+        Args:
+            name: state-dict key.
+            codebook: float codebook of 1..256 entries, as many as the filter's values.
+            filter_bytes: the serialised filter (``deepzip.coding.bloomier``) covering exactly
+                ``prod(shape)`` positions.
+            shape: the tensor's shape.
+            dtype: the dtype decoding restores (float32, float16, bfloat16 or float64).
+
+        Raises:
+            InvalidTensorError: a bad codebook or dtype, or a filter that does not parse, does
+                not cover the shape, or has another number of values than the codebook.
+        """
+        self._check_name(name)
+        if dtype not in DTYPE_IDS or DTYPE_IDS[dtype] not in FLOAT_DTYPE_IDS:
+            raise InvalidTensorError(
+                f"{name}: a Bloomier tensor decodes to float32/float16/bfloat16/float64, "
+                f"not {dtype}"
+            )
+        cb = codebook.detach()
+        if cb.dim() != 1 or not 1 <= cb.numel() <= MAX_K or not cb.is_floating_point():
+            raise InvalidTensorError(
+                f"{name}: codebook must be 1-D float with 1..{MAX_K} entries, "
+                f"got {cb.dtype} {tuple(cb.shape)}"
+            )
+        if not bool(torch.isfinite(cb).all()):
+            raise InvalidTensorError(f"{name}: codebook holds NaN or infinity")
+        dims = tuple(int(d) for d in shape)
+        self._check_shape(name, dims)
+        k = cb.numel()
+        try:
+            bloomier = BloomierFilter.from_bytes(
+                filter_bytes, name=name, n_positions=math.prod(dims)
+            )
+        except CorruptFileError as exc:
+            raise InvalidTensorError(f"not a valid Bloomier filter: {exc}") from exc
+        if bloomier.num_values != k:
+            raise InvalidTensorError(
+                f"{name}: the filter holds {bloomier.num_values} values, the codebook {k}"
+            )
+        kept = sum(int((values < k).sum()) for _, values in bloomier.decode_blocks())
+        table = cb.cpu().to(torch.float32).numpy().astype("<f4")
+        parts = [
+            (PartRecord("codebook", 0), memoryview(table.tobytes())),
+            (PartRecord("filter", 0), memoryview(bytes(filter_bytes))),
+        ]
+        return self._emit(name, Encoding.BLOOMIER, dtype, dims, k, 0, kept, parts)
+
+    def skip(self, name: str, reason: str) -> None:
+        """Record that ``name`` was left uncompressed on purpose (listed in the report)."""
+        self.skipped.append((name, reason))
+
+    # ------------------------------------------------------------------------------- internals
+
+    @staticmethod
+    def _dense(
+        indices: np.ndarray[Any, Any], mask: np.ndarray[Any, Any], k: int, coder: CoderName
+    ) -> tuple[PartRecord, _Part]:
+        if bool(mask.all()):
+            return _stream_part("symbols", encode_symbols(indices.reshape(-1), k, coder=coder))
+        symbols = indices.reshape(-1).astype(np.uint16 if k >= 256 else np.uint8)
+        symbols[~mask.reshape(-1)] = k
+        return _stream_part("symbols", encode_symbols(symbols, k + 1, coder=coder))
+
+    @staticmethod
+    def _sparse(
+        indices: np.ndarray[Any, Any],
+        mask: np.ndarray[Any, Any],
+        k: int,
+        width: int,
+        coder: CoderName,
+    ) -> list[tuple[PartRecord, _Part]]:
+        values = indices[mask].astype(np.uint16)
+        index = encode_relative(mask, values, width, filler=k)
+        gaps = encode_symbols(np.asarray(index.gaps), 1 << width, coder=coder)
+        vals = encode_symbols(np.asarray(index.values), k + 1, coder=coder)
+        return [_stream_part("gaps", gaps), _stream_part("values", vals)]
+
+    def _check_name(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise InvalidTensorError(f"tensor name must be a non-empty string, got {name!r}")
+        if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+            raise InvalidTensorError(
+                f"tensor name {name[:40]!r}... is longer than {MAX_NAME_BYTES} UTF-8 bytes"
+            )
+        if name in self._names:
+            raise InvalidTensorError(f"tensor {name!r} is added twice")
+        if len(self._names) >= MAX_TENSORS:
+            raise InvalidTensorError(f"{name}: a .dzip file holds at most {MAX_TENSORS} tensors")
+
+    def _check_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        if len(shape) > MAX_RANK:
+            raise InvalidTensorError(f"{name}: rank {len(shape)} exceeds the cap of {MAX_RANK}")
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise InvalidTensorError(
+                f"{name}: {math.prod(shape)} elements exceed the cap of {MAX_ELEMENTS}"
+            )
+
+    def _check_tensor(self, name: str, t: torch.Tensor) -> None:
+        self._check_name(name)
+        if t.dtype not in DTYPE_IDS:
+            raise InvalidTensorError(f"{name}: dtype {t.dtype} cannot be stored in a .dzip file")
+        if t.is_sparse or t.layout != torch.strided:
+            raise InvalidTensorError(f"{name}: only strided (dense) tensors can be stored")
+        self._check_shape(name, tuple(t.shape))
+
+    def _check_shared(
+        self, name: str, shared: SharedTensor, dtype: torch.dtype
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        self._check_name(name)
+        if dtype not in DTYPE_IDS or DTYPE_IDS[dtype] not in FLOAT_DTYPE_IDS:
+            raise InvalidTensorError(
+                f"{name}: a shared tensor decodes to float32/float16/bfloat16/float64, not {dtype}"
+            )
+        cb, idx, mask = shared.codebook.detach(), shared.indices.detach(), shared.mask.detach()
+        if cb.dim() != 1 or not 1 <= cb.numel() <= MAX_K or not cb.is_floating_point():
+            raise InvalidTensorError(
+                f"{name}: codebook must be 1-D float with 1..{MAX_K} entries, "
+                f"got {cb.dtype} {tuple(cb.shape)}"
+            )
+        if not bool(torch.isfinite(cb).all()):
+            raise InvalidTensorError(f"{name}: codebook holds NaN or infinity")
+        if idx.dtype != torch.uint8:
+            raise InvalidTensorError(f"{name}: indices must be uint8, got {idx.dtype}")
+        if mask.dtype != torch.bool or mask.shape != idx.shape:
+            raise InvalidTensorError(
+                f"{name}: mask must be bool of shape {tuple(idx.shape)}, "
+                f"got {mask.dtype} {tuple(mask.shape)}"
+            )
+        self._check_shape(name, tuple(idx.shape))
+        idx_np = idx.cpu().contiguous().numpy()
+        mask_np = mask.cpu().contiguous().numpy()
+        k = cb.numel()
+        if mask_np.any() and int(idx_np[mask_np].max()) >= k:
+            raise InvalidTensorError(
+                f"{name}: an index reaches {int(idx_np[mask_np].max())}, "
+                f"the codebook has {k} entries"
+            )
+        return cb.cpu().to(torch.float32).numpy(), idx_np, mask_np
+
+    def _emit(
+        self,
+        name: str,
+        encoding: Encoding,
+        dtype: torch.dtype,
+        shape: tuple[int, ...],
+        k: int,
+        gap_width: int,
+        kept: int,
+        parts: Iterable[tuple[PartRecord, _Part]],
+    ) -> TensorRecord:
+        if self._fh is None:
+            raise DeepZipError(f"{self.path}: use the writer inside a 'with' block")
+        crc, lengths, records = 0, [], []
+        for record, data in parts:
+            self._fh.write(data)
+            crc = zlib.crc32(data, crc)
+            lengths.append(_nbytes(data))
+            records.append(_with_bytes(record, lengths[-1]))
+        values = {"k": k, "gap_width": gap_width, "kept": kept}
+        params = tuple((key, values[key]) for key, _ in PARAM_FIELDS[encoding])
+        entry = TensorEntry(name, encoding, dtype, shape, params, self._offset, crc, tuple(lengths))
+        self._offset += entry.length
+        self._names.add(name)
+        self._entries.append(entry)
+        row = TensorRecord(
+            name=name,
+            encoding=encoding.name.lower(),
+            shape=shape,
+            dtype=dtype_name(dtype),
+            weights=entry.numel,
+            kept=kept,
+            k=k or None,
+            gap_width=gap_width or None,
+            parts=tuple(records),
+        )
+        self._records.append(row)
+        return row
+
+    def _finish(self) -> None:
+        assert self._fh is not None
+        directory = b"".join(e.pack() for e in self._entries)
+        if len(directory) > MAX_DIRECTORY_BYTES:
+            raise DeepZipError(
+                f"{self.path}: the directory would be {len(directory)} bytes, over the cap of "
+                f"{MAX_DIRECTORY_BYTES}"
+            )
+        try:
+            metadata = canonical_json(self.metadata)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.path}: metadata is not JSON-serialisable: {exc}") from exc
+        if len(metadata) > MAX_METADATA_BYTES:
+            raise ConfigError(
+                f"{self.path}: metadata is {len(metadata)} bytes, over the cap of "
+                f"{MAX_METADATA_BYTES}"
+            )
+        dir_offset = self._offset
+        meta_offset = dir_offset + len(directory)
+        file_size = meta_offset + len(metadata)
+        self._fh.write(directory)
+        self._fh.write(metadata)
+        # the lowest minor version that defines every encoding used (1.0 readers read the rest)
+        minor = max((ENCODING_MINOR[e.encoding] for e in self._entries), default=0)
+        fields = (
+            MAGIC,
+            FORMAT_MAJOR,
+            minor,
+            0,
+            file_size,
+            dir_offset,
+            len(directory),
+            meta_offset,
+            len(metadata),
+            len(self._entries),
+            zlib.crc32(directory),
+            zlib.crc32(metadata),
+        )
+        head = HEADER.pack(*fields, 0)[:HEADER_CRC_SPAN]
+        self._fh.seek(0)
+        self._fh.write(HEADER.pack(*fields, zlib.crc32(head)))
+        self._fh.seek(file_size)
+        self._report = SaveReport(
+            path=str(self.path),
+            tensors=tuple(self._records),
+            skipped=tuple(self.skipped),
+            file_bytes=file_size,
+            overhead_bytes=HEADER_SIZE + len(directory) + len(metadata),
+            original_bytes=sum(e.numel * _itemsize(e.dtype) for e in self._entries),
+        )
+
+
+def _nbytes(data: _Part) -> int:
+    return memoryview(data).nbytes
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _with_bytes(record: PartRecord, n: int) -> PartRecord:
+    return PartRecord(record.name, n, record.coder, record.symbols, record.alphabet)
+
+
+def _stream_part(name: str, stream: EncodedStream) -> tuple[PartRecord, _Part]:
+    data = stream.to_bytes()
+    coder = stream.coder.name.lower()
+    return PartRecord(name, len(data), coder, stream.count, stream.alphabet_size), data

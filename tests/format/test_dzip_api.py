@@ -1,0 +1,229 @@
+"""dz.save / load_state_dict / load_model / inspect / read_compressed on real models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import deepzip as dz
+from deepzip.errors import CheckpointError, ConfigError, InvalidTensorError
+from deepzip.format import inspect, load_model, load_state_dict, read_compressed, save
+from deepzip.format.checkpoint import plain_state_dict
+from deepzip.quantize.shared import SharedTensor
+
+
+def _compressed(model: nn.Module, sparsity: float = 0.8) -> nn.Module:
+    dz.prune_(model, dz.PruneConfig(sparsity=sparsity))
+    dz.quantize_(model, dz.QuantizeConfig())  # the paper's 8 bits conv, 5 bits fc
+    return model.eval()
+
+
+def _fresh(model_cls: type[nn.Module]) -> nn.Module:
+    torch.manual_seed(123)  # different weights from the saved model
+    return model_cls().eval()
+
+
+def test_pruned_quantized_model_round_trip(resnet: nn.Module, tmp_path: Path) -> None:
+    model = _compressed(resnet)
+    path = tmp_path / "net.dzip"
+    report = save(model, path, layout="sparse")
+    x = torch.randn(2, 1, 12, 12)
+    expected = model(x)
+
+    rows = {r.name: r for r in report.tensors}
+    assert list(rows) == list(plain_state_dict(model))  # state-dict order
+    assert rows["stem.weight"].encoding == "shared_sparse"
+    assert rows["stem.weight"].gap_width == 8
+    assert rows["head.weight"].encoding == "shared_sparse"
+    assert rows["head.weight"].gap_width == 5
+    assert rows["head.weight"].k is not None
+    assert rows["head.weight"].k <= 32
+    assert rows["head.bias"].encoding == "raw"
+    assert rows["bn1.num_batches_tracked"].dtype == "int64"
+    assert report.file_bytes == path.stat().st_size
+    assert report.float32_bytes == 4 * sum(t.numel() for t in plain_state_dict(model).values())
+    assert report.ratio == pytest.approx(report.float32_bytes / report.file_bytes)
+    assert report.ratio > 2.5  # 80% pruned, 5/8-bit indices; names/biases dominate a tiny net
+
+    fresh = _fresh(type(resnet))
+    assert not torch.equal(fresh(x), expected)
+    load_model(fresh, path)
+    assert torch.equal(fresh(x), expected)
+
+
+def test_shared_weights_read_back_in_compressed_form(mlp: nn.Module, tmp_path: Path) -> None:
+    model = _compressed(mlp, 0.7)
+    shared = dz.export_shared(model)
+    path = tmp_path / "mlp.dzip"
+    save(model, path)
+    c = read_compressed(path)
+    assert set(c.shared) == set(shared) == {"0.weight", "3.weight"}
+    for name, s in shared.items():
+        got = c.shared[name]
+        assert torch.equal(got.mask, s.mask)
+        assert torch.equal(got.indices[s.mask], s.indices[s.mask])
+        assert torch.equal(got.codebook, s.codebook)
+    assert set(c.raw) == {"0.bias", "3.bias"}
+    assert c.order == list(plain_state_dict(model))
+    assert c.dtypes == dict.fromkeys(c.order, torch.float32)
+
+
+def test_pruned_only_model_is_sparse_float(mlp: nn.Module, tmp_path: Path) -> None:
+    dz.prune_(mlp, dz.PruneConfig(sparsity=0.9))
+    path = tmp_path / "p.dzip"
+    report = save(mlp, path)
+    rows = {r.name: r for r in report.tensors}
+    assert [r.name for r in report.tensors] == list(plain_state_dict(mlp))
+    assert rows["0.weight"].encoding == rows["3.weight"].encoding == "sparse_float"
+    assert rows["0.bias"].encoding == rows["3.bias"].encoding == "raw"
+    assert rows["0.weight"].kept == round(0.1 * 20 * 64)
+    state = load_state_dict(path)
+    for name, t in plain_state_dict(mlp).items():
+        assert torch.equal(state[name], t)
+
+
+def test_plain_state_dict_is_raw_and_shared_tensors_are_shared(tmp_path: Path) -> None:
+    idx = torch.tensor([[0, 1], [1, 1]], dtype=torch.uint8)
+    state = {
+        "w": SharedTensor(torch.tensor([-1.0, 2.0]), idx, torch.ones(2, 2, dtype=torch.bool)),
+        "b": torch.tensor([0.5, 0.25], dtype=torch.float16),
+        "n": torch.tensor(3),
+    }
+    report = save(state, tmp_path / "s.dzip")
+    assert [r.encoding for r in report.tensors] == ["shared_dense", "raw", "raw"]
+    back = load_state_dict(tmp_path / "s.dzip")
+    assert back["w"].tolist() == [[-1.0, 2.0], [2.0, 2.0]]
+    assert back["b"].dtype == torch.float16
+    assert back["b"].tolist() == [0.5, 0.25]
+    assert back["n"].dtype == torch.int64
+    assert back["n"].shape == ()
+    assert int(back["n"]) == 3
+    with pytest.raises(ConfigError, match="entry 'x' is a list"):
+        save({"x": [1, 2]}, tmp_path / "bad.dzip")  # type: ignore[dict-item]
+
+
+def test_load_model_checks_keys_and_shapes_before_touching(mlp: nn.Module, tmp_path: Path) -> None:
+    path = tmp_path / "m.dzip"
+    save({"0.weight": torch.zeros(64, 20), "0.bias": torch.zeros(64), "extra": torch.ones(1)}, path)
+    before = {k: v.clone() for k, v in mlp.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"missing 2 key\(s\): 3.weight, 3.bias") as info:
+        load_model(mlp, path)
+    assert "unexpected 1 key(s): extra" in str(info.value)
+    assert all(torch.equal(v, before[k]) for k, v in mlp.state_dict().items())
+    save({"0.weight": torch.zeros(64, 21)}, path)
+    with pytest.raises(CheckpointError, match=r"'0.weight' has shape \(64, 21\)"):
+        load_model(mlp, path, strict=False)
+    save({"0.weight": torch.zeros(64, 20)}, path)
+    load_model(mlp, path, strict=False)
+    assert torch.equal(mlp[0].weight, torch.zeros(64, 20))
+    assert torch.equal(mlp[3].weight, before["3.weight"])
+
+
+def test_load_model_replaces_existing_masks(mlp: nn.Module, tmp_path: Path) -> None:
+    source = _compressed(mlp)
+    path = tmp_path / "m.dzip"
+    save(source, path)
+    target = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 4))
+    dz.prune_(target, dz.PruneConfig(sparsity=0.5))  # other masks, to be dropped
+    load_model(target, path)
+    x = torch.randn(5, 20)
+    assert torch.equal(target.eval()(x), source(x))
+
+
+def test_index_bits_int_and_globs(resnet: nn.Module, tmp_path: Path) -> None:
+    model = _compressed(resnet)
+    r = save(model, tmp_path / "a.dzip", layout="sparse", index_bits=3)
+    assert {t.gap_width for t in r.tensors if t.encoding == "shared_sparse"} == {3}
+    r = save(model, tmp_path / "b.dzip", layout="sparse", index_bits={"conv*": 4, "head": 12})
+    widths = {t.name: t.gap_width for t in r.tensors}
+    assert widths["conv1.weight"] == widths["conv2.weight"] == 4
+    assert widths["head.weight"] == 12
+    assert widths["stem.weight"] == 8
+    with pytest.raises(ConfigError, match="pattern 'nope' matches no tensor"):
+        save(model, tmp_path / "c.dzip", index_bits={"nope": 4})
+    with pytest.raises(ConfigError, match=r"must be in 1\.\.16, got 17"):
+        save(model, tmp_path / "c.dzip", index_bits=17)
+    assert not (tmp_path / "c.dzip").exists()
+
+
+def test_coder_choice_is_recorded(mlp: nn.Module, tmp_path: Path) -> None:
+    model = _compressed(mlp)
+    for coder in ("huffman", "ans", "raw"):
+        r = save(model, tmp_path / f"{coder}.dzip", coder=coder)  # type: ignore[arg-type]
+        coders = {p.coder for t in r.tensors for p in t.parts if p.coder is not None}
+        assert coders == {coder}
+        inspected = inspect(tmp_path / f"{coder}.dzip")
+        assert [t.to_dict() for t in inspected.tensors] == [t.to_dict() for t in r.tensors]
+    with pytest.raises(ConfigError, match="coder must be one of"):
+        save(model, tmp_path / "x.dzip", coder="zip")  # type: ignore[arg-type]
+
+
+def test_inspect_sections_add_up_to_the_file_size(resnet: nn.Module, tmp_path: Path) -> None:
+    path = tmp_path / "r.dzip"
+    report = save(_compressed(resnet), path, metadata={"task": "test"})
+    info = inspect(path)
+    size = path.stat().st_size
+    assert sum(s.length for s in info.sections) == size == info.file_bytes
+    pos = 0
+    for s in info.sections:  # contiguous, in order
+        assert s.offset == pos
+        pos += s.length
+    tensor_bytes = sum(t.bytes for t in info.tensors)
+    assert tensor_bytes == info.section_bytes("tensor")
+    assert report.overhead_bytes == size - tensor_bytes
+    assert info.section_bytes("header") == 72
+    assert info.version == (1, 0)
+    assert info.metadata["user"] == {"task": "test"}
+    json.dumps(info.to_dict())  # JSON-ready
+
+
+def test_metadata_recipe_and_report(mlp: nn.Module, tmp_path: Path) -> None:
+    model = mlp
+    dz.prune_(model, dz.PruneConfig(sparsity=0.5))
+    qreport = dz.quantize_(model, dz.QuantizeConfig(bits=3))
+    path = tmp_path / "m.dzip"
+    save(model, path, metadata={"a": "1"}, recipe={"bits": 3}, report=qreport)
+    meta = inspect(path).metadata
+    assert meta["user"] == {"a": "1"}
+    assert meta["recipe"] == {"bits": 3}
+    assert [layer["bits"] for layer in meta["report"]["layers"]] == [3, 3]
+    with pytest.raises(ConfigError, match="metadata is not JSON-serialisable"):
+        save(model, tmp_path / "x.dzip", recipe={"f": object()})
+
+
+def test_same_model_twice_gives_identical_bytes(resnet: nn.Module, tmp_path: Path) -> None:
+    model = _compressed(resnet)
+    save(model, tmp_path / "a.dzip")
+    save(model, tmp_path / "b.dzip")
+    assert (tmp_path / "a.dzip").read_bytes() == (tmp_path / "b.dzip").read_bytes()
+
+
+def test_writer_rejects_bad_tensors(tmp_path: Path) -> None:
+    cb = torch.tensor([0.0, 1.0])
+    ones = torch.ones(2, dtype=torch.bool)
+    with pytest.raises(InvalidTensorError, match="w: an index reaches 5"):
+        save({"w": SharedTensor(cb, torch.tensor([0, 5], dtype=torch.uint8), ones)}, tmp_path / "a")
+    bad = SharedTensor(torch.tensor([float("nan")]), torch.zeros(2, dtype=torch.uint8), ones)
+    with pytest.raises(InvalidTensorError, match="w: codebook holds NaN"):
+        save({"w": bad}, tmp_path / "a")
+    with pytest.raises(InvalidTensorError, match="rank 9 exceeds the cap of 8"):
+        save({"t": torch.zeros((1,) * 9)}, tmp_path / "a")
+    with pytest.raises(InvalidTensorError, match=r"dtype torch\.complex64 cannot be stored"):
+        save({"t": torch.zeros(2, dtype=torch.complex64)}, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
+def test_transformer_round_trip(transformer: nn.Module, tmp_path: Path) -> None:
+    dz.prune_(transformer, dz.PruneConfig(sparsity=0.5, include=("*in_proj_weight", "*linear*")))
+    dz.quantize_(transformer, dz.QuantizeConfig(bits=4, include=("*linear*",)))
+    transformer.eval()
+    path = tmp_path / "t.dzip"
+    save(transformer, path)
+    x = torch.randint(0, 50, (2, 7))
+    fresh = type(transformer)().eval()
+    load_model(fresh, path)
+    assert torch.allclose(fresh(x), transformer(x), atol=0, rtol=0)
