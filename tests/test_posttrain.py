@@ -1,0 +1,223 @@
+"""Post-training compression of checkpoints (safetensors, .pt, HF directories) and its CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from deepzip.cli import main
+from deepzip.errors import CheckpointError, ConfigError, InvalidTensorError
+from deepzip.format import DzipReader, inspect, load_state_dict
+from deepzip.posttrain import compress_checkpoint, iter_checkpoint
+from deepzip.quantize.scalar import uniform_quantize
+
+
+def _state() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    lap = torch.distributions.Laplace(0.0, 0.05)
+    torch.manual_seed(0)
+    return {
+        "embed.weight": lap.sample((50, 16)).to(torch.bfloat16),
+        "layers.0.linear.weight": lap.sample((32, 16)),
+        "layers.0.linear.bias": torch.randn(32, generator=g),
+        "layers.0.norm.weight": torch.ones(32),
+        "layers.0.norm.num_batches_tracked": torch.tensor(7),
+        "conv.weight": lap.sample((8, 4, 3, 3)).to(torch.float16),
+        "tiny.weight": torch.randn(4, 4, generator=g),
+    }
+
+
+@pytest.fixture
+def ckpt(tmp_path: Path) -> Path:
+    path = tmp_path / "model.safetensors"
+    save_file(_state(), str(path))
+    return path
+
+
+def test_compress_quantizes_matrices_and_keeps_the_rest(ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.dzip"
+    report = compress_checkpoint(ckpt, out, bits=4, quantizer="uniform")
+    src = _state()
+    rows = {r.name: r for r in report.tensors}
+    assert set(rows) == set(src)
+    compressed = {n for n, r in rows.items() if r.encoding != "raw"}
+    assert compressed == {"embed.weight", "layers.0.linear.weight", "conv.weight"}
+    skipped = dict(report.skipped)
+    assert "1-D tensor" in skipped["layers.0.linear.bias"]
+    assert "not a floating-point tensor (int64)" in skipped["layers.0.norm.num_batches_tracked"]
+    assert "fewer than min_elements=256" in skipped["tiny.weight"]
+    assert report.file_bytes == out.stat().st_size
+
+    back = load_state_dict(out)
+    for name, t in src.items():
+        assert back[name].dtype == t.dtype
+        assert back[name].shape == t.shape
+        if name not in compressed:
+            assert torch.equal(back[name], t)
+            continue
+        # the uniform quantizer of the tensor's own values, computed directly
+        q = uniform_quantize(t.float().flatten(), 16)
+        expected = q.centroids[q.labels].reshape(t.shape).to(t.dtype)
+        assert torch.equal(back[name], expected)
+        assert back[name].float().unique().numel() <= 16
+
+
+def test_pruning_keeps_the_largest_magnitudes(ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.dzip"
+    report = compress_checkpoint(
+        ckpt, out, sparsity=0.75, bits=3, quantizer="kmeans", include=("layers.*",)
+    )
+    w = _state()["layers.0.linear.weight"]
+    row = next(r for r in report.tensors if r.name == "layers.0.linear.weight")
+    assert row.kept == 128  # 25% of 512, exactly
+    with DzipReader(out) as r:
+        shared = r.shared("layers.0.linear.weight")
+    threshold = w.abs().flatten().sort().values[-128]
+    assert torch.equal(shared.mask, w.abs() >= threshold)
+    assert shared.codebook.numel() <= 8
+    assert dict(report.skipped)["embed.weight"] == "not matched by any include pattern"
+
+
+def test_prune_only_stores_sparse_float(ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "f.dzip"
+    report = compress_checkpoint(ckpt, out, sparsity=0.5, bits=None, exclude=("conv*",))
+    rows = {r.name: r for r in report.tensors}
+    assert rows["layers.0.linear.weight"].encoding == "sparse_float"
+    assert rows["conv.weight"].encoding == "raw"
+    w = _state()["layers.0.linear.weight"]
+    back = load_state_dict(out)["layers.0.linear.weight"]
+    kept = back != 0
+    assert int(kept.sum()) == 256
+    assert torch.equal(back[kept], w[kept])  # surviving values exact
+
+
+def test_levels_and_layer_bits(ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "l.dzip"
+    report = compress_checkpoint(ckpt, out, levels=12, layer_bits={"conv": 2})
+    rows = {r.name: r for r in report.tensors}
+    assert rows["layers.0.linear.weight"].k is not None
+    assert rows["layers.0.linear.weight"].k <= 12
+    assert rows["conv.weight"].k is not None
+    assert rows["conv.weight"].k <= 4
+    meta = inspect(out).metadata
+    assert meta["recipe"]["levels"] == 12
+    assert meta["report"]["layers"]["conv.weight"]["levels"] == 4
+
+
+def test_same_checkpoint_from_pt_and_hf_directories(ckpt: Path, tmp_path: Path) -> None:
+    state = _state()
+    torch.save(state, tmp_path / "model.pt")
+    shards = tmp_path / "hf"
+    shards.mkdir()
+    names = list(state)
+    save_file({k: state[k] for k in names[:3]}, str(shards / "model-00001-of-00002.safetensors"))
+    save_file({k: state[k] for k in names[3:]}, str(shards / "model-00002-of-00002.safetensors"))
+    index = {"metadata": {}, "weight_map": {k: f"model-0000{1 + (i >= 3)}-of-00002.safetensors"
+                                            for i, k in enumerate(names)}}  # fmt: skip
+    (shards / "model.safetensors.index.json").write_text(json.dumps(index))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    save_file(state, str(plain / "weights.safetensors"))
+
+    reference = load_state_dict(_compress(ckpt, tmp_path / "a.dzip"))
+    for src in (tmp_path / "model.pt", shards, plain):
+        got = load_state_dict(_compress(src, tmp_path / "b.dzip"))
+        assert set(got) == set(reference)
+        for name in reference:
+            assert torch.equal(got[name], reference[name]), (src, name)
+
+
+def _compress(src: Path, dest: Path) -> Path:
+    compress_checkpoint(src, dest, sparsity=0.2, bits=5)
+    return dest
+
+
+def test_bad_inputs(tmp_path: Path, ckpt: Path) -> None:
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        compress_checkpoint(tmp_path / "nope.safetensors", tmp_path / "x.dzip")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(CheckpointError, match=r"unknown checkpoint type '\.txt'"):
+        compress_checkpoint(tmp_path / "x.txt", tmp_path / "x.dzip")
+    torch.save({"w": torch.zeros(2), "opt": {"lr": 0.1}}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="entry 'opt' is not a tensor"):
+        compress_checkpoint(tmp_path / "bad.pt", tmp_path / "x.dzip")
+    (tmp_path / "evil.pt").write_bytes(b"\x80\x04\x95not a pickle")
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        compress_checkpoint(tmp_path / "evil.pt", tmp_path / "x.dzip")
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match=r"no model\.safetensors\.index\.json"):
+        compress_checkpoint(empty, tmp_path / "x.dzip")
+    (empty / "model.safetensors.index.json").write_text('{"weight_map": {"w": "../x.txt"}}')
+    with pytest.raises(CheckpointError, match="is not a file in"):
+        compress_checkpoint(empty, tmp_path / "x.dzip")
+    with pytest.raises(ConfigError, match=r"include pattern 'mlp\.\*' matches no tensor"):
+        compress_checkpoint(ckpt, tmp_path / "x.dzip", include=("mlp.*",))
+    with pytest.raises(ConfigError, match="sparsity must be a number in"):
+        compress_checkpoint(ckpt, tmp_path / "x.dzip", sparsity=1.0)
+    with pytest.raises(ConfigError, match="levels must be an integer from 2 to 256"):
+        compress_checkpoint(ckpt, tmp_path / "x.dzip", levels=300)
+    nan = _state()
+    nan["layers.0.linear.weight"][3, 3] = float("nan")
+    save_file(nan, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(InvalidTensorError, match=r"layers\.0\.linear\.weight: 1 non-finite"):
+        compress_checkpoint(tmp_path / "nan.safetensors", tmp_path / "x.dzip")
+    assert not (tmp_path / "x.dzip").exists()
+
+
+def test_progress_and_iteration(ckpt: Path, tmp_path: Path) -> None:
+    seen: list[tuple[str, int, int]] = []
+    compress_checkpoint(ckpt, tmp_path / "m.dzip", progress=lambda *a: seen.append(a))
+    assert [i for _, i, _ in seen] == list(range(7))
+    assert {n for n, _, _ in seen} == set(_state())
+    assert {t for _, _, t in seen} == {7}
+    assert [n for n, _ in iter_checkpoint(ckpt)] == sorted(_state())
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_compress_inspect_decompress(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dz, st, rep = tmp_path / "m.dzip", tmp_path / "back.safetensors", tmp_path / "r.json"
+    code = main(["compress", str(ckpt), "-o", str(dz), "--sparsity", "0.3", "--bits", "4",
+                 "--quantizer", "ecsq", "--lambda", "0.02", "--coder", "ans",
+                 "--exclude", "conv*", "--no-progress", "--json", str(rep)])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    report = json.loads(rep.read_text())
+    assert {t["name"] for t in report["tensors"]} == set(_state())
+    assert "kept raw: conv.weight (excluded by pattern 'conv*')" in out
+    assert f"{report['file_bytes']:,} B on disk: {report['ratio']:.2f}× → {dz}" in out
+
+    assert main(["inspect", str(dz), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert sum(s["length"] for s in info["sections"]) == dz.stat().st_size
+    assert {p["coder"] for t in info["tensors"] for p in t["parts"]} <= {None, "ans"}
+    assert main(["inspect", str(dz)]) == 0
+    assert f"{dz.stat().st_size:,} bytes" in capsys.readouterr().out
+
+    assert main(["decompress", str(dz), "-o", str(st), "--no-progress"]) == 0
+    back, src, dense = load_file(str(st)), _state(), load_state_dict(dz)
+    assert set(back) == set(src)
+    for name, t in src.items():
+        assert back[name].dtype == t.dtype
+        assert back[name].shape == t.shape
+        assert torch.equal(back[name], dense[name])
+    assert torch.equal(back["conv.weight"], src["conv.weight"])
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", str(tmp_path / "missing.dzip")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deepzip: error:")
+    assert "cannot open" in err
+    (tmp_path / "x.safetensors").write_bytes(b"junk")
+    assert main(["compress", str(tmp_path / "x.safetensors"), "-o", str(tmp_path / "o.dzip"),
+                 "--no-progress"]) == 2  # fmt: skip
+    assert "not a readable safetensors file" in capsys.readouterr().err
