@@ -1,0 +1,290 @@
+"""Per-layer latency of the runtime form against the dense layer, for a ``.dzip`` file.
+
+:func:`benchmark_layers` decodes the file dense into one copy of the model, runs it once on an
+example input to record what each compressed layer receives, then times every compressed
+layer two ways on that input — the dense layer and its runtime module — interleaved, medians
+(see :mod:`deepzip.runtime.timing`). It also records what the automatic policy would pick at
+that batch size, so a user sees whether the rule matches their machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepzip.errors import ConfigError
+from deepzip.format.api import load_model
+from deepzip.format.dzip_reader import read_compressed
+from deepzip.runtime.conv import SparseConv
+from deepzip.runtime.load import RuntimeReport, load_compressed, runtime_report
+from deepzip.runtime.policy import RuntimePolicy, decide, sparse_unsupported
+from deepzip.runtime.sparse import SharedCSRModule
+from deepzip.runtime.sparse_linear import SparseLinear
+from deepzip.runtime.timing import interleaved_medians, median_ms
+
+__all__ = ["LayerTiming", "ModelTiming", "benchmark_layers", "benchmark_model"]
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    """One compressed layer, timed dense and in its runtime form.
+
+    Attributes:
+        name: the weight's name.
+        layer_type: class name of the module.
+        shape: the weight's shape.
+        density: surviving weights / all weights.
+        input_shape: the shape of the input the layer was timed on (empty if never called).
+        dense_ms: median latency of the dense layer (``None``: the forward pass never
+            called the layer, see ``note``).
+        runtime_ms: median latency of the runtime module (``None``: no sparse form, or not
+            called; see ``note``).
+        dense_bytes: bytes of the dense weight (float32).
+        runtime_bytes: bytes of the runtime module's weight arrays, plus the float CSR copy a
+            batch makes it build (dense bytes if it has no runtime form).
+        policy_form: what the automatic policy picks at this batch size.
+        policy_reason: why.
+        note: why a timing is missing, else empty.
+    """
+
+    name: str
+    layer_type: str
+    shape: tuple[int, ...]
+    density: float
+    input_shape: tuple[int, ...]
+    dense_ms: float | None
+    runtime_ms: float | None
+    dense_bytes: int
+    runtime_bytes: int
+    policy_form: str
+    policy_reason: str
+    note: str = ""
+
+    @property
+    def speedup(self) -> float | None:
+        """``dense_ms / runtime_ms`` when both were measured."""
+        if self.dense_ms is None or self.runtime_ms is None or self.runtime_ms <= 0:
+            return None
+        return self.dense_ms / self.runtime_ms
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "name": self.name,
+            "type": self.layer_type,
+            "shape": list(self.shape),
+            "density": self.density,
+            "input_shape": list(self.input_shape),
+            "dense_ms": self.dense_ms,
+            "runtime_ms": self.runtime_ms,
+            "speedup": self.speedup,
+            "dense_bytes": self.dense_bytes,
+            "runtime_bytes": self.runtime_bytes,
+            "policy_form": self.policy_form,
+            "policy_reason": self.policy_reason,
+            "note": self.note,
+        }
+
+
+def _capture_inputs(
+    model: nn.Module, owners: list[str], example: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for owner in owners:
+        module = model.get_submodule(owner)
+
+        def hook(_m: nn.Module, args: tuple[Any, ...], owner: str = owner) -> None:
+            if owner not in captured and args and isinstance(args[0], torch.Tensor):
+                captured[owner] = args[0].detach().clone()
+
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.inference_mode():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def benchmark_layers(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    repeats: int = 30,
+    warmup: int = 3,
+    policy: RuntimePolicy | None = None,
+) -> list[LayerTiming]:
+    """Time every compressed layer of a ``.dzip`` file dense and in its runtime form.
+
+    Args:
+        path: the ``.dzip`` file.
+        model: a module of the file's architecture (copied; not modified).
+        example_input: one batch as the model takes it (its first dimension is the batch
+            size the policy is asked about).
+        repeats: timed repetitions of each form.
+        warmup: untimed runs of each form first.
+        policy: the policy whose choice is reported (default: automatic at the example's
+            batch size).
+
+    Returns:
+        One :class:`LayerTiming` per compressed layer, in file order.
+
+    Raises:
+        CheckpointError: the file does not fit the model.
+        CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
+        ConfigError: bad ``repeats``/``warmup``, or an example input of no dimension.
+    """
+    if example_input.dim() == 0:
+        raise ConfigError("example_input needs a batch dimension")
+    batch = max(1, int(example_input.shape[0]))
+    policy = policy if policy is not None else RuntimePolicy(batch_size=batch)
+    dense_model = load_model(copy.deepcopy(model), path).eval()
+    cf = read_compressed(path)
+    owners = [name.rsplit(".", 1)[0] if "." in name else "" for name in cf.shared]
+    captured = _capture_inputs(dense_model, owners, example_input)
+    timings: list[LayerTiming] = []
+    for (name, s), owner in zip(cf.shared.items(), owners, strict=True):
+        attr = name.rsplit(".", 1)[-1]
+        module = dense_model.get_submodule(owner)
+        weights = int(s.mask.numel())
+        density = int(s.mask.sum()) / weights if weights else 0.0
+        decision = decide(policy, owner, name, module, attr, density, weights)
+        unsupported = sparse_unsupported(module, attr)
+        shape = tuple(int(d) for d in s.indices.shape)
+        dense_bytes = weights * 4
+        x = captured.get(owner)
+        runtime: SharedCSRModule | None = None
+        if unsupported is None:
+            if isinstance(module, nn.Linear):
+                runtime = SparseLinear.from_shared(s, module.bias, name=name)
+            else:
+                runtime = SparseConv.from_conv(module, s, name=name)
+            runtime.eval()
+        runtime_bytes = runtime.weight_nbytes if runtime is not None else dense_bytes
+        if x is None:
+            note = "not called by the model's forward pass on the example input"
+            timings.append(
+                LayerTiming(
+                    name,
+                    type(module).__name__,
+                    shape,
+                    density,
+                    (),
+                    None,
+                    None,
+                    dense_bytes,
+                    runtime_bytes,
+                    decision.form,
+                    decision.reason,
+                    note,
+                )
+            )
+            continue
+        fns: list[Callable[[], object]] = [functools.partial(module, x)]
+        if runtime is not None:
+            fns.append(functools.partial(runtime, x))
+        with torch.inference_mode():
+            times = interleaved_medians(fns, repeats=repeats, warmup=warmup)
+        if runtime is not None:  # a batch builds the float CSR copy: count it
+            runtime_bytes = runtime.weight_nbytes + runtime.cache_nbytes
+        timings.append(
+            LayerTiming(
+                name=name,
+                layer_type=type(module).__name__,
+                shape=shape,
+                density=density,
+                input_shape=tuple(int(d) for d in x.shape),
+                dense_ms=median_ms(times[0]),
+                runtime_ms=median_ms(times[1]) if runtime is not None else None,
+                dense_bytes=dense_bytes,
+                runtime_bytes=runtime_bytes,
+                policy_form=decision.form,
+                policy_reason=decision.reason,
+                note=unsupported or "",
+            )
+        )
+    return timings
+
+
+@dataclass(frozen=True)
+class ModelTiming:
+    """A whole model, decoded dense against loaded with :func:`load_compressed`.
+
+    Attributes:
+        dense_ms: median latency of the dense model.
+        runtime_ms: median latency of the runtime model.
+        max_abs_difference: largest difference between their outputs on the example.
+        report: the runtime model's per-layer forms.
+    """
+
+    dense_ms: float
+    runtime_ms: float
+    max_abs_difference: float
+    report: RuntimeReport
+
+    @property
+    def speedup(self) -> float:
+        """``dense_ms / runtime_ms``."""
+        return self.dense_ms / self.runtime_ms if self.runtime_ms > 0 else float("inf")
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "dense_ms": self.dense_ms,
+            "runtime_ms": self.runtime_ms,
+            "speedup": self.speedup,
+            "max_abs_difference": self.max_abs_difference,
+            "report": self.report.to_dict(),
+        }
+
+
+def benchmark_model(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    repeats: int = 30,
+    warmup: int = 3,
+    policy: RuntimePolicy | None = None,
+) -> ModelTiming:
+    """Time the whole model decoded dense against the runtime model, interleaved.
+
+    Args:
+        path: the ``.dzip`` file.
+        model: a module of the file's architecture (copied; not modified).
+        example_input: one batch as the model takes it.
+        repeats: timed repetitions of each.
+        warmup: untimed runs of each first.
+        policy: the runtime policy (default: automatic at the example's batch size).
+
+    Raises:
+        CheckpointError: the file does not fit the model.
+        CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
+        ConfigError: bad ``repeats``/``warmup``, or an example input of no dimension.
+    """
+    if example_input.dim() == 0:
+        raise ConfigError("example_input needs a batch dimension")
+    batch = max(1, int(example_input.shape[0]))
+    policy = policy if policy is not None else RuntimePolicy(batch_size=batch)
+    dense = load_model(copy.deepcopy(model), path).eval()
+    runtime = load_compressed(path, copy.deepcopy(model), policy=policy).eval()
+    with torch.inference_mode():
+        difference = float((dense(example_input) - runtime(example_input)).abs().max())
+        times = interleaved_medians(
+            [functools.partial(dense, example_input), functools.partial(runtime, example_input)],
+            repeats=repeats,
+            warmup=warmup,
+        )
+    return ModelTiming(
+        median_ms(times[0]), median_ms(times[1]), difference, runtime_report(runtime)
+    )

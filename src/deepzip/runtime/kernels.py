@@ -1,0 +1,191 @@
+"""Compiled CPU kernels (numba) that multiply by a :class:`~deepzip.runtime.sparse.SharedCSR`.
+
+Importing this module imports nothing heavy: :func:`kernels` imports numba and defines the
+kernels the first time it is called; numba compiles each kernel for the argument types of its
+first call (``uint16`` or ``int32`` column indices) and caches the machine code on disk.
+
+The matrix layout (see :mod:`deepzip.runtime.sparse`): within each row the surviving weights
+are grouped by cluster index, each group padded to a multiple of :data:`BLOCK` entries with
+the padding column ``pad`` (= the number of columns). A group stores its cluster index and its
+length in blocks, so the inner loop only gathers and adds inputs (``x[col]``); the one
+multiplication by the shared value happens once per group. The fixed 8-wide block keeps that
+inner loop free of remainder handling, which is what makes it fast for the short groups of a
+5-bit codebook (about 26 weights per group for a 9216-wide row at 9% density). With several
+right-hand sides (``spmm``) every weight costs a vector operation anyway, so there each weight
+is one fused multiply-add and the padding is skipped.
+
+The kernels never raise; the callers validate shapes and dtypes.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+__all__ = ["BLOCK", "MAX_BLOCKS", "Kernels", "kernels", "set_threads"]
+
+BLOCK = 8
+"""Entries per block: every group's length is a multiple of it (padding entries read a zero)."""
+
+MAX_BLOCKS = 255
+"""Longest group in blocks (its length is stored in one byte); longer groups are split."""
+
+_TILE = 256
+"""Columns of the right-hand side processed per pass in :func:`kernels` ``.spmm``."""
+
+
+class Kernels(NamedTuple):
+    """The compiled functions (see :func:`kernels` for their contracts).
+
+    ``spmv``/``spmm`` run their rows on numba's thread pool; ``spmv_serial``/``spmm_serial``
+    are the same code compiled without it, for one thread: a parallel launch waits for the
+    pool's threads to be scheduled, which on a busy machine can cost milliseconds.
+    """
+
+    spmv: Callable[..., Any]
+    spmm: Callable[..., Any]
+    spmv_serial: Callable[..., Any]
+    spmm_serial: Callable[..., Any]
+
+
+@functools.cache
+def kernels() -> Kernels:
+    """Import numba and define the kernels (once per process).
+
+    Arguments common to both: ``row_ptr`` (int64, rows + 1: first entry of each row),
+    ``group_ptr`` (int64, rows + 1: first group of each row), ``group_code`` (uint8: the
+    cluster index of each group), ``group_blocks`` (uint8: each group's length in blocks of
+    :data:`BLOCK`), ``cols`` (uint16 or int32: the column of each entry, ``pad`` for padding),
+    ``codebook`` (float32), ``bias`` (float32, ``rows`` values, or empty for no bias).
+
+    * ``spmv(row_ptr, group_ptr, group_code, group_blocks, cols, codebook, x, bias, y)``:
+      ``y[r] = sum_j W[r, j] x[j] + bias[r]``; ``x`` is float32 of length ``columns + 1``
+      whose last value (the padding column) must be 0.
+    * ``spmm(row_ptr, group_ptr, group_code, group_blocks, cols, codebook, xt, bias, y)``:
+      ``y[r, n] = sum_j W[r, j] xt[j, n] + bias[r]``; ``xt`` is C-contiguous float32
+      ``(columns + 1) × N`` whose last row (the padding column) must be 0, ``y`` is
+      C-contiguous float32 ``rows × N``. The right-hand side is processed 256 columns at a
+      time so that a row's partial sums stay in the L1 cache. Each
+      weight costs one fused multiply-add over the columns (a per-group sum would cost two
+      more passes per group and win nothing when every weight already costs a vector
+      operation), and a group stops at its first padding entry.
+
+    ``spmv``/``spmm`` run their rows in parallel on numba's threads (see
+    :func:`set_threads`); the ``_serial`` versions on the calling thread.
+    """
+    import numba
+    import numpy as np
+
+    def njit(fn: Callable[..., Any]) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """Compile ``fn`` twice: with and without the thread pool (separate disk caches)."""
+        # reassociation lets LLVM interleave the sums; NaN and inf keep their IEEE meaning
+        opts: dict[str, Any] = {
+            "fastmath": {"reassoc", "contract", "nsz"},
+            "nogil": True,
+            "cache": True,
+            "boundscheck": False,
+        }
+        serial = types.FunctionType(
+            fn.__code__, fn.__globals__, f"{fn.__name__}_serial", fn.__defaults__, fn.__closure__
+        )
+        serial.__qualname__ = f"{fn.__qualname__}_serial"
+        return numba.njit(parallel=True, **opts)(fn), numba.njit(parallel=False, **opts)(serial)
+
+    tile = _TILE
+
+    def spmv(
+        row_ptr: Any,
+        group_ptr: Any,
+        group_code: Any,
+        group_blocks: Any,
+        cols: Any,
+        codebook: Any,
+        x: Any,
+        bias: Any,
+        y: Any,
+    ) -> None:
+        has_bias = bias.shape[0] > 0
+        for r in numba.prange(row_ptr.shape[0] - 1):
+            p = np.intp(row_ptr[r])
+            acc = np.float32(0.0)
+            for g in range(group_ptr[r], group_ptr[r + 1]):
+                end = p + BLOCK * np.intp(group_blocks[g])
+                s0 = np.float32(0.0)
+                s1 = np.float32(0.0)
+                s2 = np.float32(0.0)
+                s3 = np.float32(0.0)
+                s4 = np.float32(0.0)
+                s5 = np.float32(0.0)
+                s6 = np.float32(0.0)
+                s7 = np.float32(0.0)
+                while p < end:
+                    s0 += x[np.intp(cols[p])]
+                    s1 += x[np.intp(cols[p + 1])]
+                    s2 += x[np.intp(cols[p + 2])]
+                    s3 += x[np.intp(cols[p + 3])]
+                    s4 += x[np.intp(cols[p + 4])]
+                    s5 += x[np.intp(cols[p + 5])]
+                    s6 += x[np.intp(cols[p + 6])]
+                    s7 += x[np.intp(cols[p + 7])]
+                    p += BLOCK
+                acc += codebook[np.intp(group_code[g])] * (
+                    ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+                )
+            if has_bias:
+                acc += bias[r]
+            y[r] = acc
+
+    def spmm(
+        row_ptr: Any,
+        group_ptr: Any,
+        group_code: Any,
+        group_blocks: Any,
+        cols: Any,
+        codebook: Any,
+        xt: Any,
+        bias: Any,
+        y: Any,
+    ) -> None:
+        n_total = xt.shape[1]
+        has_bias = bias.shape[0] > 0
+        pad = xt.shape[0] - 1
+        for r in numba.prange(row_ptr.shape[0] - 1):
+            acc = np.empty(min(n_total, tile), np.float32)  # private: the loops vectorize
+            b = bias[r] if has_bias else np.float32(0.0)
+            for n0 in range(0, n_total, tile):
+                w = min(tile, n_total - n0)
+                for n in range(w):
+                    acc[n] = b
+                p = np.intp(row_ptr[r])
+                for g in range(group_ptr[r], group_ptr[r + 1]):
+                    end = p + BLOCK * np.intp(group_blocks[g])
+                    v = codebook[np.intp(group_code[g])]
+                    while p < end:
+                        c = np.intp(cols[p])
+                        if c == pad:  # the rest of the group is padding
+                            break
+                        for n in range(w):
+                            acc[n] += v * xt[c, n0 + n]
+                        p += 1
+                    p = end
+                for n in range(w):
+                    y[r, n0 + n] = acc[n]
+
+    spmv_parallel, spmv_serial = njit(spmv)
+    spmm_parallel, spmm_serial = njit(spmm)
+    return Kernels(spmv_parallel, spmm_parallel, spmv_serial, spmm_serial)
+
+
+def set_threads(n: int) -> int:
+    """Run the parallel kernels on ``n`` threads (capped at numba's pool size; at least 1).
+
+    Returns the number of threads set.
+    """
+    import numba
+
+    n = max(1, min(int(n), int(getattr(numba.config, "NUMBA_NUM_THREADS", 1))))
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+    return n

@@ -1,0 +1,327 @@
+"""Put runtime modules into a model: :func:`compress_modules_` and :func:`load_compressed`.
+
+Each compressed layer either becomes a runtime module that computes from the shared, pruned
+form (:class:`~deepzip.runtime.SparseLinear`, :class:`~deepzip.runtime.SparseConv`) — its
+dense float weight is never built — or is decoded dense into the model, as the policy decides
+(:class:`~deepzip.runtime.RuntimePolicy`). The :class:`RuntimeReport` lists every compressed
+layer with its form and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from deepzip.errors import CheckpointError, ConfigError
+from deepzip.format.checkpoint import plain_state_dict
+from deepzip.format.dzip_reader import read_compressed
+from deepzip.quantize.api import strip_
+from deepzip.quantize.shared import SharedTensor
+from deepzip.runtime.conv import SparseConv
+from deepzip.runtime.policy import LayerForm, RuntimePolicy, decide
+from deepzip.runtime.sparse import SharedCSRModule, check_shared
+from deepzip.runtime.sparse_linear import SparseLinear
+
+__all__ = [
+    "LayerRuntime",
+    "RuntimeReport",
+    "compress_modules_",
+    "load_compressed",
+    "runtime_report",
+]
+
+_REPORT_ATTR = "_deepzip_runtime_report"
+
+
+@dataclass(frozen=True)
+class LayerRuntime:
+    """One compressed layer in the runtime model.
+
+    Attributes:
+        name: the weight's name (``fc1.weight``).
+        layer_type: class name of the original module (``Linear``).
+        form: ``"sparse"`` (a runtime module) or ``"dense"`` (decoded).
+        reason: why the policy picked that form.
+        shape: the weight's shape.
+        density: surviving weights / all weights.
+        dense_bytes: bytes of the dense weight in its dtype.
+        runtime_bytes: bytes of the weight as loaded (the compact sparse arrays, or dense);
+            the first batch adds a float CSR copy (``SharedCSRModule.cache_nbytes``).
+    """
+
+    name: str
+    layer_type: str
+    form: LayerForm
+    reason: str
+    shape: tuple[int, ...]
+    density: float
+    dense_bytes: int
+    runtime_bytes: int
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "name": self.name,
+            "type": self.layer_type,
+            "form": self.form,
+            "reason": self.reason,
+            "shape": list(self.shape),
+            "density": self.density,
+            "dense_bytes": self.dense_bytes,
+            "runtime_bytes": self.runtime_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class RuntimeReport:
+    """Every compressed layer, its form and why, and the weight memory it takes."""
+
+    layers: tuple[LayerRuntime, ...]
+    policy: RuntimePolicy
+
+    @property
+    def sparse(self) -> tuple[str, ...]:
+        """Names of the layers that run sparse."""
+        return tuple(layer.name for layer in self.layers if layer.form == "sparse")
+
+    @property
+    def dense(self) -> tuple[str, ...]:
+        """Names of the layers decoded dense."""
+        return tuple(layer.name for layer in self.layers if layer.form == "dense")
+
+    @property
+    def dense_bytes(self) -> int:
+        """Bytes the compressed layers' weights take when dense."""
+        return sum(layer.dense_bytes for layer in self.layers)
+
+    @property
+    def runtime_bytes(self) -> int:
+        """Bytes the compressed layers' weights take in the runtime model."""
+        return sum(layer.runtime_bytes for layer in self.layers)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "layers": [layer.to_dict() for layer in self.layers],
+            "dense_bytes": self.dense_bytes,
+            "runtime_bytes": self.runtime_bytes,
+            "batch_size": self.policy.batch_size,
+            "mode": self.policy.mode,
+        }
+
+
+def _split(name: str) -> tuple[str, str]:
+    return (name.rsplit(".", 1)[0], name.rsplit(".", 1)[1]) if "." in name else ("", name)
+
+
+def _replace_everywhere(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put ``new`` wherever ``old`` is registered (a module may be shared by several parents)."""
+    for parent in model.modules():
+        for key, child in list(parent._modules.items()):
+            if child is old:
+                parent._modules[key] = new
+
+
+def _decode_dense(module: nn.Module, attr: str, shared: SharedTensor) -> None:
+    if parametrize.is_parametrized(module, attr):
+        parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+    param = getattr(module, attr)
+    with torch.no_grad():
+        param.copy_(shared.dense().to(device=param.device, dtype=param.dtype))
+
+
+def compress_modules_(
+    model: nn.Module,
+    shared: Mapping[str, SharedTensor],
+    *,
+    policy: RuntimePolicy | None = None,
+) -> RuntimeReport:
+    """Replace compressed layers of ``model`` by runtime modules, in place, per ``policy``.
+
+    A layer that goes sparse is replaced (everywhere it is registered) by a
+    :class:`~deepzip.runtime.SparseLinear` or :class:`~deepzip.runtime.SparseConv` built from
+    its shared form, on the device of the module it replaces, with its bias and training
+    flag; no dense float weight is built for it. A layer kept dense gets the decoded weight
+    (``codebook[index] * mask``) written into its parameter, in the parameter's dtype; any
+    deepzip parametrization on it is removed first. The report is also kept on the model
+    (see :func:`runtime_report`).
+
+    Args:
+        model: the model; its compressed layers' own weights are ignored.
+        shared: ``{weight name: (codebook, indices, mask)}`` (``export_shared`` or a
+            ``.dzip`` file's ``read_compressed(...).shared``).
+        policy: the rule (default :class:`RuntimePolicy`: automatic, batch size 1).
+
+    Returns:
+        The per-layer report.
+
+    Raises:
+        CheckpointError: a name that is not a parameter of ``model``, or a shape mismatch
+            (checked for every layer before the model is touched).
+        InvalidTensorError: a malformed shared tensor (names it).
+        ConfigError: an override glob that matches no compressed layer.
+    """
+    policy = policy if policy is not None else RuntimePolicy()
+    plans: list[tuple[str, str, str, nn.Module, SharedTensor]] = []
+    for name, s in shared.items():
+        owner, attr = _split(name)
+        try:
+            module = model.get_submodule(owner)
+        except AttributeError:
+            raise CheckpointError(
+                f"compressed tensor {name!r} names no module of the model"
+            ) from None
+        current = getattr(module, attr, None)
+        if not isinstance(current, torch.Tensor):
+            raise CheckpointError(f"compressed tensor {name!r}: the model has no such parameter")
+        if tuple(current.shape) != tuple(s.indices.shape):
+            raise CheckpointError(
+                f"compressed tensor {name!r} has shape {tuple(s.indices.shape)}, the model "
+                f"expects {tuple(current.shape)}"
+            )
+        check_shared(name, s)
+        plans.append((name, owner, attr, module, s))
+    for o in policy.overrides:
+        if not any(o.matches(owner, name) for name, owner, _, _, _ in plans):
+            raise ConfigError(
+                f"runtime override {o.pattern!r} matches no compressed layer "
+                f"({', '.join(shared) or 'none'})"
+            )
+    layers: list[LayerRuntime] = []
+    for name, owner, attr, module, s in plans:
+        weights = int(s.mask.numel())
+        density = int(s.mask.sum()) / weights if weights else 0.0
+        decision = decide(policy, owner, name, module, attr, density, weights)
+        if decision.form == "sparse" and owner == "":
+            decision = replace(
+                decision,
+                form="dense",
+                reason="the model itself is the layer: a runtime module cannot replace it",
+            )
+        weight = getattr(module, attr)
+        dense_bytes = weights * weight.element_size()
+        if decision.form == "sparse":
+            bias = getattr(module, "bias", None)
+            runtime: SharedCSRModule
+            if isinstance(module, nn.Linear):
+                runtime = SparseLinear.from_shared(s, bias, name=name, backend=policy.backend)
+            else:
+                runtime = SparseConv.from_conv(module, s, name=name, backend=policy.backend)
+            runtime.to(weight.device)
+            runtime.train(module.training)
+            _replace_everywhere(model, module, runtime)
+            runtime_bytes = runtime.weight_nbytes
+        else:
+            _decode_dense(module, attr, s)
+            runtime_bytes = dense_bytes
+        layers.append(
+            LayerRuntime(
+                name=name,
+                layer_type=type(module).__name__,
+                form=decision.form,
+                reason=decision.reason,
+                shape=tuple(int(d) for d in s.indices.shape),
+                density=density,
+                dense_bytes=dense_bytes,
+                runtime_bytes=runtime_bytes,
+            )
+        )
+    report = RuntimeReport(tuple(layers), policy)
+    object.__setattr__(model, _REPORT_ATTR, report)
+    return report
+
+
+def runtime_report(model: nn.Module) -> RuntimeReport:
+    """The report of the last :func:`compress_modules_`/:func:`load_compressed` on ``model``.
+
+    Raises:
+        ConfigError: the model has no runtime modules from deepzip.
+    """
+    report = getattr(model, _REPORT_ATTR, None)
+    if not isinstance(report, RuntimeReport):
+        raise ConfigError(
+            f"{type(model).__name__} has no runtime report: it was not built by "
+            "deepzip.runtime.load_compressed or compress_modules_"
+        )
+    return report
+
+
+def load_compressed(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    policy: RuntimePolicy | None = None,
+    batch_size_hint: int | None = None,
+    strict: bool = True,
+) -> nn.Module:
+    """Load a ``.dzip`` file into ``model`` so that its compressed layers run sparse.
+
+    The file's plain tensors (biases, buffers, unquantized weights) are loaded like
+    ``load_state_dict``; each quantized layer becomes a runtime module or is decoded dense as
+    ``policy`` decides (see :func:`compress_modules_`). Dense float weights are never built
+    for the layers that go sparse. Any deepzip masks or shared weights on ``model`` are
+    removed first. ``runtime_report(model)`` gives the per-layer report.
+
+    Args:
+        path: the ``.dzip`` file.
+        model: a module of the architecture the file was saved from, on the device to run on.
+        policy: the rule (default :class:`RuntimePolicy`).
+        batch_size_hint: the batch size the model will mostly run at; replaces
+            ``policy.batch_size``.
+        strict: the file's tensor names must equal the model's exactly.
+
+    Returns:
+        ``model``, modified in place.
+
+    Raises:
+        CheckpointError: missing or unexpected keys (with ``strict``) or a shape mismatch,
+            named; checked before the model is touched.
+        CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
+        ConfigError: a bad ``batch_size_hint`` or override.
+    """
+    policy = policy if policy is not None else RuntimePolicy()
+    if batch_size_hint is not None:
+        policy = replace(policy, batch_size=batch_size_hint)  # validated by __post_init__
+    source = Path(path)
+    cf = read_compressed(source)
+    expected = plain_state_dict(model)
+    names = list(cf.order)
+    missing = [n for n in expected if n not in cf.raw and n not in cf.shared]
+    unexpected = [n for n in names if n not in expected]
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:5])}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:5])}")
+        raise CheckpointError(f"{source} does not fit the model: {'; '.join(parts)}")
+    for name, tensor in expected.items():
+        found = cf.raw.get(name)
+        shape = (
+            tuple(found.shape)
+            if found is not None
+            else tuple(cf.shared[name].indices.shape)
+            if name in cf.shared
+            else None
+        )
+        if shape is not None and shape != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{source}: tensor {name!r} has shape {shape}, the model expects "
+                f"{tuple(tensor.shape)}"
+            )
+    for name, s in cf.shared.items():
+        check_shared(f"{source}: {name}", s)
+    strip_(model)
+    result = model.load_state_dict({k: v for k, v in cf.raw.items() if k in expected}, strict=False)
+    if result.unexpected_keys:  # plain_state_dict and load_state_dict disagree on a name
+        raise CheckpointError(
+            f"{source}: tensors the model did not take: {', '.join(result.unexpected_keys[:5])}"
+        )
+    compress_modules_(model, {k: v for k, v in cf.shared.items() if k in expected}, policy=policy)
+    return model

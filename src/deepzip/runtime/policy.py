@@ -1,0 +1,201 @@
+"""Which compressed layers run sparse and which are decoded dense: :class:`RuntimePolicy`.
+
+The automatic rule (``mode="auto"``), for each compressed weight:
+
+1. a layer without a sparse form stays dense: anything but ``Linear``, ``Conv1d`` and
+   ``Conv2d`` (``Embedding``, ``Conv3d``, any other parameter), grouped convolutions, and a
+   weight that is not called ``weight``;
+2. a layer whose dense float32 weight is smaller than ``min_dense_bytes`` (default 32 MiB,
+   a large last-level cache) stays dense: a dense weight that stays in the cache is read
+   faster than the sparse kernel gathers its inputs, and a kernel call costs tens of
+   microseconds of Python and dispatch;
+3. otherwise the layer runs sparse when its density is at most the threshold for its kind and
+   the expected batch size (``batch_size``), and dense above it.
+
+The defaults are what ``benchmarks/runtime.py --sweep`` measured on one CPU thread
+(``benchmarks/results/runtime.json``): a 4096×4096 layer (64 MiB dense) ran 7× faster sparse at
+batch 1 up to 9% density, about even at 15-25%; a 2048×2048 layer and AlexNet's fc8 (16 MiB,
+inside the 32 MiB cache) ran slower sparse at every density at batch 1. Linear thresholds:
+15% at batch 1, 10% from batch 8 (:data:`LINEAR_THRESHOLDS`). Convolutions (sparse im2col
+against PyTorch's dense convolution) were slower sparse at every measured density, so the
+convolution threshold is 1% (:data:`CONV_THRESHOLDS`): their runtime form saves memory, not
+time, and is there to be forced. For a batch size between two measured ones the threshold of
+the next smaller one is used. ``linear_max_density``, ``conv_max_density`` and
+``min_dense_bytes`` replace the defaults, ``mode="sparse"``/``"dense"`` forces every layer
+that has a sparse form, and ``overrides`` force single layers by glob.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from torch import nn
+
+from deepzip.errors import ConfigError
+from deepzip.runtime.conv import sparse_conv_unsupported
+from deepzip.runtime.sparse import Backend
+
+__all__ = [
+    "CONV_THRESHOLDS",
+    "LINEAR_THRESHOLDS",
+    "Decision",
+    "LayerForm",
+    "RuntimeOverride",
+    "RuntimePolicy",
+    "decide",
+    "density_threshold",
+    "sparse_unsupported",
+]
+
+LayerForm = Literal["sparse", "dense"]
+
+LINEAR_THRESHOLDS: tuple[tuple[int, float], ...] = ((1, 0.15), (8, 0.10))
+"""``(batch size, max density)`` for linear layers, from the measured crossovers."""
+
+CONV_THRESHOLDS: tuple[tuple[int, float], ...] = ((1, 0.01),)
+"""``(batch size, max density)`` for convolutions, from the measured crossovers."""
+
+
+@dataclass(frozen=True)
+class RuntimeOverride:
+    """Force the layers whose module or tensor name matches ``pattern`` (fnmatch) to a form."""
+
+    pattern: str
+    form: LayerForm
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pattern, str) or not self.pattern:
+            raise ConfigError(f"override pattern must be a non-empty string, got {self.pattern!r}")
+        if self.form not in ("sparse", "dense"):
+            raise ConfigError(
+                f"override {self.pattern!r}: form must be 'sparse' or 'dense', got {self.form!r}"
+            )
+
+    def matches(self, module_name: str, tensor_name: str) -> bool:
+        """Whether the glob matches the module name or the tensor name."""
+        return fnmatch.fnmatchcase(module_name, self.pattern) or fnmatch.fnmatchcase(
+            tensor_name, self.pattern
+        )
+
+
+def _check_fraction(name: str, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class RuntimePolicy:
+    """How :func:`~deepzip.runtime.compress_modules_` picks sparse or dense per layer.
+
+    Attributes:
+        mode: ``"auto"`` (the measured rule, see the module docstring), ``"sparse"`` (every
+            layer that has a sparse form) or ``"dense"`` (decode everything).
+        batch_size: the batch size the model will mostly run at (``auto`` only).
+        linear_max_density: replaces the measured threshold for linear layers.
+        conv_max_density: replaces the measured threshold for convolutions.
+        min_dense_bytes: layers whose dense float32 weight is smaller stay dense in
+            ``auto`` mode (it fits in the cache).
+        overrides: per-layer forms by glob; the last matching one wins over ``mode``.
+        backend: how sparse layers multiply (see :data:`~deepzip.runtime.sparse.Backend`).
+    """
+
+    mode: Literal["auto", "sparse", "dense"] = "auto"
+    batch_size: int = 1
+    linear_max_density: float | None = None
+    conv_max_density: float | None = None
+    min_dense_bytes: int = 32 << 20
+    overrides: tuple[RuntimeOverride, ...] = field(default_factory=tuple)
+    backend: Backend = "auto"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "sparse", "dense"):
+            raise ConfigError(f"mode must be 'auto', 'sparse' or 'dense', got {self.mode!r}")
+        for name, value in (
+            ("batch_size", self.batch_size),
+            ("min_dense_bytes", self.min_dense_bytes),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        _check_fraction("linear_max_density", self.linear_max_density)
+        _check_fraction("conv_max_density", self.conv_max_density)
+        if not isinstance(self.overrides, tuple) or not all(
+            isinstance(o, RuntimeOverride) for o in self.overrides
+        ):
+            raise ConfigError("overrides must be a tuple of RuntimeOverride")
+        if self.backend not in ("auto", "numba", "torch"):
+            raise ConfigError(f"backend must be 'auto', 'numba' or 'torch', got {self.backend!r}")
+
+
+def density_threshold(kind: Literal["linear", "conv"], batch_size: int) -> float:
+    """The measured threshold for ``kind`` at ``batch_size`` (the next smaller measured one)."""
+    table = LINEAR_THRESHOLDS if kind == "linear" else CONV_THRESHOLDS
+    value = table[0][1]
+    for batch, threshold in table:
+        if batch <= batch_size:
+            value = threshold
+    return value
+
+
+def sparse_unsupported(module: nn.Module, attr: str) -> str | None:
+    """Why ``module.attr`` has no sparse runtime form, or ``None`` if it has one."""
+    kind = type(module).__name__
+    if attr != "weight":
+        return f"{kind}.{attr} has no sparse runtime form (only a layer's weight has)"
+    if isinstance(module, nn.Linear):
+        return None
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return sparse_conv_unsupported(module)
+    return f"{kind} has no sparse runtime form"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The form picked for one layer and why."""
+
+    form: LayerForm
+    reason: str
+
+
+def decide(
+    policy: RuntimePolicy,
+    module_name: str,
+    tensor_name: str,
+    module: nn.Module,
+    attr: str,
+    density: float,
+    weights: int,
+) -> Decision:
+    """Apply ``policy`` to one compressed weight (see the module docstring for the rule)."""
+    unsupported = sparse_unsupported(module, attr)
+    if unsupported is not None:
+        return Decision("dense", unsupported)
+    forced: RuntimeOverride | None = None
+    for o in policy.overrides:
+        if o.matches(module_name, tensor_name):
+            forced = o
+    if forced is not None:
+        return Decision(forced.form, f"override {forced.pattern!r}")
+    if policy.mode != "auto":
+        return Decision(policy.mode, f"mode={policy.mode!r}")
+    if 4 * weights < policy.min_dense_bytes:
+        return Decision(
+            "dense",
+            f"dense weight {4 * weights:,} bytes < min_dense_bytes {policy.min_dense_bytes:,} "
+            "(stays in the cache: dense is faster)",
+        )
+    kind: Literal["linear", "conv"] = "linear" if isinstance(module, nn.Linear) else "conv"
+    custom = policy.linear_max_density if kind == "linear" else policy.conv_max_density
+    threshold = custom if custom is not None else density_threshold(kind, policy.batch_size)
+    where = "set" if custom is not None else f"measured, batch {policy.batch_size}"
+    if density <= threshold:
+        return Decision("sparse", f"density {density:.1%} <= {threshold:.0%} ({kind}, {where})")
+    return Decision("dense", f"density {density:.1%} > {threshold:.0%} ({kind}, {where})")

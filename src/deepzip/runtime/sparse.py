@@ -1,0 +1,429 @@
+"""The runtime's weight format: a value-grouped CSR built straight from shared weights.
+
+A quantized, pruned weight is ``codebook[index] * mask``. :func:`build_shared_csr` turns it
+into a matrix of ``rows = shape[0]`` and ``columns = prod(shape[1:])`` that keeps only what
+the product needs, and never a float value per weight:
+
+* within each row the surviving weights are sorted by cluster index into *groups*; a group
+  stores its cluster index (``group_code``, uint8) and its length in blocks of 8 entries
+  (``group_blocks``, uint8; a group longer than 255 blocks is split);
+* each group's column indices (``cols``: uint16 when the columns fit, else int32) are padded
+  to a whole number of blocks with the padding column ``columns``, which multiplies a zero;
+* ``row_ptr`` and ``group_ptr`` (int64, ``rows + 1``) give each row's first entry and group.
+
+A row then costs one gather-and-add per surviving weight and one multiply per group:
+``y[r] = sum over groups g of codebook[code[g]] * sum(x[cols in g])``. At 9% density and a
+5-bit codebook that is about 2.3 bytes per surviving weight, 0.2 bytes per dense weight, 1/18
+of float32 (every array counted, see :attr:`SharedCSRArrays.nbytes`).
+
+:class:`SharedCSRModule` holds those arrays as buffers (they move with ``.to(device)``) and
+multiplies. By default (``backend="auto"``) a single input vector on the CPU goes through the
+compiled gather kernel of :mod:`deepzip.runtime.kernels`, which reads only the compact arrays;
+a batch (or a convolution's patches), and any input on another device (CUDA), goes through
+``torch.sparse.mm`` (MKL on the CPU, cuSPARSE on CUDA) on a float32 CSR copy with int32
+indices that the module builds once per device, 8 bytes per surviving weight, reported by
+:attr:`SharedCSRModule.cache_nbytes`. ``benchmarks/runtime.py`` measured why: at batch 1 the
+gather kernel beat MKL's CSR product 3 to 5 times on AlexNet's fc6 and fc7, while from batch
+8 MKL was 2 to 3 times faster than the compiled batch kernel (``backend="numba"`` keeps every
+product, and the memory, on the compact arrays).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepzip.errors import ConfigError, InvalidTensorError
+from deepzip.quantize.shared import SharedTensor
+from deepzip.runtime.kernels import BLOCK, MAX_BLOCKS, kernels, set_threads
+
+__all__ = [
+    "Backend",
+    "SharedCSRArrays",
+    "SharedCSRModule",
+    "build_shared_csr",
+    "check_shared",
+]
+
+Backend = Literal["auto", "numba", "torch"]
+"""How a runtime module multiplies: ``"numba"`` (compiled CPU kernels on the compact arrays,
+CPU tensors only), ``"torch"`` (``torch.sparse.mm`` on a float CSR copy, any device) or
+``"auto"`` (numba for one input vector on the CPU, torch for batches and other devices)."""
+
+_UINT16_MAX = 65535
+_PARALLEL_MIN_WORK = 1 << 18
+"""Entries × right-hand columns below which the kernels run on the calling thread only."""
+
+
+@dataclass(frozen=True)
+class SharedCSRArrays:
+    """The arrays of one value-grouped CSR matrix (see the module docstring).
+
+    Attributes:
+        rows: number of rows (output features / channels).
+        columns: number of columns (input features, or channels × kernel size).
+        nnz: surviving weights (padding entries not counted).
+        row_ptr: int64, ``rows + 1``.
+        group_ptr: int64, ``rows + 1``.
+        group_code: uint8, one per group.
+        group_blocks: uint8, one per group (length in blocks of 8).
+        cols: int16 holding uint16 bits (``columns < 65535``) or int32, one per entry.
+        codebook: float32, ``(k,)``.
+    """
+
+    rows: int
+    columns: int
+    nnz: int
+    row_ptr: torch.Tensor
+    group_ptr: torch.Tensor
+    group_code: torch.Tensor
+    group_blocks: torch.Tensor
+    cols: torch.Tensor
+    codebook: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every array (row and group pointers, groups, columns, codebook)."""
+        return sum(
+            t.numel() * t.element_size()
+            for t in (
+                self.row_ptr,
+                self.group_ptr,
+                self.group_code,
+                self.group_blocks,
+                self.cols,
+                self.codebook,
+            )
+        )
+
+
+def check_shared(name: str, shared: SharedTensor) -> None:
+    """Validate a :class:`SharedTensor` before anything is built from it.
+
+    Raises:
+        InvalidTensorError: a codebook that is not 1-D float with 1..256 finite values,
+            indices that are not uint8 or reach past the codebook, a mask of another shape
+            or not bool, or fewer than 2 dimensions (names the tensor and the bad value).
+    """
+    cb, idx, mask = shared.codebook, shared.indices, shared.mask
+    if cb.dim() != 1 or not 1 <= cb.numel() <= 256 or not cb.is_floating_point():
+        raise InvalidTensorError(
+            f"{name}: the codebook must be 1-D float with 1..256 entries, "
+            f"got {cb.dtype} of shape {tuple(cb.shape)}"
+        )
+    if not bool(torch.isfinite(cb).all()):
+        raise InvalidTensorError(f"{name}: the codebook holds NaN or inf values")
+    if idx.dtype != torch.uint8:
+        raise InvalidTensorError(f"{name}: indices must be uint8, got {idx.dtype}")
+    if mask.dtype != torch.bool or mask.shape != idx.shape:
+        raise InvalidTensorError(
+            f"{name}: the mask must be bool of the indices' shape {tuple(idx.shape)}, "
+            f"got {mask.dtype} {tuple(mask.shape)}"
+        )
+    if idx.dim() < 2:
+        raise InvalidTensorError(
+            f"{name}: a runtime matrix needs at least 2 dimensions, got shape {tuple(idx.shape)}"
+        )
+    if idx.numel() and bool(mask.any()):
+        top = int(idx[mask].max())
+        if top >= cb.numel():
+            raise InvalidTensorError(
+                f"{name}: an index reaches {top}, the codebook has {cb.numel()} entries"
+            )
+
+
+def build_shared_csr(shared: SharedTensor, *, name: str = "weight") -> SharedCSRArrays:
+    """Build the value-grouped CSR of a shared tensor, on the CPU, without dense floats.
+
+    The first dimension becomes the rows, the others are flattened into the columns (as a
+    convolution's im2col product needs).
+
+    Args:
+        shared: ``(codebook, indices, mask)``; validated with :func:`check_shared`.
+        name: the tensor's name, for error messages.
+
+    Raises:
+        InvalidTensorError: see :func:`check_shared`.
+    """
+    check_shared(name, shared)
+    rows = int(shared.indices.shape[0])
+    columns = math.prod(int(d) for d in shared.indices.shape[1:])
+    k = int(shared.codebook.numel())
+    mask = shared.mask.detach().cpu().reshape(rows, columns).numpy()
+    index = shared.indices.detach().cpu().reshape(rows, columns).numpy()
+    r_idx, c_idx = np.nonzero(mask)  # row-major: columns ascend within a row
+    codes = index[r_idx, c_idx].astype(np.int64)
+    nnz = int(r_idx.shape[0])
+    key = r_idx.astype(np.int64) * k + codes
+    order = np.argsort(key, kind="stable")  # by (row, code); columns stay ascending
+    key = key[order]
+    c_sorted = c_idx[order]
+    starts = np.ones(nnz, dtype=bool)
+    starts[1:] = key[1:] != key[:-1]
+    group_of = np.cumsum(starts) - 1
+    group_start = np.flatnonzero(starts)
+    rank = np.arange(nnz, dtype=np.int64) - group_start[group_of]
+    chunk_starts = starts | (rank % (MAX_BLOCKS * BLOCK) == 0)  # split over-long groups
+    first = np.flatnonzero(chunk_starts)
+    counts = np.diff(np.append(first, nnz))
+    blocks = (counts + BLOCK - 1) // BLOCK
+    chunk_key = key[first]
+    chunk_row = chunk_key // k
+    padded = blocks * BLOCK
+    padded_start = np.concatenate(([0], np.cumsum(padded)[:-1])).astype(np.int64)
+    total = int(padded.sum())
+    col_dtype = np.uint16 if columns < _UINT16_MAX else np.int32
+    cols = np.full(total, columns, dtype=col_dtype)
+    chunk_of = np.cumsum(chunk_starts) - 1
+    cols[padded_start[chunk_of] + (np.arange(nnz) - first[chunk_of])] = c_sorted
+    group_ptr = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(chunk_row, minlength=rows), out=group_ptr[1:])
+    row_ptr = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(
+        np.bincount(chunk_row, weights=padded, minlength=rows).astype(np.int64), out=row_ptr[1:]
+    )
+    cols_t = torch.from_numpy(cols.view(np.int16) if col_dtype == np.uint16 else cols)
+    return SharedCSRArrays(
+        rows=rows,
+        columns=columns,
+        nnz=nnz,
+        row_ptr=torch.from_numpy(row_ptr),
+        group_ptr=torch.from_numpy(group_ptr),
+        group_code=torch.from_numpy((chunk_key % k).astype(np.uint8)),
+        group_blocks=torch.from_numpy(blocks.astype(np.uint8)),
+        cols=cols_t,
+        codebook=shared.codebook.detach().cpu().to(torch.float32).clone(),
+    )
+
+
+_EMPTY = np.empty(0, dtype=np.float32)
+
+
+def _float32_numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as a float32 numpy array (a view when it already is float32)."""
+    t = t.detach()
+    return (t if t.dtype == torch.float32 else t.to(torch.float32)).numpy()
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in ("auto", "numba", "torch"):
+        raise ConfigError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+
+
+class _SparseMatmul(torch.autograd.Function):
+    """``W @ xt + bias`` with the gradient for ``xt`` only (the weights are fixed)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, xt: torch.Tensor, bias: torch.Tensor | None, module: SharedCSRModule
+    ) -> torch.Tensor:
+        ctx.module = module
+        return module._matmul_t(xt, bias)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        module: SharedCSRModule = ctx.module
+        grad = grads[0].to(torch.float32)
+        csr = module._torch_csr(grad.device)
+        flat = torch.sparse.mm(csr.t(), grad.reshape(module.rows, -1))
+        return flat.reshape(module.columns, *grad.shape[1:]), None, None
+
+
+class SharedCSRModule(nn.Module):
+    """Base of the runtime modules: the CSR arrays as buffers, and the product with them.
+
+    Buffers (move with ``.to(device)``; saved in ``state_dict``): ``row_ptr``, ``group_ptr``,
+    ``group_code``, ``group_blocks``, ``cols``, ``codebook``. The product is computed in
+    float32 whatever the input's dtype; the output is cast back to it.
+    """
+
+    row_ptr: torch.Tensor
+    group_ptr: torch.Tensor
+    group_code: torch.Tensor
+    group_blocks: torch.Tensor
+    cols: torch.Tensor
+    codebook: torch.Tensor
+
+    def __init__(self, arrays: SharedCSRArrays, *, backend: Backend = "auto") -> None:
+        super().__init__()
+        _check_backend(backend)
+        self.backend: Backend = backend
+        self.rows = arrays.rows
+        self.columns = arrays.columns
+        self.nnz = arrays.nnz
+        self.register_buffer("row_ptr", arrays.row_ptr)
+        self.register_buffer("group_ptr", arrays.group_ptr)
+        self.register_buffer("group_code", arrays.group_code)
+        self.register_buffer("group_blocks", arrays.group_blocks)
+        self.register_buffer("cols", arrays.cols)
+        self.register_buffer("codebook", arrays.codebook)
+        self._csr_cache: dict[torch.device, torch.Tensor] = {}
+        self._numpy_cache: tuple[tuple[Any, ...], tuple[np.ndarray, ...]] | None = None
+
+    # ------------------------------------------------------------------ sizes
+
+    @property
+    def density(self) -> float:
+        """Surviving weights / all weights."""
+        total = self.rows * self.columns
+        return self.nnz / total if total else 0.0
+
+    @property
+    def weight_nbytes(self) -> int:
+        """Bytes of the weight arrays (pointers, groups, columns, codebook; not the bias)."""
+        return sum(
+            t.numel() * t.element_size()
+            for t in (
+                self.row_ptr,
+                self.group_ptr,
+                self.group_code,
+                self.group_blocks,
+                self.cols,
+                self.codebook,
+            )
+        )
+
+    @property
+    def cache_nbytes(self) -> int:
+        """Bytes of the float CSR copies built for batches and other devices (0 until then)."""
+        total = 0
+        for csr in self._csr_cache.values():
+            for t in (csr.crow_indices(), csr.col_indices(), csr.values()):
+                total += t.numel() * t.element_size()
+        return total
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SharedCSRModule:
+        self._csr_cache = {}
+        self._numpy_cache = None
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        return self
+
+    # ------------------------------------------------------------------ products
+
+    def _use_numba(self, device: torch.device, n: int) -> bool:
+        """Whether the product with ``n`` right-hand columns on ``device`` runs in numba."""
+        if self.backend == "numba":
+            if device.type != "cpu":
+                raise InvalidTensorError(
+                    f"the numba backend runs on the CPU only; got an input on {device}"
+                )
+            return True
+        return self.backend == "auto" and device.type == "cpu" and n == 1
+
+    def _torch_csr(self, device: torch.device) -> torch.Tensor:
+        """The float32 CSR copy of the weight on ``device`` (built once per device)."""
+        cached = self._csr_cache.get(device)
+        if cached is not None:
+            return cached
+        cols = self.cols.to(device=device, dtype=torch.int64)
+        if self.cols.dtype == torch.int16:
+            cols = cols & _UINT16_MAX
+        lengths = self.group_blocks.to(device=device, dtype=torch.int64) * BLOCK
+        codes = torch.repeat_interleave(self.group_code.to(device).long(), lengths)
+        row_lengths = torch.diff(self.row_ptr.to(device))
+        row_of = torch.repeat_interleave(torch.arange(self.rows, device=device), row_lengths)
+        keep = cols != self.columns
+        crow = torch.zeros(self.rows + 1, dtype=torch.int64, device=device)
+        crow[1:] = torch.cumsum(torch.bincount(row_of[keep], minlength=self.rows), 0)
+        values = self.codebook.to(device=device, dtype=torch.float32)[codes[keep]]
+        index = torch.int32 if max(self.nnz, self.columns) < 2**31 - 1 else torch.int64
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            csr = torch.sparse_csr_tensor(
+                crow.to(index),
+                cols[keep].to(index),
+                values,
+                size=(self.rows, self.columns),
+                device=device,
+            )
+        self._csr_cache[device] = csr
+        return csr
+
+    def _matmul_t(self, xt: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``W @ xt + bias`` over the first dimension of float32 ``xt`` (``columns × ...``)."""
+        rest = xt.shape[1:]
+        n = math.prod(rest)
+        if not self._use_numba(xt.device, n):
+            csr = self._torch_csr(xt.device)
+            flat = xt.reshape(self.columns, n).to(torch.float32)
+            out: torch.Tensor = (
+                torch.sparse.mm(csr, flat)
+                if bias is None
+                else torch.sparse.addmm(bias.to(torch.float32).unsqueeze(1), csr, flat)
+            )
+            return out.reshape(self.rows, *rest)
+        k = kernels()
+        # the thread pool only for enough work: a parallel launch costs tens of microseconds
+        # (milliseconds on a busy machine, waiting for the pool's threads to be scheduled)
+        threads = torch.get_num_threads()
+        parallel = threads > 1 and self.cols.numel() * n >= _PARALLEL_MIN_WORK
+        if parallel:
+            set_threads(threads)
+        spmv, spmm = (k.spmv, k.spmm) if parallel else (k.spmv_serial, k.spmm_serial)
+        args = self._numpy_args()
+        b = _EMPTY if bias is None else _float32_numpy(bias)
+        # one copy of the input, with a zero row for the padding column (numpy: a few
+        # microseconds less per call than the same steps in torch)
+        x = _float32_numpy(xt).reshape(self.columns, n)
+        padded = np.empty((self.columns + 1, n), dtype=np.float32)
+        padded[: self.columns] = x
+        padded[self.columns] = 0.0
+        if n == 1:
+            y = np.empty(self.rows, dtype=np.float32)
+            spmv(*args, padded.reshape(-1), b, y)
+        else:
+            y = np.empty((self.rows, n), dtype=np.float32)
+            spmm(*args, padded, b, y)
+        return torch.from_numpy(y).reshape(self.rows, *rest)
+
+    def _numpy_args(self) -> tuple[np.ndarray, ...]:
+        """The buffers as numpy arrays for the kernels (cached while the buffers stay put)."""
+        buffers = (
+            self.row_ptr,
+            self.group_ptr,
+            self.group_code,
+            self.group_blocks,
+            self.cols,
+            self.codebook,
+        )
+        key = tuple((t.data_ptr(), t.dtype) for t in buffers)
+        if self._numpy_cache is not None and self._numpy_cache[0] == key:
+            return self._numpy_cache[1]
+        arrays = [t.detach().contiguous().numpy() for t in buffers[:4]]
+        cols = buffers[4].detach().contiguous().numpy()
+        arrays.append(cols.view(np.uint16) if cols.dtype == np.int16 else cols)
+        arrays.append(_float32_numpy(buffers[5]))
+        out = tuple(arrays)
+        self._numpy_cache = (key, out)
+        return out
+
+    def matmul_t(self, xt: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``W @ xt + bias`` over the first dimension of ``xt`` (``columns × ...``), in float32.
+
+        ``xt`` may have any number of trailing dimensions (a strided view is fine: it is
+        copied once); the result is ``rows × ...`` with the same trailing dimensions. The
+        gradient flows to ``xt`` (the weights and the bias are fixed).
+
+        Raises:
+            InvalidTensorError: ``xt`` has the wrong shape or is on another device than the
+                module, or the numba backend was asked to run on a non-CPU tensor.
+        """
+        if xt.dim() < 2 or xt.shape[0] != self.columns:
+            raise InvalidTensorError(
+                f"expected an input of {self.columns} rows (× N), got shape {tuple(xt.shape)}"
+            )
+        if xt.device != self.cols.device:
+            raise InvalidTensorError(
+                f"the input is on {xt.device}, the module on {self.cols.device}: "
+                "move one with .to(device)"
+            )
+        if torch.is_grad_enabled() and xt.requires_grad:
+            out: torch.Tensor = _SparseMatmul.apply(xt, bias, self)  # type: ignore[no-untyped-call]
+            return out
+        return self._matmul_t(xt.detach(), None if bias is None else bias.detach())

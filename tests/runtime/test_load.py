@@ -1,0 +1,207 @@
+"""compress_modules_ and load_compressed: replacement, dense fallback, reports, strictness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+import deepzip as dz
+from deepzip.errors import CheckpointError, ConfigError, CorruptFileError
+from deepzip.format import save
+from deepzip.quantize.shared import SharedTensor
+from deepzip.runtime import (
+    RuntimeOverride,
+    RuntimePolicy,
+    SparseConv,
+    SparseLinear,
+    compress_modules_,
+    density_threshold,
+    load_compressed,
+    runtime_report,
+)
+
+
+class Net(nn.Module):
+    """Conv, embedding, a linear layer used twice (tied) and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 8, 3, padding=1)
+        self.embed = nn.Embedding(10, 8)
+        self.shared = nn.Linear(8, 8)
+        self.alias = self.shared
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x).mean(dim=(2, 3)) + self.embed.weight[:1]
+        h = torch.relu(self.alias(torch.relu(self.shared(h))))
+        return self.head(h)
+
+
+def _quantized(seed: int = 0, sparsity: float = 0.5) -> Net:
+    torch.manual_seed(seed)
+    net = Net()
+    dz.prune_(net, dz.PruneConfig(sparsity=sparsity))
+    dz.quantize_(net, dz.QuantizeConfig(bits=4))
+    return net.eval()
+
+
+X = torch.randn(3, 2, 6, 6, generator=torch.Generator().manual_seed(9))
+
+
+def test_every_supported_layer_goes_sparse_and_outputs_match() -> None:
+    net = _quantized()
+    with torch.no_grad():
+        expected = net(X)
+    report = compress_modules_(net, dz.export_shared(net), policy=RuntimePolicy(mode="sparse"))
+    assert isinstance(net.conv, SparseConv)
+    assert isinstance(net.shared, SparseLinear)
+    assert net.alias is net.shared
+    assert isinstance(net.head, SparseLinear)
+    assert isinstance(net.embed, nn.Embedding)
+    assert not parametrize.is_parametrized(net.embed, "weight")
+    forms = {layer.name: layer.form for layer in report.layers}
+    assert forms == {
+        "conv.weight": "sparse",
+        "embed.weight": "dense",
+        "shared.weight": "sparse",
+        "head.weight": "sparse",
+    }
+    embed = next(layer for layer in report.layers if layer.name == "embed.weight")
+    assert "Embedding has no sparse runtime form" in embed.reason
+    assert report.sparse == ("conv.weight", "shared.weight", "head.weight")
+    assert report.dense == ("embed.weight",)
+    assert runtime_report(net) is report
+    assert not net.head.training  # the training flag is kept
+    with torch.no_grad():
+        torch.testing.assert_close(net(X), expected, rtol=1e-5, atol=1e-5)
+    assert report.to_dict()["layers"][0]["form"] == "sparse"
+
+
+def test_dense_policy_decodes_into_the_parameters() -> None:
+    net = _quantized()
+    with torch.no_grad():
+        expected = net(X)
+    report = compress_modules_(net, dz.export_shared(net), policy=RuntimePolicy(mode="dense"))
+    assert report.sparse == ()
+    assert all(layer.runtime_bytes == layer.dense_bytes for layer in report.layers)
+    for module in (net.conv, net.shared, net.head, net.embed):
+        assert type(module) in (nn.Conv2d, nn.Linear, nn.Embedding)
+        assert not parametrize.is_parametrized(module, "weight")
+    with torch.no_grad():
+        torch.testing.assert_close(net(X), expected, rtol=0, atol=0)
+
+
+def test_auto_policy_keeps_small_layers_dense_and_says_why() -> None:
+    net = _quantized()
+    report = compress_modules_(net, dz.export_shared(net))
+    assert report.sparse == ()
+    assert all(
+        "min_dense_bytes" in layer.reason or "Embedding" in layer.reason for layer in report.layers
+    )
+
+
+def test_errors_name_the_tensor_and_leave_the_model_alone() -> None:
+    net = _quantized()
+    shared = dz.export_shared(net)
+    with pytest.raises(CheckpointError, match=r"'nope\.weight' names no module"):
+        compress_modules_(net, {**shared, "nope.weight": shared["head.weight"]})
+    with pytest.raises(CheckpointError, match=r"'head\.weight' has shape \(8, 8\)"):
+        compress_modules_(net, {**shared, "head.weight": shared["shared.weight"]})
+    with pytest.raises(CheckpointError, match="no such parameter"):
+        compress_modules_(net, {"head.scale": shared["head.weight"]})
+    policy = RuntimePolicy(overrides=(RuntimeOverride("decoder.*", "sparse"),))
+    with pytest.raises(ConfigError, match=r"'decoder\.\*' matches no compressed layer"):
+        compress_modules_(net, shared, policy=policy)
+    assert isinstance(net.head, nn.Linear)
+    assert parametrize.is_parametrized(net.head, "weight")
+    with pytest.raises(ConfigError, match="no runtime report"):
+        runtime_report(nn.Linear(2, 2))
+
+
+def test_a_root_layer_cannot_be_replaced_and_is_decoded() -> None:
+    layer = nn.Linear(6, 4)
+    ones = torch.ones(4, 6, dtype=torch.uint8)
+    shared = {"weight": SharedTensor(torch.tensor([-1.0, 1.0]), ones, ones.bool())}
+    report = compress_modules_(layer, shared, policy=RuntimePolicy(mode="sparse"))
+    assert report.layers[0].form == "dense"
+    assert "model itself" in report.layers[0].reason
+    assert torch.equal(layer.weight, torch.ones(4, 6))
+
+
+def _saved(tmp_path: Path, sparsity: float = 0.5) -> tuple[Path, torch.Tensor]:
+    net = _quantized(sparsity=sparsity)
+    with torch.no_grad():
+        expected = net(X)
+    path = tmp_path / "net.dzip"
+    save(net, path)
+    return path, expected
+
+
+def test_load_compressed_round_trip_without_dense_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, expected = _saved(tmp_path)
+    torch.manual_seed(5)
+    fresh = Net().eval()
+    calls: list[int] = []
+    original = dz.quantize.SharedTensor.dense
+
+    def spy(self: dz.quantize.SharedTensor) -> torch.Tensor:
+        calls.append(self.indices.dim())
+        return original(self)
+
+    monkeypatch.setattr(dz.quantize.SharedTensor, "dense", spy)
+    policy = RuntimePolicy(mode="sparse")
+    model = load_compressed(path, fresh, policy=policy)
+    assert model is fresh
+    assert calls == [2]  # only the embedding (no sparse form) was decoded dense
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), expected, rtol=1e-5, atol=1e-5)
+    assert runtime_report(model).sparse == ("conv.weight", "shared.weight", "head.weight")
+
+
+def test_batch_size_hint_reaches_the_policy(tmp_path: Path) -> None:
+    # a density between the batch-1 and the batch-64 linear thresholds
+    density = (density_threshold("linear", 1) + density_threshold("linear", 64)) / 2
+    path, _ = _saved(tmp_path, sparsity=1 - density)
+    policy = RuntimePolicy(min_dense_bytes=0, conv_max_density=1.0)
+    model = load_compressed(path, Net(), policy=policy, batch_size_hint=1)
+    assert runtime_report(model).policy.batch_size == 1
+    assert runtime_report(model).sparse == ("conv.weight", "shared.weight", "head.weight")
+    model = load_compressed(path, Net(), policy=policy, batch_size_hint=64)
+    assert runtime_report(model).policy.batch_size == 64
+    assert runtime_report(model).sparse == ("conv.weight",)
+    with pytest.raises(ConfigError, match="batch_size"):
+        load_compressed(path, Net(), batch_size_hint=0)
+
+
+class Wider(Net):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(8, 4)
+        self.extra = nn.Linear(2, 2)
+
+
+def test_load_compressed_is_strict_about_keys_and_shapes(tmp_path: Path) -> None:
+    path, _ = _saved(tmp_path)
+    with pytest.raises(CheckpointError, match=r"missing 2 key\(s\): extra\.weight, extra\.bias"):
+        load_compressed(path, Wider())
+    with pytest.raises(CheckpointError, match=r"'head\.weight' has shape \(3, 8\)"):
+        load_compressed(path, Wider(), strict=False)
+    smaller = Net()
+    del smaller.embed
+    with pytest.raises(CheckpointError, match=r"unexpected 1 key\(s\): embed\.weight"):
+        load_compressed(path, smaller)
+
+
+def test_damaged_files_raise_corrupt_file_error(tmp_path: Path) -> None:
+    path, _ = _saved(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptFileError):
+        load_compressed(path, Net())
