@@ -1,0 +1,389 @@
+"""Weightless vs Deep Compression on the fully connected layers of the pruned LeNets.
+
+Fashion-MNIST. Starts from the checkpoints ``benchmarks/prune_lenet.py`` leaves in
+``benchmarks/results/cache`` (the dense model gives the baseline accuracy, the pruned one the
+masks). Layer after layer
+(fc1, fc2, fc3 of LeNet-300-100; fc1, fc2 of LeNet-5):
+
+1. the layer is clustered (k-means, linear initialisation) with the bits of ``BITS``;
+2. Deep Compression's size of exactly that clustered layer is measured: the ``.dzip``
+   region deepzip writes for it with the relative sparse index (the paper's 5-bit gaps) and
+   the entropy coder (``coder="auto"``: Huffman or ANS per stream), codebook included; the
+   smaller of that and deepzip's dense index stream is reported beside it;
+3. the layer is encoded with Weightless (``deepzip.weightless_``): the cell width is the
+   smallest whose validation accuracy after retraining the later layers is within
+   ``--max-drop`` points of the pruned model's; the filter (header and table) plus the
+   codebook is the layer's Weightless size;
+4. the later layers retrain (SGD, cosine schedule) around the false positives.
+
+On LeNet-300-100's largest layer (fc1) the cell width is also swept, each width from the same
+starting point, to show the size/accuracy trade-off. The final model is written to a
+``.dzip`` file (Weightless layers in the Bloomier encoding) and its test accuracy is measured
+on the model decoded from that file. Test accuracy is only reported; every choice is made on
+the validation split.
+
+    python benchmarks/weightless.py            # full run
+    python benchmarks/weightless.py --quick    # smoke run (data slice, one epoch per trial)
+
+Writes benchmarks/results/weightless.json (weightless_quick.json with --quick) and prints a
+Markdown table per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepzip._atomic import atomic_write_text
+from deepzip.config import QuantizeConfig, WeightlessConfig
+from deepzip.datasets import DataSplits, TensorLoader, load_dataset
+from deepzip.format import apply_checkpoint, load_model, read_checkpoint, save
+from deepzip.format.dzip_writer import DzipWriter
+from deepzip.pipeline import accuracy_fn, independent_copy, make_loaders
+from deepzip.quantize import export_shared, quantize_
+from deepzip.quantize.shared import SharedTensor
+from deepzip.report import markdown_table
+from deepzip.train import (
+    DistillationLoss,
+    fit,
+    make_optimizer,
+    pack_teacher_targets,
+    predict_logits,
+)
+from deepzip.weightless import WeightlessLayer, weightless_
+from deepzip.zoo import create_model
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CACHE = RESULTS / "cache"
+MODELS = ("lenet-300-100", "lenet-5")
+LAYERS = {"lenet-300-100": ("fc1", "fc2", "fc3"), "lenet-5": ("fc1", "fc2")}
+# Cluster bits per layer, the same for Weightless and Deep Compression. Few clusters suit
+# Weightless (its false-positive rate is K / 2**t); the paper's 5 bits are kept where a layer
+# is small and sensitive (the output layers).
+BITS = {
+    "lenet-300-100": {"fc1": 2, "fc2": 2, "fc3": 5},
+    "lenet-5": {"fc1": 2, "fc2": 5},
+}
+SWEEP = (4, 5, 6, 7, 8, 9)  # cell widths of the fc1 sweep
+EPOCHS = {"lenet-300-100": 3, "lenet-5": 1}  # retraining epochs after each width tried
+GAP_WIDTH = 5  # the paper's relative-index width for fully connected layers
+
+
+def _dc_bytes(name: str, shared: SharedTensor) -> dict[str, Any]:
+    """Deep Compression's region for one clustered layer (and deepzip's best layout)."""
+    with tempfile.TemporaryDirectory() as tmp, DzipWriter(Path(tmp) / "dc.dzip") as w:
+        sparse = w.add_shared(name, shared, gap_width=GAP_WIDTH, layout="sparse")
+        best = w.add_shared(name + ".auto", shared, gap_width=GAP_WIDTH, layout="auto")
+    return {
+        "bytes": sparse.bytes,
+        "parts": {p.name: p.bytes for p in sparse.parts},
+        "best_bytes": best.bytes,
+        "best_encoding": best.encoding,
+    }
+
+
+class Trainer:
+    """Retraining of whatever still trains, on the training split (optionally distilled)."""
+
+    def __init__(
+        self,
+        data: DataSplits,
+        *,
+        epochs: int,
+        lr: float,
+        teacher: nn.Module | None,
+        distill: float,
+        seed: int,
+    ) -> None:
+        self.epochs, self.lr, self.seed = epochs, lr, seed
+        targets = data.train.labels
+        self.loss: nn.Module | None = None
+        if teacher is not None and distill > 0:
+            plain = TensorLoader(data.train.images, data.train.labels, 1000)
+            targets = pack_teacher_targets(data.train.labels, predict_logits(teacher, plain))
+            self.loss = DistillationLoss(distill, 4.0)
+        self.loader = TensorLoader(data.train.images, targets, 128, shuffle=True, seed=seed)
+        self.calls = 0
+
+    def __call__(self, model: nn.Module, layer: str) -> None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params or not self.epochs:
+            return
+        self.calls += 1
+        opt = make_optimizer(params, "sgd", self.lr, weight_decay=5e-4)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
+        fit(
+            model,
+            self.loader,
+            optimizer=opt,
+            epochs=self.epochs,
+            loss_fn=self.loss,
+            scheduler=sched,
+            seed=self.seed,
+        )
+
+
+def _load(name: str, kind: str, quick: bool) -> nn.Module:
+    path = CACHE / f"{name}-{kind}.safetensors"
+    if not path.is_file() and quick:
+        path = CACHE / f"{name}-{kind}-quick.safetensors"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: run benchmarks/prune_lenet.py first")
+    model = create_model(name)
+    apply_checkpoint(model, read_checkpoint(path), source=str(path))
+    return model
+
+
+def _row(layer: WeightlessLayer, dc: dict[str, Any], test_acc: float) -> dict[str, Any]:
+    original = 4 * layer.weights
+    return {
+        "weights": layer.weights,
+        "kept": layer.keys,
+        "clusters": layer.clusters,
+        "cell_bits": layer.cell_bits,
+        "cells": layer.cells,
+        "weightless_bytes": layer.encoded_bytes,
+        "weightless_ratio": original / layer.encoded_bytes,
+        "filter_bytes": layer.filter_bytes,
+        "deep_compression_bytes": dc["bytes"],
+        "deep_compression_ratio": original / dc["bytes"],
+        "deep_compression_parts": dc["parts"],
+        "deepzip_best_bytes": dc["best_bytes"],
+        "deepzip_best_encoding": dc["best_encoding"],
+        "weightless_vs_deep_compression": dc["bytes"] / layer.encoded_bytes,
+        "false_positives": layer.false_positives,
+        "false_positive_rate": layer.false_positive_rate,
+        "expected_false_positive_rate": layer.expected_false_positive_rate,
+        "val_acc": layer.accuracy,
+        "test_acc": test_acc,
+        "within_budget": layer.within_budget,
+        "trials": [t.to_dict() for t in layer.trials],
+    }
+
+
+def run_model(name: str, data: DataSplits, args: argparse.Namespace) -> dict[str, Any]:
+    torch.manual_seed(args.seed)
+    loaders = make_loaders(data, 1000)
+    assert loaders.val is not None
+    test_acc, val_acc = accuracy_fn(loaders.test), accuracy_fn(loaders.val)
+    dense = _load(name, "dense", args.quick)
+    model = _load(name, "pruned", args.quick)
+    dense_acc, dense_val = test_acc(dense), val_acc(dense)
+    pruned_acc, pruned_val = test_acc(model), val_acc(model)
+    epochs = 1 if args.quick else (args.epochs or EPOCHS[name])
+    trainer = Trainer(
+        data,
+        epochs=epochs,
+        lr=args.lr,
+        teacher=dense,
+        distill=args.distill,
+        seed=args.seed,
+    )
+    config = WeightlessConfig(
+        max_drop=args.max_drop,
+        min_cell_bits=args.min_cell_bits,
+        max_cell_bits=args.max_cell_bits,
+        lzma=args.lzma,
+        seed=args.seed,
+    )
+    layers: dict[str, Any] = {}
+    sweep: list[dict[str, Any]] = []
+    rows = []
+    t0 = time.perf_counter()
+    for layer in LAYERS[name]:
+        param = f"{layer}.weight"
+        quantize_(model, QuantizeConfig(bits=BITS[name][layer], include=(param,)))
+        shared = export_shared(model)[param]
+        dc = _dc_bytes(param, shared)
+        if name == "lenet-300-100" and layer == "fc1" and not args.no_sweep:
+            for t in SWEEP[:2] if args.quick else SWEEP:
+                trial = independent_copy(model)
+                rep = weightless_(
+                    trial,
+                    WeightlessConfig(cell_bits=t, include=(param,), seed=args.seed),
+                    retrain=trainer,
+                    evaluate=val_acc,
+                )
+                (enc,) = rep.layers
+                sweep.append(
+                    {
+                        "cell_bits": t,
+                        "weightless_bytes": enc.encoded_bytes,
+                        "vs_deep_compression": dc["bytes"] / enc.encoded_bytes,
+                        "false_positive_rate": enc.false_positive_rate,
+                        "val_acc": enc.accuracy,
+                        "test_acc": test_acc(trial),
+                    }
+                )
+        report = weightless_(
+            model,
+            replace(config, include=(param,)),
+            retrain=trainer,
+            evaluate=val_acc,
+            reference=pruned_val,
+        )
+        (enc,) = report.layers
+        layers[layer] = _row(enc, dc, test_acc(model))
+        r = layers[layer]
+        rows.append(
+            [
+                layer,
+                f"{enc.weights:,}",
+                f"{100 * enc.keys / enc.weights:.1f}%",
+                str(enc.clusters),
+                str(enc.cell_bits),
+                f"{r['deep_compression_bytes']:,} B ({r['deep_compression_ratio']:.0f}×)",
+                f"{r['weightless_bytes']:,} B ({r['weightless_ratio']:.0f}×)",
+                f"{r['weightless_vs_deep_compression']:.2f}×",
+                f"{100 * enc.false_positive_rate:.2f}%",
+                f"{100 * r['val_acc']:.2f}% / {100 * r['test_acc']:.2f}%",
+            ]
+        )
+    seconds = time.perf_counter() - t0
+    # the accuracy that counts is the file's: write the .dzip, decode it into a fresh model
+    path = CACHE / f"{name}-weightless{'-quick' if args.quick else ''}.dzip"
+    saved = save(model, path, metadata={"benchmark": "weightless", "model": name})
+    decoded = create_model(name)
+    load_model(decoded, path, strict=True)
+    final_acc = test_acc(decoded)
+    assert final_acc == test_acc(model), "the decoded .dzip must give the model's accuracy"
+    return {
+        "dense_acc": dense_acc,
+        "dense_val_acc": dense_val,
+        "pruned_acc": pruned_acc,
+        "pruned_val_acc": pruned_val,
+        "final_acc": final_acc,
+        "final_val_acc": val_acc(model),
+        "delta_points_vs_dense": 100 * (final_acc - dense_acc),
+        "dzip_bytes": saved.file_bytes,
+        "dzip_ratio": saved.original_bytes / saved.file_bytes,
+        "dzip_encodings": {t.name: t.encoding for t in saved.tensors},
+        "bits": BITS[name],
+        "layers": layers,
+        "fc1_sweep": sweep,
+        "retrain": {
+            "epochs_per_trial": epochs,
+            "lr": args.lr,
+            "optimizer": "sgd",
+            "schedule": "cosine",
+            "distill": args.distill,
+            "calls": trainer.calls,
+        },
+        "weightless": config.to_dict(),
+        "seconds": seconds,
+        "table": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run on a data slice")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="retraining epochs per trial (default: per model)"
+    )
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--distill", type=float, default=0.0)
+    parser.add_argument("--max-drop", type=float, default=0.3, help="points vs the pruned model")
+    parser.add_argument("--min-cell-bits", type=int, default=4)
+    parser.add_argument("--max-cell-bits", type=int, default=12)
+    parser.add_argument("--lzma", action="store_true")
+    parser.add_argument("--no-sweep", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    data = load_dataset("fashion-mnist", args.data_dir, val_size=5000, seed=args.seed)
+    if args.quick:
+        data = DataSplits(data.train.subset(torch.arange(8000)), data.val, data.test)
+    results: dict[str, Any] = {}
+    for name in args.models.split(","):
+        results[name] = run_model(name, data, args)
+        r = results[name]
+        print(
+            f"\n{name}: dense {100 * r['dense_acc']:.2f}%, pruned {100 * r['pruned_acc']:.2f}%, "
+            f"final (decoded .dzip) {100 * r['final_acc']:.2f}%, file {r['dzip_bytes']:,} B"
+        )
+        print(
+            markdown_table(
+                [
+                    "layer",
+                    "weights",
+                    "kept",
+                    "K",
+                    "t",
+                    "Deep Compression",
+                    "Weightless",
+                    "Weightless ÷ DC",
+                    "false positives",
+                    "val / test after retraining",
+                ],
+                results[name].pop("table"),
+            )
+        )
+        if results[name]["fc1_sweep"]:
+            print(
+                markdown_table(
+                    ["t", "Weightless bytes", "× vs DC", "false positives", "val", "test"],
+                    [
+                        [
+                            str(s["cell_bits"]),
+                            f"{s['weightless_bytes']:,}",
+                            f"{s['vs_deep_compression']:.2f}×",
+                            f"{100 * s['false_positive_rate']:.2f}%",
+                            f"{100 * s['val_acc']:.2f}%",
+                            f"{100 * s['test_acc']:.2f}%",
+                        ]
+                        for s in results[name]["fc1_sweep"]
+                    ],
+                )
+            )
+    primary = results.get("lenet-300-100") or next(iter(results.values()))
+    out = {
+        "benchmark": "weightless",
+        "dataset": "fashion-mnist",
+        "quick": args.quick,
+        "seed": args.seed,
+        "torch": torch.__version__,
+        "machine": {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "threads": torch.get_num_threads(),
+        },
+        "dense_acc": primary["dense_acc"],
+        "final_acc": primary["final_acc"],
+        "layers": {
+            k: {
+                key: v[key]
+                for key in (
+                    "weights",
+                    "weightless_bytes",
+                    "weightless_ratio",
+                    "deep_compression_bytes",
+                    "deep_compression_ratio",
+                    "false_positive_rate",
+                )
+            }
+            for k, v in primary["layers"].items()
+        },
+        "models": results,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    dest = RESULTS / ("weightless_quick.json" if args.quick else "weightless.json")
+    atomic_write_text(dest, json.dumps(out, indent=2) + "\n")
+    print(f"results → {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

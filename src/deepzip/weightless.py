@@ -1,0 +1,502 @@
+"""Weightless: lossy weight encoding with a Bloomier filter, retraining around its errors.
+
+Reagen et al. (ICML 2018) store a pruned, clustered layer as a Bloomier filter that maps each
+position to its cluster index and stores no positions at all (see
+``deepzip.coding.bloomier``). Positions that were pruned can decode as weights (false
+positives, rate ``K / 2**t``), deterministically, so the network is retrained around them,
+layer after layer:
+
+1. the layer is pruned and clustered (``deepzip.prune_`` and ``deepzip.quantize_``; a layer
+   that is pruned but not clustered yet is clustered here, just before it is encoded, so the
+   layers after it keep training in float until their turn);
+2. its clusters are encoded in a filter;
+3. the layer is frozen as the filter decodes it, false positives included;
+4. the caller's ``retrain(model, layer)`` trains the rest;
+5. next layer.
+
+The cell width ``t`` trades the filter's size against its false positives. It is fixed, or
+chosen per layer: every ``t`` from small to large is tried (encode, freeze, retrain,
+``evaluate``) and the smallest whose accuracy stays within the budget is kept.
+
+The encoded layers carry their filters (:class:`~deepzip.quantize.weightless.WeightlessWeight`);
+``deepzip.save`` stores them as the ``.dzip`` Bloomier encoding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepzip.coding.bloomier import BloomierFilter, build_filter
+from deepzip.config import CellBitsOverride, QuantizeConfig, WeightlessConfig
+from deepzip.errors import ConfigError, InvalidTensorError
+from deepzip.quantize.api import quantize_
+from deepzip.quantize.shared import GradRule, SharedTensor, get_shared
+from deepzip.quantize.weightless import WeightlessWeight, attach_weightless, get_weightless
+from deepzip.targets import Skipped, Target, matches, select_targets
+
+__all__ = [
+    "WeightlessLayer",
+    "WeightlessReport",
+    "WeightlessTrial",
+    "decode_filter",
+    "encode_shared",
+    "weightless_",
+]
+
+RetrainFn = Callable[[nn.Module, str], None]
+EvaluateFn = Callable[[nn.Module], float]
+
+
+@dataclass(frozen=True)
+class WeightlessTrial:
+    """One cell width tried on a layer.
+
+    Attributes:
+        cell_bits: ``t``.
+        filter_bytes: size of the serialised filter.
+        false_positives: pruned positions that decode as weights.
+        accuracy: accuracy after the layer's retraining (``None`` without ``evaluate``).
+    """
+
+    cell_bits: int
+    filter_bytes: int
+    false_positives: int
+    accuracy: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "cell_bits": self.cell_bits,
+            "filter_bytes": self.filter_bytes,
+            "false_positives": self.false_positives,
+            "accuracy": self.accuracy,
+        }
+
+
+@dataclass(frozen=True)
+class WeightlessLayer:
+    """What Weightless did to one layer.
+
+    Attributes:
+        name: parameter name (``fc1.weight``).
+        layer_type: class of the owning module.
+        weights: elements of the tensor (the filter's positions).
+        keys: surviving weights stored in the filter.
+        clusters: codebook entries ``K``.
+        cell_bits: the chosen ``t``.
+        hashes: ``k``.
+        cells: ``m``.
+        attempts: seeds tried before peeling succeeded.
+        filter_bytes: size of the serialised filter (header and table).
+        codebook_bytes: the float32 codebook (``4 K``).
+        false_positives: pruned positions that decode as weights.
+        false_positive_rate: ``false_positives`` over the pruned positions.
+        expected_false_positive_rate: ``K / 2**t``.
+        accuracy: accuracy after this layer's retraining (``None`` without ``evaluate``).
+        reference_accuracy: the accuracy this layer's budget was measured from (``None``
+            when the width was not chosen against a budget).
+        within_budget: whether ``accuracy`` met the budget (``None`` when not judged).
+        trials: every cell width tried, in order.
+    """
+
+    name: str
+    layer_type: str
+    weights: int
+    keys: int
+    clusters: int
+    cell_bits: int
+    hashes: int
+    cells: int
+    attempts: int
+    filter_bytes: int
+    codebook_bytes: int
+    false_positives: int
+    false_positive_rate: float
+    expected_false_positive_rate: float
+    accuracy: float | None
+    reference_accuracy: float | None
+    within_budget: bool | None
+    trials: tuple[WeightlessTrial, ...]
+
+    @property
+    def encoded_bytes(self) -> int:
+        """Filter plus codebook."""
+        return self.filter_bytes + self.codebook_bytes
+
+    @property
+    def bits_per_key(self) -> float:
+        """Filter bits per stored weight."""
+        return 8 * self.filter_bytes / self.keys if self.keys else math.inf
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "name": self.name,
+            "type": self.layer_type,
+            "weights": self.weights,
+            "keys": self.keys,
+            "clusters": self.clusters,
+            "cell_bits": self.cell_bits,
+            "hashes": self.hashes,
+            "cells": self.cells,
+            "attempts": self.attempts,
+            "filter_bytes": self.filter_bytes,
+            "codebook_bytes": self.codebook_bytes,
+            "encoded_bytes": self.encoded_bytes,
+            "false_positives": self.false_positives,
+            "false_positive_rate": self.false_positive_rate,
+            "expected_false_positive_rate": self.expected_false_positive_rate,
+            "accuracy": self.accuracy,
+            "reference_accuracy": self.reference_accuracy,
+            "within_budget": self.within_budget,
+            "trials": [t.to_dict() for t in self.trials],
+        }
+
+
+@dataclass(frozen=True)
+class WeightlessReport:
+    """Per-layer results, and every parameter left out with its reason.
+
+    Attributes:
+        layers: the encoded layers, in encoding order.
+        skipped: parameters not encoded, with the reason.
+        reference_accuracy: the fixed accuracy every layer's budget was measured from, when
+            one was given (``None``: each layer's own starting accuracy, see
+            :attr:`WeightlessLayer.reference_accuracy`).
+        max_drop: the budget in points.
+    """
+
+    layers: tuple[WeightlessLayer, ...]
+    skipped: tuple[Skipped, ...]
+    reference_accuracy: float | None
+    max_drop: float
+
+    @property
+    def final_accuracy(self) -> float | None:
+        """Accuracy after the last layer's retraining (``None`` without layers or evaluate)."""
+        return self.layers[-1].accuracy if self.layers else None
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "reference_accuracy": self.reference_accuracy,
+            "final_accuracy": self.final_accuracy,
+            "max_drop_points": self.max_drop,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "skipped": [{"name": s.name, "reason": s.reason} for s in self.skipped],
+        }
+
+
+def encode_shared(
+    shared: SharedTensor,
+    cell_bits: int,
+    *,
+    hashes: int = 3,
+    ratio: float = 1.23,
+    seed: int = 0,
+    max_attempts: int = 16,
+    name: str = "tensor",
+) -> BloomierFilter:
+    """A Bloomier filter mapping each surviving position (C order) to its cluster index.
+
+    Args:
+        shared: codebook, indices and mask of one clustered tensor.
+        cell_bits: ``t``; needs ``2**t >= K`` (the codebook's size).
+        hashes, ratio, seed, max_attempts: see :func:`deepzip.coding.bloomier.build_filter`.
+        name: names the tensor in errors.
+
+    Raises:
+        ConfigError: ``t`` too small for the codebook, or a bad filter parameter.
+        InvalidTensorError: an index outside the codebook.
+        BloomierBuildError: no seed could be peeled.
+    """
+    k = int(shared.codebook.numel())
+    mask = shared.mask.detach().cpu().reshape(-1).numpy()
+    indices = shared.indices.detach().cpu().reshape(-1).numpy().astype(np.int64)
+    keys = np.flatnonzero(mask)
+    values = indices[keys]
+    if values.size and int(values.max()) >= k:
+        raise InvalidTensorError(f"{name}: an index reaches {int(values.max())}, K = {k}")
+    return build_filter(
+        keys,
+        values,
+        n_positions=int(mask.size),
+        num_values=k,
+        cell_bits=cell_bits,
+        hashes=hashes,
+        ratio=ratio,
+        seed=seed,
+        max_attempts=max_attempts,
+        name=name,
+    )
+
+
+def decode_filter(
+    bloomier: BloomierFilter,
+    codebook: torch.Tensor,
+    shape: tuple[int, ...] | torch.Size,
+) -> SharedTensor:
+    """The shared tensor a filter decodes to: every position, false positives included.
+
+    Raises:
+        InvalidTensorError: the codebook's size differs from the filter's ``K``, or the shape
+            from its number of positions.
+    """
+    if int(codebook.numel()) != bloomier.num_values:
+        raise InvalidTensorError(
+            f"the codebook has {codebook.numel()} entries, the filter {bloomier.num_values}"
+        )
+    if math.prod(shape) != bloomier.n_positions:
+        raise InvalidTensorError(
+            f"shape {tuple(shape)} has {math.prod(shape)} positions, "
+            f"the filter {bloomier.n_positions}"
+        )
+    indices, mask = bloomier.decode_indices()
+    return SharedTensor(
+        codebook.detach().to(torch.float32).cpu(),
+        torch.from_numpy(indices.astype(np.uint8)).reshape(tuple(shape)),
+        torch.from_numpy(mask).reshape(tuple(shape)),
+    )
+
+
+def _override(target: Target, overrides: tuple[CellBitsOverride, ...]) -> CellBitsOverride | None:
+    found: CellBitsOverride | None = None
+    for o in overrides:
+        if matches(o.pattern, target.module_name, target.param_name):
+            found = o
+    return found
+
+
+def _candidates(config: WeightlessConfig, fixed: int | None, k: int) -> list[int]:
+    """Cell widths to try for a layer with ``k`` clusters, smallest first."""
+    if fixed is not None:
+        return [fixed]
+    # 2**t > K: with 2**t = K every position would decode as a weight
+    start = max(config.min_cell_bits or 1, k.bit_length())
+    return list(range(start, max(start, config.max_cell_bits) + 1))
+
+
+def _layer_keys(target: Target) -> list[str]:
+    prefix = f"{target.module_name}.parametrizations.{target.param_name}."
+    return [prefix] if target.module_name else [f"parametrizations.{target.param_name}."]
+
+
+def _snapshot(model: nn.Module, skip: list[str]) -> dict[str, torch.Tensor]:
+    return {
+        k: v.detach().clone()
+        for k, v in model.state_dict().items()
+        if not any(k.startswith(p) for p in skip)
+    }
+
+
+def _restore(model: nn.Module, state: Mapping[str, torch.Tensor], skip: list[str]) -> None:
+    result = model.load_state_dict(dict(state), strict=False)
+    missing = [k for k in result.missing_keys if not any(k.startswith(p) for p in skip)]
+    if missing or result.unexpected_keys:  # pragma: no cover - the structure never changes
+        raise InvalidTensorError(
+            f"model structure changed during Weightless: missing {missing[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]}"
+        )
+
+
+def _attach(
+    target: Target, decoded: SharedTensor, data: bytes, grad: GradRule, train_encoded: bool
+) -> WeightlessWeight:
+    """Freeze the layer as decoded; its codebook and bias train only with ``train_encoded``."""
+    p = attach_weightless(target.module, target.param_name, decoded, data, grad=grad)
+    p.codebook.requires_grad_(train_encoded)
+    bias = getattr(target.module, "bias", None)
+    if target.param_name == "weight" and isinstance(bias, nn.Parameter):
+        bias.requires_grad_(train_encoded)
+    return p
+
+
+def weightless_(
+    model: nn.Module,
+    config: WeightlessConfig,
+    *,
+    retrain: RetrainFn | None = None,
+    evaluate: EvaluateFn | None = None,
+    quantize: QuantizeConfig | None = None,
+    reference: float | None = None,
+    on_layer: Callable[[WeightlessLayer], None] | None = None,
+) -> WeightlessReport:
+    """Encode layer after layer in Bloomier filters, retraining around the false positives.
+
+    Args:
+        model: any ``nn.Module`` whose target layers are clustered (``deepzip.quantize_``) or
+            pruned (a layer not clustered yet is clustered with ``quantize`` just before it
+            is encoded). Modified in place: each encoded layer becomes a frozen
+            :class:`~deepzip.quantize.weightless.WeightlessWeight`.
+        config: cell widths, budget, filter parameters, which layers.
+        retrain: ``retrain(model, layer_name)`` trains the model after a layer is encoded
+            (give it the trainable parameters only: ``requires_grad`` is ``False`` on the
+            encoded layers); ``None`` skips retraining.
+        evaluate: ``evaluate(model) -> accuracy`` in ``[0, 1]`` on validation data; needed
+            when the cell width is chosen automatically.
+        quantize: how to cluster the layers that are not clustered yet (bits, method); its
+            include/exclude are ignored (Weightless's own selection applies).
+        reference: a fixed accuracy every layer's budget is measured from (for a budget on
+            the whole model, e.g. the model's accuracy before the first layer). By default
+            each layer is measured from ``evaluate(model)`` just before it is clustered and
+            encoded, so each layer may cost up to ``config.max_drop`` points.
+        on_layer: called with each layer's record once it is encoded (progress display).
+
+    Returns:
+        The per-layer report.
+
+    Raises:
+        ConfigError: a glob or override that matches no layer; an automatic cell width
+            without ``evaluate``; a layer neither clustered nor given ``quantize``; a fixed
+            ``t`` too small for a layer's codebook.
+        BloomierBuildError: a filter could not be built (raise ``config.ratio``).
+    """
+    selection = select_targets(model, include=config.include, exclude=config.exclude)
+    for o in config.overrides:
+        if not any(matches(o.pattern, t.module_name, t.param_name) for t in selection.targets):
+            raise ConfigError(
+                f"override pattern {o.pattern!r} matches no layer "
+                f"(layers: {', '.join(selection.names()) or 'none'})"
+            )
+    skipped = list(selection.skipped)
+    plans: list[tuple[Target, int | None]] = []
+    for t in selection.targets:
+        rule = _override(t, config.overrides)
+        if rule is not None and rule.skip:
+            skipped.append(Skipped(t.name, "skipped by override (not encoded with Weightless)"))
+            continue
+        shared = get_shared(t.module, t.param_name)
+        if shared is None and quantize is None:
+            raise ConfigError(
+                f"{t.name} is not clustered: run deepzip.quantize_ first or pass quantize="
+            )
+        if shared is not None and get_weightless(t.module, t.param_name) is not None:
+            skipped.append(Skipped(t.name, "already encoded with Weightless"))
+            continue
+        fixed = rule.cell_bits if rule is not None else config.cell_bits
+        if shared is not None and fixed is not None and 1 << fixed < shared.codebook.numel():
+            raise ConfigError(
+                f"{t.name}: cell_bits = {fixed} cannot hold {shared.codebook.numel()} clusters"
+            )
+        plans.append((t, fixed))
+    if evaluate is None and any(fixed is None for _, fixed in plans):
+        raise ConfigError("choosing the cell width automatically needs evaluate=; or set cell_bits")
+    layers: list[WeightlessLayer] = []
+    for target, fixed in plans:
+        start = reference
+        if start is None and evaluate is not None and fixed is None:
+            start = evaluate(model)
+        record = _encode_layer(
+            model, target, fixed, config, retrain, evaluate, quantize, start, skipped
+        )
+        if record is None:
+            continue
+        layers.append(record)
+        if on_layer is not None:
+            on_layer(record)
+    return WeightlessReport(tuple(layers), tuple(skipped), reference, config.max_drop)
+
+
+def _cluster(model: nn.Module, target: Target, quantize: QuantizeConfig) -> None:
+    overrides = tuple(
+        o for o in quantize.overrides if matches(o.pattern, target.module_name, target.param_name)
+    )
+    cfg = replace(quantize, include=(target.name,), exclude=(), overrides=overrides)
+    quantize_(model, cfg)
+
+
+def _encode_layer(
+    model: nn.Module,
+    target: Target,
+    fixed: int | None,
+    config: WeightlessConfig,
+    retrain: RetrainFn | None,
+    evaluate: EvaluateFn | None,
+    quantize: QuantizeConfig | None,
+    reference: float | None,
+    skipped: list[Skipped],
+) -> WeightlessLayer | None:
+    shared_p = get_shared(target.module, target.param_name)
+    if shared_p is None:
+        assert quantize is not None
+        _cluster(model, target, quantize)
+        shared_p = get_shared(target.module, target.param_name)
+        if shared_p is None:
+            skipped.append(Skipped(target.name, "no surviving weights (all pruned); left as zeros"))
+            return None
+    shared = shared_p.export()
+    grad = shared_p.grad
+    k = int(shared.codebook.numel())
+    if fixed is not None and 1 << fixed < k:
+        raise ConfigError(f"{target.name}: cell_bits = {fixed} cannot hold {k} clusters")
+    keys = int(shared.mask.sum())
+    weights = int(shared.mask.numel())
+    shape = tuple(shared.indices.shape)
+    skip = _layer_keys(target)
+    snapshot = _snapshot(model, skip)
+    budget = None if reference is None else reference - config.max_drop / 100
+    candidates = _candidates(config, fixed, k)
+    trials: list[WeightlessTrial] = []
+    fallback: tuple[BloomierFilter, bytes, dict[str, torch.Tensor], float] | None = None
+    within: bool | None = None
+    for i, t in enumerate(candidates):
+        if i:
+            _restore(model, snapshot, skip)
+        bloomier = encode_shared(
+            shared,
+            t,
+            hashes=config.hashes,
+            ratio=config.ratio,
+            seed=config.seed,
+            max_attempts=config.max_attempts,
+            name=target.name,
+        )
+        data = bloomier.to_bytes(compress=config.lzma)
+        decoded = decode_filter(bloomier, shared.codebook, shape)
+        _attach(target, decoded, data, grad, config.train_encoded)
+        if retrain is not None:
+            retrain(model, target.name)
+        acc = evaluate(model) if evaluate is not None else None
+        trials.append(WeightlessTrial(t, len(data), int(decoded.mask.sum()) - keys, acc))
+        within = None if budget is None or acc is None else acc >= budget
+        if within is not False or len(candidates) == 1:
+            break
+        assert acc is not None
+        if fallback is None or acc > fallback[3]:
+            fallback = (bloomier, data, _snapshot(model, []), acc)
+        if i == len(candidates) - 1 and fallback[0] is not bloomier:
+            # no width met the budget: keep the most accurate one, as its retraining left it
+            bloomier, data, state, acc = fallback
+            decoded = decode_filter(bloomier, shared.codebook, shape)
+            _attach(target, decoded, data, grad, config.train_encoded)
+            model.load_state_dict(state)
+    p_final = get_weightless(target.module, target.param_name)
+    assert p_final is not None
+    fps = int(p_final.mask.sum()) - keys
+    non_keys = weights - keys
+    return WeightlessLayer(
+        name=target.name,
+        layer_type=target.layer_type,
+        weights=weights,
+        keys=keys,
+        clusters=k,
+        cell_bits=bloomier.cell_bits,
+        hashes=bloomier.hashes,
+        cells=bloomier.cells,
+        attempts=bloomier.attempts,
+        filter_bytes=len(data),
+        codebook_bytes=4 * k,
+        false_positives=fps,
+        false_positive_rate=fps / non_keys if non_keys else 0.0,
+        expected_false_positive_rate=bloomier.expected_false_positive_rate,
+        accuracy=acc,
+        reference_accuracy=reference,
+        within_budget=within,
+        trials=tuple(trials),
+    )
