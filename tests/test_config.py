@@ -99,8 +99,9 @@ def test_unknown_key_and_section_are_named(tmp_path: Path) -> None:
 def test_builtin_recipes_load_and_name_unknown() -> None:
     from deepzip.config import builtin_recipe, builtin_recipe_names
 
-    assert builtin_recipe_names() == ["lenet-300-100", "lenet-5"]
-    for name in builtin_recipe_names():
+    names = builtin_recipe_names()
+    assert names == ["lenet-300-100", "lenet-300-100-full", "lenet-5", "lenet-5-full"]
+    for name in names:
         job = builtin_recipe(name)
         assert job.train is not None
         assert job.schedule.fractions()[-1] == 1.0

@@ -5,17 +5,22 @@ Importing the package has no side effects: nothing is printed, downloaded or con
 
 from __future__ import annotations
 
-from deepzip import errors
+from deepzip import errors, runtime
 from deepzip.config import (
     BitsOverride,
+    CellBitsOverride,
     LayerOverride,
+    LayerRule,
     PruneConfig,
     PruneJob,
     QuantizeConfig,
+    Recipe,
     RetrainConfig,
     ScheduleConfig,
     TrainConfig,
+    WeightlessConfig,
     load_prune_job,
+    load_recipe,
 )
 from deepzip.errors import (
     CheckpointError,
@@ -26,7 +31,19 @@ from deepzip.errors import (
     InvalidTensorError,
     UnsupportedVersionError,
 )
-from deepzip.format import load_checkpoint, read_checkpoint, save_checkpoint
+from deepzip.format import (
+    InspectReport,
+    SaveReport,
+    inspect,
+    load_checkpoint,
+    load_model,
+    load_state_dict,
+    read_checkpoint,
+    save,
+    save_checkpoint,
+)
+from deepzip.pipeline import RecipeChangedError, RunResult, TrainRequest, run_recipe
+from deepzip.posttrain import compress_checkpoint
 from deepzip.prune import (
     PruneReport,
     iterative_prune,
@@ -36,39 +53,59 @@ from deepzip.prune import (
 )
 from deepzip.quantize import QuantizeReport, export_shared, quantize_, strip_
 from deepzip.targets import select_targets
+from deepzip.weightless import WeightlessReport, weightless_
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BitsOverride",
+    "CellBitsOverride",
     "CheckpointError",
     "ConfigError",
     "CorruptFileError",
     "DatasetNotFoundError",
     "DeepZipError",
+    "InspectReport",
     "InvalidTensorError",
     "LayerOverride",
+    "LayerRule",
     "PruneConfig",
     "PruneJob",
     "PruneReport",
     "QuantizeConfig",
     "QuantizeReport",
+    "Recipe",
+    "RecipeChangedError",
     "RetrainConfig",
+    "RunResult",
+    "SaveReport",
     "ScheduleConfig",
     "TrainConfig",
+    "TrainRequest",
     "UnsupportedVersionError",
+    "WeightlessConfig",
+    "WeightlessReport",
     "__version__",
+    "compress_checkpoint",
     "errors",
     "export_shared",
+    "inspect",
     "iterative_prune",
     "load_checkpoint",
+    "load_model",
     "load_prune_job",
+    "load_recipe",
+    "load_state_dict",
     "prune_",
     "pruning_report",
     "quantize_",
     "read_checkpoint",
+    "run_recipe",
+    "runtime",
+    "save",
     "save_checkpoint",
     "select_targets",
     "sensitivity_analysis",
     "strip_",
+    "weightless_",
 ]

@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Table
 from torch import nn
 
 from deepzip import __version__
@@ -36,24 +36,40 @@ from deepzip.config import (
     PruneConfig,
     PruneJob,
     QuantizeConfig,
+    Recipe,
     RetrainConfig,
     ScheduleConfig,
     TrainConfig,
-    builtin_recipe,
+    builtin_recipe_names,
     load_prune_job,
+    load_recipe,
 )
 from deepzip.datasets import DATASETS, DataSplits, download, load_dataset
 from deepzip.errors import ConfigError, DeepZipError
-from deepzip.format import apply_checkpoint, read_checkpoint, save_checkpoint
+from deepzip.format import apply_checkpoint, read_checkpoint, save_checkpoint, to_safetensors
+from deepzip.format import inspect as inspect_dzip
 from deepzip.pipeline import (
+    PipelineEvent,
+    RunResult,
     accuracy_fn,
     make_loaders,
     prune_with_retraining,
     quantize_with_finetuning,
+    quick_recipe,
+    run_recipe,
     train_dense,
 )
+from deepzip.posttrain import DEFAULT_BITS, DEFAULT_QUANTIZER, compress_checkpoint
 from deepzip.prune import StepRecord, sensitivity_analysis
-from deepzip.report import plot_sensitivity, prune_table, quantize_table, steps_table
+from deepzip.report import (
+    compression_rich_table,
+    compression_table,
+    plot_sensitivity,
+    prune_table,
+    quantize_table,
+    stages_rich_table,
+    steps_table,
+)
 from deepzip.train import Callback, FitState, evaluate, resolve_device
 from deepzip.zoo import create_model, model_names
 
@@ -247,6 +263,25 @@ def _prune_job(args: argparse.Namespace) -> PruneJob:
         batch_size=args.batch_size,
     )
     return PruneJob(prune, schedule, retrain)
+
+
+def _add_run_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset", default=None, choices=DATASETS, help="overrides the recipe's data set"
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="directory with the four IDX files (default: search)"
+    )
+    p.add_argument("--val-size", type=int, default=5000, help="validation images (default 5000)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _demo_recipe() -> Recipe:
+    """The built-in whole pipeline for LeNet-300-100 (``lenet-300-100-full``)."""
+    return Recipe.builtin("lenet-300-100-full")
 
 
 def _print_step(record: StepRecord) -> None:
@@ -458,55 +493,106 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """``deepzip demo``: LeNet-300-100 on Fashion-MNIST, trained then pruned with retraining."""
+class _StageProgress(_ProgressCallback):
+    """Training progress bars labelled with the running stage."""
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__(progress, "")
+
+    def on_event(self, event: PipelineEvent) -> None:
+        """Follow the run: label bars with the stage, print stage and step lines."""
+        if event.kind == "stage_start" and event.index is not None:
+            self.label = f"stage {event.index + 1}"
+        if event.kind != "stage_start":
+            err_console.print(event.message, markup=False, highlight=False, soft_wrap=True)
+
+
+def _load_run_recipe(text: str) -> Recipe:
+    """A recipe file, or the name of a built-in recipe."""
+    path = Path(text)
+    if not path.exists() and text in builtin_recipe_names():
+        return Recipe.builtin(text)
+    return load_recipe(path)
+
+
+def _run_and_report(
+    args: argparse.Namespace, recipe: Recipe, model_name: str, dataset: str, run_dir: Path
+) -> RunResult:
+    """Run a recipe on a zoo model and a data set with progress display; print the tables."""
     device = resolve_device(args.device)
-    out = Path(args.out_dir)
-    data = load_dataset("fashion-mnist", args.data_dir, val_size=5000, seed=0)
-    job = builtin_recipe("lenet-300-100")
-    assert job.train is not None
-    train_cfg = job.train
-    if args.quick:
-        train_cfg = replace(train_cfg, epochs=2)
-        job = replace(
-            job,
-            schedule=ScheduleConfig(kind="steps", steps=(0.6, 1.0)),
-            retrain=replace(job.retrain, epochs=1, final_epochs=1),
-        )
-    torch.manual_seed(train_cfg.seed)
-    model = create_model("lenet-300-100").to(device)
-    start = time.perf_counter()
+    data = load_dataset(dataset, args.data_dir, val_size=args.val_size, seed=recipe.seed)
+    torch.manual_seed(recipe.seed)
+    model = create_model(model_name)
+    if getattr(args, "start", None):
+        apply_checkpoint(model, read_checkpoint(args.start), strict=True, source=args.start)
     with _progress(not args.no_progress) as progress:
-        train_dense(
-            model, data, train_cfg, device=device, callbacks=[_ProgressCallback(progress, "train")]
-        )
-        save_checkpoint(
-            model, out / "dense.safetensors", metadata={"deepzip.model": "lenet-300-100"}
-        )
-        outcome = prune_with_retraining(
+        tracker = _StageProgress(progress)
+        result = run_recipe(
             model,
-            data,
-            job,
+            recipe,
+            run_dir,
+            data=data,
+            model_name=model_name,
+            restart=args.restart,
             device=device,
-            callbacks=[_ProgressCallback(progress, "retrain")],
-            on_step=_print_step,
+            callbacks=[tracker],
+            on_event=tracker.on_event,
         )
-    save_checkpoint(model, out / "pruned.safetensors", metadata={"deepzip.model": "lenet-300-100"})
-    console.print(steps_table(outcome.steps))
-    console.print(
-        prune_table(
-            outcome.report,
-            acc_before=outcome.test_acc_before,
-            acc_after=outcome.test_acc_after,
-            title="LeNet-300-100 on Fashion-MNIST, pruned with retraining",
+    from deepzip.report.run import write_run_report
+
+    html = write_run_report(run_dir, title=recipe.name or f"{model_name} on {dataset}")
+    records = [result.initial.to_dict(), *(s.to_dict() for s in result.stages)]
+    console.print(stages_rich_table(records, title=f"{model_name} on {dataset}: stages"))
+    save = result.final.details.get("save")
+    if save is not None:
+        table = compression_table(save)
+        console.print(compression_rich_table(table, title=f"{model_name}: per-layer compression"))
+    decoded = result.final.details.get("decoded_test_acc")
+    dense = result.stages[0] if result.stages and result.stages[0].kind == "train" else None
+    dense = dense or result.initial
+    if decoded is not None and dense.test_acc is not None:
+        console.print(
+            f"test accuracy: {100 * dense.test_acc:.2f}% dense → {100 * decoded:.2f}% decoded "
+            f"from the file ({100 * (decoded - dense.test_acc):+.2f} points)",
+            soft_wrap=True,
         )
-    )
-    ratio = 1 / outcome.report.kept_fraction
     console.print(
-        f"weights kept: {100 * outcome.report.kept_fraction:.2f}% "
-        f"({ratio:.1f}× fewer); took {time.perf_counter() - start:.0f} s; "
-        f"checkpoints in {out}/"
+        f".dzip → {result.dzip} ({result.final.file_bytes:,} bytes, "
+        f"{result.final.ratio:.1f}× smaller than float32)",
+        markup=False,
+        soft_wrap=True,
     )
+    console.print(f"report → {html}", markup=False, soft_wrap=True)
+    return result
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``deepzip run``: a whole recipe (train, prune, quantize, fine-tune, encode), resumable."""
+    recipe = _load_run_recipe(args.recipe)
+    model_name = args.model or recipe.model
+    if model_name is None:
+        raise ConfigError(
+            f'{args.recipe}: the recipe names no model; add model = "..." or pass --model '
+            f"({', '.join(model_names())})"
+        )
+    dataset = args.dataset or recipe.dataset or "fashion-mnist"
+    if args.start:
+        recipe = recipe.without("train")
+    if args.quick:
+        recipe = quick_recipe(recipe)
+    run_dir = Path(args.run_dir or Path("runs") / Path(args.recipe).stem)
+    _run_and_report(args, recipe, model_name, dataset, run_dir)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``deepzip demo``: the whole pipeline on LeNet-300-100 and Fashion-MNIST."""
+    recipe = _demo_recipe()
+    if args.quick:
+        recipe = quick_recipe(recipe)
+    start = time.perf_counter()
+    _run_and_report(args, recipe, "lenet-300-100", "fashion-mnist", Path(args.out_dir))
+    console.print(f"demo took {time.perf_counter() - start:.0f} s")
     return 0
 
 
@@ -514,6 +600,201 @@ def cmd_download(args: argparse.Namespace) -> int:
     """``deepzip download``: fetch a data set's IDX files (needs a network)."""
     path = download(args.name, args.root)
     console.print(f"{args.name} → {path}")
+    return 0
+
+
+def _parse_layer_bits(text: str) -> tuple[str, int]:
+    pattern, sep, value = text.partition("=")
+    if not sep or not pattern:
+        raise ConfigError(f"--layer-bits expects GLOB=BITS, got {text!r}")
+    try:
+        return pattern, int(value)
+    except ValueError as exc:
+        raise ConfigError(f"--layer-bits {text!r}: {value!r} is not an integer") from exc
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    """``deepzip compress``: post-training prune + quantize + code of any checkpoint."""
+    with _progress(not args.no_progress) as progress:
+        task = progress.add_task("compress", total=None)
+
+        def on_tensor(name: str, index: int, total: int) -> None:
+            progress.update(task, completed=index, total=total, description=name)
+
+        report = compress_checkpoint(
+            args.input,
+            args.output,
+            sparsity=args.sparsity,
+            bits=None if args.no_quantize else args.bits,
+            levels=args.levels,
+            quantizer=args.quantizer,
+            ecsq_lambda=args.ecsq_lambda,
+            coder=args.coder,
+            include=tuple(args.include),
+            exclude=tuple(args.exclude),
+            layer_bits=dict(_parse_layer_bits(t) for t in args.layer_bits),
+            index_bits=args.index_bits,
+            progress=on_tensor,
+        )
+        progress.update(task, completed=len(report.tensors), description="done")
+    console.print(
+        compression_rich_table(
+            compression_table(report.to_dict()), title=f"{args.input} → {args.output}"
+        )
+    )
+    for name, reason in report.skipped:
+        console.print(f"kept raw: {name} ({reason})", style="dim", markup=False, soft_wrap=True)
+    console.print(
+        f"{report.float32_bytes:,} B float32 → {report.file_bytes:,} B on disk: "
+        f"{report.ratio:.2f}× → {args.output}",
+        markup=False,
+        soft_wrap=True,
+    )
+    if args.json is not None:
+        atomic_write_text(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    """``deepzip decompress``: a ``.dzip`` file back to ``.safetensors`` (exact names/dtypes)."""
+    with _progress(not args.no_progress) as progress:
+        task = progress.add_task("decompress", total=None)
+
+        def on_tensor(name: str, index: int, total: int) -> None:
+            progress.update(task, completed=index, total=total, description=name)
+
+        path = to_safetensors(args.input, args.output, progress=on_tensor)
+        progress.update(task, description="done")
+    size = path.stat().st_size
+    console.print(f"{args.input} → {path} ({size:,} bytes)", markup=False, soft_wrap=True)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """``deepzip inspect``: per-tensor and per-section bytes of a ``.dzip`` file."""
+    info = inspect_dzip(args.input)
+    if args.json:
+        sys.stdout.write(json.dumps(info.to_dict(), indent=2) + "\n")
+        return 0
+    console.print(compression_rich_table(compression_table(info.to_dict()), title=args.input))
+    sections = Table(title="Sections", caption="every byte of the file, in order")
+    for column in ("section", "kind", "offset", "bytes"):
+        sections.add_column(column, justify="left" if column in ("section", "kind") else "right")
+    for s in info.sections:
+        sections.add_row(s.name, s.kind, f"{s.offset:,}", f"{s.length:,}")
+    total = sum(s.length for s in info.sections)
+    sections.add_row("total", "", "", f"{total:,}", style="bold")
+    console.print(sections)
+    console.print(
+        f"format {info.version[0]}.{info.version[1]}, {len(info.tensors)} tensors, "
+        f"{info.file_bytes:,} bytes ({info.ratio:.2f}× float32)",
+        markup=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _bench_model_name(args: argparse.Namespace) -> str:
+    """``--model``, else the zoo name stored under ``deepzip.model`` in the file's metadata."""
+    from deepzip.format import DzipReader
+
+    if args.model:
+        return str(args.model)
+    with DzipReader(args.input) as reader:
+        meta = reader.metadata
+    user = meta.get("user") if isinstance(meta, dict) else None
+    name = user.get("deepzip.model") if isinstance(user, dict) else None
+    if not isinstance(name, str) or name not in model_names():
+        found = f" (the file names {name!r}, not a zoo model)" if name else ""
+        raise ConfigError(
+            f"{args.input}: cannot tell the model architecture{found}; pass --model "
+            f"({', '.join(model_names())})"
+        )
+    return name
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``deepzip bench``: per-layer latency of the runtime form against dense decoding."""
+    from deepzip.runtime import RuntimePolicy, benchmark_layers, benchmark_model
+
+    if args.batch < 1 or args.repeats < 1:
+        raise ConfigError(f"--batch and --repeats must be >= 1, got {args.batch}, {args.repeats}")
+    try:
+        shape = tuple(int(d) for d in args.input_shape.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise ConfigError(
+            f"--input-shape must be positive integers like 1,28,28, got {args.input_shape!r}"
+        )
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    name = _bench_model_name(args)
+    torch.manual_seed(0)
+    example = torch.rand(args.batch, *shape)
+    policy = RuntimePolicy(batch_size=args.batch)
+    layers = benchmark_layers(
+        args.input, create_model(name), example, repeats=args.repeats, policy=policy
+    )
+    whole = benchmark_model(
+        args.input, create_model(name), example, repeats=args.repeats, policy=policy
+    )
+    if args.json:
+        out = {
+            "file": str(args.input),
+            "model": name,
+            "batch": args.batch,
+            "threads": torch.get_num_threads(),
+            "layers": [t.to_dict() for t in layers],
+            "model_timing": whole.to_dict(),
+        }
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return 0
+    table = Table(
+        title=f"{args.input}: {name}, batch {args.batch}, {torch.get_num_threads()} thread(s)",
+        caption=f"median of {args.repeats} interleaved runs; policy: what the automatic "
+        "rule picks at this batch size (reasons below)",
+    )
+    columns = ("layer", "type", "shape", "density", "dense ms", "runtime ms", "speedup",
+               "dense bytes", "runtime bytes", "policy")  # fmt: skip
+    for column in columns:
+        table.add_column(
+            column,
+            justify="left" if column in ("layer", "type", "policy") else "right",
+            overflow="fold",
+        )
+    for t in layers:
+        speedup = t.speedup
+        table.add_row(
+            t.name,
+            t.layer_type,
+            "×".join(str(d) for d in t.shape),
+            f"{100 * t.density:.1f}%",
+            "-" if t.dense_ms is None else f"{t.dense_ms:.3f}",
+            "-" if t.runtime_ms is None else f"{t.runtime_ms:.3f}",
+            "-" if speedup is None else f"{speedup:.2f}×",
+            f"{t.dense_bytes:,}",
+            f"{t.runtime_bytes:,}",
+            t.policy_form,
+        )
+    console.print(table)
+    for t in layers:
+        console.print(
+            f"{t.name}: {t.policy_form} ({t.note or t.policy_reason})",
+            markup=False,
+            soft_wrap=True,
+        )
+    console.print(
+        f"whole model: dense {whole.dense_ms:.3f} ms, runtime {whole.runtime_ms:.3f} ms "
+        f"({whole.speedup:.2f}×; sparse layers: {', '.join(whole.report.sparse) or 'none'}); "
+        f"compressed weights {whole.report.runtime_bytes:,} bytes in memory vs "
+        f"{whole.report.dense_bytes:,} dense; outputs differ by at most "
+        f"{whole.max_abs_difference:.2e}",
+        markup=False,
+        soft_wrap=True,
+    )
     return 0
 
 
@@ -632,16 +913,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser(
-        "demo",
-        help="the built-in default: LeNet-300-100 on Fashion-MNIST",
-        description="Train LeNet-300-100 on Fashion-MNIST, prune it iteratively "
-        "with retraining, print the per-layer table.",
+        "run",
+        help="run a recipe: train, prune, quantize, fine-tune, encode (resumable)",
+        description="Run a pipeline recipe (TOML, or a built-in name such as lenet-5) on its "
+        "zoo model and data set. A checkpoint is written after every stage into the run "
+        "directory; running the same command again resumes after the last finished stage. "
+        "Prints the per-layer table and writes an HTML report.",
     )
-    p.add_argument("--out-dir", default="runs/demo")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--quick", action="store_true", help="fewer epochs (smoke run)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("recipe", help="recipe file, or a built-in recipe name")
+    p.add_argument("--run-dir", default=None, help="run directory (default: runs/<recipe>)")
+    p.add_argument(
+        "--restart", action="store_true", help="discard a previous run in the run directory"
+    )
+    p.add_argument("--model", choices=model_names(), default=None, help="overrides the recipe's")
+    p.add_argument(
+        "--start",
+        default=None,
+        metavar="CHECKPOINT",
+        help="start from this trained checkpoint (the recipe's train stage is skipped)",
+    )
+    p.add_argument("--quick", action="store_true", help="one epoch per training (smoke run)")
+    _add_run_data_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "demo",
+        help="the built-in default: LeNet-300-100 on Fashion-MNIST, end to end",
+        description="Train LeNet-300-100 on Fashion-MNIST, prune it with retraining, share "
+        "its weights and fine-tune the centroids, write the .dzip file; print the per-layer "
+        "table and write an HTML report.",
+    )
+    p.add_argument("--out-dir", default="runs/demo", help="run directory (default: runs/demo)")
+    p.add_argument("--restart", action="store_true", help="discard a previous demo run")
+    p.add_argument("--quick", action="store_true", help="one epoch per training (smoke run)")
+    _add_run_data_args(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("download", help="download MNIST or Fashion-MNIST (needs a network)")
@@ -652,6 +957,80 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory to write into (default: ~/.cache/deepzip, searched by deepzip)",
     )
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser(
+        "compress",
+        help="compress any checkpoint into a .dzip file (no data, no retraining)",
+        description="Post-training compression: magnitude pruning, weight sharing and "
+        "entropy coding of a .safetensors/.pt/.pth checkpoint or a Hugging Face model "
+        "directory. Floating-point tensors of 2+ dimensions are compressed; the others are "
+        "stored raw and listed.",
+    )
+    p.add_argument("input", help=".safetensors, .pt/.pth, or a model directory of shards")
+    p.add_argument("-o", "--output", required=True, help="output .dzip file")
+    p.add_argument("--sparsity", type=float, default=0.0, help="fraction pruned per tensor")
+    p.add_argument(
+        "--bits", type=int, default=DEFAULT_BITS, help=f"bits per index (default {DEFAULT_BITS})"
+    )
+    p.add_argument("--levels", type=int, default=None, help="quantization levels (not 2**bits)")
+    p.add_argument("--no-quantize", action="store_true", help="prune only; values stay float")
+    p.add_argument(
+        "--quantizer",
+        default=DEFAULT_QUANTIZER,
+        choices=("kmeans", "uniform", "ecsq"),
+        help=f"default: {DEFAULT_QUANTIZER}",
+    )
+    p.add_argument("--lambda", dest="ecsq_lambda", type=float, default=0.0, help="ECSQ rate weight")
+    p.add_argument("--coder", default="auto", choices=("auto", "huffman", "ans", "raw"))
+    p.add_argument(
+        "--layer-bits", action="append", default=[], metavar="GLOB=BITS", help="per-tensor bits"
+    )
+    p.add_argument("--index-bits", type=int, default=None, help="sparse-index gap width")
+    _add_glob_args(p)
+    p.add_argument("--json", default=None, help="also write the report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser(
+        "decompress",
+        help="decompress a .dzip file into .safetensors",
+        description="Write every tensor of a .dzip file to a .safetensors file with its "
+        "exact name, shape and dtype (one tensor in memory at a time).",
+    )
+    p.add_argument("input", help="input .dzip file")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_decompress)
+
+    p = sub.add_parser(
+        "inspect",
+        help="per-tensor and per-section bytes of a .dzip file",
+        description="Describe a .dzip file: every tensor's encoding and streams, and every "
+        "section; the bytes add up exactly to the file size. Verifies every checksum.",
+    )
+    p.add_argument("input", help=".dzip file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "bench",
+        help="per-layer latency of the runtime (sparse) form vs dense",
+        description="Time every compressed layer of a .dzip file dense and in its runtime "
+        "form (deepzip.runtime), interleaved, medians; then the whole model both ways.",
+    )
+    p.add_argument("input", help=".dzip file")
+    p.add_argument(
+        "--model",
+        default=None,
+        choices=model_names(),
+        help="zoo architecture (default: the file's deepzip.model metadata)",
+    )
+    p.add_argument("--batch", type=int, default=1, help="batch size of the example input")
+    p.add_argument("--input-shape", default="1,28,28", help="one sample's shape, e.g. 1,28,28")
+    p.add_argument("--repeats", type=int, default=30, help="timed runs of each form")
+    p.add_argument("--threads", type=int, default=None, help="torch (and kernel) threads")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

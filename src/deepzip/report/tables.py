@@ -1,19 +1,41 @@
-"""Per-layer tables as rich renderables and Markdown (building only; the CLI prints)."""
+"""Per-layer tables as rich renderables, Markdown and JSON (building only; the CLI prints).
+
+:func:`compression_table` reads a ``.dzip`` file's save/inspect report into the layout of the
+Deep Compression paper's Tables 2 and 3: weights, kept fraction, weight and index bits with
+fixed-width codes (P+Q) and after entropy coding (P+Q+C), and the size as a fraction of
+float32 after each; totals and the real file's ratio.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from rich.table import Table
 
+from deepzip.errors import ConfigError
 from deepzip.prune import PruneReport, StepRecord
 from deepzip.quantize import QuantizeReport
 
 __all__ = [
+    "COMPRESSION_HEADERS",
+    "STAGE_HEADERS",
+    "CompressionRow",
+    "CompressionTable",
+    "compression_caption",
+    "compression_markdown",
+    "compression_rich_table",
+    "compression_row",
+    "compression_table",
+    "compression_table_rows",
     "markdown_table",
     "prune_table",
     "prune_table_rows",
     "quantize_table",
+    "stage_rows",
+    "stages_rich_table",
     "steps_table",
 ]
 
@@ -116,3 +138,373 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------- the paper's Tables 2 and 3 (per layer)
+
+
+@dataclass(frozen=True)
+class CompressionRow:
+    """One layer of the paper's per-layer table, from a ``.dzip`` file's save/inspect report.
+
+    Bits are per stored entry. "Fixed" is what a fixed-width code needs (weight bits:
+    ``ceil(log2(alphabet))``, the alphabet counting the sparse index's filler symbol; index
+    bits: the gap width); "coded" is what the file's entropy-coded stream really takes, its
+    code table included. Sizes are fractions of the layer's float32 size.
+
+    Attributes:
+        name: tensor name.
+        encoding: the ``.dzip`` encoding (``shared_sparse``, ``shared_dense``, ``sparse_float``,
+            ``raw``).
+        weights: elements.
+        kept: surviving elements.
+        k: codebook entries (``None`` if not quantized).
+        entries: stored entries: survivors plus the sparse index's filler entries, or every
+            element of a dense stream.
+        weight_bits_fixed: bits per stored weight with a fixed-width code.
+        weight_bits_coded: bits per stored weight in the file.
+        index_bits_fixed: gap width of the relative index (``None`` without one).
+        index_bits_coded: bits per gap in the file (``None`` without an index).
+        coders: the coders of the layer's streams (``"huffman"``, ``"ans"``, ``"raw"``).
+        fixed_bytes: bytes with fixed-width codes (pruning + quantization, no entropy coding).
+        coded_bytes: bytes in the file.
+    """
+
+    name: str
+    encoding: str
+    weights: int
+    kept: int
+    k: int | None
+    entries: int
+    weight_bits_fixed: float
+    weight_bits_coded: float
+    index_bits_fixed: int | None
+    index_bits_coded: float | None
+    coders: tuple[str, ...]
+    fixed_bytes: float
+    coded_bytes: int
+
+    @property
+    def kept_fraction(self) -> float:
+        """Surviving fraction."""
+        return self.kept / self.weights if self.weights else 1.0
+
+    @property
+    def bits_per_kept(self) -> float:
+        """Bits in the file per surviving weight (values, positions and codebook together)."""
+        return 8.0 * self.coded_bytes / self.kept if self.kept else 0.0
+
+    @property
+    def fixed_fraction(self) -> float:
+        """Size after pruning + quantization (fixed-width codes) / float32 size."""
+        return self.fixed_bytes / (4 * self.weights) if self.weights else 0.0
+
+    @property
+    def coded_fraction(self) -> float:
+        """Size in the file / float32 size."""
+        return self.coded_bytes / (4 * self.weights) if self.weights else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "name": self.name,
+            "encoding": self.encoding,
+            "weights": self.weights,
+            "kept": self.kept,
+            "kept_fraction": self.kept_fraction,
+            "k": self.k,
+            "entries": self.entries,
+            "weight_bits_fixed": self.weight_bits_fixed,
+            "weight_bits_coded": self.weight_bits_coded,
+            "index_bits_fixed": self.index_bits_fixed,
+            "index_bits_coded": self.index_bits_coded,
+            "coders": list(self.coders),
+            "fixed_bytes": self.fixed_bytes,
+            "coded_bytes": self.coded_bytes,
+            "fixed_fraction": self.fixed_fraction,
+            "coded_fraction": self.coded_fraction,
+            "bits_per_kept": self.bits_per_kept,
+        }
+
+
+@dataclass(frozen=True)
+class CompressionTable:
+    """The per-layer rows, the other tensors in one row, and the whole file.
+
+    Attributes:
+        layers: compressed tensors (pruned and/or quantized), file order.
+        others: tensors stored raw (biases, normalisation statistics...), in one row.
+        overhead_bytes: header, directory and metadata of the file.
+        file_bytes: the real file size.
+        float32_bytes: 4 bytes per element of every tensor.
+    """
+
+    layers: tuple[CompressionRow, ...]
+    others: CompressionRow | None
+    overhead_bytes: int
+    file_bytes: int
+    float32_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        """``float32_bytes / file_bytes``: the compression ratio."""
+        return self.float32_bytes / self.file_bytes if self.file_bytes else 0.0
+
+    @property
+    def fixed_bytes(self) -> float:
+        """The whole model with fixed-width codes (same overhead and raw tensors)."""
+        rows = [*self.layers, *([self.others] if self.others else [])]
+        return sum(r.fixed_bytes for r in rows) + self.overhead_bytes
+
+    @property
+    def fixed_ratio(self) -> float:
+        """``float32_bytes / fixed_bytes``: the ratio before entropy coding."""
+        return self.float32_bytes / self.fixed_bytes if self.fixed_bytes else 0.0
+
+    @property
+    def weights(self) -> int:
+        """Elements of the compressed layers."""
+        return sum(r.weights for r in self.layers)
+
+    @property
+    def kept(self) -> int:
+        """Surviving elements of the compressed layers."""
+        return sum(r.kept for r in self.layers)
+
+    def mean_bits(self, attr: str) -> float | None:
+        """Entry-weighted mean of a per-layer bits attribute over the layers that have it."""
+        pairs = [(getattr(r, attr), r.entries) for r in self.layers if getattr(r, attr) is not None]
+        total = sum(n for _, n in pairs)
+        return sum(b * n for b, n in pairs) / total if total else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "layers": [r.to_dict() for r in self.layers],
+            "others": None if self.others is None else self.others.to_dict(),
+            "overhead_bytes": self.overhead_bytes,
+            "file_bytes": self.file_bytes,
+            "float32_bytes": self.float32_bytes,
+            "fixed_bytes": self.fixed_bytes,
+            "ratio": self.ratio,
+            "fixed_ratio": self.fixed_ratio,
+            "weights": self.weights,
+            "kept": self.kept,
+        }
+
+
+def _fixed_bits(alphabet: int) -> int:
+    return max(1, math.ceil(math.log2(alphabet))) if alphabet > 1 else 1
+
+
+_DTYPE_BITS = {"float64": 64, "float32": 32, "float16": 16, "bfloat16": 16}
+
+
+def compression_row(tensor: Mapping[str, Any]) -> CompressionRow:
+    """A :class:`CompressionRow` from one tensor of ``SaveReport.to_dict()["tensors"]``.
+
+    Raises:
+        ConfigError: a tensor record without the expected parts.
+    """
+    name, encoding = str(tensor["name"]), str(tensor["encoding"])
+    parts = {str(p["name"]): p for p in tensor["parts"]}
+    weights, kept = int(tensor["weights"]), int(tensor["kept"])
+    coded = int(sum(int(p["bytes"]) for p in tensor["parts"]))
+    coders = tuple(sorted({str(p["coder"]) for p in tensor["parts"] if p.get("coder")}))
+    dtype_bits = _DTYPE_BITS.get(str(tensor.get("dtype")), 32)
+    try:
+        if encoding == "shared_sparse":
+            values, gaps, book = parts["values"], parts["gaps"], parts["codebook"]
+            entries = int(values["symbols"])
+            wbits = _fixed_bits(int(values["alphabet"]))
+            width = int(tensor["gap_width"])
+            return CompressionRow(
+                name, encoding, weights, kept, int(tensor["k"]), entries, wbits,
+                _per(values["bytes"], entries), width, _per(gaps["bytes"], int(gaps["symbols"])),
+                coders, entries * (wbits + width) / 8 + int(book["bytes"]), coded,
+            )  # fmt: skip
+        if encoding == "shared_dense":
+            symbols, book = parts["symbols"], parts["codebook"]
+            entries = int(symbols["symbols"])
+            wbits = _fixed_bits(int(symbols["alphabet"]))
+            return CompressionRow(
+                name, encoding, weights, kept, int(tensor["k"]), entries, wbits,
+                _per(symbols["bytes"], entries), None, None,
+                coders, entries * wbits / 8 + int(book["bytes"]), coded,
+            )  # fmt: skip
+        if encoding == "sparse_float":
+            gaps, values = parts["gaps"], parts["values"]
+            entries = int(gaps["symbols"])
+            width = int(tensor["gap_width"])
+            return CompressionRow(
+                name, encoding, weights, kept, None, entries, dtype_bits,
+                _per(values["bytes"], entries), width, _per(gaps["bytes"], entries),
+                coders, entries * (dtype_bits + width) / 8, coded,
+            )  # fmt: skip
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"tensor {name!r}: incomplete {encoding} record ({exc!r})") from exc
+    return CompressionRow(
+        name, encoding, weights, kept, None, weights, dtype_bits, _per(coded, weights),
+        None, None, coders, coded, coded,
+    )  # fmt: skip
+
+
+def _per(nbytes: object, count: int) -> float:
+    return 8.0 * int(nbytes) / count if count else 0.0  # type: ignore[call-overload]
+
+
+def compression_table(save: Mapping[str, Any]) -> CompressionTable:
+    """The paper's per-layer table from ``SaveReport.to_dict()`` (or ``InspectReport``'s).
+
+    Compressed tensors get a row each; raw tensors are summed into one "other" row.
+    """
+    rows = [compression_row(t) for t in save["tensors"]]
+    layers = tuple(r for r in rows if r.encoding != "raw")
+    raw = [r for r in rows if r.encoding == "raw"]
+    others = None
+    if raw:
+        weights = sum(r.weights for r in raw)
+        coded = sum(r.coded_bytes for r in raw)
+        others = CompressionRow(
+            f"{len(raw)} other tensor(s), raw", "raw", weights, sum(r.kept for r in raw), None,
+            weights, _per(coded, weights), _per(coded, weights), None, None, (), coded, coded,
+        )  # fmt: skip
+    file_bytes = int(save["file_bytes"])
+    float32 = int(save.get("float32_bytes", sum(4 * r.weights for r in rows)))
+    overhead = int(save.get("overhead_bytes", file_bytes - sum(r.coded_bytes for r in rows)))
+    return CompressionTable(layers, others, overhead, file_bytes, float32)
+
+
+COMPRESSION_HEADERS = (
+    "layer",
+    "weights",
+    "kept",
+    "weight bits (P+Q)",
+    "weight bits (P+Q+C)",
+    "index bits (P+Q)",
+    "index bits (P+Q+C)",
+    "size (P+Q)",
+    "size (P+Q+C)",
+    "bits / kept weight",
+    "coders",
+)
+
+
+def _bits(x: float | None, digits: int = 1) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.{digits}f}"
+
+
+def compression_table_rows(table: CompressionTable) -> list[list[str]]:
+    """Rows of :data:`COMPRESSION_HEADERS`: layers, other tensors, overhead, total."""
+
+    def row(r: CompressionRow) -> list[str]:
+        return [
+            r.name,
+            f"{r.weights:,}",
+            _pct(r.kept_fraction) if r.encoding != "raw" else "-",
+            _bits(r.weight_bits_fixed),
+            _bits(r.weight_bits_coded),
+            _bits(r.index_bits_fixed),
+            _bits(r.index_bits_coded),
+            _pct(r.fixed_fraction),
+            _pct(r.coded_fraction),
+            _bits(r.bits_per_kept),
+            "/".join(r.coders) or "-",
+        ]
+
+    rows = [row(r) for r in table.layers]
+    if table.others is not None:
+        rows.append(row(table.others))
+    rows.append(
+        ["header + directory + metadata", "", "", "", "", "", "", "",
+         f"{table.overhead_bytes:,} B", "", ""]
+    )  # fmt: skip
+    total_weights = table.weights + (table.others.weights if table.others else 0)
+    rows.append(
+        [
+            "total",
+            f"{total_weights:,}",
+            _pct(table.kept / table.weights if table.weights else 1.0),
+            _bits(table.mean_bits("weight_bits_fixed")),
+            _bits(table.mean_bits("weight_bits_coded")),
+            _bits(table.mean_bits("index_bits_fixed")),
+            _bits(table.mean_bits("index_bits_coded")),
+            f"{_pct(table.fixed_bytes / table.float32_bytes)} ({table.fixed_ratio:.1f}×)",
+            f"{_pct(table.file_bytes / table.float32_bytes)} ({table.ratio:.1f}×)",
+            _bits(8.0 * sum(r.coded_bytes for r in table.layers) / table.kept)
+            if table.kept
+            else "-",
+            "",
+        ]
+    )
+    return rows
+
+
+def compression_caption(table: CompressionTable) -> str:
+    """One line: real sizes and the ratio."""
+    return (
+        f"{table.float32_bytes:,} B float32 → {table.file_bytes:,} B .dzip on disk: "
+        f"{table.ratio:.1f}× (P = pruning, Q = quantization, C = entropy coding; "
+        "bits per stored entry, sizes as % of float32; bits / kept weight counts a layer's "
+        "whole region)"
+    )
+
+
+def compression_rich_table(
+    table: CompressionTable, *, title: str = "Per-layer compression"
+) -> Table:
+    """The paper's Table 2/3 layout as a rich table."""
+    out = Table(title=title, caption=compression_caption(table))
+    for h in COMPRESSION_HEADERS:
+        out.add_column(h, justify="left" if h in ("layer", "coders") else "right")
+    rows = compression_table_rows(table)
+    for r in rows[:-1]:
+        out.add_row(*r)
+    out.add_row(*rows[-1], style="bold")
+    return out
+
+
+def compression_markdown(table: CompressionTable) -> str:
+    """The paper's Table 2/3 layout in Markdown, with the caption below."""
+    rows = compression_table_rows(table)
+    rows[-1] = [f"**{c}**" if c else c for c in rows[-1]]
+    return markdown_table(COMPRESSION_HEADERS, rows) + "\n" + compression_caption(table) + "\n"
+
+
+# ------------------------------------------------------------------------- stages of a run
+
+
+STAGE_HEADERS = ("stage", "validation", "test", "kept", ".dzip bytes", "ratio", "time")
+
+
+def stage_rows(records: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """One row per stage record (``StageRecord.to_dict()``), the starting point first."""
+    rows = []
+    for r in records:
+        label = "start" if r["index"] < 0 else f"{r['index'] + 1}. {r['kind']}"
+        if r.get("name"):
+            label += f" ({r['name']})"
+        rows.append(
+            [
+                label,
+                _pct(r.get("val_acc")),
+                _pct(r.get("test_acc")),
+                _pct(r.get("kept")),
+                f"{int(r['file_bytes']):,}",
+                f"{float(r['ratio']):.1f}×",
+                f"{float(r['seconds']):.0f} s",
+            ]
+        )
+    return rows
+
+
+def stages_rich_table(records: Sequence[Mapping[str, Any]], *, title: str = "Stages") -> Table:
+    """Accuracy and real size after each stage."""
+    out = Table(title=title)
+    for h in STAGE_HEADERS:
+        out.add_column(h, justify="left" if h == "stage" else "right")
+    for r in stage_rows(records):
+        out.add_row(*r)
+    return out
