@@ -27,7 +27,7 @@ import torch
 from deepzip._atomic import atomic_write_text
 from deepzip.config import ScheduleConfig, builtin_recipe
 from deepzip.datasets import DataSplits, load_dataset
-from deepzip.format import save_checkpoint
+from deepzip.format import apply_checkpoint, read_checkpoint, save_checkpoint
 from deepzip.pipeline import accuracy_fn, make_loaders, prune_with_retraining, train_dense
 from deepzip.report import markdown_table
 from deepzip.zoo import create_model
@@ -63,7 +63,20 @@ def _subsample(data: DataSplits, n_train: int) -> DataSplits:
     return DataSplits(data.train.subset(torch.arange(n_train)), data.val, data.test)
 
 
-def run_model(name: str, data: DataSplits, *, quick: bool, seed: int) -> dict[str, object]:
+def _cached_dense(model: torch.nn.Module, path: Path, meta: dict[str, str]) -> bool:
+    """Load the dense baseline from ``path`` if it was trained with the same settings."""
+    if not path.exists():
+        return False
+    ckpt = read_checkpoint(path)
+    if any(ckpt.metadata.get(k) != v for k, v in meta.items()):
+        return False
+    apply_checkpoint(model, ckpt)
+    return True
+
+
+def run_model(
+    name: str, data: DataSplits, *, quick: bool, seed: int, reuse_dense: bool = False
+) -> dict[str, object]:
     job = builtin_recipe(name)
     assert job.train is not None
     dense_cfg = replace(job.train, seed=seed)
@@ -76,13 +89,20 @@ def run_model(name: str, data: DataSplits, *, quick: bool, seed: int) -> dict[st
         )
     torch.manual_seed(seed)
     model = create_model(name)
+    suffix = "-quick" if quick else ""
+    dense_path = CACHE / f"{name}-dense{suffix}.safetensors"
+    meta = {
+        "deepzip.model": name,
+        "deepzip.dataset": "fashion-mnist",
+        "deepzip.dense_train": json.dumps(dense_cfg.to_dict(), sort_keys=True),
+    }
     t0 = time.perf_counter()
-    train_dense(model, data, dense_cfg)
+    reused = reuse_dense and _cached_dense(model, dense_path, meta)
+    if not reused:
+        train_dense(model, data, dense_cfg)
+        save_checkpoint(model, dense_path, metadata=meta)
     t_dense = time.perf_counter() - t0
     dense_acc = accuracy_fn(make_loaders(data, 1000).test)(model)
-    suffix = "-quick" if quick else ""
-    meta = {"deepzip.model": name, "deepzip.dataset": "fashion-mnist"}
-    save_checkpoint(model, CACHE / f"{name}-dense{suffix}.safetensors", metadata=meta)
     t0 = time.perf_counter()
     outcome = prune_with_retraining(model, data, job, seed=seed)
     t_prune = time.perf_counter() - t0
@@ -101,6 +121,7 @@ def run_model(name: str, data: DataSplits, *, quick: bool, seed: int) -> dict[st
         "steps": [s.to_dict() for s in outcome.steps],
         "dense_train": dense_cfg.to_dict(),
         "job": job.to_dict(),
+        "dense_reused_from_cache": reused,
         "seconds": {"dense": t_dense, "prune_retrain": t_prune},
         "paper_mnist": PAPER[name],
     }
@@ -112,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--reuse-dense",
+        action="store_true",
+        help="start from the cached dense baseline when it was trained with the same settings "
+        "(same recipe and seed); the JSON records it",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_dataset("fashion-mnist", args.data_dir, val_size=5000, seed=args.seed)
@@ -120,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, object] = {}
     rows = []
     for name in args.models.split(","):
-        r = run_model(name, data, quick=args.quick, seed=args.seed)
+        r = run_model(name, data, quick=args.quick, seed=args.seed, reuse_dense=args.reuse_dense)
         results[name] = r
         paper = PAPER[name]
         rows.append(

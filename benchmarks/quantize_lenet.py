@@ -2,7 +2,9 @@
 
 Starts from the pruned checkpoints that ``benchmarks/prune_lenet.py`` leaves in
 ``benchmarks/results/cache/`` and reports test accuracy after clustering only and after
-fine-tuning the centroids (same budget everywhere: one epoch, Adam, lr 1e-4):
+fine-tuning the centroids (Adam, lr 1e-4; the same budget for every sweep point: one pass over
+a fixed seeded subset of ``--sweep-train`` training images; the paper's setting gets a full
+epoch):
 
 * 2..8 bits for every layer, k-means with each of the four initialisations (the paper found
   linear initialisation best);
@@ -82,8 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2, 5 and 8 bits, linear only")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument(
+        "--sweep-train",
+        type=int,
+        default=10_000,
+        help="training images for the sweep's fine-tuning (0: all); the paper setting uses all",
+    )
     args = parser.parse_args(argv)
     data = load_dataset("fashion-mnist", args.data_dir, val_size=5000, seed=0)
+    sweep_data = data
+    if 0 < args.sweep_train < len(data.train):
+        pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
+        sweep_data = DataSplits(data.train.subset(pick[: args.sweep_train]), data.val, data.test)
     bits_sweep = (2, 5, 8) if args.quick else tuple(range(2, 9))
     inits = ("linear",) if args.quick else INITS
     results: dict[str, Any] = {}
@@ -97,13 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         for bits in bits_sweep:
             for init in inits:
                 cfg = QuantizeConfig(bits=bits, init=init)  # type: ignore[arg-type]
-                sweep[f"kmeans-{init}-{bits}"] = _run(name, data, cfg, FINETUNE, ckpt)
+                sweep[f"kmeans-{init}-{bits}"] = _run(name, sweep_data, cfg, FINETUNE, ckpt)
             for label, cfg in (
                 ("kmeans-fisher", QuantizeConfig(bits=bits, importance="fisher")),
                 ("uniform", QuantizeConfig(bits=bits, method="uniform")),
                 ("ecsq", QuantizeConfig(bits=bits, method="ecsq", ecsq_lambda=ECSQ_LAMBDA)),
             ):
-                sweep[f"{label}-{bits}"] = _run(name, data, cfg, FINETUNE, ckpt)
+                sweep[f"{label}-{bits}"] = _run(name, sweep_data, cfg, FINETUNE, ckpt)
         paper = _run(name, data, QuantizeConfig(), FINETUNE, ckpt)
         pruned_acc = paper["pruned"]
         results[name] = {"pruned_acc": pruned_acc, "paper_setting": paper, "sweep": sweep}
@@ -138,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": "fashion-mnist",
         "quick": args.quick,
         "finetune": FINETUNE.to_dict(),
+        "sweep_train_images": len(sweep_data.train),
+        "paper_setting_train_images": len(data.train),
         "ecsq_lambda": ECSQ_LAMBDA,
         "torch": torch.__version__,
         "models": results,

@@ -26,6 +26,7 @@ import torch
 from deepzip.errors import ConfigError, InvalidTensorError
 
 __all__ = [
+    "DEFAULT_MAX_ITER",
     "MAX_K",
     "OPTIMAL_MAX_VALUES",
     "KMeansInit",
@@ -87,6 +88,12 @@ class KMeansResult:
 
 # --------------------------------------------------------------------------------------------
 # validation and small helpers
+
+
+# Lloyd iterations are cheap once the values are sorted (see kmeans_1d), so the default cap is
+# well above scikit-learn's 300: on heavy-tailed weights Lloyd keeps lowering the SSE for
+# hundreds of iterations.
+DEFAULT_MAX_ITER = 1000
 
 
 def bits_to_k(bits: int) -> int:
@@ -599,7 +606,7 @@ def kmeans_1d(
     weights: torch.Tensor | None = None,
     init: KMeansInit = "linear",
     seed: int = 0,
-    max_iter: int = 100,
+    max_iter: int = DEFAULT_MAX_ITER,
     tol: float = 0.0,
     init_centroids: torch.Tensor | None = None,
 ) -> KMeansResult:
@@ -629,7 +636,10 @@ def kmeans_1d(
             random in proportion to importance) or ``"kmeans++"`` (weighted D² seeding; on a
             2^17-value weighted sample when there are more distinct values).
         seed: seeds the random initialisations (``forgy``, ``kmeans++``).
-        max_iter: most Lloyd iterations (>= 1).
+        max_iter: most Lloyd iterations (>= 1). After the sort an iteration costs only
+            O(k log n) (about 0.7 ms at n = 10^7, k = 256), so the default lets Lloyd run to
+            its fixed point on typical layers; heavy-tailed layers at large k may still stop
+            here, which a note reports.
         tol: also stop when no centroid moves more than ``tol`` (0: stop only when the
             assignment stops changing).
         init_centroids: explicit starting centroids, ``k`` finite values (sorted here);
