@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.deepzip-installed
 
-.PHONY: demo test data lint typecheck check clean
+.PHONY: demo test data browser lint typecheck check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,10 +19,13 @@ $(STAMP): pyproject.toml
 data:
 	./scripts/ensure_data.sh
 
+browser:
+	./scripts/ensure_chromium.sh
+
 demo: $(STAMP) data
 	$(VENV)/bin/deepzip demo
 
-test: $(STAMP) data
+test: $(STAMP) data browser
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
