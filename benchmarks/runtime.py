@@ -34,6 +34,10 @@ batch sizes.
     python benchmarks/runtime.py                  # the three AlexNet layers, batch 1, 8, 64
     python benchmarks/runtime.py --cold --sweep   # what benchmarks/results/runtime.json holds
 
+Each row is the median over ``--runs`` whole measurements (5 by default; the layers are rebuilt
+each time, which moves their memory): times are medians of the runs' times, speedups medians
+of the runs' own ratios. The per-run values are in the JSON under ``runs``.
+
 Writes benchmarks/results/runtime.json (``--out`` to change) and prints Markdown tables.
 """
 
@@ -44,6 +48,7 @@ import functools
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 import warnings
@@ -275,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch (and kernel) threads")
     parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument(
+        "--runs", type=int, default=5, help="whole measurements; each row reports their median"
+    )
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batches", default="1,8,64")
     parser.add_argument("--seed", type=int, default=0)
@@ -289,9 +297,14 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in args.batches.split(",")]
     start = time.perf_counter()
     load_before = os.getloadavg()[0]
-    rows = []
-    for name, n_in, n_out, density in ALEXNET_FC:
-        rows += bench_linear(name, n_in, n_out, density, batches, args, peer=not args.no_peer)
+    runs = []
+    for run in range(args.runs):
+        print(f"run {run + 1}/{args.runs}", file=sys.stderr)
+        rows = []
+        for name, n_in, n_out, density in ALEXNET_FC:
+            rows += bench_linear(name, n_in, n_out, density, batches, args, peer=not args.no_peer)
+        runs.append(rows)
+    rows = median_rows(runs)
     sweep_rows = sweep(args) if args.sweep and args.device == "cpu" else []
     result = {
         "benchmark": "runtime",
@@ -301,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "kernel_threads": numba.get_num_threads(),
         "repeats": args.repeats,
+        "runs": args.runs,
         "warmup": args.warmup,
         "cold": args.cold,
         "seed": args.seed,
@@ -320,6 +334,31 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(render(result))
     return 0
+
+
+_TIMES = (
+    "dense_ms",
+    "deepzip_ms",
+    "torch_csr_ms",
+    "compact_ms",
+    "dense_cold_ms",
+    "deepzip_cold_ms",
+)
+_RATIOS = ("speedup", "speedup_cold")
+
+
+def median_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per layer and batch: the median over the runs of every time and of every
+    speedup (each speedup is a ratio taken within one run); the per-run values are kept."""
+    merged = []
+    for same in zip(*runs, strict=True):
+        row = dict(same[0])
+        for key in (*_TIMES, *_RATIOS):
+            if key in row:
+                row[key] = statistics.median(r[key] for r in same)
+        row["runs"] = [{k: r[k] for k in (*_TIMES, *_RATIOS) if k in r} for r in same]
+        merged.append(row)
+    return merged
 
 
 def _ms(v: float) -> str:
@@ -370,8 +409,9 @@ def render(result: dict[str, Any]) -> str:
     load = result.get("load_average", {})
     text = (
         f"{result.get('device', 'cpu')}, torch threads = {result['torch_threads']}, kernel "
-        f"threads = {result['kernel_threads']}, median of {result['repeats']} interleaved "
-        f"repetitions; machine load average {load.get('before', float('nan')):.1f} → "
+        f"threads = {result['kernel_threads']}, median over {result.get('runs', 1)} runs of the "
+        f"median of {result['repeats']} interleaved repetitions; machine load average "
+        f"{load.get('before', float('nan')):.1f} → "
         f"{load.get('after', float('nan')):.1f} on {result['machine']['cpu_count']} cores\n\n"
     )
     text += markdown_table(headers, body)

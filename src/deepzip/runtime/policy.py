@@ -13,16 +13,20 @@ The automatic rule (``mode="auto"``), for each compressed weight:
    the expected batch size (``batch_size``), and dense above it.
 
 The defaults are what ``benchmarks/runtime.py --sweep`` measured on one CPU thread
-(``benchmarks/results/runtime.json``): a 4096×4096 layer (64 MiB dense) ran 7× faster sparse at
-batch 1 up to 9% density, about even at 15-25%; a 2048×2048 layer and AlexNet's fc8 (16 MiB,
-inside the 32 MiB cache) ran slower sparse at every density at batch 1. Linear thresholds:
-15% at batch 1, 10% from batch 8 (:data:`LINEAR_THRESHOLDS`). Convolutions (sparse im2col
-against PyTorch's dense convolution) were slower sparse at every measured density, so the
-convolution threshold is 1% (:data:`CONV_THRESHOLDS`): their runtime form saves memory, not
-time, and is there to be forced. For a batch size between two measured ones the threshold of
-the next smaller one is used. ``linear_max_density``, ``conv_max_density`` and
-``min_dense_bytes`` replace the defaults, ``mode="sparse"``/``"dense"`` forces every layer
-that has a sparse form, and ``overrides`` force single layers by glob.
+(``benchmarks/results/runtime.json``; the first sweep ran on a loaded machine, the committed one
+on a quiet one). Quiet, a 4096×4096 layer (64 MiB dense) ran sparse 4.4× faster at batch 1 at
+3% density, 2.5× at 9%, 1.9× at 15% and 1.4× at 25%, and 1.7-8.6× faster from batch 8; a
+2048×2048 layer (16 MiB) ran faster sparse at batch 1 only up to 9% (1.1-1.5×), and AlexNet's
+fc8 (16 MiB, 25%) 1.2× faster. Under load the 16 MiB layers ran slower sparse at every density
+at batch 1, so the size floor stays at 32 MiB, where sparse won in both sweeps. Linear
+thresholds: 15% at batch 1, 10% from batch 8 (:data:`LINEAR_THRESHOLDS`; conservative: the
+quiet sweep still gained at 25%). Convolutions (sparse im2col against PyTorch's dense
+convolution) ran at most 1.2× faster at batch 1 and up to 3% density, and slower from batch 8
+at every density, so the convolution threshold is 1% (:data:`CONV_THRESHOLDS`): their runtime
+form saves memory, not time, and is there to be forced. For a batch size between two
+measured ones the threshold of the next smaller one is used. ``linear_max_density``,
+``conv_max_density`` and ``min_dense_bytes`` replace the defaults, ``mode="sparse"``/``"dense"``
+forces every layer that has a sparse form, and ``overrides`` force single layers by glob.
 """
 
 from __future__ import annotations
