@@ -75,7 +75,11 @@ from deepzip.zoo import create_model, model_names
 
 __all__ = ["main"]
 
+# Piped or redirected output has no terminal width; rich would then squeeze the wide per-layer
+# tables into 80 columns, so give it room (a terminal's own width is kept).
 console = Console()
+if not console.is_terminal:
+    console = Console(width=200)
 err_console = Console(stderr=True)
 
 
