@@ -92,7 +92,7 @@ def test_bad_shapes_are_rejected() -> None:
 def test_buffers_follow_to_and_state_dict() -> None:
     layer = SparseLinear.from_shared(make_shared((8, 20), 0.4), torch.zeros(8))
     names = set(layer.state_dict())
-    assert {"row_ptr", "group_ptr", "group_code", "group_blocks", "cols", "codebook"} <= names
+    assert {"row_ptr", "block_code", "cols", "codebook"} <= names
     assert "bias" in names
     layer.to(torch.float64)  # float buffers change dtype; the product still runs in float32
     with torch.no_grad():

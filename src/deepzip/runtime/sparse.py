@@ -4,17 +4,17 @@ A quantized, pruned weight is ``codebook[index] * mask``. :func:`build_shared_cs
 into a matrix of ``rows = shape[0]`` and ``columns = prod(shape[1:])`` that keeps only what
 the product needs, and never a float value per weight:
 
-* within each row the surviving weights are sorted by cluster index into *groups*; a group
-  stores its cluster index (``group_code``, uint8) and its length in blocks of 8 entries
-  (``group_blocks``, uint8; a group longer than 255 blocks is split);
-* each group's column indices (``cols``: uint16 when the columns fit, else int32) are padded
-  to a whole number of blocks with the padding column ``columns``, which multiplies a zero;
-* ``row_ptr`` and ``group_ptr`` (int64, ``rows + 1``) give each row's first entry and group.
+* within each row the surviving weights are sorted by cluster index into *groups*, and each
+  group's column indices (``cols``: uint16 when the columns fit, else int32) are padded to a
+  whole number of blocks of 8 entries with the padding column ``columns``, which multiplies
+  a zero;
+* every block stores the cluster index of its group (``block_code``, uint8);
+* ``row_ptr`` (int64, ``rows + 1``) gives each row's first entry (a multiple of 8).
 
-A row then costs one gather-and-add per surviving weight and one multiply per group:
-``y[r] = sum over groups g of codebook[code[g]] * sum(x[cols in g])``. At 9% density and a
-5-bit codebook that is about 2.3 bytes per surviving weight, 0.2 bytes per dense weight, 1/18
-of float32 (every array counted, see :attr:`SharedCSRArrays.nbytes`).
+A row then costs one gather and one multiply-add per entry, with the shared value read once
+per block: ``y[r] = sum over blocks b of codebook[code[b]] * x[cols in b]``. At 9% density
+and a 5-bit codebook that is about 2.4 bytes per surviving weight, 0.2 bytes per dense
+weight, 1/17 of float32 (every array counted, see :attr:`SharedCSRArrays.nbytes`).
 
 :class:`SharedCSRModule` holds those arrays as buffers (they move with ``.to(device)``) and
 multiplies. By default (``backend="auto"``) a single input vector on the CPU goes through the
@@ -41,7 +41,7 @@ from torch import nn
 
 from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.quantize.shared import SharedTensor
-from deepzip.runtime.kernels import BLOCK, MAX_BLOCKS, kernels, set_threads
+from deepzip.runtime.kernels import BLOCK, kernels, set_threads
 
 __all__ = [
     "Backend",
@@ -69,10 +69,8 @@ class SharedCSRArrays:
         rows: number of rows (output features / channels).
         columns: number of columns (input features, or channels × kernel size).
         nnz: surviving weights (padding entries not counted).
-        row_ptr: int64, ``rows + 1``.
-        group_ptr: int64, ``rows + 1``.
-        group_code: uint8, one per group.
-        group_blocks: uint8, one per group (length in blocks of 8).
+        row_ptr: int64, ``rows + 1`` (first entry of each row; multiples of 8).
+        block_code: uint8, one per block of 8 entries (its group's cluster index).
         cols: int16 holding uint16 bits (``columns < 65535``) or int32, one per entry.
         codebook: float32, ``(k,)``.
     """
@@ -81,25 +79,16 @@ class SharedCSRArrays:
     columns: int
     nnz: int
     row_ptr: torch.Tensor
-    group_ptr: torch.Tensor
-    group_code: torch.Tensor
-    group_blocks: torch.Tensor
+    block_code: torch.Tensor
     cols: torch.Tensor
     codebook: torch.Tensor
 
     @property
     def nbytes(self) -> int:
-        """Bytes of every array (row and group pointers, groups, columns, codebook)."""
+        """Bytes of every array (row pointers, block codes, columns, codebook)."""
         return sum(
             t.numel() * t.element_size()
-            for t in (
-                self.row_ptr,
-                self.group_ptr,
-                self.group_code,
-                self.group_blocks,
-                self.cols,
-                self.codebook,
-            )
+            for t in (self.row_ptr, self.block_code, self.cols, self.codebook)
         )
 
 
@@ -167,26 +156,20 @@ def build_shared_csr(shared: SharedTensor, *, name: str = "weight") -> SharedCSR
     starts = np.ones(nnz, dtype=bool)
     starts[1:] = key[1:] != key[:-1]
     group_of = np.cumsum(starts) - 1
-    group_start = np.flatnonzero(starts)
-    rank = np.arange(nnz, dtype=np.int64) - group_start[group_of]
-    chunk_starts = starts | (rank % (MAX_BLOCKS * BLOCK) == 0)  # split over-long groups
-    first = np.flatnonzero(chunk_starts)
+    first = np.flatnonzero(starts)
     counts = np.diff(np.append(first, nnz))
     blocks = (counts + BLOCK - 1) // BLOCK
-    chunk_key = key[first]
-    chunk_row = chunk_key // k
-    padded = blocks * BLOCK
-    padded_start = np.concatenate(([0], np.cumsum(padded)[:-1])).astype(np.int64)
-    total = int(padded.sum())
+    group_key = key[first]
+    group_row = group_key // k
+    block_start = np.concatenate(([0], np.cumsum(blocks)[:-1])).astype(np.int64)
+    total = BLOCK * int(blocks.sum())
     col_dtype = np.uint16 if columns < _UINT16_MAX else np.int32
     cols = np.full(total, columns, dtype=col_dtype)
-    chunk_of = np.cumsum(chunk_starts) - 1
-    cols[padded_start[chunk_of] + (np.arange(nnz) - first[chunk_of])] = c_sorted
-    group_ptr = np.zeros(rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(chunk_row, minlength=rows), out=group_ptr[1:])
+    cols[BLOCK * block_start[group_of] + (np.arange(nnz) - first[group_of])] = c_sorted
     row_ptr = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(
-        np.bincount(chunk_row, weights=padded, minlength=rows).astype(np.int64), out=row_ptr[1:]
+        BLOCK * np.bincount(group_row, weights=blocks, minlength=rows).astype(np.int64),
+        out=row_ptr[1:],
     )
     cols_t = torch.from_numpy(cols.view(np.int16) if col_dtype == np.uint16 else cols)
     return SharedCSRArrays(
@@ -194,9 +177,7 @@ def build_shared_csr(shared: SharedTensor, *, name: str = "weight") -> SharedCSR
         columns=columns,
         nnz=nnz,
         row_ptr=torch.from_numpy(row_ptr),
-        group_ptr=torch.from_numpy(group_ptr),
-        group_code=torch.from_numpy((chunk_key % k).astype(np.uint8)),
-        group_blocks=torch.from_numpy(blocks.astype(np.uint8)),
+        block_code=torch.from_numpy(np.repeat(group_key % k, blocks).astype(np.uint8)),
         cols=cols_t,
         codebook=shared.codebook.detach().cpu().to(torch.float32).clone(),
     )
@@ -238,15 +219,13 @@ class _SparseMatmul(torch.autograd.Function):
 class SharedCSRModule(nn.Module):
     """Base of the runtime modules: the CSR arrays as buffers, and the product with them.
 
-    Buffers (move with ``.to(device)``; saved in ``state_dict``): ``row_ptr``, ``group_ptr``,
-    ``group_code``, ``group_blocks``, ``cols``, ``codebook``. The product is computed in
+    Buffers (move with ``.to(device)``; saved in ``state_dict``): ``row_ptr``,
+    ``block_code``, ``cols``, ``codebook``. The product is computed in
     float32 whatever the input's dtype; the output is cast back to it.
     """
 
     row_ptr: torch.Tensor
-    group_ptr: torch.Tensor
-    group_code: torch.Tensor
-    group_blocks: torch.Tensor
+    block_code: torch.Tensor
     cols: torch.Tensor
     codebook: torch.Tensor
 
@@ -258,9 +237,7 @@ class SharedCSRModule(nn.Module):
         self.columns = arrays.columns
         self.nnz = arrays.nnz
         self.register_buffer("row_ptr", arrays.row_ptr)
-        self.register_buffer("group_ptr", arrays.group_ptr)
-        self.register_buffer("group_code", arrays.group_code)
-        self.register_buffer("group_blocks", arrays.group_blocks)
+        self.register_buffer("block_code", arrays.block_code)
         self.register_buffer("cols", arrays.cols)
         self.register_buffer("codebook", arrays.codebook)
         self._csr_cache: dict[torch.device, torch.Tensor] = {}
@@ -276,17 +253,10 @@ class SharedCSRModule(nn.Module):
 
     @property
     def weight_nbytes(self) -> int:
-        """Bytes of the weight arrays (pointers, groups, columns, codebook; not the bias)."""
+        """Bytes of the weight arrays (pointers, block codes, columns, codebook; not the bias)."""
         return sum(
             t.numel() * t.element_size()
-            for t in (
-                self.row_ptr,
-                self.group_ptr,
-                self.group_code,
-                self.group_blocks,
-                self.cols,
-                self.codebook,
-            )
+            for t in (self.row_ptr, self.block_code, self.cols, self.codebook)
         )
 
     @property
@@ -324,8 +294,7 @@ class SharedCSRModule(nn.Module):
         cols = self.cols.to(device=device, dtype=torch.int64)
         if self.cols.dtype == torch.int16:
             cols = cols & _UINT16_MAX
-        lengths = self.group_blocks.to(device=device, dtype=torch.int64) * BLOCK
-        codes = torch.repeat_interleave(self.group_code.to(device).long(), lengths)
+        codes = torch.repeat_interleave(self.block_code.to(device).long(), BLOCK)
         row_lengths = torch.diff(self.row_ptr.to(device))
         row_of = torch.repeat_interleave(torch.arange(self.rows, device=device), row_lengths)
         keep = cols != self.columns
@@ -385,21 +354,14 @@ class SharedCSRModule(nn.Module):
 
     def _numpy_args(self) -> tuple[np.ndarray, ...]:
         """The buffers as numpy arrays for the kernels (cached while the buffers stay put)."""
-        buffers = (
-            self.row_ptr,
-            self.group_ptr,
-            self.group_code,
-            self.group_blocks,
-            self.cols,
-            self.codebook,
-        )
+        buffers = (self.row_ptr, self.block_code, self.cols, self.codebook)
         key = tuple((t.data_ptr(), t.dtype) for t in buffers)
         if self._numpy_cache is not None and self._numpy_cache[0] == key:
             return self._numpy_cache[1]
-        arrays = [t.detach().contiguous().numpy() for t in buffers[:4]]
-        cols = buffers[4].detach().contiguous().numpy()
+        arrays = [t.detach().contiguous().numpy() for t in buffers[:2]]
+        cols = buffers[2].detach().contiguous().numpy()
         arrays.append(cols.view(np.uint16) if cols.dtype == np.int16 else cols)
-        arrays.append(_float32_numpy(buffers[5]))
+        arrays.append(_float32_numpy(buffers[3]))
         out = tuple(arrays)
         self._numpy_cache = (key, out)
         return out
