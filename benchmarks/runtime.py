@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - start,
         "load_average": {"before": load_before, "after": os.getloadavg()[0]},
         "results": rows,
+        "stack": stack_rows(rows),
         "sweep": sweep_rows,
     }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
@@ -359,6 +360,34 @@ def median_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         row["runs"] = [{k: r[k] for k in (*_TIMES, *_RATIOS) if k in r} for r in same]
         merged.append(row)
     return merged
+
+
+def stack_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The three layers together, per batch: summed times and bytes; the speedup is the
+    median over the runs of each run's summed dense time over its summed deepzip time."""
+    out = []
+    for batch in sorted({r["batch"] for r in rows}):
+        same = [r for r in rows if r["batch"] == batch]
+        per_run = [
+            sum(r["runs"][i]["dense_ms"] for r in same)
+            / sum(r["runs"][i]["deepzip_ms"] for r in same)
+            for i in range(len(same[0]["runs"]))
+        ]
+        dense_bytes = sum(r["dense_bytes"] for r in same)
+        deepzip_bytes = sum(r["deepzip_bytes"] for r in same)
+        out.append(
+            {
+                "layers": [r["layer"] for r in same],
+                "batch": batch,
+                "dense_ms": sum(r["dense_ms"] for r in same),
+                "deepzip_ms": sum(r["deepzip_ms"] for r in same),
+                "speedup": statistics.median(per_run),
+                "dense_bytes": dense_bytes,
+                "deepzip_bytes": deepzip_bytes,
+                "memory_ratio": dense_bytes / deepzip_bytes,
+            }
+        )
+    return out
 
 
 def _ms(v: float) -> str:
@@ -415,6 +444,21 @@ def render(result: dict[str, Any]) -> str:
         f"{load.get('after', float('nan')):.1f} on {result['machine']['cpu_count']} cores\n\n"
     )
     text += markdown_table(headers, body)
+    if result.get("stack"):
+        text += "\nThe three layers together (summed medians; speedup: median of the runs'):\n\n"
+        text += markdown_table(
+            ["batch", "dense ms", "deepzip ms", "speedup", "memory"],
+            [
+                [
+                    str(r["batch"]),
+                    _ms(r["dense_ms"]),
+                    _ms(r["deepzip_ms"]),
+                    f"{r['speedup']:.2f}×",
+                    f"1/{r['memory_ratio']:.1f}",
+                ]
+                for r in result["stack"]
+            ],
+        )
     if result.get("sweep"):
         text += "\nPolicy sweep (speedup of deepzip over dense; > 1 is faster):\n\n"
         table: dict[tuple[str, float], dict[int, float]] = {}

@@ -82,7 +82,9 @@ def test_auto_rule_uses_density_batch_and_size() -> None:
     assert d.form == "dense"
     assert "min_dense_bytes" in d.reason
     assert _decide(RuntimePolicy(min_dense_bytes=0), small, 0.01).form == "sparse"
-    assert _decide(RuntimePolicy(), nn.Linear(4096, 2047, device="meta"), 0.01).form == "dense"
+    # the floor is 16,000,000 bytes: 3,999,000 weights stay dense, 4,001,000 go sparse
+    assert _decide(RuntimePolicy(), nn.Linear(1000, 3999, device="meta"), 0.01).form == "dense"
+    assert _decide(RuntimePolicy(), nn.Linear(1000, 4001, device="meta"), 0.01).form == "sparse"
 
 
 def test_custom_thresholds_and_conv_kind() -> None:

@@ -5,28 +5,28 @@ The automatic rule (``mode="auto"``), for each compressed weight:
 1. a layer without a sparse form stays dense: anything but ``Linear``, ``Conv1d`` and
    ``Conv2d`` (``Embedding``, ``Conv3d``, any other parameter), grouped convolutions, and a
    weight that is not called ``weight``;
-2. a layer whose dense float32 weight is smaller than ``min_dense_bytes`` (default 32 MiB,
-   a large last-level cache) stays dense: a dense weight that stays in the cache is read
-   faster than the sparse kernel gathers its inputs, and a kernel call costs tens of
-   microseconds of Python and dispatch;
+2. a layer whose dense float32 weight is smaller than ``min_dense_bytes`` (default 16 MB,
+   16,000,000 bytes) stays dense: the sweep measured nothing smaller, and a dense weight that
+   stays in the cache is read fast while a kernel call costs tens of microseconds of Python
+   and dispatch;
 3. otherwise the layer runs sparse when its density is at most the threshold for its kind and
    the expected batch size (``batch_size``), and dense above it.
 
-The defaults are what ``benchmarks/runtime.py --sweep`` measured on one CPU thread
-(``benchmarks/results/runtime.json``; the first sweep ran on a loaded machine, the committed one
-on a quiet one). Quiet, a 4096×4096 layer (64 MiB dense) ran sparse 4.4× faster at batch 1 at
-3% density, 2.5× at 9%, 1.9× at 15% and 1.4× at 25%, and 1.7-8.6× faster from batch 8; a
-2048×2048 layer (16 MiB) ran faster sparse at batch 1 only up to 9% (1.1-1.5×), and AlexNet's
-fc8 (16 MiB, 25%) 1.2× faster. Under load the 16 MiB layers ran slower sparse at every density
-at batch 1, so the size floor stays at 32 MiB, where sparse won in both sweeps. Linear
-thresholds: 15% at batch 1, 10% from batch 8 (:data:`LINEAR_THRESHOLDS`; conservative: the
-quiet sweep still gained at 25%). Convolutions (sparse im2col against PyTorch's dense
-convolution) ran at most 1.2× faster at batch 1 and up to 3% density, and slower from batch 8
-at every density, so the convolution threshold is 1% (:data:`CONV_THRESHOLDS`): their runtime
-form saves memory, not time, and is there to be forced. For a batch size between two
-measured ones the threshold of the next smaller one is used. ``linear_max_density``,
-``conv_max_density`` and ``min_dense_bytes`` replace the defaults, ``mode="sparse"``/``"dense"``
-forces every layer that has a sparse form, and ``overrides`` force single layers by glob.
+The defaults are what ``benchmarks/runtime.py --sweep`` measured on one CPU thread of a quiet
+machine (``benchmarks/results/runtime.json``) with the block kernel of
+:mod:`deepzip.runtime.kernels`. At batch 1 a 4096×4096 layer (64 MiB dense) ran sparse 9.6×
+faster at 3% density, 4.9× at 9%, 3.5× at 15% and 2.5× at 25%; a 2048×2048 layer (16.8 MB,
+inside a 32 MiB cache) 2.7×, 2.1×, 1.5× and 1.4×; AlexNet's fc8 (16.4 MB, 25%) 1.9×. From
+batch 8 both sizes gained 2.1-8.8× up to 15% and 1.2-1.6× at 25%. Linear thresholds
+(:data:`LINEAR_THRESHOLDS`): 25% at batch 1 (the densest point measured; sparse still won on
+every size), 15% from batch 8 (at 25% the batch gain was thin enough for a busy machine to
+erase). Convolutions (sparse im2col against PyTorch's dense convolution) ran at most 1.2×
+faster at batch 1 and up to 3% density, and slower from batch 8 at every density, so the
+convolution threshold is 1% (:data:`CONV_THRESHOLDS`): their runtime form saves memory, not
+time, and is there to be forced. For a batch size between two measured ones the threshold of
+the next smaller one is used. ``linear_max_density``, ``conv_max_density`` and
+``min_dense_bytes`` replace the defaults, ``mode="sparse"``/``"dense"`` forces every layer
+that has a sparse form, and ``overrides`` force single layers by glob.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ __all__ = [
 
 LayerForm = Literal["sparse", "dense"]
 
-LINEAR_THRESHOLDS: tuple[tuple[int, float], ...] = ((1, 0.15), (8, 0.10))
+LINEAR_THRESHOLDS: tuple[tuple[int, float], ...] = ((1, 0.25), (8, 0.15))
 """``(batch size, max density)`` for linear layers, from the measured crossovers."""
 
 CONV_THRESHOLDS: tuple[tuple[int, float], ...] = ((1, 0.01),)
@@ -114,7 +114,7 @@ class RuntimePolicy:
     batch_size: int = 1
     linear_max_density: float | None = None
     conv_max_density: float | None = None
-    min_dense_bytes: int = 32 << 20
+    min_dense_bytes: int = 16_000_000
     overrides: tuple[RuntimeOverride, ...] = field(default_factory=tuple)
     backend: Backend = "auto"
 

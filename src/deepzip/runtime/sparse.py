@@ -23,9 +23,9 @@ a batch (or a convolution's patches), and any input on another device (CUDA), go
 ``torch.sparse.mm`` (MKL on the CPU, cuSPARSE on CUDA) on a float32 CSR copy with int32
 indices that the module builds once per device, 8 bytes per surviving weight, reported by
 :attr:`SharedCSRModule.cache_nbytes`. ``benchmarks/runtime.py`` measured why: at batch 1 the
-gather kernel beat MKL's CSR product 3 to 5 times on AlexNet's fc6 and fc7, while from batch
-8 MKL was 2 to 3 times faster than the compiled batch kernel (``backend="numba"`` keeps every
-product, and the memory, on the compact arrays).
+block kernel beat MKL's CSR product 2.8 to 3.5 times on AlexNet's fully connected layers, while
+from batch 8 MKL was 1.2 to 4.7 times faster than the compiled batch kernel
+(``backend="numba"`` keeps every product, and the memory, on the compact arrays).
 """
 
 from __future__ import annotations
