@@ -221,3 +221,42 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["compress", str(tmp_path / "x.safetensors"), "-o", str(tmp_path / "o.dzip"),
                  "--no-progress"]) == 2  # fmt: skip
     assert "not a readable safetensors file" in capsys.readouterr().err
+
+
+def test_one_grid_step_for_every_tensor(ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s.dzip"
+    report = compress_checkpoint(ckpt, out, step=0.02, layer_bits={"conv": 2})
+    src = _state()
+    back = load_state_dict(out)
+    w = src["layers.0.linear.weight"]
+    got = back["layers.0.linear.weight"]
+    # every weight within one step of its value; levels = the grid points its range needs
+    assert float((got - w).abs().max()) <= 0.02 + 1e-6
+    grid_points = torch.unique(torch.round(w.double() / 0.02)).numel()
+    rows = {r.name: r for r in report.tensors}
+    assert rows["layers.0.linear.weight"].k == grid_points
+    assert rows["conv.weight"].k is not None
+    assert rows["conv.weight"].k <= 4  # the layer_bits glob wins over the step
+    meta = inspect(out).metadata
+    assert meta["recipe"]["step"] == 0.02
+    assert meta["report"]["layers"]["layers.0.linear.weight"]["step"] == 0.02
+    assert "step" not in meta["report"]["layers"]["conv.weight"]
+
+
+def test_bad_step_settings(ckpt: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "x.dzip"
+    with pytest.raises(ConfigError, match="step must be a finite number > 0"):
+        compress_checkpoint(ckpt, dest, step=0.0)
+    with pytest.raises(ConfigError, match="needs quantizer 'uniform', got 'kmeans'"):
+        compress_checkpoint(ckpt, dest, step=0.1, quantizer="kmeans")
+    with pytest.raises(ConfigError, match="give step or levels, not both"):
+        compress_checkpoint(ckpt, dest, step=0.1, levels=8)
+    with pytest.raises(ConfigError, match=r"conv\.weight: step 1e-05 uses 284 levels"):
+        compress_checkpoint(ckpt, dest, step=1e-5)
+    assert not dest.exists()
+
+
+def test_cli_compress_with_a_step(ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "c.dzip"
+    assert main(["compress", str(ckpt), "-o", str(out), "--step", "0.03", "--no-progress"]) == 0
+    assert inspect(out).metadata["recipe"]["step"] == 0.03

@@ -633,6 +633,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             levels=args.levels,
             quantizer=args.quantizer,
             ecsq_lambda=args.ecsq_lambda,
+            step=args.step,
             coder=args.coder,
             include=tuple(args.include),
             exclude=tuple(args.exclude),
@@ -977,6 +978,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--bits", type=int, default=DEFAULT_BITS, help=f"bits per index (default {DEFAULT_BITS})"
     )
     p.add_argument("--levels", type=int, default=None, help="quantization levels (not 2**bits)")
+    p.add_argument(
+        "--step",
+        type=float,
+        default=None,
+        help="one uniform grid step for every tensor (NNCodec-style), instead of --levels",
+    )
     p.add_argument("--no-quantize", action="store_true", help="prune only; values stay float")
     p.add_argument(
         "--quantizer",

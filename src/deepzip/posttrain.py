@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from deepzip.format.dzip_spec import MAX_GAP_WIDTH, MAX_K, MIN_GAP_WIDTH
 from deepzip.format.dzip_writer import DzipWriter, Layout
 from deepzip.prune.masks import check_finite, sparsity_mask
 from deepzip.quantize.kmeans import KMeansResult, bits_to_k, kmeans_1d
-from deepzip.quantize.scalar import ecsq_quantize, uniform_quantize
+from deepzip.quantize.scalar import ecsq_quantize, step_quantize, uniform_quantize
 from deepzip.quantize.shared import SharedTensor
 from deepzip.targets import matches
 
@@ -76,6 +77,10 @@ class PostTrainConfig:
             entropy coder the rate follows the step size, not a power of two.
         quantizer: ``"uniform"``, ``"ecsq"`` or ``"kmeans"``.
         ecsq_lambda: ECSQ's rate weight (``quantizer="ecsq"``); 0 equals uniform.
+        step: one grid step for every quantized tensor (``quantizer="uniform"`` only; see
+            :func:`~deepzip.quantize.scalar.step_quantize`): each tensor gets the levels its
+            range needs, at most 256, instead of ``levels``/``2**bits`` spread over its range.
+            Tensors a ``layer_bits`` glob matches keep their ``2**bits`` levels.
         layer_bits: ``{glob: bits}`` per-tensor bits; the last matching glob wins.
         include: globs; when given, only matching tensors are compressed.
         exclude: globs of tensors left raw.
@@ -88,6 +93,7 @@ class PostTrainConfig:
     levels: int | None = None
     quantizer: Quantizer = DEFAULT_QUANTIZER
     ecsq_lambda: float = 0.0
+    step: float | None = None
     layer_bits: tuple[tuple[str, int], ...] = ()
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -104,6 +110,23 @@ class PostTrainConfig:
             raise ConfigError(f"levels must be an integer from 2 to {MAX_K}, got {self.levels!r}")
         if self.levels is not None and self.bits is None:
             raise ConfigError("levels needs quantization: give bits a value or leave it default")
+        if self.step is not None:
+            st = self.step
+            if (
+                isinstance(st, bool)
+                or not isinstance(st, (int, float))
+                or not (math.isfinite(st) and st > 0)
+            ):
+                raise ConfigError(f"step must be a finite number > 0, got {st!r}")
+            if self.quantizer != "uniform":
+                raise ConfigError(
+                    "step sets a uniform grid: it needs quantizer 'uniform', "
+                    f"got {self.quantizer!r}"
+                )
+            if self.levels is not None:
+                raise ConfigError("give step or levels, not both")
+            if self.bits is None:
+                raise ConfigError("step needs quantization: give bits a value or leave it default")
         s = self.sparsity
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s < 1.0:
             raise ConfigError(f"sparsity must be a number in [0, 1), got {s!r}")
@@ -126,11 +149,19 @@ class PostTrainConfig:
             "levels": self.levels,
             "quantizer": self.quantizer,
             "ecsq_lambda": self.ecsq_lambda,
+            "step": self.step,
             "layer_bits": [list(p) for p in self.layer_bits],
             "include": list(self.include),
             "exclude": list(self.exclude),
             "min_elements": self.min_elements,
         }
+
+    def step_for(self, name: str) -> float | None:
+        """The grid step of one tensor: ``step``, unless a ``layer_bits`` glob matches it."""
+        module, _, attr = name.rpartition(".")
+        if self.step is None or any(matches(p, module, attr) for p, _ in self.layer_bits):
+            return None
+        return self.step
 
     def levels_for(self, name: str) -> int | None:
         """Levels of one tensor: ``2**bits`` of the last matching ``layer_bits`` glob, else
@@ -306,6 +337,7 @@ def compress_checkpoint(
     levels: int | None = None,
     quantizer: Quantizer = DEFAULT_QUANTIZER,
     ecsq_lambda: float = 0.0,
+    step: float | None = None,
     coder: CoderName = "auto",
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
@@ -334,6 +366,8 @@ def compress_checkpoint(
         levels: quantization levels (2..256) instead of ``2**bits``.
         quantizer: ``"uniform"`` (default), ``"ecsq"`` or ``"kmeans"``.
         ecsq_lambda: ECSQ's rate weight.
+        step: one uniform grid step for every quantized tensor (NNCodec's way), instead of
+            ``levels`` per tensor; each tensor uses the levels its range needs (at most 256).
         coder: ``"auto"`` (the smaller of Huffman and ANS per stream), ``"huffman"``,
             ``"ans"`` or ``"raw"``.
         include: globs (tensor or module names); when given, only matching tensors are
@@ -361,6 +395,7 @@ def compress_checkpoint(
         levels=levels,
         quantizer=quantizer,
         ecsq_lambda=ecsq_lambda,
+        step=step,
         layer_bits=tuple((layer_bits or {}).items()),
         include=tuple(include),
         exclude=tuple(exclude),
@@ -396,8 +431,12 @@ def compress_checkpoint(
     return writer.report
 
 
-def _quantize(values: torch.Tensor, k: int, config: PostTrainConfig) -> KMeansResult:
-    """The configured quantizer with ``k`` levels (what ``quantize_tensor`` does for 2**bits)."""
+def _quantize(values: torch.Tensor, k: int, config: PostTrainConfig, name: str) -> KMeansResult:
+    """The configured quantizer with ``k`` levels (what ``quantize_tensor`` does for 2**bits),
+    or the tensor's grid step when it has one."""
+    step = config.step_for(name)
+    if step is not None:
+        return step_quantize(values, step, name=name)
     if config.quantizer == "uniform":
         return uniform_quantize(values, k)
     if config.quantizer == "ecsq":
@@ -429,7 +468,7 @@ def _compress_tensor(
             writer.add_raw(name, tensor)
         return {"levels": None, "kept": kept}
     values = tensor[mask].to(torch.float32) if config.sparsity > 0 else tensor.reshape(-1).float()
-    result = _quantize(values, k, config)
+    result = _quantize(values, k, config, name)
     del values
     indices = torch.zeros(tensor.shape, dtype=torch.uint8)
     if config.sparsity > 0:
@@ -438,4 +477,7 @@ def _compress_tensor(
         indices.view(-1).copy_(result.labels)
     shared = SharedTensor(result.centroids.cpu(), indices, mask)
     writer.add_shared(name, shared, dtype=tensor.dtype, gap_width=gap_width, layout=layout)
+    step = config.step_for(name)
+    if step is not None:
+        return {"step": step, "levels": result.k, "used": result.k, "kept": kept}
     return {"levels": k, "used": result.k, "kept": kept}

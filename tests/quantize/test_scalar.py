@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from laplace_weights import laplace as _laplace
 
 from deepzip.errors import ConfigError
-from deepzip.quantize.scalar import ecsq_quantize, uniform_quantize
+from deepzip.quantize.scalar import ecsq_quantize, step_quantize, uniform_quantize
 
 
 def _entropy(labels: torch.Tensor) -> float:
@@ -65,3 +65,36 @@ def test_ecsq_bad_lambda() -> None:
         ecsq_quantize(torch.randn(10), 4, -1.0)
     with pytest.raises(ConfigError, match="lambda"):
         ecsq_quantize(torch.randn(10), 4, math.nan)
+
+
+def test_step_rounds_to_the_grid_and_represents_each_point_by_its_mean() -> None:
+    values = torch.tensor([-0.26, -0.24, -0.04, 0.04, 0.06, 0.16, 0.5])
+    r = step_quantize(values, 0.1)
+    # grid points -0.3 (-0.26), -0.2 (-0.24), 0 (-0.04, 0.04), 0.1 (0.06), 0.2 (0.16), 0.5
+    assert r.k == 6
+    expected = torch.tensor([-0.26, -0.24, 0.0, 0.06, 0.16, 0.5])
+    torch.testing.assert_close(r.centroids, expected)
+    assert r.labels.tolist() == [0, 1, 2, 2, 3, 4, 5]
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 400), step=st.floats(0.005, 0.5), seed=st.integers(0, 2**16))
+def test_step_error_is_at_most_half_a_step(n: int, step: float, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    values = (torch.rand(n, generator=g) - 0.5) * 2.0
+    r = step_quantize(values, step)
+    decoded = r.centroids[r.labels]
+    # each value sits within half a step of its grid point, and so does its group's mean
+    assert float((decoded - values).abs().max()) <= step + 1e-6
+    assert r.k == torch.unique(torch.round(values.double() / step)).numel()
+
+
+def test_step_errors_name_the_tensor_and_the_smallest_step() -> None:
+    values = torch.linspace(-1.0, 1.0, 1000)
+    with pytest.raises(ConfigError, match=r"fc9\.weight: step 0\.001 uses 1000 levels.*0\.00784"):
+        step_quantize(values, 0.001, name="fc9.weight")
+    with pytest.raises(ConfigError, match="spans 2000000001 grid points"):
+        step_quantize(values, 1e-9, name="fc9.weight")
+    for bad in (0.0, -0.1, float("nan"), float("inf"), True):
+        with pytest.raises(ConfigError, match="step must be a finite number > 0"):
+            step_quantize(values, bad)  # type: ignore[arg-type]

@@ -7,6 +7,13 @@ label per value.
 *Uniform*: ``k`` equal-width bins over ``[min, max]``; each bin's centre is the (importance-)
 weighted mean of its members. Empty bins are dropped.
 
+*Step* (:func:`step_quantize`): a grid of a fixed step ``Δ`` with zero as a level (mid-tread),
+the same ``Δ`` for every layer, as NNCodec/DeepCABAC quantize: a weight goes to the nearest
+multiple of ``Δ``, each used grid point is represented by its members' weighted mean, and the
+number of levels is whatever the layer's range needs. One absolute step spends the same
+distortion per weight everywhere, so small layers with large weights get many levels and a
+large layer of small weights few; with an entropy coder the rate follows.
+
 *ECSQ* (the iterative algorithm of Chou, Lookabaugh & Gray 1989, as used by Choi et al.): start
 from the uniform quantizer's bins ("cells"), then repeat: assign each cell to the cluster with the
 least Lagrangian cost ``Σ importance·(w − c)² / σ² + λ·n·(−log2 p_c)``, and update each centre
@@ -25,7 +32,10 @@ import torch
 from deepzip.errors import ConfigError
 from deepzip.quantize.kmeans import KMeansResult, check_inputs, weighted_sse
 
-__all__ = ["ecsq_quantize", "uniform_quantize"]
+__all__ = ["MAX_GRID_SPAN", "ecsq_quantize", "step_quantize", "uniform_quantize"]
+
+MAX_GRID_SPAN = 1 << 20
+"""Most grid points between a layer's extreme weights that :func:`step_quantize` considers."""
 
 
 def _cells(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -95,6 +105,57 @@ def uniform_quantize(
     w = check_inputs(values, k, weights)
     cells = _cells(values, k)
     return _finish(values, w, cells, k, 0, True, [])
+
+
+def step_quantize(
+    values: torch.Tensor,
+    step: float,
+    *,
+    max_levels: int = 256,
+    weights: torch.Tensor | None = None,
+    name: str = "values",
+) -> KMeansResult:
+    """Round to the grid ``Δ·ℤ`` (``step = Δ``); each used grid point becomes its members'
+    (importance-)weighted mean.
+
+    Args:
+        values: 1-D finite float tensor (the surviving weights).
+        step: the grid step ``Δ > 0``.
+        max_levels: most grid points the values may use (the index alphabet).
+        weights: optional per-value importance (>= 0).
+        name: the tensor's name, for error messages.
+
+    Raises:
+        ConfigError: a step that is not a finite number > 0, or one so small that the values
+            use more than ``max_levels`` grid points (the message gives the smallest step
+            that fits).
+    """
+    if (
+        isinstance(step, bool)
+        or not isinstance(step, (int, float))
+        or not math.isfinite(step)
+        or step <= 0
+    ):
+        raise ConfigError(f"step must be a finite number > 0, got {step!r}")
+    w = check_inputs(values, max_levels, weights)
+    x = values.to(torch.float64)
+    lo, hi = float(x.min()), float(x.max())
+    span = round(hi / step) - round(lo / step) + 1
+    if span > MAX_GRID_SPAN:
+        raise ConfigError(
+            f"{name}: step {step:g} spans {span} grid points over [{lo:g}, {hi:g}]; "
+            f"at most {max_levels} levels fit: use a step of at least "
+            f"{(hi - lo) / (max_levels - 1):.3g}"
+        )
+    cell = torch.round(x / step).to(torch.int64)
+    cell -= int(cell.min())
+    used = int(torch.unique(cell).numel())
+    if used > max_levels:
+        raise ConfigError(
+            f"{name}: step {step:g} uses {used} levels over [{lo:g}, {hi:g}], more than "
+            f"{max_levels}: use a step of at least {(hi - lo) / (max_levels - 1):.3g}"
+        )
+    return _finish(values, w, cell, used, 0, True, [])
 
 
 def ecsq_quantize(
