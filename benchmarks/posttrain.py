@@ -1,8 +1,9 @@
 """Post-training compression (no data, no retraining) of the float LeNets on Fashion-MNIST.
 
 For each model, the float checkpoint written by ``benchmarks/prune_lenet.py`` is compressed
-with :func:`deepzip.compress_checkpoint` over a sweep of quantizer (uniform, ECSQ, k-means),
-sparsity and number of levels / ECSQ lambda. Every setting writes a real ``.dzip`` file; its
+with :func:`deepzip.compress_checkpoint` over a sweep of quantizer (uniform levels over each
+tensor's range, one uniform grid step shared by every tensor, ECSQ, k-means), sparsity and
+number of levels / step / ECSQ lambda. Every setting writes a real ``.dzip`` file; its
 size on disk gives the ratio (float32 bytes / file bytes), and the decoded model's accuracy is
 measured on the validation split (5,000 training images held out) and the test set.
 
@@ -14,7 +15,7 @@ an accuracy difference, so the validation pick can miss on test in either direct
 NNCodec's post-training figure at that accuracy (DESIGN.md): about 14x for LeNet-300-100 and
 about 12.7x for LeNet-5.
 
-    python benchmarks/posttrain.py            # full sweep (about 10 minutes on 2 CPU cores)
+    python benchmarks/posttrain.py            # full sweep (about 4 minutes on one CPU thread)
     python benchmarks/posttrain.py --quick    # a few settings
 
 Writes benchmarks/results/posttrain.json (posttrain_quick.json with --quick) and prints a
@@ -54,11 +55,17 @@ NNCODEC = {  # DESIGN.md: NNCodec 2.1.3 post-training, best ratio within 0.3 poi
 }
 
 
+STEPS = (0.008, 0.010, 0.012, 0.014, 0.016, 0.018, 0.020, 0.024, 0.028, 0.032, 0.036, 0.040)
+"""Grid steps tried with ``step=`` (absolute, shared by every tensor; LeNet weights have standard
+deviations of 0.02-0.24)."""
+
+
 def sweep(quick: bool) -> list[dict[str, Any]]:
     """The settings tried, as ``compress_checkpoint`` keyword arguments."""
     if quick:
         return [
             {"quantizer": "uniform", "sparsity": 0.0, "levels": 18},
+            {"quantizer": "uniform", "sparsity": 0.0, "step": 0.016},
             {"quantizer": "kmeans", "sparsity": 0.0, "levels": 16},
             {"quantizer": "ecsq", "sparsity": 0.0, "levels": 256, "ecsq_lambda": 0.1},
         ]
@@ -68,6 +75,9 @@ def sweep(quick: bool) -> list[dict[str, Any]]:
             out.append({"quantizer": "uniform", "sparsity": sparsity, "levels": levels})
         for levels in (8, 12, 16, 24, 32):
             out.append({"quantizer": "kmeans", "sparsity": sparsity, "levels": levels})
+    for sparsity in (0.0, 0.5):  # one grid step for every tensor, as NNCodec quantizes
+        for step in STEPS:
+            out.append({"quantizer": "uniform", "sparsity": sparsity, "step": step})
     for sparsity in (0.0, 0.5):
         for cells in (64, 256):
             for lam in (0.02, 0.05, 0.1, 0.2):
@@ -122,8 +132,8 @@ def run_model(
     best = _best(rows, float_val)
     on_test = _best(rows, float_test, key="test_acc")
     per_quantizer = {
-        q: _best([r for r in rows if r["setting"]["quantizer"] == q], float_val)
-        for q in ("uniform", "ecsq", "kmeans")
+        q: _best([r for r in rows if _family(r["setting"]) == q], float_val)
+        for q in ("uniform", "uniform_step", "ecsq", "kmeans")
     }
     coders = {}
     if best is not None:  # the chosen setting with one coder forced, for comparison
@@ -160,7 +170,14 @@ def run_model(
     }
 
 
+def _family(setting: dict[str, Any]) -> str:
+    """The quantizer, with the one-step-for-all uniform grid told apart."""
+    return "uniform_step" if "step" in setting else str(setting["quantizer"])
+
+
 def _label(setting: dict[str, Any]) -> str:
+    if "step" in setting:
+        return f"{setting['quantizer']} s={setting['sparsity']:.1f} step={setting['step']}"
     text = f"{setting['quantizer']} s={setting['sparsity']:.1f} k={setting['levels']}"
     if "ecsq_lambda" in setting:
         text += f" lambda={setting['ecsq_lambda']}"
