@@ -131,7 +131,7 @@ def _split(total: int, weights: list[int]) -> list[int]:
 
 
 class Retrainer:
-    """Trains on consecutive batches of the fixed subset, as many per step as allocated."""
+    """Trains on consecutive batches of the seeded order, as many per step as allocated."""
 
     def __init__(
         self, images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, budget: Budget
