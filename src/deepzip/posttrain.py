@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from deepzip.format.dzip_spec import MAX_GAP_WIDTH, MAX_K, MIN_GAP_WIDTH
 from deepzip.format.dzip_writer import DzipWriter, Layout
 from deepzip.prune.masks import check_finite, sparsity_mask
 from deepzip.quantize.kmeans import KMeansResult, bits_to_k, kmeans_1d
-from deepzip.quantize.scalar import ecsq_quantize, step_quantize, uniform_quantize
+from deepzip.quantize.scalar import check_step, ecsq_quantize, step_quantize, uniform_quantize
 from deepzip.quantize.shared import SharedTensor
 from deepzip.targets import matches
 
@@ -113,13 +112,7 @@ class PostTrainConfig:
         if self.levels is not None and self.bits is None:
             raise ConfigError("levels needs quantization: give bits a value or leave it default")
         if self.step is not None:
-            st = self.step
-            if (
-                isinstance(st, bool)
-                or not isinstance(st, (int, float))
-                or not (math.isfinite(st) and st > 0)
-            ):
-                raise ConfigError(f"step must be a finite number > 0, got {st!r}")
+            check_step(self.step)
             if self.quantizer != "uniform":
                 raise ConfigError(
                     "step sets a uniform grid: it needs quantizer 'uniform', "
@@ -433,10 +426,11 @@ def compress_checkpoint(
     return writer.report
 
 
-def _quantize(values: torch.Tensor, k: int, config: PostTrainConfig, name: str) -> KMeansResult:
+def _quantize(
+    values: torch.Tensor, k: int, config: PostTrainConfig, name: str, step: float | None
+) -> KMeansResult:
     """The configured quantizer with ``k`` levels (what ``quantize_tensor`` does for 2**bits),
-    or the tensor's grid step when it has one."""
-    step = config.step_for(name)
+    or the grid ``step`` when the tensor has one."""
     if step is not None:
         return step_quantize(values, step, name=name)
     if config.quantizer == "uniform":
@@ -470,7 +464,8 @@ def _compress_tensor(
             writer.add_raw(name, tensor)
         return {"levels": None, "kept": kept}
     values = tensor[mask].to(torch.float32) if config.sparsity > 0 else tensor.reshape(-1).float()
-    result = _quantize(values, k, config, name)
+    step = config.step_for(name)
+    result = _quantize(values, k, config, name, step)
     del values
     indices = torch.zeros(tensor.shape, dtype=torch.uint8)
     if config.sparsity > 0:
@@ -479,7 +474,6 @@ def _compress_tensor(
         indices.view(-1).copy_(result.labels)
     shared = SharedTensor(result.centroids.cpu(), indices, mask)
     writer.add_shared(name, shared, dtype=tensor.dtype, gap_width=gap_width, layout=layout)
-    step = config.step_for(name)
     if step is not None:
         return {"step": step, "levels": result.k, "used": result.k, "kept": kept}
     return {"levels": k, "used": result.k, "kept": kept}

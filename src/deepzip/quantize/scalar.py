@@ -32,7 +32,7 @@ import torch
 from deepzip.errors import ConfigError
 from deepzip.quantize.kmeans import KMeansResult, check_inputs, weighted_sse
 
-__all__ = ["MAX_GRID_SPAN", "ecsq_quantize", "step_quantize", "uniform_quantize"]
+__all__ = ["MAX_GRID_SPAN", "check_step", "ecsq_quantize", "step_quantize", "uniform_quantize"]
 
 MAX_GRID_SPAN = 1 << 20
 """Most grid points between a layer's extreme weights that :func:`step_quantize` considers."""
@@ -107,6 +107,17 @@ def uniform_quantize(
     return _finish(values, w, cells, k, 0, True, [])
 
 
+def check_step(step: object) -> None:
+    """Raise :class:`ConfigError` unless ``step`` is a finite number > 0 (not a bool)."""
+    if (
+        isinstance(step, bool)
+        or not isinstance(step, (int, float))
+        or not math.isfinite(step)
+        or step <= 0
+    ):
+        raise ConfigError(f"step must be a finite number > 0, got {step!r}")
+
+
 def step_quantize(
     values: torch.Tensor,
     step: float,
@@ -130,13 +141,7 @@ def step_quantize(
             use more than ``max_levels`` grid points (the message gives the smallest step
             that fits).
     """
-    if (
-        isinstance(step, bool)
-        or not isinstance(step, (int, float))
-        or not math.isfinite(step)
-        or step <= 0
-    ):
-        raise ConfigError(f"step must be a finite number > 0, got {step!r}")
+    check_step(step)
     w = check_inputs(values, max_levels, weights)
     x = values.to(torch.float64)
     lo, hi = float(x.min()), float(x.max())
