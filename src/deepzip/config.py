@@ -465,6 +465,7 @@ class QuantizeConfig:
 
 IncrementalLevels = int | Literal["ternary"]
 SLQRank = Literal["sse", "mse"]
+FreezeOrder = Literal["high_loss", "low_loss", "magnitude"]
 MLQOrder = Literal["forward", "backward", "size"]
 
 
@@ -512,18 +513,24 @@ def _incremental_to_dict(config: Any) -> dict[str, Any]:
 class SLQConfig:
     """Single-level incremental quantization (SLQ, Xu et al. AAAI 2018), within each layer.
 
-    Each layer is clustered (k-means, ``2 ** bits`` levels); the clusters with the lowest
-    quantization loss are snapped to their centroids and frozen, the free weights retrain, the
+    Each layer is clustered (k-means, ``2 ** bits`` levels); a share of the clusters, chosen by
+    ``freeze_order``, is snapped to their centroids and frozen, the free weights retrain, the
     free weights are re-clustered around the frozen centroids, and so on until every cluster
     is frozen. With ``bits = "ternary"`` the levels are ``{-a, 0, +a}`` (``a`` fitted to the
-    layer, learned afterwards) and the weights closest to a level freeze first.
+    layer, learned afterwards) and single weights freeze, in ``freeze_order`` too.
 
     Attributes:
         bits: index bits per layer (1..8, ``2 ** bits`` levels) or ``"ternary"``.
         steps: cumulative fraction of each layer's levels frozen after each step (of its
             weights when ternary); increasing, ending at 1.0.
-        rank: cluster loss that orders freezing, lowest first: ``"sse"`` (the summed squared
-            error the cluster's members would take on) or ``"mse"`` (the mean per member).
+        rank: how a cluster's quantization loss is measured: ``"sse"`` (the summed squared
+            error its members would take on) or ``"mse"`` (the mean per member).
+        freeze_order: what freezes first. ``"high_loss"``: the clusters with the highest loss
+            (ternary: the weights with the largest rounding error to ``{-a, 0, +a}``), so
+            the weights that lose most are fixed while the free ones can still compensate,
+            and the last step only snaps weights already close to a level. ``"low_loss"``:
+            the lowest loss first (Xu et al.'s order: each freeze changes the network least).
+            ``"magnitude"``: the largest ``|centroid|`` (ternary: ``|w|``) first, INQ's order.
         init: k-means initialisation of the first clustering.
         max_iter: most Lloyd iterations of each (re-)clustering.
         seed: seeds random k-means initialisations.
@@ -539,6 +546,7 @@ class SLQConfig:
     bits: IncrementalLevels = 5
     steps: tuple[float, ...] = (0.5, 0.75, 0.875, 1.0)
     rank: SLQRank = "sse"
+    freeze_order: FreezeOrder = "high_loss"
     init: KMeansInit = "linear"
     max_iter: int = 100
     seed: int = 0
@@ -577,8 +585,8 @@ class MLQConfig:
         groups: number of layer groups (depth steps); capped at the number of layers.
         order: ``"forward"`` (input layers first), ``"backward"`` (output layers first) or
             ``"size"`` (largest layers first).
-        rank, init, max_iter, seed, train_codebook, grad, include, exclude, overrides: as in
-            :class:`SLQConfig`.
+        rank, freeze_order, init, max_iter, seed, train_codebook, grad, include, exclude,
+            overrides: as in :class:`SLQConfig`.
     """
 
     bits: IncrementalLevels = "ternary"
@@ -586,6 +594,7 @@ class MLQConfig:
     groups: int = 2
     order: MLQOrder = "forward"
     rank: SLQRank = "sse"
+    freeze_order: FreezeOrder = "high_loss"
     init: KMeansInit = "linear"
     max_iter: int = 100
     seed: int = 0
@@ -659,6 +668,9 @@ def _check_incremental(config: SLQConfig | MLQConfig, where: str) -> None:
     _check_levels(f"{where}.bits", config.bits)
     _check_fractions(f"{where}.steps", config.steps)
     _check_choice(f"{where}.rank", config.rank, ("sse", "mse"))
+    _check_choice(
+        f"{where}.freeze_order", config.freeze_order, ("high_loss", "low_loss", "magnitude")
+    )
     _check_choice(f"{where}.init", config.init, ("linear", "density", "forgy", "kmeans++"))
     _check_int(f"{where}.max_iter", config.max_iter, minimum=1)
     _check_int(f"{where}.seed", config.seed, minimum=0)

@@ -212,10 +212,21 @@ def _grouped_layer(values: list[float]) -> nn.Linear:
     return layer
 
 
-@pytest.mark.parametrize(("rank", "first"), [("sse", {"A", "D"}), ("mse", {"A", "B"})])
-def test_slq_freezes_the_lowest_loss_clusters_first(rank: str, first: set[str]) -> None:
-    # four well separated groups; per-group SSE: A 3e-3, D 5e-3, B 9e-3, C 0.4
-    #                             per-member MSE: A 1e-4, B 9e-4, D 2.5e-3, C 0.04
+@pytest.mark.parametrize(
+    ("rank", "order", "first"),
+    [
+        ("sse", "low_loss", {"A", "D"}),
+        ("mse", "low_loss", {"A", "B"}),
+        ("sse", "high_loss", {"C", "B"}),
+        ("mse", "high_loss", {"C", "D"}),
+        ("sse", "magnitude", {"C", "D"}),
+    ],
+)
+def test_slq_freeze_order_picks_the_clusters_frozen_first(
+    rank: str, order: str, first: set[str]
+) -> None:
+    # four well separated groups (centroids near 0.5, -0.5, 1.5, -1.5);
+    # per-group SSE: A 3e-3, D 5e-3, B 9e-3, C 0.4; per-member MSE: A 1e-4, B 9e-4, D 2.5e-3, C 0.04
     groups = {
         "A": [0.5 + (0.01 if i % 2 else -0.01) for i in range(30)],
         "B": [-0.5 + (0.03 if i % 2 else -0.03) for i in range(10)],
@@ -234,11 +245,47 @@ def test_slq_freezes_the_lowest_loss_clusters_first(rank: str, first: set[str]) 
             frozen = fw.frozen.reshape(-1).tolist()
             got.append({n for n, f in zip(names, frozen, strict=True) if f})
 
-    slq_(model, SLQConfig(bits=2, steps=(0.5, 1.0), rank=rank), retrain)  # type: ignore[arg-type]
+    config = SLQConfig(bits=2, steps=(0.5, 1.0), rank=rank, freeze_order=order)  # type: ignore[arg-type]
+    slq_(model, config, retrain)
     assert got == [first]
     s = get_shared(model[0])
     assert s is not None
     assert s.codebook.numel() == 4
+
+
+@pytest.mark.parametrize(
+    ("order", "first"), [("high_loss", {6, 7}), ("magnitude", {0, 7}), ("low_loss", {4, 5})]
+)
+@pytest.mark.parametrize("verb", ["slq", "mlq"])
+def test_freeze_order_picks_the_ternary_weights_frozen_first(
+    verb: str, order: str, first: set[int]
+) -> None:
+    # least-squares ternary scale by hand: the 5 largest magnitudes (3 + 4 x 1) maximise
+    # S^2/m (49/5 = 9.8), so a = 1.4 and rounding errors are
+    # 0.4 (the 1s), 0.02, 0.03, 0.45 (below a/2 -> 0) and 1.6 (3.0 clipped to a)
+    values = [1.0, -1.0, 1.0, -1.0, 0.02, -0.03, 0.45, 3.0]
+    model = nn.Sequential(_grouped_layer(values))
+    got: list[set[int]] = []
+
+    def retrain(model: nn.Module, step: int) -> None:
+        fw = get_frozen(model[0])
+        if step == 0:
+            assert fw is not None
+            got.append({i for i, f in enumerate(fw.frozen.reshape(-1).tolist()) if f})
+
+    steps = (0.25, 1.0)  # 2 of 8 weights, then the rest
+    if verb == "slq":
+        slq_(model, SLQConfig(bits="ternary", steps=steps, freeze_order=order), retrain)  # type: ignore[arg-type]
+    else:
+        config = MLQConfig(bits="ternary", steps=steps, groups=1, freeze_order=order)  # type: ignore[arg-type]
+        mlq_(model, config, retrain)
+    assert got == [first]
+    s = get_shared(model[0])
+    assert s is not None
+    a = float(torch.tensor(1.4, dtype=torch.float32))
+    assert s.codebook.tolist() == [-a, a]
+    kept = s.mask.reshape(-1).tolist()
+    assert kept == [True, True, True, True, False, False, False, True]
 
 
 @pytest.mark.parametrize(("order", "first", "second"), [("forward", 0, 1), ("backward", 1, 0)])

@@ -21,6 +21,8 @@ from deepzip.errors import ConfigError
         (SLQConfig, {"steps": (0.0, 1.0)}, r"\(0, 1\]"),
         (SLQConfig, {"steps": [0.5, 1.0]}, "slq.steps"),
         (SLQConfig, {"rank": "max"}, "slq.rank"),
+        (SLQConfig, {"freeze_order": "random"}, "slq.freeze_order"),
+        (MLQConfig, {"freeze_order": 1}, "mlq.freeze_order"),
         (SLQConfig, {"init": "random"}, "slq.init"),
         (SLQConfig, {"max_iter": 0}, "slq.max_iter"),
         (SLQConfig, {"seed": -1}, "slq.seed"),
@@ -45,7 +47,13 @@ def test_bad_values_name_the_key(cls: type, kwargs: dict[str, Any], match: str) 
 @pytest.mark.parametrize(
     "config",
     [
-        SLQConfig(bits="ternary", steps=(0.25, 1.0), rank="mse", overrides=(BitsOverride("a", 3),)),
+        SLQConfig(
+            bits="ternary",
+            steps=(0.25, 1.0),
+            rank="mse",
+            freeze_order="low_loss",
+            overrides=(BitsOverride("a", 3),),
+        ),
         MLQConfig(bits=3, groups=4, order="size", train_codebook=False, exclude=("fc3",)),
         INQConfig(bits=4, steps=(0.5, 0.75, 1.0), overrides=(BitsOverride("x", skip=True),)),
     ],

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from deepzip.config import BitsOverride, INQConfig, MLQConfig, SLQConfig
+from deepzip.config import BitsOverride, FreezeOrder, INQConfig, MLQConfig, SLQConfig
 from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.prune.masks import check_finite
 from deepzip.prune.parametrization import get_mask
@@ -220,7 +220,7 @@ def _free_positions(layer: _Layer) -> torch.Tensor:
 
 
 def _step_cluster(layer: _Layer, fraction: float, config: SLQConfig | MLQConfig) -> None:
-    """SLQ: (re-)cluster the free weights, freeze the lowest-loss clusters."""
+    """SLQ: (re-)cluster the free weights, freeze clusters in ``config.freeze_order``."""
     assert isinstance(layer.bits, int)
     positions = _free_positions(layer)
     if positions.numel() == 0:
@@ -246,9 +246,14 @@ def _step_cluster(layer: _Layer, fraction: float, config: SLQConfig | MLQConfig)
     target = min(k, math.ceil(fraction * k - 1e-9))
     need = target - int(fixed.sum())
     if need > 0:
-        losses = cluster_losses(values, labels, centroids, config.rank)
-        losses = torch.where(fixed, torch.full_like(losses, math.inf), losses)
-        chosen = torch.sort(losses, stable=True).indices[:need]
+        if config.freeze_order == "magnitude":
+            score = -centroids.to(torch.float64).abs()
+        else:
+            score = cluster_losses(values, labels, centroids, config.rank)
+            if config.freeze_order == "high_loss":
+                score = -score
+        score = torch.where(fixed, torch.full_like(score, math.inf), score)
+        chosen = torch.sort(score, stable=True).indices[:need]
         fixed = fixed.clone()
         fixed[chosen] = True
         pick = fixed[labels] & ~held
@@ -260,8 +265,9 @@ def _count(fraction: float, n: int) -> int:
     return n if fraction >= 1.0 else min(n, math.floor(fraction * n + 0.5))
 
 
-def _step_ranked(layer: _Layer, fraction: float) -> None:
-    """Ternary (SLQ/MLQ) and INQ: freeze the best-ranked free weights at their level."""
+def _step_ranked(layer: _Layer, fraction: float, order: FreezeOrder = "magnitude") -> None:
+    """Ternary (SLQ/MLQ) and INQ: freeze the first free weights in ``order`` at their level
+    (INQ always takes the largest magnitudes first)."""
     assert layer.param is not None
     if not layer.started:
         survivors = layer.current()[layer.mask.reshape(-1)]
@@ -282,11 +288,15 @@ def _step_ranked(layer: _Layer, fraction: float) -> None:
     values = layer.current()[positions]
     if layer.exponents is not None:
         levels = inq_round(values, *layer.exponents)
-        score = -values.abs()  # INQ: largest magnitude first
     else:
         assert layer.scale is not None
         levels = ternary_round(values, layer.scale)
-        score = (values - levels).abs()  # closest to a level first
+    if order == "magnitude":
+        score = -values.abs()
+    else:
+        score = (values - levels).abs()  # rounding error
+        if order == "high_loss":
+            score = -score
     chosen = torch.sort(score, stable=True).indices[:need]
     _freeze(layer, positions[chosen], levels[chosen])
 
@@ -410,7 +420,7 @@ def _step_fn(config: SLQConfig | MLQConfig) -> Callable[[_Layer, float], None]:
         if layer.kind == "cluster":
             _step_cluster(layer, fraction, config)
         else:
-            _step_ranked(layer, fraction)
+            _step_ranked(layer, fraction, config.freeze_order)
 
     return step
 
@@ -440,10 +450,11 @@ def slq_(
 ) -> tuple[QuantizeReport, list[IncrementalStep]]:
     """Single-level incremental quantization (Xu et al. 2018), in place.
 
-    Per layer: k-means into ``2 ** bits`` clusters; freeze the clusters with the lowest
-    quantization loss at their centroids (``config.steps`` gives the cumulative share of
-    clusters); ``retrain(model, step)``; re-cluster the free weights with the frozen centroids
-    held; repeat until every cluster is frozen. Ternary layers freeze the weights closest to
+    Per layer: k-means into ``2 ** bits`` clusters; freeze clusters at their centroids in
+    ``config.freeze_order`` (by default the highest quantization loss first; ``config.steps``
+    gives the cumulative share of clusters); ``retrain(model, step)``; re-cluster the free
+    weights with the frozen centroids held; repeat until every cluster is frozen. Ternary
+    layers freeze single weights, by default those with the largest rounding error to
     ``{-a, 0, +a}`` first. All layers advance together.
 
     Args:
