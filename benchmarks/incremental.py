@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -281,16 +282,13 @@ def run_model(
     final_share: float | None,
     log: Callable[[str], None],
     lrs: tuple[float, ...] = (),
+    seeds: int = 1,
 ) -> dict[str, Any]:
     lrs = lrs or (budget.lr,)
     kwargs = MODELS[name]
     dense, source = _dense(name, kwargs, data, dense_epochs)
     dense_state = {k: v.clone() for k, v in dense.state_dict().items()}
-    g = torch.Generator().manual_seed(1234)
-    n = budget.batches * budget.batch_size
-    passes = -(-n // len(data.train))
-    pick = torch.cat([torch.randperm(len(data.train), generator=g) for _ in range(passes)])[:n]
-    retrainer = Retrainer(data.train.images, data.train.labels, pick, budget)
+    retrainers = [_retrainer(data, budget, seed) for seed in range(seeds)]
     out: dict[str, Any] = {
         "dense_source": source,
         "dense_acc": _accuracy(dense, data.test),
@@ -309,34 +307,55 @@ def run_model(
         for level in levels:
             for method in methods:
                 key = _key(method, level)
-                tried: dict[str, Any] = {}
-                best: tuple[float, float, nn.Module, dict[str, Any]] | None = None
-                for lr in lrs:
-                    retrainer.budget = replace(budget, lr=lr)
-                    model = create_model(name, **kwargs)
-                    model.load_state_dict(dense_state)
-                    seed_everything(0)
-                    t0 = time.perf_counter()
-                    details = run_method(method, level, model, retrainer, final_share)
-                    details["seconds"] = time.perf_counter() - t0
-                    val = _accuracy(model, data.val)
-                    tried[f"{lr:g}"] = {"val_acc": val, "seconds": details["seconds"]}
-                    if best is None or val > best[0]:
-                        best = (val, lr, model, details)
-                assert best is not None
-                val, lr, model, details = best
-                details["lr"] = lr
-                details["lrs_tried"] = tried
-                out["acc"][key] = _accuracy(model, data.test)
-                out["val_acc"][key] = val
-                out["bytes"][key] = _dzip_bytes(model, name, kwargs, Path(tmp))
-                out["details"][key] = details
-                log(
-                    f"{name} {key}: lr {lr:g} (validation), test {100 * out['acc'][key]:.2f}%, "
-                    f"{out['bytes'][key]} bytes"
-                )
-                strip_(model)
+                runs: list[dict[str, Any]] = []
+                for seed, retrainer in enumerate(retrainers):
+                    tried: dict[str, Any] = {}
+                    best: tuple[float, float, nn.Module, dict[str, Any]] | None = None
+                    for lr in lrs:
+                        retrainer.budget = replace(budget, lr=lr)
+                        model = create_model(name, **kwargs)
+                        model.load_state_dict(dense_state)
+                        seed_everything(seed)
+                        t0 = time.perf_counter()
+                        details = run_method(method, level, model, retrainer, final_share)
+                        details["seconds"] = time.perf_counter() - t0
+                        val = _accuracy(model, data.val)
+                        tried[f"{lr:g}"] = {"val_acc": val, "seconds": details["seconds"]}
+                        if best is None or val > best[0]:
+                            best = (val, lr, model, details)
+                    assert best is not None
+                    val, lr, model, details = best
+                    details["lr"] = lr
+                    details["lrs_tried"] = tried
+                    run = {
+                        "seed": seed,
+                        "lr": lr,
+                        "val_acc": val,
+                        "acc": _accuracy(model, data.test),
+                        "bytes": _dzip_bytes(model, name, kwargs, Path(tmp)),
+                    }
+                    runs.append(run)
+                    if seed == 0:
+                        out["details"][key] = details
+                    log(
+                        f"{name} {key} seed {seed}: lr {lr:g} (validation), "
+                        f"test {100 * run['acc']:.2f}%, {run['bytes']} bytes"
+                    )
+                    strip_(model)
+                for field in ("acc", "val_acc", "bytes"):
+                    out[field][key] = statistics.median_low(r[field] for r in runs)
+                if seeds > 1:
+                    out.setdefault("runs", {})[key] = runs
     return out
+
+
+def _retrainer(data: DataSplits, budget: Budget, seed: int) -> Retrainer:
+    """The retraining data order of one seed (seed 0: the order of single-seed runs)."""
+    g = torch.Generator().manual_seed(1234 + seed)
+    n = budget.batches * budget.batch_size
+    passes = -(-n // len(data.train))
+    pick = torch.cat([torch.randperm(len(data.train), generator=g) for _ in range(passes)])[:n]
+    return Retrainer(data.train.images, data.train.labels, pick, budget)
 
 
 def _targets(results: dict[str, Any]) -> dict[str, Any]:
@@ -379,6 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         help="SLQ/MLQ: share of the budget after the last step (default: all steps equal)",
     )
     parser.add_argument("--dense-epochs", type=int, default=4)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="repeat every method and level with this many data orders (and torch seeds); "
+        "acc, val_acc and bytes are then the medians, each run is under runs",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument(
@@ -409,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             args.final_share,
             lambda msg: print(msg, file=sys.stderr, flush=True),
             lrs,
+            args.seeds,
         )
     out = {
         "benchmark": "incremental",
@@ -416,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "command": "python benchmarks/incremental.py " + " ".join(argv or sys.argv[1:]),
         "budget": budget.to_dict(),
+        "seeds": args.seeds,
         "schedules": {
             "slq": {"steps": list(SLQ_STEPS), "rank": "sse", "freeze_order": "high_loss"},
             "mlq": {
