@@ -34,6 +34,11 @@ The dense LeNet-5 comes from ``benchmarks/results/cache/lenet-5-dense.safetensor
     python benchmarks/incremental.py --threads 2  # full run (about 35 min on 2 CPU cores)
     python benchmarks/incremental.py --quick    # smoke run (a few minutes)
 
+``--seeds N`` repeats every method and level over N data orders (seed 0 is the order above)
+and reports the medians. results/incremental_tiny_resnet_3bit_seeds.json comes from
+``--threads 2 --models tiny-resnet --levels 3 --methods slq,mlq,kmeans --seeds 3 --out
+benchmarks/results/incremental_tiny_resnet_3bit_seeds.json``.
+
 Writes benchmarks/results/incremental.json (or incremental_quick.json) and prints a Markdown
 table.
 """
