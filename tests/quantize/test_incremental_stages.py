@@ -57,6 +57,7 @@ def test_stage_tables_parse_with_defaults_and_round_trip() -> None:
     ("stage", "message"),
     [
         ({"type": "slq", "bits": 9}, "slq.bits"),
+        ({"type": "mlq", "freeze_order": "worst"}, "mlq.freeze_order"),
         ({"type": "inq", "bits": "ternary"}, "inq.bits"),
         ({"type": "mlq", "groupz": 2}, "unknown key 'groupz'"),
         ({"type": "slq", "retrain": {"epochz": 1}}, "unknown key 'epochz'"),
@@ -91,6 +92,7 @@ def test_check_recipe_validates_globs() -> None:
     ("stage", "levels"),
     [
         ({"type": "slq", "bits": 3, "steps": [0.5, 1.0]}, 8),
+        ({"type": "slq", "bits": 3, "steps": [0.5, 1.0], "freeze_order": "low_loss"}, 8),
         ({"type": "mlq", "bits": "ternary", "steps": [0.5, 1.0]}, 3),
         ({"type": "inq", "bits": 3, "steps": [0.5, 1.0]}, 5),
     ],
