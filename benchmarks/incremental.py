@@ -286,10 +286,8 @@ def run_model(
     dense_epochs: int,
     final_share: float | None,
     log: Callable[[str], None],
-    lrs: tuple[float, ...] = (),
     seeds: int = 1,
 ) -> dict[str, Any]:
-    lrs = lrs or (budget.lr,)
     kwargs = MODELS[name]
     dense, source = _dense(name, kwargs, data, dense_epochs)
     dense_state = {k: v.clone() for k, v in dense.state_dict().items()}
@@ -314,27 +312,12 @@ def run_model(
                 key = _key(method, level)
                 runs: list[dict[str, Any]] = []
                 for seed, retrainer in enumerate(retrainers):
-                    tried: dict[str, Any] = {}
-                    best: tuple[float, float, nn.Module, dict[str, Any]] | None = None
-                    for lr in lrs:
-                        retrainer.budget = replace(budget, lr=lr)
-                        model = create_model(name, **kwargs)
-                        model.load_state_dict(dense_state)
-                        seed_everything(seed)
-                        t0 = time.perf_counter()
-                        details = run_method(method, level, model, retrainer, final_share)
-                        details["seconds"] = time.perf_counter() - t0
-                        val = _accuracy(model, data.val)
-                        tried[f"{lr:g}"] = {"val_acc": val, "seconds": details["seconds"]}
-                        if best is None or val > best[0]:
-                            best = (val, lr, model, details)
-                    assert best is not None
-                    val, lr, model, details = best
-                    details["lr"] = lr
-                    details["lrs_tried"] = tried
+                    model, details, val = _best_lr(
+                        name, dense_state, data, method, level, retrainer, seed, final_share
+                    )
                     run = {
                         "seed": seed,
-                        "lr": lr,
+                        "lr": details["lr"],
                         "val_acc": val,
                         "acc": _accuracy(model, data.test),
                         "bytes": _dzip_bytes(model, name, kwargs, Path(tmp)),
@@ -343,7 +326,7 @@ def run_model(
                     if seed == 0:
                         out["details"][key] = details
                     log(
-                        f"{name} {key} seed {seed}: lr {lr:g} (validation), "
+                        f"{name} {key} seed {seed}: lr {run['lr']:g} (validation), "
                         f"test {100 * run['acc']:.2f}%, {run['bytes']} bytes"
                     )
                     strip_(model)
@@ -352,6 +335,41 @@ def run_model(
                 if seeds > 1:
                     out.setdefault("runs", {})[key] = runs
     return out
+
+
+def _best_lr(
+    name: str,
+    dense_state: dict[str, torch.Tensor],
+    data: DataSplits,
+    method: str,
+    level: int | str,
+    retrainer: Retrainer,
+    seed: int,
+    final_share: float | None,
+) -> tuple[nn.Module, dict[str, Any], float]:
+    """Run one method and level from the dense model at every learning rate of the budget's
+    grid; the model, details and validation accuracy of the best run on validation."""
+    budget = retrainer.budget
+    tried: dict[str, Any] = {}
+    best: tuple[float, float, nn.Module, dict[str, Any]] | None = None
+    for lr in budget.lrs or (budget.lr,):
+        retrainer.budget = replace(budget, lr=lr)
+        model = create_model(name, **MODELS[name])
+        model.load_state_dict(dense_state)
+        seed_everything(seed)
+        t0 = time.perf_counter()
+        details = run_method(method, level, model, retrainer, final_share)
+        details["seconds"] = time.perf_counter() - t0
+        val = _accuracy(model, data.val)
+        tried[f"{lr:g}"] = {"val_acc": val, "seconds": details["seconds"]}
+        if best is None or val > best[0]:
+            best = (val, lr, model, details)
+    retrainer.budget = budget
+    assert best is not None
+    val, lr, model, details = best
+    details["lr"] = lr
+    details["lrs_tried"] = tried
+    return model, details, val
 
 
 def _retrainer(data: DataSplits, budget: Budget, seed: int) -> Retrainer:
@@ -439,7 +457,6 @@ def main(argv: list[str] | None = None) -> int:
             args.dense_epochs,
             args.final_share,
             lambda msg: print(msg, file=sys.stderr, flush=True),
-            lrs,
             args.seeds,
         )
     out = {
