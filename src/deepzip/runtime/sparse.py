@@ -254,10 +254,11 @@ class SharedCSRModule(nn.Module):
     @property
     def weight_nbytes(self) -> int:
         """Bytes of the weight arrays (pointers, block codes, columns, codebook; not the bias)."""
-        return sum(
-            t.numel() * t.element_size()
-            for t in (self.row_ptr, self.block_code, self.cols, self.codebook)
-        )
+        return sum(t.numel() * t.element_size() for t in self._weight_buffers())
+
+    def _weight_buffers(self) -> tuple[torch.Tensor, ...]:
+        """The weight arrays in the kernels' argument order."""
+        return (self.row_ptr, self.block_code, self.cols, self.codebook)
 
     @property
     def cache_nbytes(self) -> int:
@@ -354,7 +355,7 @@ class SharedCSRModule(nn.Module):
 
     def _numpy_args(self) -> tuple[np.ndarray, ...]:
         """The buffers as numpy arrays for the kernels (cached while the buffers stay put)."""
-        buffers = (self.row_ptr, self.block_code, self.cols, self.codebook)
+        buffers = self._weight_buffers()
         key = tuple((t.data_ptr(), t.dtype) for t in buffers)
         if self._numpy_cache is not None and self._numpy_cache[0] == key:
             return self._numpy_cache[1]
