@@ -31,11 +31,15 @@ The dense LeNet-5 comes from ``benchmarks/results/cache/lenet-5-dense.safetensor
 ``benchmarks/prune_lenet.py`` has left it there, otherwise it is trained here (and cached under
 ``incremental-lenet-5-dense.safetensors``); the residual CNN is always trained here (cached).
 
-    python benchmarks/incremental.py --threads 2  # full run (about 35 min on 2 CPU cores)
+    python benchmarks/incremental.py --threads 2  # full run (about 100 min on 2 CPU cores)
     python benchmarks/incremental.py --quick    # smoke run (a few minutes)
 
-``--seeds N`` repeats every method and level over N data orders (seed 0 is the order above)
-and reports the medians. results/incremental_tiny_resnet_3bit_seeds.json comes from
+Every method and level runs over 3 data orders (and torch seeds; ``--seeds N`` changes it,
+seed 0 is the order above); acc, val_acc and bytes are the medians, each run is kept under
+``runs``, and each SLQ/MLQ/INQ run is compared with k-means of the same seed on the same test
+images (``paired``: the accuracy difference, its 95% interval and the McNemar p), because a
+10,000-image test set cannot resolve differences of a few tenths of a point.
+results/incremental_tiny_resnet_3bit_seeds.json comes from
 ``--threads 2 --models tiny-resnet --levels 3 --methods slq,mlq,kmeans --seeds 3 --out
 benchmarks/results/incremental_tiny_resnet_3bit_seeds.json``.
 
@@ -47,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -234,6 +239,45 @@ def _accuracy(model: nn.Module, ds: ImageDataset) -> float:
     return evaluate(model, TensorLoader(ds.images, ds.labels, 1000)).accuracy
 
 
+def _correct(model: nn.Module, ds: ImageDataset) -> torch.Tensor:
+    """Per-sample correctness (bool, in dataset order), for paired comparisons."""
+    out = []
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(ds.labels), 1000):
+            logits = model(ds.images[start : start + 1000])
+            out.append(logits.argmax(dim=1) == ds.labels[start : start + 1000])
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def paired(a: torch.Tensor, b: torch.Tensor) -> dict[str, Any]:
+    """Paired comparison of two classifiers on the same samples (per-sample correctness).
+
+    ``a_only``/``b_only`` count the samples only one of them gets right; ``diff`` is the
+    accuracy difference a - b, ``ci95`` its normal-approximation 95% interval for paired
+    proportions, and ``p`` the exact two-sided McNemar (sign) test on the discordant pairs.
+    """
+    if a.shape != b.shape or a.dtype != torch.bool or b.dtype != torch.bool:
+        raise ValueError(f"paired: need two bool tensors of one shape, got {a.shape}, {b.shape}")
+    n = a.numel()
+    a_only = int((a & ~b).sum())
+    b_only = int((b & ~a).sum())
+    diff = (a_only - b_only) / n
+    se = math.sqrt(max(a_only + b_only - (a_only - b_only) ** 2 / n, 0.0)) / n
+    m = a_only + b_only
+    tail = sum(math.comb(m, k) for k in range(min(a_only, b_only) + 1))
+    p = min(1.0, 2 * tail / 2**m) if m else 1.0
+    return {
+        "a_only": a_only,
+        "b_only": b_only,
+        "diff": diff,
+        "ci95": [diff - 1.96 * se, diff + 1.96 * se],
+        "p": p,
+    }
+
+
 def _dzip_bytes(model: nn.Module, name: str, kwargs: dict[str, Any], tmp: Path) -> int:
     """Save as .dzip, decode into a fresh model and check every tensor is identical."""
     path = tmp / "model.dzip"
@@ -300,7 +344,9 @@ def run_model(
         "val_acc": {},
         "bytes": {},
         "details": {},
+        "paired": {},
     }
+    correct: dict[tuple[str, int], torch.Tensor] = {}
     with tempfile.TemporaryDirectory() as tmp:
         out["dense_bytes"] = _dzip_bytes(dense, name, kwargs, Path(tmp))
         out["float32_bytes"] = 4 * sum(
@@ -323,6 +369,9 @@ def run_model(
                         "bytes": _dzip_bytes(model, name, kwargs, Path(tmp)),
                     }
                     runs.append(run)
+                    correct[key, seed] = _correct(model, data.test)
+                    if abs(float(correct[key, seed].float().mean()) - run["acc"]) > 1e-6:
+                        raise RuntimeError(f"{name} {key}: per-sample accuracy disagrees")
                     if seed == 0:
                         out["details"][key] = details
                     log(
@@ -334,6 +383,14 @@ def run_model(
                     out[field][key] = statistics.median_low(r[field] for r in runs)
                 if seeds > 1:
                     out.setdefault("runs", {})[key] = runs
+            base = _key("kmeans", level)
+            for method in methods:
+                key = _key(method, level)
+                if method != "kmeans" and base in out["acc"]:
+                    out["paired"][f"{key}_vs_{base}"] = [
+                        {"seed": seed, **paired(correct[key, seed], correct[base, seed])}
+                        for seed in range(seeds)
+                    ]
     return out
 
 
@@ -424,9 +481,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seeds",
         type=int,
-        default=1,
+        default=None,
         help="repeat every method and level with this many data orders (and torch seeds); "
-        "acc, val_acc and bytes are then the medians, each run is under runs",
+        "acc, val_acc and bytes are then the medians, each run is under runs "
+        "(default 3, --quick 1)",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir", default=None)
@@ -441,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         levels = (3, "ternary") if args.quick else LEVELS
     batches = args.batches or (24 if args.quick else 1280)
+    seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
+    if seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {seeds}")
     lrs = tuple(float(v) for v in args.lrs.split(","))
     budget = Budget(batches, args.batch_size, lrs[0], args.schedule, lrs)
     data = load_dataset("fashion-mnist", args.data_dir, val_size=5000, seed=0)
@@ -457,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             args.dense_epochs,
             args.final_share,
             lambda msg: print(msg, file=sys.stderr, flush=True),
-            args.seeds,
+            seeds,
         )
     out = {
         "benchmark": "incremental",
@@ -465,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "command": "python benchmarks/incremental.py " + " ".join(argv or sys.argv[1:]),
         "budget": budget.to_dict(),
-        "seeds": args.seeds,
+        "seeds": seeds,
         "schedules": {
             "slq": {"steps": list(SLQ_STEPS), "rank": "sse", "freeze_order": "high_loss"},
             "mlq": {
@@ -525,25 +586,54 @@ def table(out: dict[str, Any]) -> str:
                     name,
                     LABELS[method],
                     level,
-                    str(r["details"][key].get("lr", "")),
+                    "/".join(f"{run['lr']:g}" for run in r["runs"][key])
+                    if key in r.get("runs", {})
+                    else str(r["details"][key].get("lr", "")),
                     f"{100 * acc:.2f}%",
                     f"{100 * (acc - dense):+.2f}",
                     f"{b:,}",
                     f"{r['float32_bytes'] / b:.1f}×",
                 ]
             )
-    return markdown_table(
+    main_table = markdown_table(
         [
             "model",
             "method",
             "bits",
-            "lr (validation)",
+            "lr (validation; per seed)",
             "test acc",
             "Δ vs dense",
             ".dzip bytes",
             "vs float32",
         ],
         rows,
+    )
+    pairs: list[list[str]] = []
+    for name, r in out["models"].items():
+        for comparison, per_seed in r.get("paired", {}).items():
+            for s in per_seed:
+                lo, hi = s["ci95"]
+                pairs.append(
+                    [
+                        name,
+                        comparison.replace("_vs_", " vs "),
+                        str(s["seed"]),
+                        f"{100 * s['diff']:+.2f}",
+                        f"[{100 * lo:+.2f}, {100 * hi:+.2f}]",
+                        f"{s['a_only']} / {s['b_only']}",
+                        f"{s['p']:.3f}",
+                    ]
+                )
+    if not pairs:
+        return main_table
+    return (
+        main_table.rstrip("\n")
+        + "\n\nPaired on the test images (same seed): accuracy difference in points, its 95% "
+        "interval, the images only one of the two gets right, and the exact McNemar p.\n\n"
+        + markdown_table(
+            ["model", "comparison", "seed", "diff", "95% interval", "only A / only B", "p"],
+            pairs,
+        )
     )
 
 
