@@ -37,8 +37,9 @@ The dense LeNet-5 comes from ``benchmarks/results/cache/lenet-5-dense.safetensor
 Every method and level runs over 3 data orders (and torch seeds; ``--seeds N`` changes it,
 seed 0 is the order above); acc, val_acc and bytes are the medians, each run is kept under
 ``runs``, and each SLQ/MLQ/INQ run is compared with k-means of the same seed on the same test
-images (``paired``: the accuracy difference, its 95% interval and the McNemar p), because a
-10,000-image test set cannot resolve differences of a few tenths of a point.
+images (``paired``: the accuracy difference, its 95% interval and the McNemar p; the same on
+the validation split under ``paired.<comparison>[seed].val``), because a 10,000-image test set
+cannot resolve differences of a few tenths of a point.
 results/incremental_tiny_resnet_3bit_seeds.json comes from
 ``--threads 2 --models tiny-resnet --levels 3 --methods slq,mlq,kmeans --seeds 3 --out
 benchmarks/results/incremental_tiny_resnet_3bit_seeds.json``.
@@ -346,7 +347,7 @@ def run_model(
         "details": {},
         "paired": {},
     }
-    correct: dict[tuple[str, int], torch.Tensor] = {}
+    correct: dict[tuple[str, int, str], torch.Tensor] = {}
     with tempfile.TemporaryDirectory() as tmp:
         out["dense_bytes"] = _dzip_bytes(dense, name, kwargs, Path(tmp))
         out["float32_bytes"] = 4 * sum(
@@ -369,9 +370,10 @@ def run_model(
                         "bytes": _dzip_bytes(model, name, kwargs, Path(tmp)),
                     }
                     runs.append(run)
-                    correct[key, seed] = _correct(model, data.test)
-                    if abs(float(correct[key, seed].float().mean()) - run["acc"]) > 1e-6:
-                        raise RuntimeError(f"{name} {key}: per-sample accuracy disagrees")
+                    for split, ds, acc in (("test", data.test, run["acc"]), ("val", data.val, val)):
+                        correct[key, seed, split] = _correct(model, ds)
+                        if abs(float(correct[key, seed, split].float().mean()) - acc) > 1e-6:
+                            raise RuntimeError(f"{name} {key}: per-sample {split} accuracy differs")
                     if seed == 0:
                         out["details"][key] = details
                     log(
@@ -388,7 +390,11 @@ def run_model(
                 key = _key(method, level)
                 if method != "kmeans" and base in out["acc"]:
                     out["paired"][f"{key}_vs_{base}"] = [
-                        {"seed": seed, **paired(correct[key, seed], correct[base, seed])}
+                        {
+                            "seed": seed,
+                            **paired(correct[key, seed, "test"], correct[base, seed, "test"]),
+                            "val": paired(correct[key, seed, "val"], correct[base, seed, "val"]),
+                        }
                         for seed in range(seeds)
                     ]
     return out
