@@ -36,6 +36,7 @@ import os
 import platform
 import shutil
 import sys
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -97,9 +98,14 @@ STRETCH_RATIO = 50.0
 MAX_DROP_POINTS = 0.3
 
 
-def _log(event: PipelineEvent) -> None:
-    if event.kind != "stage_start":
-        print(f"  {event.message}", file=sys.stderr, flush=True)
+def _logger(prefix: str) -> Callable[[PipelineEvent], None]:
+    """Progress on stderr, each line prefixed (parallel seeds' lines interleave)."""
+
+    def log(event: PipelineEvent) -> None:
+        if event.kind != "stage_start":
+            print(f"  {prefix}{event.message}", file=sys.stderr, flush=True)
+
+    return log
 
 
 def paper_stages(recipe: Recipe) -> tuple[Stage, ...]:
@@ -201,8 +207,9 @@ def run_model(
         dense_source = "trained in this run (the recipe's train stage)"
     run_dir = CACHE / "runs" / f"{dataset}-{name}{suffix}"
     print(f"{name}: {len(recipe.stages)} stages into {run_dir}", file=sys.stderr, flush=True)
+    log = _logger(f"{name}{'' if seed is None else f' seed {seed}'}: ")
     main = run_recipe(
-        model, recipe, run_dir, data=data, model_name=name, device=args.device, on_event=_log
+        model, recipe, run_dir, data=data, model_name=name, device=args.device, on_event=log
     )
     # the run's own stage times (a re-run that finds the stages done takes no time)
     seconds = sum(s.seconds for s in (main.initial, *main.stages))
@@ -240,7 +247,7 @@ def run_model(
             data=data,
             model_name=name,
             device=args.device,
-            on_event=_log,
+            on_event=log,
         )
         entry["variants"] = {
             "paper": {
