@@ -13,7 +13,7 @@ pruning sensitivity (validation split), measured here.
     python benchmarks/reproduce.py                   # Fashion-MNIST, both models
     python benchmarks/reproduce.py --quick           # smoke run (a few minutes)
     python benchmarks/reproduce.py --dataset mnist --data-dir DIR   # MNIST from its IDX files
-    python benchmarks/reproduce.py --seeds 5 --jobs 10 --device cuda  # the committed results
+    python benchmarks/reproduce.py --seeds 5 --jobs 10 --device cuda  # median of 5 seeds
 
 ``--seeds N`` runs each model with recipe seeds 0..N-1, each training its own dense baseline on
 the same data split, and reports the run with the median accuracy drop (its HTML report is the
