@@ -4,6 +4,10 @@ The codebook is an ``nn.Parameter``; the indices and the mask are fixed buffers.
 weight is a gather from the codebook, autograd gives each centroid the SUM of the gradients of
 the weights in its cluster, which is Han et al.'s rule; ``grad="mean"`` divides it by the
 cluster size instead. Pruned positions are exactly zero and receive no gradient.
+
+The sum is taken in one fixed order (the cluster's members in position order, accumulated in
+float64), so training is bit-reproducible whatever the thread count: PyTorch's own backward of
+a multi-dimensional gather adds with parallel atomics on the CPU, and two runs then differ.
 """
 
 from __future__ import annotations
@@ -38,6 +42,36 @@ class _ScaleGrad(torch.autograd.Function):
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor, None]:
         (scale,) = ctx.saved_tensors
         return grads[0] * scale, None
+
+
+class _Gather(torch.autograd.Function):
+    """``codebook[index] * maskf``; the backward sums each entry's gradient in a fixed order.
+
+    ``order`` lists the kept positions (flat) grouped by codebook entry, ``bounds`` (k + 1) where
+    each entry's group starts and ends in it.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        codebook: torch.Tensor,
+        index: torch.Tensor,
+        maskf: torch.Tensor,
+        order: torch.Tensor,
+        bounds: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(order, bounds)
+        return codebook[index] * maskf
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        order, bounds = ctx.saved_tensors
+        grad = grads[0]
+        members = grad.reshape(-1).index_select(0, order).to(torch.float64)
+        prefix = torch.zeros(members.numel() + 1, dtype=torch.float64, device=grad.device)
+        torch.cumsum(members, 0, out=prefix[1:])
+        sums = (prefix[bounds[1:]] - prefix[bounds[:-1]]).to(grad.dtype)
+        return sums, None, None, None, None
 
 
 @dataclass(frozen=True)
@@ -87,6 +121,40 @@ class SharedWeight(nn.Module):
         self.register_buffer("mask", mask.to(torch.bool).clone())
         counts = torch.bincount(self.indices[self.mask].long(), minlength=self.codebook.numel())
         self.register_buffer("counts", counts)
+        self._plan_key: tuple[object, ...] | None = None
+        self._plan: tuple[torch.Tensor, ...] = ()
+
+    def _gather(self, codebook: torch.Tensor) -> torch.Tensor:
+        """``codebook[indices] * mask``, with a reproducible backward (see :class:`_Gather`).
+
+        The long indices, the float mask and the members' order are cached, and rebuilt when
+        the buffers change in place (their version counters) or move (their storage).
+        """
+        if self.indices.is_inference() or self.mask.is_inference():
+            key = None  # inference tensors keep no version counter: rebuild every call
+        else:
+            key = (
+                self.indices._version,
+                self.mask._version,
+                self.indices.data_ptr(),
+                self.mask.data_ptr(),
+                codebook.numel(),
+                codebook.dtype,
+            )
+        if key is None or key != self._plan_key:
+            # plain tensors even under inference_mode, so a later training step can save them
+            with torch.inference_mode(False), torch.no_grad():
+                index = self.indices.long()
+                kept = self.mask.reshape(-1).nonzero().squeeze(1)
+                members = index.reshape(-1)[kept]
+                order = kept[torch.argsort(members, stable=True)]
+                counts = torch.bincount(members, minlength=codebook.numel())
+                bounds = torch.zeros(counts.numel() + 1, dtype=torch.long, device=counts.device)
+                torch.cumsum(counts, 0, out=bounds[1:])
+                self._plan = (index, self.mask.to(codebook.dtype), order, bounds)
+            self._plan_key = key
+        out: torch.Tensor = _Gather.apply(codebook, *self._plan)  # type: ignore[no-untyped-call]
+        return out
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         """Gather the codebook; zero the pruned positions."""
@@ -94,8 +162,7 @@ class SharedWeight(nn.Module):
         if self.grad == "mean":
             scale = 1.0 / self.counts.clamp(min=1).to(codebook.dtype)
             codebook = _ScaleGrad.apply(codebook, scale)  # type: ignore[no-untyped-call]
-        weight = codebook[self.indices.long()] * self.mask.to(codebook.dtype)
-        return weight.to(original.dtype)
+        return self._gather(codebook).to(original.dtype)
 
     def export(self) -> SharedTensor:
         """A detached copy of ``(codebook, indices, mask)``."""

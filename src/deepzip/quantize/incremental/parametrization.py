@@ -135,8 +135,7 @@ class SymmetricSharedWeight(SharedWeight):
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         """Gather ``(-a, +a)``; zero the masked positions."""
-        weight = self._tied()[self.indices.long()] * self.mask.to(self.codebook.dtype)
-        return weight.to(original.dtype)
+        return self._gather(self._tied()).to(original.dtype)
 
     def export(self) -> SharedTensor:
         """A detached copy of ``((-a, +a), indices, mask)``."""
