@@ -16,8 +16,8 @@ and 3 bits and ternary, quantized from the dense model by four methods:
   centroids and the float parameters fine-tuned (the Deep Compression baseline).
 
 Every method gets the SAME training budget: 1,280 Adam steps of batch 128 (163,840 samples,
-about 3 epochs; ``--batches 2560 --out benchmarks/results/incremental_2560.json`` doubles
-it) over the training split in the same seeded order, and the same learning-rate grid: each
+about 3 epochs; ``--seeds 1 --batches 2560 --out benchmarks/results/incremental_2560.json``
+doubles it for one seed) over the training split in the same seeded order, and the same learning-rate grid: each
 method and level runs once at lr 1e-4 and once at 3e-3, and the run with the better
 validation accuracy is reported (fine-tuning at 5 bits wants a small step, ternary a large
 one; a first look on the validation split found 1e-4 best for SLQ and MLQ at 5 bits and 3e-3
@@ -31,7 +31,7 @@ The dense LeNet-5 comes from ``benchmarks/results/cache/lenet-5-dense.safetensor
 ``benchmarks/prune_lenet.py`` has left it there, otherwise it is trained here (and cached under
 ``incremental-lenet-5-dense.safetensors``); the residual CNN is always trained here (cached).
 
-    python benchmarks/incremental.py --threads 2  # full run (about 100 min on 2 CPU cores)
+    python benchmarks/incremental.py --threads 2  # full run (about 2 hours on 2 CPU cores)
     python benchmarks/incremental.py --quick    # smoke run (a few minutes)
 
 Every method and level runs over 3 data orders (and torch seeds; ``--seeds N`` changes it,
@@ -40,9 +40,6 @@ seed 0 is the order above); acc, val_acc and bytes are the medians, each run is 
 images (``paired``: the accuracy difference, its 95% interval and the McNemar p; the same on
 the validation split under ``paired.<comparison>[seed].val``), because a 10,000-image test set
 cannot resolve differences of a few tenths of a point.
-results/incremental_tiny_resnet_3bit_seeds.json comes from
-``--threads 2 --models tiny-resnet --levels 3 --methods slq,mlq,kmeans --seeds 3 --out
-benchmarks/results/incremental_tiny_resnet_3bit_seeds.json``.
 
 Writes benchmarks/results/incremental.json (or incremental_quick.json) and prints a Markdown
 table.
