@@ -18,10 +18,10 @@ and 3 bits and ternary, quantized from the dense model by four methods:
 Every method gets the SAME training budget: 1,280 Adam steps of batch 128 (163,840 samples,
 about 3 epochs; ``--seeds 1 --batches 2560 --out benchmarks/results/incremental_2560.json``
 doubles it for one seed) over the training split in the same seeded order, and the same
-learning-rate grid: each method and level runs once at lr 1e-4 and once at 3e-3, and the run with the better
-validation accuracy is reported (fine-tuning at 5 bits wants a small step, ternary a large
-one; a first look on the validation split found 1e-4 best for SLQ and MLQ at 5 bits and 3e-3
-best for MLQ ternary). ``--batches`` and ``--lrs`` change them.
+learning-rate grid: each method and level runs once at lr 1e-4 and once at 3e-3, and the run
+with the better validation accuracy is reported (fine-tuning at 5 bits wants a small step,
+ternary a large one; a first look on the validation split found 1e-4 best for SLQ and MLQ at 5
+bits and 3e-3 best for MLQ ternary). ``--batches`` and ``--lrs`` change them.
 The incremental methods split it evenly over their retraining steps (INQ over the three steps
 that leave weights free: after its 100% step only biases could train); k-means spends it all on
 the centroids. Sizes are real ``.dzip`` files (``deepzip.format.save``, coder "auto"), decoded
