@@ -67,8 +67,9 @@ class _Gather(torch.autograd.Function):
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         order, bounds = ctx.saved_tensors
         grad = grads[0]
-        members = grad.reshape(-1).index_select(0, order).to(torch.float64)
-        prefix = torch.zeros(members.numel() + 1, dtype=torch.float64, device=grad.device)
+        acc = torch.float32 if grad.device.type == "mps" else torch.float64  # MPS has no float64
+        members = grad.reshape(-1).index_select(0, order).to(acc)
+        prefix = torch.zeros(members.numel() + 1, dtype=acc, device=grad.device)
         torch.cumsum(members, 0, out=prefix[1:])
         sums = (prefix[bounds[1:]] - prefix[bounds[:-1]]).to(grad.dtype)
         return sums, None, None, None, None
