@@ -10,18 +10,19 @@ for convolutions and 5 for fully connected layers, Huffman, the relative sparse 
 two methods compare at equal pruning. The report also shows the dense model's per-layer
 pruning sensitivity (validation split), measured here.
 
-    python benchmarks/reproduce.py                   # Fashion-MNIST, both models
-    python benchmarks/reproduce.py --quick           # smoke run (a few minutes)
+    python benchmarks/reproduce.py                   # Fashion-MNIST, both models, 5 seeds
+    python benchmarks/reproduce.py --quick           # smoke run (a few minutes, one seed)
     python benchmarks/reproduce.py --dataset mnist --data-dir DIR   # MNIST from its IDX files
-    python benchmarks/reproduce.py --seeds 5 --jobs 10 --device cuda  # median of 5 seeds
+    python benchmarks/reproduce.py --seeds 5 --jobs 5 --device cuda  # the same on a GPU
 
-``--seeds N`` runs each model with recipe seeds 0..N-1, each training its own dense baseline on
-the same data split, and reports the run with the median accuracy drop (its HTML report is the
-one kept); every run is summarised under ``runs``. ``--jobs`` runs them in worker processes.
+``--seeds N`` (default 5; 1 with ``--quick``) runs each model with recipe seeds 0..N-1, each
+training its own dense baseline on the same data split, and reports the run with the median
+accuracy drop (its HTML report is the one kept); every run is summarised under ``runs``.
+``--jobs`` runs them in worker processes. The committed results took 40 minutes on 2 CPU threads.
 
-With Fashion-MNIST the dense baselines come from the cached checkpoints
-``benchmarks/results/cache/{model}-dense.safetensors`` (written by ``benchmarks/prune_lenet.py``)
-when present, to save CPU time, and the JSON says so;
+``--seeds 1`` makes one run with the recipe's seed. With Fashion-MNIST its dense baselines then
+come from the cached checkpoints ``benchmarks/results/cache/{model}-dense.safetensors``
+(written by ``benchmarks/prune_lenet.py``) when present, to save CPU time, and the JSON says so;
 ``--train`` trains them in the run instead. Writes ``benchmarks/results/reproduce.json``
 (``reproduce_<dataset>.json`` for other data sets, ``*_quick.json`` for smoke runs) and the HTML
 reports under ``benchmarks/results/reproduce/<model>/``; prints the paper's Table 1 beside ours.
@@ -390,9 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seeds",
         type=int,
-        default=1,
+        default=None,
         help="run each model with recipe seeds 0..N-1 (dense training included, same data "
-        "split) and report the run with the median accuracy drop; every run under runs",
+        "split) and report the run with the median accuracy drop; every run under runs "
+        "(default 5, --quick 1)",
     )
     parser.add_argument(
         "--jobs",
@@ -401,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         help="run the (model, seed) runs in this many worker processes (cores shared out)",
     )
     args = parser.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = 1 if args.quick else 5
     if args.seeds < 1 or args.jobs < 1:
         parser.error(f"--seeds and --jobs must be at least 1, got {args.seeds}, {args.jobs}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
