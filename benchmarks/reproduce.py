@@ -25,7 +25,9 @@ come from the cached checkpoints ``benchmarks/results/cache/{model}-dense.safete
 (written by ``benchmarks/prune_lenet.py``) when present, to save CPU time, and the JSON says so;
 ``--train`` trains them in the run instead. Writes ``benchmarks/results/reproduce.json``
 (``reproduce_<dataset>.json`` for other data sets, ``*_quick.json`` for smoke runs) and the HTML
-reports under ``benchmarks/results/reproduce/<model>/``; prints the paper's Table 1 beside ours.
+reports under ``benchmarks/results/reproduce/<model>/``, each with a headless-Chromium screenshot
+(``report_screenshot.png``, ``scripts/screenshot_report.sh``; the JSON says when Chromium is
+missing or a plot did not render); prints the paper's Table 1 beside ours.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -73,6 +76,7 @@ from deepzip.zoo import create_model
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = RESULTS / "cache"  # not committed (see .gitignore): dense checkpoints and run directories
 REPORTS = RESULTS / "reproduce"
+SCREENSHOT = RESULTS.parent.parent / "scripts" / "screenshot_report.sh"
 MODELS = ("lenet-300-100", "lenet-5")
 
 # Table 1 of Han, Mao & Dally, "Deep Compression" (ICLR 2016), MNIST.
@@ -339,6 +343,23 @@ def _median_run(
     return entry, md
 
 
+def _screenshot(html: Path) -> str:
+    """Screenshot the committed HTML report beside it (``report_screenshot.png``) with
+    ``scripts/screenshot_report.sh``, which also checks that every plot rendered; returns what
+    happened (the report directory is rewritten by each run, so an old screenshot never stays)."""
+    out = html.with_name("report_screenshot.png")
+    done = subprocess.run(
+        ["bash", str(SCREENSHOT), str(html), str(out)], capture_output=True, text=True, check=False
+    )
+    said = (done.stdout + done.stderr).strip().splitlines()
+    print(f"  {said[-1] if said else 'screenshot: no output'}", file=sys.stderr, flush=True)
+    if done.returncode == 2:  # no Chromium: the report stands, without a screenshot
+        return "not taken: chromium not installed (apt-get install chromium)"
+    if done.returncode != 0:  # reported, not raised: the run's results are still written
+        return f"failed (exit {done.returncode}): {' '.join(said)}"
+    return str(out.relative_to(RESULTS.parent.parent))
+
+
 def _err(acc: float) -> str:
     return f"{100 * (1 - acc):.2f}%"
 
@@ -429,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
             else _median_run(runs, _report_dir(name, args.dataset, args.quick))
         )
         if not args.quick:
+            entry["screenshot"] = _screenshot(Path(entry["report"]))
             entry["report"] = str(Path(entry["report"]).relative_to(RESULTS.parent.parent))
         results[name] = entry
         sections.append(md)
