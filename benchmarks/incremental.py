@@ -41,6 +41,12 @@ images (``paired``: the accuracy difference, its 95% interval and the McNemar p;
 the validation split under ``paired.<comparison>[seed].val``), because a 10,000-image test set
 cannot resolve differences of a few tenths of a point.
 
+The 3-seed run left the residual CNN's 3-bit comparison with k-means undecided (a 0.01-point
+tie), so it was followed up with 5 seeds at that level (seeds 0-2 repeat the main run):
+
+    python benchmarks/incremental.py --threads 2 --levels 3 --seeds 5 \
+        --out benchmarks/results/incremental_3bit_5seeds.json
+
 Writes benchmarks/results/incremental.json (or incremental_quick.json) and prints a Markdown
 table.
 """
