@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from deepzip.coding import varint
 from deepzip.errors import BloomierBuildError, ConfigError, CorruptFileError, InvalidTensorError
 
 __all__ = [
@@ -271,12 +272,17 @@ class BloomierFilter:
                 format=lzma.FORMAT_RAW,
                 filters=_LZMA_FILTERS,
             )
-            if len(squeezed) + _varint_len(len(squeezed)) < len(packed):
+            if len(squeezed) + varint.encoded_len(len(squeezed)) < len(packed):
                 flags, payload = _FLAG_LZMA, squeezed
         head = _HEADER.pack(_MAGIC, _VERSION, flags, self.cell_bits, self.hashes, self.seed)
-        parts = [head, _varint(self.n_positions), _varint(self.cells), _varint(self.num_values)]
+        parts = [
+            head,
+            varint.encode(self.n_positions),
+            varint.encode(self.cells),
+            varint.encode(self.num_values),
+        ]
         if flags & _FLAG_LZMA:
-            parts.append(_varint(len(payload)))
+            parts.append(varint.encode(len(payload)))
         parts.append(payload)
         return b"".join(parts)
 
@@ -318,9 +324,9 @@ class BloomierFilter:
         if not 1 <= k <= MAX_HASHES:
             raise CorruptFileError(f"{name}: hash count k = {k} is outside 1..{MAX_HASHES}")
         pos = _HEADER.size
-        n_pos, pos = _read_varint(buf, pos, name, "n_positions")
-        m, pos = _read_varint(buf, pos, name, "cells")
-        num_values, pos = _read_varint(buf, pos, name, "num_values")
+        n_pos, pos = varint.read(buf, pos, name, "n_positions")
+        m, pos = varint.read(buf, pos, name, "cells")
+        num_values, pos = varint.read(buf, pos, name, "num_values")
         if n_pos > MAX_POSITIONS:
             raise CorruptFileError(f"{name}: n_positions = {n_pos} exceeds {MAX_POSITIONS}")
         if n_positions is not None and n_pos != n_positions:
@@ -342,7 +348,7 @@ class BloomierFilter:
         if unpacked_len > MAX_TABLE_BYTES:
             raise CorruptFileError(f"{name}: a table of {m} cells exceeds {MAX_TABLE_BYTES} bytes")
         if flags & _FLAG_LZMA:
-            payload_len, pos = _read_varint(buf, pos, name, "payload length")
+            payload_len, pos = varint.read(buf, pos, name, "payload length")
             if payload_len != len(buf) - pos:
                 raise CorruptFileError(
                     f"{name}: LZMA payload length {payload_len} but {len(buf) - pos} bytes follow"
@@ -510,7 +516,7 @@ def _assign(
     return table.astype(np.uint16)
 
 
-# ---------------------------------------------------------------------- bit packing, varints
+# ------------------------------------------------------------------------------ bit packing
 
 
 def _pack(table: npt.NDArray[np.uint16], t: int) -> bytes:
@@ -552,37 +558,3 @@ def _lzma_decode(payload: bytes, expected: int, name: str) -> bytes:
             f"{' or more' if not dec.eof else ''}, expected exactly {expected}"
         )
     return raw
-
-
-def _varint(value: int) -> bytes:
-    """Unsigned LEB128."""
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _varint_len(value: int) -> int:
-    return len(_varint(value))
-
-
-def _read_varint(buf: memoryview, pos: int, name: str, what: str) -> tuple[int, int]:
-    value, shift = 0, 0
-    for i in range(10):
-        if pos + i >= len(buf):
-            raise CorruptFileError(f"{name}: truncated while reading {what}")
-        byte = buf[pos + i]
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            if i and byte == 0:
-                raise CorruptFileError(f"{name}: {what} is not minimally encoded")
-            if value > _MASK64:
-                raise CorruptFileError(f"{name}: {what} exceeds 64 bits")
-            return value, pos + i + 1
-        shift += 7
-    raise CorruptFileError(f"{name}: {what} is longer than 10 bytes")

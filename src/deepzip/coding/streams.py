@@ -3,7 +3,8 @@ and a self-describing, hostile-input-safe serialisation.
 
 Byte layout of a serialised :class:`EncodedStream` (``to_bytes``; integers are unsigned LEB128
 varints: 7 bits per byte, least significant group first, high bit set on every byte but the
-last, at most 10 bytes, no superfluous trailing ``0x80``/``0x00`` groups):
+last, at most 10 bytes, no superfluous trailing ``0x80``/``0x00`` groups, at most
+``2**64 - 1``; ``deepzip.coding.varint``):
 
 ====================  ==========================================================================
 field                 meaning
@@ -58,7 +59,7 @@ from typing import Literal
 
 import numpy as np
 
-from deepzip.coding import ans, huffman
+from deepzip.coding import ans, huffman, varint
 from deepzip.coding._jit import kernels
 from deepzip.coding.bitio import BitReader, BitWriter, pack_fixed, unpack_fixed
 from deepzip.errors import ConfigError, CorruptFileError, InvalidTensorError
@@ -79,8 +80,6 @@ MAX_ALPHABET = 1 << 16
 
 CoderName = Literal["auto", "huffman", "ans", "raw"]
 
-_MAX_VARINT_BYTES = 10
-
 
 class Coder(enum.IntEnum):
     """How a stream's payload is coded (the first byte of a serialised stream)."""
@@ -91,35 +90,6 @@ class Coder(enum.IntEnum):
     """Canonical, length-limited Huffman code; the model stores the code lengths."""
     ANS = 2
     """Asymmetric numeral systems (constriction); the model stores quantized frequencies."""
-
-
-# ----------------------------------------------------------------------------- varints
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _read_varint(buf: memoryview, pos: int, field: str, what: str) -> tuple[int, int]:
-    value = 0
-    for i in range(_MAX_VARINT_BYTES):
-        if pos + i >= len(buf):
-            raise CorruptFileError(f"{what}: truncated in the {field} field (offset {pos})")
-        byte = buf[pos + i]
-        value |= (byte & 0x7F) << (7 * i)
-        if not byte & 0x80:
-            if i and byte == 0:
-                raise CorruptFileError(f"{what}: over-long varint in the {field} field")
-            return value, pos + i + 1
-    raise CorruptFileError(f"{what}: varint longer than {_MAX_VARINT_BYTES} bytes in {field}")
 
 
 # ----------------------------------------------------------------------- symbol tables
@@ -191,7 +161,7 @@ def _read_table(reader: BitReader, alphabet_size: int) -> np.ndarray:
 def _serialised_size(alphabet_size: int, count: int, model_len: int, payload_len: int) -> int:
     """``len(to_bytes())`` of a stream with these fields."""
     varints = (alphabet_size, count, model_len, payload_len)
-    return 1 + sum(len(_varint(v)) for v in varints) + model_len + payload_len
+    return 1 + sum(varint.encoded_len(v) for v in varints) + model_len + payload_len
 
 
 def _raw_width(alphabet_size: int) -> int:
@@ -235,10 +205,10 @@ class EncodedStream:
         """Coder byte and the four varints."""
         return (
             bytes([int(self.coder)])
-            + _varint(self.alphabet_size)
-            + _varint(self.count)
-            + _varint(len(self.model))
-            + _varint(len(self.payload))
+            + varint.encode(self.alphabet_size)
+            + varint.encode(self.count)
+            + varint.encode(len(self.model))
+            + varint.encode(len(self.payload))
         )
 
     @property
@@ -269,18 +239,18 @@ class EncodedStream:
             raise CorruptFileError(f"{what}: unknown coder {code}")
         coder = Coder(code)
         pos = offset + 1
-        alphabet_size, pos = _read_varint(view, pos, "alphabet size", what)
+        alphabet_size, pos = varint.read(view, pos, what, "alphabet size")
         if not 1 <= alphabet_size <= MAX_ALPHABET:
             raise CorruptFileError(
                 f"{what}: alphabet size {alphabet_size} is outside [1, {MAX_ALPHABET}]"
             )
-        count, pos = _read_varint(view, pos, "symbol count", what)
+        count, pos = varint.read(view, pos, what, "symbol count")
         if count > max_count:
             raise CorruptFileError(
                 f"{what}: declared symbol count {count} exceeds the cap {max_count}"
             )
-        model_len, pos = _read_varint(view, pos, "model length", what)
-        payload_len, pos = _read_varint(view, pos, "payload length", what)
+        model_len, pos = varint.read(view, pos, what, "model length")
+        payload_len, pos = varint.read(view, pos, what, "payload length")
         left = len(view) - pos
         if model_len > left or payload_len > left - model_len:
             raise CorruptFileError(
