@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from deepzip.errors import InvalidTensorError
-from deepzip.quantize.shared import GradRule, SharedTensor, SharedWeight
+from deepzip.quantize.shared import GradRule, SharedTensor, SharedWeight, install_shared
 
 __all__ = ["WeightlessWeight", "attach_weightless", "get_weightless"]
 
@@ -95,19 +95,15 @@ def attach_weightless(
             f"{type(module).__name__}.{attr}: decoded indices {tuple(decoded.indices.shape)} "
             f"do not match the parameter's shape {tuple(current.shape)}"
         )
-    if parametrize.is_parametrized(module, attr):
-        parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
-    device = getattr(module, attr).device
-    p = WeightlessWeight(
-        decoded.codebook.to(device),
-        decoded.indices.to(device),
-        decoded.mask.to(device),
-        filter_bytes,
-        grad=grad,
+    return install_shared(
+        module,
+        attr,
+        decoded,
+        lambda d: WeightlessWeight(
+            decoded.codebook.to(d),
+            decoded.indices.to(d),
+            decoded.mask.to(d),
+            filter_bytes,
+            grad=grad,
+        ),
     )
-    parametrize.register_parametrization(module, attr, p, unsafe=True)
-    original = module.parametrizations[attr].original  # type: ignore[index,union-attr]
-    with torch.no_grad():
-        original.copy_(decoded.dense().to(device=device, dtype=original.dtype))
-    original.requires_grad_(False)
-    return p

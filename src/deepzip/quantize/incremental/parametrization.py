@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from deepzip.errors import ConfigError, InvalidTensorError
-from deepzip.quantize.shared import GradRule, SharedTensor, SharedWeight
+from deepzip.quantize.shared import GradRule, SharedTensor, SharedWeight, install_shared
 
 __all__ = [
     "FrozenWeight",
@@ -148,15 +148,11 @@ def attach_symmetric(
     module: nn.Module, attr: str, shared: SharedTensor, *, grad: GradRule = "sum"
 ) -> SymmetricSharedWeight:
     """Replace ``module.attr`` by a :class:`SymmetricSharedWeight` (as ``attach_shared``)."""
-    if parametrize.is_parametrized(module, attr):
-        parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
-    device = getattr(module, attr).device
-    p = SymmetricSharedWeight(
-        shared.codebook.to(device), shared.indices.to(device), shared.mask.to(device), grad=grad
+    return install_shared(
+        module,
+        attr,
+        shared,
+        lambda d: SymmetricSharedWeight(
+            shared.codebook.to(d), shared.indices.to(d), shared.mask.to(d), grad=grad
+        ),
     )
-    parametrize.register_parametrization(module, attr, p, unsafe=True)
-    original = module.parametrizations[attr].original  # type: ignore[index,union-attr]
-    with torch.no_grad():
-        original.copy_(shared.dense().to(device=device, dtype=original.dtype))
-    original.requires_grad_(False)
-    return p
