@@ -20,6 +20,7 @@ from deepzip.config import (
     QuantizeStage,
     Recipe,
     RetrainConfig,
+    RetrainStage,
     Stage,
     builtin_recipe,
     builtin_recipe_names,
@@ -301,8 +302,10 @@ def test_python_construction_is_validated() -> None:
         Stage("prune", EncodeStage())
     with pytest.raises(ConfigError, match="seed must be an integer >= 0, got -1"):
         Recipe(stages=(Stage("encode", EncodeStage()),), seed=-1)
-    with pytest.raises(ConfigError, match="final_epochs is for prune stages"):
+    with pytest.raises(ConfigError, match="finetune stage: final_epochs is for prune stages"):
         FinetuneStage(RetrainConfig(final_epochs=1))
+    with pytest.raises(ConfigError, match="retrain stage: final_epochs is for prune stages"):
+        RetrainStage(RetrainConfig(final_epochs=2))
     with pytest.raises(ConfigError, match="skip = true leaves the layer uncompressed"):
         LayerRule("fc1", skip=True, bits=4)
     with pytest.raises(ConfigError, match="set sparsity, quality, bits, index_bits or skip"):

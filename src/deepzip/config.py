@@ -996,6 +996,22 @@ class PruneStage:
         }
 
 
+def _check_no_final_epochs(stage: str, cfg: RetrainConfig) -> None:
+    """``final_epochs`` belongs to prune stages; a retrain or finetune stage uses ``epochs``."""
+    if cfg.final_epochs:
+        raise ConfigError(
+            f"{stage} stage: final_epochs is for prune stages; use epochs "
+            f"(got final_epochs={cfg.final_epochs!r})"
+        )
+
+
+def _epochs_only(cfg: RetrainConfig) -> dict[str, Any]:
+    """``cfg``'s table without ``final_epochs`` (the form of retrain and finetune stages)."""
+    out = cfg.to_dict()
+    out.pop("final_epochs")
+    return out
+
+
 @dataclass(frozen=True)
 class RetrainStage:
     """Retraining of a pruned model (masks kept) for ``retrain.epochs`` epochs.
@@ -1006,17 +1022,11 @@ class RetrainStage:
     retrain: RetrainConfig = field(default_factory=lambda: RetrainConfig(final_epochs=0))
 
     def __post_init__(self) -> None:
-        if self.retrain.final_epochs:
-            raise ConfigError(
-                f"retrain stage: final_epochs is for prune stages; use epochs "
-                f"(got final_epochs={self.retrain.final_epochs!r})"
-            )
+        _check_no_final_epochs("retrain", self.retrain)
 
     def to_dict(self) -> dict[str, Any]:
         """The stage table (without ``type``)."""
-        out = self.retrain.to_dict()
-        out.pop("final_epochs")
-        return out
+        return _epochs_only(self.retrain)
 
 
 @dataclass(frozen=True)
@@ -1065,17 +1075,11 @@ class FinetuneStage:
     finetune: RetrainConfig = field(default_factory=lambda: RetrainConfig(**_FINETUNE_BASE))
 
     def __post_init__(self) -> None:
-        if self.finetune.final_epochs:
-            raise ConfigError(
-                f"finetune stage: final_epochs is for prune stages; use epochs "
-                f"(got final_epochs={self.finetune.final_epochs!r})"
-            )
+        _check_no_final_epochs("finetune", self.finetune)
 
     def to_dict(self) -> dict[str, Any]:
         """The stage table (without ``type``)."""
-        out = self.finetune.to_dict()
-        out.pop("final_epochs")
-        return out
+        return _epochs_only(self.finetune)
 
 
 @dataclass(frozen=True)
