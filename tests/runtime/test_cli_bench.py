@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,11 @@ def test_missing_architecture_is_one_clear_error(
     assert "--model" in err
     assert main(["bench", str(lenet_files["named"]), "--input-shape", "1,x"]) == 2
     assert "--input-shape" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", [dz.runtime.benchmark_layers, dz.runtime.benchmark_model])
+def test_an_example_without_a_batch_dimension_is_refused(
+    lenet_files: dict[str, Path], verb: Callable[..., object]
+) -> None:
+    with pytest.raises(dz.ConfigError, match="example_input needs a batch dimension"):
+        verb(lenet_files["named"], create_model("lenet-300-100"), torch.tensor(1.0))

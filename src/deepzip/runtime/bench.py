@@ -115,6 +115,21 @@ def _capture_inputs(
     return captured
 
 
+def _dense_and_policy(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    example_input: torch.Tensor,
+    policy: RuntimePolicy | None,
+) -> tuple[RuntimePolicy, nn.Module]:
+    """The policy (default: automatic at the example's batch size) and a copy of ``model``
+    with the file's weights decoded dense, in eval mode."""
+    if example_input.dim() == 0:
+        raise ConfigError("example_input needs a batch dimension")
+    batch = max(1, int(example_input.shape[0]))
+    policy = policy if policy is not None else RuntimePolicy(batch_size=batch)
+    return policy, load_model(copy.deepcopy(model), path).eval()
+
+
 def benchmark_layers(
     path: str | os.PathLike[str],
     model: nn.Module,
@@ -144,11 +159,7 @@ def benchmark_layers(
         CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
         ConfigError: bad ``repeats``/``warmup``, or an example input of no dimension.
     """
-    if example_input.dim() == 0:
-        raise ConfigError("example_input needs a batch dimension")
-    batch = max(1, int(example_input.shape[0]))
-    policy = policy if policy is not None else RuntimePolicy(batch_size=batch)
-    dense_model = load_model(copy.deepcopy(model), path).eval()
+    policy, dense_model = _dense_and_policy(path, model, example_input, policy)
     cf = read_compressed(path)
     owners = [name.rsplit(".", 1)[0] if "." in name else "" for name in cf.shared]
     captured = _capture_inputs(dense_model, owners, example_input)
@@ -272,11 +283,7 @@ def benchmark_model(
         CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
         ConfigError: bad ``repeats``/``warmup``, or an example input of no dimension.
     """
-    if example_input.dim() == 0:
-        raise ConfigError("example_input needs a batch dimension")
-    batch = max(1, int(example_input.shape[0]))
-    policy = policy if policy is not None else RuntimePolicy(batch_size=batch)
-    dense = load_model(copy.deepcopy(model), path).eval()
+    policy, dense = _dense_and_policy(path, model, example_input, policy)
     runtime = load_compressed(path, copy.deepcopy(model), policy=policy).eval()
     with torch.inference_mode():
         difference = float((dense(example_input) - runtime(example_input)).abs().max())
