@@ -12,6 +12,7 @@ a multi-dimensional gather adds with parallel atomics on the CPU, and two runs t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -192,33 +193,27 @@ def attach_shared(
     mask travels inside ``shared``. The stored original tensor no longer trains
     (``requires_grad=False``); only the codebook does.
     """
-    return install_shared(
-        module,
-        attr,
-        shared,
-        lambda d: SharedWeight(
-            shared.codebook.to(d), shared.indices.to(d), shared.mask.to(d), grad=grad
-        ),
-    )
+    return install_shared(module, attr, shared, functools.partial(SharedWeight, grad=grad))
 
 
 def install_shared(
     module: nn.Module,
     attr: str,
     shared: SharedTensor,
-    make: Callable[[torch.device], SharedWeightT],
+    make: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], SharedWeightT],
 ) -> SharedWeightT:
-    """Install the shared-weight parametrization ``make(device)`` on ``module.attr``.
+    """Install ``make(codebook, indices, mask)`` (``shared``'s, moved to the parameter's device)
+    as the parametrization of ``module.attr``.
 
     The common part of every ``attach_*``: any parametrization already on the attribute (a
-    pruning mask) is folded in and removed; the parametrization is built on the parameter's
-    device and registered; the stored original tensor gets ``shared``'s dense values (so that
-    a state dict holds them) and no longer trains.
+    pruning mask) is folded in and removed; the parametrization is registered; the stored
+    original tensor gets ``shared``'s dense values (so that a state dict holds them) and no
+    longer trains.
     """
     if parametrize.is_parametrized(module, attr):
         parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     device = getattr(module, attr).device
-    p = make(device)
+    p = make(shared.codebook.to(device), shared.indices.to(device), shared.mask.to(device))
     parametrize.register_parametrization(module, attr, p, unsafe=True)
     original = module.parametrizations[attr].original  # type: ignore[index,union-attr]
     with torch.no_grad():

@@ -99,11 +99,7 @@ def attach_weightless(
         module,
         attr,
         decoded,
-        lambda d: WeightlessWeight(
-            decoded.codebook.to(d),
-            decoded.indices.to(d),
-            decoded.mask.to(d),
-            filter_bytes,
-            grad=grad,
+        lambda codebook, indices, mask: WeightlessWeight(
+            codebook, indices, mask, filter_bytes, grad=grad
         ),
     )

@@ -11,6 +11,8 @@ codebook entries are tied to ``-a`` and ``+a``, with the zero level carried by t
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -148,11 +150,4 @@ def attach_symmetric(
     module: nn.Module, attr: str, shared: SharedTensor, *, grad: GradRule = "sum"
 ) -> SymmetricSharedWeight:
     """Replace ``module.attr`` by a :class:`SymmetricSharedWeight` (as ``attach_shared``)."""
-    return install_shared(
-        module,
-        attr,
-        shared,
-        lambda d: SymmetricSharedWeight(
-            shared.codebook.to(d), shared.indices.to(d), shared.mask.to(d), grad=grad
-        ),
-    )
+    return install_shared(module, attr, shared, functools.partial(SymmetricSharedWeight, grad=grad))
