@@ -14,7 +14,12 @@ masks). Layer after layer
    smallest whose validation accuracy after retraining the later layers is within
    ``--max-drop`` points of the pruned model's; the filter (header and table) plus the
    codebook is the layer's Weightless size;
-4. the later layers retrain (SGD, cosine schedule) around the false positives.
+4. the later layers, and the codebooks and biases of the layers already encoded (their
+   positions and cluster indices never change), retrain around the false positives: Adam
+   (lr 1e-3, cosine schedule), distilled from the dense model (weight 0.5, temperature 4),
+   20 epochs per trial on LeNet-300-100 and 5 on LeNet-5. The paper freezes an encoded layer
+   whole; ``--optimizer sgd --lr 0.01 --distill 0 --no-train-encoded --epochs 3`` is the
+   earlier, weaker retraining (``benchmarks/results/weightless_sgd_frozen.json``).
 
 On LeNet-300-100's largest layer (fc1) the cell width is also swept, each width from the same
 starting point, to show the size/accuracy trade-off. The final model is written to a
@@ -75,7 +80,7 @@ BITS = {
     "lenet-5": {"fc1": 2, "fc2": 5},
 }
 SWEEP = (4, 5, 6, 7, 8, 9)  # cell widths of the fc1 sweep
-EPOCHS = {"lenet-300-100": 3, "lenet-5": 1}  # retraining epochs after each width tried
+EPOCHS = {"lenet-300-100": 20, "lenet-5": 5}  # retraining epochs after each width tried
 GAP_WIDTH = 5  # the paper's relative-index width for fully connected layers
 
 
@@ -100,12 +105,13 @@ class Trainer:
         data: DataSplits,
         *,
         epochs: int,
+        optimizer: str,
         lr: float,
         teacher: nn.Module | None,
         distill: float,
         seed: int,
     ) -> None:
-        self.epochs, self.lr, self.seed = epochs, lr, seed
+        self.epochs, self.optimizer, self.lr, self.seed = epochs, optimizer, lr, seed
         targets = data.train.labels
         self.loss: nn.Module | None = None
         if teacher is not None and distill > 0:
@@ -120,7 +126,10 @@ class Trainer:
         if not params or not self.epochs:
             return
         self.calls += 1
-        opt = make_optimizer(params, "sgd", self.lr, weight_decay=5e-4)
+        # an encoded layer's centroid gets the summed gradient of all its positions (false
+        # positives included): Adam's step does not depend on that scale, SGD's does
+        decay = 5e-4 if self.optimizer == "sgd" else 0.0
+        opt = make_optimizer(params, self.optimizer, self.lr, weight_decay=decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
         fit(
             model,
@@ -181,10 +190,12 @@ def run_model(name: str, data: DataSplits, args: argparse.Namespace) -> dict[str
     dense_acc, dense_val = test_acc(dense), val_acc(dense)
     pruned_acc, pruned_val = test_acc(model), val_acc(model)
     epochs = 1 if args.quick else (args.epochs or EPOCHS[name])
+    lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 0.01)
     trainer = Trainer(
         data,
         epochs=epochs,
-        lr=args.lr,
+        optimizer=args.optimizer,
+        lr=lr,
         teacher=dense,
         distill=args.distill,
         seed=args.seed,
@@ -195,6 +206,7 @@ def run_model(name: str, data: DataSplits, args: argparse.Namespace) -> dict[str
         max_cell_bits=args.max_cell_bits,
         lzma=args.lzma,
         seed=args.seed,
+        train_encoded=args.train_encoded,
     )
     layers: dict[str, Any] = {}
     sweep: list[dict[str, Any]] = []
@@ -210,7 +222,7 @@ def run_model(name: str, data: DataSplits, args: argparse.Namespace) -> dict[str
                 trial = independent_copy(model)
                 rep = weightless_(
                     trial,
-                    WeightlessConfig(cell_bits=t, include=(param,), seed=args.seed),
+                    replace(config, cell_bits=t, include=(param,)),
                     retrain=trainer,
                     evaluate=val_acc,
                 )
@@ -273,10 +285,11 @@ def run_model(name: str, data: DataSplits, args: argparse.Namespace) -> dict[str
         "fc1_sweep": sweep,
         "retrain": {
             "epochs_per_trial": epochs,
-            "lr": args.lr,
-            "optimizer": "sgd",
+            "lr": lr,
+            "optimizer": args.optimizer,
             "schedule": "cosine",
             "distill": args.distill,
+            "train_encoded": args.train_encoded,
             "calls": trainer.calls,
         },
         "weightless": config.to_dict(),
@@ -294,8 +307,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--epochs", type=int, default=None, help="retraining epochs per trial (default: per model)"
     )
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--distill", type=float, default=0.0)
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="default: 1e-3 with Adam, 0.01 with SGD"
+    )
+    parser.add_argument(
+        "--distill", type=float, default=0.5, help="weight of distillation from the dense model"
+    )
+    parser.add_argument(
+        "--train-encoded",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="encoded layers' codebooks and biases keep training (--no-train-encoded: frozen)",
+    )
     parser.add_argument("--max-drop", type=float, default=0.3, help="points vs the pruned model")
     parser.add_argument("--min-cell-bits", type=int, default=4)
     parser.add_argument("--max-cell-bits", type=int, default=12)

@@ -732,7 +732,9 @@ class WeightlessConfig:
         lzma: compress each filter's table with LZMA when that is smaller.
         train_encoded: after a layer is encoded its codebook and bias keep training (its
             positions and cluster indices never change); ``False`` freezes the whole layer,
-            as in the paper.
+            as in the paper. A centroid's gradient sums over every position that decodes to
+            it, false positives included, so retrain with Adam (whose step does not scale
+            with the gradient): SGD at a float layer's learning rate diverges.
         include: globs; when given, only matching layers are encoded.
         exclude: globs of layers left out.
         overrides: per-layer fixed ``cell_bits`` or skip; the last matching one wins.
