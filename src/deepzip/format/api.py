@@ -21,7 +21,7 @@ from torch import nn
 
 from deepzip._atomic import atomic_open
 from deepzip.errors import CheckpointError, ConfigError
-from deepzip.format.checkpoint import plain_state_dict
+from deepzip.format.checkpoint import check_keys_fit, plain_state_dict
 from deepzip.format.dzip_reader import DzipReader
 from deepzip.format.dzip_report import InspectReport, SaveReport
 from deepzip.format.dzip_spec import (
@@ -258,13 +258,8 @@ def load_model(model: nn.Module, path: str | os.PathLike[str], *, strict: bool =
     expected = plain_state_dict(model)
     missing = [n for n in expected if n not in state]
     unexpected = [n for n in state if n not in expected]
-    if strict and (missing or unexpected):
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:5])}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:5])}")
-        raise CheckpointError(f"{Path(path)} does not fit the model: {'; '.join(parts)}")
+    if strict:
+        check_keys_fit(Path(path), missing, unexpected)
     for name, t in expected.items():
         if name in state and state[name].shape != t.shape:
             raise CheckpointError(

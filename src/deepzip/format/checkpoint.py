@@ -44,6 +44,7 @@ __all__ = [
     "MASK_PREFIX",
     "Checkpoint",
     "apply_checkpoint",
+    "check_keys_fit",
     "load_checkpoint",
     "plain_state_dict",
     "read_checkpoint",
@@ -76,6 +77,22 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             module = model.get_submodule(owner)
             out[f"{owner}.{attr}" if owner else attr] = getattr(module, attr).detach()
     return out
+
+
+def check_keys_fit(source: object, missing: list[str], unexpected: list[str]) -> None:
+    """Raise if a stored state and a model's do not have the same keys.
+
+    Raises:
+        CheckpointError: ``"{source} does not fit the model: missing N key(s): ...;
+            unexpected M key(s): ..."``, naming up to five keys of each kind.
+    """
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:5])}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:5])}")
+    if parts:
+        raise CheckpointError(f"{source} does not fit the model: {'; '.join(parts)}")
 
 
 class Checkpoint:
@@ -317,13 +334,8 @@ def apply_checkpoint(
     expected = plain_state_dict(model)  # validated before the model is touched
     missing = sorted(set(expected) - set(ckpt.tensors))
     unexpected = sorted(set(ckpt.tensors) - set(expected))
-    if strict and (missing or unexpected):
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:5])}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:5])}")
-        raise CheckpointError(f"{source} does not fit the model: {'; '.join(parts)}")
+    if strict:
+        check_keys_fit(source, missing, unexpected)
     mismatched = [
         n for n, t in expected.items() if n in ckpt.tensors and ckpt.tensors[n].shape != t.shape
     ]

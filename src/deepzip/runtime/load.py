@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from deepzip.errors import CheckpointError, ConfigError
-from deepzip.format.checkpoint import plain_state_dict
+from deepzip.format.checkpoint import check_keys_fit, plain_state_dict
 from deepzip.format.dzip_reader import read_compressed
 from deepzip.quantize.api import strip_
 from deepzip.quantize.shared import SharedTensor
@@ -294,13 +294,8 @@ def load_compressed(
     names = list(cf.order)
     missing = [n for n in expected if n not in cf.raw and n not in cf.shared]
     unexpected = [n for n in names if n not in expected]
-    if strict and (missing or unexpected):
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:5])}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:5])}")
-        raise CheckpointError(f"{source} does not fit the model: {'; '.join(parts)}")
+    if strict:
+        check_keys_fit(source, missing, unexpected)
     for name, tensor in expected.items():
         found = cf.raw.get(name)
         shape = (
