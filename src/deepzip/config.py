@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import tomli_w
 
@@ -1298,8 +1298,30 @@ def _incremental_retrain() -> RetrainConfig:
     return RetrainConfig(**_INCREMENTAL_RETRAIN)
 
 
+_Q = TypeVar("_Q", SLQConfig, MLQConfig, INQConfig)
+_IS = TypeVar("_IS", bound="_IncrementalStage[Any]")
+
+
 @dataclass(frozen=True)
-class SLQStage:
+class _IncrementalStage(Generic[_Q]):
+    """What the SLQ, MLQ and INQ stages share: a quantizer config and its retraining."""
+
+    quantize: _Q
+    retrain: RetrainConfig = field(default_factory=_incremental_retrain)
+
+    def with_bits_overrides(self: _IS, extra: tuple[BitsOverride, ...]) -> _IS:
+        """A copy with ``extra`` overrides before the stage's own."""
+        return replace(
+            self, quantize=replace(self.quantize, overrides=extra + self.quantize.overrides)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stage table (without ``type``)."""
+        return {**self.quantize.to_dict(), "retrain": self.retrain.to_dict()}
+
+
+@dataclass(frozen=True)
+class SLQStage(_IncrementalStage[SLQConfig]):
     """SLQ as a recipe stage: ``retrain.epochs`` epochs after every freezing step and
     ``retrain.final_epochs`` more after the last (Adam, lr 1e-3 × 0.1 by default).
 
@@ -1308,40 +1330,18 @@ class SLQStage:
     """
 
     quantize: SLQConfig = field(default_factory=SLQConfig)
-    retrain: RetrainConfig = field(default_factory=_incremental_retrain)
-
-    def with_bits_overrides(self, extra: tuple[BitsOverride, ...]) -> SLQStage:
-        """A copy with ``extra`` overrides before the stage's own."""
-        return replace(
-            self, quantize=replace(self.quantize, overrides=extra + self.quantize.overrides)
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The stage table (without ``type``)."""
-        return {**self.quantize.to_dict(), "retrain": self.retrain.to_dict()}
 
 
 @dataclass(frozen=True)
-class MLQStage:
+class MLQStage(_IncrementalStage[MLQConfig]):
     """MLQ as a recipe stage: ``retrain.epochs`` epochs after every step (groups × width steps)
     and ``retrain.final_epochs`` more after the last. Ends as :class:`SLQStage` does."""
 
     quantize: MLQConfig = field(default_factory=MLQConfig)
-    retrain: RetrainConfig = field(default_factory=_incremental_retrain)
-
-    def with_bits_overrides(self, extra: tuple[BitsOverride, ...]) -> MLQStage:
-        """A copy with ``extra`` overrides before the stage's own."""
-        return replace(
-            self, quantize=replace(self.quantize, overrides=extra + self.quantize.overrides)
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The stage table (without ``type``)."""
-        return {**self.quantize.to_dict(), "retrain": self.retrain.to_dict()}
 
 
 @dataclass(frozen=True)
-class INQStage:
+class INQStage(_IncrementalStage[INQConfig]):
     """INQ as a recipe stage: ``retrain.epochs`` epochs after every step but the last (after
     100% only biases could train) and ``retrain.final_epochs`` after the last.
 
@@ -1350,17 +1350,6 @@ class INQStage:
     """
 
     quantize: INQConfig = field(default_factory=INQConfig)
-    retrain: RetrainConfig = field(default_factory=_incremental_retrain)
-
-    def with_bits_overrides(self, extra: tuple[BitsOverride, ...]) -> INQStage:
-        """A copy with ``extra`` overrides before the stage's own."""
-        return replace(
-            self, quantize=replace(self.quantize, overrides=extra + self.quantize.overrides)
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The stage table (without ``type``)."""
-        return {**self.quantize.to_dict(), "retrain": self.retrain.to_dict()}
 
 
 def _incremental_kind(name: str, stage_cls: type, config_cls: type) -> StageKind:
