@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from deepzip._parametrize import find_parametrization
+
 __all__ = [
     "WeightMask",
     "attach_mask",
@@ -46,12 +48,7 @@ class WeightMask(nn.Module):
 
 
 def _find(module: nn.Module, attr: str) -> WeightMask | None:
-    if not parametrize.is_parametrized(module, attr):
-        return None
-    for p in module.parametrizations[attr]:  # type: ignore[index]
-        if isinstance(p, WeightMask):
-            return p
-    return None
+    return find_parametrization(module, attr, WeightMask)
 
 
 def is_masked(module: nn.Module, attr: str = "weight") -> bool:

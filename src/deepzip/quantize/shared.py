@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from deepzip._parametrize import find_parametrization
+
 __all__ = [
     "GradRule",
     "SharedTensor",
@@ -176,12 +178,7 @@ class SharedWeight(nn.Module):
 
 def get_shared(module: nn.Module, attr: str = "weight") -> SharedWeight | None:
     """The :class:`SharedWeight` on ``module.attr``, or ``None``."""
-    if not parametrize.is_parametrized(module, attr):
-        return None
-    for p in module.parametrizations[attr]:  # type: ignore[index]
-        if isinstance(p, SharedWeight):
-            return p
-    return None
+    return find_parametrization(module, attr, SharedWeight)
 
 
 def attach_shared(

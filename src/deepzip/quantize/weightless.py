@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
+from deepzip._parametrize import find_parametrization
 from deepzip.errors import InvalidTensorError
 from deepzip.quantize.shared import GradRule, SharedTensor, SharedWeight, install_shared
 
@@ -56,12 +56,7 @@ class WeightlessWeight(SharedWeight):
 
 def get_weightless(module: nn.Module, attr: str = "weight") -> WeightlessWeight | None:
     """The :class:`WeightlessWeight` on ``module.attr``, or ``None``."""
-    if not parametrize.is_parametrized(module, attr):
-        return None
-    for p in module.parametrizations[attr]:  # type: ignore[index]
-        if isinstance(p, WeightlessWeight):
-            return p
-    return None
+    return find_parametrization(module, attr, WeightlessWeight)
 
 
 def attach_weightless(

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from deepzip._parametrize import find_parametrization
 from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.quantize.shared import GradRule, SharedTensor, SharedWeight, install_shared
 
@@ -77,12 +78,7 @@ class FrozenWeight(nn.Module):
 
 def get_frozen(module: nn.Module, attr: str = "weight") -> FrozenWeight | None:
     """The :class:`FrozenWeight` on ``module.attr``, or ``None``."""
-    if not parametrize.is_parametrized(module, attr):
-        return None
-    for p in module.parametrizations[attr]:  # type: ignore[index]
-        if isinstance(p, FrozenWeight):
-            return p
-    return None
+    return find_parametrization(module, attr, FrozenWeight)
 
 
 def attach_frozen(module: nn.Module, attr: str, mask: torch.Tensor) -> FrozenWeight:
