@@ -13,6 +13,7 @@ import deepzip as dz
 from deepzip.errors import CheckpointError, ConfigError, InvalidTensorError
 from deepzip.format import inspect, load_model, load_state_dict, read_compressed, save
 from deepzip.format.checkpoint import plain_state_dict
+from deepzip.format.dzip_writer import DzipWriter
 from deepzip.quantize.shared import SharedTensor
 
 
@@ -210,6 +211,17 @@ def test_writer_rejects_bad_tensors(tmp_path: Path) -> None:
     bad = SharedTensor(torch.tensor([float("nan")]), torch.zeros(2, dtype=torch.uint8), ones)
     with pytest.raises(InvalidTensorError, match="w: codebook holds NaN"):
         save({"w": bad}, tmp_path / "a")
+    two_d = SharedTensor(cb.reshape(1, 2), torch.zeros(2, dtype=torch.uint8), ones)
+    with pytest.raises(InvalidTensorError, match=r"w: codebook must be 1-D float with 1\.\.256"):
+        save({"w": two_d}, tmp_path / "a")
+    idx = torch.zeros(2, dtype=torch.uint8)
+    with (
+        DzipWriter(tmp_path / "b") as w,
+        pytest.raises(
+            InvalidTensorError, match=r"w: a shared tensor decodes to float32/.*, not torch\.int32"
+        ),
+    ):
+        w.add_shared("w", SharedTensor(cb, idx, ones), dtype=torch.int32)
     with pytest.raises(InvalidTensorError, match="rank 9 exceeds the cap of 8"):
         save({"t": torch.zeros((1,) * 9)}, tmp_path / "a")
     with pytest.raises(InvalidTensorError, match=r"dtype torch\.complex64 cannot be stored"):

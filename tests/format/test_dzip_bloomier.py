@@ -99,6 +99,10 @@ def test_writer_checks_the_filter(tmp_path: Path) -> None:
             w.add_bloomier("c", cb, b"XX" + data[2:], (3, 4))
         with pytest.raises(InvalidTensorError, match="float32/float16"):
             w.add_bloomier("d", cb, data, (3, 4), dtype=torch.int8)
+        with pytest.raises(InvalidTensorError, match=r"d: codebook must be 1-D float"):
+            w.add_bloomier("d", cb.reshape(1, 2), data, (3, 4))
+        with pytest.raises(InvalidTensorError, match="d: codebook holds NaN"):
+            w.add_bloomier("d", torch.tensor([-1.0, float("nan")]), data, (3, 4))
         rec = w.add_bloomier("e", cb, data, (3, 4), dtype=torch.float16)
     indices, mask = f.decode_indices()
     assert rec.kept == int(mask.sum())

@@ -287,20 +287,8 @@ class DzipWriter:
             InvalidTensorError: a bad codebook or dtype, or a filter that does not parse, does
                 not cover the shape, or has another number of values than the codebook.
         """
-        self._check_name(name)
-        if dtype not in DTYPE_IDS or DTYPE_IDS[dtype] not in FLOAT_DTYPE_IDS:
-            raise InvalidTensorError(
-                f"{name}: a Bloomier tensor decodes to float32/float16/bfloat16/float64, "
-                f"not {dtype}"
-            )
         cb = codebook.detach()
-        if cb.dim() != 1 or not 1 <= cb.numel() <= MAX_K or not cb.is_floating_point():
-            raise InvalidTensorError(
-                f"{name}: codebook must be 1-D float with 1..{MAX_K} entries, "
-                f"got {cb.dtype} {tuple(cb.shape)}"
-            )
-        if not bool(torch.isfinite(cb).all()):
-            raise InvalidTensorError(f"{name}: codebook holds NaN or infinity")
+        self._check_codebook(name, "a Bloomier tensor", dtype, cb)
         dims = tuple(int(d) for d in shape)
         self._check_shape(name, dims)
         k = cb.numel()
@@ -364,6 +352,21 @@ class DzipWriter:
         if len(self._names) >= MAX_TENSORS:
             raise InvalidTensorError(f"{name}: a .dzip file holds at most {MAX_TENSORS} tensors")
 
+    def _check_codebook(self, name: str, what: str, dtype: torch.dtype, cb: torch.Tensor) -> None:
+        """The name, the float dtype the tensor decodes to, and a finite 1-D float codebook."""
+        self._check_name(name)
+        if dtype not in DTYPE_IDS or DTYPE_IDS[dtype] not in FLOAT_DTYPE_IDS:
+            raise InvalidTensorError(
+                f"{name}: {what} decodes to float32/float16/bfloat16/float64, not {dtype}"
+            )
+        if cb.dim() != 1 or not 1 <= cb.numel() <= MAX_K or not cb.is_floating_point():
+            raise InvalidTensorError(
+                f"{name}: codebook must be 1-D float with 1..{MAX_K} entries, "
+                f"got {cb.dtype} {tuple(cb.shape)}"
+            )
+        if not bool(torch.isfinite(cb).all()):
+            raise InvalidTensorError(f"{name}: codebook holds NaN or infinity")
+
     def _check_shape(self, name: str, shape: tuple[int, ...]) -> None:
         if len(shape) > MAX_RANK:
             raise InvalidTensorError(f"{name}: rank {len(shape)} exceeds the cap of {MAX_RANK}")
@@ -383,19 +386,8 @@ class DzipWriter:
     def _check_shared(
         self, name: str, shared: SharedTensor, dtype: torch.dtype
     ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-        self._check_name(name)
-        if dtype not in DTYPE_IDS or DTYPE_IDS[dtype] not in FLOAT_DTYPE_IDS:
-            raise InvalidTensorError(
-                f"{name}: a shared tensor decodes to float32/float16/bfloat16/float64, not {dtype}"
-            )
         cb, idx, mask = shared.codebook.detach(), shared.indices.detach(), shared.mask.detach()
-        if cb.dim() != 1 or not 1 <= cb.numel() <= MAX_K or not cb.is_floating_point():
-            raise InvalidTensorError(
-                f"{name}: codebook must be 1-D float with 1..{MAX_K} entries, "
-                f"got {cb.dtype} {tuple(cb.shape)}"
-            )
-        if not bool(torch.isfinite(cb).all()):
-            raise InvalidTensorError(f"{name}: codebook holds NaN or infinity")
+        self._check_codebook(name, "a shared tensor", dtype, cb)
         if idx.dtype != torch.uint8:
             raise InvalidTensorError(f"{name}: indices must be uint8, got {idx.dtype}")
         if mask.dtype != torch.bool or mask.shape != idx.shape:
