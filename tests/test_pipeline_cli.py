@@ -11,7 +11,11 @@ from rich.console import Console
 
 from deepzip import cli
 from deepzip.cli import main
+from deepzip.config import PruneConfig
 from deepzip.datasets import write_idx
+from deepzip.format import save_checkpoint
+from deepzip.prune import prune_
+from deepzip.zoo import create_model
 
 RECIPE = """
 name = "tiny LeNet-300-100"
@@ -86,7 +90,7 @@ def test_run_resume_and_changed_recipe(
     captured = capsys.readouterr()
     report = f"report → {run_dir / 'report' / 'report.html'}"
     for text in ("stages", "per-layer compression", "fc1.weight", "weight bits (P+Q+C)",
-                 "decoded from the file", report):  # fmt: skip
+                 "decoded from the file", report, "% dense → "):  # fmt: skip
         assert text in captured.out
     assert "stage 3 (quantize) done" in captured.err
     state = json.loads((run_dir / "state.json").read_text())
@@ -110,6 +114,24 @@ def test_run_resume_and_changed_recipe(
     assert err.count("\n") == 0
     assert "stage 3 (quantize) changed (fc_bits: 4 → 3)" in err
     assert "--restart" in err
+
+
+def test_run_from_a_pruned_start_does_not_call_it_dense(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = create_model("lenet-300-100")
+    prune_(model, PruneConfig(sparsity=0.9))
+    start = save_checkpoint(model, tmp_path / "pruned.safetensors")
+    recipe = tmp_path / "q.toml"
+    recipe.write_text(
+        'model = "lenet-300-100"\ndataset = "fashion-mnist"\n'
+        '[[stages]]\ntype = "quantize"\nbits = 4\n[[stages]]\ntype = "encode"\n'
+    )
+    argv = ["run", str(recipe), "--start", str(start), "--run-dir", str(tmp_path / "r")]
+    assert main([*argv, *_args(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "% at the start → " in out
+    assert "% dense → " not in out
 
 
 def test_run_errors_are_one_line(
