@@ -101,6 +101,7 @@ def test_run_resume_and_changed_recipe(
     assert [round(layer["kept_fraction"], 3) for layer in kept] == [0.1, 0.1, 0.5]
     dzip = (run_dir / "model.dzip").read_bytes()
     assert state["stages"][-1]["details"]["decoded_test_acc"] > 0.5
+    assert "dense test accuracy" in (run_dir / "report" / "report.html").read_text()
 
     # the same command again: nothing reruns, the same file
     assert main(argv) == 0
@@ -132,6 +133,9 @@ def test_run_from_a_pruned_start_does_not_call_it_dense(
     out = capsys.readouterr().out
     assert "% at the start → " in out
     assert "% dense → " not in out
+    html = (tmp_path / "r" / "report" / "report.html").read_text()
+    assert "starting test accuracy" in html
+    assert "dense test accuracy" not in html
 
 
 def test_run_errors_are_one_line(

@@ -52,6 +52,7 @@ from deepzip.pipeline import (
     PipelineEvent,
     RunResult,
     accuracy_fn,
+    accuracy_reference,
     make_loaders,
     prune_with_retraining,
     quantize_with_finetuning,
@@ -552,11 +553,9 @@ def _run_and_report(
         table = compression_table(save)
         console.print(compression_rich_table(table, title=f"{model_name}: per-layer compression"))
     decoded = result.final.details.get("decoded_test_acc")
-    ref = result.stages[0] if result.stages and result.stages[0].kind == "train" else None
-    ref = ref or result.initial
+    ref, dense = accuracy_reference(result.initial, result.stages)
     if decoded is not None and ref.test_acc is not None:
-        # a --start checkpoint may already be pruned: "dense" only when it is
-        label = "dense" if ref.kind == "train" or ref.kept >= 1.0 else "at the start"
+        label = "dense" if dense else "at the start"
         console.print(
             f"test accuracy: {100 * ref.test_acc:.2f}% {label} → {100 * decoded:.2f}% decoded "
             f"from the file ({100 * (decoded - ref.test_acc):+.2f} points)",

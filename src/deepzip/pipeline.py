@@ -107,6 +107,7 @@ __all__ = [
     "TrainFn",
     "TrainRequest",
     "accuracy_fn",
+    "accuracy_reference",
     "check_recipe",
     "data_fingerprint",
     "data_trainer",
@@ -673,6 +674,20 @@ class StageRecord:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed stage record in {STATE_FILE}: {exc!r}") from exc
+
+
+def accuracy_reference(
+    initial: StageRecord, stages: Sequence[StageRecord]
+) -> tuple[StageRecord, bool]:
+    """The record a run's accuracy change is measured from, and whether it is a dense model.
+
+    After a train stage, that stage's record (dense); otherwise the model the run started from,
+    which a ``--start`` checkpoint may have pruned or quantized already, so it is not called
+    dense.
+    """
+    if stages and stages[0].kind == "train":
+        return stages[0], True
+    return initial, False
 
 
 @dataclass(frozen=True)

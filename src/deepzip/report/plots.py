@@ -224,6 +224,7 @@ def plot_accuracy_vs_ratio(
     path: str | os.PathLike[str],
     *,
     baseline: float | None = None,
+    baseline_label: str = "dense",
     title: str = "Accuracy vs compression ratio across the stages",
     ylabel: str = "test accuracy (%)",
 ) -> Path:
@@ -240,9 +241,13 @@ def plot_accuracy_vs_ratio(
             p.label, (x, y), textcoords="offset points", xytext=(6, 6 - 11 * same), fontsize=8
         )
     if baseline is not None:
-        ax.axhline(100 * baseline, color="gray", linestyle="--", linewidth=1, label="dense")
+        ax.axhline(100 * baseline, color="gray", linestyle="--", linewidth=1, label=baseline_label)
         ax.axhline(
-            100 * baseline - 0.3, color="tab:red", linestyle=":", linewidth=1, label="dense − 0.3"
+            100 * baseline - 0.3,
+            color="tab:red",
+            linestyle=":",
+            linewidth=1,
+            label=f"{baseline_label} − 0.3",
         )
         ax.legend(fontsize=8, loc="lower left")
     ax.set_xscale("log")

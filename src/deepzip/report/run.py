@@ -24,7 +24,7 @@ import torch
 from deepzip._atomic import atomic_write_text
 from deepzip.config import Recipe
 from deepzip.format.checkpoint import Checkpoint, read_checkpoint
-from deepzip.pipeline import StageRecord, read_run
+from deepzip.pipeline import StageRecord, accuracy_reference, read_run
 from deepzip.prune import SensitivityResult
 from deepzip.report.plots import (
     QuantizedLayerData,
@@ -92,10 +92,13 @@ class RunReport:
 
     @property
     def baseline(self) -> StageRecord:
-        """The dense reference: after the train stage, or the starting point."""
-        if self.stages and self.stages[0].kind == "train":
-            return self.stages[0]
-        return self.initial
+        """The accuracy reference: after the train stage, or the starting point."""
+        return accuracy_reference(self.initial, self.stages)[0]
+
+    @property
+    def baseline_is_dense(self) -> bool:
+        """Whether :attr:`baseline` is a trained dense model (not a ``--start`` checkpoint)."""
+        return accuracy_reference(self.initial, self.stages)[1]
 
     @property
     def final_test_acc(self) -> float | None:
@@ -169,9 +172,9 @@ def build_run_report(
     notes: list[str] = []
 
     start_acc = _acc(initial)
-    trained_first = bool(stages) and stages[0].kind == "train"
+    ref, dense = accuracy_reference(initial, stages)  # dense: a train stage came first
     points = []  # an untrained starting point (before a train stage) is left out
-    if start_acc is not None and not trained_first:
+    if start_acc is not None and not dense:
         points.append(StagePoint("start", initial.ratio, start_acc))
     for s, role in by_role:
         acc = _acc(s)
@@ -182,11 +185,11 @@ def build_run_report(
             acc = float(s.details.get("decoded_test_acc", acc))
         points.append(StagePoint(f"{s.index + 1}. {label}", s.ratio, acc))
     if points:
-        base = _acc(stages[0]) if trained_first else _acc(initial)
         plots["accuracy_vs_ratio"] = plot_accuracy_vs_ratio(
             points,
             out / "accuracy_vs_ratio.png",
-            baseline=base,
+            baseline=_acc(ref),
+            baseline_label="dense" if dense else "start",
             ylabel="test accuracy (%)" if initial.test_acc is not None else "accuracy (%)",
         )
     else:
@@ -344,7 +347,8 @@ def render_html(report: RunReport) -> str:
         cards.append(("float32", f"{report.table.float32_bytes:,} B"))
     base = report.baseline
     if base.test_acc is not None:
-        cards.append(("dense test accuracy", _pct(base.test_acc)))
+        name = "dense" if report.baseline_is_dense else "starting"
+        cards.append((f"{name} test accuracy", _pct(base.test_acc)))
     final = report.final_test_acc
     if final is not None:
         cards.append(("final test accuracy (decoded)", _pct(final)))
