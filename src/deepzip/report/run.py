@@ -96,11 +96,6 @@ class RunReport:
         return accuracy_reference(self.initial, self.stages)[0]
 
     @property
-    def baseline_is_dense(self) -> bool:
-        """Whether :attr:`baseline` is a trained dense model (not a ``--start`` checkpoint)."""
-        return accuracy_reference(self.initial, self.stages)[1]
-
-    @property
     def final_test_acc(self) -> float | None:
         """Test accuracy of the model decoded from the file (else after the last stage)."""
         if not self.stages:
@@ -345,9 +340,9 @@ def render_html(report: RunReport) -> str:
         cards.append(("compression ratio", f"{report.table.ratio:.1f}×"))
         cards.append((".dzip file", f"{report.table.file_bytes:,} B"))
         cards.append(("float32", f"{report.table.float32_bytes:,} B"))
-    base = report.baseline
+    base, dense = accuracy_reference(report.initial, report.stages)
     if base.test_acc is not None:
-        name = "dense" if report.baseline_is_dense else "starting"
+        name = "dense" if dense else "starting"
         cards.append((f"{name} test accuracy", _pct(base.test_acc)))
     final = report.final_test_acc
     if final is not None:
