@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from deepzip.cli import main
+from deepzip import BitsOverride, ConfigError, LayerOverride
+from deepzip.cli import _parse_bits_override, _parse_override, main
 from deepzip.datasets import write_idx
 
 
@@ -98,6 +100,37 @@ def test_prune_with_recipe_and_errors(
                 "--model", "lenet-5")  # fmt: skip
     assert code == 2
     assert "does not fit the model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "message"),
+    [
+        (_parse_override, "fc1=x", "--override 'fc1=x': 'x' is not a number"),
+        (_parse_override, "fc1", "--override expects GLOB=SPARSITY or GLOB=skip, got 'fc1'"),
+        # a number out of range is the config's error, not "is not a number"
+        (_parse_override, "fc1=1.5", "overrides['fc1'].sparsity must be in [0, 1), got 1.5"),
+        (_parse_bits_override, "fc1=2.5", "--override 'fc1=2.5': '2.5' is not an integer"),
+        (_parse_bits_override, "=3", "--override expects GLOB=BITS or GLOB=skip, got '=3'"),
+        (
+            _parse_bits_override,
+            "fc1=9",
+            "overrides['fc1'].bits must be an integer from 1 to 8, got 9",
+        ),
+    ],
+)
+def test_override_flag_errors_say_what_is_wrong(
+    parse: Callable[[str], object], text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    assert str(info.value) == message
+
+
+def test_override_flags_parse() -> None:
+    assert _parse_override("fc*=0.25") == LayerOverride("fc*", sparsity=0.25)
+    assert _parse_override("fc3=skip") == LayerOverride("fc3", skip=True)
+    assert _parse_bits_override("conv1=6") == BitsOverride("conv1", bits=6)
+    assert _parse_bits_override("fc3=skip") == BitsOverride("fc3", skip=True)
 
 
 def test_missing_data_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

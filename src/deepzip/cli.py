@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from rich.console import Console
@@ -222,16 +222,30 @@ def _add_glob_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _parse_override(text: str) -> LayerOverride:
+_Num = TypeVar("_Num", int, float)
+
+
+def _split_override(text: str, value_name: str) -> tuple[str, str]:
     pattern, sep, value = text.partition("=")
     if not sep or not pattern:
-        raise ConfigError(f"--override expects GLOB=SPARSITY or GLOB=skip, got {text!r}")
+        raise ConfigError(f"--override expects GLOB={value_name} or GLOB=skip, got {text!r}")
+    return pattern, value
+
+
+def _override_number(text: str, value: str, kind: type[_Num]) -> _Num:
+    """The value of ``--override GLOB=VALUE`` as ``kind``; range checks stay with the config."""
+    try:
+        return kind(value)
+    except ValueError as exc:
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"--override {text!r}: {value!r} is not {what}") from exc
+
+
+def _parse_override(text: str) -> LayerOverride:
+    pattern, value = _split_override(text, "SPARSITY")
     if value == "skip":
         return LayerOverride(pattern, skip=True)
-    try:
-        return LayerOverride(pattern, sparsity=float(value))
-    except ValueError as exc:
-        raise ConfigError(f"--override {text!r}: {value!r} is not a number") from exc
+    return LayerOverride(pattern, sparsity=_override_number(text, value, float))
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:
@@ -380,15 +394,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _parse_bits_override(text: str) -> BitsOverride:
-    pattern, sep, value = text.partition("=")
-    if not sep or not pattern:
-        raise ConfigError(f"--override expects GLOB=BITS or GLOB=skip, got {text!r}")
+    pattern, value = _split_override(text, "BITS")
     if value == "skip":
         return BitsOverride(pattern, skip=True)
-    try:
-        return BitsOverride(pattern, bits=int(value))
-    except ValueError as exc:
-        raise ConfigError(f"--override {text!r}: {value!r} is not an integer") from exc
+    return BitsOverride(pattern, bits=_override_number(text, value, int))
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
