@@ -100,3 +100,15 @@ def test_layer_type_sees_through_parametrization(resnet: nn.Module) -> None:
     prune_(resnet, PruneConfig(sparsity=0.5))
     sel = select_targets(resnet)
     assert {t.layer_type for t in sel.targets} == {"Conv2d", "Linear"}
+
+
+def test_a_parametrized_model_that_is_itself_the_layer() -> None:
+    # At the root parametrize's modules are named "parametrizations..." with no leading dot;
+    # they once counted as a layer tied to "weight", and both were skipped.
+    lin = nn.Linear(16, 8)
+    prune_(lin, PruneConfig(sparsity=0.5))
+    sel = select_targets(lin)
+    assert sel.names() == ["weight"]
+    assert [s.name for s in sel.skipped] == ["bias"]
+    prune_(lin, PruneConfig(sparsity=0.75))  # the second pass still finds the layer
+    assert int((lin.weight == 0).sum()) == 96

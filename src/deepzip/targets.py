@@ -115,8 +115,16 @@ def matches(pattern: str, module_name: str, param_name: str) -> bool:
 
 def _named_params(model: nn.Module) -> Iterable[tuple[str, str, nn.Module, torch.Tensor]]:
     """(module name, attribute name, module, tensor), seeing through parametrizations."""
+    # parametrize's own modules (the ParametrizationList and what it holds) are not layers;
+    # found by identity, since at the root their names have no leading dot
+    inner = {
+        id(m)
+        for module in model.modules()
+        if parametrize.is_parametrized(module)
+        for m in module.parametrizations.modules()  # type: ignore[union-attr]
+    }
     for mod_name, module in model.named_modules():
-        if mod_name.endswith(".parametrizations") or ".parametrizations." in mod_name:
+        if id(module) in inner:
             continue
         seen: set[str] = set()
         if parametrize.is_parametrized(module):

@@ -156,3 +156,15 @@ def test_quantized_checkpoint_round_trip(mlp: nn.Module, tmp_path: Path) -> None
     mlp.eval()
     fresh.eval()
     assert torch.equal(mlp(x), fresh(x))
+
+
+def test_a_model_that_is_itself_a_pruned_layer_round_trips(tmp_path: Path) -> None:
+    lin = nn.Linear(16, 8)
+    prune_(lin, PruneConfig(sparsity=0.5))
+    path = save_checkpoint(lin, tmp_path / "lin.safetensors")
+    fresh = nn.Linear(16, 8)
+    load_checkpoint(fresh, path)
+    assert torch.equal(fresh.weight, lin.weight)
+    mask = get_mask(fresh)
+    assert mask is not None
+    assert int(mask.mask.sum()) == 64

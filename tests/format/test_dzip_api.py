@@ -239,3 +239,19 @@ def test_transformer_round_trip(transformer: nn.Module, tmp_path: Path) -> None:
     fresh = type(transformer)().eval()
     load_model(fresh, path)
     assert torch.allclose(fresh(x), transformer(x), atol=0, rtol=0)
+
+
+def test_a_model_that_is_itself_the_compressed_layer(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    lin = _compressed(nn.Linear(256, 128))
+    report = save(lin, tmp_path / "lin.dzip")
+    encodings = {t.name: t.encoding for t in report.tensors}
+    assert encodings["bias"] == "raw"
+    assert encodings["weight"].startswith("shared_")
+    assert report.skipped == ()
+    # the float32 model is 131,584 bytes; 20% kept at 5 bits is far smaller
+    assert (tmp_path / "lin.dzip").stat().st_size < 131_584 // 5
+    fresh = nn.Linear(256, 128)
+    load_model(fresh, tmp_path / "lin.dzip", strict=True)
+    assert torch.equal(fresh.weight, lin.weight)
+    assert torch.equal(fresh.bias, lin.bias)

@@ -58,6 +58,7 @@ INDEX_PREFIX = "__deepzip_index__."
 BLOOMIER_PREFIX = "__deepzip_bloomier__."
 _DEEPZIP_KEY = "__deepzip_"
 _PARAM_SEP = ".parametrizations."
+_ROOT_PARAM = "parametrizations."
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -68,10 +69,13 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
-        if _PARAM_SEP not in key:
+        if key.startswith(_ROOT_PARAM):  # the model itself is parametrized
+            owner, rest = "", key[len(_ROOT_PARAM) :]
+        elif _PARAM_SEP in key:
+            owner, rest = key.split(_PARAM_SEP, 1)
+        else:
             out[key] = value.detach()
             continue
-        owner, rest = key.split(_PARAM_SEP, 1)
         attr, tail = rest.split(".", 1)
         if tail == "original":
             module = model.get_submodule(owner)
