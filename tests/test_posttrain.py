@@ -260,3 +260,19 @@ def test_cli_compress_with_a_step(ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "c.dzip"
     assert main(["compress", str(ckpt), "-o", str(out), "--step", "0.03", "--no-progress"]) == 0
     assert inspect(out).metadata["recipe"]["step"] == 0.03
+
+
+def test_index_bits_globs_match_module_or_tensor_names(ckpt: Path, tmp_path: Path) -> None:
+    def widths(index_bits: dict[str, int] | None) -> dict[str, int | None]:
+        report = compress_checkpoint(
+            ckpt, tmp_path / "s.dzip", sparsity=0.9, layout="sparse", index_bits=index_bits
+        )
+        return {r.name: r.gap_width for r in report.tensors if r.encoding != "raw"}
+
+    default = widths(None)
+    assert default["layers.0.linear.weight"] == 5
+    by_module = widths({"layers.0.linear": 3})
+    assert by_module == widths({"layers.0.linear.weight": 3})
+    assert by_module == {**default, "layers.0.linear.weight": 3}
+    with pytest.raises(ConfigError, match=r"index_bits pattern 'layers\.0\.lienar' matches no"):
+        widths({"layers.0.lienar": 3})

@@ -12,7 +12,6 @@ moderate sparsity and 4-6 bits are the useful range (see ``benchmarks/posttrain.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -294,12 +293,15 @@ def _skip_reason(name: str, tensor: torch.Tensor, config: PostTrainConfig) -> st
     return None
 
 
-def _check_globs(names: Sequence[str], config: PostTrainConfig) -> None:
+def _check_globs(
+    names: Sequence[str], config: PostTrainConfig, index_bits: int | Mapping[str, int] | None
+) -> None:
     pairs = [(n.rpartition(".")[0], n.rpartition(".")[2]) for n in names]
     for key, globs in (
         ("include", config.include),
         ("exclude", config.exclude),
         ("layer_bits", tuple(p for p, _ in config.layer_bits)),
+        ("index_bits", tuple(index_bits) if isinstance(index_bits, Mapping) else ()),
     ):
         for g in globs:
             if not any(matches(g, m, a) for m, a in pairs):
@@ -312,8 +314,9 @@ def _gap_width(name: str, tensor: torch.Tensor, index_bits: int | Mapping[str, i
     if isinstance(index_bits, int):
         width = index_bits
     elif index_bits is not None:
+        module, _, attr = name.rpartition(".")
         for pattern, bits in index_bits.items():
-            if fnmatch.fnmatchcase(name, pattern):
+            if matches(pattern, module, attr):
                 width = bits
     if isinstance(width, bool) or not MIN_GAP_WIDTH <= width <= MAX_GAP_WIDTH:
         raise ConfigError(f"index_bits must be in {MIN_GAP_WIDTH}..{MAX_GAP_WIDTH}, got {width!r}")
@@ -369,8 +372,9 @@ def compress_checkpoint(
             compressed.
         exclude: globs of tensors left raw.
         layer_bits: ``{glob: bits}`` per-tensor bit widths (the last matching glob wins).
-        index_bits: gap width of the relative sparse index: one value, ``{glob: bits}``, or
-            ``None`` (8 bits for tensors of 3+ dimensions, 5 otherwise).
+        index_bits: gap width of the relative sparse index: one value, ``{glob: bits}``
+            (tensor or module names; the last matching glob wins), or ``None`` (8 bits for
+            tensors of 3+ dimensions, 5 otherwise).
         layout: ``"auto"``, ``"dense"`` or ``"sparse"`` (see :meth:`DzipWriter.add_shared`).
         min_elements: tensors smaller than this are left raw.
         metadata: the caller's string key/values.
@@ -402,7 +406,7 @@ def compress_checkpoint(
         "recipe": config.to_dict(),
     }
     source = _open_source(Path(src))
-    _check_globs(source.names, config)
+    _check_globs(source.names, config, index_bits)
     with DzipWriter(dest, coder=coder, metadata=meta) as writer:
         total = len(source.names)
         for i, name in enumerate(source.names):
