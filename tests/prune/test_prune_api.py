@@ -14,6 +14,7 @@ from deepzip import (
     strip_,
 )
 from deepzip.prune import get_mask, mask_dict
+from deepzip.prune.masks import global_magnitude_masks
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -127,3 +128,31 @@ def test_nan_weights_raise_and_leave_model_unpruned(mlp: nn.Module) -> None:
 def test_bad_progress(mlp: nn.Module) -> None:
     with pytest.raises(ConfigError, match="progress"):
         prune_(mlp, PruneConfig(sparsity=0.5), progress=0.0)
+
+
+class _TwoWeights(nn.Module):
+    """One module holding two prunable tensors: ``weight`` and ``weight2`` of another shape."""
+
+    def __init__(self, rows2: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 8))
+        self.weight2 = nn.Parameter(torch.randn(rows2, 8))
+
+
+@pytest.mark.parametrize("rows2", [8, 4])
+def test_global_scope_tightens_each_tensor_with_its_own_mask(rows2: int) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(_TwoWeights(rows2))
+    inc = ("0.weight", "0.weight2")
+    prune_(model, PruneConfig(sparsity=0.5, scope="global", include=inc))
+    before = mask_dict(model)
+    assert not torch.equal(before["0.weight"][:rows2], before["0.weight2"])
+    weights = {"0.weight": model[0].weight.detach(), "0.weight2": model[0].weight2.detach()}
+    expected = global_magnitude_masks(weights, 0.7, before)
+    report = prune_(model, PruneConfig(sparsity=0.7, scope="global", include=inc))
+    after = mask_dict(model)
+    total = 64 + 8 * rows2
+    assert report.kept == total - round(0.7 * total)
+    for name in inc:
+        assert torch.equal(after[name], expected[name])
+        assert not bool((after[name] & ~before[name]).any())  # nothing comes back

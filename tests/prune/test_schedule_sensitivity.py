@@ -9,7 +9,10 @@ import torch
 from torch import nn
 
 from deepzip import ConfigError, PruneConfig, ScheduleConfig, iterative_prune, sensitivity_analysis
+from deepzip.config import QuantizeConfig, SLQConfig
 from deepzip.prune import scale_dropout_
+from deepzip.quantize import quantize_
+from deepzip.quantize.incremental import slq_
 from deepzip.report import plot_sensitivity
 
 
@@ -94,3 +97,26 @@ def test_sensitivity_restores_model_and_writes_outputs(
 def test_sensitivity_rejects_bad_sweep(mlp: nn.Module) -> None:
     with pytest.raises(ConfigError, match=r"in \[0, 1\), got 1.0"):
         sensitivity_analysis(mlp, lambda m: 0.0, sparsities=(0.5, 1.0))
+
+
+@pytest.mark.parametrize("how", ["quantize", "slq-unfinished"])
+def test_sensitivity_refuses_quantized_layers(mlp: nn.Module, how: str) -> None:
+    if how == "quantize":
+        quantize_(mlp, QuantizeConfig(bits=3, include=("3",)))
+    else:
+
+        def interrupted(model: nn.Module, step: int) -> None:
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            slq_(mlp, SLQConfig(bits=2, include=("3",)), interrupted)
+    calls: list[nn.Module] = []
+
+    def evaluate(model: nn.Module) -> float:
+        calls.append(model)
+        return 0.0
+
+    with pytest.raises(ConfigError, match=r"^3\.weight is quantized \(\w+\)"):
+        sensitivity_analysis(mlp, evaluate, sparsities=(0.0, 0.9))
+    assert calls == []  # refused before any evaluation
+    assert set(sensitivity_analysis(mlp, evaluate, exclude=("3",)).curves) == {"0.weight"}

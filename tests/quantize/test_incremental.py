@@ -492,3 +492,88 @@ def test_an_unfinished_run_is_detected(blobs: Blobs) -> None:
     assert get_frozen(_linears(model)[0]) is not None
     with pytest.raises(ConfigError, match="unfinished"):
         slq_(model, SLQConfig(bits=3), _trainer(blobs, _sgd))
+
+
+def _no_retrain(model: nn.Module, step: int) -> None:
+    pass
+
+
+HALF_METHODS: list[tuple[str, Verb, object]] = [
+    ("slq-ternary", slq_, SLQConfig(bits="ternary", steps=(1.0,))),
+    ("slq-ternary-steps", slq_, SLQConfig(bits="ternary", train_codebook=False)),
+    ("mlq-ternary", mlq_, MLQConfig(bits="ternary")),
+    ("slq-2bit", slq_, SLQConfig(bits=2)),
+    ("inq-3bit", inq_, INQConfig(bits=3)),
+    ("inq-8bit", inq_, INQConfig(bits=8)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize(
+    ("label", "verb", "config"), HALF_METHODS, ids=[m[0] for m in HALF_METHODS]
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_half_precision_models_keep_their_signs_and_export_their_weights(
+    dtype: torch.dtype, label: str, verb: Verb, config: object, seed: int
+) -> None:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).to(dtype)
+    before = [m.weight.detach().to(torch.float32).clone() for m in _linears(model)]
+    verb(model, config, _no_retrain)
+    shared = export_shared(model)
+    for name, m, w0 in zip(("0.weight", "2.weight"), _linears(model), before, strict=True):
+        w = m.weight.detach()
+        assert w.dtype == dtype
+        sh = shared[name]
+        assert int(sh.indices[sh.mask].max()) < sh.codebook.numel()
+        assert torch.equal(sh.dense().to(dtype), w)  # the export is what the model computes
+        if label.startswith(("slq-ternary", "mlq-ternary", "inq")):  # sign-preserving levels
+            assert not bool((torch.sign(w.to(torch.float32)) * torch.sign(w0) < 0).any())
+
+
+def _diverging(at: int) -> Callable[[nn.Module, int], None]:
+    """A retrain that writes NaN into the second layer's free weights at step ``at``."""
+
+    def retrain(model: nn.Module, step: int) -> None:
+        if step == at:
+            with torch.no_grad():
+                model[2].parametrizations.weight.original.fill_(math.nan)
+
+    return retrain
+
+
+@pytest.mark.parametrize(
+    ("verb", "config"),
+    [
+        (inq_, INQConfig(bits=3)),
+        (slq_, SLQConfig(bits="ternary")),
+        (mlq_, MLQConfig(bits="ternary", groups=1)),
+        (slq_, SLQConfig(bits=2)),
+    ],
+    ids=["inq", "slq-ternary", "mlq-ternary", "slq-2bit"],
+)
+def test_non_finite_weights_after_retraining_are_refused(verb: Verb, config: object) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    with pytest.raises(InvalidTensorError, match=r"2\.weight: \d+ non-finite"):
+        verb(model, config, _diverging(0))
+
+
+def test_strip_removes_an_unfinished_run(blobs: Blobs) -> None:
+    model = _make_mlp()
+
+    def interrupted(model: nn.Module, step: int) -> None:
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        slq_(model, SLQConfig(bits=2), interrupted)
+    first = _linears(model)[0]
+    expected = first.weight.detach().clone()
+    strip_(model)
+    assert get_frozen(first) is None
+    assert not hasattr(first, "parametrizations")
+    assert torch.equal(first.weight, expected)  # the current weight, frozen levels included
+    assert first.weight.requires_grad
+    report, _ = slq_(model, SLQConfig(bits=2), _no_retrain)
+    assert len(report.layers) == 2

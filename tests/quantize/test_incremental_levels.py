@@ -156,3 +156,12 @@ def test_cluster_losses_sum_and_mean() -> None:
     torch.testing.assert_close(mse, torch.tensor([0.01, 0.08, 0.0], dtype=torch.float64))
     with pytest.raises(ConfigError):
         cluster_losses(values, labels, centroids, "max")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_rounding_refuses_non_finite_values(bad: float) -> None:
+    x = torch.tensor([[bad, 0.3], [0.1, -0.2]])  # a NaN would otherwise round to the 0 level
+    with pytest.raises(InvalidTensorError, match="1 non-finite"):
+        inq_round(x, -1, -3)
+    with pytest.raises(InvalidTensorError, match="1 non-finite"):
+        ternary_round(x, 0.2)

@@ -98,3 +98,16 @@ def test_step_errors_name_the_tensor_and_the_smallest_step() -> None:
     for bad in (0.0, -0.1, float("nan"), float("inf"), True):
         with pytest.raises(ConfigError, match="step must be a finite number > 0"):
             step_quantize(values, bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("values", "step"),
+    [
+        (torch.tensor([-1.0, 0.5, 1.0]), 1e-310),  # |w| / step overflows to infinity
+        (torch.tensor([-1.0, 0.5, 1.0]), 5e-324),
+        (torch.tensor([-1e300, 0.0, 1e300], dtype=torch.float64), 1e-10),
+    ],
+)
+def test_a_step_too_tiny_for_the_range_is_a_config_error(values: torch.Tensor, step: float) -> None:
+    with pytest.raises(ConfigError, match=r"fc9\.weight: step .* at least"):
+        step_quantize(values, step, name="fc9.weight")

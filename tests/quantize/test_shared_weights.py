@@ -7,8 +7,9 @@ from torch import nn
 from deepzip import PruneConfig, prune_
 from deepzip.config import BitsOverride, QuantizeConfig
 from deepzip.errors import ConfigError, InvalidTensorError
+from deepzip.prune import get_mask
 from deepzip.quantize import export_shared, fisher_diagonal, quantize_, strip_
-from deepzip.quantize.shared import SharedWeight, get_shared
+from deepzip.quantize.shared import SharedTensor, SharedWeight, attach_shared, get_shared
 
 
 def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -160,6 +161,36 @@ def test_bad_inputs(mlp: nn.Module, blobs: tuple[torch.Tensor, torch.Tensor]) ->
     with pytest.raises(InvalidTensorError, match=r"3\.weight: 1 non-finite"):
         quantize_(mlp, QuantizeConfig(bits=4))
     assert export_shared(mlp) == {}  # nothing was changed before the error
+
+
+def test_importance_zero_on_a_layers_survivors_fails_before_any_layer_changes(
+    mlp: nn.Module,
+) -> None:
+    prune_(mlp, PruneConfig(sparsity=0.5))
+    kept = mlp[3].parametrizations.weight[0].mask
+    imp = {"0.weight": torch.ones(64, 20), "3.weight": (~kept).to(torch.float32)}
+    with pytest.raises(InvalidTensorError, match=r"3\.weight: importance is zero for every "):
+        quantize_(mlp, QuantizeConfig(bits=4, importance="fisher"), importance=imp)
+    assert export_shared(mlp) == {}  # 0.weight was not quantized either
+    assert get_shared(mlp[0]) is None
+    imp["3.weight"] = torch.zeros(4, 64)
+    with pytest.raises(InvalidTensorError, match=r"3\.weight: importance is zero for every "):
+        quantize_(mlp, QuantizeConfig(bits=4, importance="fisher"), importance=imp)
+    assert export_shared(mlp) == {}
+
+
+def test_bad_gradient_rule_is_a_config_error_and_changes_nothing(mlp: nn.Module) -> None:
+    prune_(mlp, PruneConfig(sparsity=0.5))
+    sw = SharedTensor(
+        torch.tensor([-1.0, 1.0]),
+        torch.zeros(64, 20, dtype=torch.uint8),
+        torch.ones(64, 20, dtype=torch.bool),
+    )
+    with pytest.raises(ConfigError, match="grad must be 'sum' or 'mean', got 'foo'"):
+        attach_shared(mlp[0], "weight", sw, grad="foo")  # type: ignore[arg-type]
+    assert get_mask(mlp[0]) is not None  # the pruning mask was not folded away
+    with pytest.raises(ConfigError, match="grad must be"):
+        SharedWeight(sw.codebook, sw.indices, sw.mask, grad="foo")  # type: ignore[arg-type]
 
 
 def test_fisher_importance_weights_kmeans(

@@ -10,7 +10,7 @@ from torch import nn
 from deepzip.config import LayerOverride, PruneConfig
 from deepzip.errors import ConfigError
 from deepzip.prune.masks import check_finite, global_magnitude_masks, quality_mask, sparsity_mask
-from deepzip.prune.parametrization import attach_mask, get_mask, strip_mask
+from deepzip.prune.parametrization import attach_mask, check_prunable, get_mask, strip_mask
 from deepzip.targets import (
     Skipped,
     Target,
@@ -146,22 +146,26 @@ def prune_(model: nn.Module, config: PruneConfig, *, progress: float = 1.0) -> P
         The per-layer report.
 
     Raises:
-        ConfigError: bad ``progress`` or a glob that matches nothing.
+        ConfigError: bad ``progress``, a glob that matches nothing, or a selected tensor that
+            is already quantized.
         InvalidTensorError: a selected weight holds NaN or infinity (names the tensor).
     """
     if not (0.0 < progress <= 1.0):
         raise ConfigError(f"progress must be in (0, 1], got {progress!r}")
     chosen, skipped = layer_targets(model, config)
-    for t, _ in chosen:
+    for t, _ in chosen:  # every layer validated before any of them changes
+        check_prunable(t.module, t.param_name, t.name)
         check_finite(t.name, t.tensor)
     if config.scope == "global":
         assert config.sparsity is not None
-        current = {t.name: m.mask for t, _ in chosen if (m := get_mask(t.module)) is not None}
+        current = {
+            t.name: m.mask for t, _ in chosen if (m := get_mask(t.module, t.param_name)) is not None
+        }
         masks = global_magnitude_masks(
             {t.name: t.tensor for t, _ in chosen}, config.sparsity * progress, current
         )
         for t, _ in chosen:
-            attach_mask(t.module, t.param_name, masks[t.name])
+            attach_mask(t.module, t.param_name, masks[t.name], name=t.name)
     else:
         for t, override in chosen:
             _prune_layer(t, override, config, progress)
@@ -186,7 +190,7 @@ def _prune_layer(
         else:
             std = float(weight.detach().to(torch.float64).std()) if weight.numel() > 1 else 0.0
         mask = quality_mask(weight, quality * progress, std, current, name=t.name)
-    attach_mask(t.module, t.param_name, mask)
+    attach_mask(t.module, t.param_name, mask, name=t.name)
 
 
 def _report(

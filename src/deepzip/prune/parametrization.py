@@ -9,16 +9,21 @@ a stripped or saved model holds exact zeros too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from deepzip._parametrize import find_parametrization
+from deepzip.errors import ConfigError
 
 __all__ = [
     "WeightMask",
     "attach_mask",
+    "check_prunable",
     "get_mask",
+    "get_quantization",
     "is_masked",
     "strip_mask",
     "zero_pruned_",
@@ -42,6 +47,16 @@ class WeightMask(nn.Module):
             "reference_std", torch.tensor(float(reference_std), dtype=torch.float64)
         )
 
+    def _apply(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
+    ) -> WeightMask:
+        """As ``nn.Module._apply`` (``.to()``, ``.half()``, ...), but ``reference_std`` only
+        moves: it stays float64, so a model cast to bfloat16 keeps its quality thresholds."""
+        std = self.reference_std
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        self.reference_std = std.to(device=self.reference_std.device)
+        return self
+
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         """Apply the mask."""
         return original * self.mask.to(original.dtype)
@@ -61,18 +76,49 @@ def get_mask(module: nn.Module, attr: str = "weight") -> WeightMask | None:
     return _find(module, attr)
 
 
+def get_quantization(module: nn.Module, attr: str = "weight") -> nn.Module | None:
+    """The deepzip quantization parametrization on ``module.attr`` (shared weights, or the
+    ``FrozenWeight`` of an unfinished incremental run), or ``None``."""
+    # imported here: deepzip.quantize imports this package
+    from deepzip.quantize.incremental.parametrization import FrozenWeight
+    from deepzip.quantize.shared import SharedWeight
+
+    shared = find_parametrization(module, attr, SharedWeight)
+    return shared if shared is not None else find_parametrization(module, attr, FrozenWeight)
+
+
+def check_prunable(module: nn.Module, attr: str, name: str) -> None:
+    """Raise :class:`ConfigError` naming the tensor ``name`` if ``module.attr`` is quantized.
+
+    A mask on top of a quantization parametrization would prune the forward pass only: export
+    and save use the quantizer's own mask, so the pruning would be lost.
+    """
+    quantization = get_quantization(module, attr)
+    if quantization is not None:
+        raise ConfigError(
+            f"{name} is quantized ({type(quantization).__name__}); prune before quantizing, "
+            "or strip_ first"
+        )
+
+
 def _original(module: nn.Module, attr: str) -> torch.Tensor:
     original = module.parametrizations[attr].original  # type: ignore[union-attr,index]
     assert isinstance(original, torch.Tensor)
     return original
 
 
-def attach_mask(module: nn.Module, attr: str, mask: torch.Tensor) -> WeightMask:
+def attach_mask(
+    module: nn.Module, attr: str, mask: torch.Tensor, *, name: str | None = None
+) -> WeightMask:
     """Attach (or update) the pruning mask of ``module.attr``; returns the parametrization.
 
     Updating intersects nothing: the caller passes the full new mask (mask functions already
-    keep pruned positions pruned).
+    keep pruned positions pruned). ``name`` names the tensor in errors (default ``attr``).
+
+    Raises:
+        ConfigError: ``module.attr`` is quantized (see :func:`check_prunable`).
     """
+    check_prunable(module, attr, name or attr)
     existing = _find(module, attr)
     if existing is not None:
         existing.mask.copy_(mask.to(existing.mask.device))

@@ -20,7 +20,7 @@ from deepzip.config import PruneConfig
 from deepzip.errors import ConfigError
 from deepzip.prune.api import layer_targets
 from deepzip.prune.masks import check_finite, sparsity_mask
-from deepzip.prune.parametrization import get_mask
+from deepzip.prune.parametrization import get_mask, get_quantization
 
 __all__ = [
     "DEFAULT_SWEEP",
@@ -91,7 +91,8 @@ def sensitivity_analysis(
         on_point: progress callback ``(layer, sparsity, accuracy)``.
 
     Raises:
-        ConfigError: an empty sweep, a sparsity outside [0, 1), or a glob matching nothing.
+        ConfigError: an empty sweep, a sparsity outside [0, 1), a glob matching nothing, or a
+            selected layer that is quantized.
         InvalidTensorError: a selected weight holds NaN or infinity.
     """
     sweep = tuple(float(s) for s in sparsities)
@@ -102,6 +103,13 @@ def sensitivity_analysis(
             raise ConfigError(f"sensitivity sparsity must be in [0, 1), got {s!r}")
     config = PruneConfig(sparsity=0.0, include=tuple(include), exclude=tuple(exclude))
     chosen, _ = layer_targets(model, config)
+    for target, _ in chosen:  # pruning its stored tensor would change nothing: refuse
+        quantization = get_quantization(target.module, target.param_name)
+        if quantization is not None:
+            raise ConfigError(
+                f"{target.name} is quantized ({type(quantization).__name__}); run the "
+                "sensitivity analysis before quantizing, or strip_ first (or exclude it)"
+            )
     baseline = evaluate(model)
     curves: dict[str, tuple[float, ...]] = {}
     weights: dict[str, int] = {}

@@ -148,7 +148,8 @@ def quantize_(
 
     Raises:
         ConfigError: a glob or override that matches no layer; importance missing.
-        InvalidTensorError: non-finite weights; importance of the wrong shape or negative.
+        InvalidTensorError: non-finite weights; importance of the wrong shape, negative, or
+            zero on all of a layer's surviving weights.
     """
     if config.importance != "none" and importance is None:
         raise ConfigError(
@@ -171,7 +172,13 @@ def quantize_(
             continue
         check_finite(t.name, t.tensor)
         imp = _importance_for(t, importance) if config.importance != "none" else None
-        plans.append((t, bits, _current_mask(t), imp))
+        mask = _current_mask(t)
+        if imp is not None and bool(mask.any()) and not bool((imp[mask] > 0).any()):
+            raise InvalidTensorError(
+                f"{t.name}: importance is zero for every surviving weight (k-means needs at "
+                "least one weight with importance > 0)"
+            )
+        plans.append((t, bits, mask, imp))
     layers: list[QuantizedLayer] = []
     for t, bits, mask, imp in plans:  # every input validated before any layer changes
         weight = t.tensor.detach()
@@ -231,14 +238,20 @@ def export_shared(model: nn.Module) -> dict[str, SharedTensor]:
 def strip_(model: nn.Module) -> nn.Module:
     """Make pruning and quantization permanent: plain dense weights, exact zeros and levels.
 
+    A layer left in the middle of an incremental run (SLQ, MLQ, INQ interrupted: a
+    ``FrozenWeight``) keeps its current weight, frozen levels and free weights alike.
+
     Returns ``model`` (modified in place).
     """
+    # imported here: deepzip.quantize.incremental imports this module
+    from deepzip.quantize.incremental.parametrization import get_frozen
+
     for _, module in list(model.named_modules()):
         params = getattr(module, "parametrizations", None)
         if params is None:
             continue
         for attr in list(params):
-            if get_shared(module, attr) is not None:
+            if get_shared(module, attr) is not None or get_frozen(module, attr) is not None:
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
                 getattr(module, attr).requires_grad_(True)
     return strip_masks_(model)

@@ -145,10 +145,12 @@ def step_quantize(
     w = check_inputs(values, max_levels, weights)
     x = values.to(torch.float64)
     lo, hi = float(x.min()), float(x.max())
-    span = round(hi / step) - round(lo / step) + 1
-    if span > MAX_GRID_SPAN:
+    top, bottom = hi / step, lo / step  # overflow to infinity for a tiny enough step
+    span = round(top) - round(bottom) + 1 if math.isfinite(top - bottom) else None
+    if span is None or span > MAX_GRID_SPAN:
+        spans = f"{span}" if span is not None else "too many"
         raise ConfigError(
-            f"{name}: step {step:g} spans {span} grid points over [{lo:g}, {hi:g}]; "
+            f"{name}: step {step:g} spans {spans} grid points over [{lo:g}, {hi:g}]; "
             f"at most {max_levels} levels fit: use a step of at least "
             f"{(hi - lo) / (max_levels - 1):.3g}"
         )

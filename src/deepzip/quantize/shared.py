@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from deepzip._parametrize import find_parametrization
+from deepzip.errors import ConfigError
 
 __all__ = [
     "GradRule",
@@ -120,8 +121,7 @@ class SharedWeight(nn.Module):
         grad: GradRule = "sum",
     ) -> None:
         super().__init__()
-        if grad not in ("sum", "mean"):
-            raise ValueError(f"grad must be 'sum' or 'mean', got {grad!r}")
+        _check_grad(grad)
         self.grad = grad
         self.codebook = nn.Parameter(codebook.detach().to(torch.float32).clone())
         self.register_buffer("indices", indices.to(torch.uint8).clone())
@@ -176,6 +176,11 @@ class SharedWeight(nn.Module):
         return SharedTensor(self.codebook.detach().clone(), self.indices.clone(), self.mask.clone())
 
 
+def _check_grad(grad: object) -> None:
+    if grad not in ("sum", "mean"):
+        raise ConfigError(f"grad must be 'sum' or 'mean', got {grad!r}")
+
+
 def get_shared(module: nn.Module, attr: str = "weight") -> SharedWeight | None:
     """The :class:`SharedWeight` on ``module.attr``, or ``None``."""
     return find_parametrization(module, attr, SharedWeight)
@@ -189,6 +194,9 @@ def attach_shared(
     Any parametrization already on the attribute (a pruning mask) is folded in first: the
     mask travels inside ``shared``. The stored original tensor no longer trains
     (``requires_grad=False``); only the codebook does.
+
+    Raises:
+        ConfigError: ``grad`` is not ``"sum"`` or ``"mean"`` (nothing is changed).
     """
     return install_shared(module, attr, shared, functools.partial(SharedWeight, grad=grad))
 
@@ -205,12 +213,12 @@ def install_shared(
     The common part of every ``attach_*``: any parametrization already on the attribute (a
     pruning mask) is folded in and removed; the parametrization is registered; the stored
     original tensor gets ``shared``'s dense values (so that a state dict holds them) and no
-    longer trains.
+    longer trains. ``make`` runs first: when it raises, the module is unchanged.
     """
-    if parametrize.is_parametrized(module, attr):
-        parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     device = getattr(module, attr).device
     p = make(shared.codebook.to(device), shared.indices.to(device), shared.mask.to(device))
+    if parametrize.is_parametrized(module, attr):
+        parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     parametrize.register_parametrization(module, attr, p, unsafe=True)
     original = module.parametrizations[attr].original  # type: ignore[index,union-attr]
     with torch.no_grad():

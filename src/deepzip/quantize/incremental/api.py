@@ -44,7 +44,7 @@ from deepzip.quantize.incremental.parametrization import (
     attach_symmetric,
     get_frozen,
 )
-from deepzip.quantize.kmeans import bits_to_k, kmeans_1d
+from deepzip.quantize.kmeans import assign_nearest, bits_to_k, kmeans_1d
 from deepzip.quantize.shared import SharedTensor, SharedWeight, attach_shared, get_shared
 from deepzip.targets import Skipped, Target, matches, select_targets
 
@@ -325,8 +325,10 @@ def _finish(layer: _Layer, train_codebook: bool, grad: Literal["sum", "mean"]) -
         a = layer.scale
         codebook = torch.tensor([-a, a], dtype=torch.float32, device=values.device)
         mask = mask & (values != 0)
+    # Nearest level, not an exact match: a float16/bfloat16 weight stores its frozen levels
+    # rounded to its dtype, so they need not equal the float32 codebook entries.
     indices = torch.zeros(values.shape, dtype=torch.uint8, device=values.device)
-    indices[mask] = torch.searchsorted(codebook, values[mask].contiguous()).to(torch.uint8)
+    indices[mask] = assign_nearest(values[mask], codebook).to(torch.uint8)
     shared = SharedTensor(codebook, indices, mask)
     t = layer.target
     zeros = int(p.mask.sum()) - int(mask.sum())
@@ -377,6 +379,9 @@ def _run(
         for layer in group:
             if layer.done:  # a small codebook can finish before the schedule does
                 continue
+            # retraining may have diverged: a NaN would be frozen at a level (the 0 level of
+            # INQ and ternary, where it silently becomes a pruned position)
+            check_finite(layer.name, layer.target.tensor)
             step_fn(layer, fraction)
             assert layer.param is not None
             if layer.param.n_frozen == layer.param.n_surviving:

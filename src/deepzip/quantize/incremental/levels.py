@@ -37,6 +37,10 @@ def _check_values(values: torch.Tensor, name: str = "values") -> None:
             f"{name} must be a non-empty 1-D floating-point tensor, got shape "
             f"{tuple(values.shape)} {values.dtype}"
         )
+    _check_finite(values, name)
+
+
+def _check_finite(values: torch.Tensor, name: str = "values") -> None:
     if not bool(torch.isfinite(values).all()):
         raise InvalidTensorError(f"{name}: {int((~torch.isfinite(values)).sum())} non-finite")
 
@@ -86,7 +90,11 @@ def inq_round(values: torch.Tensor, n1: int, n2: int) -> torch.Tensor:
     ``α < β`` (``α = 0`` below the smallest level); magnitudes above the top level's range are
     clamped to ``2**n1`` and those below ``2**n2 / 2`` become 0. Exact: the bounds are compared
     in float64. Returns float32 values of ``values``' shape.
+
+    Raises:
+        InvalidTensorError: non-finite values.
     """
+    _check_finite(values)
     mags = torch.tensor(
         [math.ldexp(1.0, n) for n in range(n2, n1 + 1)], dtype=torch.float64, device=values.device
     )
@@ -120,7 +128,12 @@ def ternary_scale(values: torch.Tensor) -> float:
 
 
 def ternary_round(values: torch.Tensor, a: float) -> torch.Tensor:
-    """Nearest of ``{-a, 0, +a}`` (``|w| >= a / 2`` goes to ``±a``), float32, same shape."""
+    """Nearest of ``{-a, 0, +a}`` (``|w| >= a / 2`` goes to ``±a``), float32, same shape.
+
+    Raises:
+        InvalidTensorError: non-finite values.
+    """
+    _check_finite(values)
     x = values.detach().to(torch.float64)
     a32 = float(torch.tensor(a, dtype=torch.float32))
     q = torch.where(x.abs() >= a32 / 2, torch.full_like(x, a32), torch.zeros_like(x))
