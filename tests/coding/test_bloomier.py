@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import lzma
 import struct
+import tracemalloc
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -419,3 +421,78 @@ def test_damaged_filters_fail_only_with_corrupt_file_error(data: st.DataObject) 
     except CorruptFileError:
         return
     parsed.decode_all()  # a flipped table bit still parses: it must still decode
+
+
+# -------------------------------------------------------------------------- memory
+
+
+def _peak(fn: Callable[[], object]) -> int:
+    """Bytes Python and numpy allocated at the peak of ``fn()`` (what existed before excluded)."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_tables_use_the_narrowest_dtype() -> None:
+    keys, values = _problem(3000, 300, 2, seed=2)
+    for t, dtype in [(1, np.uint8), (5, np.uint8), (8, np.uint8), (9, np.uint16), (16, np.uint16)]:
+        f = build_filter(keys, values, n_positions=3000, num_values=2, cell_bits=t)
+        assert f.table.dtype == dtype, t
+        for compress in (False, True):
+            again = BloomierFilter.from_bytes(f.to_bytes(compress=compress))
+            assert again.table.dtype == dtype, (t, compress)
+            np.testing.assert_array_equal(again.table, f.table)
+            np.testing.assert_array_equal(again.decode_all(), f.decode_all())
+
+
+@pytest.mark.parametrize("t", [1, 3, 5, 8, 11, 16])
+def test_tables_longer_than_an_unpacking_step_unpack_exactly(t: int) -> None:
+    m = bl._CHUNK + 13  # two steps, the last one not a whole number of bytes
+    cells = np.random.default_rng(t).integers(0, 1 << t, m).astype(np.uint16)
+    data = _header(t=t, k=1, n_positions=1 << 16, m=m, num_values=1) + bl._pack(cells, t)
+    np.testing.assert_array_equal(BloomierFilter.from_bytes(data).table, cells)
+
+
+def test_decoding_does_not_copy_the_table_per_block() -> None:
+    """Each block of positions reads the table in place: memory follows the block, not ``m``."""
+    n = 4096
+    m = 16 * n + 32  # the largest table a filter of n positions may have
+    f = BloomierFilter.from_bytes(_header(t=8, k=1, n_positions=n, m=m, num_values=1) + bytes(m))
+    assert _peak(lambda: sum(int(v.sum()) for _, v in f.decode_blocks(256))) < m
+
+
+def test_unpacking_a_table_needs_about_one_byte_per_cell() -> None:
+    m = 1 << 22
+    data = _header(t=3, k=1, n_positions=m // 16, m=m, num_values=1) + bytes(3 * m // 8)
+    assert _peak(lambda: BloomierFilter.from_bytes(data)) < 4 * m  # 1 + 3/8 + a step's bits
+
+
+def test_an_lzma_table_is_decoded_without_a_second_copy() -> None:
+    m = 1 << 24
+    cells = np.zeros(m, dtype=np.uint8)
+    cells[: m // 32] = np.random.default_rng(0).integers(0, 256, m // 32, dtype=np.uint8)
+    fast = [{"id": lzma.FILTER_LZMA2, "preset": 1, "dict_size": 1 << 22}]  # same decoder
+    payload = lzma.compress(cells.tobytes(), format=lzma.FORMAT_RAW, filters=fast)
+    data = _header(flags=1, t=8, k=1, n_positions=m // 16, m=m, num_values=256)
+    data += _varint(len(payload)) + payload
+    f = BloomierFilter.from_bytes(data)
+    np.testing.assert_array_equal(f.table, cells)
+    # the table once, the decoder's 4 MiB dictionary and one step (no bytes object of m too)
+    assert _peak(lambda: BloomierFilter.from_bytes(data)) < 2 * m
+
+
+def test_the_largest_table_a_builder_makes_is_the_largest_a_reader_takes() -> None:
+    """``ratio`` is at most MAX_RATIO cells per key and keys are positions: the reader's cap."""
+    n, k = 50, 3
+    f = build_filter(
+        np.arange(n), np.zeros(n, dtype=np.int64), n_positions=n, num_values=1, cell_bits=4,
+        hashes=k, ratio=bl.MAX_RATIO,
+    )  # fmt: skip
+    cap = cell_count(n, hashes=k, ratio=bl.MAX_RATIO)
+    assert f.cells == cap
+    assert BloomierFilter.from_bytes(f.to_bytes()).cells == cap
+    with pytest.raises(CorruptFileError, match=f"at most {cap} for {n} positions"):
+        BloomierFilter.from_bytes(_header(n_positions=n, m=cap + k, t=4) + bytes(cap))

@@ -5,13 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 import deepzip as dz
+from deepzip.coding.bloomier import build_filter
 from deepzip.errors import CheckpointError, ConfigError, InvalidTensorError
-from deepzip.format import inspect, load_model, load_state_dict, read_compressed, save
+from deepzip.format import (
+    inspect,
+    load_model,
+    load_state_dict,
+    read_compressed,
+    save,
+    to_safetensors,
+)
 from deepzip.format.checkpoint import plain_state_dict
 from deepzip.format.dzip_writer import DzipWriter
 from deepzip.quantize.shared import SharedTensor
@@ -227,6 +237,43 @@ def test_writer_rejects_bad_tensors(tmp_path: Path) -> None:
     with pytest.raises(InvalidTensorError, match=r"dtype torch\.complex64 cannot be stored"):
         save({"t": torch.zeros(2, dtype=torch.complex64)}, tmp_path / "a")
     assert not (tmp_path / "a").exists()
+
+
+def test_codebook_values_beyond_float32_are_refused(tmp_path: Path) -> None:
+    """Codebooks are stored as float32: 1e39 would be stored as infinity, silently."""
+    cb = torch.tensor([-1.0, 1e39], dtype=torch.float64)
+    shared = SharedTensor(cb, torch.tensor([0, 1], dtype=torch.uint8), torch.ones(2).bool())
+    beyond = r"codebook entry 1 is 1e\+39, beyond float32's range"
+    with pytest.raises(InvalidTensorError, match=f"w: {beyond}"):
+        save({"w": shared}, tmp_path / "a.dzip")
+    bloomier = build_filter(np.array([0]), np.array([1]), n_positions=2, num_values=2, cell_bits=4)
+    with DzipWriter(tmp_path / "b.dzip") as w:
+        with pytest.raises(InvalidTensorError, match=f"s: {beyond}"):
+            w.add_shared("s", shared, dtype=torch.float64)
+        with pytest.raises(InvalidTensorError, match=f"b: {beyond}"):
+            w.add_bloomier("b", cb, bloomier.to_bytes(), (2,), dtype=torch.float64)
+        fine = SharedTensor(cb.clamp(max=3e38), shared.indices, shared.mask)
+        w.add_shared("s", fine, dtype=torch.float64)
+    assert not (tmp_path / "a.dzip").exists()
+    assert load_state_dict(tmp_path / "b.dzip")["s"].tolist() == [-1.0, float(np.float32(3e38))]
+
+
+def test_to_safetensors_refuses_a_tensor_named_like_its_metadata(tmp_path: Path) -> None:
+    """safetensors keeps its metadata under ``__metadata__``: such a tensor cannot be written."""
+    src, dest = tmp_path / "m.dzip", tmp_path / "m.safetensors"
+    save({"__metadata__": torch.ones(2), "x": torch.ones(1)}, src, metadata={"a": "b"})
+    with pytest.raises(
+        InvalidTensorError, match=r"m\.dzip: tensor '__metadata__' cannot be written"
+    ):
+        to_safetensors(src, dest)
+    assert not dest.exists()
+    dest.write_bytes(b"old")
+    with pytest.raises(InvalidTensorError, match=r"to .*m\.safetensors: safetensors reserves"):
+        to_safetensors(src, dest)
+    assert dest.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.dzip", "m.safetensors"]
+    save({"x": torch.ones(1)}, src, metadata={"a": "b"})
+    assert torch.equal(load_file(to_safetensors(src, dest))["x"], torch.ones(1))
 
 
 def test_transformer_round_trip(transformer: nn.Module, tmp_path: Path) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dzip_craft import Tensor, assemble, header, raises_small, read_all
+from dzip_craft import Tensor, assemble, header, raises_small, read_all, varint
 from torch import nn
 
 import deepzip as dz
-from deepzip.coding.bloomier import BloomierFilter, build_filter
+from deepzip.coding.bloomier import MAX_RATIO, BloomierFilter, build_filter, cell_count
 from deepzip.config import PruneConfig, QuantizeConfig, WeightlessConfig
 from deepzip.errors import CorruptFileError, InvalidTensorError
 from deepzip.format import DzipReader, inspect, load_model, load_state_dict, read_compressed
@@ -110,6 +110,43 @@ def test_writer_checks_the_filter(tmp_path: Path) -> None:
     want = torch.where(torch.from_numpy(mask), cb[torch.from_numpy(indices)], torch.tensor(0.0))
     assert got.dtype == torch.float16
     assert torch.equal(got, want.to(torch.float16).reshape(3, 4))
+
+
+def test_writer_checks_the_shape_when_the_tensor_is_added(tmp_path: Path) -> None:
+    """A bad shape is refused by the add (the file goes on), not by struct at close."""
+    f = build_filter(np.array([0]), np.array([0]), n_positions=2, num_values=1, cell_bits=4)
+    data, cb = f.to_bytes(), torch.tensor([0.5])
+    path = tmp_path / "w.dzip"
+    with DzipWriter(path) as w:
+        outside = r"shape \(-1, -2\) has a dimension outside 0\.\.4294967296"
+        with pytest.raises(InvalidTensorError, match=f"a: {outside}"):
+            w.add_bloomier("a", cb, data, (-1, -2))
+        for shape in [(2.0, 1), (True, 2), 2, ("2", 1)]:
+            with pytest.raises(
+                InvalidTensorError, match=r"b: shape .* is not a sequence of integers"
+            ):
+                w.add_bloomier("b", cb, data, shape)  # type: ignore[arg-type]
+        with pytest.raises(InvalidTensorError, match=r"c: shape \(8589934592, 0\) has a dimension"):
+            w.add_raw("c", torch.zeros(2**33, 0))
+        w.add_bloomier("d", cb, data, (np.int64(1), torch.tensor(2)))  # integers of any kind
+    assert list(load_state_dict(path)) == ["d"]
+    assert load_state_dict(path)["d"].shape == (1, 2)
+
+
+def test_writer_refuses_a_table_the_reader_would_refuse(tmp_path: Path) -> None:
+    """At most ``h * ceil((16 n + 32) / h)`` cells for n positions (docs/format.md, 6.5)."""
+
+    def table(m: int) -> bytes:  # t = 8, h = 1, 12 positions, 2 values, all cells zero
+        return struct.pack("<2sBBBBQ", b"BF", 1, 0, 8, 1, 0) + b"".join(
+            [varint(12), varint(m), varint(2), bytes(m)]
+        )
+
+    cap = cell_count(12, hashes=1, ratio=MAX_RATIO)
+    with DzipWriter(tmp_path / "w.dzip") as w:
+        with pytest.raises(InvalidTensorError, match=f"at most {cap} for 12 positions"):
+            w.add_bloomier("w", torch.tensor([1.0, 2.0]), table(cap + 1), (3, 4))
+        w.add_bloomier("w", torch.tensor([1.0, 2.0]), table(cap), (3, 4))
+    assert load_state_dict(tmp_path / "w.dzip")["w"].shape == (3, 4)
 
 
 # --------------------------------------------------------------------------- hostile files

@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from dzip_craft import (
@@ -23,8 +24,11 @@ from dzip_craft import (
 )
 from test_dzip_golden import EVERY_ENCODING
 
+from deepzip.coding.bloomier import build_filter
 from deepzip.errors import CorruptFileError, UnsupportedVersionError
-from deepzip.format import DzipReader, inspect, load_state_dict
+from deepzip.format import DzipReader, DzipWriter, inspect, load_state_dict
+from deepzip.format.dzip_spec import MAX_ELEMENTS
+from deepzip.quantize.shared import SharedTensor
 
 
 def _write(tmp_path: Path, data: bytes, name: str = "f.dzip") -> Path:
@@ -184,6 +188,44 @@ def test_huge_shapes_are_refused_before_allocation(tmp_path: Path) -> None:
     err = raises_small(lambda: read_all(path))
     assert "tensor 'w'" in str(err)
     assert "over the cap" in str(err)
+
+
+def _zero_element_tensors(tmp_path: Path) -> bytes:
+    """A valid file with one (2, 0) tensor of every encoding."""
+    empty = np.zeros(0, dtype=np.int64)
+    bloomier = build_filter(empty, empty, n_positions=0, num_values=1, cell_bits=4).to_bytes()
+    cb, idx, mask = torch.tensor([0.5]), torch.zeros(2, 0, dtype=torch.uint8), torch.zeros(2, 0)
+    shared = SharedTensor(cb, idx, mask.bool())
+    path = tmp_path / "empty.dzip"
+    with DzipWriter(path) as w:
+        w.add_raw("raw", mask)
+        w.add_shared("dense", shared, layout="dense")
+        w.add_shared("sparse", shared, layout="sparse")
+        w.add_sparse_float("float", mask, mask.bool())
+        w.add_bloomier("bloomier", cb, bloomier, (2, 0))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("dim", [2**64 - 1, 2**63, 2**32 + 1])
+def test_huge_dimension_beside_a_zero_one(tmp_path: Path, dim: int) -> None:
+    """A zero dimension makes numel 0: every other dimension is still capped."""
+    base = _zero_element_tensors(tmp_path)
+    read_all(_write(tmp_path, base))  # valid as written
+    for i, fields in enumerate(entry_fields(base)):
+        name = ["raw", "dense", "sparse", "float", "bloomier"][i]
+        path = _write(tmp_path, _patch(base, fields["shape"], "<Q", dim))
+        pattern = rf"tensor '{name}': dimension 0 of shape \({dim}, 0\) is {dim}, over the cap of"
+        with (
+            pytest.raises(CorruptFileError, match=f"{pattern} {MAX_ELEMENTS}"),
+            DzipReader(path) as r,
+        ):
+            r.tensor(name)  # (opening fails: the reader's default cap)
+    crafted = Tensor("w", 0, 1, (2**62, 0, 2**62), [b""])  # (the reviewer's third case)
+    with pytest.raises(CorruptFileError, match="dimension 0 of shape"):
+        DzipReader(_write(tmp_path, assemble([crafted])))
+    lowered = Tensor("w", 0, 1, (100, 0), [b""])
+    with pytest.raises(CorruptFileError, match=r"shape \(100, 0\) is 100, over the cap of 50"):
+        DzipReader(_write(tmp_path, assemble([lowered])), max_elements=50)
 
 
 def test_huge_stream_count_is_refused_before_allocation(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -78,10 +79,17 @@ _FLAG_LZMA = 0x01
 _HEADER = struct.Struct("<2sBBBBQ")  # magic, version, flags, t, k, seed
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 1 << 22}]
 _LZMA_MAX_EXPANSION = 64  # a legitimate table is near-random: LZMA cannot shrink it this much
-_CHUNK = 1 << 20  # positions hashed per block in a lookup (bounds temporary memory)
+_CHUNK = 1 << 20  # positions hashed, or cells unpacked, per step (bounds the temporaries)
 
 _U64 = npt.NDArray[np.uint64]
 _I64 = npt.NDArray[np.int64]
+_Cells = npt.NDArray[np.unsignedinteger[Any]]
+"""A table: ``uint8`` cells when ``t <= 8``, else ``uint16`` (see :func:`_cell_dtype`)."""
+
+
+def _cell_dtype(cell_bits: int) -> type[np.uint8] | type[np.uint16]:
+    """The narrowest dtype that holds a ``cell_bits``-bit cell."""
+    return np.uint8 if cell_bits <= 8 else np.uint16
 
 
 def _splitmix64(x: int) -> int:
@@ -178,7 +186,8 @@ class BloomierFilter:
         cell_bits: ``t``, bits per cell (1..16).
         hashes: ``k``, cells per position.
         seed: the 64-bit seed the hashes were derived from.
-        table: the ``m`` cells (``uint16``, read-only).
+        table: the ``m`` cells, read-only, in the narrowest dtype: ``uint8`` when ``t <= 8``,
+            else ``uint16``.
         attempts: how many seeds construction tried (1 when the first one peeled); not stored.
     """
 
@@ -187,7 +196,7 @@ class BloomierFilter:
     cell_bits: int
     hashes: int
     seed: int
-    table: npt.NDArray[np.uint16]
+    table: _Cells
     attempts: int = field(default=1, compare=False)
 
     @property
@@ -221,27 +230,30 @@ class BloomierFilter:
                 f"[{int(flat.min())}, {int(flat.max())}]"
             )
         out = np.empty(flat.shape[0], dtype=np.int64)
-        table = self.table.astype(np.int64)
         for start in range(0, flat.shape[0], _CHUNK):
             block = flat[start : start + _CHUNK]
-            cells, mask = hash_positions(
-                block,
-                seed=self.seed,
-                hashes=self.hashes,
-                cells=self.cells,
-                cell_bits=self.cell_bits,
-            )
-            acc = mask.astype(np.int64)
-            for i in range(self.hashes):
-                acc ^= table[cells[:, i]]
-            out[start : start + block.shape[0]] = acc
+            out[start : start + block.shape[0]] = self._values(block)
         return out.reshape(pos.shape)
+
+    def _values(self, positions: npt.NDArray[np.integer]) -> _I64:
+        """The values at a block of valid positions (memory proportional to the block only)."""
+        cells, mask = hash_positions(
+            positions,
+            seed=self.seed,
+            hashes=self.hashes,
+            cells=self.cells,
+            cell_bits=self.cell_bits,
+        )
+        acc = mask.astype(np.int64)
+        for i in range(self.hashes):
+            acc ^= self.table[cells[:, i]]  # gathered in the table's dtype: no copy of the table
+        return acc
 
     def decode_blocks(self, block: int = _CHUNK) -> Iterator[tuple[int, npt.NDArray[np.int64]]]:
         """``(start, values)`` for consecutive blocks of positions, in order (bounded memory)."""
         for start in range(0, self.n_positions, block):
             stop = min(start + block, self.n_positions)
-            yield start, self.lookup(np.arange(start, stop, dtype=np.int64))
+            yield start, self._values(np.arange(start, stop, dtype=np.int64))
 
     def decode_all(self) -> npt.NDArray[np.int64]:
         """The raw value at every position ``0 .. n_positions - 1`` (``int64``)."""
@@ -451,7 +463,7 @@ def build_filter(
         rounds = _peel(cells, m)
         if rounds is None:
             continue
-        table = _assign(rounds, cells, mask.astype(np.int64) ^ val_arr, m)
+        table = _assign(rounds, cells, mask.astype(np.int64) ^ val_arr, m, cell_bits)
         table.setflags(write=False)
         return BloomierFilter(n_positions, num_values, cell_bits, hashes, s, table, attempt + 1)
     raise BloomierBuildError(
@@ -503,9 +515,7 @@ def _peel(cells: _I64, m: int) -> list[tuple[_I64, _I64]] | None:
     return rounds if peeled == n else None
 
 
-def _assign(
-    rounds: list[tuple[_I64, _I64]], cells: _I64, target: _I64, m: int
-) -> npt.NDArray[np.uint16]:
+def _assign(rounds: list[tuple[_I64, _I64]], cells: _I64, target: _I64, m: int, t: int) -> _Cells:
     """Set each key's own cell, last-peeled keys first, so that its XOR equals ``target``."""
     table = np.zeros(m, dtype=np.int64)
     for keys, own in reversed(rounds):
@@ -513,48 +523,79 @@ def _assign(
         for i in range(cells.shape[1]):
             acc ^= table[cells[keys, i]]  # the own cell is still zero
         table[own] = acc
-    return table.astype(np.uint16)
+    return table.astype(_cell_dtype(t))
 
 
 # ------------------------------------------------------------------------------ bit packing
 
 
-def _pack(table: npt.NDArray[np.uint16], t: int) -> bytes:
+def _pack(table: _Cells, t: int) -> bytes:
     """``t`` bits per cell, cell 0 first, least significant bit first within bytes."""
     bits = (table.astype(np.uint32)[:, None] >> np.arange(t, dtype=np.uint32)) & 1
     return np.packbits(bits.astype(np.uint8).reshape(-1), bitorder="little").tobytes()
 
 
-def _unpack(data: npt.NDArray[np.uint8], m: int, t: int, name: str) -> npt.NDArray[np.uint16]:
-    bits = np.unpackbits(data, bitorder="little")
-    if bits[m * t :].any():
+def _unpack(data: npt.NDArray[np.uint8], m: int, t: int, name: str) -> _Cells:
+    """The ``m`` cells of the packed ``data`` (exactly ``ceil(m * t / 8)`` bytes).
+
+    Whole bytes (``t = 8`` or ``16``) are used in place; other widths are unpacked
+    ``_CHUNK`` cells at a time (a multiple of 8, so each step starts on a byte), with one
+    temporary byte per bit of the step only.
+    """
+    tail = m * t % 8
+    if tail and int(data[-1]) >> tail:
         raise CorruptFileError(f"{name}: padding bits after the table are not zero")
-    cells = bits[: m * t].reshape(m, t).astype(np.uint32) << np.arange(t, dtype=np.uint32)
-    return np.asarray(cells.sum(axis=1, dtype=np.uint32).astype(np.uint16))
+    if t == 8:
+        return data
+    if t == 16:
+        return data.view(np.dtype("<u2")).astype(np.uint16, copy=False)
+    out = np.empty(m, dtype=_cell_dtype(t))
+    for start in range(0, m, _CHUNK):
+        stop = min(start + _CHUNK, m)
+        chunk = data[start * t // 8 : -(-stop * t // 8)]
+        bits = np.unpackbits(chunk, count=(stop - start) * t, bitorder="little")
+        # each row of t bits packed back into its own 1 or 2 bytes, least significant first
+        cells = np.packbits(bits.reshape(-1, t), axis=1, bitorder="little")
+        out[start:stop] = cells[:, 0] if t <= 8 else cells.view(np.dtype("<u2"))[:, 0]
+    return out
 
 
-def _cell_bytes(table: npt.NDArray[np.uint16], t: int) -> bytes:
+def _cell_bytes(table: _Cells, t: int) -> bytes:
     return (table.astype(np.uint8) if t <= 8 else table.astype("<u2")).tobytes()
 
 
-def _from_cell_bytes(raw: bytes, m: int, t: int, name: str) -> npt.NDArray[np.uint16]:
-    arr = np.frombuffer(raw, dtype=np.uint8 if t <= 8 else np.dtype("<u2"))
+def _from_cell_bytes(raw: npt.NDArray[np.uint8], m: int, t: int, name: str) -> _Cells:
+    arr = raw if t <= 8 else raw.view(np.dtype("<u2"))
     if arr.shape[0] != m:
         raise CorruptFileError(f"{name}: LZMA table holds {arr.shape[0]} cells, expected {m}")
     if int(arr.max(initial=0)) >= 1 << t:
         raise CorruptFileError(f"{name}: a cell holds {int(arr.max())}, wider than t = {t} bits")
-    return arr.astype(np.uint16)
+    return arr.astype(_cell_dtype(t), copy=False)
 
 
-def _lzma_decode(payload: bytes, expected: int, name: str) -> bytes:
+def _lzma_decode(payload: bytes, expected: int, name: str) -> npt.NDArray[np.uint8]:
+    """The raw LZMA2 ``payload``, which must decode to exactly ``expected`` bytes.
+
+    Decoded a piece at a time into one array (``decompress`` in one call would hold the table
+    twice), and never more than one byte past ``expected`` (to tell a longer stream).
+    """
     dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    out = np.empty(expected, dtype=np.uint8)
+    got, data = 0, payload
     try:
-        raw = dec.decompress(payload, max_length=expected)
+        while not dec.eof:
+            piece = dec.decompress(data, max_length=min(_CHUNK, expected - got + 1))
+            data = b""
+            if not piece or got + len(piece) > expected:  # out of input, or too long
+                got += len(piece)
+                break
+            out[got : got + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+            got += len(piece)
     except lzma.LZMAError as exc:
         raise CorruptFileError(f"{name}: the LZMA table does not decode ({exc})") from exc
-    if len(raw) != expected or not dec.eof or dec.unused_data:
+    if got != expected or not dec.eof or dec.unused_data:
         raise CorruptFileError(
-            f"{name}: the LZMA table decodes to {len(raw)} bytes"
+            f"{name}: the LZMA table decodes to {got} bytes"
             f"{' or more' if not dec.eof else ''}, expected exactly {expected}"
         )
-    return raw
+    return out

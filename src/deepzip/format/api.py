@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from deepzip._atomic import atomic_open
-from deepzip.errors import CheckpointError, ConfigError
+from deepzip.errors import CheckpointError, ConfigError, InvalidTensorError
 from deepzip.format.checkpoint import check_keys_fit, plain_state_dict
 from deepzip.format.dzip_reader import DzipReader
 from deepzip.format.dzip_report import InspectReport, SaveReport
@@ -308,6 +308,8 @@ def to_safetensors(
 
     Raises:
         CorruptFileError, UnsupportedVersionError: the ``.dzip`` file is damaged or too new.
+        InvalidTensorError: a tensor is named ``__metadata__``, which safetensors reserves
+            (nothing is written).
     """
     with DzipReader(src) as r:
         user = r.metadata.get("user")
@@ -316,6 +318,11 @@ def to_safetensors(
         header: dict[str, Any] = {"__metadata__": meta}
         pos = 0
         for e in r.entries:
+            if e.name == "__metadata__":  # checked before anything is written
+                raise InvalidTensorError(
+                    f"{Path(src)}: tensor '__metadata__' cannot be written to {Path(dest)}: "
+                    "safetensors reserves that name for its metadata"
+                )
             n = e.numel * dtype_itemsize(e.dtype)
             header[e.name] = {
                 "dtype": SAFETENSORS_DTYPE[e.dtype],

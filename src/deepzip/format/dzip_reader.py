@@ -125,8 +125,8 @@ class DzipReader:
 
     Args:
         path: the file.
-        max_elements: refuse tensors with more elements than this (default: the format's cap;
-            lower it for untrusted files on small machines).
+        max_elements: refuse tensors with more elements, or a dimension larger, than this
+            (default: the format's cap; lower it for untrusted files on small machines).
 
     Raises:
         CorruptFileError: anything malformed (names the section or tensor and the value).
@@ -325,6 +325,12 @@ class DzipReader:
                 f"{where}: shape {tuple(shape)} has {numel} elements, over the cap of "
                 f"{self.max_elements}"
             )
+        for axis, d in enumerate(shape):  # only a zero-element shape gets past the product
+            if d > self.max_elements:
+                raise CorruptFileError(
+                    f"{where}: dimension {axis} of shape {tuple(shape)} is {d}, over the cap "
+                    f"of {self.max_elements}"
+                )
         offset, crc = cur.unpack(ENTRY_TAIL, "offset/checksum")
         (params_len,) = cur.unpack(struct.Struct("<B"), "parameter length")
         st = PARAMS[encoding]

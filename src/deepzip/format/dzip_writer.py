@@ -10,6 +10,7 @@ anywhere leaves the destination as it was (the old file, or none). See ``docs/fo
 from __future__ import annotations
 
 import math
+import operator
 import os
 import sys
 import zlib
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, SupportsIndex
 
 import numpy as np
 import torch
@@ -284,13 +285,12 @@ class DzipWriter:
             dtype: the dtype decoding restores (float32, float16, bfloat16 or float64).
 
         Raises:
-            InvalidTensorError: a bad codebook or dtype, or a filter that does not parse, does
-                not cover the shape, or has another number of values than the codebook.
+            InvalidTensorError: a bad codebook, dtype or shape, or a filter that does not parse,
+                does not cover the shape, or has another number of values than the codebook.
         """
         cb = codebook.detach()
         self._check_codebook(name, "a Bloomier tensor", dtype, cb)
-        dims = tuple(int(d) for d in shape)
-        self._check_shape(name, dims)
+        dims = self._check_shape(name, shape)
         k = cb.numel()
         try:
             bloomier = BloomierFilter.from_bytes(
@@ -353,7 +353,11 @@ class DzipWriter:
             raise InvalidTensorError(f"{name}: a .dzip file holds at most {MAX_TENSORS} tensors")
 
     def _check_codebook(self, name: str, what: str, dtype: torch.dtype, cb: torch.Tensor) -> None:
-        """The name, the float dtype the tensor decodes to, and a finite 1-D float codebook."""
+        """The name, the float dtype the tensor decodes to, and a 1-D float codebook.
+
+        The codebook must be finite once cast to float32, the dtype it is stored in: a float64
+        value beyond float32's range is refused rather than stored as infinity.
+        """
         self._check_name(name)
         if dtype not in DTYPE_IDS or DTYPE_IDS[dtype] not in FLOAT_DTYPE_IDS:
             raise InvalidTensorError(
@@ -364,16 +368,38 @@ class DzipWriter:
                 f"{name}: codebook must be 1-D float with 1..{MAX_K} entries, "
                 f"got {cb.dtype} {tuple(cb.shape)}"
             )
-        if not bool(torch.isfinite(cb).all()):
-            raise InvalidTensorError(f"{name}: codebook holds NaN or infinity")
-
-    def _check_shape(self, name: str, shape: tuple[int, ...]) -> None:
-        if len(shape) > MAX_RANK:
-            raise InvalidTensorError(f"{name}: rank {len(shape)} exceeds the cap of {MAX_RANK}")
-        if math.prod(shape) > MAX_ELEMENTS:
+        bad = torch.nonzero(~torch.isfinite(cb.to(torch.float32)))
+        if bad.numel():
+            i = int(bad[0, 0])
+            value = float(cb[i])
+            if not math.isfinite(value):
+                raise InvalidTensorError(f"{name}: codebook holds NaN or infinity (entry {i})")
             raise InvalidTensorError(
-                f"{name}: {math.prod(shape)} elements exceed the cap of {MAX_ELEMENTS}"
+                f"{name}: codebook entry {i} is {value!r}, beyond float32's range (codebooks "
+                "are stored as float32: it would become infinity)"
             )
+
+    def _check_shape(self, name: str, shape: Iterable[SupportsIndex]) -> tuple[int, ...]:
+        """``shape`` as ints, within the caps: the rank, each dimension and the product."""
+        bad = f"{name}: shape {shape!r} is not a sequence of integers"
+        try:
+            dims = tuple(shape)
+            ints = tuple(operator.index(d) for d in dims)
+        except TypeError:
+            raise InvalidTensorError(bad) from None
+        if any(isinstance(d, bool) for d in dims):
+            raise InvalidTensorError(bad)
+        if len(ints) > MAX_RANK:
+            raise InvalidTensorError(f"{name}: rank {len(ints)} exceeds the cap of {MAX_RANK}")
+        if any(not 0 <= d <= MAX_ELEMENTS for d in ints):
+            raise InvalidTensorError(
+                f"{name}: shape {ints} has a dimension outside 0..{MAX_ELEMENTS}"
+            )
+        if math.prod(ints) > MAX_ELEMENTS:
+            raise InvalidTensorError(
+                f"{name}: {math.prod(ints)} elements exceed the cap of {MAX_ELEMENTS}"
+            )
+        return ints
 
     def _check_tensor(self, name: str, t: torch.Tensor) -> None:
         self._check_name(name)
