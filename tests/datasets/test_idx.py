@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import re
 import struct
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +120,22 @@ def test_write_rejects_unsupported(tmp_path: Path) -> None:
     with pytest.raises(IDXFormatError, match="5-d"):
         write_idx(tmp_path / "a", np.zeros((1,) * 5, dtype=np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_header_declaring_more_than_the_file_holds_allocates_nothing(
+    tmp_path: Path, compress: bool
+) -> None:
+    path = tmp_path / "bomb.idx"
+    dims = (2048, 1024, 1023)  # 2,145,386,496 bytes, just under the limit
+    assert np.prod(dims) < MAX_PAYLOAD_BYTES
+    data = _header(0x08, dims) + bytes(16)
+    path.write_bytes(gzip.compress(data) if compress else data)
+    tracemalloc.start()
+    try:
+        with pytest.raises(IDXFormatError, match=f"{re.escape(str(path))}: truncated payload"):
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20

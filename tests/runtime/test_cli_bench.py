@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import deepzip as dz
 from deepzip.cli import main
@@ -76,3 +78,68 @@ def test_an_example_without_a_batch_dimension_is_refused(
 ) -> None:
     with pytest.raises(dz.ConfigError, match="example_input needs a batch dimension"):
         verb(lenet_files["named"], create_model("lenet-300-100"), torch.tensor(1.0))
+
+
+def _saved_model(path: Path, model: nn.Module) -> Path:
+    torch.manual_seed(0)
+    dz.prune_(model, dz.PruneConfig(sparsity=0.9))
+    dz.quantize_(model, dz.QuantizeConfig(bits=4))
+    save(model, path)
+    return path
+
+
+def test_children_of_weight_reading_parents_get_no_runtime_form(tmp_path: Path) -> None:
+    def make() -> nn.Module:
+        torch.manual_seed(1)
+        return nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+
+    path = _saved_model(tmp_path / "encoder.dzip", make())
+    forced = dz.runtime.RuntimePolicy(mode="sparse")
+    x = torch.randn(2, 5, 16)
+    timings = dz.runtime.benchmark_layers(path, make(), x, repeats=1, warmup=0, policy=forced)
+    rows = {t.name: t for t in timings}
+    for name in ("linear1.weight", "linear2.weight"):
+        assert rows[name].dense_ms is not None  # called by the layer's forward
+        assert rows[name].runtime_ms is None
+        assert rows[name].policy_form == "dense"
+        assert "child of TransformerEncoderLayer" in rows[name].note
+        assert "child of TransformerEncoderLayer" in rows[name].policy_reason
+
+
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
+def test_runtime_modules_are_timed_on_the_device_of_their_layer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No CUDA here: a model on the meta device stands in for one on a GPU (no bias, which
+    # from_shared would copy to the CPU); the timing itself is faked, as meta tensors hold
+    # no data to multiply.
+    def make() -> nn.Module:
+        return nn.Sequential(nn.Linear(64, 32, bias=False), nn.ReLU(), nn.Linear(32, 8, bias=False))
+
+    path = _saved_model(tmp_path / "mlp.dzip", make())
+    devices: list[set[torch.device]] = []
+
+    def fake_medians(
+        fns: list[functools.partial[object]], *, repeats: int, warmup: int
+    ) -> list[list[float]]:
+        for fn in fns:
+            module = fn.func
+            assert isinstance(module, nn.Module)
+            tensors = [*module.parameters(), *module.buffers()]
+            devices.append({t.device for t in tensors} | {fn.args[0].device})
+        return [[1.0] for _ in fns]
+
+    monkeypatch.setattr(dz.runtime.bench, "interleaved_medians", fake_medians)
+    model = make().to("meta")
+    timings = dz.runtime.benchmark_layers(path, model, torch.zeros(2, 64, device="meta"))
+    assert [t.runtime_ms for t in timings] == [1.0, 1.0]  # both runtime modules were timed
+    assert devices == [{torch.device("meta")}] * 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_model_times_every_layer(lenet_files: dict[str, Path]) -> None:
+    model = create_model("lenet-300-100").to("cuda")
+    x = torch.randn(8, 784, device="cuda")
+    timings = dz.runtime.benchmark_layers(lenet_files["named"], model, x, repeats=2, warmup=1)
+    assert all(t.runtime_ms is not None and t.runtime_ms > 0 for t in timings)

@@ -205,3 +205,99 @@ def test_damaged_files_raise_corrupt_file_error(tmp_path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CorruptFileError):
         load_compressed(path, Net())
+
+
+class Attention(nn.Module):
+    """Self-attention (its ``out_proj.weight`` read by ``MultiheadAttention``) and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.attn(x, x, x)
+        out: torch.Tensor = self.head(y.mean(1))
+        return out
+
+
+def _encoder_layer() -> nn.Module:
+    return nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+
+
+@pytest.mark.parametrize(
+    ("make", "sparse"),
+    [(Attention, ("head.weight",)), (_encoder_layer, ())],
+)
+@pytest.mark.parametrize("train", [False, True])
+def test_children_of_weight_reading_parents_stay_dense(
+    tmp_path: Path, make: type[nn.Module], sparse: tuple[str, ...], train: bool
+) -> None:
+    torch.manual_seed(0)
+    net = make()
+    dz.prune_(net, dz.PruneConfig(sparsity=0.8))
+    dz.quantize_(net, dz.QuantizeConfig(bits=4))
+    path = tmp_path / "attn.dzip"
+    save(net, path)
+    dense = dz.load_model(make(), path).train(train)
+    forced = RuntimePolicy(mode="sparse", overrides=(RuntimeOverride("*", "sparse"),))
+    model = load_compressed(path, make(), policy=forced).train(train)
+    report = runtime_report(model)
+    assert report.sparse == sparse
+    reasons = {layer.name: layer.reason for layer in report.layers}
+    for name in report.dense:  # out_proj is also a Linear subclass, which is named first
+        expected = {
+            "out_proj": "NonDynamicallyQuantizableLinear is a subclass of Linear",
+            "linear1": "child of TransformerEncoderLayer",
+            "linear2": "child of TransformerEncoderLayer",
+        }[name.rsplit(".", 2)[-2]]
+        assert expected in reasons[name]
+    x = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), dense(x), rtol=1e-5, atol=1e-5)
+
+
+class ScaledLinear(nn.Linear):
+    """A subclass with its own forward: a runtime module would drop the factor 2."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2.0 * super().forward(x)
+
+
+def test_a_subclass_of_linear_stays_dense_and_says_why(tmp_path: Path) -> None:
+    def make() -> nn.Sequential:
+        return nn.Sequential(ScaledLinear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+
+    torch.manual_seed(0)
+    net = make()
+    dz.prune_(net, dz.PruneConfig(sparsity=0.8))
+    dz.quantize_(net, dz.QuantizeConfig(bits=4))
+    path = tmp_path / "sub.dzip"
+    save(net, path)
+    model = make()
+    load_compressed(path, model, policy=RuntimePolicy(mode="sparse")).eval()
+    report = runtime_report(model)
+    assert type(model[0]) is ScaledLinear
+    assert isinstance(model[2], SparseLinear)
+    assert report.sparse == ("2.weight",)
+    assert report.layers[0].reason == (
+        "ScaledLinear is a subclass of Linear: its own forward or code that reads .weight "
+        "could not run on a runtime module"
+    )
+    x = torch.randn(3, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), dz.load_model(make(), path).eval()(x))
+
+
+def test_a_failed_load_leaves_the_model_untouched(tmp_path: Path) -> None:
+    path, _ = _saved(tmp_path)
+    net = _quantized(seed=7)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    policy = RuntimePolicy(overrides=(RuntimeOverride("decoder.*", "sparse"),))
+    with pytest.raises(ConfigError, match=r"'decoder\.\*' matches no compressed layer"):
+        load_compressed(path, net, policy=policy)
+    after = net.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+    assert parametrize.is_parametrized(net.head, "weight")

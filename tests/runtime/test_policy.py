@@ -16,6 +16,7 @@ from deepzip.runtime import (
     decide,
     density_threshold,
     sparse_unsupported,
+    weight_reading_parents,
 )
 
 
@@ -126,3 +127,33 @@ def test_layers_without_a_sparse_form_stay_dense_even_when_forced() -> None:
         d = _decide(forced, module, 0.01, attr)
         assert d.form == "dense"
         assert reason in d.reason
+
+
+class ScaledLinear(nn.Linear):
+    """A subclass: its own forward could not run on a runtime module."""
+
+
+class Conv2dSubclass(nn.Conv2d):
+    """A subclass: code reading its ``.weight`` could not run on a runtime module."""
+
+
+def test_subclasses_and_children_of_weight_reading_parents_stay_dense_even_when_forced() -> None:
+    forced = RuntimePolicy(mode="sparse", overrides=(RuntimeOverride("*", "sparse"),))
+    for module, base in ((ScaledLinear(8, 8), "Linear"), (Conv2dSubclass(2, 2, 3), "Conv2d")):
+        d = _decide(forced, module, 0.01)
+        assert d.form == "dense"
+        assert f"{type(module).__name__} is a subclass of {base}" in d.reason
+    decoder = nn.TransformerDecoderLayer(8, 2, 16)
+    parents = weight_reading_parents(nn.Sequential(decoder, nn.Linear(8, 8)))
+    assert parents[decoder.linear1] == "TransformerDecoderLayer"
+    assert parents[decoder.self_attn.out_proj] == "MultiheadAttention"
+    assert parents[decoder.norm1] == "TransformerDecoderLayer"
+    assert len(parents) == len(list(decoder.children())) + 2  # + both attentions' out_proj
+    plain = nn.Linear(8, 8)
+    d = decide(forced, "mha.fc", "mha.fc.weight", plain, "weight", 0.01, 64, parent="Custom")
+    assert d.form == "dense"
+    assert "child of Custom, which reads its children's .weight directly" in d.reason
+    assert sparse_unsupported(plain, "weight") is None
+    # a layer without a sparse form keeps its own reason under such a parent
+    reason = sparse_unsupported(decoder.norm1, "weight", parent="TransformerDecoderLayer")
+    assert reason == "LayerNorm has no sparse runtime form"

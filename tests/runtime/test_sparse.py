@@ -175,3 +175,37 @@ def test_an_index_past_the_codebook_at_a_pruned_position_is_ignored() -> None:
 def test_unknown_backend_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="backend"):
         SparseLinear(build_shared_csr(make_shared((2, 2), 0.5)), backend="cuda")  # type: ignore[arg-type]
+
+
+def test_the_torch_csr_copy_is_a_valid_csr_with_the_same_product() -> None:
+    shared = make_shared((40, 300), 0.3, k=8, seed=3)  # many groups per row
+    layer = SparseLinear.from_shared(shared, backend="torch")
+    csr = layer._torch_csr(torch.device("cpu"))
+    crow, col = csr.crow_indices(), csr.col_indices()
+    for r in range(layer.rows):  # within a row the columns ascend, as MKL and cuSPARSE want
+        row = col[int(crow[r]) : int(crow[r + 1])]
+        assert bool((row[1:] > row[:-1]).all()), f"row {r}: {row.tolist()}"
+    torch.sparse_csr_tensor(  # raises when an invariant is broken
+        crow, col, csr.values(), size=tuple(csr.shape), check_invariants=True
+    )
+    torch.testing.assert_close(csr.to_dense(), shared.dense())
+    x = torch.randn(5, 300)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), x @ shared.dense().t(), rtol=1e-5, atol=1e-5)
+
+
+def test_loading_a_state_dict_drops_the_float_csr_copy() -> None:
+    shared = make_shared((16, 50), 0.4, seed=4)
+    layer = SparseLinear.from_shared(shared)
+    x = torch.randn(4, 50)
+    with torch.no_grad():
+        layer(x)  # a batch builds the float CSR copy
+        assert layer.cache_nbytes > 0
+        state = layer.state_dict()
+        layer.load_state_dict({**state, "codebook": 2 * state["codebook"]})
+        assert layer.cache_nbytes == 0
+        batch = layer(x)
+        single = torch.stack([layer(row) for row in x])
+    expected = x @ (2 * shared.dense()).t()
+    torch.testing.assert_close(batch, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(single, expected, rtol=1e-5, atol=1e-5)

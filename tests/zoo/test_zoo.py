@@ -134,3 +134,21 @@ def test_unknown_model_argument() -> None:
 def test_bad_arguments(factory: type[nn.Module], kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         factory(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "message"),
+    [
+        ("lenet-5", {"dropout": "0.5"}, "dropout must be a number in [0, 1), got '0.5'"),
+        ("lenet-300-100", {"dropout": None}, "dropout must be a number in [0, 1), got None"),
+        ("tiny-resnet", {"blocks": 3}, "blocks must be a sequence of integers >= 1, got 3"),
+        ("tiny-resnet", {"blocks": "11"}, "blocks must be a sequence of integers >= 1"),
+        ("tiny-resnet", {"blocks": (1, 2.0)}, "blocks[1] must be an integer >= 1, got 2.0"),
+    ],
+)
+def test_bad_argument_types_are_config_errors(
+    name: str, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        create_model(name, **kwargs)
+    assert message in str(info.value)

@@ -3,7 +3,9 @@
 An IDX file is a 4-byte magic ``00 00 <dtype code> <ndim>``, then ``ndim`` big-endian uint32
 dimensions, then the elements in C order, big-endian. Files may be gzip-compressed; gzip is
 detected by its ``1f 8b`` magic, not by the file name. The reader treats every file as
-hostile: the header is checked and the payload size is bounded before anything is allocated.
+hostile: the header is checked and the payload size is bounded before anything is allocated,
+and the payload is only allocated as far as the file holds it (a raw file's size is checked
+first; a gzip stream is read in chunks of :data:`_CHUNK` bytes).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ MAX_PAYLOAD_BYTES = 2**31
 """Largest payload accepted, in bytes, checked before reading it."""
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20
+"""Bytes read from a gzip stream at a time: a header declaring more than the stream holds
+costs at most what it holds plus one chunk."""
 
 
 def _open(path: Path) -> io.BufferedIOBase:
@@ -58,6 +63,26 @@ def _read_exact(stream: io.BufferedIOBase, size: int, path: Path, what: str) -> 
         raise IDXFormatError(
             f"{path}: truncated {what}: expected {size} bytes, got {len(data)} bytes"
         )
+    return data
+
+
+def _read_payload(stream: io.BufferedIOBase, size: int, path: Path) -> bytes | bytearray:
+    """The ``size``-byte payload, checked against what the file holds before it is allocated."""
+    if not isinstance(stream, _gzip.GzipFile):
+        held = max(0, os.fstat(stream.fileno()).st_size - stream.tell())
+        if held < size:
+            raise IDXFormatError(
+                f"{path}: truncated payload: expected {size} bytes, got {held} bytes"
+            )
+        return _read_exact(stream, size, path, "payload")
+    data = bytearray()
+    while len(data) < size:
+        chunk = stream.read(min(_CHUNK, size - len(data)))
+        if not chunk:
+            raise IDXFormatError(
+                f"{path}: truncated payload: expected {size} bytes, got {len(data)} bytes"
+            )
+        data += chunk
     return data
 
 
@@ -81,7 +106,7 @@ def _parse(stream: io.BufferedIOBase, path: Path) -> NDArray[np.generic]:
             f"{path}: dimensions {dims} of {dtype.itemsize}-byte elements declare {size} "
             f"bytes, more than the limit of {MAX_PAYLOAD_BYTES}"
         )
-    payload = _read_exact(stream, size, path, "payload")
+    payload = _read_payload(stream, size, path)
     if stream.read(1):
         raise IDXFormatError(f"{path}: trailing bytes after the {size}-byte payload of {dims}")
     return np.frombuffer(payload, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))

@@ -22,12 +22,14 @@ from deepzip.runtime.load import (
 from deepzip.runtime.policy import (
     CONV_THRESHOLDS,
     LINEAR_THRESHOLDS,
+    WEIGHT_READING_PARENTS,
     Decision,
     RuntimeOverride,
     RuntimePolicy,
     decide,
     density_threshold,
     sparse_unsupported,
+    weight_reading_parents,
 )
 from deepzip.runtime.sparse import (
     Backend,
@@ -41,6 +43,7 @@ from deepzip.runtime.sparse_linear import SparseLinear
 __all__ = [
     "CONV_THRESHOLDS",
     "LINEAR_THRESHOLDS",
+    "WEIGHT_READING_PARENTS",
     "Backend",
     "Decision",
     "LayerRuntime",
@@ -64,4 +67,5 @@ __all__ = [
     "runtime_report",
     "sparse_conv_unsupported",
     "sparse_unsupported",
+    "weight_reading_parents",
 ]

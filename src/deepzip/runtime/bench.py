@@ -24,7 +24,12 @@ from deepzip.format.api import load_model
 from deepzip.format.dzip_reader import read_compressed
 from deepzip.runtime.conv import SparseConv
 from deepzip.runtime.load import RuntimeReport, load_compressed, runtime_report
-from deepzip.runtime.policy import RuntimePolicy, decide, sparse_unsupported
+from deepzip.runtime.policy import (
+    RuntimePolicy,
+    decide,
+    sparse_unsupported,
+    weight_reading_parents,
+)
 from deepzip.runtime.sparse import SharedCSRModule
 from deepzip.runtime.sparse_linear import SparseLinear
 from deepzip.runtime.timing import interleaved_medians, median_ms
@@ -163,14 +168,16 @@ def benchmark_layers(
     cf = read_compressed(path)
     owners = [name.rsplit(".", 1)[0] if "." in name else "" for name in cf.shared]
     captured = _capture_inputs(dense_model, owners, example_input)
+    parents = weight_reading_parents(dense_model)
     timings: list[LayerTiming] = []
     for (name, s), owner in zip(cf.shared.items(), owners, strict=True):
         attr = name.rsplit(".", 1)[-1]
         module = dense_model.get_submodule(owner)
         weights = int(s.mask.numel())
         density = int(s.mask.sum()) / weights if weights else 0.0
-        decision = decide(policy, owner, name, module, attr, density, weights)
-        unsupported = sparse_unsupported(module, attr)
+        parent = parents.get(module)
+        decision = decide(policy, owner, name, module, attr, density, weights, parent=parent)
+        unsupported = sparse_unsupported(module, attr, parent=parent)
         shape = tuple(int(d) for d in s.indices.shape)
         dense_bytes = weights * 4
         x = captured.get(owner)
@@ -180,6 +187,7 @@ def benchmark_layers(
                 runtime = SparseLinear.from_shared(s, module.bias, name=name)
             else:
                 runtime = SparseConv.from_conv(module, s, name=name)
+            runtime.to(getattr(module, attr).device)  # built on the CPU: onto the layer's device
             runtime.eval()
         runtime_bytes = runtime.weight_nbytes if runtime is not None else dense_bytes
         if x is None:

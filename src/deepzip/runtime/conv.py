@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils.parametrize import type_before_parametrizations
 
 from deepzip.errors import InvalidTensorError
 from deepzip.quantize.shared import SharedTensor
@@ -27,8 +28,11 @@ def sparse_conv_unsupported(module: nn.Module) -> str | None:
     """Why ``module`` has no sparse convolution form, or ``None`` if it has one."""
     if isinstance(module, nn.Conv3d):
         return "Conv3d has no sparse runtime form (im2col is 1-D and 2-D only)"
-    if not isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        return f"{type(module).__name__} is not a Conv1d or Conv2d"
+    cls = type_before_parametrizations(module)
+    if cls not in (nn.Conv1d, nn.Conv2d) or not isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return (
+            f"{cls.__name__} is not exactly a Conv1d or Conv2d (a subclass may compute otherwise)"
+        )
     if module.groups != 1:
         return f"grouped convolution (groups={module.groups}) has no sparse runtime form"
     return None

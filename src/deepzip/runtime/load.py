@@ -24,7 +24,7 @@ from deepzip.format.dzip_reader import read_compressed
 from deepzip.quantize.api import strip_
 from deepzip.quantize.shared import SharedTensor
 from deepzip.runtime.conv import SparseConv
-from deepzip.runtime.policy import LayerForm, RuntimePolicy, decide
+from deepzip.runtime.policy import LayerForm, RuntimePolicy, decide, weight_reading_parents
 from deepzip.runtime.sparse import SharedCSRModule, check_shared
 from deepzip.runtime.sparse_linear import SparseLinear
 
@@ -136,6 +136,10 @@ def _decode_dense(module: nn.Module, attr: str, shared: SharedTensor) -> None:
         param.copy_(shared.dense().to(device=param.device, dtype=param.dtype))
 
 
+_Plan = tuple[str, str, str, nn.Module, SharedTensor]
+"""``(weight name, module name, attribute, module, shared tensor)`` of one compressed layer."""
+
+
 def compress_modules_(
     model: nn.Module,
     shared: Mapping[str, SharedTensor],
@@ -168,7 +172,18 @@ def compress_modules_(
         ConfigError: an override glob that matches no compressed layer.
     """
     policy = policy if policy is not None else RuntimePolicy()
-    plans: list[tuple[str, str, str, nn.Module, SharedTensor]] = []
+    return _apply(model, _plan(model, shared, policy), policy)
+
+
+def _plan(
+    model: nn.Module, shared: Mapping[str, SharedTensor], policy: RuntimePolicy
+) -> list[_Plan]:
+    """Check every layer of ``shared`` against ``model`` and ``policy``, touching nothing.
+
+    Raises:
+        CheckpointError, InvalidTensorError, ConfigError: see :func:`compress_modules_`.
+    """
+    plans: list[_Plan] = []
     for name, s in shared.items():
         owner, attr = _split(name)
         try:
@@ -193,11 +208,19 @@ def compress_modules_(
                 f"runtime override {o.pattern!r} matches no compressed layer "
                 f"({', '.join(shared) or 'none'})"
             )
+    return plans
+
+
+def _apply(model: nn.Module, plans: list[_Plan], policy: RuntimePolicy) -> RuntimeReport:
+    """Replace or decode the layers of checked ``plans`` in ``model`` (see :func:`_plan`)."""
+    parents = weight_reading_parents(model)
     layers: list[LayerRuntime] = []
     for name, owner, attr, module, s in plans:
         weights = int(s.mask.numel())
         density = int(s.mask.sum()) / weights if weights else 0.0
-        decision = decide(policy, owner, name, module, attr, density, weights)
+        decision = decide(
+            policy, owner, name, module, attr, density, weights, parent=parents.get(module)
+        )
         if decision.form == "sparse" and owner == "":
             decision = replace(
                 decision,
@@ -281,9 +304,13 @@ def load_compressed(
 
     Raises:
         CheckpointError: missing or unexpected keys (with ``strict``) or a shape mismatch,
-            named; checked before the model is touched.
+            named.
         CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
+        InvalidTensorError: a malformed shared tensor (names it).
         ConfigError: a bad ``batch_size_hint`` or override.
+
+        All of these are checked before the model is touched: a failed load leaves it as it
+        was.
     """
     policy = policy if policy is not None else RuntimePolicy()
     if batch_size_hint is not None:
@@ -312,11 +339,14 @@ def load_compressed(
             )
     for name, s in cf.shared.items():
         check_shared(f"{source}: {name}", s)
+    # everything compress_modules_ checks (overrides too), before strip_ touches the model;
+    # strip_ and load_state_dict keep the module objects the plans hold
+    plans = _plan(model, {k: v for k, v in cf.shared.items() if k in expected}, policy)
     strip_(model)
     result = model.load_state_dict({k: v for k, v in cf.raw.items() if k in expected}, strict=False)
     if result.unexpected_keys:  # plain_state_dict and load_state_dict disagree on a name
         raise CheckpointError(
             f"{source}: tensors the model did not take: {', '.join(result.unexpected_keys[:5])}"
         )
-    compress_modules_(model, {k: v for k, v in cf.shared.items() if k in expected}, policy=policy)
+    _apply(model, plans, policy)
     return model

@@ -3,8 +3,12 @@
 The automatic rule (``mode="auto"``), for each compressed weight:
 
 1. a layer without a sparse form stays dense: anything but ``Linear``, ``Conv1d`` and
-   ``Conv2d`` (``Embedding``, ``Conv3d``, any other parameter), grouped convolutions, and a
-   weight that is not called ``weight``;
+   ``Conv2d`` (``Embedding``, ``Conv3d``, any other parameter), grouped convolutions, a
+   weight that is not called ``weight``, a subclass of those three (its own ``forward``, or
+   code that reads its ``.weight``, could not run on a runtime module), and a child of a
+   module that reads its children's ``.weight`` directly (:data:`WEIGHT_READING_PARENTS`:
+   ``MultiheadAttention``, ``TransformerEncoderLayer``, ``TransformerDecoderLayer``); this
+   holds whatever ``mode`` and ``overrides`` say;
 2. a layer whose dense float32 weight is smaller than ``min_dense_bytes`` (default 16 MB,
    16,000,000 bytes) stays dense: the sweep measured nothing smaller, and a dense weight that
    stays in the cache is read fast while a kernel call costs tens of microseconds of Python
@@ -15,9 +19,10 @@ The automatic rule (``mode="auto"``), for each compressed weight:
 The defaults are what ``benchmarks/runtime.py --sweep`` measured on one CPU thread of a quiet
 machine (``benchmarks/results/runtime.json``) with the block kernel of
 :mod:`deepzip.runtime.kernels`. At batch 1 a 4096×4096 layer (64 MiB dense) ran sparse 9.6×
-faster at 3% density, 4.9× at 9%, 3.5× at 15% and 2.5× at 25%; a 2048×2048 layer (16.8 MB,
-inside a 32 MiB cache) 2.7×, 2.1×, 1.5× and 1.4×; AlexNet's fc8 (16.4 MB, 25%) 1.9×. From
-batch 8 both sizes gained 2.1-8.8× up to 15% and 1.2-1.6× at 25%. Linear thresholds
+faster at 3% density, 4.9× at 9%, 3.5× at 15% and 2.4× at 25%; a 2048×2048 layer (16.8 MB,
+inside a 32 MiB cache) 2.7×, 2.1×, 1.5× and 1.4×; AlexNet's fc8 (16.4 MB, 25%) 1.9×. At
+batch 8 and 64 both sizes gained 1.9-8.8× up to 15% (the least, 1.9×, at 4096×4096, 15%,
+batch 64) and 1.2-1.6× at 25%. Linear thresholds
 (:data:`LINEAR_THRESHOLDS`): 25% at batch 1 (the densest point measured; sparse still won on
 every size), 15% from batch 8 (at 25% the batch gain was thin enough for a busy machine to
 erase). Convolutions (sparse im2col against PyTorch's dense convolution) ran at most 1.2×
@@ -37,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from torch import nn
+from torch.nn.utils.parametrize import type_before_parametrizations
 
 from deepzip.errors import ConfigError
 from deepzip.runtime.conv import sparse_conv_unsupported
@@ -45,6 +51,7 @@ from deepzip.runtime.sparse import Backend
 __all__ = [
     "CONV_THRESHOLDS",
     "LINEAR_THRESHOLDS",
+    "WEIGHT_READING_PARENTS",
     "Decision",
     "LayerForm",
     "RuntimeOverride",
@@ -52,6 +59,7 @@ __all__ = [
     "decide",
     "density_threshold",
     "sparse_unsupported",
+    "weight_reading_parents",
 ]
 
 LayerForm = Literal["sparse", "dense"]
@@ -61,6 +69,14 @@ LINEAR_THRESHOLDS: tuple[tuple[int, float], ...] = ((1, 0.25), (8, 0.15))
 
 CONV_THRESHOLDS: tuple[tuple[int, float], ...] = ((1, 0.01),)
 """``(batch size, max density)`` for convolutions, from the measured crossovers."""
+
+WEIGHT_READING_PARENTS: tuple[type[nn.Module], ...] = (
+    nn.MultiheadAttention,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+)
+"""Modules whose code reads their children's ``.weight`` directly (``out_proj.weight``,
+``linear1.weight``): their children keep a dense weight."""
 
 
 @dataclass(frozen=True)
@@ -149,16 +165,52 @@ def density_threshold(kind: Literal["linear", "conv"], batch_size: int) -> float
     return value
 
 
-def sparse_unsupported(module: nn.Module, attr: str) -> str | None:
-    """Why ``module.attr`` has no sparse runtime form, or ``None`` if it has one."""
-    kind = type(module).__name__
+def weight_reading_parents(model: nn.Module) -> dict[nn.Module, str]:
+    """The modules of ``model`` registered under a :data:`WEIGHT_READING_PARENTS` module.
+
+    Returns:
+        ``{child module: class name of its parent}`` (a module registered under several
+        such parents is named once).
+    """
+    found: dict[nn.Module, str] = {}
+    for parent in model.modules():
+        if isinstance(parent, WEIGHT_READING_PARENTS):
+            for child in parent.children():
+                found.setdefault(child, type_before_parametrizations(parent).__name__)
+    return found
+
+
+def sparse_unsupported(module: nn.Module, attr: str, *, parent: str | None = None) -> str | None:
+    """Why ``module.attr`` has no sparse runtime form, or ``None`` if it has one.
+
+    Args:
+        module: the layer.
+        attr: the tensor's attribute name on it.
+        parent: class name of a parent that reads ``module.weight`` directly (see
+            :func:`weight_reading_parents`), or ``None``.
+    """
+    cls = type_before_parametrizations(module)  # a deepzip-quantized Linear is still a Linear
+    kind = cls.__name__
     if attr != "weight":
         return f"{kind}.{attr} has no sparse runtime form (only a layer's weight has)"
-    if isinstance(module, nn.Linear):
-        return None
+    if cls not in (nn.Linear, nn.Conv1d, nn.Conv2d):
+        for base in (nn.Linear, nn.Conv1d, nn.Conv2d):
+            if issubclass(cls, base):
+                return (
+                    f"{kind} is a subclass of {base.__name__}: its own forward or code that "
+                    "reads .weight could not run on a runtime module"
+                )
+    reason: str | None = None
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return sparse_conv_unsupported(module)
-    return f"{kind} has no sparse runtime form"
+        reason = sparse_conv_unsupported(module)
+    elif cls is not nn.Linear:
+        reason = f"{kind} has no sparse runtime form"
+    if reason is None and parent is not None:
+        reason = (
+            f"{kind} is a child of {parent}, which reads its children's .weight directly: "
+            "a runtime module has none"
+        )
+    return reason
 
 
 @dataclass(frozen=True)
@@ -177,9 +229,15 @@ def decide(
     attr: str,
     density: float,
     weights: int,
+    *,
+    parent: str | None = None,
 ) -> Decision:
-    """Apply ``policy`` to one compressed weight (see the module docstring for the rule)."""
-    unsupported = sparse_unsupported(module, attr)
+    """Apply ``policy`` to one compressed weight (see the module docstring for the rule).
+
+    ``parent`` names the class of a parent that reads ``module.weight`` directly (see
+    :func:`weight_reading_parents`); such a layer stays dense whatever the policy says.
+    """
+    unsupported = sparse_unsupported(module, attr, parent=parent)
     if unsupported is not None:
         return Decision("dense", unsupported)
     forced: RuntimeOverride | None = None

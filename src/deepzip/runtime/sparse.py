@@ -21,11 +21,12 @@ multiplies. By default (``backend="auto"``) a single input vector on the CPU goe
 compiled gather kernel of :mod:`deepzip.runtime.kernels`, which reads only the compact arrays;
 a batch (or a convolution's patches), and any input on another device (CUDA), goes through
 ``torch.sparse.mm`` (MKL on the CPU, cuSPARSE on CUDA) on a float32 CSR copy with int32
-indices that the module builds once per device, 8 bytes per surviving weight, reported by
-:attr:`SharedCSRModule.cache_nbytes`. ``benchmarks/runtime.py`` measured why: at batch 1 the
-block kernel beat MKL's CSR product 2.8 to 3.5 times on AlexNet's fully connected layers, while
-from batch 8 MKL was 1.2 to 4.7 times faster than the compiled batch kernel
-(``backend="numba"`` keeps every product, and the memory, on the compact arrays).
+indices (an ordinary CSR: columns ascending within each row) that the module builds once per
+device, 8 bytes per surviving weight, reported by :attr:`SharedCSRModule.cache_nbytes` and
+dropped when the module moves or loads a state dict. ``benchmarks/runtime.py`` measured why:
+at batch 1 the block kernel beat MKL's CSR product 2.8 to 3.5 times on AlexNet's fully
+connected layers, while at batch 8 and 64 MKL was 3.9 to 4.8 times faster than the compiled
+batch kernel (``backend="numba"`` keeps every product, and the memory, on the compact arrays).
 """
 
 from __future__ import annotations
@@ -275,6 +276,12 @@ class SharedCSRModule(nn.Module):
         super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         return self
 
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        # new buffers (a codebook, columns) make the float CSR copies stale
+        self._csr_cache = {}
+        self._numpy_cache = None
+        super()._load_from_state_dict(*args, **kwargs)
+
     # ------------------------------------------------------------------ products
 
     def _use_numba(self, device: torch.device, n: int) -> bool:
@@ -299,19 +306,24 @@ class SharedCSRModule(nn.Module):
         row_lengths = torch.diff(self.row_ptr.to(device))
         row_of = torch.repeat_interleave(torch.arange(self.rows, device=device), row_lengths)
         keep = cols != self.columns
+        row_of, cols, codes = row_of[keep], cols[keep], codes[keep]
+        # a CSR tensor (MKL, cuSPARSE) wants each row's columns ascending, the groups order
+        # them by cluster: sort by (row, column), each pair is there once
+        order = torch.argsort(row_of * self.columns + cols)
+        cols, codes = cols[order], codes[order]
         crow = torch.zeros(self.rows + 1, dtype=torch.int64, device=device)
-        crow[1:] = torch.cumsum(torch.bincount(row_of[keep], minlength=self.rows), 0)
-        values = self.codebook.to(device=device, dtype=torch.float32)[codes[keep]]
+        crow[1:] = torch.cumsum(torch.bincount(row_of, minlength=self.rows), 0)
+        values = self.codebook.to(device=device, dtype=torch.float32)[codes]
         index = torch.int32 if max(self.nnz, self.columns) < 2**31 - 1 else torch.int64
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             csr = torch.sparse_csr_tensor(
                 crow.to(index),
-                cols[keep].to(index),
+                cols.to(index),
                 values,
                 size=(self.rows, self.columns),
                 device=device,
-                check_invariants=False,  # built here from a validated file: valid by construction
+                check_invariants=False,  # valid by construction (sorted, unique, in range)
             )
         self._csr_cache[device] = csr
         return csr

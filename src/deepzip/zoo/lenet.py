@@ -20,6 +20,8 @@ def _check_args(num_classes: int, channels_name: str, channels: int, dropout: fl
     for name, value in (("num_classes", num_classes), (channels_name, channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+        raise ConfigError(f"dropout must be a number in [0, 1), got {dropout!r}")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
 
@@ -38,7 +40,8 @@ class LeNet300100(nn.Module):
             of 0 makes them no-ops.
 
     Raises:
-        ConfigError: a size below 1 or a rate outside ``[0, 1)``.
+        ConfigError: a size that is not an integer >= 1 or a rate that is not a number in
+            ``[0, 1)``.
     """
 
     def __init__(self, num_classes: int = 10, in_features: int = 784, dropout: float = 0.0) -> None:
@@ -74,7 +77,8 @@ class LeNet5(nn.Module):
             a rate of 0 makes it a no-op.
 
     Raises:
-        ConfigError: a size below 1 or a rate outside ``[0, 1)``.
+        ConfigError: a size that is not an integer >= 1 or a rate that is not a number in
+            ``[0, 1)``.
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, dropout: float = 0.0) -> None:

@@ -65,7 +65,8 @@ class TinyResNet(nn.Module):
         blocks: number of blocks in each stage (at least one stage).
 
     Raises:
-        ConfigError: a size below 1 or an empty ``blocks``.
+        ConfigError: a size that is not an integer >= 1, or ``blocks`` that is not a
+            non-empty sequence of them.
     """
 
     def __init__(
@@ -76,6 +77,8 @@ class TinyResNet(nn.Module):
         blocks: Sequence[int] = (1, 1, 1),
     ) -> None:
         super().__init__()
+        if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence):
+            raise ConfigError(f"blocks must be a sequence of integers >= 1, got {blocks!r}")
         sizes = {"num_classes": num_classes, "in_channels": in_channels, "width": width}
         sizes.update({f"blocks[{i}]": n for i, n in enumerate(blocks)})
         for name, value in sizes.items():
