@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepzip import BitsOverride, ConfigError, LayerOverride
+from deepzip import BitsOverride, ConfigError, LayerOverride, cli
 from deepzip.cli import _parse_bits_override, _parse_override, main
 from deepzip.datasets import write_idx
 
@@ -188,3 +188,86 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
         main([command, "--help"])
     assert exc.value.code == 0
     assert "usage: deepzip" in capsys.readouterr().out
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    """An untrained LeNet-300-100 checkpoint (no training needed to test the checks)."""
+    from deepzip.format import save_checkpoint
+    from deepzip.zoo import create_model
+
+    return save_checkpoint(create_model("lenet-300-100"), tmp_path / "in.safetensors")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "lenet-300-100", "--epochs", "0", "-o", "OUT"],
+        ["prune", "CKPT", "-o", "OUT", "--sparsity", "0.5"],
+        ["prune", "CKPT", "-o", "FILE", "--sparsity", "0.5", "--json", "OUT"],
+        ["quantize", "CKPT", "-o", "OUT"],
+        ["quantize", "CKPT", "-o", "FILE", "--json", "OUT"],
+        ["sensitivity", "CKPT", "-o", "OUT"],
+        ["sensitivity", "CKPT", "-o", "FILE.json", "--plot", "OUT"],
+    ],
+)
+def test_output_paths_are_checked_before_any_work(
+    argv: list[str],
+    checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_data(args: object) -> None:
+        raise AssertionError("the data was loaded before the output path was checked")
+
+    monkeypatch.setattr(cli, "_data", no_data)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a directory")
+    for out, message in (
+        (tmp_path, f"{tmp_path}: is a directory; give a file name"),
+        (blocker / "x.out", f"{blocker / 'x.out'}: {blocker} is not a directory"),
+    ):
+        names = {"OUT": str(out), "CKPT": str(checkpoint), "FILE": str(tmp_path / "f.out"),
+                 "FILE.json": str(tmp_path / "f.json")}  # fmt: skip
+        assert main([names.get(a, a) for a in argv] + COMMON) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("deepzip: error: ")
+        assert err.count("\n") == 0
+        assert message in err
+    assert not (tmp_path / "f.out").exists()
+
+
+def test_os_errors_are_one_line(
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def denied(path: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    def rename_failed(path: object) -> None:  # os.replace(temp, dest): name the destination
+        raise IsADirectoryError(21, "Is a directory", "/.x.tmp", None, "/tmp")
+
+    for raiser, message in ((denied, "m.dzip: Permission denied"),
+                            (rename_failed, "/tmp: Is a directory")):  # fmt: skip
+        monkeypatch.setattr(cli, "inspect_dzip", raiser)
+        assert main(["inspect", "m.dzip"]) == 2
+        assert capsys.readouterr().err.strip() == f"deepzip: error: {message}"
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('model = "lenet-300-100"\n[[stages]]\ntype = "encode"\n')
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert _run(data_dir, "run", str(recipe), "--run-dir", str(taken)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"deepzip: error: --run-dir {taken}: is not a directory"
+
+
+def test_user_text_reaches_the_terminal_as_written(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "model[fp16] [/bold].safetensors"
+    _train(data_dir, out, epochs=0)
+    assert f"→ {out}" in capsys.readouterr().out
+    assert out.is_file()

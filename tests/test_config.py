@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,3 +116,75 @@ def test_distillation_settings_validated() -> None:
         RetrainConfig(distill=1.5)
     with pytest.raises(ConfigError, match=r"retrain\.temperature must be a number > 0"):
         RetrainConfig(temperature=0.0)
+
+
+def test_unreadable_recipe_files_are_config_errors(tmp_path: Path) -> None:
+    from deepzip.config import load_recipe, load_toml
+
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(b'name = "caf\xe9"\n')
+    for load in (load_toml, load_recipe, load_prune_job):
+        with pytest.raises(ConfigError, match="not UTF-8") as info:
+            load(latin1)
+        assert str(info.value).count(str(latin1)) == 1  # the file, named once
+        with pytest.raises(ConfigError, match="cannot read") as info:
+            load(tmp_path)  # a directory
+        assert str(tmp_path) in str(info.value)
+    with pytest.raises(ConfigError, match="recipe file not found"):
+        load_toml(tmp_path / "missing.toml")
+
+
+def test_override_skip_must_be_a_bool_and_alone() -> None:
+    from deepzip.config import BitsOverride, CellBitsOverride
+
+    with pytest.raises(ConfigError, match=r"overrides\['fc1'\]\.skip must be true or false"):
+        LayerOverride("fc1", skip="no")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"overrides\['fc1'\]\.skip must be true or false"):
+        BitsOverride("fc1", skip="false")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"overrides\['fc1'\]: skip = true .* set nothing else"):
+        LayerOverride("fc1", sparsity=0.9, skip=True)
+    with pytest.raises(ConfigError, match=r"overrides\['fc1'\]: skip = true .* set nothing else"):
+        LayerOverride("fc1", quality=1.0, skip=True)
+    with pytest.raises(ConfigError, match=r"overrides\['fc1'\]: skip = true .* set nothing else"):
+        BitsOverride("fc1", bits=4, skip=True)
+    with pytest.raises(ConfigError, match=r"overrides\['fc1'\]: skip = true .* set nothing else"):
+        CellBitsOverride("fc1", cell_bits=6, skip=True)
+    assert LayerOverride("fc1", skip=True).skip
+    assert BitsOverride("fc1", skip=True).skip
+    # from TOML as well
+    with pytest.raises(ConfigError, match=r"overrides\['fc1'\]\.skip must be true or false"):
+        PruneConfig.from_dict({"sparsity": 0.5, "overrides": [{"pattern": "fc1", "skip": "no"}]})
+
+
+def test_every_seed_is_bounded() -> None:
+    from deepzip.config import MLQConfig, QuantizeConfig, Recipe, SLQConfig, WeightlessConfig
+
+    cases: list[tuple[Any, str, int]] = [
+        (TrainConfig, "train.seed", 2**32),
+        (QuantizeConfig, "quantize.seed", 2**64),
+        (SLQConfig, "slq.seed", 2**64),
+        (MLQConfig, "mlq.seed", 2**64),
+        (WeightlessConfig, "weightless.seed", 2**64),
+    ]
+    for cls, key, limit in cases:
+        assert cls(seed=limit - 1).seed == limit - 1
+        for bad in (limit, 10**20, -1, 1.5, True):
+            with pytest.raises(ConfigError, match=rf"{key} must be an integer in \[0, "):
+                cls(seed=bad)
+    with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 2\*\*31\), got"):
+        Recipe.from_dict({"seed": 2**31, "stages": [{"type": "encode"}]})
+    with pytest.raises(ConfigError, match=r"stage 1 \(quantize\): quantize.seed must be"):
+        Recipe.from_dict({"stages": [{"type": "quantize", "seed": 10**20}, {"type": "encode"}]})
+
+
+def test_the_largest_quantize_seed_runs() -> None:
+    import torch
+    from torch import nn
+
+    from deepzip.config import QuantizeConfig
+    from deepzip.quantize import quantize_
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 10))
+    report = quantize_(model, QuantizeConfig(bits=2, init="forgy", seed=2**64 - 1))
+    assert [layer.name for layer in report.layers] == ["0.weight"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,10 @@ from deepzip.config import (
     QuantizeConfig,
     QuantizeStage,
     Recipe,
+    RetrainConfig,
     Stage,
     StageKind,
+    TrainConfig,
     register_stage_kind,
 )
 from deepzip.errors import ConfigError
@@ -34,10 +36,12 @@ from deepzip.pipeline import (
     StageResult,
     TrainRequest,
     independent_copy,
+    quick_recipe,
     read_run,
     register_stage_runner,
     run_recipe,
     stage_seed,
+    validation_stage,
 )
 from deepzip.prune import get_mask
 from deepzip.quantize import get_shared, quantize_
@@ -355,3 +359,75 @@ def test_stage_with_unknown_kind_object_is_rejected() -> None:
     with pytest.raises(ConfigError, match="needs a QuantizeStage, got EncodeStage"):
         Stage("quantize", EncodeStage())
     assert QuantizeStage().fisher_batches == 20
+
+
+def test_sensitivity_globs_and_validation_needs_fail_before_running(tmp_path: Path) -> None:
+    recorder = Recorder([])
+    train = {"type": "train", "epochs": 1}
+
+    def recipe(stage: dict[str, Any]) -> Recipe:
+        return Recipe.from_dict({"stages": [train, stage, {"type": "encode"}]})
+
+    with pytest.raises(
+        ConfigError, match=r"stage 2 \(sensitivity\): include pattern 'nomatch\*' matches no layer"
+    ):
+        run_recipe(
+            toy_model(), recipe({"type": "sensitivity", "include": ["nomatch*"]}),
+            tmp_path / "a", train_fn=recorder, eval_fn=lambda model: 0.5,
+        )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"stage 2 \(sensitivity\): exclude pattern 'x'"):
+        run_recipe(
+            toy_model(), recipe({"type": "sensitivity", "exclude": ["x"]}), tmp_path / "a",
+            train_fn=recorder, eval_fn=lambda model: 0.5,
+        )  # fmt: skip
+    # validation accuracy: a sensitivity stage, and a Weightless stage choosing its widths
+    for stage, label in (
+        ({"type": "sensitivity"}, r"stage 2 \(sensitivity\)"),
+        ({"type": "weightless", "quantize": {"bits": 2}}, r"stage 2 \(weightless\)"),
+    ):
+        assert validation_stage(recipe(stage)) is not None
+        with pytest.raises(ConfigError, match=label + " needs validation accuracy"):
+            run_recipe(toy_model(), recipe(stage), tmp_path / "b", train_fn=recorder)
+    assert recorder.requests == []  # nothing trained
+    assert not (tmp_path / "a" / STATE_FILE).exists()
+    assert not (tmp_path / "b" / STATE_FILE).exists()
+    fixed = recipe({"type": "weightless", "cell_bits": 4, "quantize": {"bits": 2}})
+    assert validation_stage(fixed) is None
+    assert validation_stage(toy_recipe()) is None
+
+
+def _training_epochs(config: Any) -> list[int]:
+    """Every epoch count of a stage configuration (its train and retraining tables)."""
+    out: list[int] = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, RetrainConfig):
+            out += [value.epochs, value.final_epochs]
+        elif isinstance(value, TrainConfig):
+            out.append(value.epochs)
+    return out
+
+
+def test_quick_recipe_shortens_every_training() -> None:
+    retrain = {"epochs": 10, "final_epochs": 5}
+    recipe = Recipe.from_dict(
+        {
+            "stages": [
+                {"type": "train", "epochs": 5},
+                {"type": "prune", "sparsity": 0.5, "retrain": {"epochs": 3, "final_epochs": 4}},
+                {"type": "retrain", "epochs": 3},
+                {"type": "slq", "bits": 3, "retrain": retrain},
+                {"type": "mlq", "bits": 2, "retrain": retrain},
+                {"type": "inq", "bits": 4, "retrain": retrain},
+                {"type": "weightless", "cell_bits": 6, "retrain": {"epochs": 20}},
+                {"type": "finetune", "epochs": 3},
+                {"type": "encode"},
+            ]
+        }
+    )
+    quick = quick_recipe(recipe)
+    for before, after in zip(recipe.stages, quick.stages, strict=True):
+        assert before.kind == after.kind
+        if before.kind != "encode":
+            assert max(_training_epochs(before.config)) > 1
+            assert max(_training_epochs(after.config)) == 1, after.kind

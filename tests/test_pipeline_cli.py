@@ -158,8 +158,10 @@ def test_run_errors_are_one_line(
 
 def test_demo_quick(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out-dir", str(out), *_args(data_dir)]) == 0
+    argv = ["demo", "--quick", "--out-dir", str(out), "--dataset", "mnist", *_args(data_dir)]
+    assert main(argv) == 0
     text = capsys.readouterr().out
+    assert "lenet-300-100 on mnist: stages" in text  # --dataset is honoured
     assert "lenet-300-100: per-layer compression" in text
     assert f"report → {out / 'report' / 'report.html'}" in text
     assert (out / "model.dzip").is_file()
@@ -173,3 +175,44 @@ def test_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
         main([command, "--help"])
     assert exc.value.code == 0
     assert "--restart" in capsys.readouterr().out
+
+
+def test_stage_names_are_shown_as_written(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = tmp_path / "named.toml"
+    recipe.write_text(RECIPE.replace('type = "prune"', 'type = "prune"\nname = "p[/bold]"'))
+    argv = ["run", str(recipe), "--run-dir", str(tmp_path / "r"), *_args(data_dir)]
+    assert main(argv) == 0  # not a rich MarkupError after all the work
+    assert "2. prune (p[/bold])" in capsys.readouterr().out
+
+
+def test_validation_data_is_required_up_front(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe, run_dir = tmp_path / "s.toml", tmp_path / "r"
+    recipe.write_text(
+        RECIPE.replace('[[stages]]\ntype = "prune"', '[[stages]]\ntype = "sensitivity"\n'
+                       'sparsities = [0.0, 0.5]\n\n[[stages]]\ntype = "prune"')
+    )  # fmt: skip
+    argv = ["run", str(recipe), "--run-dir", str(run_dir), *_args(data_dir), "--val-size", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "deepzip: error: stage 2 (sensitivity) needs validation data: --val-size must be > 0, got 0"
+    )
+    assert not run_dir.exists()  # nothing trained, nothing written
+
+
+def test_run_a_builtin_pruning_recipe_by_name(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "lenet-300-100-full" in capsys.readouterr().out  # --help lists the built-in names
+    run_dir = tmp_path / "r"
+    argv = ["run", "lenet-300-100", "--quick", "--run-dir", str(run_dir), *_args(data_dir)]
+    assert main(argv) == 0  # the pruning recipe shipped under the model's name runs that model
+    assert "lenet-300-100 on fashion-mnist: stages" in capsys.readouterr().out
+    kinds = [s["kind"] for s in json.loads((run_dir / "state.json").read_text())["stages"]]
+    assert kinds == ["train", "prune", "encode"]

@@ -277,6 +277,10 @@ def _stages(*kinds: str) -> list[dict[str, Any]]:
             r"stage 3 \(retrain\): retrain after quantize",
         ),
         (("prune", "train", "encode"), r"stage 2 \(train\): a train stage can only be the first"),
+        (
+            ("quantize", "sensitivity", "encode"),
+            r"stage 2 \(sensitivity\): sensitivity after quantize \(stage 1\) cannot work",
+        ),
     ],
 )
 def test_impossible_stage_orders(kinds: tuple[str, ...], message: str) -> None:
@@ -300,7 +304,7 @@ def test_python_construction_is_validated() -> None:
         Stage("weightles", EncodeStage())
     with pytest.raises(ConfigError, match="a 'prune' stage needs a PruneStage, got EncodeStage"):
         Stage("prune", EncodeStage())
-    with pytest.raises(ConfigError, match="seed must be an integer >= 0, got -1"):
+    with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 2\*\*31\), got -1"):
         Recipe(stages=(Stage("encode", EncodeStage()),), seed=-1)
     with pytest.raises(ConfigError, match="finetune stage: final_epochs is for prune stages"):
         FinetuneStage(RetrainConfig(final_epochs=1))
@@ -324,3 +328,58 @@ def test_python_construction_is_validated() -> None:
     assert skip.prune_override() == LayerOverride("fc1", skip=True)
     assert skip.bits_override() == BitsOverride("fc1", skip=True)
     assert LayerRule("fc1", bits=3).prune_override() is None
+
+
+def test_a_stage_key_replaces_defaults_of_its_group() -> None:
+    def parse(defaults: dict[str, Any], stage: dict[str, Any]) -> Any:
+        recipe = Recipe.from_dict({"defaults": defaults, "stages": [stage, {"type": "encode"}]})
+        return recipe.stages[0].config
+
+    # sparsity and quality are alternatives: the stage's quality replaces the default sparsity
+    prune = parse({"sparsity": 0.9}, {"type": "prune", "quality": 1.0})
+    assert (prune.prune.sparsity, prune.prune.quality) == (None, 1.0)
+    prune = parse({"quality": 1.0}, {"type": "prune", "sparsity": 0.8})
+    assert (prune.prune.sparsity, prune.prune.quality) == (0.8, None)
+    assert parse({"sparsity": 0.9}, {"type": "prune"}).prune.sparsity == 0.9
+    # the stage's specific fc_bits / conv_bits win over a general default bits
+    quant = parse({"bits": 4}, {"type": "quantize", "fc_bits": 6})
+    assert (quant.quantize.bits, quant.quantize.fc_bits, quant.quantize.conv_bits) == (None, 6, 8)
+    quant = parse({"bits": 4, "conv_bits": 6}, {"type": "quantize", "fc_bits": 3})
+    assert (quant.quantize.bits, quant.quantize.fc_bits, quant.quantize.conv_bits) == (None, 3, 6)
+    slq = parse({"bits": 4}, {"type": "slq", "bits": 3})
+    assert slq.quantize.bits == 3
+    assert parse({"bits": 4}, {"type": "quantize"}).quantize.bits == 4
+
+
+def test_default_globs_select_the_layers_of_every_stage() -> None:
+    recipe = Recipe.from_dict(
+        {
+            "defaults": {"include": ["fc3.weight"], "bits": 3},
+            "stages": [
+                {"type": "sensitivity"},
+                {"type": "prune", "sparsity": 0.8},
+                {"type": "weightless", "cell_bits": 6},
+                {"type": "encode"},
+            ],
+        }
+    )
+    sensitivity, prune, weightless, _ = (s.config for s in recipe.stages)
+    assert sensitivity.include == ("fc3.weight",)
+    assert prune.prune.include == ("fc3.weight",)
+    # Weightless encodes only the layers the defaults select; its clustering takes the bits
+    assert weightless.weightless.include == ("fc3.weight",)
+    assert weightless.quantize.include == ()
+    assert weightless.quantize.bits == 3
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+
+
+def test_a_pruning_recipe_may_name_its_model(tmp_path: Path) -> None:
+    text = (
+        'name = "p"\nmodel = "lenet-5"\ndataset = "mnist"\ndescription = "d"\n'
+        "[train]\nepochs = 3\nseed = 4\n[prune]\nsparsity = 0.8\n"
+    )
+    r = _recipe(text, tmp_path)
+    assert (r.model, r.dataset, r.name, r.description, r.seed) == ("lenet-5", "mnist", "p", "d", 4)
+    assert [s.kind for s in r.stages] == ["train", "prune", "encode"]
+    job = load_prune_job(tmp_path / "recipe.toml")  # deepzip prune --recipe reads it too
+    assert job.prune == PruneConfig(sparsity=0.8)

@@ -9,15 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -59,6 +62,7 @@ from deepzip.pipeline import (
     quick_recipe,
     run_recipe,
     train_dense,
+    validation_stage,
 )
 from deepzip.posttrain import DEFAULT_BITS, DEFAULT_QUANTIZER, compress_checkpoint
 from deepzip.prune import StepRecord, sensitivity_analysis
@@ -122,7 +126,7 @@ class _ProgressCallback(Callback):
 @contextmanager
 def _progress(enabled: bool) -> Iterator[Progress]:
     progress = Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # layer and tensor names as written
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -139,6 +143,38 @@ def _progress(enabled: bool) -> Iterator[Progress]:
 
 def _data(args: argparse.Namespace) -> DataSplits:
     return load_dataset(args.dataset, args.data_dir, val_size=args.val_size, seed=args.seed)
+
+
+def _check_output(
+    path: str | os.PathLike[str] | None, flag: str, *, directory: bool = False
+) -> None:
+    """Refuse an output path that cannot be written, before any long work starts.
+
+    A file output must not be a directory, a directory output must not be a file, and the
+    nearest existing directory above it must be a writable directory (missing ones are
+    created when the output is written).
+    """
+    if path is None:
+        return
+    p = Path(path)
+    if not directory and p.is_dir():
+        raise ConfigError(f"{flag} {path}: is a directory; give a file name")
+    if directory and p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} {path}: is not a directory")
+    above = p.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise ConfigError(f"{flag} {path}: {above} is not a directory")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: no permission to write in {above}")
+
+
+def _os_error(exc: OSError) -> str:
+    """``path: reason`` for an ``OSError`` (the destination of a failed rename)."""
+    reason = exc.strerror or str(exc)
+    name = exc.filename2 if exc.filename2 is not None else exc.filename
+    return reason if name is None else f"{os.fsdecode(name)}: {reason}"
 
 
 def _load_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, str]:
@@ -316,10 +352,7 @@ def _print_step(record: StepRecord) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``deepzip train``: train a zoo model, write a safetensors checkpoint."""
-    device = resolve_device(args.device)
-    data = _data(args)
-    torch.manual_seed(args.seed)
-    model = create_model(args.model).to(device)
+    _check_output(args.output, "-o")
     config = TrainConfig(
         epochs=args.epochs,
         lr=args.lr,
@@ -328,6 +361,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
     )
+    device = resolve_device(args.device)
+    data = _data(args)
+    torch.manual_seed(args.seed)
+    model = create_model(args.model).to(device)
     with _progress(not args.no_progress) as progress:
         train_dense(
             model, data, config, device=device, callbacks=[_ProgressCallback(progress, "train")]
@@ -343,13 +380,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         },
     )
     console.print(
-        f"{args.model} on {args.dataset}: test accuracy {100 * test.accuracy:.2f}% → {args.output}"
+        f"{args.model} on {args.dataset}: test accuracy {100 * test.accuracy:.2f}% → {args.output}",
+        markup=False,
+        soft_wrap=True,
     )
     return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """``deepzip prune``: iterative pruning with retraining; per-layer table."""
+    _check_output(args.output, "-o")
+    _check_output(args.json, "--json")
     device = resolve_device(args.device)
     job = _prune_job(args)
     model, name = _load_model(args, device)
@@ -389,7 +430,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         )
     if args.json is not None:
         atomic_write_text(args.json, json.dumps(outcome.to_dict(), indent=2) + "\n")
-    console.print(f"pruned checkpoint → {args.output}")
+    console.print(f"pruned checkpoint → {args.output}", markup=False, soft_wrap=True)
     return 0
 
 
@@ -402,6 +443,8 @@ def _parse_bits_override(text: str) -> BitsOverride:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """``deepzip quantize``: weight sharing, optional centroid fine-tuning; per-layer table."""
+    _check_output(args.output, "-o")
+    _check_output(args.json, "--json")
     device = resolve_device(args.device)
     config = QuantizeConfig(
         bits=args.bits,
@@ -466,12 +509,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             console.print(f"{layer.name}: {note}", markup=False, soft_wrap=True)
     if args.json is not None:
         atomic_write_text(args.json, json.dumps(outcome.to_dict(), indent=2) + "\n")
-    console.print(f"quantized checkpoint → {args.output}")
+    console.print(f"quantized checkpoint → {args.output}", markup=False, soft_wrap=True)
     return 0
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """``deepzip sensitivity``: per-layer accuracy over a sparsity sweep; JSON and PNG."""
+    plot_path = args.plot or str(Path(args.output).with_suffix(".png"))
+    _check_output(args.output, "-o")
+    _check_output(plot_path, "--plot")
     device = resolve_device(args.device)
     model, _ = _load_model(args, device)
     data = _data(args)
@@ -496,14 +542,15 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
             on_point=on_point,
         )
     result.save_json(args.output)
-    plot_path = args.plot or str(Path(args.output).with_suffix(".png"))
     plot_sensitivity(result, plot_path)
     console.print(f"baseline validation accuracy {100 * result.baseline:.2f}%")
     for layer, sparsity in result.suggest(args.max_drop / 100).items():
         console.print(
-            f"  {layer}: prune up to {100 * sparsity:.0f}% within {args.max_drop:g} point(s)"
+            f"  {layer}: prune up to {100 * sparsity:.0f}% within {args.max_drop:g} point(s)",
+            markup=False,
+            soft_wrap=True,
         )
-    console.print(f"sensitivity → {args.output}, plot → {plot_path}")
+    console.print(f"sensitivity → {args.output}, plot → {plot_path}", markup=False, soft_wrap=True)
     return 0
 
 
@@ -522,10 +569,16 @@ class _StageProgress(_ProgressCallback):
 
 
 def _load_run_recipe(text: str) -> Recipe:
-    """A recipe file, or the name of a built-in recipe."""
+    """A recipe file, or the name of a built-in recipe.
+
+    A built-in pruning recipe is named after its zoo model (``lenet-5``): that is its model.
+    """
     path = Path(text)
     if not path.exists() and text in builtin_recipe_names():
-        return Recipe.builtin(text)
+        recipe = Recipe.builtin(text)
+        if recipe.model is None and text in model_names():
+            recipe = replace(recipe, model=text)
+        return recipe
     return load_recipe(path)
 
 
@@ -533,6 +586,12 @@ def _run_and_report(
     args: argparse.Namespace, recipe: Recipe, model_name: str, dataset: str, run_dir: Path
 ) -> RunResult:
     """Run a recipe on a zoo model and a data set with progress display; print the tables."""
+    _check_output(run_dir, "--out-dir" if args.command == "demo" else "--run-dir", directory=True)
+    needs_val = validation_stage(recipe)
+    if needs_val is not None and args.val_size <= 0:
+        raise ConfigError(
+            f"{needs_val} needs validation data: --val-size must be > 0, got {args.val_size}"
+        )
     device = resolve_device(args.device)
     data = load_dataset(dataset, args.data_dir, val_size=args.val_size, seed=recipe.seed)
     torch.manual_seed(recipe.seed)
@@ -600,12 +659,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """``deepzip demo``: the whole pipeline on LeNet-300-100 and Fashion-MNIST."""
+    """``deepzip demo``: the whole pipeline on LeNet-300-100 and Fashion-MNIST (or --dataset)."""
     recipe = _demo_recipe()
     if args.quick:
         recipe = quick_recipe(recipe)
+    dataset = args.dataset or recipe.dataset or "fashion-mnist"
     start = time.perf_counter()
-    _run_and_report(args, recipe, "lenet-300-100", "fashion-mnist", Path(args.out_dir))
+    _run_and_report(args, recipe, "lenet-300-100", dataset, Path(args.out_dir))
     console.print(f"demo took {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -613,7 +673,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_download(args: argparse.Namespace) -> int:
     """``deepzip download``: fetch a data set's IDX files (needs a network)."""
     path = download(args.name, args.root)
-    console.print(f"{args.name} → {path}")
+    console.print(f"{args.name} → {path}", markup=False, soft_wrap=True)
     return 0
 
 
@@ -629,6 +689,8 @@ def _parse_layer_bits(text: str) -> tuple[str, int]:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     """``deepzip compress``: post-training prune + quantize + code of any checkpoint."""
+    _check_output(args.output, "-o")
+    _check_output(args.json, "--json")
     with _progress(not args.no_progress) as progress:
         task = progress.add_task("compress", total=None)
 
@@ -672,6 +734,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def cmd_decompress(args: argparse.Namespace) -> int:
     """``deepzip decompress``: a ``.dzip`` file back to ``.safetensors`` (exact names/dtypes)."""
+    _check_output(args.output, "-o")
     with _progress(not args.no_progress) as progress:
         task = progress.add_task("decompress", total=None)
 
@@ -696,7 +759,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for column in ("section", "kind", "offset", "bytes"):
         sections.add_column(column, justify="left" if column in ("section", "kind") else "right")
     for s in info.sections:
-        sections.add_row(s.name, s.kind, f"{s.offset:,}", f"{s.length:,}")
+        sections.add_row(escape(s.name), s.kind, f"{s.offset:,}", f"{s.length:,}")
     total = sum(s.length for s in info.sections)
     sections.add_row("total", "", "", f"{total:,}", style="bold")
     console.print(sections)
@@ -768,7 +831,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return 0
     table = Table(
-        title=f"{args.input}: {name}, batch {args.batch}, {torch.get_num_threads()} thread(s)",
+        title=escape(
+            f"{args.input}: {name}, batch {args.batch}, {torch.get_num_threads()} thread(s)"
+        ),
         caption=f"median of {args.repeats} interleaved runs; policy: what the automatic "
         "rule picks at this batch size (reasons below)",
     )
@@ -783,8 +848,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for t in layers:
         speedup = t.speedup
         table.add_row(
-            t.name,
-            t.layer_type,
+            escape(t.name),
+            escape(t.layer_type),
             "×".join(str(d) for d in t.shape),
             f"{100 * t.density:.1f}%",
             "-" if t.dense_ms is None else f"{t.dense_ms:.3f}",
@@ -931,11 +996,15 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a recipe: train, prune, quantize, fine-tune, encode (resumable)",
         description="Run a pipeline recipe (TOML, or a built-in name such as lenet-5) on its "
-        "zoo model and data set. A checkpoint is written after every stage into the run "
+        "zoo model and data set (a built-in pruning recipe runs the model it is named after). "
+        "A checkpoint is written after every stage into the run "
         "directory; running the same command again resumes after the last finished stage. "
         "Prints the per-layer table and writes an HTML report.",
     )
-    p.add_argument("recipe", help="recipe file, or a built-in recipe name")
+    p.add_argument(
+        "recipe",
+        help=f"recipe file, or a built-in recipe name ({', '.join(builtin_recipe_names())})",
+    )
     p.add_argument("--run-dir", default=None, help="run directory (default: runs/<recipe>)")
     p.add_argument(
         "--restart", action="store_true", help="discard a previous run in the run directory"
@@ -954,7 +1023,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="the built-in default: LeNet-300-100 on Fashion-MNIST, end to end",
-        description="Train LeNet-300-100 on Fashion-MNIST, prune it with retraining, share "
+        description="Train LeNet-300-100 on Fashion-MNIST (or --dataset), prune it with "
+        "retraining, share "
         "its weights and fine-tune the centroids, write the .dzip file; print the per-layer "
         "table and write an HTML report.",
     )
@@ -1065,8 +1135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.func(args)
-    except DeepZipError as exc:
-        one_line = " ".join(str(exc).split())
+    except (DeepZipError, OSError) as exc:  # a file that cannot be read or written
+        text = _os_error(exc) if isinstance(exc, OSError) else str(exc)
+        one_line = " ".join(text.split())
         err_console.print(
             f"deepzip: error: {one_line}", markup=False, highlight=False, soft_wrap=True
         )

@@ -103,6 +103,18 @@ def _check_int(key: str, value: object, *, minimum: int) -> None:
         raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
 
 
+def _check_flag(key: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
+def _check_seed(key: str, value: object, *, bits: int) -> None:
+    """A seed: an integer in ``[0, 2**bits)``, the range of what it seeds (checked up front,
+    not when a random generator refuses it in the middle of a run)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**bits:
+        raise ConfigError(f"{key} must be an integer in [0, 2**{bits}), got {value!r}")
+
+
 def _check_number(key: str, value: object, *, positive: bool) -> None:
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
     if not ok or (value <= 0 if positive else value < 0):  # type: ignore[operator]
@@ -147,8 +159,11 @@ class LayerOverride:
             raise ConfigError(f"override pattern must be a non-empty glob, got {self.pattern!r}")
         _check_sparsity(f"{key}.sparsity", self.sparsity)
         _check_quality(f"{key}.quality", self.quality)
+        _check_flag(f"{key}.skip", self.skip)
         if self.sparsity is not None and self.quality is not None:
             raise ConfigError(f"{key}: give sparsity or quality, not both")
+        if self.skip and (self.sparsity is not None or self.quality is not None):
+            raise ConfigError(f"{key}: skip = true leaves the layer unpruned; set nothing else")
         if not self.skip and self.sparsity is None and self.quality is None:
             raise ConfigError(f"{key}: set sparsity, quality or skip = true")
 
@@ -348,7 +363,7 @@ class TrainConfig:
         batch_size: mini-batch size.
         schedule: ``"cosine"`` anneals the learning rate to zero over the epochs;
             ``"constant"`` keeps it.
-        seed: seeds weight initialisation and data order.
+        seed: seeds weight initialisation and data order (0 to ``2**32 - 1``).
     """
 
     epochs: int = 6
@@ -362,7 +377,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_int("train.epochs", self.epochs, minimum=0)
         _check_int("train.batch_size", self.batch_size, minimum=1)
-        _check_int("train.seed", self.seed, minimum=0)
+        _check_seed("train.seed", self.seed, bits=32)  # seed_everything's range
         _check_number("train.lr", self.lr, positive=True)
         _check_number("train.weight_decay", self.weight_decay, positive=False)
         _check_choice("train.optimizer", self.optimizer, _OPTIMIZERS)
@@ -395,10 +410,14 @@ class BitsOverride:
     def __post_init__(self) -> None:
         if not isinstance(self.pattern, str) or not self.pattern:
             raise ConfigError(f"override pattern must be a non-empty glob, got {self.pattern!r}")
+        key = f"overrides[{self.pattern!r}]"
+        _check_flag(f"{key}.skip", self.skip)
         if self.bits is not None:
-            _check_bits(f"overrides[{self.pattern!r}].bits", self.bits)
+            _check_bits(f"{key}.bits", self.bits)
+            if self.skip:
+                raise ConfigError(f"{key}: skip = true leaves the layer in float; set nothing else")
         elif not self.skip:
-            raise ConfigError(f"overrides[{self.pattern!r}]: set bits or skip = true")
+            raise ConfigError(f"{key}: set bits or skip = true")
 
 
 @dataclass(frozen=True)
@@ -419,7 +438,7 @@ class QuantizeConfig:
         ecsq_lambda: ECSQ's rate weight (``method="ecsq"``); 0 equals uniform quantization.
         grad: centroid gradient rule: ``"sum"`` of member gradients (the paper) or ``"mean"``.
         max_iter: most k-means / ECSQ iterations.
-        seed: seeds the random initialisations.
+        seed: seeds the random initialisations (0 to ``2**64 - 1``).
         include: globs; when given, only matching layers are quantized.
         exclude: globs of layers left in float.
         overrides: per-layer bits or skip; the last matching override wins.
@@ -450,7 +469,7 @@ class QuantizeConfig:
         _check_choice("quantize.grad", self.grad, ("sum", "mean"))
         _check_number("quantize.ecsq_lambda", self.ecsq_lambda, positive=False)
         _check_int("quantize.max_iter", self.max_iter, minimum=1)
-        _check_int("quantize.seed", self.seed, minimum=0)
+        _check_seed("quantize.seed", self.seed, bits=64)  # torch.Generator's range
         _check_selection("quantize", self.include, self.exclude, self.overrides, BitsOverride)
 
     @classmethod
@@ -487,11 +506,6 @@ def _check_fractions(key: str, value: object) -> None:
         raise ConfigError(f"{key} must increase strictly, got {list(value)!r}")
     if value[-1] != 1.0:
         raise ConfigError(f"{key} must end at 1.0 (everything frozen), got {value[-1]!r}")
-
-
-def _check_flag(key: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
 
 
 def _incremental_from_dict(cls: type[_T], data: Mapping[str, Any], where: str) -> _T:
@@ -533,7 +547,7 @@ class SLQConfig:
             ``"magnitude"``: the largest ``|centroid|`` (ternary: ``|w|``) first, INQ's order.
         init: k-means initialisation of the first clustering.
         max_iter: most Lloyd iterations of each (re-)clustering.
-        seed: seeds random k-means initialisations.
+        seed: seeds random k-means initialisations (0 to ``2**64 - 1``).
         train_codebook: once a layer is fully frozen its levels become a trainable codebook
             (``SharedWeight``; ternary layers keep ``-a`` and ``+a`` tied); ``False`` keeps
             them fixed.
@@ -673,7 +687,7 @@ def _check_incremental(config: SLQConfig | MLQConfig, where: str) -> None:
     )
     _check_choice(f"{where}.init", config.init, ("linear", "density", "forgy", "kmeans++"))
     _check_int(f"{where}.max_iter", config.max_iter, minimum=1)
-    _check_int(f"{where}.seed", config.seed, minimum=0)
+    _check_seed(f"{where}.seed", config.seed, bits=64)  # torch.Generator's range
     _check_flag(f"{where}.train_codebook", config.train_codebook)
     _check_choice(f"{where}.grad", config.grad, ("sum", "mean"))
     _check_selection(where, config.include, config.exclude, config.overrides, BitsOverride)
@@ -696,11 +710,16 @@ class CellBitsOverride:
     def __post_init__(self) -> None:
         if not isinstance(self.pattern, str) or not self.pattern:
             raise ConfigError(f"override pattern must be a non-empty glob, got {self.pattern!r}")
-        _check_flag(f"overrides[{self.pattern!r}].skip", self.skip)
+        key = f"overrides[{self.pattern!r}]"
+        _check_flag(f"{key}.skip", self.skip)
         if self.cell_bits is not None:
-            _check_cell_bits(f"overrides[{self.pattern!r}].cell_bits", self.cell_bits)
+            _check_cell_bits(f"{key}.cell_bits", self.cell_bits)
+            if self.skip:
+                raise ConfigError(
+                    f"{key}: skip = true leaves the layer out of Weightless; set nothing else"
+                )
         elif not self.skip:
-            raise ConfigError(f"overrides[{self.pattern!r}]: set cell_bits or skip = true")
+            raise ConfigError(f"{key}: set cell_bits or skip = true")
 
 
 def _check_cell_bits(key: str, value: object) -> None:
@@ -727,7 +746,8 @@ class WeightlessConfig:
         max_drop: accuracy budget in points (``0.3`` = 0.3 percentage points).
         hashes: cells per position ``k`` (1..8); 3 needs the fewest cells.
         ratio: cells per stored weight (>= 1; peeling needs above 1.222 for ``k = 3``).
-        seed: first hash seed tried (construction retries with the following seeds).
+        seed: first hash seed tried (construction retries with the following seeds), 0 to
+            ``2**64 - 1``.
         max_attempts: seeds tried before construction gives up.
         lzma: compress each filter's table with LZMA when that is smaller.
         train_encoded: after a layer is encoded its codebook and bias keep training (its
@@ -777,9 +797,7 @@ class WeightlessConfig:
         _check_number("weightless.ratio", self.ratio, positive=True)
         if not 1.0 <= self.ratio <= 16.0:
             raise ConfigError(f"weightless.ratio must be in [1, 16], got {self.ratio!r}")
-        _check_int("weightless.seed", self.seed, minimum=0)
-        if self.seed >= 2**64:
-            raise ConfigError(f"weightless.seed must be below 2**64, got {self.seed!r}")
+        _check_seed("weightless.seed", self.seed, bits=64)  # a u64 in the filter's header
         _check_int("weightless.max_attempts", self.max_attempts, minimum=1)
         _check_flag("weightless.lzma", self.lzma)
         _check_flag("weightless.train_encoded", self.train_encoded)
@@ -793,6 +811,10 @@ class WeightlessConfig:
     def to_dict(self) -> dict[str, Any]:
         """The TOML/JSON form (``None`` values omitted)."""
         return _selection_to_dict(self)
+
+
+# A recipe's descriptive keys, allowed at the top of a pipeline and of a pruning recipe.
+_RECIPE_INFO_KEYS = ("name", "description", "model", "dataset")
 
 
 @dataclass(frozen=True)
@@ -813,14 +835,17 @@ class PruneJob:
         """Build from ``[prune]``, ``[schedule]``, ``[retrain]`` and optional ``[train]``.
 
         A pipeline recipe (``[[stages]]``) gives its first prune stage and its train stage.
+        The recipe keys ``name``, ``description``, ``model`` and ``dataset`` are accepted and
+        not part of the job.
         """
         if "stages" in data:  # a pipeline recipe: its train stage and first prune stage
             return Recipe.from_dict(data).prune_job()
-        unknown = sorted(set(data) - {"prune", "schedule", "retrain", "train"})
+        # The recipe's own keys (deepzip run reads them) describe the job, they are not part.
+        unknown = sorted(set(data) - {"prune", "schedule", "retrain", "train", *_RECIPE_INFO_KEYS})
         if unknown:
             raise ConfigError(
                 f"unknown section {unknown[0]!r}; expected 'prune', 'schedule', 'retrain' "
-                "or 'train'"
+                f"or 'train' (and the keys {', '.join(map(repr, _RECIPE_INFO_KEYS))})"
             )
         if "prune" not in data:
             raise ConfigError("a pruning recipe needs a [prune] section")
@@ -846,9 +871,10 @@ class PruneJob:
 # ----------------------------------------------------------------------------- recipes
 #
 # A Recipe is an ordered list of stages (train, sensitivity, prune, retrain, quantize,
-# finetune, encode), global defaults applied to every stage that takes the key, and per-layer
-# overrides by glob. Stage types are registered in a registry (``register_stage_kind``) so that
-# other methods (Weightless, SLQ/MLQ/INQ) can add their own; deepzip.pipeline runs them.
+# finetune, encode), global defaults applied to every stage that takes the key (see
+# Recipe.from_dict for the precedence), and per-layer overrides by glob. Stage types are
+# registered in a registry (``register_stage_kind``) so that other methods (Weightless,
+# SLQ/MLQ/INQ) can add their own; deepzip.pipeline runs them.
 
 StageRole = Literal["train", "analyze", "prune", "retrain", "quantize", "finetune", "encode"]
 CoderName = Literal["auto", "huffman", "ans", "raw"]
@@ -1114,6 +1140,18 @@ class EncodeStage:
         return _as_dict(self)
 
 
+# Keys that are alternatives to others: a stage that sets the key drops the recipe's defaults
+# for these (a stage's quality replaces a default sparsity; its fc_bits a default bits, which
+# would otherwise win over fc_bits).
+_ALTERNATIVES: dict[str, frozenset[str]] = {
+    "sparsity": frozenset({"quality"}),
+    "quality": frozenset({"sparsity"}),
+    "bits": frozenset({"conv_bits", "fc_bits"}),
+    "conv_bits": frozenset({"bits"}),
+    "fc_bits": frozenset({"bits"}),
+}
+
+
 @dataclass(frozen=True)
 class StageParseContext:
     """What a stage parser sees besides its own table.
@@ -1127,8 +1165,16 @@ class StageParseContext:
     defaults: Mapping[str, Any]
 
     def pick(self, keys: frozenset[str], table: Mapping[str, Any]) -> dict[str, Any]:
-        """The defaults among ``keys``, overridden by ``table``."""
-        return {**{k: v for k, v in self.defaults.items() if k in keys}, **table}
+        """The defaults among ``keys``, then ``table`` (the stage's own keys) over them.
+
+        A stage's own key replaces the default of the same key, and also the defaults of its
+        alternatives: ``sparsity`` and ``quality`` replace each other, and a stage's
+        ``conv_bits`` or ``fc_bits`` replaces a default ``bits`` (which would otherwise apply
+        to every layer and hide the stage's more specific setting).
+        """
+        displaced = frozenset().union(*(_ALTERNATIVES.get(k, frozenset()) for k in table))
+        base = {k: v for k, v in self.defaults.items() if k in keys and k not in displaced}
+        return {**base, **table}
 
 
 @dataclass(frozen=True)
@@ -1433,9 +1479,11 @@ def _parse_weightless(table: Mapping[str, Any], ctx: StageParseContext) -> Weigh
     _check_keys(quantize, _QUANTIZE_KEYS, f"{ctx.where} quantize")
     _check_keys(retrain, _RETRAIN_KEYS - {"final_epochs"}, f"{ctx.where} retrain")
     data = {**_WEIGHTLESS_RETRAIN, **ctx.pick(_RETRAIN_KEYS - {"final_epochs"}, retrain)}
+    # Default globs select the layers Weightless encodes (its clustering ignores globs).
+    globs = frozenset({"include", "exclude"})
     return WeightlessStage(
-        WeightlessConfig.from_dict(t),
-        QuantizeConfig.from_dict(ctx.pick(_QUANTIZE_KEYS - {"overrides"}, quantize)),
+        WeightlessConfig.from_dict(ctx.pick(globs, t)),
+        QuantizeConfig.from_dict(ctx.pick(_QUANTIZE_KEYS - {"overrides"} - globs, quantize)),
         RetrainConfig.from_dict(data),
     )
 
@@ -1512,7 +1560,8 @@ class Recipe:
 
     Attributes:
         stages: the stages in order.
-        seed: seeds every stage (stage ``i`` uses a seed derived from it and ``i``).
+        seed: seeds every stage (stage ``i`` uses a seed derived from it and ``i``), 0 to
+            ``2**31 - 1``.
         overrides: per-layer rules by glob, applied by every stage (a stage's own overrides
             come after them and win).
         model: zoo model name, for ``deepzip run`` (Python callers pass their own model).
@@ -1530,9 +1579,7 @@ class Recipe:
     description: str | None = None
 
     def __post_init__(self) -> None:
-        _check_int("seed", self.seed, minimum=0)
-        if self.seed >= 2**31:
-            raise ConfigError(f"seed must be below 2**31, got {self.seed!r}")
+        _check_seed("seed", self.seed, bits=31)  # stage seeds are taken modulo 2**31
         if not isinstance(self.stages, tuple) or not all(isinstance(s, Stage) for s in self.stages):
             raise ConfigError(f"stages must be a tuple of Stage, got {self.stages!r}")
         if not isinstance(self.overrides, tuple) or not all(
@@ -1596,8 +1643,17 @@ class Recipe:
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
         """Build from the TOML/JSON form.
 
+        ``[defaults]`` sets keys for every stage that takes them (its retraining table
+        included); a stage's own keys win. Precisely: a key the stage sets replaces the default
+        of that key and of its alternatives (``sparsity`` and ``quality`` replace each other; a
+        stage's ``conv_bits`` or ``fc_bits`` replaces a default ``bits``, which would otherwise
+        override it); default ``include``/``exclude`` globs select the layers of every stage
+        that selects layers (sensitivity, prune, quantize, SLQ/MLQ/INQ, and the layers a
+        Weightless stage encodes).
+
         Also accepts a pruning recipe (``[prune]``, ``[schedule]``, ``[retrain]``, optional
-        ``[train]``): it becomes train → prune → encode.
+        ``[train]``, and the recipe's ``name``, ``description``, ``model`` and ``dataset``):
+        it becomes train → prune → encode.
 
         Raises:
             ConfigError: naming the stage and key: an unknown stage type or key, a bad value,
@@ -1606,7 +1662,8 @@ class Recipe:
         if not isinstance(data, Mapping):
             raise ConfigError(f"a recipe must be a table, got {data!r}")
         if "stages" not in data and "prune" in data:
-            return cls.from_prune_job(PruneJob.from_dict(data))
+            info = {k: data[k] for k in _RECIPE_INFO_KEYS if k in data}
+            return replace(cls.from_prune_job(PruneJob.from_dict(data)), **info)
         _check_keys(data, _RECIPE_KEYS, "recipe")
         defaults = _table(data, "defaults")
         raw_stages = data.get("stages")
@@ -1656,8 +1713,9 @@ class Recipe:
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
         """Read a recipe from a TOML file (errors name the file)."""
+        data = load_toml(path)  # its errors name the file already
         try:
-            return cls.from_dict(load_toml(path))
+            return cls.from_dict(data)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
 
@@ -1721,6 +1779,12 @@ def _check_order(stages: tuple[Stage, ...]) -> None:
                 f"{stages.index(quantized) + 1}) cannot work: once weights are shared only "
                 "the codebooks train; prune and retrain before quantizing, fine-tune after"
             )
+        if role == "analyze" and quantized is not None:
+            raise ConfigError(
+                f"{where}: {stage.kind} after {quantized.kind} (stage "
+                f"{stages.index(quantized) + 1}) cannot work: it measures pruning, and "
+                "quantized layers can no longer be pruned; analyze before quantizing"
+            )
         if role == "retrain" and not pruned:
             raise ConfigError(
                 f"{where}: retrain needs an earlier prune stage (to train a dense model, "
@@ -1746,7 +1810,12 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file; a syntax error becomes ``ConfigError`` naming the file."""
+    """Read a TOML file.
+
+    Raises:
+        ConfigError: naming the file and the cause: it does not exist, cannot be read (a
+            directory, no permission...), is not UTF-8 text, or is not valid TOML.
+    """
     p = Path(path)
     try:
         with p.open("rb") as fh:
@@ -1755,6 +1824,13 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"recipe file not found: {p}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "TOML files must be UTF-8"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the recipe: {exc.strerror or exc}") from exc
 
 
 def save_toml(data: Mapping[str, Any], path: str | Path) -> None:
@@ -1782,8 +1858,9 @@ def builtin_recipe_names() -> list[str]:
 
 def load_prune_job(path: str | Path) -> PruneJob:
     """Load a pruning recipe (``[prune]``, ``[schedule]``, ``[retrain]``) from TOML."""
+    data = load_toml(path)  # its errors name the file already
     try:
-        return PruneJob.from_dict(load_toml(path))
+        return PruneJob.from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
 

@@ -123,6 +123,7 @@ __all__ = [
     "run_recipe",
     "stage_seed",
     "train_dense",
+    "validation_stage",
 ]
 
 
@@ -565,6 +566,7 @@ class _Runner:
     run: StageRunner
     check: StageCheck | None
     needs_training: Callable[[Any], bool]
+    needs_validation: Callable[[Any], bool]
 
 
 _RUNNERS: dict[str, _Runner] = {}
@@ -576,6 +578,7 @@ def register_stage_runner(
     *,
     check: StageCheck | None = None,
     needs_training: Callable[[Any], bool] = lambda config: False,
+    needs_validation: Callable[[Any], bool] = lambda config: False,
     overwrite: bool = False,
 ) -> None:
     """Register how a stage type runs (its recipe side: ``deepzip.config.register_stage_kind``).
@@ -586,6 +589,8 @@ def register_stage_runner(
         check: ``check(model, config, label)`` validates the stage against the model before
             the run starts (globs that match no layer...), raising ``ConfigError``.
         needs_training: whether a config of this stage calls ``train_fn``.
+        needs_validation: whether a config of this stage needs ``eval_fn`` (validation
+            accuracy).
         overwrite: replace an existing runner.
 
     Raises:
@@ -596,7 +601,7 @@ def register_stage_runner(
         raise ConfigError(f"stage type {kind!r} is not registered (deepzip.config)")
     if kind in _RUNNERS and not overwrite:
         raise ConfigError(f"stage type {kind!r} already has a runner")
-    _RUNNERS[kind] = _Runner(run, check, needs_training)
+    _RUNNERS[kind] = _Runner(run, check, needs_training, needs_validation)
 
 
 @dataclass(frozen=True)
@@ -838,6 +843,19 @@ def _encode_options(recipe: Recipe) -> EncodeStage:
     )
 
 
+def validation_stage(recipe: Recipe) -> str | None:
+    """The label of the first stage that needs validation accuracy (``eval_fn``), or ``None``.
+
+    A sensitivity stage does, and so does a Weightless stage that chooses its cell widths.
+    Stage types without a runner are left out (:func:`check_recipe` reports them).
+    """
+    for i, stage in enumerate(recipe.stages):
+        runner = _RUNNERS.get(stage.kind)
+        if runner is not None and runner.needs_validation(recipe.effective(stage)):
+            return stage.label(i)
+    return None
+
+
 def check_recipe(model: nn.Module, recipe: Recipe) -> None:
     """Validate a recipe against a model before anything runs.
 
@@ -894,9 +912,20 @@ def _run_train(ctx: StageContext, config: TrainStage) -> StageResult:
     return StageResult({"epochs": t.epochs})
 
 
+def _check_sensitivity(model: nn.Module, config: SensitivityStage, label: str) -> None:
+    select_targets(model, include=config.include, exclude=config.exclude)
+
+
+def _no_validation(label: str) -> ConfigError:
+    return ConfigError(
+        f"{label} needs validation accuracy: pass eval_fn=, or data= with a non-empty "
+        "validation split"
+    )
+
+
 def _run_sensitivity(ctx: StageContext, config: SensitivityStage) -> StageResult:
     if ctx.eval_fn is None:
-        raise ConfigError(f"{ctx.label} evaluates the model: pass eval_fn= or data=")
+        raise _no_validation(ctx.label)
     result = sensitivity_analysis(
         ctx.model,
         ctx.eval_fn,
@@ -1066,7 +1095,12 @@ def _incremental_needs_training(config: _IncrementalStage) -> bool:
 
 
 register_stage_runner("train", _run_train, needs_training=lambda c: bool(c.train.epochs))
-register_stage_runner("sensitivity", _run_sensitivity)
+register_stage_runner(
+    "sensitivity",
+    _run_sensitivity,
+    check=_check_sensitivity,
+    needs_validation=lambda config: True,
+)
 register_stage_runner("prune", _run_prune, check=_check_prune, needs_training=_prune_needs_training)
 register_stage_runner("retrain", _run_retrain, needs_training=lambda c: bool(c.retrain.epochs))
 register_stage_runner("quantize", _run_quantize, check=_check_quantize)
@@ -1089,10 +1123,7 @@ def _run_weightless(ctx: StageContext, config: WeightlessStage) -> StageResult:
     w, r = config.weightless, config.retrain
     auto = w.cell_bits is None
     if auto and ctx.eval_fn is None:
-        raise ConfigError(
-            f"{ctx.label} chooses each layer's cell width on validation accuracy: pass eval_fn= "
-            "or data=, or set cell_bits"
-        )
+        raise _no_validation(ctx.label)
 
     def retrain(model: nn.Module, layer: str) -> None:
         if r.epochs and any(p.requires_grad for p in model.parameters()):
@@ -1126,6 +1157,7 @@ register_stage_runner(
     _run_weightless,
     check=_check_weightless,
     needs_training=lambda c: bool(c.retrain.epochs),
+    needs_validation=lambda c: c.weightless.cell_bits is None,
 )
 for _name in ("slq", "mlq", "inq"):
     register_stage_runner(
@@ -1302,7 +1334,8 @@ def run_recipe(
         The run's records and the ``.dzip`` path.
 
     Raises:
-        ConfigError: a glob matching no layer, a stage that needs ``train_fn``/``eval_fn``/
+        ConfigError: a glob matching no layer, a stage that needs ``train_fn``/``eval_fn``
+            that were not given (checked before anything runs), a stage that needs
             ``batches`` that were not given.
         RecipeChangedError: ``run_dir`` holds a run of another recipe, model or data set.
     """
@@ -1327,6 +1360,9 @@ def run_recipe(
     for i, stage in enumerate(recipe.stages):
         if train_fn is None and _RUNNERS[stage.kind].needs_training(recipe.effective(stage)):
             raise ConfigError(f"{stage.label(i)} trains the model: pass train_fn= or data=")
+    needs_val = validation_stage(recipe)
+    if eval_fn is None and needs_val is not None:
+        raise _no_validation(needs_val)
     identity: dict[str, Any] = {
         "recipe_sha256": recipe_hash(recipe),
         "model": model_name or f"{type(model).__module__}.{type(model).__qualname__}",
@@ -1528,8 +1564,14 @@ def _model_device(model: nn.Module) -> torch.device:
 def quick_recipe(recipe: Recipe, *, epochs: int = 1) -> Recipe:
     """The same recipe with at most ``epochs`` epochs per training and two prune steps.
 
-    For smoke runs (``--quick``): every stage keeps its targets, bits and coder.
+    For smoke runs (``--quick``): every training of every built-in stage type is shortened
+    (dense training, prune retraining, retrain, finetune, the retraining of SLQ/MLQ/INQ and
+    Weightless stages); every stage keeps its targets, bits and coder.
     """
+
+    def short(r: RetrainConfig) -> RetrainConfig:
+        return replace(r, epochs=min(r.epochs, epochs), final_epochs=min(r.final_epochs, epochs))
+
     stages = []
     for stage in recipe.stages:
         c = stage.config
@@ -1538,17 +1580,13 @@ def quick_recipe(recipe: Recipe, *, epochs: int = 1) -> Recipe:
         elif isinstance(c, PruneStage):
             steps = (0.6, 1.0) if len(c.schedule.fractions()) > 1 else (1.0,)
             c = replace(
-                c,
-                schedule=ScheduleConfig(kind="steps", steps=steps),
-                retrain=replace(
-                    c.retrain,
-                    epochs=min(c.retrain.epochs, epochs),
-                    final_epochs=min(c.retrain.final_epochs, epochs),
-                ),
+                c, schedule=ScheduleConfig(kind="steps", steps=steps), retrain=short(c.retrain)
             )
         elif isinstance(c, RetrainStage):
-            c = RetrainStage(replace(c.retrain, epochs=min(c.retrain.epochs, epochs)))
+            c = RetrainStage(short(c.retrain))
         elif isinstance(c, FinetuneStage):
-            c = FinetuneStage(replace(c.finetune, epochs=min(c.finetune.epochs, epochs)))
+            c = FinetuneStage(short(c.finetune))
+        elif isinstance(c, (SLQStage, MLQStage, INQStage, WeightlessStage)):
+            c = replace(c, retrain=short(c.retrain))
         stages.append(replace(stage, config=c))
     return replace(recipe, stages=tuple(stages))

@@ -14,6 +14,7 @@ from deepzip.report.tables import (
     compression_row,
     compression_table,
     stage_rows,
+    stages_rich_table,
 )
 
 
@@ -125,3 +126,45 @@ def test_stage_rows() -> None:
         ["start", "50.00%", "-", "100.00%", "5,000", "1.0×", "0 s"],
         ["1. prune (p)", "87.50%", "80.00%", "10.00%", "1,000", "5.0×", "12 s"],
     ]
+
+
+# A Weightless layer as dz.save records it: 960 positions, 282 read as weights (192 stored,
+# 90 false positives), 4 clusters, a 188-byte filter (270 cells of 5 bits + its header).
+BLOOMIER = {
+    "name": "1.weight", "encoding": "bloomier", "shape": [48, 20], "dtype": "float32",
+    "weights": 960, "kept": 282, "k": 4, "gap_width": None,
+    "parts": [_part("codebook", 16), _part("filter", 188)],
+}  # fmt: skip
+
+
+def test_bloomier_row() -> None:
+    r = compression_row(BLOOMIER)
+    assert (r.k, r.kept, r.entries) == (4, 282, 282)
+    # the filter holds values and positions together: bits of the filter per kept weight,
+    # with or without entropy coding (it has none), and no separate index
+    assert r.weight_bits_fixed == pytest.approx(188 * 8 / 282)
+    assert r.weight_bits_coded == pytest.approx(188 * 8 / 282)
+    assert (r.index_bits_fixed, r.index_bits_coded, r.coders) == (None, None, ())
+    assert r.fixed_bytes == r.coded_bytes == 204
+    assert r.bits_per_kept == pytest.approx(204 * 8 / 282)
+    t = compression_table({**SAVE, "tensors": [*SAVE["tensors"], BLOOMIER]})
+    mean = (200 * 6 + 400 * 4 + 52 * 32 + 188 * 8) / (652 + 282)
+    assert t.mean_bits("weight_bits_fixed") == pytest.approx(mean)
+    with pytest.raises(ConfigError, match=r"'1\.weight': incomplete bloomier record"):
+        compression_row({**BLOOMIER, "parts": BLOOMIER["parts"][:1]})
+
+
+def test_user_text_is_not_rich_markup() -> None:
+    records = [
+        {"index": 0, "kind": "prune", "name": "p[/bold]", "val_acc": 0.5, "test_acc": None,
+         "kept": 0.1, "file_bytes": 1000, "ratio": 5.0, "seconds": 1.0},
+    ]  # fmt: skip
+    layer = {**SPARSE, "name": "blocks[red].0.weight"}
+    table = compression_table({**SAVE, "tensors": [layer]})
+    console = Console(width=250, record=True)
+    console.print(stages_rich_table(records, title="m[bold]x on [/]data"))
+    console.print(compression_rich_table(table, title="model[fp16].dzip"))
+    text = console.export_text()
+    for written in ("1. prune (p[/bold])", "m[bold]x on [/]data", "blocks[red].0.weight",
+                    "model[fp16].dzip"):  # fmt: skip
+        assert written in text

@@ -1,5 +1,8 @@
 """Per-layer tables as rich renderables, Markdown and JSON (building only; the CLI prints).
 
+Every text of a rich table (titles, layer, tensor and stage names) is plain text, never rich
+markup: a name such as ``p[/bold]`` is shown as written.
+
 :func:`compression_table` reads a ``.dzip`` file's save/inspect report into the layout of the
 Deep Compression paper's Tables 2 and 3: weights, kept fraction, weight and index bits with
 fixed-width codes (P+Q) and after entropy coding (P+Q+C), and the size as a fraction of
@@ -13,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from deepzip.errors import ConfigError
@@ -73,19 +77,22 @@ def prune_table(
     acc_after: float | None = None,
     title: str = "Pruning",
 ) -> Table:
-    """A rich table of the per-layer report, with accuracy before → after in the caption."""
+    """A rich table of the per-layer report, with accuracy before → after in the caption.
+
+    ``title`` is plain text (not rich markup), as every cell.
+    """
     caption = None
     if acc_before is not None or acc_after is not None:
         caption = f"test accuracy: {_pct(acc_before)} before → {_pct(acc_after)} after"
         if acc_before is not None and acc_after is not None:
             caption += f" ({100 * (acc_after - acc_before):+.2f} points)"
-    table = Table(title=title, caption=caption)
+    table = Table(title=escape(title), caption=caption)
     for h in _PRUNE_HEADERS:
         table.add_column(h, justify="left" if h in ("layer", "type", "shape") else "right")
     rows = prune_table_rows(report)
     for row in rows[:-1]:
-        table.add_row(*row)
-    table.add_row(*rows[-1], style="bold")
+        table.add_row(*map(escape, row))
+    table.add_row(*map(escape, rows[-1]), style="bold")
     return table
 
 
@@ -97,18 +104,21 @@ def quantize_table(
     acc_finetuned: float | None = None,
     title: str = "Quantization",
 ) -> Table:
-    """Per layer: bits, distinct values, weights kept; accuracy before → clustered → tuned."""
+    """Per layer: bits, distinct values, weights kept; accuracy before → clustered → tuned.
+
+    ``title`` is plain text (not rich markup), as every cell.
+    """
     caption = (
         f"test accuracy: {_pct(acc_before)} before → {_pct(acc_clustered)} clustered → "
         f"{_pct(acc_finetuned)} after fine-tuning the centroids"
     )
-    table = Table(title=title, caption=caption)
+    table = Table(title=escape(title), caption=caption)
     for h in ("layer", "type", "bits", "distinct values", "weights", "kept"):
         table.add_column(h, justify="left" if h in ("layer", "type") else "right")
     for layer in report.layers:
         table.add_row(
-            layer.name,
-            layer.layer_type,
+            escape(layer.name),
+            escape(layer.layer_type),
             str(layer.bits),
             str(layer.levels),
             f"{layer.weights:,}",
@@ -152,17 +162,26 @@ class CompressionRow:
     bits: the gap width); "coded" is what the file's entropy-coded stream really takes, its
     code table included. Sizes are fractions of the layer's float32 size.
 
+    A Bloomier (Weightless) layer stores no positions and no index stream: its filter answers
+    for every position at once, and is not entropy coded (an LZMA-compressed table is counted
+    as stored). Its entries are its kept weights (the positions that decode to a weight, false
+    positives included, as the file counts them), its weight bits are the filter's bits per
+    kept weight in both columns (values and positions together; about ``1.23 t`` for cells of
+    ``t`` bits), it has no index bits, and its fixed size equals its size in the file
+    (codebook + filter).
+
     Attributes:
         name: tensor name.
         encoding: the ``.dzip`` encoding (``shared_sparse``, ``shared_dense``, ``sparse_float``,
-            ``raw``).
+            ``bloomier``, ``raw``).
         weights: elements.
         kept: surviving elements.
         k: codebook entries (``None`` if not quantized).
-        entries: stored entries: survivors plus the sparse index's filler entries, or every
-            element of a dense stream.
-        weight_bits_fixed: bits per stored weight with a fixed-width code.
-        weight_bits_coded: bits per stored weight in the file.
+        entries: stored entries: survivors plus the sparse index's filler entries, every
+            element of a dense stream, or a Bloomier layer's kept weights.
+        weight_bits_fixed: bits per stored weight with a fixed-width code (Bloomier: filter bits
+            per kept weight).
+        weight_bits_coded: bits per stored weight in the file (Bloomier: as the fixed one).
         index_bits_fixed: gap width of the relative index (``None`` without one).
         index_bits_coded: bits per gap in the file (``None`` without an index).
         coders: the coders of the layer's streams (``"huffman"``, ``"ans"``, ``"raw"``).
@@ -332,6 +351,13 @@ def compression_row(tensor: Mapping[str, Any]) -> CompressionRow:
                 _per(symbols["bytes"], entries), None, None,
                 coders, entries * wbits / 8 + int(book["bytes"]), coded,
             )  # fmt: skip
+        if encoding == "bloomier":
+            _, filt = parts["codebook"], parts["filter"]  # both are required
+            per_kept = _per(filt["bytes"], kept)  # values and positions together
+            return CompressionRow(
+                name, encoding, weights, kept, int(tensor["k"]), kept, per_kept, per_kept,
+                None, None, coders, coded, coded,
+            )  # fmt: skip
         if encoding == "sparse_float":
             gaps, values = parts["gaps"], parts["values"]
             entries = int(gaps["symbols"])
@@ -455,14 +481,14 @@ def compression_caption(table: CompressionTable) -> str:
 def compression_rich_table(
     table: CompressionTable, *, title: str = "Per-layer compression"
 ) -> Table:
-    """The paper's Table 2/3 layout as a rich table."""
-    out = Table(title=title, caption=compression_caption(table))
+    """The paper's Table 2/3 layout as a rich table (``title`` is plain text, not markup)."""
+    out = Table(title=escape(title), caption=compression_caption(table))
     for h in COMPRESSION_HEADERS:
         out.add_column(h, justify="left" if h in ("layer", "coders") else "right")
     rows = compression_table_rows(table)
     for r in rows[:-1]:
-        out.add_row(*r)
-    out.add_row(*rows[-1], style="bold")
+        out.add_row(*map(escape, r))
+    out.add_row(*map(escape, rows[-1]), style="bold")
     return out
 
 
@@ -501,10 +527,10 @@ def stage_rows(records: Sequence[Mapping[str, Any]]) -> list[list[str]]:
 
 
 def stages_rich_table(records: Sequence[Mapping[str, Any]], *, title: str = "Stages") -> Table:
-    """Accuracy and real size after each stage."""
-    out = Table(title=title)
+    """Accuracy and real size after each stage (``title`` is plain text, not markup)."""
+    out = Table(title=escape(title))
     for h in STAGE_HEADERS:
         out.add_column(h, justify="left" if h == "stage" else "right")
     for r in stage_rows(records):
-        out.add_row(*r)
+        out.add_row(*map(escape, r))
     return out
