@@ -255,6 +255,19 @@ def test_loader_covers_every_sample_once() -> None:
     assert [torch.equal(torch.cat([y for _, y in replay]), e) for e in epochs] == [True, True]
 
 
+def test_nearby_seeds_share_no_epoch_order() -> None:
+    # seed s + 1 once replayed seed s's orders one epoch late (epoch e used seed + e), so the
+    # "independent" seeds of a benchmark and the steps of iterative pruning shared their data
+    labels = torch.arange(50)
+
+    def orders(seed: int) -> list[tuple[int, ...]]:
+        loader = TensorLoader(labels.float(), labels, 50, shuffle=True, seed=seed)
+        return [tuple(next(iter(loader))[1].tolist()) for _ in range(6)]
+
+    seen = [order for seed in range(5) for order in orders(seed)]
+    assert len(set(seen)) == len(seen) == 30
+
+
 def test_loader_order_and_drop_last() -> None:
     labels = torch.arange(10)
     loader = TensorLoader(labels.float(), labels, 4, drop_last=True)

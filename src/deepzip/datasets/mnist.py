@@ -457,12 +457,20 @@ def download(
     return directory
 
 
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A 64-bit seed for one epoch's shuffle, mixed from ``(seed, epoch)``."""
+    state = np.random.SeedSequence([seed % 2**64, epoch]).generate_state(1, np.uint64)
+    return int(state[0])
+
+
 class TensorLoader:
     """A batch iterator over in-memory tensors, much faster than a ``DataLoader``.
 
     Each epoch indexes the tensors with one permutation (when shuffling) and then yields
     slices. Every call of ``iter()`` starts a new epoch; epoch ``e`` is shuffled with a
-    generator seeded with ``seed + e``, so runs are reproducible.
+    generator seeded from the pair ``(seed, e)`` (numpy's ``SeedSequence``), so runs are
+    reproducible and nearby seeds share no epoch's order (with ``seed + e``, seed ``s + 1``
+    replayed seed ``s``'s orders one epoch later).
 
     Args:
         images: Inputs, first dimension indexing the samples.
@@ -518,7 +526,7 @@ class TensorLoader:
         """
         images, labels = self.images, self.labels
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self._epoch)
+            generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self._epoch))
             perm = torch.randperm(self.dataset_size, generator=generator)
             images, labels = images[perm.to(images.device)], labels[perm.to(labels.device)]
         self._epoch += 1
