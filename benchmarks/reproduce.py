@@ -18,7 +18,9 @@ pruning sensitivity (validation split), measured here.
 ``--seeds N`` (default 5; 1 with ``--quick``) runs each model with recipe seeds 0..N-1, each
 training its own dense baseline on the same data split, and reports the run with the median
 accuracy drop (its HTML report is the one kept); every run is summarised under ``runs``.
-``--jobs`` runs them in worker processes. The committed results took 40 minutes on 2 CPU threads.
+``--jobs`` runs them in worker processes. The run directories under
+``benchmarks/results/cache/runs/`` resume finished stages; ``--restart`` discards them (use it
+after changing the code).
 
 ``--seeds 1`` makes one run with the recipe's seed. With Fashion-MNIST its dense baselines then
 come from the cached checkpoints ``benchmarks/results/cache/{model}-dense.safetensors``
@@ -214,7 +216,14 @@ def run_model(
     print(f"{name}: {len(recipe.stages)} stages into {run_dir}", file=sys.stderr, flush=True)
     log = _logger(f"{name}{'' if seed is None else f' seed {seed}'}: ")
     main = run_recipe(
-        model, recipe, run_dir, data=data, model_name=name, device=args.device, on_event=log
+        model,
+        recipe,
+        run_dir,
+        data=data,
+        model_name=name,
+        device=args.device,
+        on_event=log,
+        restart=args.restart,
     )
     # the run's own stage times (a re-run that finds the stages done takes no time)
     seconds = sum(s.seconds for s in (main.initial, *main.stages))
@@ -253,6 +262,7 @@ def run_model(
             model_name=name,
             device=args.device,
             on_event=log,
+            restart=args.restart,
         )
         entry["variants"] = {
             "paper": {
@@ -408,6 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "mnist"))
     parser.add_argument("--data-dir", default=None, help="directory with the four IDX files")
     parser.add_argument("--train", action="store_true", help="train the dense models here")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard finished stages in the run directories (runs resume by default; after a "
+        "code change the old stages would be reused)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--seeds",
