@@ -48,6 +48,11 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     return Path(path)
 
 
+def _text(s: str) -> str:
+    """User text (layer, stage, model names) as written: a ``$`` would start matplotlib math."""
+    return s.replace("$", r"\$")
+
+
 def _grid(n: int) -> tuple[int, int]:
     cols = min(n, 2) if n <= 4 else 3
     return math.ceil(n / cols), cols
@@ -64,7 +69,7 @@ def plot_sensitivity(result: SensitivityResult, path: str | os.PathLike[str]) ->
             [100 * a for a in accs],
             marker="o",
             markersize=3,
-            label=f"{name} ({result.weights[name]:,} w)",
+            label=_text(f"{name} ({result.weights[name]:,} w)"),
         )
     ax.axhline(100 * result.baseline, color="gray", linestyle="--", linewidth=1, label="unpruned")
     ax.set_xlabel("weights pruned in this layer only (%)")
@@ -113,7 +118,7 @@ def plot_weight_distributions(
             label=f"kept ({kept.size:,})",
         )
         ax.set_yscale("log")
-        ax.set_title(name, fontsize=10)
+        ax.set_title(_text(name), fontsize=10)
         ax.set_xlabel("weight value")
         ax.set_ylabel("count (log)")
         ax.legend(fontsize=7)
@@ -194,7 +199,7 @@ def plot_quantized_distributions(
                     label="centroids after fine-tuning" if j == 0 else None,
                 )
         bits = f", {data.bits} bits" if data.bits is not None else ""
-        ax.set_title(f"{name}{bits}", fontsize=10)
+        ax.set_title(_text(f"{name}{bits}"), fontsize=10)
         ax.set_xlabel("weight value")
         ax.set_ylabel("count")
         ax.legend(fontsize=7)
@@ -238,7 +243,11 @@ def plot_accuracy_vs_ratio(
         # stages that leave the size unchanged sit on one point: stagger their labels
         same = sum(1 for q in points[:i] if abs(q.ratio - p.ratio) < 1e-9 * max(1.0, p.ratio))
         ax.annotate(
-            p.label, (x, y), textcoords="offset points", xytext=(6, 6 - 11 * same), fontsize=8
+            _text(p.label),
+            (x, y),
+            textcoords="offset points",
+            xytext=(6, 6 - 11 * same),
+            fontsize=8,
         )
     if baseline is not None:
         ax.axhline(100 * baseline, color="gray", linestyle="--", linewidth=1, label=baseline_label)
@@ -253,7 +262,7 @@ def plot_accuracy_vs_ratio(
     ax.set_xscale("log")
     ax.set_xlabel("compression ratio (float32 bytes / .dzip bytes, log scale)")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(_text(title))
     ax.grid(True, which="both", alpha=0.3)
     return _save(fig, path)
 
@@ -274,7 +283,7 @@ def plot_bits_per_layer(table: CompressionTable, path: str | os.PathLike[str]) -
     for j, (label, values, color) in enumerate(series):
         bars = ax.bar(x + (j - 1.5) * width, values, width, label=label, color=color)
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
-    ax.set_xticks(x, names, fontsize=9)
+    ax.set_xticks(x, [_text(n) for n in names], fontsize=9)
     ax.set_ylabel("bits per stored entry")
     ax.set_title(f"Bits per layer (file ratio {table.ratio:.1f}×)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
