@@ -281,10 +281,13 @@ def run_model(
         shutil.rmtree(out)
     # Per-layer pruning sensitivity of the dense model (validation split), for the report.
     sens_file = run_dir / "dense-sensitivity.json"
-    if not sens_file.is_file():
+    dense_ckpt_file = run_dir / dense.checkpoint
+    # measured again when the dense stage was re-run since (--restart keeps this file)
+    stale = sens_file.is_file() and sens_file.stat().st_mtime < dense_ckpt_file.stat().st_mtime
+    if stale or not sens_file.is_file():
         print(f"{name}: sensitivity of the dense model", file=sys.stderr, flush=True)
         dense_model = create_model(name)
-        apply_checkpoint(dense_model, read_checkpoint(run_dir / dense.checkpoint))
+        apply_checkpoint(dense_model, read_checkpoint(dense_ckpt_file))
         val = make_loaders(data, 1000).val
         assert val is not None  # load_dataset(val_size=5000) above
         sensitivity_analysis(dense_model, accuracy_fn(val, args.device)).save_json(sens_file)
