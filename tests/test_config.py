@@ -188,3 +188,53 @@ def test_the_largest_quantize_seed_runs() -> None:
     model = nn.Sequential(nn.Linear(20, 10))
     report = quantize_(model, QuantizeConfig(bits=2, init="forgy", seed=2**64 - 1))
     assert [layer.name for layer in report.layers] == ["0.weight"]
+
+
+_PEELING = {2: 2.0, 3: 1.222, 4: 1.295, 5: 1.425, 6: 1.57, 7: 1.719, 8: 1.87}
+
+
+def test_weightless_ratio_must_exceed_the_peeling_threshold() -> None:
+    import re
+
+    from deepzip.config import Recipe, WeightlessConfig
+
+    default = WeightlessConfig()
+    assert (default.hashes, default.ratio) == (3, 1.23)  # existing recipes are unchanged
+    assert (default.to_dict()["hashes"], default.to_dict()["ratio"]) == (3, 1.23)
+    for hashes, minimum in _PEELING.items():
+        with pytest.raises(
+            ConfigError,
+            match=rf"weightless\.ratio = {re.escape(repr(minimum))} is too low for hashes = "
+            rf"{hashes}: .* unless the ratio exceeds {re.escape(repr(minimum))}",
+        ):
+            WeightlessConfig(hashes=hashes, ratio=minimum)
+        assert WeightlessConfig(hashes=hashes, ratio=minimum + 0.01).hashes == hashes
+    with pytest.raises(ConfigError, match=r"ratio = 1\.23 is too low for hashes = 4: .* 1\.295"):
+        WeightlessConfig(hashes=4)
+    with pytest.raises(ConfigError, match=r"weightless\.hashes must be an integer from 2 to 8"):
+        WeightlessConfig(hashes=1, ratio=16.0)
+    with pytest.raises(ConfigError, match=r"stage 1 \(weightless\): .*too low for hashes = 2"):
+        Recipe.from_dict({"stages": [{"type": "weightless", "hashes": 2}, {"type": "encode"}]})
+
+
+@pytest.mark.parametrize("hashes", sorted(_PEELING))
+def test_the_peeling_thresholds_match_the_filter_builder(hashes: int) -> None:
+    import numpy as np
+
+    from deepzip.coding.bloomier import build_filter
+    from deepzip.errors import BloomierBuildError
+
+    rng = np.random.default_rng(hashes)
+    keys = rng.choice(10**6, 20_000, replace=False)
+    values = rng.integers(0, 4, keys.size)
+
+    def build(ratio: float) -> int:
+        f = build_filter(
+            keys, values, n_positions=10**6, num_values=4, cell_bits=3, hashes=hashes,
+            ratio=ratio,
+        )  # fmt: skip
+        return f.attempts
+
+    assert build(_PEELING[hashes] * 1.05) <= 16
+    with pytest.raises(BloomierBuildError):
+        build(_PEELING[hashes] * 0.97)

@@ -47,6 +47,10 @@ def _filter_of(module: nn.Module) -> BloomierFilter:
     return BloomierFilter.from_bytes(p.filter_bytes())
 
 
+def _flags(model: nn.Module) -> dict[str, bool]:
+    return {n: p.requires_grad for n, p in model.named_parameters()}
+
+
 def test_fixed_width_encodes_freezes_and_keeps_every_true_weight() -> None:
     net = _clustered()
     before = {n: s for n, s in dz.export_shared(net).items()}
@@ -107,6 +111,51 @@ def test_layers_after_the_encoded_one_keep_training() -> None:
     assert seen["4.weight"][0] is False  # clustered and encoded itself
     assert [layer.clusters for layer in report.layers] == [8, 8, 8]
     assert all(get_weightless(net[i]) is not None for i in (0, 2, 4))
+
+
+@pytest.mark.parametrize("train_encoded", [False, True])
+def test_retraining_trains_only_the_layers_after_the_encoded_one(train_encoded: bool) -> None:
+    net = _net()
+    flags = _flags(net)
+    changed: dict[str, set[str]] = {}
+    torch.manual_seed(1)
+    x = torch.randn(16, 40)
+
+    def retrain(model: nn.Module, layer: str) -> None:
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:  # the last layer encoded and frozen: nothing left to train
+            changed[layer] = set()
+            return
+        opt = torch.optim.SGD(trainable, lr=0.1)
+        model(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        changed[layer] = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+
+    config = WeightlessConfig(cell_bits=5, exclude=("0",), train_encoded=train_encoded)
+    weightless_(net, config, retrain=retrain, quantize=QuantizeConfig(bits=2))
+    encoded_2 = {"2.bias", "2.parametrizations.weight.0.codebook"} if train_encoded else set()
+    encoded_4 = {"4.bias", "4.parametrizations.weight.0.codebook"} if train_encoded else set()
+    # layer 0 (excluded, before the encoded layers) never trains
+    assert changed["2.weight"] == encoded_2 | {"4.bias", "4.parametrizations.weight.original"}
+    assert changed["4.weight"] == encoded_2 | encoded_4
+    after = _flags(net)
+    assert after["0.bias"]  # flags restored
+    assert after["0.parametrizations.weight.original"]
+    assert {n: after[n] for n in flags if n.startswith("0.")} == {
+        n: v for n, v in flags.items() if n.startswith("0.")
+    }
+
+    def failing(model: nn.Module, layer: str) -> None:
+        assert not model[0].bias.requires_grad
+        raise RuntimeError("retraining failed")
+
+    other = _net()
+    with pytest.raises(RuntimeError, match="retraining failed"):
+        weightless_(other, config, retrain=failing, quantize=QuantizeConfig(bits=2))
+    assert other[0].bias.requires_grad  # restored when retraining raises too
+    assert other[0].parametrizations.weight.original.requires_grad
 
 
 def test_automatic_width_is_the_smallest_within_budget() -> None:
@@ -275,7 +324,18 @@ def test_false_positive_rate_of_a_real_layer_is_near_theory() -> None:
     ("kwargs", "config", "match"),
     [
         ({}, WeightlessConfig(), "needs evaluate"),
-        ({}, WeightlessConfig(cell_bits=1), "cannot hold 4 clusters"),
+        ({}, WeightlessConfig(cell_bits=1), r"0\.weight: cell_bits = 1 with K = 4 clusters"),
+        (
+            {},
+            WeightlessConfig(cell_bits=2),
+            r"0\.weight: cell_bits = 2 with K = 4 clusters; 2\*\*t must exceed the K clusters: "
+            "one code must mean zero",
+        ),
+        (
+            {},
+            WeightlessConfig(cell_bits=4, overrides=(CellBitsOverride("2", 2),)),
+            r"2\.weight: cell_bits = 2 with K = 4 clusters; 2\*\*t must exceed",
+        ),
         ({}, WeightlessConfig(include=("nope",)), "matches no layer"),
         ({}, WeightlessConfig(cell_bits=4, overrides=(CellBitsOverride("x9", 4),)), "matches no"),
     ],
@@ -287,6 +347,15 @@ def test_bad_requests_are_rejected(
     with pytest.raises(ConfigError, match=match):
         weightless_(net, config, **kwargs)  # type: ignore[arg-type]
     assert all(get_weightless(net[i]) is None for i in (0, 2, 4))  # nothing changed
+
+
+def test_a_width_with_as_many_codes_as_clusters_is_rejected_once_clustered() -> None:
+    net = _net()
+    with pytest.raises(
+        ConfigError, match=r"0\.weight: cell_bits = 3 with K = 8 clusters; 2\*\*t must exceed"
+    ):
+        weightless_(net, WeightlessConfig(cell_bits=3), quantize=QuantizeConfig(bits=3))
+    assert get_weightless(net[0]) is None
 
 
 def test_unclustered_layers_need_a_quantize_config() -> None:
@@ -313,6 +382,29 @@ def test_cuda_layers_stay_on_their_device() -> None:
     assert p is not None
     assert p.indices.is_cuda
     assert p.bloomier.is_cuda
+
+
+@pytest.mark.parametrize("train_encoded", [False, True])
+def test_checkpoints_keep_which_encoded_parameters_train(
+    tmp_path: Path, train_encoded: bool
+) -> None:
+    net = _clustered()
+    weightless_(net, WeightlessConfig(cell_bits=5, include=("0", "2"), train_encoded=train_encoded))
+    expected = _flags(net)
+    for i in (0, 2):
+        assert expected[f"{i}.bias"] is train_encoded
+        assert expected[f"{i}.parametrizations.weight.0.codebook"] is train_encoded
+    assert expected["4.bias"]
+    assert expected["4.parametrizations.weight.0.codebook"]
+    path = tmp_path / "w.safetensors"
+    dz.save_checkpoint(net, path)
+    resumed = nn.Sequential(
+        nn.Linear(40, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4)
+    )
+    dz.load_checkpoint(resumed, path)  # a resumed run rebuilds the model from the checkpoint
+    assert _flags(resumed) == expected
+    dz.load_checkpoint(net, path)  # an uninterrupted run reloads each stage's checkpoint
+    assert _flags(net) == expected
 
 
 def test_checkpoints_keep_the_filters(tmp_path: Path) -> None:

@@ -699,7 +699,8 @@ class CellBitsOverride:
 
     Attributes:
         pattern: fnmatch glob on module and parameter names; it must match a selected layer.
-        cell_bits: a fixed cell width ``t`` (1..16) instead of the automatic choice.
+        cell_bits: a fixed cell width ``t`` (1..16) instead of the automatic choice; ``2**t``
+            must exceed the layer's ``K`` clusters (one code must mean zero).
         skip: leave the matching layers out of Weightless (recorded as skipped).
     """
 
@@ -727,25 +728,36 @@ def _check_cell_bits(key: str, value: object) -> None:
         raise ConfigError(f"{key} must be an integer from 1 to 16, got {value!r}")
 
 
+# Cells per key above which a random k-hypergraph peels: 1 / c*_k (Molloy, "Cores in random
+# hypergraphs and Boolean formulas", 2005), rounded up; below it Bloomier construction fails.
+_PEELING_RATIO = {2: 2.0, 3: 1.222, 4: 1.295, 5: 1.425, 6: 1.570, 7: 1.719, 8: 1.870}
+
+
 @dataclass(frozen=True)
 class WeightlessConfig:
     """Weightless (Reagen et al., ICML 2018): each layer's shared weights in a Bloomier filter.
 
     Layer after layer (module order): cluster it if it is not yet, store position → cluster
     index in a Bloomier filter, freeze the layer as the filter decodes it (false positives
-    included), retrain, go on. The cell width ``t`` sets the false-positive rate ``K / 2**t``
-    (``K`` clusters) and the size (about ``ratio * t`` bits per surviving weight).
+    included), retrain the layers after it, go on. The cell width ``t`` sets the
+    false-positive rate ``K / 2**t`` (``K`` clusters) and the size (about ``ratio * t`` bits
+    per surviving weight).
 
     Attributes:
-        cell_bits: one fixed cell width ``t`` (1..16) for every layer; ``None`` chooses it per
+        cell_bits: one fixed cell width ``t`` (1..16) for every layer, with ``2**t`` above
+            every layer's ``K`` clusters (one code must mean zero); ``None`` chooses it per
             layer: the smallest ``t`` from ``min_cell_bits`` up whose accuracy after the
             layer's retraining is at most ``max_drop`` points below the accuracy the model had
             before that layer was clustered and encoded (or below a fixed reference).
         min_cell_bits: smallest ``t`` tried (never below the smallest with ``2**t > K``).
         max_cell_bits: largest ``t`` tried (used when no smaller one is within budget).
         max_drop: accuracy budget in points (``0.3`` = 0.3 percentage points).
-        hashes: cells per position ``k`` (1..8); 3 needs the fewest cells.
-        ratio: cells per stored weight (>= 1; peeling needs above 1.222 for ``k = 3``).
+        hashes: cells per position ``k`` (2..8); 3 needs the fewest cells. (With one cell per
+            position two weights that share it can never both be stored.)
+        ratio: cells per stored weight (up to 16); it must exceed the peeling threshold for
+            ``k`` hashes: 2.0 for ``k = 2``, 1.222 for 3, 1.295 for 4, 1.425 for 5, 1.570 for
+            6, 1.719 for 7, 1.870 for 8 (below it construction fails whatever the seed; just
+            above it, it may take several seeds, with ``k = 2`` most of all).
         seed: first hash seed tried (construction retries with the following seeds), 0 to
             ``2**64 - 1``.
         max_attempts: seeds tried before construction gives up.
@@ -789,14 +801,21 @@ class WeightlessConfig:
         if (
             isinstance(self.hashes, bool)
             or not isinstance(self.hashes, int)
-            or not (1 <= self.hashes <= 8)
+            or not (2 <= self.hashes <= 8)
         ):
             raise ConfigError(
-                f"weightless.hashes must be an integer from 1 to 8, got {self.hashes!r}"
+                f"weightless.hashes must be an integer from 2 to 8 (with 1, two weights hashed "
+                f"to the same cell can never both be stored), got {self.hashes!r}"
             )
         _check_number("weightless.ratio", self.ratio, positive=True)
         if not 1.0 <= self.ratio <= 16.0:
             raise ConfigError(f"weightless.ratio must be in [1, 16], got {self.ratio!r}")
+        minimum = _PEELING_RATIO[self.hashes]
+        if self.ratio <= minimum:
+            raise ConfigError(
+                f"weightless.ratio = {self.ratio!r} is too low for hashes = {self.hashes}: "
+                f"a layer's filter cannot be built (peeled) unless the ratio exceeds {minimum}"
+            )
         _check_seed("weightless.seed", self.seed, bits=64)  # a u64 in the filter's header
         _check_int("weightless.max_attempts", self.max_attempts, minimum=1)
         _check_flag("weightless.lzma", self.lzma)
@@ -1430,8 +1449,9 @@ class WeightlessStage:
 
     Layer after layer: a layer that is not clustered yet is clustered with ``quantize`` (the
     recipe's ``bits`` overrides apply), encoded in a Bloomier filter, frozen as decoded, and the
-    rest retrains for ``retrain.epochs`` epochs (after every cell width tried when the width is
-    chosen automatically; the choice uses the validation accuracy). The encoded layers are
+    layers after it (module registration order; see ``deepzip.weightless_``) retrain for
+    ``retrain.epochs`` epochs (after every cell width tried when the width is chosen
+    automatically; the choice uses the validation accuracy). The encoded layers are
     written to the ``.dzip`` file in the Bloomier encoding.
 
     Attributes:

@@ -11,7 +11,9 @@ layer after layer:
    layers after it keep training in float until their turn);
 2. its clusters are encoded in a filter;
 3. the layer is frozen as the filter decodes it, false positives included;
-4. the caller's ``retrain(model, layer)`` trains the rest;
+4. the caller's ``retrain(model, layer)`` trains the layers after it (registration order,
+   ``model.named_modules()``): the parameters of every module before it are frozen meanwhile,
+   except the codebooks and biases of encoded layers that keep training (``train_encoded``);
 5. next layer.
 
 The cell width ``t`` trades the filter's size against its false positives. It is fixed, or
@@ -25,12 +27,14 @@ The encoded layers carry their filters (:class:`~deepzip.quantize.weightless.Wei
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from deepzip.coding.bloomier import BloomierFilter, build_filter
 from deepzip.config import CellBitsOverride, QuantizeConfig, WeightlessConfig
@@ -273,6 +277,15 @@ def _override(target: Target, overrides: tuple[CellBitsOverride, ...]) -> CellBi
     return found
 
 
+def _check_width(name: str, cell_bits: int, k: int) -> None:
+    """A fixed width needs ``2**t > K``: with ``2**t = K`` every position decodes as a weight."""
+    if 1 << cell_bits <= k:
+        raise ConfigError(
+            f"{name}: cell_bits = {cell_bits} with K = {k} clusters; 2**t must exceed the K "
+            "clusters: one code must mean zero"
+        )
+
+
 def _candidates(config: WeightlessConfig, fixed: int | None, k: int) -> list[int]:
     """Cell widths to try for a layer with ``k`` clusters, smallest first."""
     if fixed is not None:
@@ -309,12 +322,41 @@ def _attach(
     target: Target, decoded: SharedTensor, data: bytes, grad: GradRule, train_encoded: bool
 ) -> WeightlessWeight:
     """Freeze the layer as decoded; its codebook and bias train only with ``train_encoded``."""
-    p = attach_weightless(target.module, target.param_name, decoded, data, grad=grad)
-    p.codebook.requires_grad_(train_encoded)
-    bias = getattr(target.module, "bias", None)
-    if target.param_name == "weight" and isinstance(bias, nn.Parameter):
-        bias.requires_grad_(train_encoded)
-    return p
+    return attach_weightless(
+        target.module, target.param_name, decoded, data, grad=grad, train_encoded=train_encoded
+    )
+
+
+@contextmanager
+def _only_later_layers(model: nn.Module, target: Target) -> Iterator[None]:
+    """Freeze the modules registered before ``target``'s meanwhile; restore their flags after.
+
+    The codebook and bias of an encoded layer with ``train_encoded`` keep training.
+    """
+    keep: set[int] = set()
+    frozen: list[nn.Parameter] = []
+    for _, module in model.named_modules():
+        if module is target.module:
+            break
+        if parametrize.is_parametrized(module):
+            for attr in module.parametrizations:
+                encoded = get_weightless(module, attr)
+                if encoded is None or not encoded.train_encoded:
+                    continue
+                keep.add(id(encoded.codebook))
+                bias = getattr(module, "bias", None)
+                if attr == "weight" and isinstance(bias, nn.Parameter):
+                    keep.add(id(bias))
+        frozen.extend(
+            p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in keep
+        )
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def weightless_(
@@ -335,9 +377,14 @@ def weightless_(
             is encoded). Modified in place: each encoded layer becomes a frozen
             :class:`~deepzip.quantize.weightless.WeightlessWeight`.
         config: cell widths, budget, filter parameters, which layers.
-        retrain: ``retrain(model, layer_name)`` trains the model after a layer is encoded
-            (give it the trainable parameters only: ``requires_grad`` is ``False`` on the
-            encoded layers); ``None`` skips retraining.
+        retrain: ``retrain(model, layer_name)`` trains the layers after the one just encoded
+            (give it the trainable parameters only); ``None`` skips retraining. "After" is
+            registration order (``model.named_modules()``): during the call the encoded layer
+            is frozen (its codebook and bias train with ``config.train_encoded`` only), and
+            ``requires_grad`` is ``False`` on every parameter of the modules registered before
+            it (layers encoded earlier, excluded or skipped ones alike) except the codebook and
+            bias of an encoded layer with ``train_encoded``; those modules' flags are restored
+            when it returns or raises.
         evaluate: ``evaluate(model) -> accuracy`` in ``[0, 1]`` on validation data; needed
             when the cell width is chosen automatically.
         quantize: how to cluster the layers that are not clustered yet (bits, method); its
@@ -354,7 +401,7 @@ def weightless_(
     Raises:
         ConfigError: a glob or override that matches no layer; an automatic cell width
             without ``evaluate``; a layer neither clustered nor given ``quantize``; a fixed
-            ``t`` too small for a layer's codebook.
+            ``t`` with ``2**t <= K`` for a layer's ``K`` clusters (one code must mean zero).
         BloomierBuildError: a filter could not be built (raise ``config.ratio``).
     """
     selection = select_targets(model, include=config.include, exclude=config.exclude)
@@ -380,10 +427,8 @@ def weightless_(
             skipped.append(Skipped(t.name, "already encoded with Weightless"))
             continue
         fixed = rule.cell_bits if rule is not None else config.cell_bits
-        if shared is not None and fixed is not None and 1 << fixed < shared.codebook.numel():
-            raise ConfigError(
-                f"{t.name}: cell_bits = {fixed} cannot hold {shared.codebook.numel()} clusters"
-            )
+        if shared is not None and fixed is not None:
+            _check_width(t.name, fixed, int(shared.codebook.numel()))
         plans.append((t, fixed))
     if evaluate is None and any(fixed is None for _, fixed in plans):
         raise ConfigError("choosing the cell width automatically needs evaluate=; or set cell_bits")
@@ -433,8 +478,8 @@ def _encode_layer(
     shared = shared_p.export()
     grad = shared_p.grad
     k = int(shared.codebook.numel())
-    if fixed is not None and 1 << fixed < k:
-        raise ConfigError(f"{target.name}: cell_bits = {fixed} cannot hold {k} clusters")
+    if fixed is not None:
+        _check_width(target.name, fixed, k)
     keys = int(shared.mask.sum())
     weights = int(shared.mask.numel())
     shape = tuple(shared.indices.shape)
@@ -461,7 +506,8 @@ def _encode_layer(
         decoded = decode_filter(bloomier, shared.codebook, shape)
         _attach(target, decoded, data, grad, config.train_encoded)
         if retrain is not None:
-            retrain(model, target.name)
+            with _only_later_layers(model, target):
+                retrain(model, target.name)
         acc = evaluate(model) if evaluate is not None else None
         trials.append(WeightlessTrial(t, len(data), int(decoded.mask.sum()) - keys, acc))
         within = None if budget is None or acc is None else acc >= budget

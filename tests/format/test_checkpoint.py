@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from deepzip import (
@@ -15,7 +16,9 @@ from deepzip import (
     read_checkpoint,
     save_checkpoint,
 )
+from deepzip.config import QuantizeConfig, WeightlessConfig
 from deepzip.prune import get_mask, mask_dict
+from deepzip.weightless import weightless_
 
 
 def _mlp() -> nn.Sequential:
@@ -168,3 +171,18 @@ def test_a_model_that_is_itself_a_pruned_layer_round_trips(tmp_path: Path) -> No
     mask = get_mask(fresh)
     assert mask is not None
     assert int(mask.mask.sum()) == 64
+
+
+def test_bad_train_encoded_metadata_is_rejected(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
+    prune_(net, PruneConfig(sparsity=0.8))
+    config = WeightlessConfig(cell_bits=4, include=("0",))
+    weightless_(net, config, quantize=QuantizeConfig(bits=2))
+    path = save_checkpoint(net, tmp_path / "w.safetensors")
+    assert read_checkpoint(path).train_encoded == {"0.weight": False}
+    tensors = load_file(str(path))
+    for bad in ("{", '{"2.weight": false}', '{"0.weight": 0}', "[]"):
+        save_file(tensors, str(path), metadata={"deepzip.train_encoded": bad})
+        with pytest.raises(CheckpointError, match=r"deepzip\.train_encoded"):
+            read_checkpoint(path)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,14 @@ import torch
 from torch import nn
 
 from deepzip import PruneConfig, prune_
-from deepzip.config import BitsOverride, INQConfig, MLQConfig, QuantizeConfig, SLQConfig
+from deepzip.config import (
+    BitsOverride,
+    INQConfig,
+    MLQConfig,
+    QuantizeConfig,
+    SLQConfig,
+    WeightlessConfig,
+)
 from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.format import load_checkpoint, save_checkpoint
 from deepzip.quantize import export_shared, quantize_, strip_
@@ -23,6 +31,8 @@ from deepzip.quantize.incremental import (
     step_count,
 )
 from deepzip.quantize.shared import SharedTensor, get_shared
+from deepzip.quantize.weightless import get_weightless
+from deepzip.weightless import weightless_
 
 Blobs = tuple[torch.Tensor, torch.Tensor]
 Verb = Callable[..., object]
@@ -577,3 +587,21 @@ def test_strip_removes_an_unfinished_run(blobs: Blobs) -> None:
     assert first.weight.requires_grad
     report, _ = slq_(model, SLQConfig(bits=2), _no_retrain)
     assert len(report.layers) == 2
+
+
+@pytest.mark.parametrize(("label", "verb", "config"), METHODS, ids=[m[0] for m in METHODS])
+def test_weightless_layers_are_skipped_and_reported(label: str, verb: Verb, config: object) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
+    prune_(net, PruneConfig(sparsity=0.8))
+    weightless_(net, WeightlessConfig(cell_bits=4, include=("0",)), quantize=QuantizeConfig(bits=2))
+    encoded = get_weightless(net[0])
+    assert encoded is not None
+    report, _ = verb(net, config, lambda model, step: None)  # type: ignore[misc]
+    assert [layer.name for layer in report.layers] == ["2.weight"]
+    reasons = {s.name: s.reason for s in report.skipped}
+    assert reasons["0.weight"] == "encoded with Weightless (quantizing again would drop its filter)"
+    assert get_weightless(net[0]) is encoded
+    named = replace(config, include=("0",))  # type: ignore[type-var]
+    with pytest.raises(ConfigError, match=rf"0\.weight is encoded with Weightless.*{label[:3]}\."):
+        verb(net, named, lambda model, step: None)

@@ -5,11 +5,14 @@ import torch
 from torch import nn
 
 from deepzip import PruneConfig, prune_
-from deepzip.config import BitsOverride, QuantizeConfig
+from deepzip.config import BitsOverride, QuantizeConfig, WeightlessConfig
 from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.prune import get_mask
 from deepzip.quantize import export_shared, fisher_diagonal, quantize_, strip_
 from deepzip.quantize.shared import SharedTensor, SharedWeight, attach_shared, get_shared
+from deepzip.quantize.weightless import get_weightless
+from deepzip.targets import Skipped
+from deepzip.weightless import weightless_
 
 
 def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -272,3 +275,24 @@ def test_first_forward_under_inference_mode_then_training() -> None:
     assert sw.codebook.grad is not None
     assert sw.codebook.grad.tolist() == [1.0, 9.0]
     assert set(sw.state_dict()) == {"codebook", "indices", "mask", "counts"}
+
+
+def test_weightless_layers_are_left_alone_and_reported() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
+    prune_(net, PruneConfig(sparsity=0.8))
+    weightless_(net, WeightlessConfig(cell_bits=4, include=("0",)), quantize=QuantizeConfig(bits=2))
+    encoded = get_weightless(net[0])
+    assert encoded is not None
+    weight = net[0].weight.detach().clone()
+    report = quantize_(net, QuantizeConfig(bits=3))
+    assert [layer.name for layer in report.layers] == ["2.weight"]
+    reason = "encoded with Weightless (quantizing again would drop its filter)"
+    assert Skipped("0.weight", reason) in report.skipped
+    assert get_weightless(net[0]) is encoded  # the filter is kept
+    assert torch.equal(net[0].weight, weight)
+    for include in (("0",), ("0.weight", "2"), ("*",)):
+        with pytest.raises(ConfigError, match=r"0\.weight is encoded with Weightless"):
+            quantize_(net, QuantizeConfig(bits=2, include=include))
+    assert get_weightless(net[0]) is encoded
+    assert quantize_(net, QuantizeConfig(bits=2, include=("2",))).layers[0].levels == 4

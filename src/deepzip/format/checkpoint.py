@@ -8,7 +8,8 @@ so fine-tuning can resume with the same clusters; a layer encoded with Weightles
 serialised Bloomier filter (``__deepzip_bloomier__.<name>``, uint8), checked against the
 indices and mask when read. The safetensors metadata holds
 ``deepzip.format = "checkpoint"``, ``deepzip.version``, the masks' reference standard deviations
-(JSON) and the caller's string key/values.
+(JSON), whether each Weightless layer's codebook and bias train (``deepzip.train_encoded``,
+JSON, only when there is such a layer) and the caller's string key/values.
 
 Reading never unpickles: ``.safetensors`` is parsed by the safetensors library, and
 ``.pt``/``.pth`` files are opened with ``torch.load(weights_only=True)``.
@@ -110,11 +111,13 @@ class Checkpoint:
         metadata: dict[str, str],
         shared: dict[str, SharedTensor] | None = None,
         bloomier: dict[str, bytes] | None = None,
+        train_encoded: dict[str, bool] | None = None,
     ) -> None:
         self.tensors = tensors
         self.masks = masks
         self.shared = shared or {}
         self.bloomier = bloomier or {}
+        self.train_encoded = train_encoded or {}
         self.reference_std = reference_std
         self.metadata = metadata
 
@@ -135,6 +138,7 @@ def save_checkpoint(
     dest = Path(path)
     tensors = {k: v.contiguous().cpu() for k, v in plain_state_dict(model).items()}
     masks = mask_dict(model)
+    train_encoded: dict[str, bool] = {}
     for name, s in export_shared(model).items():
         tensors[MASK_PREFIX + name] = s.mask.cpu().contiguous()
         tensors[CODEBOOK_PREFIX + name] = s.codebook.cpu().contiguous()
@@ -143,6 +147,7 @@ def save_checkpoint(
         encoded = get_weightless(model.get_submodule(owner), attr)
         if encoded is not None:
             tensors[BLOOMIER_PREFIX + name] = encoded.bloomier.detach().cpu().contiguous()
+            train_encoded[name] = encoded.train_encoded
     stds: dict[str, float] = {}
     for name, mask in masks.items():
         tensors[MASK_PREFIX + name] = mask.cpu().contiguous()
@@ -158,6 +163,8 @@ def save_checkpoint(
             "deepzip.reference_std": json.dumps(stds, sort_keys=True),
         }
     )
+    if train_encoded:
+        meta["deepzip.train_encoded"] = json.dumps(train_encoded, sort_keys=True)
     with atomic_path(dest) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return dest
@@ -249,8 +256,27 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             f"{p}: indices without a codebook for {sorted(set(indices) - set(codebooks))[0]!r}"
         )
     bloomier = {name: _bloomier_entry(p, name, data, shared) for name, data in filters.items()}
+    train_encoded: dict[str, bool] = {}
+    if "deepzip.train_encoded" in meta:
+        try:
+            loaded = json.loads(meta["deepzip.train_encoded"])
+        except ValueError as exc:
+            raise CheckpointError(f"{p}: bad deepzip.train_encoded metadata: {exc}") from exc
+        if not isinstance(loaded, dict) or not all(
+            k in bloomier and isinstance(v, bool) for k, v in loaded.items()
+        ):
+            raise CheckpointError(
+                f"{p}: deepzip.train_encoded must map Weightless layers to true or false"
+            )
+        train_encoded = loaded
     return Checkpoint(
-        tensors, {k: v.to(torch.bool) for k, v in masks.items()}, stds, meta, shared, bloomier
+        tensors,
+        {k: v.to(torch.bool) for k, v in masks.items()},
+        stds,
+        meta,
+        shared,
+        bloomier,
+        train_encoded,
     )
 
 
@@ -359,7 +385,13 @@ def apply_checkpoint(
         except AttributeError as exc:
             raise CheckpointError(f"{source}: mask for {name!r} names no module") from exc
         if name in ckpt.bloomier:
-            attach_weightless(module, attr, ckpt.shared[name], ckpt.bloomier[name])
+            attach_weightless(
+                module,
+                attr,
+                ckpt.shared[name],
+                ckpt.bloomier[name],
+                train_encoded=ckpt.train_encoded.get(name, True),
+            )
             continue
         if name in ckpt.shared:
             attach_shared(module, attr, ckpt.shared[name])

@@ -23,6 +23,7 @@ from deepzip.prune.parametrization import get_mask
 from deepzip.quantize.kmeans import KMeansResult, bits_to_k, kmeans_1d
 from deepzip.quantize.scalar import ecsq_quantize, uniform_quantize
 from deepzip.quantize.shared import SharedTensor, attach_shared, get_shared
+from deepzip.quantize.weightless import weightless_skip
 from deepzip.targets import Skipped, Target, matches, select_targets
 
 __all__ = [
@@ -144,10 +145,13 @@ def quantize_(
             k-means/ECSQ sample weights; required when ``config.importance != "none"``.
 
     Returns:
-        The per-layer report. A layer with no surviving weights is skipped and reported.
+        The per-layer report. A layer with no surviving weights is skipped and reported, and
+        so is a layer encoded with Weightless (``deepzip.weightless_``): clustering it again
+        would drop its filter.
 
     Raises:
-        ConfigError: a glob or override that matches no layer; importance missing.
+        ConfigError: a glob or override that matches no layer; importance missing; an
+            ``include`` glob that matches a layer encoded with Weightless.
         InvalidTensorError: non-finite weights; importance of the wrong shape, negative, or
             zero on all of a layer's surviving weights.
     """
@@ -166,6 +170,10 @@ def quantize_(
     skipped = list(selection.skipped)
     plans: list[tuple[Target, int, torch.Tensor, torch.Tensor | None]] = []
     for t in selection.targets:
+        encoded = weightless_skip(t, config.include, "quantize")
+        if encoded is not None:
+            skipped.append(encoded)
+            continue
         bits = layer_bits(t, config)
         if bits is None:
             skipped.append(Skipped(t.name, "skipped by override (kept in float)"))

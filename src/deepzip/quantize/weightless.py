@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from deepzip._parametrize import find_parametrization
-from deepzip.errors import InvalidTensorError
+from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.quantize.shared import GradRule, SharedTensor, SharedWeight, install_shared
+from deepzip.targets import Skipped, Target, matches
 
-__all__ = ["WeightlessWeight", "attach_weightless", "get_weightless"]
+__all__ = ["WeightlessWeight", "attach_weightless", "get_weightless", "weightless_skip"]
 
 
 class WeightlessWeight(SharedWeight):
@@ -29,7 +30,8 @@ class WeightlessWeight(SharedWeight):
 
     Buffers: ``indices`` (uint8) and ``mask`` (bool), the filter's decoding over every
     position; ``counts`` (cluster sizes); ``bloomier`` (uint8, the serialised filter).
-    Parameter: ``codebook`` (float32).
+    Parameter: ``codebook`` (float32). Attribute: ``train_encoded``, whether the codebook and
+    the owning module's bias keep training (see :func:`attach_weightless`).
     """
 
     bloomier: torch.Tensor
@@ -42,12 +44,15 @@ class WeightlessWeight(SharedWeight):
         filter_bytes: bytes,
         *,
         grad: GradRule = "sum",
+        train_encoded: bool = True,
     ) -> None:
         super().__init__(codebook, indices, mask, grad=grad)
         if not isinstance(filter_bytes, (bytes, bytearray)) or not filter_bytes:
             raise InvalidTensorError("a Weightless layer needs its serialised Bloomier filter")
         data = torch.frombuffer(bytearray(filter_bytes), dtype=torch.uint8)
         self.register_buffer("bloomier", data.to(self.indices.device))
+        self.train_encoded = bool(train_encoded)
+        self.codebook.requires_grad_(self.train_encoded)
 
     def filter_bytes(self) -> bytes:
         """The serialised filter (``deepzip.coding.bloomier.BloomierFilter.from_bytes``)."""
@@ -66,6 +71,7 @@ def attach_weightless(
     filter_bytes: bytes,
     *,
     grad: GradRule = "sum",
+    train_encoded: bool = True,
 ) -> WeightlessWeight:
     """Replace ``module.attr`` by the decoded Weightless layer (any parametrization is removed).
 
@@ -76,10 +82,12 @@ def attach_weightless(
             included), the parameter's shape.
         filter_bytes: the serialised filter.
         grad: the codebook's gradient rule (``"sum"`` or ``"mean"``).
+        train_encoded: whether the codebook and, for ``"weight"``, the module's ``bias`` keep
+            training (``requires_grad``); ``False`` freezes the whole layer. Recorded on the
+            parametrization (``train_encoded``) so that a checkpoint can restore it.
 
     Returns:
-        The new parametrization. The stored original tensor no longer trains; the codebook
-        trains unless the caller sets ``requires_grad=False`` on it.
+        The new parametrization. The stored original tensor no longer trains.
 
     Raises:
         InvalidTensorError: the decoded tensors do not have the parameter's shape.
@@ -90,11 +98,34 @@ def attach_weightless(
             f"{type(module).__name__}.{attr}: decoded indices {tuple(decoded.indices.shape)} "
             f"do not match the parameter's shape {tuple(current.shape)}"
         )
-    return install_shared(
+    p = install_shared(
         module,
         attr,
         decoded,
         lambda codebook, indices, mask: WeightlessWeight(
-            codebook, indices, mask, filter_bytes, grad=grad
+            codebook, indices, mask, filter_bytes, grad=grad, train_encoded=train_encoded
         ),
     )
+    bias = getattr(module, "bias", None)
+    if attr == "weight" and isinstance(bias, nn.Parameter):
+        bias.requires_grad_(p.train_encoded)
+    return p
+
+
+def weightless_skip(target: Target, include: tuple[str, ...], where: str) -> Skipped | None:
+    """How a quantizer treats a layer already encoded with Weightless: ``None`` if it is not.
+
+    Quantizing it again would drop its Bloomier filter, so it is skipped (the returned record,
+    for the report); a layer the ``include`` globs name explicitly is an error instead.
+
+    Raises:
+        ConfigError: an ``include`` glob of ``where`` matches the encoded layer.
+    """
+    if get_weightless(target.module, target.param_name) is None:
+        return None
+    if any(matches(p, target.module_name, target.param_name) for p in include):
+        raise ConfigError(
+            f"{target.name} is encoded with Weightless: quantizing it again would drop its "
+            f"Bloomier filter; leave it out of {where}.include"
+        )
+    return Skipped(target.name, "encoded with Weightless (quantizing again would drop its filter)")

@@ -46,6 +46,7 @@ from deepzip.quantize.incremental.parametrization import (
 )
 from deepzip.quantize.kmeans import assign_nearest, bits_to_k, kmeans_1d
 from deepzip.quantize.shared import SharedTensor, SharedWeight, attach_shared, get_shared
+from deepzip.quantize.weightless import weightless_skip
 from deepzip.targets import Skipped, Target, matches, select_targets
 
 __all__ = [
@@ -177,7 +178,12 @@ def _select(
             )
     skipped = list(selection.skipped)
     layers: list[_Layer] = []
+    where = type(config).__name__.removesuffix("Config").lower()  # slq, mlq, inq
     for t in selection.targets:
+        encoded = weightless_skip(t, config.include, where)  # before the FrozenWeight checks
+        if encoded is not None:
+            skipped.append(encoded)
+            continue
         bits = _layer_bits(t, config.bits, config.overrides)
         if bits is None:
             skipped.append(Skipped(t.name, "skipped by override (kept in float)"))
