@@ -35,11 +35,12 @@ The dense LeNet-5 comes from ``benchmarks/results/cache/lenet-5-dense.safetensor
     python benchmarks/incremental.py --quick    # smoke run (a few minutes)
 
 Every method and level runs over 3 data orders (and torch seeds; ``--seeds N`` changes it,
-seed 0 is the order above); acc, val_acc and bytes are the medians, each run is kept under
-``runs``, and each SLQ/MLQ/INQ run is compared with k-means of the same seed on the same test
-images (``paired``: the accuracy difference, its 95% interval and the McNemar p; the same on
-the validation split under ``paired.<comparison>[seed].val``), because a 10,000-image test set
-cannot resolve differences of a few tenths of a point.
+seed 0 is the order above); acc, val_acc and bytes are the medians (for an even count, the
+mean of the two middle runs), each run is kept under ``runs``, and each SLQ/MLQ/INQ run is
+compared with k-means of the same seed on the same test images (``paired``: the accuracy
+difference, its 95% interval and the McNemar p; the same on the validation split under
+``paired.<comparison>[seed].val``), because a 10,000-image test set cannot resolve
+differences of a few tenths of a point.
 
 The 3-seed run left the residual CNN's 3-bit comparison with k-means undecided (a 0.01-point
 tie), so it was followed up with 5 seeds at that level (seeds 0-2 repeat the main run):
@@ -298,7 +299,7 @@ def _dense(
 ) -> tuple[nn.Module, str]:
     shared_cache = CACHE / f"{name}-dense.safetensors"
     own_cache = CACHE / f"incremental-{name}-dense.safetensors"
-    model = create_model(name, **kwargs)
+    model = create_model(name, **kwargs)  # on the CPU, where this whole benchmark runs
     if name == "lenet-5" and shared_cache.is_file():
         load_checkpoint(model, shared_cache)
         return model, f"{shared_cache.name} (benchmarks/prune_lenet.py)"
@@ -313,10 +314,21 @@ def _dense(
         cfg = TrainConfig(epochs=epochs, lr=0.05, optimizer="sgd", weight_decay=5e-4)
     torch.manual_seed(0)
     model = create_model(name, **kwargs)
-    train_dense(model, data, cfg)
+    # on the CPU like everything else here (the retraining batches and the .dzip round trip's
+    # fresh model are CPU tensors), whether or not CUDA is present
+    train_dense(model, data, cfg, device=torch.device("cpu"))
     CACHE.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, own_cache)
     return model, f"{own_cache.name} (trained by this benchmark: {cfg.to_dict()})"
+
+
+def _median(values: list[int] | list[float]) -> int | float:
+    """``statistics.median`` (the mean of the two middle values for an even count), kept an
+    ``int`` when the values are ints and the median is whole (byte counts)."""
+    m = statistics.median(values)
+    if all(isinstance(v, int) for v in values) and float(m).is_integer():
+        return int(m)
+    return m
 
 
 def _key(method: str, level: int | str) -> str:
@@ -381,7 +393,7 @@ def run_model(
                     )
                     strip_(model)
                 for field in ("acc", "val_acc", "bytes"):
-                    out[field][key] = statistics.median_low(r[field] for r in runs)
+                    out[field][key] = _median([r[field] for r in runs])
                 if seeds > 1:
                     out.setdefault("runs", {})[key] = runs
             base = _key("kmeans", level)

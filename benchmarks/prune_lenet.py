@@ -9,10 +9,18 @@ retraining settings were chosen on the validation split, never the test set.
     python benchmarks/prune_lenet.py --quick    # smoke run (a couple of minutes)
     python benchmarks/prune_lenet.py --seeds 5 --jobs 5 --device cuda  # the committed results
 
-``--seeds N`` repeats each model with training seeds 0..N-1 (the same data split: the recipes
-were chosen on its validation part) and reports the run with the median accuracy drop, every
-run summarised under ``runs``; ``--jobs`` runs the seeds in parallel worker processes. On a GPU
-one LeNet-5 seed takes about 2 minutes (16 cores, 5 workers), on 2 CPU cores about 8.
+``--seeds N`` repeats each model with training seeds ``--seed``, ..., ``--seed`` + N - 1 and
+reports the run with the median accuracy drop, every run summarised under ``runs``; ``--jobs``
+runs the seeds in parallel worker processes. On a GPU one LeNet-5 seed takes about 2 minutes
+(16 cores, 5 workers), on 2 CPU cores about 8.
+
+The train/validation split does not follow the training seed: it is drawn with
+``--split-seed`` (0 by default), the split the recipes were chosen on and the one the other
+benchmarks load beside the checkpoints this one caches. The JSON records it (``split_seed``),
+and so does the metadata of the cached checkpoints (``deepzip.split_seed``), which are written
+only for the default split (and the first training seed).
+
+Everything runs on ``--device`` (the CPU by default); the JSON's ``device`` is that device.
 
 Writes benchmarks/results/prune_lenet.json (or prune_lenet_quick.json) and prints a Markdown
 table beside the paper's pruning-only figures (MNIST).
@@ -68,6 +76,9 @@ PAPER = {
 
 # The recipes shipped in deepzip/recipes/ (their comments say how the targets were chosen).
 MODELS = ("lenet-300-100", "lenet-5")
+# The train/validation split the recipes were chosen on, and the one the benchmarks that read
+# the cached checkpoints load (load_dataset(..., seed=0)).
+SPLIT_SEED = 0
 
 
 def _subsample(data: DataSplits, n_train: int) -> DataSplits:
@@ -91,10 +102,14 @@ def run_model(
     *,
     quick: bool,
     seed: int,
+    split_seed: int = SPLIT_SEED,
     reuse_dense: bool = False,
     device: torch.device | None = None,
     cache: bool = True,
 ) -> dict[str, object]:
+    """One model and training seed on ``data`` (drawn with ``split_seed``), on ``device``
+    (``None``: the CPU)."""
+    device = device if device is not None else torch.device("cpu")
     job = builtin_recipe(name)
     assert job.train is not None
     dense_cfg = replace(job.train, seed=seed)
@@ -113,16 +128,16 @@ def run_model(
         "deepzip.model": name,
         "deepzip.dataset": "fashion-mnist",
         "deepzip.dense_train": json.dumps(dense_cfg.to_dict(), sort_keys=True),
+        "deepzip.split_seed": str(split_seed),
     }
     t0 = time.perf_counter()
     reused = reuse_dense and _cached_dense(model, dense_path, meta)
-    if device is not None:
-        model.to(device)
+    model.to(device)
     if not reused:
         train_dense(model, data, dense_cfg, device=device)
         if cache:
             save_checkpoint(model.cpu(), dense_path, metadata=meta)
-            model.to(device or "cpu")
+            model.to(device)
     t_dense = time.perf_counter() - t0
     dense_acc = accuracy_fn(make_loaders(data, 1000).test, device)(model)
     t0 = time.perf_counter()
@@ -146,32 +161,32 @@ def run_model(
         "job": job.to_dict(),
         "dense_reused_from_cache": reused,
         "seed": seed,
-        "device": str(device or "cpu"),
+        "split_seed": split_seed,
+        "device": str(device),
         "seconds": {"dense": t_dense, "prune_retrain": t_prune},
         "paper_mnist": PAPER[name],
     }
 
 
-def _job_kwargs(job: tuple[Any, ...], device: torch.device | None) -> dict[str, Any]:
-    """run_model's keywords for one seed; only the first seed's checkpoints go to the cache
-    that the later benchmarks read."""
-    _, _, first_seed, quick, seed, reuse = job
+def _job_kwargs(job: tuple[Any, ...], device: torch.device) -> dict[str, Any]:
+    """run_model's keywords for one seed; only the first seed's checkpoints, on the default
+    split, go to the cache that the later benchmarks read (they load split seed 0)."""
+    _, _, split_seed, first_seed, quick, seed, reuse = job
     return {
         "quick": quick,
         "seed": seed,
+        "split_seed": split_seed,
         "reuse_dense": reuse,
         "device": device,
-        "cache": seed == first_seed,
+        "cache": seed == first_seed and split_seed == SPLIT_SEED,
     }
 
 
-def _run_in_worker(
-    job: tuple[Any, ...], device: torch.device | None, threads: int
-) -> dict[str, object]:
+def _run_in_worker(job: tuple[Any, ...], device: torch.device, threads: int) -> dict[str, object]:
     """One seed in a worker process (``--jobs``): loads the same data split itself."""
-    name, data_dir, first_seed, quick, _, _ = job
+    name, data_dir, split_seed, _, quick, _, _ = job
     torch.set_num_threads(threads)
-    data = load_dataset("fashion-mnist", data_dir, val_size=5000, seed=first_seed)
+    data = load_dataset("fashion-mnist", data_dir, val_size=5000, seed=split_seed)
     if quick:
         data = _subsample(data, 8000)
     run = run_model(name, data, **_job_kwargs(job, device))
@@ -210,12 +225,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run on a data slice")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the first training seed")
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=SPLIT_SEED,
+        help="seed of the train/validation split, independent of the training seeds "
+        f"(default {SPLIT_SEED}: the split the recipes were chosen on; checkpoints are cached "
+        "only for it)",
+    )
     parser.add_argument(
         "--reuse-dense",
         action="store_true",
         help="start from the cached dense baseline when it was trained with the same settings "
-        "(same recipe and seed); the JSON records it",
+        "(same recipe, seed and split); the JSON records it",
     )
     parser.add_argument(
         "--seeds",
@@ -237,16 +260,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
-    device = resolve_device(args.device) if args.device else None
+    device = resolve_device(args.device or "cpu")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    data = load_dataset("fashion-mnist", args.data_dir, val_size=5000, seed=args.seed)
+    data = load_dataset("fashion-mnist", args.data_dir, val_size=5000, seed=args.split_seed)
     if args.quick:
         data = _subsample(data, 8000)
     results: dict[str, object] = {}
     rows = []
     for name in args.models.split(","):
         jobs = [
-            (name, args.data_dir, args.seed, args.quick, args.seed + i, args.reuse_dense and i == 0)
+            (
+                name,
+                args.data_dir,
+                args.split_seed,
+                args.seed,
+                args.quick,
+                args.seed + i,
+                args.reuse_dense and i == 0,
+            )
             for i in range(args.seeds)
         ]
         if args.jobs == 1:
@@ -288,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/prune_lenet.py " + " ".join(argv or sys.argv[1:]),
         "seed": args.seed,
         "seeds": args.seeds,
-        "device": str(device or "cpu"),
+        "split_seed": args.split_seed,
+        "device": str(device),
         "torch": torch.__version__,
         "machine": {
             "python": sys.version.split()[0],

@@ -29,14 +29,16 @@ the same in both, is left out).
 ``--sweep`` adds the crossover measurements behind the automatic policy
 (``deepzip.runtime.RuntimePolicy``): a 4096×4096 and a 2048×2048 linear layer and two
 convolutions (64→64 3×3 on 16×16, LeNet-5's conv2 on 12×12) over a range of densities and
-batch sizes.
+batch sizes, without the peer and without ``--cold``, each point timed with
+``max(5, --repeats // 3)`` interleaved repetitions after ``--warmup`` (CPU only).
 
     python benchmarks/runtime.py                  # the three AlexNet layers, batch 1, 8, 64
     python benchmarks/runtime.py --cold --sweep   # what benchmarks/results/runtime.json holds
 
-Each row is the median over ``--runs`` whole measurements (5 by default; the layers are rebuilt
-each time, which moves their memory): times are medians of the runs' times, speedups medians
-of the runs' own ratios. The per-run values are in the JSON under ``runs``.
+Each row, of the AlexNet table and of the sweep alike, is the median over ``--runs`` whole
+measurements (5 by default; the layers are rebuilt each time, which moves their memory): times
+are medians of the runs' times, speedups medians of the runs' own ratios. The per-run values
+are in the JSON under ``runs`` in every row; the sweep's own settings under ``sweep_settings``.
 
 Writes benchmarks/results/runtime.json (``--out`` to change) and prints Markdown tables.
 """
@@ -230,8 +232,8 @@ def bench_conv(
             err = float((sparse(x) - dense(x)).abs().max())
             t = measure(
                 {"dense": functools.partial(dense, x), "deepzip": functools.partial(sparse, x)},
-                max(3, args.repeats // 3),
-                2,
+                args.repeats,
+                args.warmup,
                 cold=False,
             )
         rows.append(
@@ -253,11 +255,25 @@ def bench_conv(
     return rows
 
 
-def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Crossover measurements behind the automatic policy."""
+def sweep_namespace(args: argparse.Namespace) -> argparse.Namespace:
+    """The sweep's settings: fewer repetitions per point than the main table, no cold runs."""
+    return argparse.Namespace(**{**vars(args), "repeats": max(5, args.repeats // 3), "cold": False})
+
+
+def sweep(args: argparse.Namespace) -> list[list[dict[str, Any]]]:
+    """Crossover measurements behind the automatic policy: ``args.runs`` whole measurements
+    of every point, one list of rows per run (merge them with :func:`median_rows`)."""
+    sweep_args = sweep_namespace(args)
+    runs = []
+    for run in range(args.runs):
+        print(f"sweep run {run + 1}/{args.runs}", file=sys.stderr)
+        runs.append(sweep_once(sweep_args))
+    return runs
+
+
+def sweep_once(sweep_args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One measurement of every sweep point, with the sweep's settings."""
     out: list[dict[str, Any]] = []
-    sweep_args = argparse.Namespace(**{**vars(args), "repeats": max(5, args.repeats // 3)})
-    sweep_args.cold = False
     for n in (4096, 2048):  # 64 MiB dense (outside the cache) and 16 MiB (inside a 32 MiB L3)
         for density in (0.03, 0.06, 0.09, 0.15, 0.25):
             print(f"sweep linear {n}×{n} at {density:.0%}", file=sys.stderr)
@@ -272,7 +288,7 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     ):
         for density in (0.01, 0.03, 0.06, 0.12):
             print(f"sweep {name} at {density:.0%}", file=sys.stderr)
-            out += bench_conv(name, channels, kernel, size, density, [1, 8, 64], args)
+            out += bench_conv(name, channels, kernel, size, density, [1, 8, 64], sweep_args)
     return out
 
 
@@ -305,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_linear(name, n_in, n_out, density, batches, args, peer=not args.no_peer)
         runs.append(rows)
     rows = median_rows(runs)
-    sweep_rows = sweep(args) if args.sweep and args.device == "cpu" else []
+    run_sweep = args.sweep and args.device == "cpu"
+    sweep_rows = median_rows(sweep(args)) if run_sweep else []
+    sweep_args = sweep_namespace(args)
     result = {
         "benchmark": "runtime",
         "description": "AlexNet fc layers (Han et al. 2016 densities), 5-bit shared weights: "
@@ -331,6 +349,15 @@ def main(argv: list[str] | None = None) -> int:
         "results": rows,
         "stack": stack_rows(rows),
         "sweep": sweep_rows,
+        "sweep_settings": {
+            "runs": args.runs,
+            "repeats": sweep_args.repeats,
+            "warmup": sweep_args.warmup,
+            "cold": False,
+            "peer": False,
+        }
+        if run_sweep
+        else None,
     }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(render(result))
@@ -460,7 +487,11 @@ def render(result: dict[str, Any]) -> str:
             ],
         )
     if result.get("sweep"):
-        text += "\nPolicy sweep (speedup of deepzip over dense; > 1 is faster):\n\n"
+        sweep_runs = (result.get("sweep_settings") or {}).get("runs", 1)
+        text += (
+            f"\nPolicy sweep (speedup of deepzip over dense, median of {sweep_runs} run(s); "
+            "> 1 is faster):\n\n"
+        )
         table: dict[tuple[str, float], dict[int, float]] = {}
         for r in result["sweep"]:
             table.setdefault((r["layer"], round(r["density"], 2)), {})[r["batch"]] = r["speedup"]

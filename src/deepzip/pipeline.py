@@ -1326,7 +1326,7 @@ def run_recipe(
         data_id: identity of your data (recorded; a resume with another id is refused).
         model_name: recorded in the checkpoints and the ``.dzip`` metadata.
         restart: discard a previous run in ``run_dir`` instead of resuming it.
-        device: where to train and evaluate (``None``: CUDA when present).
+        device: where to train and evaluate (``None``: where the model is).
         callbacks: training callbacks (progress display), for training from ``data``.
         on_event: receives :class:`PipelineEvent` progress.
 

@@ -332,6 +332,60 @@ def test_bad_fit_arguments() -> None:
     assert len(fit(model, _loader(), optimizer=opt, epochs=0, device="cpu").records) == 0
 
 
+def _forbid_cuda(monkeypatch: pytest.MonkeyPatch) -> list[torch.device]:
+    """Pretend CUDA is available, fail on any CUDA initialisation, and record every device
+    a module is moved to (``nn.Module.to``)."""
+
+    def no_cuda(*args: object, **kwargs: object) -> None:
+        raise AssertionError("CUDA was initialised")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "_lazy_init", no_cuda)
+    moved: list[torch.device] = []
+    original_to = nn.Module.to
+
+    def spy_to(self: nn.Module, *args: object, **kwargs: object) -> nn.Module:
+        target = args[0] if args else kwargs.get("device")
+        if isinstance(target, str | torch.device):
+            moved.append(torch.device(target))
+        return original_to(self, *args, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+    monkeypatch.setattr(nn.Module, "to", spy_to)
+    return moved
+
+
+def test_fit_default_device_is_the_models_even_with_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    moved = _forbid_cuda(monkeypatch)
+    seed_everything(0)
+    model = _model()
+    opt = make_optimizer(model.parameters(), "sgd", 0.1)
+    fit(model, _loader(), optimizer=opt, epochs=2, eval_loader=_loader(shuffle=False))
+    assert moved  # fit did place the model, on the CPU
+    assert all(dev.type == "cpu" for dev in moved), moved
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert evaluate(model, _loader(shuffle=False)).n == 256
+    assert predict_logits(model, _loader(shuffle=False)).shape == (256, 2)
+    assert all(dev.type == "cpu" for dev in moved), moved
+
+
+def test_parameterless_model_runs_on_cpu_even_with_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    moved = _forbid_cuda(monkeypatch)
+    model = nn.Flatten()  # no parameter, no buffer
+    bias = torch.zeros(2, requires_grad=True)  # trained through the loss only
+    opt = torch.optim.SGD([bias], lr=0.1)
+
+    def loss_fn(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        assert outputs.device.type == "cpu"
+        return nn.functional.cross_entropy(outputs + bias, targets)
+
+    history = fit(model, _loader(), optimizer=opt, epochs=1, loss_fn=loss_fn)
+    assert len(history.records) == 1
+    assert evaluate(model, _loader(shuffle=False)).n == 256
+    assert predict_logits(model, _loader(shuffle=False)).device.type == "cpu"
+    assert moved
+    assert all(dev.type == "cpu" for dev in moved), moved
+
+
 @pytest.mark.parametrize(
     ("name", "cls"),
     [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)],
@@ -382,7 +436,12 @@ def test_fit_on_cuda() -> None:
     seed_everything(0)
     model = _model()
     opt = make_optimizer(model.parameters(), "sgd", 0.1)
-    fit(model, _loader(), optimizer=opt, epochs=10, eval_loader=_loader(shuffle=False))
+    fit(model, _loader(), optimizer=opt, epochs=1)
+    assert next(model.parameters()).device.type == "cpu"  # the default does not move it
+    fit(model, _loader(), optimizer=opt, epochs=1, device="cuda")
+    assert next(model.parameters()).device.type == "cuda"
+    # a model on CUDA stays there by default
+    fit(model, _loader(), optimizer=opt, epochs=8, eval_loader=_loader(shuffle=False))
     assert next(model.parameters()).device.type == "cuda"
     assert evaluate(model, _loader(shuffle=False)).accuracy > 0.9
     assert predict_logits(model, _loader(shuffle=False)).device.type == "cpu"

@@ -67,11 +67,13 @@ def _batches_per_epoch(loader: object) -> int | None:
 
 
 def _model_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """``device`` resolved; ``None`` for the device of the model's first parameter or buffer
+    (the CPU for a model with neither). Never CUDA merely because it is available."""
     if device is not None:
         return resolve_device(device)
     for tensor in itertools.chain(model.parameters(), model.buffers()):
         return tensor.device
-    return resolve_device(None)
+    return torch.device("cpu")
 
 
 @contextmanager
@@ -115,7 +117,9 @@ def fit(
         optimizer: the optimizer.
         epochs: number of epochs, >= 0.
         loss_fn: ``loss_fn(outputs, targets) -> scalar``; default ``nn.CrossEntropyLoss()``.
-        device: where to train; ``None`` for CUDA when available, else the CPU.
+        device: where to train; ``None`` (the default) for the device the model is on: that
+            of its first parameter or buffer, the CPU for a model with neither, as in
+            :func:`evaluate`. CUDA is used only when asked for or when the model is there.
         scheduler: a learning-rate scheduler stepped once per epoch. ``ReduceLROnPlateau``
             is stepped with ``val_loss`` (the epoch's training loss without ``eval_loader``).
         callbacks: hooks called in order (see :class:`~deepzip.train.Callback`).
@@ -138,7 +142,7 @@ def fit(
         raise ConfigError(f"max_grad_norm must be a finite number > 0, got {max_grad_norm!r}")
     if seed is not None:
         seed_everything(seed)
-    dev = resolve_device(device)
+    dev = _model_device(model, device)
     model.to(dev)
     criterion: _LossFn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
     history = FitHistory()
@@ -214,7 +218,8 @@ def evaluate(
         model: a classifier returning ``N×C`` logits; it is moved to ``device``.
         loader: ``(inputs, targets)`` batches with class-index targets.
         loss_fn: ``loss_fn(outputs, targets) -> mean loss``; default ``nn.CrossEntropyLoss()``.
-        device: where to run; ``None`` for the device the model's parameters are on.
+        device: where to run; ``None`` for the device the model is on (that of its first
+            parameter or buffer; the CPU for a model with neither).
 
     Returns:
         The sample-weighted mean loss, accuracy and sample count.
@@ -252,7 +257,8 @@ def predict_logits(
     Args:
         model: any module; it is moved to ``device``.
         loader: ``(inputs, targets)`` batches; the targets are ignored.
-        device: where to run; ``None`` for the device the model's parameters are on.
+        device: where to run; ``None`` for the device the model is on (that of its first
+            parameter or buffer; the CPU for a model with neither).
 
     Returns:
         The outputs of all batches, in loader order.
