@@ -57,6 +57,21 @@ def transformer() -> TinyTransformer:
 
 
 @pytest.fixture
+def weightless_mlp() -> nn.Sequential:
+    """Linear(20, 30) → ReLU → Linear(30, 5), pruned to 20%; layer 0 encoded with Weightless
+    (2-bit clusters, t = 4), layer 2 left pruned in float."""
+    from deepzip import PruneConfig, prune_
+    from deepzip.config import QuantizeConfig, WeightlessConfig
+    from deepzip.weightless import weightless_
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
+    prune_(net, PruneConfig(sparsity=0.8))
+    weightless_(net, WeightlessConfig(cell_bits=4, include=("0",)), quantize=QuantizeConfig(bits=2))
+    return net
+
+
+@pytest.fixture
 def mlp() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 4))

@@ -16,9 +16,8 @@ from deepzip import (
     read_checkpoint,
     save_checkpoint,
 )
-from deepzip.config import QuantizeConfig, WeightlessConfig
+from deepzip.config import QuantizeConfig
 from deepzip.prune import get_mask, mask_dict
-from deepzip.weightless import weightless_
 
 
 def _mlp() -> nn.Sequential:
@@ -141,7 +140,6 @@ def test_failed_load_leaves_pruned_model_untouched(mlp: nn.Module, tmp_path: Pat
 
 
 def test_quantized_checkpoint_round_trip(mlp: nn.Module, tmp_path: Path) -> None:
-    from deepzip.config import QuantizeConfig
     from deepzip.quantize import export_shared, quantize_
 
     prune_(mlp, PruneConfig(sparsity=0.7))
@@ -173,13 +171,10 @@ def test_a_model_that_is_itself_a_pruned_layer_round_trips(tmp_path: Path) -> No
     assert int(mask.mask.sum()) == 64
 
 
-def test_bad_train_encoded_metadata_is_rejected(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
-    prune_(net, PruneConfig(sparsity=0.8))
-    config = WeightlessConfig(cell_bits=4, include=("0",))
-    weightless_(net, config, quantize=QuantizeConfig(bits=2))
-    path = save_checkpoint(net, tmp_path / "w.safetensors")
+def test_bad_train_encoded_metadata_is_rejected(
+    tmp_path: Path, weightless_mlp: nn.Sequential
+) -> None:
+    path = save_checkpoint(weightless_mlp, tmp_path / "w.safetensors")
     assert read_checkpoint(path).train_encoded == {"0.weight": False}
     tensors = load_file(str(path))
     for bad in ("{", '{"2.weight": false}', '{"0.weight": 0}', "[]"):

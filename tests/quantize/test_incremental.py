@@ -16,7 +16,6 @@ from deepzip.config import (
     MLQConfig,
     QuantizeConfig,
     SLQConfig,
-    WeightlessConfig,
 )
 from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.format import load_checkpoint, save_checkpoint
@@ -32,7 +31,6 @@ from deepzip.quantize.incremental import (
 )
 from deepzip.quantize.shared import SharedTensor, get_shared
 from deepzip.quantize.weightless import get_weightless
-from deepzip.weightless import weightless_
 
 Blobs = tuple[torch.Tensor, torch.Tensor]
 Verb = Callable[..., object]
@@ -590,11 +588,10 @@ def test_strip_removes_an_unfinished_run(blobs: Blobs) -> None:
 
 
 @pytest.mark.parametrize(("label", "verb", "config"), METHODS, ids=[m[0] for m in METHODS])
-def test_weightless_layers_are_skipped_and_reported(label: str, verb: Verb, config: object) -> None:
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
-    prune_(net, PruneConfig(sparsity=0.8))
-    weightless_(net, WeightlessConfig(cell_bits=4, include=("0",)), quantize=QuantizeConfig(bits=2))
+def test_weightless_layers_are_skipped_and_reported(
+    label: str, verb: Verb, config: object, weightless_mlp: nn.Sequential
+) -> None:
+    net = weightless_mlp
     encoded = get_weightless(net[0])
     assert encoded is not None
     report, _ = verb(net, config, lambda model, step: None)  # type: ignore[misc]

@@ -5,14 +5,13 @@ import torch
 from torch import nn
 
 from deepzip import PruneConfig, prune_
-from deepzip.config import BitsOverride, QuantizeConfig, WeightlessConfig
+from deepzip.config import BitsOverride, QuantizeConfig
 from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.prune import get_mask
 from deepzip.quantize import export_shared, fisher_diagonal, quantize_, strip_
 from deepzip.quantize.shared import SharedTensor, SharedWeight, attach_shared, get_shared
 from deepzip.quantize.weightless import get_weightless
 from deepzip.targets import Skipped
-from deepzip.weightless import weightless_
 
 
 def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -277,11 +276,8 @@ def test_first_forward_under_inference_mode_then_training() -> None:
     assert set(sw.state_dict()) == {"codebook", "indices", "mask", "counts"}
 
 
-def test_weightless_layers_are_left_alone_and_reported() -> None:
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
-    prune_(net, PruneConfig(sparsity=0.8))
-    weightless_(net, WeightlessConfig(cell_bits=4, include=("0",)), quantize=QuantizeConfig(bits=2))
+def test_weightless_layers_are_left_alone_and_reported(weightless_mlp: nn.Sequential) -> None:
+    net = weightless_mlp
     encoded = get_weightless(net[0])
     assert encoded is not None
     weight = net[0].weight.detach().clone()
