@@ -238,6 +238,25 @@ def test_output_paths_are_checked_before_any_work(
     assert not (tmp_path / "f.out").exists()
 
 
+def test_sensitivity_output_that_is_a_bare_directory_name(
+    checkpoint: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "." has no name for with_suffix(".png"): the output is checked before the plot path
+    monkeypatch.chdir(checkpoint.parent)
+    assert main(["sensitivity", str(checkpoint), "-o", ".", *COMMON]) == 2
+    assert (
+        capsys.readouterr().err.strip() == "deepzip: error: -o .: is a directory; give a file name"
+    )
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**31), "100000000000000000000", "x"])
+def test_seed_flag_is_bounded(seed: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["prune", "in.safetensors", "-o", "x", "--sparsity", "0.5", "--seed", seed])
+    assert info.value.code == 2
+    assert "argument --seed:" in capsys.readouterr().err
+
+
 def test_os_errors_are_one_line(
     data_dir: Path,
     tmp_path: Path,

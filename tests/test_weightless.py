@@ -12,6 +12,7 @@ from torch import nn
 import deepzip as dz
 from deepzip.coding.bloomier import BloomierFilter
 from deepzip.config import (
+    BitsOverride,
     CellBitsOverride,
     PruneConfig,
     QuantizeConfig,
@@ -356,6 +357,21 @@ def test_a_width_with_as_many_codes_as_clusters_is_rejected_once_clustered() -> 
     ):
         weightless_(net, WeightlessConfig(cell_bits=3), quantize=QuantizeConfig(bits=3))
     assert get_weightless(net[0]) is None
+
+
+def test_a_width_too_small_for_a_later_layer_fails_before_any_layer_is_encoded() -> None:
+    net = _net()
+    retrained: list[str] = []
+    quantize = QuantizeConfig(bits=2, overrides=(BitsOverride("4", bits=4),))
+    with pytest.raises(ConfigError, match=r"4\.weight: cell_bits = 4 with K = 16 clusters"):
+        weightless_(
+            net,
+            WeightlessConfig(cell_bits=4),
+            quantize=quantize,
+            retrain=lambda model, layer: retrained.append(layer),
+        )
+    assert retrained == []
+    assert all(get_weightless(net[i]) is None for i in (0, 2, 4))
 
 
 def test_unclustered_layers_need_a_quantize_config() -> None:

@@ -145,6 +145,17 @@ def _data(args: argparse.Namespace) -> DataSplits:
     return load_dataset(args.dataset, args.data_dir, val_size=args.val_size, seed=args.seed)
 
 
+def _seed(text: str) -> int:
+    """``--seed``: an integer in ``[0, 2**31)``, the range every seed it reaches accepts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**31), got {value}")
+    return value
+
+
 def _check_output(
     path: str | os.PathLike[str] | None, flag: str, *, directory: bool = False
 ) -> None:
@@ -209,7 +220,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         default=5000,
         help="training images held out for validation (default: 5000)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)"
     )
@@ -515,8 +526,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """``deepzip sensitivity``: per-layer accuracy over a sparsity sweep; JSON and PNG."""
+    _check_output(args.output, "-o")  # before with_suffix, which fails on "." or "/"
     plot_path = args.plot or str(Path(args.output).with_suffix(".png"))
-    _check_output(args.output, "-o")
     _check_output(plot_path, "--plot")
     device = resolve_device(args.device)
     model, _ = _load_model(args, device)
@@ -591,6 +602,7 @@ def _run_and_report(
     if needs_val is not None and args.val_size <= 0:
         raise ConfigError(
             f"{needs_val} needs validation data: --val-size must be > 0, got {args.val_size}"
+            + ("; or set the stage's cell_bits" if "(weightless" in needs_val else "")
         )
     device = resolve_device(args.device)
     data = load_dataset(dataset, args.data_dir, val_size=args.val_size, seed=recipe.seed)

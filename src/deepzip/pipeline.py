@@ -916,10 +916,10 @@ def _check_sensitivity(model: nn.Module, config: SensitivityStage, label: str) -
     select_targets(model, include=config.include, exclude=config.exclude)
 
 
-def _no_validation(label: str) -> ConfigError:
+def _no_validation(label: str, hint: str = "") -> ConfigError:
     return ConfigError(
         f"{label} needs validation accuracy: pass eval_fn=, or data= with a non-empty "
-        "validation split"
+        f"validation split{hint}"
     )
 
 
@@ -1123,7 +1123,7 @@ def _run_weightless(ctx: StageContext, config: WeightlessStage) -> StageResult:
     w, r = config.weightless, config.retrain
     auto = w.cell_bits is None
     if auto and ctx.eval_fn is None:
-        raise _no_validation(ctx.label)
+        raise _no_validation(ctx.label, "; or set cell_bits")
 
     def retrain(model: nn.Module, layer: str) -> None:
         if r.epochs and any(p.requires_grad for p in model.parameters()):
@@ -1362,7 +1362,7 @@ def run_recipe(
             raise ConfigError(f"{stage.label(i)} trains the model: pass train_fn= or data=")
     needs_val = validation_stage(recipe)
     if eval_fn is None and needs_val is not None:
-        raise _no_validation(needs_val)
+        raise _no_validation(needs_val, "; or set cell_bits" if "(weightless" in needs_val else "")
     identity: dict[str, Any] = {
         "recipe_sha256": recipe_hash(recipe),
         "model": model_name or f"{type(model).__module__}.{type(model).__qualname__}",

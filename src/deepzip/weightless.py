@@ -39,7 +39,8 @@ from torch.nn.utils import parametrize
 from deepzip.coding.bloomier import BloomierFilter, build_filter
 from deepzip.config import CellBitsOverride, QuantizeConfig, WeightlessConfig
 from deepzip.errors import ConfigError, InvalidTensorError
-from deepzip.quantize.api import quantize_
+from deepzip.quantize.api import layer_bits, quantize_
+from deepzip.quantize.kmeans import bits_to_k
 from deepzip.quantize.shared import GradRule, SharedTensor, get_shared
 from deepzip.quantize.weightless import WeightlessWeight, attach_weightless, get_weightless
 from deepzip.targets import Skipped, Target, matches, select_targets
@@ -427,8 +428,11 @@ def weightless_(
             skipped.append(Skipped(t.name, "already encoded with Weightless"))
             continue
         fixed = rule.cell_bits if rule is not None else config.cell_bits
-        if shared is not None and fixed is not None:
-            _check_width(t.name, fixed, int(shared.codebook.numel()))
+        if fixed is not None:  # every layer checked before the first one is encoded
+            if shared is not None:
+                _check_width(t.name, fixed, int(shared.codebook.numel()))
+            elif quantize is not None and (bits := layer_bits(t, quantize)) is not None:
+                _check_width(t.name, fixed, bits_to_k(bits))  # K at most 2**bits
         plans.append((t, fixed))
     if evaluate is None and any(fixed is None for _, fixed in plans):
         raise ConfigError("choosing the cell width automatically needs evaluate=; or set cell_bits")

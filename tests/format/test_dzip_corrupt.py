@@ -220,7 +220,7 @@ def test_huge_dimension_beside_a_zero_one(tmp_path: Path, dim: int) -> None:
             DzipReader(path) as r,
         ):
             r.tensor(name)  # (opening fails: the reader's default cap)
-    crafted = Tensor("w", 0, 1, (2**62, 0, 2**62), [b""])  # (the reviewer's third case)
+    crafted = Tensor("w", 0, 1, (2**62, 0, 2**62), [b""])  # the zero dimension in the middle
     with pytest.raises(CorruptFileError, match="dimension 0 of shape"):
         DzipReader(_write(tmp_path, assemble([crafted])))
     lowered = Tensor("w", 0, 1, (100, 0), [b""])

@@ -288,7 +288,21 @@ def test_weightless_layers_are_left_alone_and_reported(weightless_mlp: nn.Sequen
     assert get_weightless(net[0]) is encoded  # the filter is kept
     assert torch.equal(net[0].weight, weight)
     for include in (("0",), ("0.weight", "2"), ("*",)):
-        with pytest.raises(ConfigError, match=r"0\.weight is encoded with Weightless"):
+        with pytest.raises(ConfigError, match=r"0\.weight is encoded with Weightless.*\.include"):
             quantize_(net, QuantizeConfig(bits=2, include=include))
+    named = QuantizeConfig(bits=2, overrides=(BitsOverride("0", bits=3),))
+    with pytest.raises(ConfigError, match=r"leave it out of quantize\.overrides"):
+        quantize_(net, named)
     assert get_weightless(net[0]) is encoded
     assert quantize_(net, QuantizeConfig(bits=2, include=("2",))).layers[0].levels == 4
+
+
+def test_strip_trains_again_what_weightless_froze(weightless_mlp: nn.Sequential) -> None:
+    layer = weightless_mlp[0]
+    decoded = layer.weight.detach().clone()
+    assert not layer.bias.requires_grad  # train_encoded = False froze it
+    strip_(weightless_mlp)
+    assert get_weightless(layer) is None
+    assert torch.equal(layer.weight, decoded)
+    assert layer.weight.requires_grad
+    assert layer.bias.requires_grad

@@ -23,7 +23,7 @@ from deepzip.prune.parametrization import get_mask
 from deepzip.quantize.kmeans import KMeansResult, bits_to_k, kmeans_1d
 from deepzip.quantize.scalar import ecsq_quantize, uniform_quantize
 from deepzip.quantize.shared import SharedTensor, attach_shared, get_shared
-from deepzip.quantize.weightless import weightless_skip
+from deepzip.quantize.weightless import get_weightless, weightless_skip
 from deepzip.targets import Skipped, Target, matches, select_targets
 
 __all__ = [
@@ -169,8 +169,9 @@ def quantize_(
             )
     skipped = list(selection.skipped)
     plans: list[tuple[Target, int, torch.Tensor, torch.Tensor | None]] = []
+    patterns = tuple(o.pattern for o in config.overrides)
     for t in selection.targets:
-        encoded = weightless_skip(t, config.include, "quantize")
+        encoded = weightless_skip(t, config.include, patterns, "quantize")
         if encoded is not None:
             skipped.append(encoded)
             continue
@@ -247,7 +248,9 @@ def strip_(model: nn.Module) -> nn.Module:
     """Make pruning and quantization permanent: plain dense weights, exact zeros and levels.
 
     A layer left in the middle of an incremental run (SLQ, MLQ, INQ interrupted: a
-    ``FrozenWeight``) keeps its current weight, frozen levels and free weights alike.
+    ``FrozenWeight``) keeps its current weight, frozen levels and free weights alike. A
+    Weightless layer keeps its decoded weight (false positives included), and the bias that
+    its ``train_encoded = False`` froze trains again, like the weight.
 
     Returns ``model`` (modified in place).
     """
@@ -259,7 +262,11 @@ def strip_(model: nn.Module) -> nn.Module:
         if params is None:
             continue
         for attr in list(params):
+            encoded = get_weightless(module, attr)
             if get_shared(module, attr) is not None or get_frozen(module, attr) is not None:
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
                 getattr(module, attr).requires_grad_(True)
+            bias = getattr(module, "bias", None)
+            if encoded is not None and attr == "weight" and isinstance(bias, nn.Parameter):
+                bias.requires_grad_(True)
     return strip_masks_(model)

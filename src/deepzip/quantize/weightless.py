@@ -112,20 +112,24 @@ def attach_weightless(
     return p
 
 
-def weightless_skip(target: Target, include: tuple[str, ...], where: str) -> Skipped | None:
+def weightless_skip(
+    target: Target, include: tuple[str, ...], overrides: tuple[str, ...], where: str
+) -> Skipped | None:
     """How a quantizer treats a layer already encoded with Weightless: ``None`` if it is not.
 
     Quantizing it again would drop its Bloomier filter, so it is skipped (the returned record,
-    for the report); a layer the ``include`` globs name explicitly is an error instead.
+    for the report); a layer that an ``include`` glob or an override pattern names explicitly
+    is an error instead.
 
     Raises:
-        ConfigError: an ``include`` glob of ``where`` matches the encoded layer.
+        ConfigError: an ``include`` glob or override pattern of ``where`` matches the layer.
     """
     if get_weightless(target.module, target.param_name) is None:
         return None
-    if any(matches(p, target.module_name, target.param_name) for p in include):
-        raise ConfigError(
-            f"{target.name} is encoded with Weightless: quantizing it again would drop its "
-            f"Bloomier filter; leave it out of {where}.include"
-        )
+    for key, patterns in (("include", include), ("overrides", overrides)):
+        if any(matches(p, target.module_name, target.param_name) for p in patterns):
+            raise ConfigError(
+                f"{target.name} is encoded with Weightless: quantizing it again would drop its "
+                f"Bloomier filter; leave it out of {where}.{key}"
+            )
     return Skipped(target.name, "encoded with Weightless (quantizing again would drop its filter)")

@@ -164,11 +164,12 @@ class CompressionRow:
 
     A Bloomier (Weightless) layer stores no positions and no index stream: its filter answers
     for every position at once, and is not entropy coded (an LZMA-compressed table is counted
-    as stored). Its entries are its kept weights (the positions that decode to a weight, false
-    positives included, as the file counts them), its weight bits are the filter's bits per
-    kept weight in both columns (values and positions together; about ``1.23 t`` for cells of
-    ``t`` bits), it has no index bits, and its fixed size equals its size in the file
-    (codebook + filter).
+    as stored). Its entries are the positions that decode to a weight, false positives
+    included, as the file counts them (it does not record how many were stored on purpose);
+    its weight bits are the filter's bits per such entry in both columns (values and positions
+    together). The filter spends about ``1.23 t`` bits per stored weight for cells of ``t``
+    bits, so with many false positives this figure is far below that. It has no index bits,
+    and its fixed size equals its size in the file (codebook + filter).
 
     Attributes:
         name: tensor name.

@@ -179,8 +179,10 @@ def _select(
     skipped = list(selection.skipped)
     layers: list[_Layer] = []
     where = type(config).__name__.removesuffix("Config").lower()  # slq, mlq, inq
+    patterns = tuple(o.pattern for o in config.overrides)
     for t in selection.targets:
-        encoded = weightless_skip(t, config.include, where)  # before the FrozenWeight checks
+        # before _surviving, which refuses any shared layer
+        encoded = weightless_skip(t, config.include, patterns, where)
         if encoded is not None:
             skipped.append(encoded)
             continue
