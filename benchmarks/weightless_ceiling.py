@@ -30,7 +30,7 @@ seeds (the filter's seed and the retraining's seed); medians are reported. Rows:
 
 Test accuracy is reported beside validation accuracy; nothing is chosen here.
 
-    python benchmarks/weightless_ceiling.py        # LeNet-300-100, 13 minutes on 2 threads
+    python benchmarks/weightless_ceiling.py        # LeNet-300-100, 10-13 minutes on 2 threads
     python benchmarks/weightless_ceiling.py --model lenet-5 --widths 4,5,6 --occupied-widths 4
 
 Writes benchmarks/results/weightless_ceiling.json (weightless_ceiling_lenet-5.json) and
