@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -42,12 +43,19 @@ class Net(nn.Module):
         return self.head(h)
 
 
-def _quantized(seed: int = 0, sparsity: float = 0.5) -> Net:
-    torch.manual_seed(seed)
-    net = Net()
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _compress(net: _M, sparsity: float) -> _M:
+    """``net`` pruned to ``sparsity`` and quantized to 4 bits, in place."""
     dz.prune_(net, dz.PruneConfig(sparsity=sparsity))
     dz.quantize_(net, dz.QuantizeConfig(bits=4))
-    return net.eval()
+    return net
+
+
+def _quantized(seed: int = 0, sparsity: float = 0.5) -> Net:
+    torch.manual_seed(seed)
+    return _compress(Net(), sparsity).eval()
 
 
 X = torch.randn(3, 2, 6, 6, generator=torch.Generator().manual_seed(9))
@@ -234,9 +242,7 @@ def test_children_of_weight_reading_parents_stay_dense(
     tmp_path: Path, make: type[nn.Module], sparse: tuple[str, ...], train: bool
 ) -> None:
     torch.manual_seed(0)
-    net = make()
-    dz.prune_(net, dz.PruneConfig(sparsity=0.8))
-    dz.quantize_(net, dz.QuantizeConfig(bits=4))
+    net = _compress(make(), 0.8)
     path = tmp_path / "attn.dzip"
     save(net, path)
     dense = dz.load_model(make(), path).train(train)
@@ -269,9 +275,7 @@ def test_a_subclass_of_linear_stays_dense_and_says_why(tmp_path: Path) -> None:
         return nn.Sequential(ScaledLinear(16, 8), nn.ReLU(), nn.Linear(8, 4))
 
     torch.manual_seed(0)
-    net = make()
-    dz.prune_(net, dz.PruneConfig(sparsity=0.8))
-    dz.quantize_(net, dz.QuantizeConfig(bits=4))
+    net = _compress(make(), 0.8)
     path = tmp_path / "sub.dzip"
     save(net, path)
     model = make()
