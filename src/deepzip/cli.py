@@ -600,9 +600,10 @@ def _run_and_report(
     _check_output(run_dir, "--out-dir" if args.command == "demo" else "--run-dir", directory=True)
     needs_val = validation_stage(recipe)
     if needs_val is not None and args.val_size <= 0:
+        label, hint = needs_val
         raise ConfigError(
-            f"{needs_val} needs validation data: --val-size must be > 0, got {args.val_size}"
-            + ("; or set the stage's cell_bits" if "(weightless" in needs_val else "")
+            f"{label} needs validation data: --val-size must be > 0, got {args.val_size}"
+            + (f"; or {hint}" if hint else "")
         )
     device = resolve_device(args.device)
     data = load_dataset(dataset, args.data_dir, val_size=args.val_size, seed=recipe.seed)

@@ -567,6 +567,7 @@ class _Runner:
     check: StageCheck | None
     needs_training: Callable[[Any], bool]
     needs_validation: Callable[[Any], bool]
+    validation_hint: str
 
 
 _RUNNERS: dict[str, _Runner] = {}
@@ -579,6 +580,7 @@ def register_stage_runner(
     check: StageCheck | None = None,
     needs_training: Callable[[Any], bool] = lambda config: False,
     needs_validation: Callable[[Any], bool] = lambda config: False,
+    validation_hint: str = "",
     overwrite: bool = False,
 ) -> None:
     """Register how a stage type runs (its recipe side: ``deepzip.config.register_stage_kind``).
@@ -591,6 +593,8 @@ def register_stage_runner(
         needs_training: whether a config of this stage calls ``train_fn``.
         needs_validation: whether a config of this stage needs ``eval_fn`` (validation
             accuracy).
+        validation_hint: how a config of this stage can do without it (``"set cell_bits"``),
+            added to the error when it is missing; ``""`` when it cannot.
         overwrite: replace an existing runner.
 
     Raises:
@@ -601,7 +605,7 @@ def register_stage_runner(
         raise ConfigError(f"stage type {kind!r} is not registered (deepzip.config)")
     if kind in _RUNNERS and not overwrite:
         raise ConfigError(f"stage type {kind!r} already has a runner")
-    _RUNNERS[kind] = _Runner(run, check, needs_training, needs_validation)
+    _RUNNERS[kind] = _Runner(run, check, needs_training, needs_validation, validation_hint)
 
 
 @dataclass(frozen=True)
@@ -843,16 +847,20 @@ def _encode_options(recipe: Recipe) -> EncodeStage:
     )
 
 
-def validation_stage(recipe: Recipe) -> str | None:
-    """The label of the first stage that needs validation accuracy (``eval_fn``), or ``None``.
+def validation_stage(recipe: Recipe) -> tuple[str, str] | None:
+    """The first stage that needs validation accuracy (``eval_fn``), or ``None``.
 
     A sensitivity stage does, and so does a Weightless stage that chooses its cell widths.
     Stage types without a runner are left out (:func:`check_recipe` reports them).
+
+    Returns:
+        ``(label, hint)``: the stage's label and how it could do without validation data
+        (``"set cell_bits"``; ``""`` when it cannot).
     """
     for i, stage in enumerate(recipe.stages):
         runner = _RUNNERS.get(stage.kind)
         if runner is not None and runner.needs_validation(recipe.effective(stage)):
-            return stage.label(i)
+            return stage.label(i), runner.validation_hint
     return None
 
 
@@ -919,7 +927,7 @@ def _check_sensitivity(model: nn.Module, config: SensitivityStage, label: str) -
 def _no_validation(label: str, hint: str = "") -> ConfigError:
     return ConfigError(
         f"{label} needs validation accuracy: pass eval_fn=, or data= with a non-empty "
-        f"validation split{hint}"
+        f"validation split{f'; or {hint}' if hint else ''}"
     )
 
 
@@ -1119,11 +1127,14 @@ def _check_weightless(model: nn.Module, config: WeightlessStage, label: str) -> 
             )
 
 
+_CELL_BITS_HINT = "set cell_bits"  # a fixed cell width needs no validation accuracy
+
+
 def _run_weightless(ctx: StageContext, config: WeightlessStage) -> StageResult:
     w, r = config.weightless, config.retrain
     auto = w.cell_bits is None
     if auto and ctx.eval_fn is None:
-        raise _no_validation(ctx.label, "; or set cell_bits")
+        raise _no_validation(ctx.label, _CELL_BITS_HINT)
 
     def retrain(model: nn.Module, layer: str) -> None:
         if r.epochs and any(p.requires_grad for p in model.parameters()):
@@ -1158,6 +1169,7 @@ register_stage_runner(
     check=_check_weightless,
     needs_training=lambda c: bool(c.retrain.epochs),
     needs_validation=lambda c: c.weightless.cell_bits is None,
+    validation_hint=_CELL_BITS_HINT,
 )
 for _name in ("slq", "mlq", "inq"):
     register_stage_runner(
@@ -1362,7 +1374,7 @@ def run_recipe(
             raise ConfigError(f"{stage.label(i)} trains the model: pass train_fn= or data=")
     needs_val = validation_stage(recipe)
     if eval_fn is None and needs_val is not None:
-        raise _no_validation(needs_val, "; or set cell_bits" if "(weightless" in needs_val else "")
+        raise _no_validation(*needs_val)
     identity: dict[str, Any] = {
         "recipe_sha256": recipe_hash(recipe),
         "model": model_name or f"{type(model).__module__}.{type(model).__qualname__}",
