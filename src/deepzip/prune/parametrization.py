@@ -87,18 +87,21 @@ def get_quantization(module: nn.Module, attr: str = "weight") -> nn.Module | Non
     return shared if shared is not None else find_parametrization(module, attr, FrozenWeight)
 
 
-def check_prunable(module: nn.Module, attr: str, name: str) -> None:
+def check_prunable(
+    module: nn.Module,
+    attr: str,
+    name: str,
+    advice: str = "prune before quantizing, or strip_ first",
+) -> None:
     """Raise :class:`ConfigError` naming the tensor ``name`` if ``module.attr`` is quantized.
 
     A mask on top of a quantization parametrization would prune the forward pass only: export
-    and save use the quantizer's own mask, so the pruning would be lost.
+    and save use the quantizer's own mask, so the pruning would be lost. ``advice`` ends the
+    message.
     """
     quantization = get_quantization(module, attr)
     if quantization is not None:
-        raise ConfigError(
-            f"{name} is quantized ({type(quantization).__name__}); prune before quantizing, "
-            "or strip_ first"
-        )
+        raise ConfigError(f"{name} is quantized ({type(quantization).__name__}); {advice}")
 
 
 def _original(module: nn.Module, attr: str) -> torch.Tensor:

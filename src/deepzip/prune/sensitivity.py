@@ -20,7 +20,7 @@ from deepzip.config import PruneConfig
 from deepzip.errors import ConfigError
 from deepzip.prune.api import layer_targets
 from deepzip.prune.masks import check_finite, sparsity_mask
-from deepzip.prune.parametrization import get_mask, get_quantization
+from deepzip.prune.parametrization import check_prunable, get_mask
 
 __all__ = [
     "DEFAULT_SWEEP",
@@ -104,12 +104,12 @@ def sensitivity_analysis(
     config = PruneConfig(sparsity=0.0, include=tuple(include), exclude=tuple(exclude))
     chosen, _ = layer_targets(model, config)
     for target, _ in chosen:  # pruning its stored tensor would change nothing: refuse
-        quantization = get_quantization(target.module, target.param_name)
-        if quantization is not None:
-            raise ConfigError(
-                f"{target.name} is quantized ({type(quantization).__name__}); run the "
-                "sensitivity analysis before quantizing, or strip_ first (or exclude it)"
-            )
+        check_prunable(
+            target.module,
+            target.param_name,
+            target.name,
+            "run the sensitivity analysis before quantizing, or strip_ first (or exclude it)",
+        )
     baseline = evaluate(model)
     curves: dict[str, tuple[float, ...]] = {}
     weights: dict[str, int] = {}
