@@ -272,27 +272,28 @@ def _add_glob_args(p: argparse.ArgumentParser) -> None:
 _Num = TypeVar("_Num", int, float)
 
 
-def _split_override(text: str, value_name: str) -> tuple[str, str]:
+def _split_glob(text: str, flag: str, forms: str) -> tuple[str, str]:
+    """``GLOB=VALUE`` of ``flag`` (``forms`` says what it accepts, for the error)."""
     pattern, sep, value = text.partition("=")
     if not sep or not pattern:
-        raise ConfigError(f"--override expects GLOB={value_name} or GLOB=skip, got {text!r}")
+        raise ConfigError(f"{flag} expects {forms}, got {text!r}")
     return pattern, value
 
 
-def _override_number(text: str, value: str, kind: type[_Num]) -> _Num:
-    """The value of ``--override GLOB=VALUE`` as ``kind``; range checks stay with the config."""
+def _glob_number(text: str, value: str, kind: type[_Num], flag: str) -> _Num:
+    """The value of ``flag GLOB=VALUE`` as ``kind``; range checks stay with the config."""
     try:
         return kind(value)
     except ValueError as exc:
         what = "an integer" if kind is int else "a number"
-        raise ConfigError(f"--override {text!r}: {value!r} is not {what}") from exc
+        raise ConfigError(f"{flag} {text!r}: {value!r} is not {what}") from exc
 
 
 def _parse_override(text: str) -> LayerOverride:
-    pattern, value = _split_override(text, "SPARSITY")
+    pattern, value = _split_glob(text, "--override", "GLOB=SPARSITY or GLOB=skip")
     if value == "skip":
         return LayerOverride(pattern, skip=True)
-    return LayerOverride(pattern, sparsity=_override_number(text, value, float))
+    return LayerOverride(pattern, sparsity=_glob_number(text, value, float, "--override"))
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:
@@ -446,10 +447,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _parse_bits_override(text: str) -> BitsOverride:
-    pattern, value = _split_override(text, "BITS")
+    pattern, value = _split_glob(text, "--override", "GLOB=BITS or GLOB=skip")
     if value == "skip":
         return BitsOverride(pattern, skip=True)
-    return BitsOverride(pattern, bits=_override_number(text, value, int))
+    return BitsOverride(pattern, bits=_glob_number(text, value, int, "--override"))
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -691,13 +692,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def _parse_layer_bits(text: str) -> tuple[str, int]:
-    pattern, sep, value = text.partition("=")
-    if not sep or not pattern:
-        raise ConfigError(f"--layer-bits expects GLOB=BITS, got {text!r}")
-    try:
-        return pattern, int(value)
-    except ValueError as exc:
-        raise ConfigError(f"--layer-bits {text!r}: {value!r} is not an integer") from exc
+    pattern, value = _split_glob(text, "--layer-bits", "GLOB=BITS")
+    return pattern, _glob_number(text, value, int, "--layer-bits")
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
