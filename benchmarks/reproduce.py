@@ -121,7 +121,7 @@ def paper_stages(recipe: Recipe) -> tuple[Stage, ...]:
     return (
         Stage("quantize", QuantizeStage(QuantizeConfig(method="kmeans", init="linear"))),
         finetune if finetune is not None else Stage("finetune", FinetuneStage()),
-        Stage("encode", EncodeStage(coder="huffman", layout="sparse")),
+        Stage("encode", EncodeStage(coder="huffman", index_bits="paper", layout="sparse")),
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from torch import nn
 
 from deepzip.config import (
     EncodeStage,
+    LayerRule,
     QuantizeConfig,
     QuantizeStage,
     Recipe,
@@ -295,6 +296,19 @@ def test_index_bits_overrides_reach_the_file(tmp_path: Path) -> None:
     widths = {t["name"]: t["gap_width"] for t in result.final.details["save"]["tensors"]}
     assert widths["1.weight"] == 6
     assert widths["4.weight"] == 3
+    paper = replace(
+        recipe,
+        stages=(*recipe.stages[:-1], Stage("encode", EncodeStage(index_bits="paper"))),
+        overrides=(LayerRule("4", index_bits="auto"),),
+    )
+    auto = replace(paper, stages=(*recipe.stages[:-1], Stage("encode", EncodeStage())))
+    runs = {}
+    for name, r in (("paper", paper), ("auto", auto)):
+        tensors = run_recipe(toy_model(), r, tmp_path / name).final.details["save"]["tensors"]
+        runs[name] = {t["name"]: (t["gap_width"], t["bytes"]) for t in tensors}
+    assert runs["paper"]["1.weight"][0] == 5  # the paper's width for a fully connected layer
+    assert runs["paper"]["4.weight"] == runs["auto"]["4.weight"]  # the override's "auto"
+    assert runs["auto"]["1.weight"][1] <= runs["paper"]["1.weight"][1]
 
 
 def test_custom_stage_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

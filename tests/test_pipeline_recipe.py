@@ -216,7 +216,12 @@ def _with_stage(stage: str, extra: str = "") -> str:
         ),
         (
             '[[stages]]\ntype = "encode"\nindex_bits = 17\n',
-            r"stage 1 \(encode\): index_bits must be an integer from 1 to 16, got 17",
+            r"stage 1 \(encode\): index_bits must be an integer from 1 to 16, 'auto' or "
+            r"'paper', got 17",
+        ),
+        (
+            '[[stages]]\ntype = "encode"\nindex_bits = "wide"\n',
+            r"stage 1 \(encode\): index_bits must be .* got 'wide'",
         ),
         (
             '[[stages]]\ntype = "encode"\ncoder = "zip"\n',

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from deepzip.cli import main
 from deepzip.errors import CheckpointError, ConfigError, InvalidTensorError
 from deepzip.format import DzipReader, inspect, load_state_dict
+from deepzip.format.api import IndexBits
 from deepzip.posttrain import compress_checkpoint, iter_checkpoint
 from deepzip.quantize.scalar import uniform_quantize
 
@@ -263,16 +264,56 @@ def test_cli_compress_with_a_step(ckpt: Path, tmp_path: Path) -> None:
 
 
 def test_index_bits_globs_match_module_or_tensor_names(ckpt: Path, tmp_path: Path) -> None:
-    def widths(index_bits: dict[str, int] | None) -> dict[str, int | None]:
+    def widths(index_bits: IndexBits) -> dict[str, int | None]:
         report = compress_checkpoint(
             ckpt, tmp_path / "s.dzip", sparsity=0.9, layout="sparse", index_bits=index_bits
         )
         return {r.name: r.gap_width for r in report.tensors if r.encoding != "raw"}
 
     default = widths(None)
-    assert default["layers.0.linear.weight"] == 5
+    assert default == widths("auto")
+    dims = {name: t.dim() for name, t in load_file(ckpt).items()}
+    assert widths("paper") == {n: 8 if dims[n] >= 3 else 5 for n in default}
+    assert set(widths("paper").values()) == {5, 8}
     by_module = widths({"layers.0.linear": 3})
     assert by_module == widths({"layers.0.linear.weight": 3})
     assert by_module == {**default, "layers.0.linear.weight": 3}
+    assert widths({"*": 3, "layers.0.linear": "auto"}) == {
+        **dict.fromkeys(default, 3),
+        "layers.0.linear.weight": default["layers.0.linear.weight"],
+    }
     with pytest.raises(ConfigError, match=r"index_bits pattern 'layers\.0\.lienar' matches no"):
         widths({"layers.0.lienar": 3})
+    with pytest.raises(ConfigError, match=r"index_bits\['\*'\] must be in 1\.\.16, got 0"):
+        widths({"*": 0})
+
+
+def test_auto_index_bits_is_smallest_for_every_tensor(ckpt: Path, tmp_path: Path) -> None:
+    def sizes(index_bits: IndexBits) -> dict[str, tuple[int, int | None]]:
+        report = compress_checkpoint(
+            ckpt, tmp_path / "s.dzip", sparsity=0.95, layout="sparse", index_bits=index_bits
+        )
+        return {r.name: (r.bytes, r.gap_width) for r in report.tensors if r.encoding != "raw"}
+
+    auto = sizes(None)
+    fixed = {w: sizes(w) for w in range(1, 17)}
+    for name, (size, width) in auto.items():
+        assert width is not None
+        assert size == min(fixed[w][name][0] for w in fixed) == fixed[width][name][0]
+
+
+def test_cli_index_bits(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "c.dzip"
+    base = ["compress", str(ckpt), "-o", str(out), "--sparsity", "0.9", "--no-progress"]
+    assert main([*base, "--index-bits", "paper"]) == 0
+    dims = {name: t.dim() for name, t in load_file(ckpt).items()}
+    widths = {t.name: t.gap_width for t in inspect(out).tensors if t.gap_width is not None}
+    assert set(widths.values()) == {5, 8}
+    assert widths == {n: 8 if dims[n] >= 3 else 5 for n in widths}
+    assert main([*base, "--index-bits", "3"]) == 0
+    assert {t.gap_width for t in inspect(out).tensors if t.gap_width is not None} == {3}
+    for bad, message in (("17", "must be in 1..16, got 17"), ("wide", "got 'wide'")):
+        with pytest.raises(SystemExit) as info:
+            main([*base, "--index-bits", bad])
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err

@@ -51,6 +51,7 @@ from deepzip.datasets import DATASETS, DataSplits, download, load_dataset
 from deepzip.errors import ConfigError, DeepZipError
 from deepzip.format import apply_checkpoint, read_checkpoint, save_checkpoint, to_safetensors
 from deepzip.format import inspect as inspect_dzip
+from deepzip.format.api import WidthSpec, check_width_spec
 from deepzip.pipeline import (
     PipelineEvent,
     RunResult,
@@ -154,6 +155,22 @@ def _seed(text: str) -> int:
     if not 0 <= value < 2**31:
         raise argparse.ArgumentTypeError(f"must be in [0, 2**31), got {value}")
     return value
+
+
+def _index_bits(text: str) -> WidthSpec:
+    """``--index-bits``: a gap width in bits, ``auto`` or ``paper``."""
+    spec: object = text if text in ("auto", "paper") else None
+    if spec is None:
+        try:
+            spec = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a number of bits, 'auto' or 'paper', got {text!r}"
+            ) from None
+    try:
+        return check_width_spec("--index-bits", spec)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _check_output(
@@ -1085,7 +1102,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--layer-bits", action="append", default=[], metavar="GLOB=BITS", help="per-tensor bits"
     )
-    p.add_argument("--index-bits", type=int, default=None, help="sparse-index gap width")
+    p.add_argument(
+        "--index-bits",
+        type=_index_bits,
+        default="auto",
+        metavar="BITS|auto|paper",
+        help="sparse-index gap width: 1..16 bits, 'auto' (each tensor's smallest; default) or "
+        "'paper' (8 bits for convolutions, 5 otherwise)",
+    )
     _add_glob_args(p)
     p.add_argument("--json", default=None, help="also write the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -34,6 +34,7 @@ __all__ = [
     "FinetuneStage",
     "INQConfig",
     "INQStage",
+    "IndexBitsSpec",
     "LayerOverride",
     "LayerRule",
     "MLQConfig",
@@ -908,9 +909,18 @@ _CODERS = ("auto", "huffman", "ans", "raw")
 _SENSITIVITY_SWEEP = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
 
 
+IndexBitsSpec = int | Literal["auto", "paper"]
+"""A relative index's gap width in a recipe: 1..16 bits, ``"auto"`` (the width that makes each
+tensor smallest) or ``"paper"`` (Deep Compression's 8 bits for convolutions, 5 otherwise)."""
+
+
 def _check_index_bits(key: str, value: object) -> None:
+    if value in ("auto", "paper"):
+        return
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
-        raise ConfigError(f"{key} must be an integer from 1 to 16, got {value!r}")
+        raise ConfigError(
+            f"{key} must be an integer from 1 to 16, 'auto' or 'paper', got {value!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -927,7 +937,8 @@ class LayerRule:
         sparsity: pruning target of the matching layers, in [0, 1).
         quality: pruning threshold multiplier (``|w| < quality * std``), instead of sparsity.
         bits: bits per weight index when quantized (1..8).
-        index_bits: width of the relative sparse index (1..16) in the ``.dzip`` file.
+        index_bits: width of the relative sparse index in the ``.dzip`` file: 1..16 bits,
+            ``"auto"`` or ``"paper"`` (:data:`IndexBitsSpec`).
         skip: leave the matching layers uncompressed (neither pruned nor quantized).
     """
 
@@ -935,7 +946,7 @@ class LayerRule:
     sparsity: float | None = None
     quality: float | None = None
     bits: int | None = None
-    index_bits: int | None = None
+    index_bits: IndexBitsSpec | None = None
     skip: bool = False
 
     def __post_init__(self) -> None:
@@ -1136,8 +1147,9 @@ class EncodeStage:
     Attributes:
         coder: entropy coder of every stream: ``"auto"`` (smallest per stream), ``"huffman"``
             (the paper), ``"ans"`` or ``"raw"``.
-        index_bits: width of the relative sparse index for every layer; ``None`` uses the
-            paper's 8 bits for convolutions and 5 for the rest. Recipe overrides with
+        index_bits: width of the relative sparse index for every layer: 1..16 bits,
+            ``"auto"`` (each layer's smallest; what ``None`` means too) or ``"paper"`` (the
+            paper's 8 bits for convolutions and 5 for the rest). Recipe overrides with
             ``index_bits`` set it per layer.
         layout: a pruned quantized tensor is stored with the relative sparse index
             (``"sparse"``, the paper), as a dense index stream (``"dense"``), or whichever is
@@ -1145,7 +1157,7 @@ class EncodeStage:
     """
 
     coder: CoderName = "auto"
-    index_bits: int | None = None
+    index_bits: IndexBitsSpec | None = None
     layout: LayoutName = "auto"
 
     def __post_init__(self) -> None:
@@ -1635,7 +1647,7 @@ class Recipe:
             return config.with_bits_overrides(bits)
         return config
 
-    def index_bits(self) -> dict[str, int]:
+    def index_bits(self) -> dict[str, IndexBitsSpec]:
         """``{glob: index bits}`` from the overrides that set ``index_bits`` (in order)."""
         return {r.pattern: r.index_bits for r in self.overrides if r.index_bits is not None}
 

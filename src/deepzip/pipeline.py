@@ -54,7 +54,7 @@ from deepzip.config import (
 )
 from deepzip.datasets import DataSplits, ImageDataset, TensorLoader
 from deepzip.errors import CheckpointError, ConfigError
-from deepzip.format.api import load_model
+from deepzip.format.api import IndexBits, load_model
 from deepzip.format.api import save as save_dzip
 from deepzip.format.checkpoint import (
     apply_checkpoint,
@@ -1558,7 +1558,7 @@ def _stage_line(label: str, record: StageRecord) -> str:
     return ", ".join(parts)
 
 
-def _index_bits(recipe: Recipe, encode: EncodeStage) -> dict[str, int] | int | None:
+def _index_bits(recipe: Recipe, encode: EncodeStage) -> IndexBits:
     """dz.save's ``index_bits``: the stage's width for all, then the per-layer overrides."""
     per_layer = recipe.index_bits()
     if not per_layer:

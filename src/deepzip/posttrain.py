@@ -24,11 +24,11 @@ import torch
 from deepzip.coding.streams import CoderName
 from deepzip.config import QuantizeConfig
 from deepzip.errors import CheckpointError, ConfigError
-from deepzip.format.api import CONV_GAP_WIDTH, FC_GAP_WIDTH
+from deepzip.format.api import IndexBits, WidthSpec, check_width_spec, gap_width
 from deepzip.format.checkpoint import _as_state_dict
 from deepzip.format.dzip_report import SaveReport
-from deepzip.format.dzip_spec import MAX_GAP_WIDTH, MAX_K, MIN_GAP_WIDTH
-from deepzip.format.dzip_writer import DzipWriter, Layout
+from deepzip.format.dzip_spec import MAX_K
+from deepzip.format.dzip_writer import DzipWriter, GapWidth, Layout
 from deepzip.prune.masks import check_finite, sparsity_mask
 from deepzip.quantize.kmeans import KMeansResult, bits_to_k, kmeans_1d
 from deepzip.quantize.scalar import check_step, ecsq_quantize, step_quantize, uniform_quantize
@@ -293,9 +293,7 @@ def _skip_reason(name: str, tensor: torch.Tensor, config: PostTrainConfig) -> st
     return None
 
 
-def _check_globs(
-    names: Sequence[str], config: PostTrainConfig, index_bits: int | Mapping[str, int] | None
-) -> None:
+def _check_globs(names: Sequence[str], config: PostTrainConfig, index_bits: IndexBits) -> None:
     pairs = [(n.rpartition(".")[0], n.rpartition(".")[2]) for n in names]
     for key, globs in (
         ("include", config.include),
@@ -309,18 +307,24 @@ def _check_globs(
                 raise ConfigError(f"{key} pattern {g!r} matches no tensor (tensors: {sample})")
 
 
-def _gap_width(name: str, tensor: torch.Tensor, index_bits: int | Mapping[str, int] | None) -> int:
-    width = CONV_GAP_WIDTH if tensor.dim() >= 3 else FC_GAP_WIDTH
-    if isinstance(index_bits, int):
-        width = index_bits
+def _check_index_bits(index_bits: IndexBits) -> None:
+    if isinstance(index_bits, Mapping):
+        for pattern, spec in index_bits.items():
+            check_width_spec(f"index_bits[{pattern!r}]", spec)
     elif index_bits is not None:
+        check_width_spec("index_bits", index_bits)
+
+
+def _gap_width(name: str, tensor: torch.Tensor, index_bits: IndexBits) -> GapWidth:
+    spec: WidthSpec = "auto"
+    if isinstance(index_bits, Mapping):
         module, _, attr = name.rpartition(".")
         for pattern, bits in index_bits.items():
             if matches(pattern, module, attr):
-                width = bits
-    if isinstance(width, bool) or not MIN_GAP_WIDTH <= width <= MAX_GAP_WIDTH:
-        raise ConfigError(f"index_bits must be in {MIN_GAP_WIDTH}..{MAX_GAP_WIDTH}, got {width!r}")
-    return width
+                spec = bits
+    elif index_bits is not None:
+        spec = index_bits
+    return gap_width(spec, tensor.dim() >= 3)
 
 
 # ------------------------------------------------------------------------------ the verb
@@ -340,7 +344,7 @@ def compress_checkpoint(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     layer_bits: Mapping[str, int] | None = None,
-    index_bits: int | Mapping[str, int] | None = None,
+    index_bits: IndexBits = None,
     layout: Layout = "auto",
     min_elements: int = 256,
     metadata: Mapping[str, str] | None = None,
@@ -372,9 +376,10 @@ def compress_checkpoint(
             compressed.
         exclude: globs of tensors left raw.
         layer_bits: ``{glob: bits}`` per-tensor bit widths (the last matching glob wins).
-        index_bits: gap width of the relative sparse index: one value, ``{glob: bits}``
-            (tensor or module names; the last matching glob wins), or ``None`` (8 bits for
-            tensors of 3+ dimensions, 5 otherwise).
+        index_bits: gap width of the relative sparse index: one ``WidthSpec`` (bits,
+            ``"auto"`` or ``"paper"``: 8 bits for tensors of 3+ dimensions, 5 otherwise),
+            ``{glob: spec}`` (tensor or module names; the last matching glob wins, ``"auto"``
+            elsewhere), or ``None`` (``"auto"``: each tensor's smallest index).
         layout: ``"auto"``, ``"dense"`` or ``"sparse"`` (see :meth:`DzipWriter.add_shared`).
         min_elements: tensors smaller than this are left raw.
         metadata: the caller's string key/values.
@@ -405,6 +410,7 @@ def compress_checkpoint(
         "user": {str(k): str(v) for k, v in (metadata or {}).items()},
         "recipe": config.to_dict(),
     }
+    _check_index_bits(index_bits)
     source = _open_source(Path(src))
     _check_globs(source.names, config, index_bits)
     with DzipWriter(dest, coder=coder, metadata=meta) as writer:
@@ -449,7 +455,7 @@ def _compress_tensor(
     name: str,
     tensor: torch.Tensor,
     config: PostTrainConfig,
-    gap_width: int,
+    width: GapWidth,
     layout: Layout,
 ) -> dict[str, Any]:
     """Prune, quantize and write one tensor; returns its line of the metadata report."""
@@ -463,7 +469,7 @@ def _compress_tensor(
     kept = int(mask.sum())
     if k is None or kept == 0:
         if config.sparsity > 0:
-            writer.add_sparse_float(name, tensor, mask, gap_width=gap_width)
+            writer.add_sparse_float(name, tensor, mask, gap_width=width)
         else:
             writer.add_raw(name, tensor)
         return {"levels": None, "kept": kept}
@@ -477,7 +483,7 @@ def _compress_tensor(
     else:
         indices.view(-1).copy_(result.labels)
     shared = SharedTensor(result.centroids.cpu(), indices, mask)
-    writer.add_shared(name, shared, dtype=tensor.dtype, gap_width=gap_width, layout=layout)
+    writer.add_shared(name, shared, dtype=tensor.dtype, gap_width=width, layout=layout)
     if step is not None:
         return {"step": step, "levels": result.k, "used": result.k, "kept": kept}
     return {"levels": k, "used": result.k, "kept": kept}

@@ -12,7 +12,9 @@ from deepzip.coding.sparse_index import (
     decode_relative,
     encode_relative,
     filler_count,
+    rank_widths,
 )
+from deepzip.coding.streams import encode_symbols
 from deepzip.errors import ConfigError, CorruptFileError, InvalidTensorError
 
 
@@ -144,3 +146,50 @@ def test_decode_rejects_hostile_indices(
     index = RelativeIndex(np.array(gaps, np.uint16), np.array(values, np.uint16), width)
     with pytest.raises(CorruptFileError, match=message):
         decode_relative(index, numel, filler=3, what="tensor 'fc1.weight' index")
+
+
+def _index_bytes(mask: np.ndarray, values: np.ndarray, k: int, width: int, coder: str) -> int:
+    index = encode_relative(mask, values, width, filler=k)
+    gaps = encode_symbols(index.gaps, 1 << width, coder=coder)  # type: ignore[arg-type]
+    vals = encode_symbols(index.values, k + 1, coder=coder)  # type: ignore[arg-type]
+    return gaps.nbytes + vals.nbytes
+
+
+@pytest.mark.parametrize("coder", ["auto", "huffman", "ans", "raw"])
+@pytest.mark.parametrize(
+    ("n", "density", "k", "clustered"),
+    [
+        (200_000, 0.001, 16, False),  # very sparse: wide gaps, and width 1 is all fillers
+        (20_000, 0.001, 4, False),
+        (50, 0.05, 32, False),  # short streams: the symbol tables matter
+        (2_000, 0.01, 256, False),
+        (50_000, 0.07, 4, False),  # a pruned fully connected layer
+        (30_000, 0.3, 16, True),  # runs of kept weights
+        (5_000, 0.9, 2, False),
+    ],
+)
+def test_rank_widths_puts_the_smallest_index_first(
+    n: int, density: float, k: int, clustered: bool, coder: str
+) -> None:
+    rng = np.random.default_rng(n + k)
+    if clustered:
+        mask = np.zeros(n, dtype=bool)
+        for start in rng.integers(0, n, size=int(n * density / 10)):
+            mask[start : start + 10] = True
+    else:
+        mask = rng.random(n) < density
+    values = rng.integers(0, k, size=int(mask.sum()))
+    counts = np.bincount(values, minlength=k)
+    ranked = rank_widths(mask, counts, coder=coder)  # type: ignore[arg-type]
+    assert sorted(ranked) == list(range(1, 17))
+    sizes = {w: _index_bytes(mask, values, k, w, coder) for w in range(1, 17)}
+    assert min(sizes[w] for w in ranked[:2]) == min(sizes.values()), (ranked, sizes)
+
+
+def test_rank_widths_with_raw_values_counts_the_fillers() -> None:
+    mask = np.zeros(100_000, dtype=bool)
+    mask[::1000] = True  # gaps of 999: one filler per kept weight below 10 bits
+    ranked = rank_widths(mask, value_bits=32)
+    assert ranked[0] == 10  # the narrowest width that needs no filler (each costs 32 bits)
+    with pytest.raises(InvalidTensorError, match="mask must be boolean"):
+        rank_widths(mask.astype(np.uint8))

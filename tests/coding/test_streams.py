@@ -14,6 +14,7 @@ from deepzip.coding import (
     encode_symbols,
     entropy_bits,
 )
+from deepzip.coding.streams import estimated_size
 from deepzip.errors import ConfigError, CorruptFileError, InvalidTensorError
 
 CODERS = ("raw", "huffman", "ans", "auto")
@@ -298,3 +299,33 @@ def test_read_from_walks_concatenated_streams() -> None:
     first, end = EncodedStream.read_from(blob, 0, max_count=1000, what="a")
     second, end2 = EncodedStream.read_from(memoryview(blob), end, max_count=1000, what="b")
     assert (first, second, end2) == (a, b, len(blob))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    alphabet=st.one_of(st.integers(1, 256), st.sampled_from([257, 1000, 65536])),
+    n=st.integers(0, 3000),
+    skew=st.floats(0.02, 5.0),
+    seed=st.integers(0, 2**32 - 1),
+    coder=st.sampled_from(CODERS),
+)
+def test_estimated_size_without_coding(
+    alphabet: int, n: int, skew: float, seed: int, coder: str
+) -> None:
+    symbols = _symbols(alphabet, n, skew, seed)
+    counts = np.bincount(symbols, minlength=alphabet)
+    real = encode_symbols(symbols, alphabet, coder=coder).nbytes  # type: ignore[arg-type]
+    estimate = estimated_size(counts, coder=coder)  # type: ignore[arg-type]
+    if coder in ("raw", "huffman"):
+        assert estimate == real  # exact: both sizes follow from the counts
+    else:  # ANS: the ideal code length under its quantised model, plus its final state
+        assert abs(estimate - real) <= 8, (estimate, real)
+
+
+def test_estimated_size_bad_arguments() -> None:
+    with pytest.raises(ConfigError, match="coder must be"):
+        estimated_size(np.ones(4, dtype=np.int64), coder="zip")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="alphabet size must be in"):
+        estimated_size(np.ones(65537, dtype=np.int64))
+    with pytest.raises(ConfigError, match="alphabet size must be in"):
+        estimated_size(np.ones(0, dtype=np.int64))

@@ -41,7 +41,7 @@ def _fresh(model_cls: type[nn.Module]) -> nn.Module:
 def test_pruned_quantized_model_round_trip(resnet: nn.Module, tmp_path: Path) -> None:
     model = _compressed(resnet)
     path = tmp_path / "net.dzip"
-    report = save(model, path, layout="sparse")
+    report = save(model, path, layout="sparse", index_bits="paper")
     x = torch.randn(2, 1, 12, 12)
     expected = model(x)
 
@@ -153,12 +153,52 @@ def test_index_bits_int_and_globs(resnet: nn.Module, tmp_path: Path) -> None:
     widths = {t.name: t.gap_width for t in r.tensors}
     assert widths["conv1.weight"] == widths["conv2.weight"] == 4
     assert widths["head.weight"] == 12
-    assert widths["stem.weight"] == 8
+    smallest = save(model, tmp_path / "auto.dzip", layout="sparse")  # "auto" elsewhere
+    assert widths["stem.weight"] == {t.name: t.gap_width for t in smallest.tensors}["stem.weight"]
+    r = save(model, tmp_path / "p.dzip", layout="sparse", index_bits={"conv*": "paper", "*": 3})
+    widths = {t.name: t.gap_width for t in r.tensors}
+    assert widths["conv1.weight"] == 3  # the last matching glob wins
+    r = save(model, tmp_path / "p.dzip", layout="sparse", index_bits={"*": 3, "conv*": "paper"})
+    widths = {t.name: t.gap_width for t in r.tensors}
+    assert (widths["conv1.weight"], widths["head.weight"]) == (8, 3)
     with pytest.raises(ConfigError, match="pattern 'nope' matches no tensor"):
         save(model, tmp_path / "c.dzip", index_bits={"nope": 4})
     with pytest.raises(ConfigError, match=r"must be in 1\.\.16, got 17"):
         save(model, tmp_path / "c.dzip", index_bits=17)
+    with pytest.raises(ConfigError, match=r"index_bits\['conv\*'\] must be a number of bits"):
+        save(model, tmp_path / "c.dzip", index_bits={"conv*": "wide"})  # type: ignore[dict-item]
     assert not (tmp_path / "c.dzip").exists()
+
+
+def test_auto_index_bits_is_the_smallest_width(resnet: nn.Module, tmp_path: Path) -> None:
+    model = _compressed(resnet, 0.9)
+    auto = {t.name: t for t in save(model, tmp_path / "a.dzip", layout="sparse").tensors}
+    fixed = {
+        width: {
+            t.name: t
+            for t in save(
+                model, tmp_path / f"{width}.dzip", index_bits=width, layout="sparse"
+            ).tensors
+        }
+        for width in range(1, 17)
+    }
+    sparse = [n for n, t in auto.items() if t.encoding == "shared_sparse"]
+    assert len(sparse) >= 4
+    for name in sparse:
+        sizes = {w: fixed[w][name].bytes for w in fixed}
+        assert auto[name].bytes == min(sizes.values()), (name, sizes)
+        assert sizes[auto[name].gap_width] == auto[name].bytes
+    # the widths differ between layers, and some are not the paper's
+    assert len({auto[n].gap_width for n in sparse}) > 1
+    paper = {
+        t.name: t.bytes
+        for t in save(model, tmp_path / "p.dzip", layout="sparse", index_bits="paper").tensors
+    }
+    assert sum(auto[n].bytes for n in sparse) < sum(paper[n] for n in sparse)
+    fresh = _fresh(type(resnet))
+    load_model(fresh, tmp_path / "a.dzip")
+    x = torch.randn(2, 1, 12, 12)
+    assert torch.equal(fresh(x), model(x))
 
 
 def test_coder_choice_is_recorded(mlp: nn.Module, tmp_path: Path) -> None:
@@ -302,3 +342,18 @@ def test_a_model_that_is_itself_the_compressed_layer(tmp_path: Path) -> None:
     load_model(fresh, tmp_path / "lin.dzip", strict=True)
     assert torch.equal(fresh.weight, lin.weight)
     assert torch.equal(fresh.bias, lin.bias)
+
+
+def test_auto_index_bits_for_pruned_float_weights(mlp: nn.Module, tmp_path: Path) -> None:
+    dz.prune_(mlp, dz.PruneConfig(sparsity=0.97))
+    auto = {t.name: t for t in save(mlp, tmp_path / "a.dzip").tensors}
+    for name in ("0.weight", "3.weight"):
+        assert auto[name].encoding == "sparse_float"
+        sizes = {
+            w: {t.name: t for t in save(mlp, tmp_path / "f.dzip", index_bits=w).tensors}[name].bytes
+            for w in range(1, 17)
+        }
+        assert auto[name].bytes == min(sizes.values()), (name, sizes)
+    state = load_state_dict(tmp_path / "a.dzip")
+    for name, t in plain_state_dict(mlp).items():
+        assert torch.equal(state[name], t)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deepzip.coding.streams import CoderName, estimated_size
 from deepzip.errors import ConfigError, CorruptFileError, InvalidTensorError
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "decode_relative",
     "encode_relative",
     "filler_count",
+    "rank_widths",
 ]
 
 MIN_WIDTH = 1
@@ -83,6 +85,52 @@ def filler_count(mask: np.ndarray, width: int) -> int:
     positions = np.flatnonzero(np.asarray(mask, dtype=bool))
     skipped = np.diff(positions, prepend=-1) - 1
     return int(np.sum(skipped >> width))
+
+
+def rank_widths(
+    mask: np.ndarray,
+    value_counts: np.ndarray | None = None,
+    *,
+    value_bits: int = 0,
+    coder: CoderName = "auto",
+) -> list[int]:
+    """Every gap width, ``1..16``, smallest estimated index first (ties: the narrower).
+
+    The estimate is the size of both streams of :func:`encode_relative` at each width, from
+    their histograms (``deepzip.coding.streams.estimated_size``) without building or coding
+    the index: a width ``w`` gives each kept weight that follows ``d`` pruned positions
+    ``d >> w`` fillers (gap ``2**w - 1``, value the filler) and the gap ``d mod 2**w``.
+    Callers encode the first few widths and keep the smallest.
+
+    Args:
+        mask: bool array (flattened in C order); ``True`` = kept.
+        value_counts: how many kept weights have each value symbol ``0..k-1`` (the filler is
+            symbol ``k``); ``None`` when the values are stored raw.
+        value_bits: bits of each stored raw value, when ``value_counts`` is ``None`` (a
+            filler costs a value too).
+        coder: the coder of the streams, as for ``encode_symbols``.
+
+    Raises:
+        InvalidTensorError: ``mask`` is not boolean.
+        ConfigError: a bad ``coder``.
+    """
+    m = np.asarray(mask)
+    if m.dtype != np.bool_:
+        raise InvalidTensorError(f"relative index: mask must be boolean, got {m.dtype}")
+    skipped = np.diff(np.flatnonzero(m), prepend=-1) - 1
+    counts = None if value_counts is None else np.asarray(value_counts, dtype=np.int64)
+    cost: list[tuple[int, int]] = []
+    for width in range(MIN_WIDTH, MAX_WIDTH + 1):
+        fillers = int(np.sum(skipped >> width))
+        gap_counts = np.bincount(skipped & ((1 << width) - 1), minlength=1 << width)
+        gap_counts[-1] += fillers
+        size = estimated_size(gap_counts, coder=coder)
+        if counts is None:
+            size += ((skipped.size + fillers) * value_bits + 7) // 8
+        else:
+            size += estimated_size(np.append(counts, fillers), coder=coder)
+        cost.append((size, width))
+    return [width for _, width in sorted(cost)]
 
 
 def encode_relative(

@@ -54,6 +54,7 @@ The writer picks the smaller table (ties: dense) and the smallest ``vbits``.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -72,6 +73,7 @@ __all__ = [
     "decode_symbols",
     "encode_symbols",
     "entropy_bits",
+    "estimated_size",
     "symbol_counts",
 ]
 
@@ -460,6 +462,45 @@ def encode_symbols(
     ]
     best = min(range(3), key=lambda i: (sizes[i], i))
     return (raw, huff, lambda: ans_stream)[best]()
+
+
+def estimated_size(counts: np.ndarray, *, coder: CoderName = "auto") -> int:
+    """The serialised size, in bytes, :func:`encode_symbols` would give these symbol counts.
+
+    Without coding the symbols: exact for RAW and Huffman; for ANS the ideal code length
+    under its quantised model plus the coder's final state (32 bits), within a few bytes.
+
+    Args:
+        counts: how many times each symbol of the alphabet occurs (its length is the
+            alphabet's size, ``1..65536``).
+        coder: as for :func:`encode_symbols`.
+
+    Raises:
+        ConfigError: a bad ``coder`` or alphabet size.
+    """
+    if coder not in ("auto", "huffman", "ans", "raw"):
+        raise ConfigError(f"coder must be 'auto', 'huffman', 'ans' or 'raw', got {coder!r}")
+    c = np.asarray(counts, dtype=np.int64)
+    alphabet_size = int(c.size)
+    if not 1 <= alphabet_size <= MAX_ALPHABET:
+        raise ConfigError(f"alphabet size must be in [1, {MAX_ALPHABET}], got {alphabet_size}")
+    count = int(c.sum())
+    if count == 0:
+        return _serialised_size(alphabet_size, 0, 0, 0)
+    sizes = []
+    if coder in ("auto", "raw"):
+        raw_len = (count * _raw_width(alphabet_size) + 7) // 8
+        sizes.append(_serialised_size(alphabet_size, count, 0, raw_len))
+    if coder in ("auto", "huffman"):
+        lengths, hmodel = _huffman_model(c)
+        huff_len = (huffman.encoded_bits(c, lengths) + 7) // 8
+        sizes.append(_serialised_size(alphabet_size, count, len(hmodel), huff_len))
+    if coder in ("auto", "ans"):
+        weights, precision, amodel = _ans_model(c)
+        bits = ans.estimated_bits(c, weights, precision) if precision else 0.0
+        ans_len = 4 * math.ceil((bits + 32) / 32) if precision else 0
+        sizes.append(_serialised_size(alphabet_size, count, len(amodel), ans_len))
+    return min(sizes)
 
 
 def decode_symbols(stream: EncodedStream, *, what: str = "stream") -> np.ndarray:

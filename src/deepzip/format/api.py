@@ -14,7 +14,7 @@ import os
 import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ from deepzip.format.dzip_spec import (
     SAFETENSORS_DTYPE,
     dtype_itemsize,
 )
-from deepzip.format.dzip_writer import CoderName, DzipWriter, Layout, tensor_bytes
+from deepzip.format.dzip_writer import CoderName, DzipWriter, GapWidth, Layout, tensor_bytes
 from deepzip.prune.parametrization import get_mask
 from deepzip.quantize.api import export_shared, strip_
 from deepzip.quantize.shared import SharedTensor
@@ -40,6 +40,9 @@ __all__ = [
     "CONV_GAP_WIDTH",
     "FC_GAP_WIDTH",
     "IndexBits",
+    "WidthSpec",
+    "check_width_spec",
+    "gap_width",
     "inspect",
     "load_model",
     "load_state_dict",
@@ -53,9 +56,14 @@ FC_GAP_WIDTH = 5
 CONV_GAP_WIDTH = 8
 """The paper's relative-index width for convolutions."""
 
-IndexBits = int | Mapping[str, int] | None
-"""Gap width of the relative sparse index: one for every tensor, ``{glob: bits}`` (the last
-matching glob wins, the paper's default elsewhere), or ``None`` (the paper's defaults)."""
+WidthSpec = int | Literal["auto", "paper"]
+"""One tensor's gap width: ``1..16`` bits; ``"auto"``, the width that makes its region smallest
+(``deepzip.format.dzip_writer.GapWidth``); or ``"paper"``, Deep Compression's 8 bits for a
+convolution and 5 for anything else."""
+
+IndexBits = WidthSpec | Mapping[str, WidthSpec] | None
+"""Gap width of the relative sparse index: one :data:`WidthSpec` for every tensor,
+``{glob: spec}`` (the last matching glob wins, ``"auto"`` elsewhere), or ``None`` (``"auto"``)."""
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -64,31 +72,39 @@ def _owner(name: str) -> tuple[str, str]:
     return (name.rsplit(".", 1)[0], name.rsplit(".", 1)[1]) if "." in name else ("", name)
 
 
-def _check_width(where: str, bits: object) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int):
-        raise ConfigError(f"{where} must be an integer number of bits, got {bits!r}")
-    if not MIN_GAP_WIDTH <= bits <= MAX_GAP_WIDTH:
-        raise ConfigError(f"{where} must be in {MIN_GAP_WIDTH}..{MAX_GAP_WIDTH}, got {bits}")
-    return bits
+def check_width_spec(where: str, spec: object) -> WidthSpec:
+    """``spec`` if it is a :data:`WidthSpec`, else a ``ConfigError`` naming ``where``."""
+    if spec in ("auto", "paper"):
+        return spec
+    if isinstance(spec, bool) or not isinstance(spec, int):
+        raise ConfigError(f"{where} must be a number of bits, 'auto' or 'paper', got {spec!r}")
+    if not MIN_GAP_WIDTH <= spec <= MAX_GAP_WIDTH:
+        raise ConfigError(f"{where} must be in {MIN_GAP_WIDTH}..{MAX_GAP_WIDTH}, got {spec}")
+    return spec
+
+
+def gap_width(spec: WidthSpec, is_conv: bool) -> GapWidth:
+    """The writer's gap width for one tensor: ``"paper"`` resolved, the rest as given."""
+    if spec == "paper":
+        return CONV_GAP_WIDTH if is_conv else FC_GAP_WIDTH
+    return spec
 
 
 def _width_resolver(
     index_bits: IndexBits, names: list[str], is_conv: Mapping[str, bool]
-) -> dict[str, int]:
+) -> dict[str, GapWidth]:
     """Gap width per tensor name (see :data:`IndexBits`)."""
-    default = {n: CONV_GAP_WIDTH if is_conv.get(n, False) else FC_GAP_WIDTH for n in names}
-    if index_bits is None:
-        return default
-    if isinstance(index_bits, int):
-        width = _check_width("index_bits", index_bits)
-        return dict.fromkeys(names, width)
+    if index_bits is None or isinstance(index_bits, (int, str)):
+        spec = check_width_spec("index_bits", "auto" if index_bits is None else index_bits)
+        return {n: gap_width(spec, is_conv.get(n, False)) for n in names}
     if not isinstance(index_bits, Mapping):
         raise ConfigError(
-            f"index_bits must be an int, a {{glob: bits}} mapping or None, got {index_bits!r}"
+            "index_bits must be a number of bits, 'auto', 'paper', a {glob: bits} mapping "
+            f"or None, got {index_bits!r}"
         )
-    out = dict(default)
+    out: dict[str, GapWidth] = dict.fromkeys(names, "auto")
     for pattern, bits in index_bits.items():
-        width = _check_width(f"index_bits[{pattern!r}]", bits)
+        spec = check_width_spec(f"index_bits[{pattern!r}]", bits)
         hits = [
             n
             for n in names
@@ -100,7 +116,7 @@ def _width_resolver(
                 f"(tensors include: {', '.join(names[:8])})"
             )
         for n in hits:
-            out[n] = width
+            out[n] = gap_width(spec, is_conv.get(n, False))
     return out
 
 
@@ -137,8 +153,9 @@ def save(
         coder: entropy coder of every stream: ``"auto"`` (smallest per stream), ``"huffman"``,
             ``"ans"`` or ``"raw"``.
         index_bits: gap width of the relative sparse index (see :data:`IndexBits`); by default
-            the paper's 8 bits for convolutions and 5 for everything else (from a mapping,
-            tensors of 3 or more dimensions count as convolutions).
+            each tensor's smallest (``"auto"``). ``"paper"`` is Deep Compression's 8 bits for
+            convolutions and 5 for everything else (from a mapping, tensors of 3 or more
+            dimensions count as convolutions).
         layout: ``"auto"`` (the smaller of dense and sparse for each pruned quantized tensor),
             ``"sparse"`` (always the relative index) or ``"dense"``.
         metadata: the caller's string key/values (stored under ``"user"``).

@@ -25,7 +25,7 @@ import torch
 
 from deepzip._atomic import atomic_open
 from deepzip.coding.bloomier import BloomierFilter
-from deepzip.coding.sparse_index import encode_relative
+from deepzip.coding.sparse_index import encode_relative, rank_widths
 from deepzip.coding.streams import CoderName, EncodedStream, encode_symbols
 from deepzip.errors import ConfigError, CorruptFileError, DeepZipError, InvalidTensorError
 from deepzip.format.dzip_report import PartRecord, SaveReport, TensorRecord
@@ -55,9 +55,22 @@ from deepzip.format.dzip_spec import (
 )
 from deepzip.quantize.shared import SharedTensor
 
-__all__ = ["CoderName", "DzipWriter", "Layout", "check_little_endian"]
+__all__ = [
+    "AUTO_WIDTH_CANDIDATES",
+    "CoderName",
+    "DzipWriter",
+    "GapWidth",
+    "Layout",
+    "check_little_endian",
+]
 
 Layout = Literal["auto", "dense", "sparse"]
+GapWidth = int | Literal["auto"]
+"""A relative index's gap width: ``1..16`` bits, or ``"auto"`` (the one giving the smallest
+region: the widths are ranked by their estimated size and the best few encoded)."""
+
+AUTO_WIDTH_CANDIDATES = 2
+"""How many of the best-ranked gap widths ``"auto"`` encodes before keeping the smallest."""
 _CODERS = ("auto", "huffman", "ans", "raw")
 _LAYOUTS = ("auto", "dense", "sparse")
 
@@ -75,9 +88,11 @@ def _check_coder(coder: str) -> None:
         raise ConfigError(f"coder must be one of {', '.join(_CODERS)}, got {coder!r}")
 
 
-def _check_gap_width(name: str, width: int) -> None:
+def _check_gap_width(name: str, width: GapWidth) -> None:
+    if width == "auto":
+        return
     if isinstance(width, bool) or not isinstance(width, int):
-        raise ConfigError(f"{name}: gap width must be an integer, got {width!r}")
+        raise ConfigError(f"{name}: gap width must be an integer or 'auto', got {width!r}")
     if not MIN_GAP_WIDTH <= width <= MAX_GAP_WIDTH:
         raise ConfigError(
             f"{name}: gap width must be in {MIN_GAP_WIDTH}..{MAX_GAP_WIDTH} bits, got {width}"
@@ -102,7 +117,7 @@ class DzipWriter:
 
         with DzipWriter("net.dzip", metadata={"user": {"task": "demo"}}) as w:
             w.add_raw("fc.bias", bias)
-            w.add_shared("fc.weight", shared, gap_width=5)
+            w.add_shared("fc.weight", shared)
         report = w.report
 
     Args:
@@ -184,7 +199,7 @@ class DzipWriter:
         shared: SharedTensor,
         *,
         dtype: torch.dtype = torch.float32,
-        gap_width: int = 5,
+        gap_width: GapWidth = "auto",
         layout: Layout = "auto",
         coder: CoderName | None = None,
     ) -> TensorRecord:
@@ -195,7 +210,8 @@ class DzipWriter:
             shared: float codebook of 1..256 entries, uint8 indices and bool mask (same
                 shape). Indices at pruned positions are not stored (they read back as 0).
             dtype: the dtype decoding restores (float32, float16, bfloat16 or float64).
-            gap_width: gap field bits of the relative sparse index (``SHARED_SPARSE``).
+            gap_width: gap field bits of the relative sparse index (``SHARED_SPARSE``), or
+                ``"auto"`` for the width that makes the region smallest (see :data:`GapWidth`).
             layout: ``"dense"`` codes one symbol per element (symbol ``k`` = pruned);
                 ``"sparse"`` codes Deep Compression's relative index (gaps + values);
                 ``"auto"`` writes dense when nothing is pruned, else the smaller of the two.
@@ -217,12 +233,18 @@ class DzipWriter:
         cb_part = (PartRecord("codebook", 0), memoryview(codebook.astype("<f4").tobytes()))
         candidates: list[tuple[Encoding, int, list[tuple[PartRecord, _Part]]]] = []
         if layout == "sparse" or (layout == "auto" and kept < mask.size):
-            sparse = self._sparse(indices, mask, k, gap_width, coder)
-            candidates.append((Encoding.SHARED_SPARSE, gap_width, [cb_part, *sparse]))
+            if gap_width == "auto":
+                counts = np.bincount(indices[mask].astype(np.int64), minlength=k)
+                widths = rank_widths(mask, counts, coder=coder)[:AUTO_WIDTH_CANDIDATES]
+            else:
+                widths = [gap_width]
+            for width in widths:
+                sparse = self._sparse(indices, mask, k, width, coder)
+                candidates.append((Encoding.SHARED_SPARSE, width, [cb_part, *sparse]))
         if layout in ("dense", "auto"):
             dense = self._dense(indices, mask, k, coder)
             candidates.append((Encoding.SHARED_DENSE, 0, [cb_part, dense]))
-        # the smallest region wins; on a tie the first (sparse) candidate
+        # the smallest region wins; on a tie the first (sparse, best-ranked width) candidate
         encoding, width, parts = min(candidates, key=lambda c: sum(_nbytes(p) for _, p in c[2]))
         return self._emit(name, encoding, dtype, shape, k, width, kept, parts)
 
@@ -232,12 +254,13 @@ class DzipWriter:
         tensor: torch.Tensor,
         mask: torch.Tensor,
         *,
-        gap_width: int = 5,
+        gap_width: GapWidth = "auto",
         coder: CoderName | None = None,
     ) -> TensorRecord:
         """Store a pruned, unquantized float tensor: relative index + values (``SPARSE_FLOAT``).
 
-        The values at ``mask == False`` are not stored; they read back as zeros.
+        The values at ``mask == False`` are not stored; they read back as zeros. ``gap_width``
+        is as for :meth:`add_shared` (every filler entry costs a stored float value too).
         """
         coder = self.coder if coder is None else coder
         _check_coder(coder)
@@ -253,14 +276,25 @@ class DzipWriter:
             )
         m = mask.detach().cpu().contiguous().numpy()
         kept = int(m.sum())
-        index = encode_relative(m, np.zeros(kept, dtype=np.uint8), gap_width, filler=1)
-        is_value = np.asarray(index.values) == 0
-        values = torch.zeros(len(is_value), dtype=t.dtype)
-        values[torch.from_numpy(is_value)] = t.contiguous()[mask.cpu()]
-        gaps = encode_symbols(np.asarray(index.gaps), 1 << gap_width, coder=coder)
-        parts = [_stream_part("gaps", gaps), (PartRecord("values", 0), tensor_bytes(values))]
+        kept_values = t.contiguous()[mask.cpu()]
+        if gap_width == "auto":
+            value_bits = 8 * t.element_size()
+            widths = rank_widths(m, value_bits=value_bits, coder=coder)[:AUTO_WIDTH_CANDIDATES]
+        else:
+            widths = [gap_width]
+        candidates = []
+        for width in widths:
+            index = encode_relative(m, np.zeros(kept, dtype=np.uint8), width, filler=1)
+            is_value = np.asarray(index.values) == 0
+            values = torch.zeros(len(is_value), dtype=t.dtype)
+            values[torch.from_numpy(is_value)] = kept_values
+            gaps = encode_symbols(np.asarray(index.gaps), 1 << width, coder=coder)
+            parts = [_stream_part("gaps", gaps), (PartRecord("values", 0), tensor_bytes(values))]
+            candidates.append((width, parts))
+        # the smallest region wins; on a tie the best-ranked width
+        width, parts = min(candidates, key=lambda c: sum(_nbytes(p) for _, p in c[1]))
         shape = tuple(t.shape)
-        return self._emit(name, Encoding.SPARSE_FLOAT, t.dtype, shape, 0, gap_width, kept, parts)
+        return self._emit(name, Encoding.SPARSE_FLOAT, t.dtype, shape, 0, width, kept, parts)
 
     def add_bloomier(
         self,
