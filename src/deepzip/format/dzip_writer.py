@@ -282,17 +282,20 @@ class DzipWriter:
             widths = rank_widths(m, value_bits=value_bits, coder=coder)[:AUTO_WIDTH_CANDIDATES]
         else:
             widths = [gap_width]
-        candidates = []
-        for width in widths:
+        best: tuple[int, int, list[tuple[PartRecord, _Part]]] | None = None
+        for width in widths:  # one candidate's values in memory besides the best so far
             index = encode_relative(m, np.zeros(kept, dtype=np.uint8), width, filler=1)
             is_value = np.asarray(index.values) == 0
             values = torch.zeros(len(is_value), dtype=t.dtype)
             values[torch.from_numpy(is_value)] = kept_values
             gaps = encode_symbols(np.asarray(index.gaps), 1 << width, coder=coder)
             parts = [_stream_part("gaps", gaps), (PartRecord("values", 0), tensor_bytes(values))]
-            candidates.append((width, parts))
-        # the smallest region wins; on a tie the best-ranked width
-        width, parts = min(candidates, key=lambda c: sum(_nbytes(p) for _, p in c[1]))
+            size = sum(_nbytes(p) for _, p in parts)
+            if best is None or size < best[0]:  # on a tie the best-ranked width
+                best = (size, width, parts)
+            del index, is_value, values, gaps, parts
+        assert best is not None
+        _, width, parts = best
         shape = tuple(t.shape)
         return self._emit(name, Encoding.SPARSE_FLOAT, t.dtype, shape, 0, width, kept, parts)
 
