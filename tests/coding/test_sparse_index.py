@@ -13,6 +13,7 @@ from deepzip.coding.sparse_index import (
     encode_relative,
     filler_count,
     rank_widths,
+    width_candidates,
 )
 from deepzip.coding.streams import encode_symbols
 from deepzip.errors import ConfigError, CorruptFileError, InvalidTensorError
@@ -182,8 +183,17 @@ def test_rank_widths_puts_the_smallest_index_first(
     counts = np.bincount(values, minlength=k)
     ranked = rank_widths(mask, counts, coder=coder)  # type: ignore[arg-type]
     assert sorted(ranked) == list(range(1, 17))
+    candidates = width_candidates(mask, counts, coder=coder)  # type: ignore[arg-type]
+    assert candidates == ranked[: len(candidates)]
+    assert len(candidates) == 1 or coder in ("auto", "ans")
     sizes = {w: _index_bytes(mask, values, k, w, coder) for w in range(1, 17)}
-    assert min(sizes[w] for w in ranked[:2]) == min(sizes.values()), (ranked, sizes)
+    chosen = min(sizes[w] for w in candidates)
+    if coder in ("huffman", "raw"):  # their sizes are estimated exactly
+        assert chosen == min(sizes.values()), (ranked, sizes)
+    else:  # ANS's estimate can be 4 bytes off per stream; only tiny indexes come that close
+        assert chosen <= min(sizes.values()) + 8, (ranked, sizes)
+        if mask.sum() > 1000:
+            assert chosen == min(sizes.values()), (ranked, sizes)
 
 
 def test_rank_widths_with_raw_values_counts_the_fillers() -> None:
@@ -191,5 +201,6 @@ def test_rank_widths_with_raw_values_counts_the_fillers() -> None:
     mask[::1000] = True  # gaps of 999: one filler per kept weight below 10 bits
     ranked = rank_widths(mask, value_bits=32)
     assert ranked[0] == 10  # the narrowest width that needs no filler (each costs 32 bits)
+    assert width_candidates(mask, value_bits=32, coder="huffman") == [10]
     with pytest.raises(InvalidTensorError, match="mask must be boolean"):
         rank_widths(mask.astype(np.uint8))

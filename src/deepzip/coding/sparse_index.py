@@ -22,11 +22,12 @@ in ``width`` bits, every value is at most ``filler``, and the last entry lies in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from deepzip.coding.streams import CoderName, estimated_size
+from deepzip.coding.streams import CoderName, estimated_size, quick_size
 from deepzip.errors import ConfigError, CorruptFileError, InvalidTensorError
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "encode_relative",
     "filler_count",
     "rank_widths",
+    "width_candidates",
 ]
 
 MIN_WIDTH = 1
@@ -87,6 +89,48 @@ def filler_count(mask: np.ndarray, width: int) -> int:
     return int(np.sum(skipped >> width))
 
 
+_SHORTLIST = 4  # widths whose size rank_widths estimates in full (ANS's model included)
+ANS_SLACK = 8
+"""Bytes by which ``estimated_size`` may misjudge an index's two streams under ANS (4 each)."""
+
+
+def _ranked(
+    mask: np.ndarray, value_counts: np.ndarray | None, value_bits: int, coder: CoderName
+) -> list[tuple[int, float]]:
+    """(width, estimated bytes) for every width, best first (see :func:`rank_widths`)."""
+    m = np.asarray(mask)
+    if m.dtype != np.bool_:
+        raise InvalidTensorError(f"relative index: mask must be boolean, got {m.dtype}")
+    if coder not in ("auto", "huffman", "ans", "raw"):
+        raise ConfigError(f"coder must be 'auto', 'huffman', 'ans' or 'raw', got {coder!r}")
+    skipped = np.diff(np.flatnonzero(m), prepend=-1) - 1
+    kept = int(skipped.size)
+    # the distinct runs of pruned positions and how often each occurs: one pass over the
+    # tensor, then every width works on these few numbers
+    runs, run_counts = np.unique(skipped, return_counts=True)
+    counts = None if value_counts is None else np.asarray(value_counts, dtype=np.int64)
+    streams: dict[int, tuple[np.ndarray, np.ndarray | None, int]] = {}
+    for width in range(MIN_WIDTH, MAX_WIDTH + 1):
+        fillers = int(np.dot(runs >> width, run_counts))
+        gap_counts = np.bincount(
+            runs & ((1 << width) - 1), weights=run_counts, minlength=1 << width
+        ).astype(np.int64)
+        gap_counts[-1] += fillers
+        values = None if counts is None else np.append(counts, fillers)
+        raw_values = 0 if values is not None else ((kept + fillers) * value_bits + 7) // 8
+        streams[width] = (gap_counts, values, raw_values)
+
+    def size(width: int, estimate: Callable[[np.ndarray], float]) -> float:
+        gap_counts, values, raw_values = streams[width]
+        return estimate(gap_counts) + (raw_values if values is None else estimate(values))
+
+    quick = sorted((size(w, lambda c: quick_size(c, coder=coder)), w) for w in streams)
+    exact = sorted(
+        (size(w, lambda c: estimated_size(c, coder=coder)), w) for _, w in quick[:_SHORTLIST]
+    )
+    return [(w, est) for est, w in exact + quick[_SHORTLIST:]]
+
+
 def rank_widths(
     mask: np.ndarray,
     value_counts: np.ndarray | None = None,
@@ -97,10 +141,12 @@ def rank_widths(
     """Every gap width, ``1..16``, smallest estimated index first (ties: the narrower).
 
     The estimate is the size of both streams of :func:`encode_relative` at each width, from
-    their histograms (``deepzip.coding.streams.estimated_size``) without building or coding
-    the index: a width ``w`` gives each kept weight that follows ``d`` pruned positions
-    ``d >> w`` fillers (gap ``2**w - 1``, value the filler) and the gap ``d mod 2**w``.
-    Callers encode the first few widths and keep the smallest.
+    their histograms without building or coding the index: a width ``w`` gives each kept
+    weight that follows ``d`` pruned positions ``d >> w`` fillers (gap ``2**w - 1``, value the
+    filler) and the gap ``d mod 2**w``. All widths are ranked first by
+    ``deepzip.coding.streams.quick_size``; the best four of those are then ranked by
+    ``deepzip.coding.streams.estimated_size`` (ANS's model and quantised weights included) and
+    come first.
 
     Args:
         mask: bool array (flattened in C order); ``True`` = kept.
@@ -114,23 +160,25 @@ def rank_widths(
         InvalidTensorError: ``mask`` is not boolean.
         ConfigError: a bad ``coder``.
     """
-    m = np.asarray(mask)
-    if m.dtype != np.bool_:
-        raise InvalidTensorError(f"relative index: mask must be boolean, got {m.dtype}")
-    skipped = np.diff(np.flatnonzero(m), prepend=-1) - 1
-    counts = None if value_counts is None else np.asarray(value_counts, dtype=np.int64)
-    cost: list[tuple[int, int]] = []
-    for width in range(MIN_WIDTH, MAX_WIDTH + 1):
-        fillers = int(np.sum(skipped >> width))
-        gap_counts = np.bincount(skipped & ((1 << width) - 1), minlength=1 << width)
-        gap_counts[-1] += fillers
-        size = estimated_size(gap_counts, coder=coder)
-        if counts is None:
-            size += ((skipped.size + fillers) * value_bits + 7) // 8
-        else:
-            size += estimated_size(np.append(counts, fillers), coder=coder)
-        cost.append((size, width))
-    return [width for _, width in sorted(cost)]
+    return [w for w, _ in _ranked(mask, value_counts, value_bits, coder)]
+
+
+def width_candidates(
+    mask: np.ndarray,
+    value_counts: np.ndarray | None = None,
+    *,
+    value_bits: int = 0,
+    coder: CoderName = "auto",
+) -> list[int]:
+    """The gap widths worth encoding to find the smallest index: the best of
+    :func:`rank_widths`, and the second when ANS may code the streams and its estimate is
+    within :data:`ANS_SLACK` bytes (ANS's estimate can be off by that much; Huffman's and
+    raw sizes are exact). Same arguments as :func:`rank_widths`."""
+    ranked = _ranked(mask, value_counts, value_bits, coder)
+    (best, size), (second, size2) = ranked[0], ranked[1]
+    if coder in ("auto", "ans") and size2 - size <= ANS_SLACK:
+        return [best, second]
+    return [best]
 
 
 def encode_relative(

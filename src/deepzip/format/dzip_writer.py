@@ -25,7 +25,7 @@ import torch
 
 from deepzip._atomic import atomic_open
 from deepzip.coding.bloomier import BloomierFilter
-from deepzip.coding.sparse_index import encode_relative, rank_widths
+from deepzip.coding.sparse_index import encode_relative, width_candidates
 from deepzip.coding.streams import CoderName, EncodedStream, encode_symbols
 from deepzip.errors import ConfigError, CorruptFileError, DeepZipError, InvalidTensorError
 from deepzip.format.dzip_report import PartRecord, SaveReport, TensorRecord
@@ -56,7 +56,6 @@ from deepzip.format.dzip_spec import (
 from deepzip.quantize.shared import SharedTensor
 
 __all__ = [
-    "AUTO_WIDTH_CANDIDATES",
     "CoderName",
     "DzipWriter",
     "GapWidth",
@@ -67,10 +66,11 @@ __all__ = [
 Layout = Literal["auto", "dense", "sparse"]
 GapWidth = int | Literal["auto"]
 """A relative index's gap width: ``1..16`` bits, or ``"auto"`` (the one giving the smallest
-region: the widths are ranked by their estimated size and the best few encoded)."""
+region: the widths are ranked by their estimated size, and the best one or two encoded
+(``deepzip.coding.sparse_index.width_candidates``); exactly the best fixed width with Huffman
+or raw coding, and with ANS within the few bytes its size estimate can be off on a tiny
+index)."""
 
-AUTO_WIDTH_CANDIDATES = 2
-"""How many of the best-ranked gap widths ``"auto"`` encodes before keeping the smallest."""
 _CODERS = ("auto", "huffman", "ans", "raw")
 _LAYOUTS = ("auto", "dense", "sparse")
 
@@ -235,7 +235,7 @@ class DzipWriter:
         if layout == "sparse" or (layout == "auto" and kept < mask.size):
             if gap_width == "auto":
                 counts = np.bincount(indices[mask].astype(np.int64), minlength=k)
-                widths = rank_widths(mask, counts, coder=coder)[:AUTO_WIDTH_CANDIDATES]
+                widths = width_candidates(mask, counts, coder=coder)
             else:
                 widths = [gap_width]
             for width in widths:
@@ -279,7 +279,7 @@ class DzipWriter:
         kept_values = t.contiguous()[mask.cpu()]
         if gap_width == "auto":
             value_bits = 8 * t.element_size()
-            widths = rank_widths(m, value_bits=value_bits, coder=coder)[:AUTO_WIDTH_CANDIDATES]
+            widths = width_candidates(m, value_bits=value_bits, coder=coder)
         else:
             widths = [gap_width]
         best: tuple[int, int, list[tuple[PartRecord, _Part]]] | None = None
