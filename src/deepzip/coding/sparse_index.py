@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepzip.coding.streams import CoderName, estimated_size, quick_size
+from deepzip.coding.streams import CoderName, estimated_size
 from deepzip.errors import ConfigError, CorruptFileError, InvalidTensorError
 
 __all__ = [
@@ -124,7 +124,9 @@ def _ranked(
         gap_counts, values, raw_values = streams[width]
         return estimate(gap_counts) + (raw_values if values is None else estimate(values))
 
-    quick = sorted((size(w, lambda c: quick_size(c, coder=coder)), w) for w in streams)
+    quick = sorted(
+        (size(w, lambda c: estimated_size(c, coder=coder, quick=True)), w) for w in streams
+    )
     exact = sorted(
         (size(w, lambda c: estimated_size(c, coder=coder)), w) for _, w in quick[:_SHORTLIST]
     )
@@ -143,10 +145,9 @@ def rank_widths(
     The estimate is the size of both streams of :func:`encode_relative` at each width, from
     their histograms without building or coding the index: a width ``w`` gives each kept
     weight that follows ``d`` pruned positions ``d >> w`` fillers (gap ``2**w - 1``, value the
-    filler) and the gap ``d mod 2**w``. All widths are ranked first by
-    ``deepzip.coding.streams.quick_size``; the best four of those are then ranked by
-    ``deepzip.coding.streams.estimated_size`` (ANS's model and quantised weights included) and
-    come first.
+    filler) and the gap ``d mod 2**w``. All widths are ranked first by the quick
+    ``deepzip.coding.streams.estimated_size``; the best four of those are then ranked by the
+    full one (ANS's model and quantised weights included) and come first.
 
     Args:
         mask: bool array (flattened in C order); ``True`` = kept.

@@ -74,7 +74,6 @@ __all__ = [
     "encode_symbols",
     "entropy_bits",
     "estimated_size",
-    "quick_size",
     "symbol_counts",
 ]
 
@@ -471,7 +470,7 @@ over 600 random streams (median 31, with the rounding up to whole 32-bit words);
 ``estimated_size`` exact for 95% of them and 4 bytes off for the rest."""
 
 
-def estimated_size(counts: np.ndarray, *, coder: CoderName = "auto") -> int:
+def estimated_size(counts: np.ndarray, *, coder: CoderName = "auto", quick: bool = False) -> int:
     """The serialised size, in bytes, :func:`encode_symbols` would give these symbol counts.
 
     Without coding the symbols: exact for RAW and Huffman; for ANS the ideal code length
@@ -482,6 +481,8 @@ def estimated_size(counts: np.ndarray, *, coder: CoderName = "auto") -> int:
         counts: how many times each symbol of the alphabet occurs (its length is the
             alphabet's size, ``1..65536``).
         coder: as for :func:`encode_symbols`.
+        quick: estimate ANS more cheaply, from the stream's entropy and Huffman's model (its
+            own model, whose weights are costly to choose, is not built).
 
     Raises:
         ConfigError: a bad ``coder`` or alphabet size.
@@ -499,45 +500,22 @@ def estimated_size(counts: np.ndarray, *, coder: CoderName = "auto") -> int:
     if coder in ("auto", "raw"):
         raw_len = (count * _raw_width(alphabet_size) + 7) // 8
         sizes.append(_serialised_size(alphabet_size, count, 0, raw_len))
-    if coder in ("auto", "huffman"):
-        lengths, hmodel = _huffman_model(c)
-        huff_len = (huffman.encoded_bits(c, lengths) + 7) // 8
-        sizes.append(_serialised_size(alphabet_size, count, len(hmodel), huff_len))
-    if coder in ("auto", "ans"):
-        weights, precision, amodel = _ans_model(c)
-        bits = ans.estimated_bits(c, weights, precision) if precision else 0.0
-        ans_len = 4 * math.ceil((bits + _ANS_TAIL_BITS) / 32) if precision else 0
-        sizes.append(_serialised_size(alphabet_size, count, len(amodel), ans_len))
-    return min(sizes)
-
-
-def quick_size(counts: np.ndarray, *, coder: CoderName = "auto") -> int:
-    """A cheaper :func:`estimated_size`: RAW and Huffman exact, ANS as the stream's entropy and
-    final state plus Huffman's model (ANS's own model, whose weights are costly to choose, is
-    not built).
-
-    Raises:
-        ConfigError: a bad ``coder`` or alphabet size.
-    """
-    if coder not in ("auto", "huffman", "ans", "raw"):
-        raise ConfigError(f"coder must be 'auto', 'huffman', 'ans' or 'raw', got {coder!r}")
-    c = np.asarray(counts, dtype=np.int64)
-    alphabet_size = int(c.size)
-    if not 1 <= alphabet_size <= MAX_ALPHABET:
-        raise ConfigError(f"alphabet size must be in [1, {MAX_ALPHABET}], got {alphabet_size}")
-    count = int(c.sum())
-    if count == 0 or coder == "raw":
-        return estimated_size(c, coder="raw")
-    sizes = [estimated_size(c, coder="raw")] if coder == "auto" else []
+    if coder == "raw":
+        return sizes[0]
     lengths, hmodel = _huffman_model(c)
     if coder in ("auto", "huffman"):
         huff_len = (huffman.encoded_bits(c, lengths) + 7) // 8
         sizes.append(_serialised_size(alphabet_size, count, len(hmodel), huff_len))
     if coder in ("auto", "ans"):
-        used = c[c > 0].astype(np.float64)
-        bits = float(-np.sum(used * np.log2(used / count)))
-        ans_len = 4 * math.ceil((bits + _ANS_TAIL_BITS) / 32)
-        sizes.append(_serialised_size(alphabet_size, count, len(hmodel), ans_len))
+        used = c[c > 0]
+        if quick and used.size > 1:
+            bits, model_len = float(-np.sum(used * np.log2(used / count))), len(hmodel)
+        else:
+            weights, precision, amodel = _ans_model(c)
+            bits, model_len = ans.estimated_bits(c, weights, precision), len(amodel)
+        # one used symbol (precision 0) has no payload
+        ans_len = 4 * math.ceil((bits + _ANS_TAIL_BITS) / 32) if used.size > 1 else 0
+        sizes.append(_serialised_size(alphabet_size, count, model_len, ans_len))
     return min(sizes)
 
 
