@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -39,6 +42,56 @@ def test_quantization_is_exact_when_counts_are_powers_of_two() -> None:
     # raising a tiny count to 1 takes the unit back from the largest weight
     assert ans.quantize_counts(np.array([1000, 1]), 1).tolist() == [1, 1]
     assert ans.quantize_counts(np.array([1000, 1, 1]), 2).tolist() == [2, 1, 1]
+
+
+def _one_unit_at_a_time(counts: np.ndarray, precision: int) -> list[int]:
+    """quantize_counts's documented rule, literally: floors, then unit by unit (a heap)."""
+    used = np.flatnonzero(counts)
+    c = [int(v) for v in counts[used]]
+    total = sum(c)
+    w = [max(1, v * (1 << precision) // total) for v in c]
+    rem = [v * (1 << precision) - (v * (1 << precision) // total) * total for v in c]
+    diff = (1 << precision) - sum(w)
+    if diff > 0:
+        for i in sorted(range(len(c)), key=lambda i: (-rem[i], i))[:diff]:
+            w[i] += 1
+    heap = [(Fraction(2 * c[i], 2 * w[i] - 1), i) for i in range(len(c)) if w[i] > 1]
+    heapq.heapify(heap)
+    for _ in range(-diff):
+        _, i = heapq.heappop(heap)
+        w[i] -= 1
+        if w[i] > 1:
+            heapq.heappush(heap, (Fraction(2 * c[i], 2 * w[i] - 1), i))
+    out = [0] * counts.size
+    for i, v in zip(used, w, strict=True):
+        out[int(i)] = v
+    return out
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    alphabet=st.sampled_from([2, 5, 300, 4000]),
+    kind=st.sampled_from(["zipf", "ties", "spread"]),
+    seed=st.integers(0, 2**32 - 1),
+    precision_step=st.integers(0, 11),
+)
+def test_taking_units_back_matches_one_at_a_time(
+    alphabet: int, kind: str, seed: int, precision_step: int
+) -> None:
+    """The vectorised take-back picks exactly the units the one-at-a-time rule picks."""
+    rng = np.random.default_rng(seed)
+    if kind == "zipf":  # a few large counts and a long tail of ones
+        counts = np.bincount(rng.zipf(1.3, 20_000) % alphabet, minlength=alphabet)
+    elif kind == "ties":  # many equal keys: the tie-break decides
+        counts = rng.integers(0, 4, alphabet)
+    else:  # counts far apart, below the scaling threshold
+        counts = rng.integers(0, 2, alphabet) * rng.choice([1, 3, 1000, 10**9], alphabet)
+    if not counts.any():
+        counts[0] = 1
+    used = int(np.count_nonzero(counts))
+    lowest = max(1, (used - 1).bit_length()) if used > 1 else 0
+    precision = min(ans.MAX_PRECISION, lowest + precision_step)
+    assert ans.quantize_counts(counts, precision).tolist() == _one_unit_at_a_time(counts, precision)
 
 
 def _entropy_bits(symbols: np.ndarray) -> float:

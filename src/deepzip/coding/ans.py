@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import struct
 from collections.abc import Callable
 from fractions import Fraction
 
@@ -95,18 +96,85 @@ def quantize_counts(counts: np.ndarray, precision: int) -> np.ndarray:
         order = np.lexsort((used, -rem))
         w[order[:diff]] += 1
     if diff < 0:
-        # give back one unit at a time where it costs least: c * log2(w / (w - 1)) is about
-        # c / (w - 1/2); exact rational keys keep the choice identical on every machine
-        heap = [(Fraction(2 * int(cu[i]), 2 * int(w[i]) - 1), i) for i in range(m) if w[i] > 1]
+        w = _take_back(cu, w, -diff)
+    out = np.zeros(c.size, dtype=np.int64)
+    out[used] = w
+    return out
+
+
+def _bits(x: float) -> int:
+    """The IEEE-754 bit pattern of a positive double, as an integer (monotone in ``x``)."""
+    return int(struct.unpack("<q", struct.pack("<d", x))[0])
+
+
+def _float(bits: int) -> float:
+    return float(struct.unpack("<d", struct.pack("<q", bits))[0])
+
+
+def _units_below(c2: np.ndarray, w: np.ndarray, x: float) -> np.ndarray:
+    """Per symbol, how many of its take-back steps have a float key below ``x``.
+
+    Symbol ``i`` at weight ``w`` can give back ``w - 1`` units; its ``u``-th one (1-based)
+    costs ``2c / (2w + 1 - 2u)``, increasing with ``u``. The count is taken exactly on the
+    correctly rounded float keys: a closed-form estimate, then corrected by one step at a
+    time where the division ``c2 / x`` rounded the wrong way.
+    """
+    cap = w - 1
+    bound = np.minimum(c2 / x, float(1 << 40))  # keys below x  <=>  denominator above this
+    d0 = np.floor(bound).astype(np.int64) + 1
+    d0 += d0 % 2 == 0  # the smallest odd denominator above the bound
+    u: np.ndarray = np.clip((2 * w - 1 - np.maximum(d0, 3)) // 2 + 1, 0, cap)
+    while True:
+        up = (u < cap) & (c2 / (2 * w - 1 - 2 * u) < x)
+        down = (u > 0) & (c2 / (2 * w + 1 - 2 * u) >= x)
+        if not (up.any() or down.any()):
+            return u
+        u = u + up - down
+
+
+def _take_back(cu: np.ndarray, w: np.ndarray, units: int) -> np.ndarray:
+    """Take ``units`` weight units back, one at a time where it costs least.
+
+    The cost of the next unit of a symbol with count ``c`` and weight ``w > 1`` is
+    ``c * log2(w / (w - 1))``, about ``c / (w - 1/2)``: the units taken are the ``units``
+    smallest keys ``2c / (2w - 1)`` over all symbols and steps, compared as exact fractions
+    (ties: lower symbol), which keeps the choice identical on every machine. A bisection
+    over float thresholds takes every step whose rounded key is below ``lo`` (rounding is
+    monotone, so those precede all others exactly); the few steps left, keys rounded into
+    ``[lo, hi)``, go through a heap of exact fractions.
+    """
+    c2 = 2.0 * cu  # exact: cu < 2**38
+    cap = w - 1
+    movable = cap > 0
+    first = c2[movable] / (2 * w[movable] - 1)
+    last = c2[movable] / 3.0
+    lo = float(first.min())  # no key is below it
+    hi = float(np.nextafter(last.max(), np.inf))  # every key is below it
+    below_lo = np.zeros_like(w)
+    below_hi = cap
+    while int(below_lo.sum()) < units and _bits(hi) - _bits(lo) > 1:
+        # bisect on the bit patterns of positive doubles (monotone in the value)
+        mid = _float((_bits(lo) + _bits(hi)) // 2)
+        below_mid = _units_below(c2, w, mid)
+        taken = int(below_mid.sum())
+        if taken <= units:
+            lo, below_lo = mid, below_mid
+        if taken >= units:
+            hi, below_hi = mid, below_mid
+    w = w - below_lo
+    left = units - int(below_lo.sum())
+    if left:
+        heap = [
+            (Fraction(2 * int(cu[i]), 2 * int(w[i]) - 1), int(i))
+            for i in np.flatnonzero(below_hi > below_lo)
+        ]
         heapq.heapify(heap)
-        for _ in range(-diff):
+        for _ in range(left):
             _, i = heapq.heappop(heap)
             w[i] -= 1
             if w[i] > 1:
                 heapq.heappush(heap, (Fraction(2 * int(cu[i]), 2 * int(w[i]) - 1), i))
-    out = np.zeros(c.size, dtype=np.int64)
-    out[used] = w
-    return out
+    return w
 
 
 def estimated_bits(counts: np.ndarray, weights: np.ndarray, precision: int) -> float:
