@@ -97,6 +97,30 @@ def test_mixed_fields_aligned_and_unaligned(
     r.finish()
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    lead=st.integers(0, 15),
+    gammas=st.lists(st.integers(1, 2**32 - 1), max_size=40),
+    tail=st.integers(0, 9),
+)
+def test_gamma_array_writes_the_same_bits_as_one_at_a_time(
+    lead: int, gammas: list[int], tail: int
+) -> None:
+    one, many = BitWriter(), BitWriter()
+    for w in (one, many):
+        w.write((1 << lead) - 1, lead)  # ones, so a shifted-in zero would show
+    for g in gammas:
+        one.write_gamma(g)
+    many.write_gammas(np.array(gammas, dtype=np.uint64))
+    for w in (one, many):
+        w.write((1 << tail) - 1, tail)
+    assert many.bit_length == one.bit_length
+    assert many.getvalue() == one.getvalue()
+    r = BitReader(many.getvalue(), what="gammas")
+    r.read(lead)
+    assert [r.read_gamma(33) for _ in gammas] == gammas
+
+
 def test_gamma_codes() -> None:
     w = BitWriter()
     for v in (1, 2, 3, 4, 9):
@@ -106,6 +130,8 @@ def test_gamma_codes() -> None:
     assert w.getvalue() == int(bits.ljust(24, "0"), 2).to_bytes(3, "big")
     with pytest.raises(ValueError, match=">= 1"):
         w.write_gamma(0)
+    with pytest.raises(ValueError, match=r"got range \[0, 5\]"):
+        w.write_gammas(np.array([5, 0]))
 
 
 def test_reader_rejects_overruns_and_bad_padding() -> None:

@@ -13,6 +13,7 @@ from deepzip.coding import (
     decode_symbols,
     encode_symbols,
     entropy_bits,
+    streams,
 )
 from deepzip.coding.streams import estimated_size
 from deepzip.errors import ConfigError, CorruptFileError, InvalidTensorError
@@ -323,6 +324,22 @@ def test_estimated_size_without_coding(
         assert abs(estimate - real) <= 4, (estimate, real)
         # quick: the entropy can only be below the quantised model's code length
         assert quick <= estimate + len(encode_symbols(symbols, alphabet, coder="huffman").model)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    alphabet=st.sampled_from([2, 40, 1000, 65536]),
+    n=st.integers(1, 3000),
+    skew=st.floats(0.02, 5.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_model_sizes_are_counted_exactly(alphabet: int, n: int, skew: float, seed: int) -> None:
+    """estimated_size counts the models' bytes instead of writing them: the same numbers."""
+    counts = np.bincount(_symbols(alphabet, n, skew, seed), minlength=alphabet)
+    lengths, hmodel = streams._huffman_model(counts)
+    weights, _, amodel = streams._ans_model(counts)
+    assert streams._huffman_model_len(lengths) == len(hmodel)
+    assert streams._ans_model_len(weights) == len(amodel)
 
 
 def test_estimated_size_bad_arguments() -> None:

@@ -176,20 +176,44 @@ class BitWriter:
         self.write(0, n)
         self.write(value, n + 1)
 
+    def write_gammas(self, values: np.ndarray) -> None:
+        """Append every value as :meth:`write_gamma` would, one array at a time."""
+        v = np.asarray(values).reshape(-1)
+        if v.size == 0:
+            return
+        if v.dtype.kind not in "ui" or int(v.min()) < 1 or int(v.max()) >= 1 << 32:
+            raise ValueError(
+                "Elias-gamma codes need integer values in [1, 2**32), "
+                f"got range [{int(v.min())}, {int(v.max())}] ({v.dtype})"
+            )
+        v = v.astype(np.int64)
+        # a gamma code is the value itself in 2 * bit_length - 1 bits (its zeros lead)
+        widths = 2 * np.frexp(v.astype(np.float64))[1].astype(np.int64) - 1
+        ends = np.cumsum(widths)
+        shift = np.repeat(ends - 1, widths) - np.arange(int(ends[-1]))  # bits left of each
+        bits = (np.repeat(v, widths) >> shift) & 1
+        self._append_packed(np.packbits(bits.astype(np.uint8)).tobytes(), int(ends[-1]))
+
     def write_fixed(self, values: np.ndarray, width: int) -> None:
-        """Append every value in ``width`` bits (compiled when the writer is byte-aligned)."""
-        if self._nacc == 0:
-            packed = pack_fixed(values, width)
-            total = np.asarray(values).size * width
-            full = total // 8
-            self._out += packed[:full]
-            rem = total - 8 * full
-            if rem:
-                self._acc = packed[full] >> (8 - rem)
-                self._nacc = rem
-        else:
-            for v in _as_uint_array(np.asarray(values), width).tolist():
-                self.write(int(v), width)
+        """Append every value in ``width`` bits (compiled packing, at any alignment)."""
+        packed = pack_fixed(values, width)
+        self._append_packed(packed, np.asarray(values).size * width)
+
+    def _append_packed(self, packed: bytes, nbits: int) -> None:
+        """Append the first ``nbits`` bits of ``packed`` (MSB-first, zero bits after them)."""
+        if nbits == 0:
+            return
+        s = self._nacc
+        a = np.frombuffer(packed, dtype=np.uint8, count=(nbits + 7) // 8)
+        if s:  # shift every byte right by s bits, the pending bits in front
+            wide = np.append(a, 0).astype(np.uint16)
+            prev = np.concatenate(([self._acc], wide[:-1]))
+            a = (((prev << (8 - s)) & 0xFF) | (wide >> s)).astype(np.uint8)
+        total = s + nbits
+        full = total // 8
+        self._out += a[:full].tobytes()
+        self._nacc = total - 8 * full
+        self._acc = int(a[full]) >> (8 - self._nacc) if self._nacc else 0
 
     def getvalue(self) -> bytes:
         """Everything written, the last byte padded with zero bits."""

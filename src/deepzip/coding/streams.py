@@ -80,6 +80,8 @@ __all__ = [
 MAX_ALPHABET = 1 << 16
 """The largest alphabet a stream may have."""
 
+_ANS_PRECISION_BITS = 5  # the field before an ANS model's symbol table
+
 CoderName = Literal["auto", "huffman", "ans", "raw"]
 
 
@@ -116,8 +118,7 @@ def _write_table(writer: BitWriter, values: np.ndarray) -> None:
     writer.write(vbits - 1, 5)
     if is_sparse:
         writer.write(used.size - 1, 16)
-        for gap in np.diff(used, prepend=-1).tolist():
-            writer.write_gamma(int(gap))
+        writer.write_gammas(np.diff(used, prepend=-1))
         writer.write_fixed(values[used], vbits)
     else:
         n = int(used[-1]) + 1
@@ -307,7 +308,7 @@ def _parse_model(
         reader.finish()
         huffman.check_lengths(values, what=what)
         return values, 0
-    precision = reader.read(5, "ANS precision")
+    precision = reader.read(_ANS_PRECISION_BITS, "ANS precision")
     values = _read_table(reader, alphabet_size)
     reader.finish()
     used = values[values > 0]
@@ -397,12 +398,26 @@ def _huffman_model(counts: np.ndarray) -> tuple[np.ndarray, bytes]:
     return lengths, writer.getvalue()
 
 
+def _huffman_model_len(lengths: np.ndarray) -> int:
+    """``len`` of :func:`_huffman_model`'s bytes, without writing them."""
+    return (_table_bits(lengths.astype(np.int64))[2] + 7) // 8
+
+
+def _ans_weights(counts: np.ndarray) -> tuple[int, np.ndarray]:
+    return ans.choose_precision(counts, lambda w: _ANS_PRECISION_BITS + _table_bits(w)[2])
+
+
 def _ans_model(counts: np.ndarray) -> tuple[np.ndarray, int, bytes]:
-    precision, weights = ans.choose_precision(counts, lambda w: 5 + _table_bits(w)[2])
+    precision, weights = _ans_weights(counts)
     writer = BitWriter()
-    writer.write(precision, 5)
+    writer.write(precision, _ANS_PRECISION_BITS)
     _write_table(writer, weights)
     return weights, precision, writer.getvalue()
+
+
+def _ans_model_len(weights: np.ndarray) -> int:
+    """``len`` of :func:`_ans_model`'s bytes, without writing them."""
+    return (_ANS_PRECISION_BITS + _table_bits(weights)[2] + 7) // 8
 
 
 def encode_symbols(
@@ -502,17 +517,19 @@ def estimated_size(counts: np.ndarray, *, coder: CoderName = "auto", quick: bool
         sizes.append(_serialised_size(alphabet_size, count, 0, raw_len))
     if coder == "raw":
         return sizes[0]
-    lengths, hmodel = _huffman_model(c)
+    # the models' sizes are counted, not written (_table_bits is what _write_table writes)
+    lengths = huffman.code_lengths(c)
+    hmodel_len = _huffman_model_len(lengths)
     if coder in ("auto", "huffman"):
         huff_len = (huffman.encoded_bits(c, lengths) + 7) // 8
-        sizes.append(_serialised_size(alphabet_size, count, len(hmodel), huff_len))
+        sizes.append(_serialised_size(alphabet_size, count, hmodel_len, huff_len))
     if coder in ("auto", "ans"):
         used = c[c > 0]
         if quick and used.size > 1:
-            bits, model_len = float(-np.sum(used * np.log2(used / count))), len(hmodel)
+            bits, model_len = float(-np.sum(used * np.log2(used / count))), hmodel_len
         else:
-            weights, precision, amodel = _ans_model(c)
-            bits, model_len = ans.estimated_bits(c, weights, precision), len(amodel)
+            precision, weights = _ans_weights(c)
+            bits, model_len = ans.estimated_bits(c, weights, precision), _ans_model_len(weights)
         # one used symbol (precision 0) has no payload
         ans_len = 4 * math.ceil((bits + _ANS_TAIL_BITS) / 32) if used.size > 1 else 0
         sizes.append(_serialised_size(alphabet_size, count, model_len, ans_len))
