@@ -141,8 +141,8 @@ def pack_codes(
 class BitWriter:
     """Accumulates bit fields MSB-first; :meth:`getvalue` returns them zero-padded to bytes.
 
-    Meant for headers and tables (a Python call per field); :meth:`write_fixed` packs a whole
-    array at once.
+    Meant for headers and tables (a Python call per field); :meth:`write_fixed` and
+    :meth:`write_gammas` write a whole array at once, at any bit alignment.
     """
 
     def __init__(self) -> None:
@@ -177,7 +177,8 @@ class BitWriter:
         self.write(value, n + 1)
 
     def write_gammas(self, values: np.ndarray) -> None:
-        """Append every value as :meth:`write_gamma` would, one array at a time."""
+        """Append every value as :meth:`write_gamma` would, in one call (for tables: it
+        spells the codes out one byte per bit)."""
         v = np.asarray(values).reshape(-1)
         if v.size == 0:
             return
