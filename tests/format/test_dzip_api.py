@@ -170,6 +170,33 @@ def test_index_bits_int_and_globs(resnet: nn.Module, tmp_path: Path) -> None:
     assert not (tmp_path / "c.dzip").exists()
 
 
+@pytest.mark.parametrize("numel", [9, 72, 320, 2304])
+@pytest.mark.parametrize("density", [0.05, 0.3, 0.7])
+@pytest.mark.parametrize("k", [2, 3, 16])
+def test_auto_layout_writes_the_smallest_file(
+    tmp_path: Path, numel: int, density: float, k: int
+) -> None:
+    """Layout and gap width "auto" give the smallest file of every layout and width: a
+    sparse entry's extra directory bytes count, so a tie in the region goes to dense."""
+    rng = np.random.default_rng(numel * k)
+    mask = torch.from_numpy(rng.random(numel) < density)
+    mask[0] = True
+    shared = SharedTensor(
+        torch.linspace(-1.0, 1.0, k),
+        torch.from_numpy(rng.integers(0, k, numel).astype(np.uint8)),
+        mask,
+    )
+
+    def size(name: str, **kwargs: object) -> int:
+        with DzipWriter(tmp_path / f"{name}.dzip") as w:
+            w.add_shared("t", shared, **kwargs)  # type: ignore[arg-type]
+        return (tmp_path / f"{name}.dzip").stat().st_size
+
+    fixed = {"dense": size("dense", layout="dense")}
+    fixed.update({f"sparse {g}": size(f"s{g}", layout="sparse", gap_width=g) for g in range(1, 17)})
+    assert size("auto") == min(fixed.values()), fixed
+
+
 def test_auto_index_bits_is_the_smallest_width(resnet: nn.Module, tmp_path: Path) -> None:
     model = _compressed(resnet, 0.9)
     auto = {t.name: t for t in save(model, tmp_path / "a.dzip", layout="sparse").tensors}

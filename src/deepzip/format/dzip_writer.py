@@ -14,7 +14,7 @@ import operator
 import os
 import sys
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -214,7 +214,8 @@ class DzipWriter:
                 ``"auto"`` for the width that makes the region smallest (see :data:`GapWidth`).
             layout: ``"dense"`` codes one symbol per element (symbol ``k`` = pruned);
                 ``"sparse"`` codes Deep Compression's relative index (gaps + values);
-                ``"auto"`` writes dense when nothing is pruned, else the smaller of the two.
+                ``"auto"`` writes dense when nothing is pruned, else the one that adds fewer
+                bytes to the file (its region and its directory entry).
             coder: entropy coder of the streams (default: the writer's).
 
         Raises:
@@ -244,8 +245,15 @@ class DzipWriter:
         if layout in ("dense", "auto"):
             dense = self._dense(indices, mask, k, coder)
             candidates.append((Encoding.SHARED_DENSE, 0, [cb_part, dense]))
-        # the smallest region wins; on a tie the first (sparse, best-ranked width) candidate
-        encoding, width, parts = min(candidates, key=lambda c: sum(_nbytes(p) for _, p in c[2]))
+
+        def stored(c: tuple[Encoding, int, list[tuple[PartRecord, _Part]]]) -> int:
+            lengths = [_nbytes(p) for _, p in c[2]]
+            entry = _entry(name, c[0], dtype, shape, k, c[1], kept, lengths)
+            return sum(lengths) + len(entry.pack())
+
+        # the fewest bytes in the file (region and directory entry: a sparse entry has one
+        # more part and a gap width) win; on a tie the first (sparse, best-ranked width)
+        encoding, width, parts = min(candidates, key=stored)
         return self._emit(name, encoding, dtype, shape, k, width, kept, parts)
 
     def add_sparse_float(
@@ -488,9 +496,7 @@ class DzipWriter:
             crc = zlib.crc32(data, crc)
             lengths.append(_nbytes(data))
             records.append(_with_bytes(record, lengths[-1]))
-        values = {"k": k, "gap_width": gap_width, "kept": kept}
-        params = tuple((key, values[key]) for key, _ in PARAM_FIELDS[encoding])
-        entry = TensorEntry(name, encoding, dtype, shape, params, self._offset, crc, tuple(lengths))
+        entry = _entry(name, encoding, dtype, shape, k, gap_width, kept, lengths, self._offset, crc)
         self._offset += entry.length
         self._names.add(name)
         self._entries.append(entry)
@@ -558,6 +564,24 @@ class DzipWriter:
             overhead_bytes=HEADER_SIZE + len(directory) + len(metadata),
             original_bytes=sum(e.numel * _itemsize(e.dtype) for e in self._entries),
         )
+
+
+def _entry(
+    name: str,
+    encoding: Encoding,
+    dtype: torch.dtype,
+    shape: tuple[int, ...],
+    k: int,
+    gap_width: int,
+    kept: int,
+    lengths: Sequence[int],
+    offset: int = 0,
+    crc: int = 0,
+) -> TensorEntry:
+    """The directory entry of a tensor (offset and CRC do not change its size)."""
+    values = {"k": k, "gap_width": gap_width, "kept": kept}
+    params = tuple((key, values[key]) for key, _ in PARAM_FIELDS[encoding])
+    return TensorEntry(name, encoding, dtype, shape, params, offset, crc, tuple(lengths))
 
 
 def _nbytes(data: _Part) -> int:
