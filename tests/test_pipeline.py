@@ -298,10 +298,15 @@ def test_index_bits_overrides_reach_the_file(tmp_path: Path) -> None:
     assert widths["4.weight"] == 3
     paper = replace(
         recipe,
-        stages=(*recipe.stages[:-1], Stage("encode", EncodeStage(index_bits="paper"))),
+        stages=(
+            *recipe.stages[:-1],
+            Stage("encode", EncodeStage(index_bits="paper", layout="sparse")),
+        ),
         overrides=(LayerRule("4", index_bits="auto"),),
     )
-    auto = replace(paper, stages=(*recipe.stages[:-1], Stage("encode", EncodeStage())))
+    auto = replace(
+        paper, stages=(*recipe.stages[:-1], Stage("encode", EncodeStage(layout="sparse")))
+    )
     runs = {}
     for name, r in (("paper", paper), ("auto", auto)):
         tensors = run_recipe(toy_model(), r, tmp_path / name).final.details["save"]["tensors"]

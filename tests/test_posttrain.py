@@ -307,9 +307,18 @@ def test_cli_index_bits(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     base = ["compress", str(ckpt), "-o", str(out), "--sparsity", "0.9", "--no-progress"]
     assert main([*base, "--index-bits", "paper"]) == 0
     dims = {name: t.dim() for name, t in load_file(ckpt).items()}
+    encodings = {t.name: t.encoding for t in inspect(out).tensors if t.k is not None}
     widths = {t.name: t.gap_width for t in inspect(out).tensors if t.gap_width is not None}
-    assert set(widths.values()) == {5, 8}
+    # layout auto: a tensor whose sparse form at the paper's width is not smaller goes dense
     assert widths == {n: 8 if dims[n] >= 3 else 5 for n in widths}
+    assert 0 < len(widths) < len(encodings) == 3
+    base = [*base, "--layout", "sparse"]
+    assert main([*base, "--index-bits", "paper"]) == 0
+    widths = {t.name: t.gap_width for t in inspect(out).tensors if t.gap_width is not None}
+    assert widths == {n: 8 if dims[n] >= 3 else 5 for n in encodings}
+    assert set(widths.values()) == {5, 8}
+    assert main([*base, "--layout", "dense"]) == 0
+    assert {t.encoding for t in inspect(out).tensors if t.k is not None} == {"shared_dense"}
     assert main([*base, "--index-bits", "3"]) == 0
     assert {t.gap_width for t in inspect(out).tensors if t.gap_width is not None} == {3}
     for bad, message in (("17", "must be in 1..16, got 17"), ("wide", "got 'wide'")):

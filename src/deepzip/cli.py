@@ -737,6 +737,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             exclude=tuple(args.exclude),
             layer_bits=dict(_parse_layer_bits(t) for t in args.layer_bits),
             index_bits=args.index_bits,
+            layout=args.layout,
             progress=on_tensor,
         )
         progress.update(task, completed=len(report.tensors), description="done")
@@ -1109,6 +1110,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BITS|auto|paper",
         help="sparse-index gap width: 1..16 bits, 'auto' (each tensor's smallest; default) or "
         "'paper' (8 bits for convolutions, 5 otherwise)",
+    )
+    p.add_argument(
+        "--layout",
+        choices=("auto", "dense", "sparse"),
+        default="auto",
+        help="a pruned quantized tensor's index: 'sparse' (Deep Compression's relative index), "
+        "'dense' (one symbol per weight) or 'auto' (whichever makes the file smaller; default)",
     )
     _add_glob_args(p)
     p.add_argument("--json", default=None, help="also write the report as JSON")
