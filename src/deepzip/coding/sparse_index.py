@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepzip.coding.streams import CoderName, estimated_size
+from deepzip.coding.streams import CoderName, check_coder, estimated_size
 from deepzip.errors import ConfigError, CorruptFileError, InvalidTensorError
 
 __all__ = [
@@ -101,8 +101,7 @@ def _ranked(
     m = np.asarray(mask)
     if m.dtype != np.bool_:
         raise InvalidTensorError(f"relative index: mask must be boolean, got {m.dtype}")
-    if coder not in ("auto", "huffman", "ans", "raw"):
-        raise ConfigError(f"coder must be 'auto', 'huffman', 'ans' or 'raw', got {coder!r}")
+    check_coder(coder)
     skipped = np.diff(np.flatnonzero(m), prepend=-1) - 1
     kept = int(skipped.size)
     # the distinct runs of pruned positions and how often each occurs: one pass over the

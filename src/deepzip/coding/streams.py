@@ -70,6 +70,7 @@ __all__ = [
     "Coder",
     "CoderName",
     "EncodedStream",
+    "check_coder",
     "decode_symbols",
     "encode_symbols",
     "entropy_bits",
@@ -83,6 +84,12 @@ MAX_ALPHABET = 1 << 16
 _ANS_PRECISION_BITS = 5  # the field before an ANS model's symbol table
 
 CoderName = Literal["auto", "huffman", "ans", "raw"]
+
+
+def check_coder(coder: object) -> None:
+    """Raise ``ConfigError`` unless ``coder`` is a :data:`CoderName`."""
+    if coder not in ("auto", "huffman", "ans", "raw"):
+        raise ConfigError(f"coder must be 'auto', 'huffman', 'ans' or 'raw', got {coder!r}")
 
 
 class Coder(enum.IntEnum):
@@ -438,8 +445,7 @@ def encode_symbols(
         ConfigError: a bad ``alphabet_size`` or ``coder``.
         InvalidTensorError: non-integer symbols or symbols out of range.
     """
-    if coder not in ("auto", "huffman", "ans", "raw"):
-        raise ConfigError(f"coder must be 'auto', 'huffman', 'ans' or 'raw', got {coder!r}")
+    check_coder(coder)
     sym = _checked_symbols(symbols, alphabet_size)
     count = int(sym.size)
     if count == 0:
@@ -502,8 +508,7 @@ def estimated_size(counts: np.ndarray, *, coder: CoderName = "auto", quick: bool
     Raises:
         ConfigError: a bad ``coder`` or alphabet size.
     """
-    if coder not in ("auto", "huffman", "ans", "raw"):
-        raise ConfigError(f"coder must be 'auto', 'huffman', 'ans' or 'raw', got {coder!r}")
+    check_coder(coder)
     c = np.asarray(counts, dtype=np.int64)
     alphabet_size = int(c.size)
     if not 1 <= alphabet_size <= MAX_ALPHABET:
