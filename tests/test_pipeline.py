@@ -181,10 +181,7 @@ def test_changed_recipe_is_detected(uninterrupted: Path, tmp_path: Path) -> None
     with pytest.raises(RecipeChangedError, match="the starting model's weights differ"):
         run_recipe(other_model, toy_recipe(), uninterrupted, data=toy_data())
     # restart discards the old run and starts over (in a copy, to keep the shared fixture)
-    run_dir = tmp_path / "copy"
-    run_dir.mkdir()
-    for p in uninterrupted.iterdir():
-        (run_dir / p.name).write_bytes(p.read_bytes())
+    run_dir = _copy_run(uninterrupted, tmp_path / "copy")
     recipe = Recipe.from_dict({**changed, "stages": [changed["stages"][0], changed["stages"][-1]]})
     result = run_recipe(toy_model(), recipe, run_dir, data=toy_data(), restart=True, device="cpu")
     assert result.resumed_from == 0
@@ -450,3 +447,59 @@ def test_quick_recipe_shortens_every_training() -> None:
         if before.kind != "encode":
             assert max(_training_epochs(before.config)) > 1
             assert max(_training_epochs(after.config)) == 1, after.kind
+
+
+def _copy_run(src: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for p in src.iterdir():
+        (dest / p.name).write_bytes(p.read_bytes())
+    return dest
+
+
+def test_a_run_of_other_deepzip_code_is_not_resumed(uninterrupted: Path, tmp_path: Path) -> None:
+    from deepzip import __version__
+    from deepzip._provenance import code_sha256
+
+    state = json.loads((uninterrupted / STATE_FILE).read_text("utf-8"))
+    assert state["identity"]["deepzip"] == {"version": __version__, "code_sha256": code_sha256()}
+    for made, says in [
+        ({"version": __version__, "code_sha256": "0" * 64}, r"deepzip \S+ \(code 000000000000\)"),
+        ({"version": "0.0.9", "code_sha256": "1" * 64}, r"deepzip 0\.0\.9 \(code 111111111111\)"),
+        (None, "a deepzip that did not record its version"),
+    ]:
+        run_dir = _copy_run(uninterrupted, tmp_path / f"v{len(list(tmp_path.iterdir()))}")
+        old = json.loads(json.dumps(state))
+        if made is None:
+            del old["identity"]["deepzip"]
+        else:
+            old["identity"]["deepzip"] = made
+        (run_dir / STATE_FILE).write_text(json.dumps(old), "utf-8")
+        with pytest.raises(RecipeChangedError, match=f"made by {says}.*--restart") as info:
+            run_recipe(toy_model(), toy_recipe(), run_dir, data=toy_data(), device="cpu")
+        assert f"this is deepzip {__version__} (code {code_sha256()[:12]})" in str(info.value)
+        assert json.loads((run_dir / STATE_FILE).read_text("utf-8")) == old  # nothing touched
+
+
+def test_code_hash_follows_content_not_place(tmp_path: Path) -> None:
+    from deepzip._provenance import code_sha256
+
+    a = tmp_path / "a" / "pkg"
+    (a / "sub").mkdir(parents=True)
+    (a / "m.py").write_text("x = 1\n")
+    (a / "sub" / "r.toml").write_text("k = 2\n")
+    (a / "notes.txt").write_text("not code")
+    base = code_sha256(a)
+    b = tmp_path / "b" / "pkg"
+    b.parent.mkdir()
+    a.rename(b)
+    assert code_sha256(b) == base  # moved: same hash
+    (b / "__pycache__").mkdir()
+    (b / "__pycache__" / "m.py").write_text("compiled")
+    (b / "notes.txt").write_text("edited")
+    assert code_sha256(b) == base  # caches and non-code files do not count
+    (b / "sub" / "r.toml").write_text("k = 3\n")
+    assert code_sha256(b) != base  # a built-in recipe changed
+    (b / "sub" / "r.toml").write_text("k = 2\n")
+    assert code_sha256(b) == base
+    (b / "m.py").rename(b / "n.py")
+    assert code_sha256(b) != base  # same bytes under another name

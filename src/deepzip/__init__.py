@@ -6,6 +6,7 @@ Importing the package has no side effects: nothing is printed, downloaded or con
 from __future__ import annotations
 
 from deepzip import errors, runtime
+from deepzip._version import __version__
 from deepzip.config import (
     BitsOverride,
     CellBitsOverride,
@@ -54,8 +55,6 @@ from deepzip.prune import (
 from deepzip.quantize import QuantizeReport, export_shared, quantize_, strip_
 from deepzip.targets import select_targets
 from deepzip.weightless import WeightlessReport, weightless_
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BitsOverride",

@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from deepzip._atomic import atomic_write_text
+from deepzip._provenance import deepzip_identity
 from deepzip.config import (
     EncodeStage,
     FinetuneStage,
@@ -406,7 +407,11 @@ _GRAD_KEY = "deepzip.run.shared_grad"
 
 
 class RecipeChangedError(ConfigError):
-    """A run directory holds a run of a different recipe, model or data set."""
+    """A run directory holds a run of a different recipe, model or data set, or another deepzip's.
+
+    "Another deepzip" is another version, or the same version with other code (the run records
+    a hash of the package's code): its finished stages are not what this code would compute.
+    """
 
 
 def stage_seed(recipe_seed: int, index: int) -> int:
@@ -1349,7 +1354,8 @@ def run_recipe(
         ConfigError: a glob matching no layer, a stage that needs ``train_fn``/``eval_fn``
             that were not given (checked before anything runs), a stage that needs
             ``batches`` that were not given.
-        RecipeChangedError: ``run_dir`` holds a run of another recipe, model or data set.
+        RecipeChangedError: ``run_dir`` holds a run of another recipe, model or data set, or
+            one started by another deepzip (version or code).
     """
     out = Path(run_dir)
     emit = on_event if on_event is not None else (lambda event: None)
@@ -1381,6 +1387,7 @@ def run_recipe(
         "model_sha256": model_fingerprint(model),
         "data": data_id,
         "seed": recipe.seed,
+        "deepzip": deepzip_identity(),
     }
     encode = _encode_options(recipe)
     base_meta = {
@@ -1536,10 +1543,26 @@ def _mismatch(
         what.append(f"data {old.get('data')!r} → {identity['data']!r}")
     if old.get("seed") != identity["seed"] and not what:
         what.append(f"seed {old.get('seed')!r} → {identity['seed']!r}")
+    if what:
+        return (
+            f"{out} holds a run of a different recipe, model or data: {'; '.join(what)}. "
+            "Use another run directory, or restart (restart=True; --restart on the command "
+            "line) to discard it"
+        )
     return (
-        f"{out} holds a run of a different recipe, model or data: {'; '.join(what)}. "
-        "Use another run directory, or restart (deepzip run --restart) to discard it"
+        f"{out} holds a run made by {_made_by(old.get('deepzip'))}, and this is "
+        f"{_made_by(identity['deepzip'])}. Its finished stages would not be what this code "
+        "computes, and the resumed run's .dzip would not be the one a fresh run writes. "
+        "Restart it (restart=True; --restart on the command line) to run it again with this "
+        "deepzip, or finish it with the deepzip that started it"
     )
+
+
+def _made_by(made: Any) -> str:
+    if not isinstance(made, Mapping) or "version" not in made:
+        return "a deepzip that did not record its version"
+    code = str(made.get("code_sha256", ""))[:12] or "unrecorded"
+    return f"deepzip {made['version']} (code {code})"
 
 
 def _kept(report: SaveReport) -> float:
