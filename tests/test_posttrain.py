@@ -284,7 +284,10 @@ def test_index_bits_globs_match_module_or_tensor_names(ckpt: Path, tmp_path: Pat
     }
     with pytest.raises(ConfigError, match=r"index_bits pattern 'layers\.0\.lienar' matches no"):
         widths({"layers.0.lienar": 3})
-    with pytest.raises(ConfigError, match=r"index_bits\['\*'\] must be in 1\.\.16, got 0"):
+    with pytest.raises(
+        ConfigError,
+        match=r"index_bits\['\*'\] must be an integer from 1 to 16, 'auto' or 'paper', got 0",
+    ):
         widths({"*": 0})
 
 
@@ -321,7 +324,7 @@ def test_cli_index_bits(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert {t.encoding for t in inspect(out).tensors if t.k is not None} == {"shared_dense"}
     assert main([*base, "--index-bits", "3"]) == 0
     assert {t.gap_width for t in inspect(out).tensors if t.gap_width is not None} == {3}
-    for bad, message in (("17", "must be in 1..16, got 17"), ("wide", "got 'wide'")):
+    for bad, message in (("17", "from 1 to 16, 'auto' or 'paper', got 17"), ("wide", "got 'wide'")):
         with pytest.raises(SystemExit) as info:
             main([*base, "--index-bits", bad])
         assert info.value.code == 2

@@ -34,7 +34,9 @@ from torch import nn
 from deepzip import __version__
 from deepzip._atomic import atomic_write_text
 from deepzip.config import (
+    CODER_NAMES,
     BitsOverride,
+    IndexBitsSpec,
     LayerOverride,
     PruneConfig,
     PruneJob,
@@ -44,6 +46,7 @@ from deepzip.config import (
     ScheduleConfig,
     TrainConfig,
     builtin_recipe_names,
+    check_index_bits,
     load_prune_job,
     load_recipe,
 )
@@ -51,7 +54,6 @@ from deepzip.datasets import DATASETS, DataSplits, download, load_dataset
 from deepzip.errors import ConfigError, DeepZipError
 from deepzip.format import apply_checkpoint, read_checkpoint, save_checkpoint, to_safetensors
 from deepzip.format import inspect as inspect_dzip
-from deepzip.format.api import WidthSpec, check_width_spec
 from deepzip.pipeline import (
     PipelineEvent,
     RunResult,
@@ -157,7 +159,7 @@ def _seed(text: str) -> int:
     return value
 
 
-def _index_bits(text: str) -> WidthSpec:
+def _index_bits(text: str) -> IndexBitsSpec:
     """``--index-bits``: a gap width in bits, ``auto`` or ``paper``."""
     spec: object = text if text in ("auto", "paper") else None
     if spec is None:
@@ -168,7 +170,7 @@ def _index_bits(text: str) -> WidthSpec:
                 f"expected a number of bits, 'auto' or 'paper', got {text!r}"
             ) from None
     try:
-        return check_width_spec("--index-bits", spec)
+        return check_index_bits("--index-bits", spec)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -1099,7 +1101,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"default: {DEFAULT_QUANTIZER}",
     )
     p.add_argument("--lambda", dest="ecsq_lambda", type=float, default=0.0, help="ECSQ rate weight")
-    p.add_argument("--coder", default="auto", choices=("auto", "huffman", "ans", "raw"))
+    p.add_argument("--coder", default="auto", choices=CODER_NAMES)
     p.add_argument(
         "--layer-bits", action="append", default=[], metavar="GLOB=BITS", help="per-tensor bits"
     )

@@ -28,8 +28,11 @@ else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
 __all__ = [
+    "CODER_NAMES",
+    "INDEX_BITS_RANGE",
     "BitsOverride",
     "CellBitsOverride",
+    "CoderName",
     "EncodeStage",
     "FinetuneStage",
     "INQConfig",
@@ -60,6 +63,8 @@ __all__ = [
     "WeightlessStage",
     "builtin_recipe",
     "builtin_recipe_names",
+    "check_coder",
+    "check_index_bits",
     "load_prune_job",
     "load_recipe",
     "load_toml",
@@ -898,29 +903,44 @@ class PruneJob:
 
 StageRole = Literal["train", "analyze", "prune", "retrain", "quantize", "finetune", "encode"]
 CoderName = Literal["auto", "huffman", "ans", "raw"]
+"""How streams are entropy coded: each stream's smaller of Huffman and ANS (``"auto"``), one of
+them, or fixed-width packing (``"raw"``)."""
+CODER_NAMES: tuple[CoderName, ...] = ("auto", "huffman", "ans", "raw")
 LayoutName = Literal["auto", "sparse", "dense"]
 
 _RETRAIN_KEYS = frozenset(f.name for f in fields(RetrainConfig))
 _TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig)) - {"seed"}
 _PRUNE_KEYS = frozenset(f.name for f in fields(PruneConfig))
 _QUANTIZE_KEYS = frozenset(f.name for f in fields(QuantizeConfig))
-_CODERS = ("auto", "huffman", "ans", "raw")
 # The sweep of deepzip.prune.sensitivity.DEFAULT_SWEEP (config sits below prune).
 _SENSITIVITY_SWEEP = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
 
 
+def check_coder(coder: object, where: str = "coder") -> CoderName:
+    """``coder`` if it is a :data:`CoderName`, else a ``ConfigError`` naming ``where``."""
+    _check_choice(where, coder, CODER_NAMES)
+    return coder  # type: ignore[return-value]
+
+
 IndexBitsSpec = int | Literal["auto", "paper"]
-"""A relative index's gap width in a recipe: 1..16 bits, ``"auto"`` (the width that makes each
-tensor smallest) or ``"paper"`` (Deep Compression's 8 bits for convolutions, 5 otherwise)."""
+"""A relative index's gap width: 1..16 bits, ``"auto"`` (the width that makes each tensor
+smallest) or ``"paper"`` (Deep Compression's 8 bits for convolutions, 5 otherwise)."""
+
+# deepzip.format.dzip_spec's MIN_GAP_WIDTH..MAX_GAP_WIDTH (config sits below format; a test
+# holds the two equal)
+INDEX_BITS_RANGE = (1, 16)
 
 
-def _check_index_bits(key: str, value: object) -> None:
+def check_index_bits(where: str, value: object) -> IndexBitsSpec:
+    """``value`` if it is an :data:`IndexBitsSpec`, else a ``ConfigError`` naming ``where``."""
     if value in ("auto", "paper"):
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
+        return value
+    low, high = INDEX_BITS_RANGE
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(
-            f"{key} must be an integer from 1 to 16, 'auto' or 'paper', got {value!r}"
+            f"{where} must be an integer from {low} to {high}, 'auto' or 'paper', got {value!r}"
         )
+    return value
 
 
 @dataclass(frozen=True)
@@ -958,7 +978,7 @@ class LayerRule:
         if self.bits is not None:
             _check_bits(f"{key}.bits", self.bits)
         if self.index_bits is not None:
-            _check_index_bits(f"{key}.index_bits", self.index_bits)
+            check_index_bits(f"{key}.index_bits", self.index_bits)
         if not isinstance(self.skip, bool):
             raise ConfigError(f"{key}.skip must be true or false, got {self.skip!r}")
         if self.sparsity is not None and self.quality is not None:
@@ -1161,10 +1181,10 @@ class EncodeStage:
     layout: LayoutName = "auto"
 
     def __post_init__(self) -> None:
-        _check_choice("coder", self.coder, _CODERS)
+        check_coder(self.coder)
         _check_choice("layout", self.layout, ("auto", "sparse", "dense"))
         if self.index_bits is not None:
-            _check_index_bits("index_bits", self.index_bits)
+            check_index_bits("index_bits", self.index_bits)
 
     def to_dict(self) -> dict[str, Any]:
         """The stage table (without ``type``)."""

@@ -21,10 +21,9 @@ from typing import Any, Literal
 
 import torch
 
-from deepzip.coding.streams import CoderName
-from deepzip.config import QuantizeConfig
+from deepzip.config import CoderName, IndexBitsSpec, QuantizeConfig, check_index_bits
 from deepzip.errors import CheckpointError, ConfigError
-from deepzip.format.api import IndexBits, WidthSpec, check_width_spec, gap_width
+from deepzip.format.api import IndexBits, gap_width
 from deepzip.format.checkpoint import _as_state_dict
 from deepzip.format.dzip_report import SaveReport
 from deepzip.format.dzip_spec import MAX_K
@@ -310,13 +309,13 @@ def _check_globs(names: Sequence[str], config: PostTrainConfig, index_bits: Inde
 def _check_index_bits(index_bits: IndexBits) -> None:
     if isinstance(index_bits, Mapping):
         for pattern, spec in index_bits.items():
-            check_width_spec(f"index_bits[{pattern!r}]", spec)
+            check_index_bits(f"index_bits[{pattern!r}]", spec)
     elif index_bits is not None:
-        check_width_spec("index_bits", index_bits)
+        check_index_bits("index_bits", index_bits)
 
 
 def _gap_width(name: str, tensor: torch.Tensor, index_bits: IndexBits) -> GapWidth:
-    spec: WidthSpec = "auto"
+    spec: IndexBitsSpec = "auto"
     if isinstance(index_bits, Mapping):
         module, _, attr = name.rpartition(".")
         for pattern, bits in index_bits.items():
@@ -376,7 +375,7 @@ def compress_checkpoint(
             compressed.
         exclude: globs of tensors left raw.
         layer_bits: ``{glob: bits}`` per-tensor bit widths (the last matching glob wins).
-        index_bits: gap width of the relative sparse index: one ``WidthSpec`` (bits,
+        index_bits: gap width of the relative sparse index: one ``IndexBitsSpec`` (bits,
             ``"auto"`` or ``"paper"``: 8 bits for tensors of 3+ dimensions, 5 otherwise),
             ``{glob: spec}`` (tensor or module names; the last matching glob wins, ``"auto"``
             elsewhere), or ``None`` (``"auto"``: each tensor's smallest index).

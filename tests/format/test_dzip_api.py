@@ -163,9 +163,11 @@ def test_index_bits_int_and_globs(resnet: nn.Module, tmp_path: Path) -> None:
     assert (widths["conv1.weight"], widths["head.weight"]) == (8, 3)
     with pytest.raises(ConfigError, match="pattern 'nope' matches no tensor"):
         save(model, tmp_path / "c.dzip", index_bits={"nope": 4})
-    with pytest.raises(ConfigError, match=r"must be in 1\.\.16, got 17"):
+    with pytest.raises(ConfigError, match=r"from 1 to 16, 'auto' or 'paper', got 17"):
         save(model, tmp_path / "c.dzip", index_bits=17)
-    with pytest.raises(ConfigError, match=r"index_bits\['conv\*'\] must be a number of bits"):
+    with pytest.raises(
+        ConfigError, match=r"index_bits\['conv\*'\] must be an integer from 1 to 16"
+    ):
         save(model, tmp_path / "c.dzip", index_bits={"conv*": "wide"})  # type: ignore[dict-item]
     assert not (tmp_path / "c.dzip").exists()
 
@@ -384,3 +386,17 @@ def test_auto_index_bits_for_pruned_float_weights(mlp: nn.Module, tmp_path: Path
     state = load_state_dict(tmp_path / "a.dzip")
     for name, t in plain_state_dict(mlp).items():
         assert torch.equal(state[name], t)
+
+
+def test_config_index_bits_range_is_the_formats() -> None:
+    """Recipes and the API check widths in config, which sits below the format it must agree
+    with: every width config accepts must be writable, and every writable width accepted."""
+    from deepzip.config import INDEX_BITS_RANGE, check_index_bits
+    from deepzip.format.dzip_spec import MAX_GAP_WIDTH, MIN_GAP_WIDTH
+
+    assert INDEX_BITS_RANGE == (MIN_GAP_WIDTH, MAX_GAP_WIDTH)
+    assert check_index_bits("w", MIN_GAP_WIDTH) == MIN_GAP_WIDTH
+    assert check_index_bits("w", MAX_GAP_WIDTH) == MAX_GAP_WIDTH
+    for bad in (MIN_GAP_WIDTH - 1, MAX_GAP_WIDTH + 1):
+        with pytest.raises(ConfigError, match=f"w must be an integer .* got {bad}"):
+            check_index_bits("w", bad)

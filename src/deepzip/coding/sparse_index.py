@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepzip.coding.streams import CoderName, check_coder, estimated_size
+from deepzip.coding.streams import estimated_size
+from deepzip.config import CoderName, check_coder
 from deepzip.errors import ConfigError, CorruptFileError, InvalidTensorError
 
 __all__ = [

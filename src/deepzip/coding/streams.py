@@ -56,13 +56,13 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from deepzip.coding import ans, huffman, varint
 from deepzip.coding._jit import kernels
 from deepzip.coding.bitio import BitReader, BitWriter, pack_fixed, unpack_fixed
+from deepzip.config import CoderName, check_coder
 from deepzip.errors import ConfigError, CorruptFileError, InvalidTensorError
 
 __all__ = [
@@ -70,7 +70,6 @@ __all__ = [
     "Coder",
     "CoderName",
     "EncodedStream",
-    "check_coder",
     "decode_symbols",
     "encode_symbols",
     "entropy_bits",
@@ -82,14 +81,6 @@ MAX_ALPHABET = 1 << 16
 """The largest alphabet a stream may have."""
 
 _ANS_PRECISION_BITS = 5  # the field before an ANS model's symbol table
-
-CoderName = Literal["auto", "huffman", "ans", "raw"]
-
-
-def check_coder(coder: object) -> None:
-    """Raise ``ConfigError`` unless ``coder`` is a :data:`CoderName`."""
-    if coder not in ("auto", "huffman", "ans", "raw"):
-        raise ConfigError(f"coder must be 'auto', 'huffman', 'ans' or 'raw', got {coder!r}")
 
 
 class Coder(enum.IntEnum):

@@ -14,23 +14,22 @@ import os
 import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from deepzip._atomic import atomic_open
+from deepzip.config import CoderName, IndexBitsSpec, check_index_bits
 from deepzip.errors import CheckpointError, ConfigError, InvalidTensorError
 from deepzip.format.checkpoint import check_keys_fit, plain_state_dict
 from deepzip.format.dzip_reader import DzipReader
 from deepzip.format.dzip_report import InspectReport, SaveReport
 from deepzip.format.dzip_spec import (
-    MAX_GAP_WIDTH,
-    MIN_GAP_WIDTH,
     SAFETENSORS_DTYPE,
     dtype_itemsize,
 )
-from deepzip.format.dzip_writer import CoderName, DzipWriter, GapWidth, Layout, tensor_bytes
+from deepzip.format.dzip_writer import DzipWriter, GapWidth, Layout, tensor_bytes
 from deepzip.prune.parametrization import get_mask
 from deepzip.quantize.api import export_shared, strip_
 from deepzip.quantize.shared import SharedTensor
@@ -40,8 +39,6 @@ __all__ = [
     "CONV_GAP_WIDTH",
     "FC_GAP_WIDTH",
     "IndexBits",
-    "WidthSpec",
-    "check_width_spec",
     "gap_width",
     "inspect",
     "load_model",
@@ -56,13 +53,8 @@ FC_GAP_WIDTH = 5
 CONV_GAP_WIDTH = 8
 """The paper's relative-index width for convolutions."""
 
-WidthSpec = int | Literal["auto", "paper"]
-"""One tensor's gap width: ``1..16`` bits; ``"auto"``, the width that makes its region smallest
-(``deepzip.format.dzip_writer.GapWidth``); or ``"paper"``, Deep Compression's 8 bits for a
-convolution and 5 for anything else."""
-
-IndexBits = WidthSpec | Mapping[str, WidthSpec] | None
-"""Gap width of the relative sparse index: one :data:`WidthSpec` for every tensor,
+IndexBits = IndexBitsSpec | Mapping[str, IndexBitsSpec] | None
+"""Gap width of the relative sparse index: one :data:`IndexBitsSpec` for every tensor,
 ``{glob: spec}`` (the last matching glob wins, ``"auto"`` elsewhere), or ``None`` (``"auto"``)."""
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -72,18 +64,7 @@ def _owner(name: str) -> tuple[str, str]:
     return (name.rsplit(".", 1)[0], name.rsplit(".", 1)[1]) if "." in name else ("", name)
 
 
-def check_width_spec(where: str, spec: object) -> WidthSpec:
-    """``spec`` if it is a :data:`WidthSpec`, else a ``ConfigError`` naming ``where``."""
-    if spec in ("auto", "paper"):
-        return spec
-    if isinstance(spec, bool) or not isinstance(spec, int):
-        raise ConfigError(f"{where} must be a number of bits, 'auto' or 'paper', got {spec!r}")
-    if not MIN_GAP_WIDTH <= spec <= MAX_GAP_WIDTH:
-        raise ConfigError(f"{where} must be in {MIN_GAP_WIDTH}..{MAX_GAP_WIDTH}, got {spec}")
-    return spec
-
-
-def gap_width(spec: WidthSpec, is_conv: bool) -> GapWidth:
+def gap_width(spec: IndexBitsSpec, is_conv: bool) -> GapWidth:
     """The writer's gap width for one tensor: ``"paper"`` resolved, the rest as given."""
     if spec == "paper":
         return CONV_GAP_WIDTH if is_conv else FC_GAP_WIDTH
@@ -95,7 +76,7 @@ def _width_resolver(
 ) -> dict[str, GapWidth]:
     """Gap width per tensor name (see :data:`IndexBits`)."""
     if index_bits is None or isinstance(index_bits, (int, str)):
-        spec = check_width_spec("index_bits", "auto" if index_bits is None else index_bits)
+        spec = check_index_bits("index_bits", "auto" if index_bits is None else index_bits)
         return {n: gap_width(spec, is_conv.get(n, False)) for n in names}
     if not isinstance(index_bits, Mapping):
         raise ConfigError(
@@ -104,7 +85,7 @@ def _width_resolver(
         )
     out: dict[str, GapWidth] = dict.fromkeys(names, "auto")
     for pattern, bits in index_bits.items():
-        spec = check_width_spec(f"index_bits[{pattern!r}]", bits)
+        spec = check_index_bits(f"index_bits[{pattern!r}]", bits)
         hits = [
             n
             for n in names

@@ -26,7 +26,8 @@ import torch
 from deepzip._atomic import atomic_open
 from deepzip.coding.bloomier import BloomierFilter
 from deepzip.coding.sparse_index import encode_relative, width_candidates
-from deepzip.coding.streams import CoderName, EncodedStream, encode_symbols
+from deepzip.coding.streams import EncodedStream, encode_symbols
+from deepzip.config import CoderName, check_coder
 from deepzip.errors import ConfigError, CorruptFileError, DeepZipError, InvalidTensorError
 from deepzip.format.dzip_report import PartRecord, SaveReport, TensorRecord
 from deepzip.format.dzip_spec import (
@@ -71,7 +72,6 @@ region: the widths are ranked by their estimated size, and the best one or two e
 or raw coding, and with ANS within the few bytes its size estimate can be off on a tiny
 index)."""
 
-_CODERS = ("auto", "huffman", "ans", "raw")
 _LAYOUTS = ("auto", "dense", "sparse")
 
 _Part = bytes | memoryview
@@ -81,11 +81,6 @@ def check_little_endian() -> None:
     """Raise ``DeepZipError`` on a big-endian host (the format is little-endian throughout)."""
     if sys.byteorder != "little":  # pragma: no cover - no big-endian CI machine
         raise DeepZipError("deepzip's .dzip I/O needs a little-endian host")
-
-
-def _check_coder(coder: str) -> None:
-    if coder not in _CODERS:
-        raise ConfigError(f"coder must be one of {', '.join(_CODERS)}, got {coder!r}")
 
 
 def _check_gap_width(name: str, width: GapWidth) -> None:
@@ -136,7 +131,7 @@ class DzipWriter:
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
         check_little_endian()
-        _check_coder(coder)
+        check_coder(coder)
         self.path = Path(path)
         self.coder: CoderName = coder
         self.metadata: dict[str, Any] = dict(metadata or {})
@@ -223,7 +218,7 @@ class DzipWriter:
             ConfigError: bad ``gap_width``, ``layout`` or ``coder``.
         """
         coder = self.coder if coder is None else coder
-        _check_coder(coder)
+        check_coder(coder)
         if layout not in _LAYOUTS:
             raise ConfigError(f"{name}: layout must be one of {_LAYOUTS}, got {layout!r}")
         _check_gap_width(name, gap_width)
@@ -271,7 +266,7 @@ class DzipWriter:
         is as for :meth:`add_shared` (every filler entry costs a stored float value too).
         """
         coder = self.coder if coder is None else coder
-        _check_coder(coder)
+        check_coder(coder)
         _check_gap_width(name, gap_width)
         t = tensor.detach().cpu()
         self._check_tensor(name, t)
