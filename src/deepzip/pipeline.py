@@ -1551,8 +1551,8 @@ def _mismatch(
         )
     return (
         f"{out} holds a run made by {_made_by(old.get('deepzip'))}, and this is "
-        f"{_made_by(identity['deepzip'])}. Its finished stages would not be what this code "
-        "computes, and the resumed run's .dzip would not be the one a fresh run writes. "
+        f"{_made_by(identity['deepzip'])}. Its finished stages may differ from what this "
+        "code computes, so the resumed run's .dzip may not be the one a fresh run writes. "
         "Restart it (restart=True; --restart on the command line) to run it again with this "
         "deepzip, or finish it with the deepzip that started it"
     )
