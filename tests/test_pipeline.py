@@ -81,6 +81,8 @@ def test_a_run_records_every_stage(uninterrupted: Path) -> None:
     assert encode.file_bytes == dzip.stat().st_size
     assert encode.ratio == pytest.approx(encode.float32_bytes / dzip.stat().st_size)
     assert encode.float32_bytes == 4 * (20 * 48 + 48 + 48 * 4 + 4)
+    assert encode.details["save"]["path"] == DZIP_FILE  # relative: the directory may move
+    assert encode.details["save"]["file_bytes"] == encode.file_bytes
     assert encode.details["decoded_test_acc"] == encode.test_acc
     assert encode.details["decoded_val_acc"] == encode.val_acc
     state = json.loads((uninterrupted / STATE_FILE).read_text())

@@ -1044,7 +1044,9 @@ def _run_finetune(ctx: StageContext, config: FinetuneStage) -> StageResult:
 
 def _run_encode(ctx: StageContext, config: EncodeStage) -> StageResult:
     report = ctx.write_dzip(ctx.run_dir / DZIP_FILE)
-    details: dict[str, Any] = {"file": DZIP_FILE, "save": report.to_dict()}
+    # the path relative to the run directory, which may move (a committed report names no
+    # machine's directories)
+    details: dict[str, Any] = {"file": DZIP_FILE, "save": {**report.to_dict(), "path": DZIP_FILE}}
     # Decode the file into a fresh copy of the model: the accuracy that counts is the file's.
     decoded = independent_copy(ctx.model)
     strip_(decoded)
