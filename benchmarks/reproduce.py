@@ -19,8 +19,8 @@ pruning sensitivity (validation split), measured here.
 training its own dense baseline on the same data split, and reports the run with the median
 accuracy drop (its HTML report is the one kept); every run is summarised under ``runs``.
 ``--jobs`` runs them in worker processes. The run directories under
-``benchmarks/results/cache/runs/`` resume finished stages; ``--restart`` discards them (use it
-after changing the code).
+``benchmarks/results/cache/runs/`` resume finished stages; a run directory started by other
+deepzip code is refused, and ``--restart`` discards them.
 
 ``--seeds 1`` makes one run with the recipe's seed. With Fashion-MNIST its dense baselines then
 come from the cached checkpoints ``benchmarks/results/cache/{model}-dense.safetensors``
@@ -345,6 +345,11 @@ def _median_run(
             "final_val_acc": e["stages"][-1]["val_acc"],
             "ratio": e["ratio"],
             "file_bytes": e["file_bytes"],
+            # every stage's accuracy, kept fraction and size (the pruned model's among them)
+            "stages": [
+                {k: s[k] for k in ("stage", "val_acc", "test_acc", "kept", "file_bytes")}
+                for s in e["stages"]
+            ],
             "paper_variant": {
                 k: e["variants"]["paper"][k] for k in ("ratio", "delta_points", "final_acc")
             }
