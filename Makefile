@@ -22,8 +22,10 @@ data:
 browser:
 	./scripts/ensure_chromium.sh
 
+# DEMO_ARGS: e.g. --restart, to run the demo again from scratch
+DEMO_ARGS ?=
 demo: $(STAMP) data
-	$(VENV)/bin/deepzip demo
+	$(VENV)/bin/deepzip demo $(DEMO_ARGS)
 
 test: $(STAMP) data browser
 	$(PY) -m pytest -q
