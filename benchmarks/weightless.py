@@ -14,7 +14,8 @@ masks). Layer after layer
 3. the layer is encoded with Weightless (``deepzip.weightless_``): the cell width is the
    smallest whose validation accuracy after retraining the later layers is within
    ``--max-drop`` points of the pruned model's; the filter (header and table) plus the
-   codebook is the layer's Weightless size;
+   codebook is the layer's Weightless size. The same filter with its table LZMA-compressed
+   (``WeightlessConfig(lzma=True)``; lossless, so nothing else changes) is reported beside it;
 4. the later layers, and the codebooks and biases of the layers already encoded (their
    positions and cluster indices never change), retrain around the false positives: Adam
    (lr 1e-3, cosine schedule), distilled from the dense model (weight 0.5, temperature 4),
@@ -51,6 +52,7 @@ import torch
 from torch import nn
 
 from deepzip._atomic import atomic_write_text
+from deepzip.coding.bloomier import BloomierFilter
 from deepzip.config import QuantizeConfig, WeightlessConfig
 from deepzip.datasets import DataSplits, TensorLoader, load_dataset
 from deepzip.format import apply_checkpoint, load_model, read_checkpoint, save
@@ -59,6 +61,7 @@ from deepzip.format.dzip_writer import DzipWriter
 from deepzip.pipeline import accuracy_fn, independent_copy, make_loaders
 from deepzip.quantize import export_shared, quantize_
 from deepzip.quantize.shared import SharedTensor
+from deepzip.quantize.weightless import get_weightless
 from deepzip.report import markdown_table
 from deepzip.train import (
     DistillationLoss,
@@ -173,7 +176,19 @@ def _load(name: str, kind: str, quick: bool) -> nn.Module:
     return model
 
 
-def _row(layer: WeightlessLayer, dc: dict[str, Any], test_acc: float) -> dict[str, Any]:
+def _lzma_bytes(model: nn.Module, layer: WeightlessLayer) -> int:
+    """The encoded layer's filter with its table LZMA-compressed (as ``lzma = true`` writes it:
+    kept only when smaller), plus the codebook. Lossless: the decoded layer is the same."""
+    module = model.get_submodule(layer.name.rpartition(".")[0])
+    weight = get_weightless(module, layer.name.rpartition(".")[2])
+    assert weight is not None, f"{layer.name} is not encoded"
+    data = weight.bloomier.cpu().numpy().tobytes()
+    return len(BloomierFilter.from_bytes(data).to_bytes(compress=True)) + layer.codebook_bytes
+
+
+def _row(
+    layer: WeightlessLayer, dc: dict[str, Any], test_acc: float, lzma_bytes: int
+) -> dict[str, Any]:
     original = 4 * layer.weights
     return {
         "weights": layer.weights,
@@ -192,6 +207,9 @@ def _row(layer: WeightlessLayer, dc: dict[str, Any], test_acc: float) -> dict[st
         "deepzip_best_bytes": dc["best_bytes"],
         "deepzip_best_encoding": dc["best_encoding"],
         "weightless_vs_deep_compression": dc["bytes"] / layer.encoded_bytes,
+        "weightless_lzma_bytes": lzma_bytes,
+        "weightless_lzma_ratio": original / lzma_bytes,
+        "weightless_lzma_vs_deep_compression": dc["bytes"] / lzma_bytes,
         "false_positives": layer.false_positives,
         "false_positive_rate": layer.false_positive_rate,
         "expected_false_positive_rate": layer.expected_false_positive_rate,
@@ -254,6 +272,7 @@ def run_model(name: str, data: DataSplits, args: argparse.Namespace) -> dict[str
                         "cell_bits": t,
                         "weightless_bytes": enc.encoded_bytes,
                         "vs_deep_compression": dc["bytes"] / enc.encoded_bytes,
+                        "weightless_lzma_bytes": _lzma_bytes(trial, enc),
                         "false_positive_rate": enc.false_positive_rate,
                         "val_acc": enc.accuracy,
                         "test_acc": test_acc(trial),
@@ -267,7 +286,7 @@ def run_model(name: str, data: DataSplits, args: argparse.Namespace) -> dict[str
             reference=pruned_val,
         )
         (enc,) = report.layers
-        layers[layer] = _row(enc, dc, test_acc(model))
+        layers[layer] = _row(enc, dc, test_acc(model), _lzma_bytes(model, enc))
         r = layers[layer]
         rows.append(
             [
@@ -279,6 +298,8 @@ def run_model(name: str, data: DataSplits, args: argparse.Namespace) -> dict[str
                 f"{r['deep_compression_bytes']:,} B ({r['deep_compression_ratio']:.0f}×)",
                 f"{r['weightless_bytes']:,} B ({r['weightless_ratio']:.0f}×)",
                 f"{r['weightless_vs_deep_compression']:.2f}×",
+                f"{r['weightless_lzma_bytes']:,} B "
+                f"({r['weightless_lzma_vs_deep_compression']:.2f}×)",
                 f"{100 * enc.false_positive_rate:.2f}%",
                 f"{100 * r['val_acc']:.2f}% / {100 * r['test_acc']:.2f}%",
             ]
@@ -373,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                     "Deep Compression",
                     "Weightless",
                     "Weightless ÷ DC",
+                    "Weightless, LZMA table (÷ DC)",
                     "false positives",
                     "val / test after retraining",
                 ],
@@ -382,12 +404,21 @@ def main(argv: list[str] | None = None) -> int:
         if results[name]["fc1_sweep"]:
             print(
                 markdown_table(
-                    ["t", "Weightless bytes", "× vs DC", "false positives", "val", "test"],
+                    [
+                        "t",
+                        "Weightless bytes",
+                        "× vs DC",
+                        "LZMA table",
+                        "false positives",
+                        "val",
+                        "test",
+                    ],
                     [
                         [
                             str(s["cell_bits"]),
                             f"{s['weightless_bytes']:,}",
                             f"{s['vs_deep_compression']:.2f}×",
+                            f"{s['weightless_lzma_bytes']:,}",
                             f"{100 * s['false_positive_rate']:.2f}%",
                             f"{100 * s['val_acc']:.2f}%",
                             f"{100 * s['test_acc']:.2f}%",
