@@ -260,11 +260,10 @@ def test_the_search_skips_widths_where_every_position_decodes() -> None:
     assert seen == [4]  # K = 8: t = 3 would make every pruned position a weight
 
 
-def test_overrides_and_lzma() -> None:
+def test_overrides() -> None:
     net = _clustered()
     config = WeightlessConfig(
         cell_bits=4,
-        lzma=True,
         overrides=(CellBitsOverride("2", cell_bits=9), CellBitsOverride("4", skip=True)),
     )
     report = weightless_(net, config)
@@ -275,6 +274,27 @@ def test_overrides_and_lzma() -> None:
     assert any(s.name == "4.weight" and "override" in s.reason for s in report.skipped)
     assert get_weightless(net[4]) is None
     assert get_shared(net[4]) is not None
+
+
+def test_lzma_is_kept_where_it_shrinks_the_table() -> None:
+    def encoded(lzma: bool) -> nn.Sequential:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(400, 50), nn.ReLU(), nn.Linear(50, 4))
+        dz.prune_(net, PruneConfig(sparsity=0.85))
+        dz.quantize_(net, QuantizeConfig(bits=2))
+        weightless_(net, WeightlessConfig(cell_bits=5, lzma=lzma))
+        return net
+
+    plain, squeezed = encoded(False), encoded(True)
+    for i, flag in ((0, 1), (2, 0)):  # layer 2's table is too small for LZMA to pay
+        p, q = get_weightless(plain[i]), get_weightless(squeezed[i])
+        assert p is not None and q is not None
+        assert p.filter_bytes()[3] == 0
+        assert q.filter_bytes()[3] == flag  # bit 0 of the flags: the table is LZMA-compressed
+        assert (len(q.filter_bytes()) < len(p.filter_bytes())) == bool(flag)
+        assert torch.equal(q.indices, p.indices)  # lossless: the same decoded layer
+        assert torch.equal(q.mask, p.mask)
+        np.testing.assert_array_equal(_filter_of(squeezed[i]).table, _filter_of(plain[i]).table)
 
 
 def test_train_encoded_keeps_codebook_and_bias_trainable() -> None:
