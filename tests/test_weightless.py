@@ -288,7 +288,8 @@ def test_lzma_is_kept_where_it_shrinks_the_table() -> None:
     plain, squeezed = encoded(False), encoded(True)
     for i, flag in ((0, 1), (2, 0)):  # layer 2's table is too small for LZMA to pay
         p, q = get_weightless(plain[i]), get_weightless(squeezed[i])
-        assert p is not None and q is not None
+        assert p is not None
+        assert q is not None
         assert p.filter_bytes()[3] == 0
         assert q.filter_bytes()[3] == flag  # bit 0 of the flags: the table is LZMA-compressed
         assert (len(q.filter_bytes()) < len(p.filter_bytes())) == bool(flag)
