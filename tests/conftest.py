@@ -1,10 +1,20 @@
-"""Shared fixtures: small models and seeded synthetic data (no network, no real data set)."""
+"""Shared fixtures: small models and seeded synthetic data (no network, no real data set).
+
+Property-based tests draw the same examples on every run (Hypothesis profile
+``deterministic``: derandomized, no example database), so a run's result depends on the code
+alone. ``pytest --hypothesis-profile explore`` draws fresh examples, for hunting bugs.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import settings
 from torch import nn
+
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False, database=None)
+settings.load_profile("deterministic")
 
 
 class ResidualCNN(nn.Module):
