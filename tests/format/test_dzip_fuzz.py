@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from dzip_craft import FORMAT_ERRORS, entry_fields, fix_crcs, read_all
+from fuzz_dzip import fuzz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_dzip_golden import EVERY_ENCODING
@@ -103,3 +104,12 @@ def test_time_bounded_region_fuzz() -> None:
         tried += 1
     assert tried >= 50
     assert accepted < tried  # the validation rejects most of them
+
+
+def test_mutation_campaign_on_realistic_files(tmp_path: Path) -> None:
+    """A second of ``fuzz_dzip.py`` (at least 300 mutated files): Huffman and ANS streams at
+    several gap widths, sparse floats, and Bloomier tables packed and LZMA-compressed."""
+    result = fuzz(1.0, seed=7, min_trials=300, out=tmp_path)
+    assert result.findings == [], "\n".join(trace for _, trace in result.findings)
+    assert result.tried >= 300
+    assert 0 < result.accepted < result.tried  # edited codebooks decode; most edits are caught
