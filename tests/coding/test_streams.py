@@ -14,6 +14,7 @@ from deepzip.coding import (
     encode_symbols,
     entropy_bits,
     streams,
+    varint,
 )
 from deepzip.coding.streams import estimated_size
 from deepzip.errors import ConfigError, CorruptFileError, InvalidTensorError
@@ -321,7 +322,15 @@ def test_estimated_size_without_coding(
     if coder in ("raw", "huffman"):
         assert estimate == quick == real  # exact: both sizes follow from the counts
     else:  # ANS: the ideal code length under its quantised model, plus its final state
-        assert abs(estimate - real) <= 4, (estimate, real)
+        # The payload is exact or one 32-bit word off; the payload length's varint then takes
+        # a byte more or less where the two lengths straddle 128 (or 16,384, ...).
+        payload = len(encode_symbols(symbols, alphabet, coder="ans").payload)
+        allowed = {
+            d + varint.encoded_len(payload + d) - varint.encoded_len(payload)
+            for d in (-4, 0, 4)
+            if payload + d >= 0
+        }
+        assert estimate - real in allowed, (estimate, real, payload)
         # quick: the entropy can only be below the quantised model's code length
         assert quick <= estimate + len(encode_symbols(symbols, alphabet, coder="huffman").model)
 

@@ -479,7 +479,9 @@ def encode_symbols(
 _ANS_TAIL_BITS = 20
 """What constriction's stack coder writes beyond the ideal code length, about: 15 to 53 bits
 over 600 random streams (median 31, with the rounding up to whole 32-bit words); 20 makes
-``estimated_size`` exact for 95% of them and 4 bytes off for the rest."""
+``estimated_size``'s payload exact for 95% of them and one word (4 bytes) off for the rest,
+and the payload length's varint a byte off with it where the two lengths straddle 128 (or
+16,384, ...)."""
 
 
 def estimated_size(counts: np.ndarray, *, coder: CoderName = "auto", quick: bool = False) -> int:
@@ -487,7 +489,8 @@ def estimated_size(counts: np.ndarray, *, coder: CoderName = "auto", quick: bool
 
     Without coding the symbols: exact for RAW and Huffman; for ANS the ideal code length
     under its quantised model, plus :data:`_ANS_TAIL_BITS` for the coder's state, in 32-bit
-    words (exact for most streams, else 4 bytes off).
+    words (exact for most streams, else 4 bytes off, 5 where the payload length's varint
+    changes size).
 
     Args:
         counts: how many times each symbol of the alphabet occurs (its length is the
