@@ -81,7 +81,9 @@ def test_every_key_decodes_to_its_value(
 ) -> None:
     k_values = int(np.random.default_rng(data_seed).integers(1, (1 << cell_bits) + 1))
     keys, values = _problem(n_positions, int(density * n_positions), k_values, data_seed)
-    ratio = {2: 2.3, 3: 1.23, 4: 1.3, 5: 1.4}[hashes]
+    # above each k's peeling threshold (2.0, 1.222, 1.295, 1.425): 1.4 for k = 5 was below
+    # it, and 2,892 keys failed to peel for 64 seeds
+    ratio = {2: 2.3, 3: 1.23, 4: 1.33, 5: 1.47}[hashes]
     f = build_filter(
         keys,
         values,

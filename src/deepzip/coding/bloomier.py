@@ -406,7 +406,8 @@ def build_filter(
         cell_bits: ``t``, 1..16, with ``K <= 2**t``.
         hashes: ``k``, 1..8 (3 needs the fewest cells).
         ratio: cells per key, ``m = ceil(ratio * n + 32)`` rounded up to a multiple of ``k``.
-            Peeling needs ``ratio`` above about 1.222 for ``k = 3`` (1.295 for 4, 2 for 2).
+            Peeling needs ``ratio`` above about 1.222 for ``k = 3`` (2 for 2, 1.295 for 4,
+            1.425 for 5, 1.570 for 6, 1.719 for 7, 1.870 for 8).
         seed: first seed tried (0 .. 2**64 - 1); attempt ``j`` uses ``seed + j``.
         max_attempts: seeds tried before giving up.
         name: names the layer in error messages.
