@@ -78,8 +78,10 @@ def test_step_rounds_to_the_grid_and_represents_each_point_by_its_mean() -> None
 
 
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(1, 400), step=st.floats(0.005, 0.5), seed=st.integers(0, 2**16))
+@given(n=st.integers(1, 400), step=st.floats(0.008, 0.5), seed=st.integers(0, 2**16))
 def test_step_error_is_at_most_half_a_step(n: int, step: float, seed: int) -> None:
+    # values in (-1, 1): a step of at least 0.008 uses at most 251 grid points, within the
+    # 256 levels allowed (smaller steps may need more, which is an error, tested below)
     g = torch.Generator().manual_seed(seed)
     values = (torch.rand(n, generator=g) - 0.5) * 2.0
     r = step_quantize(values, step)
