@@ -332,10 +332,9 @@ def test_estimated_size_without_coding(
         }
         assert estimate - real in allowed, (estimate, real, payload)
     else:  # auto: the smallest coder, by these estimates and by the real sizes
-        estimates = [estimated_size(counts, coder=c) for c in ("raw", "huffman", "ans")]
-        reals = [
-            encode_symbols(symbols, alphabet, coder=c).nbytes for c in ("raw", "huffman", "ans")
-        ]
+        each = ("raw", "huffman", "ans")
+        estimates = [estimated_size(counts, coder=c) for c in each]  # type: ignore[arg-type]
+        reals = [encode_symbols(symbols, alphabet, coder=c).nbytes for c in each]  # type: ignore[arg-type]
         assert estimate == min(estimates)
         assert real == min(reals)
     if coder in ("ans", "auto"):

@@ -22,14 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from dzip_craft import FORMAT_ERRORS, fix_crcs, header, read_all  # this folder (sys.path[0])
+from test_dzip_bloomier import filter_flags, small_net, weightless_net
 from torch import nn
 
 import deepzip as dz
-from deepzip.config import PruneConfig, QuantizeConfig, WeightlessConfig
-from deepzip.quantize.weightless import get_weightless
-from deepzip.weightless import weightless_
+from deepzip.config import PruneConfig, QuantizeConfig
 
 _MAX_ELEMENTS = 1 << 16  # what a mutated file may make the reader allocate (the corpus is less)
 
@@ -44,13 +42,6 @@ class FuzzResult:
     findings: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _net(seed: int, inputs: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(inputs, 50), nn.ReLU(), nn.Linear(50, 20), nn.ReLU(), nn.Linear(20, 5)
-    )
-
-
 def corpus(workdir: Path) -> dict[str, bytes]:
     """The files to mutate, by name (deterministic: fixed seeds)."""
     files: dict[str, bytes] = {}
@@ -60,23 +51,19 @@ def corpus(workdir: Path) -> dict[str, bytes]:
         dz.save(net, path, **save)  # type: ignore[arg-type]
         files[name] = path.read_bytes()
 
+    net = small_net(seed=1, inputs=60)
+    dz.prune_(net, PruneConfig(sparsity=0.9))
+    dz.quantize_(net, QuantizeConfig(bits=5))
     for coder in ("huffman", "ans"):
         for width in (3, 8, "auto"):
-            net = _net(1, 60)
-            dz.prune_(net, PruneConfig(sparsity=0.9))
-            dz.quantize_(net, QuantizeConfig(bits=5))
             keep(f"shared-{coder}-{width}.dzip", net, coder=coder, index_bits=width)
-    net = _net(2, 60)
+    net = small_net(seed=2, inputs=60)
     dz.prune_(net, PruneConfig(sparsity=0.7))
     keep("sparse-float.dzip", net)
     for lzma in (False, True):
-        net = _net(0, 200)  # large enough for LZMA to shrink the first table
-        dz.prune_(net, PruneConfig(sparsity=0.85))
-        dz.quantize_(net, QuantizeConfig(bits=2))
-        weightless_(net, WeightlessConfig(cell_bits=5, lzma=lzma, include=("0", "2")))
-        first = get_weightless(net[0])
-        if first is None or first.filter_bytes()[3] != int(lzma):
-            raise RuntimeError(f"the corpus's Weightless file (lzma={lzma}) has the wrong table")
+        net = weightless_net(lzma=lzma, inputs=200)
+        if filter_flags(net) != ([1, 0] if lzma else [0, 0]):
+            raise RuntimeError(f"the corpus's Weightless file (lzma={lzma}) has the wrong tables")
         keep(f"weightless-{'lzma' if lzma else 'packed'}.dzip", net)
     return files
 

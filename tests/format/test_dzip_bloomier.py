@@ -8,14 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dzip_craft import (
-    Tensor,
-    assemble,
-    header,
-    raises_small,
-    read_all,
-    varint,
-)
+from dzip_craft import Tensor, assemble, header, raises_small, read_all, varint
 from torch import nn
 
 import deepzip as dz
@@ -29,22 +22,25 @@ from deepzip.quantize.weightless import get_weightless
 from deepzip.weightless import weightless_
 
 
-def _net(seed: int = 0, inputs: int = 30) -> nn.Sequential:
+def small_net(seed: int = 0, inputs: int = 30) -> nn.Sequential:
+    """A seeded 3-layer MLP (inputs → 50 → 20 → 3); also fuzz_dzip.py's corpus."""
     torch.manual_seed(seed)
     return nn.Sequential(
         nn.Linear(inputs, 50), nn.ReLU(), nn.Linear(50, 20), nn.ReLU(), nn.Linear(20, 3)
     )
 
 
-def _weightless_net(*, lzma: bool = False, inputs: int = 30) -> nn.Sequential:
-    net = _net(inputs=inputs)
+def weightless_net(*, lzma: bool = False, inputs: int = 30) -> nn.Sequential:
+    """Pruned, clustered to 2 bits, layers 0 and 2 in Bloomier filters (5-bit cells); with
+    200 inputs LZMA shrinks layer 0's table, not layer 2's (also fuzz_dzip.py's corpus)."""
+    net = small_net(inputs=inputs)
     dz.prune_(net, PruneConfig(sparsity=0.85))
     dz.quantize_(net, QuantizeConfig(bits=2))
     weightless_(net, WeightlessConfig(cell_bits=5, lzma=lzma, include=("0", "2")))
     return net
 
 
-def _filter_flags(net: nn.Sequential) -> list[int]:
+def filter_flags(net: nn.Sequential) -> list[int]:
     """The flags byte of layers 0 and 2's filters (bit 0: the table is LZMA-compressed)."""
     flags = []
     for i in (0, 2):
@@ -58,8 +54,8 @@ def _filter_flags(net: nn.Sequential) -> list[int]:
 def test_weightless_layers_round_trip(tmp_path: Path, lzma: bool) -> None:
     # With 200 inputs LZMA shrinks layer 0's table (its unowned cells are zero) but not layer
     # 2's: the LZMA file holds both forms of the table.
-    net = _weightless_net(lzma=lzma, inputs=200)
-    assert _filter_flags(net) == ([1, 0] if lzma else [0, 0])
+    net = weightless_net(lzma=lzma, inputs=200)
+    assert filter_flags(net) == ([1, 0] if lzma else [0, 0])
     path = tmp_path / "net.dzip"
     report = dz.save(net, path)
     assert header(path.read_bytes())["minor"] == 1  # the file uses a 1.1 encoding
@@ -84,7 +80,7 @@ def test_weightless_layers_round_trip(tmp_path: Path, lzma: bool) -> None:
             assert bytes(parts["filter"]) == p.filter_bytes()
     described = {t.name: t for t in inspect(path).tensors}
     assert [p.name for p in described["0.weight"].parts] == ["codebook", "filter"]
-    fresh = _net(seed=1, inputs=200)
+    fresh = small_net(seed=1, inputs=200)
     load_model(fresh, path, strict=True)
     x = torch.randn(5, 200)
     assert torch.equal(fresh(x), net(x))
@@ -93,7 +89,7 @@ def test_weightless_layers_round_trip(tmp_path: Path, lzma: bool) -> None:
 
 
 def test_files_without_weightless_layers_stay_format_1_0(tmp_path: Path) -> None:
-    net = _net()
+    net = small_net()
     dz.prune_(net, PruneConfig(sparsity=0.5))
     dz.quantize_(net, QuantizeConfig(bits=3))
     dz.save(net, tmp_path / "plain.dzip")
@@ -102,8 +98,8 @@ def test_files_without_weightless_layers_stay_format_1_0(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("lzma", [False, True])
 def test_same_model_gives_the_same_bytes(tmp_path: Path, lzma: bool) -> None:
-    dz.save(_weightless_net(lzma=lzma, inputs=200), tmp_path / "a.dzip")
-    dz.save(_weightless_net(lzma=lzma, inputs=200), tmp_path / "b.dzip")
+    dz.save(weightless_net(lzma=lzma, inputs=200), tmp_path / "a.dzip")
+    dz.save(weightless_net(lzma=lzma, inputs=200), tmp_path / "b.dzip")
     assert (tmp_path / "a.dzip").read_bytes() == (tmp_path / "b.dzip").read_bytes()
 
 
