@@ -210,11 +210,41 @@ def test_weightless_ratio_must_exceed_the_peeling_threshold() -> None:
             WeightlessConfig(hashes=hashes, ratio=minimum)
         assert WeightlessConfig(hashes=hashes, ratio=minimum + 0.01).hashes == hashes
     with pytest.raises(ConfigError, match=r"ratio = 1\.23 is too low for hashes = 4: .* 1\.295"):
-        WeightlessConfig(hashes=4)
+        WeightlessConfig(hashes=4, ratio=1.23)
     with pytest.raises(ConfigError, match=r"weightless\.hashes must be an integer from 2 to 8"):
         WeightlessConfig(hashes=1, ratio=16.0)
     with pytest.raises(ConfigError, match=r"stage 1 \(weightless\): .*too low for hashes = 2"):
-        Recipe.from_dict({"stages": [{"type": "weightless", "hashes": 2}, {"type": "encode"}]})
+        Recipe.from_dict(
+            {"stages": [{"type": "weightless", "hashes": 2, "ratio": 1.9}, {"type": "encode"}]}
+        )
+
+
+# Each k's default: just above its threshold (benchmarks/bloomier_peeling.py measures them).
+_DEFAULT_RATIO = {2: 2.5, 3: 1.23, 4: 1.32, 5: 1.45, 6: 1.62, 7: 1.77, 8: 1.93}
+
+
+def test_weightless_ratio_defaults_to_each_hash_counts_own() -> None:
+    from deepzip.config import (
+        BLOOMIER_RATIO,
+        PEELING_THRESHOLD,
+        Recipe,
+        WeightlessConfig,
+        WeightlessStage,
+    )
+
+    assert PEELING_THRESHOLD == _PEELING
+    for hashes, ratio in _DEFAULT_RATIO.items():
+        assert BLOOMIER_RATIO[hashes] == ratio
+        config = WeightlessConfig(hashes=hashes)
+        assert config.ratio == ratio  # filled in: the config and its TOML hold the number
+        assert config.to_dict()["ratio"] == ratio
+        assert WeightlessConfig.from_dict(config.to_dict()) == config
+        assert WeightlessConfig(hashes=hashes, ratio=ratio + 0.5).ratio == ratio + 0.5
+    # a recipe that names only the hash count gets that count's default
+    recipe = Recipe.from_dict({"stages": [{"type": "weightless", "hashes": 5}, {"type": "encode"}]})
+    stage = recipe.stages[0].config
+    assert isinstance(stage, WeightlessStage)
+    assert stage.weightless.ratio == 1.45
 
 
 @pytest.mark.parametrize("hashes", sorted(_PEELING))
@@ -228,7 +258,7 @@ def test_the_peeling_thresholds_match_the_filter_builder(hashes: int) -> None:
     keys = rng.choice(10**6, 20_000, replace=False)
     values = rng.integers(0, 4, keys.size)
 
-    def build(ratio: float) -> int:
+    def build(ratio: float | None) -> int:
         f = build_filter(
             keys, values, n_positions=10**6, num_values=4, cell_bits=3, hashes=hashes,
             ratio=ratio,
@@ -236,5 +266,6 @@ def test_the_peeling_thresholds_match_the_filter_builder(hashes: int) -> None:
         return f.attempts
 
     assert build(_PEELING[hashes] * 1.05) <= 16
+    assert build(None) <= 16  # the default ratio: _DEFAULT_RATIO[hashes]
     with pytest.raises(BloomierBuildError):
         build(_PEELING[hashes] * 0.97)

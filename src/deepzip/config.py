@@ -28,8 +28,10 @@ else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
 __all__ = [
+    "BLOOMIER_RATIO",
     "CODER_NAMES",
     "INDEX_BITS_RANGE",
+    "PEELING_THRESHOLD",
     "BitsOverride",
     "CellBitsOverride",
     "CoderName",
@@ -734,9 +736,21 @@ def _check_cell_bits(key: str, value: object) -> None:
         raise ConfigError(f"{key} must be an integer from 1 to 16, got {value!r}")
 
 
-# Cells per key above which a random k-hypergraph peels: 1 / c*_k (Molloy, "Cores in random
-# hypergraphs and Boolean formulas", 2005), rounded up; below it Bloomier construction fails.
-_PEELING_RATIO = {2: 2.0, 3: 1.222, 4: 1.295, 5: 1.425, 6: 1.570, 7: 1.719, 8: 1.870}
+PEELING_THRESHOLD: dict[int, float] = {
+    2: 2.0, 3: 1.222, 4: 1.295, 5: 1.425, 6: 1.570, 7: 1.719, 8: 1.870,
+}  # fmt: skip
+"""Cells per key above which a random ``k``-hypergraph peels, for ``k`` = 2..8 hashes:
+``1 / c*_k`` (Molloy, "Cores in random hypergraphs and Boolean formulas", 2005), rounded up.
+Below it Bloomier construction fails whatever the seed."""
+
+BLOOMIER_RATIO: dict[int, float] = {
+    1: 16.0, 2: 2.5, 3: 1.23, 4: 1.32, 5: 1.45, 6: 1.62, 7: 1.77, 8: 1.93,
+}  # fmt: skip
+"""Default cells per key for ``k`` = 1..8 hashes: just above :data:`PEELING_THRESHOLD`, where
+one seed peels almost always (``python benchmarks/bloomier_peeling.py`` measures it). ``k = 2``
+is an exception: a random graph is a forest only with probability about
+``sqrt(1 - (2 / ratio)**2)``, 0.6 at 2.5, so it leans on retried seeds. ``k = 1`` peels only
+when no two keys share a cell, which at the largest ratio (16) needs a small layer."""
 
 
 @dataclass(frozen=True)
@@ -763,7 +777,10 @@ class WeightlessConfig:
         ratio: cells per stored weight (up to 16); it must exceed the peeling threshold for
             ``k`` hashes: 2.0 for ``k = 2``, 1.222 for 3, 1.295 for 4, 1.425 for 5, 1.570 for
             6, 1.719 for 7, 1.870 for 8 (below it construction fails whatever the seed; just
-            above it, it may take several seeds, with ``k = 2`` most of all).
+            above it, it may take several seeds, with ``k = 2`` most of all). ``None`` (the
+            default) means ``k``'s default, :data:`BLOOMIER_RATIO`: 2.5, 1.23, 1.32, 1.45,
+            1.62, 1.77, 1.93 for ``k`` = 2..8. It is filled in on construction, so a
+            config's ``ratio`` (and its TOML) always holds the number used.
         seed: first hash seed tried (construction retries with the following seeds), 0 to
             ``2**64 - 1``.
         max_attempts: seeds tried before construction gives up.
@@ -783,7 +800,7 @@ class WeightlessConfig:
     max_cell_bits: int = 12
     max_drop: float = 0.3
     hashes: int = 3
-    ratio: float = 1.23
+    ratio: float | None = None
     seed: int = 0
     max_attempts: int = 16
     lzma: bool = False
@@ -813,11 +830,13 @@ class WeightlessConfig:
                 f"weightless.hashes must be an integer from 2 to 8 (with 1, two weights hashed "
                 f"to the same cell can never both be stored), got {self.hashes!r}"
             )
-        _check_number("weightless.ratio", self.ratio, positive=True)
-        if not 1.0 <= self.ratio <= 16.0:
-            raise ConfigError(f"weightless.ratio must be in [1, 16], got {self.ratio!r}")
-        minimum = _PEELING_RATIO[self.hashes]
-        if self.ratio <= minimum:
+        ratio = BLOOMIER_RATIO[self.hashes] if self.ratio is None else self.ratio
+        object.__setattr__(self, "ratio", ratio)
+        _check_number("weightless.ratio", ratio, positive=True)
+        if not 1.0 <= ratio <= 16.0:
+            raise ConfigError(f"weightless.ratio must be in [1, 16], got {ratio!r}")
+        minimum = PEELING_THRESHOLD[self.hashes]
+        if ratio <= minimum:
             raise ConfigError(
                 f"weightless.ratio = {self.ratio!r} is too low for hashes = {self.hashes}: "
                 f"a layer's filter cannot be built (peeled) unless the ratio exceeds {minimum}"

@@ -203,7 +203,7 @@ def encode_shared(
     cell_bits: int,
     *,
     hashes: int = 3,
-    ratio: float = 1.23,
+    ratio: float | None = None,
     seed: int = 0,
     max_attempts: int = 16,
     name: str = "tensor",

@@ -143,6 +143,10 @@ def test_cell_count() -> None:
     assert cell_count(0) == 33
     assert cell_count(0, hashes=4) == 32
     assert cell_count(100, hashes=2, ratio=2.5) == 282
+    # each k's own default ratio: 1.32 for k = 4, 2.5 for k = 2
+    assert cell_count(1000, hashes=4) == 1352  # ceil(1.32 * 1000 + 32), a multiple of 4
+    assert cell_count(100, hashes=2) == 282
+    assert cell_count(1000, hashes=3, ratio=None) == 1263
 
 
 # ------------------------------------------------------------------- false positives

@@ -39,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from deepzip.coding import varint
+from deepzip.config import BLOOMIER_RATIO
 from deepzip.errors import BloomierBuildError, ConfigError, CorruptFileError, InvalidTensorError
 
 __all__ = [
@@ -57,8 +58,9 @@ __all__ = [
 
 DEFAULT_HASHES = 3
 """Hash functions (cells per position); 3 needs the fewest cells per key."""
-DEFAULT_RATIO = 1.23
-"""Cells per key for ``k = 3``, just above the peeling threshold 1.222 (plus ``SLACK_CELLS``)."""
+DEFAULT_RATIO = BLOOMIER_RATIO[DEFAULT_HASHES]
+"""Cells per key for ``k = 3``: 1.23, just above the peeling threshold 1.222 (plus
+``SLACK_CELLS``). Every ``k`` has its own default, :data:`deepzip.config.BLOOMIER_RATIO`."""
 SLACK_CELLS = 32
 """Cells added to ``ratio * n`` so that small filters peel reliably too."""
 MAX_CELL_BITS = 16
@@ -147,8 +149,13 @@ def hash_positions(
     return out, m.astype(np.uint32)
 
 
-def cell_count(n_keys: int, *, hashes: int = DEFAULT_HASHES, ratio: float = DEFAULT_RATIO) -> int:
-    """Cells ``m`` for ``n_keys`` keys: ``ceil(ratio * n + 32)``, rounded up to a multiple of k."""
+def cell_count(n_keys: int, *, hashes: int = DEFAULT_HASHES, ratio: float | None = None) -> int:
+    """Cells ``m`` for ``n_keys`` keys: ``ceil(ratio * n + 32)``, rounded up to a multiple of k.
+
+    ``ratio=None`` is ``k``'s default (:data:`deepzip.config.BLOOMIER_RATIO`).
+    """
+    if ratio is None:
+        ratio = BLOOMIER_RATIO[hashes]
     raw = math.ceil(ratio * n_keys + SLACK_CELLS)
     return hashes * max(1, -(-raw // hashes))
 
@@ -390,7 +397,7 @@ def build_filter(
     num_values: int,
     cell_bits: int,
     hashes: int = DEFAULT_HASHES,
-    ratio: float = DEFAULT_RATIO,
+    ratio: float | None = None,
     seed: int = 0,
     max_attempts: int = 16,
     name: str = "Bloomier filter",
@@ -407,7 +414,8 @@ def build_filter(
         hashes: ``k``, 1..8 (3 needs the fewest cells).
         ratio: cells per key, ``m = ceil(ratio * n + 32)`` rounded up to a multiple of ``k``.
             Peeling needs ``ratio`` above about 1.222 for ``k = 3`` (2 for 2, 1.295 for 4,
-            1.425 for 5, 1.570 for 6, 1.719 for 7, 1.870 for 8).
+            1.425 for 5, 1.570 for 6, 1.719 for 7, 1.870 for 8). ``None``: ``k``'s default,
+            :data:`deepzip.config.BLOOMIER_RATIO` (1.23 for ``k = 3``).
         seed: first seed tried (0 .. 2**64 - 1); attempt ``j`` uses ``seed + j``.
         max_attempts: seeds tried before giving up.
         name: names the layer in error messages.
@@ -422,6 +430,8 @@ def build_filter(
         BloomierBuildError: peeling failed for ``max_attempts`` seeds (raise ``ratio``).
     """
     _check_params(num_values, cell_bits, hashes, name)
+    if ratio is None:
+        ratio = BLOOMIER_RATIO[hashes]
     if (
         isinstance(ratio, bool)
         or not isinstance(ratio, (int, float))
