@@ -102,6 +102,22 @@ def test_layer_type_sees_through_parametrization(resnet: nn.Module) -> None:
     assert {t.layer_type for t in sel.targets} == {"Conv2d", "Linear"}
 
 
+def test_transposed_convolutions_are_default_targets() -> None:
+    model = nn.ModuleDict(
+        {
+            "up1": nn.ConvTranspose1d(4, 2, 3),
+            "up2": nn.ConvTranspose2d(4, 2, 3, groups=2),
+            "up3": nn.ConvTranspose3d(4, 2, 3, bias=False),
+        }
+    )
+    sel = select_targets(model)
+    assert sel.names() == ["up1.weight", "up2.weight", "up3.weight"]
+    assert [t.layer_type for t in sel.targets] == [
+        "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
+    ]  # fmt: skip
+    assert [s.name for s in sel.skipped] == ["up1.bias", "up2.bias"]
+
+
 def test_a_parametrized_model_that_is_itself_the_layer() -> None:
     # At the root parametrize's modules are named "parametrizations..." with no leading dot;
     # they once counted as a layer tied to "weight", and both were skipped.

@@ -435,7 +435,7 @@ class QuantizeConfig:
     Attributes:
         bits: bits for every layer; ``None`` uses the paper's defaults ``conv_bits`` for
             convolutions and ``fc_bits`` for everything else (Linear, Embedding, ...).
-        conv_bits: default bits of Conv1d/2d/3d layers (paper: 8).
+        conv_bits: default bits of convolutions, Conv and ConvTranspose 1d/2d/3d (paper: 8).
         fc_bits: default bits of the other layers (paper: 5).
         method: ``"kmeans"`` (Deep Compression), ``"uniform"`` or ``"ecsq"`` (Choi et al.).
         init: k-means initialisation: ``"linear"`` (the paper's winner), ``"density"``,

@@ -1,6 +1,7 @@
 """The one place that walks a module and decides which parameters are compressed.
 
-By default the ``weight`` of every ``Linear``, ``Conv1d/2d/3d`` and ``Embedding`` is a target.
+By default the ``weight`` of every ``Linear``, ``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d`` and
+``Embedding`` is a target.
 ``include`` globs restrict the selection and may add any floating-point parameter with at least
 two dimensions (for example a ``MultiheadAttention``'s ``in_proj_weight``); ``exclude`` globs
 remove. Every parameter that is not selected is recorded with its reason, so nothing is skipped
@@ -22,6 +23,7 @@ from torch.nn.utils import parametrize
 from deepzip.errors import ConfigError
 
 __all__ = [
+    "CONV_LAYER_TYPES",
     "DEFAULT_LAYER_TYPES",
     "Skipped",
     "Target",
@@ -32,13 +34,18 @@ __all__ = [
     "select_targets",
 ]
 
-DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Linear,
+CONV_LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.Conv1d,
     nn.Conv2d,
     nn.Conv3d,
-    nn.Embedding,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
 )
+"""The convolutions: their weights get ``conv_bits`` and the paper's 8-bit gap field."""
+
+DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, *CONV_LAYER_TYPES, nn.Embedding)
+"""Module types whose ``weight`` is compressed by default."""
 
 
 @dataclass(frozen=True)

@@ -400,3 +400,44 @@ def test_config_index_bits_range_is_the_formats() -> None:
     for bad in (MIN_GAP_WIDTH - 1, MAX_GAP_WIDTH + 1):
         with pytest.raises(ConfigError, match=f"w must be an integer .* got {bad}"):
             check_index_bits("w", bad)
+
+
+class _Decoder(nn.Module):
+    """A convolution, a grouped transposed convolution and a head: a decoder-shaped net."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 8, 3)
+        self.up = nn.ConvTranspose2d(8, 4, 3, stride=2, groups=2)
+        self.head = nn.Linear(4 * 17 * 17, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.up(torch.relu(self.conv(x)))).flatten(1))
+
+
+def test_transposed_convolutions_are_compressed_as_convolutions(tmp_path: Path) -> None:
+    from deepzip.runtime import load_compressed, runtime_report
+
+    torch.manual_seed(0)
+    model = _Decoder().eval()
+    pruned = dz.prune_(model, dz.PruneConfig(sparsity=0.8))
+    assert [layer.name for layer in pruned.layers] == ["conv.weight", "up.weight", "head.weight"]
+    quantized = dz.quantize_(model, dz.QuantizeConfig())
+    bits = {layer.name: layer.bits for layer in quantized.layers}
+    assert bits == {"conv.weight": 8, "up.weight": 8, "head.weight": 5}  # conv_bits, fc_bits
+    path = tmp_path / "decoder.dzip"
+    report = save(model, path, layout="sparse", index_bits="paper")
+    rows = {r.name: r for r in report.tensors}
+    assert (rows["up.weight"].encoding, rows["up.weight"].gap_width) == ("shared_sparse", 8)
+    assert (rows["head.weight"].encoding, rows["head.weight"].gap_width) == ("shared_sparse", 5)
+    x = torch.randn(3, 2, 10, 10)
+    expected = model(x)
+    fresh = _fresh(_Decoder)
+    load_model(fresh, path, strict=True)
+    assert torch.equal(fresh(x), expected)
+    # the runtime has no sparse transposed convolution: it decodes that layer dense, and says why
+    runtime = load_compressed(path, _fresh(_Decoder))
+    assert type(runtime.up) is nn.ConvTranspose2d
+    reasons = {layer.name: layer.reason for layer in runtime_report(runtime).layers}
+    assert "ConvTranspose2d has no sparse runtime form" in reasons["up.weight"]
+    torch.testing.assert_close(runtime(x), expected, rtol=1e-5, atol=1e-5)

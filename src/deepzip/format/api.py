@@ -34,6 +34,7 @@ from deepzip.prune.parametrization import get_mask
 from deepzip.quantize.api import export_shared, strip_
 from deepzip.quantize.shared import SharedTensor
 from deepzip.quantize.weightless import WeightlessWeight, get_weightless
+from deepzip.targets import CONV_LAYER_TYPES
 
 __all__ = [
     "CONV_GAP_WIDTH",
@@ -56,8 +57,6 @@ CONV_GAP_WIDTH = 8
 IndexBits = IndexBitsSpec | Mapping[str, IndexBitsSpec] | None
 """Gap width of the relative sparse index: one :data:`IndexBitsSpec` for every tensor,
 ``{glob: spec}`` (the last matching glob wins, ``"auto"`` elsewhere), or ``None`` (``"auto"``)."""
-
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _owner(name: str) -> tuple[str, str]:
@@ -160,7 +159,7 @@ def save(
         for name in state:
             owner_name, attr = _owner(name)
             owner = model.get_submodule(owner_name)
-            is_conv[name] = isinstance(owner, _CONV)
+            is_conv[name] = isinstance(owner, CONV_LAYER_TYPES)
             filtered = get_weightless(owner, attr)
             if filtered is not None:
                 weightless[name] = filtered

@@ -24,7 +24,7 @@ from deepzip.quantize.kmeans import KMeansResult, bits_to_k, kmeans_1d
 from deepzip.quantize.scalar import ecsq_quantize, uniform_quantize
 from deepzip.quantize.shared import SharedTensor, attach_shared, get_shared
 from deepzip.quantize.weightless import get_weightless, weightless_skip
-from deepzip.targets import Skipped, Target, matches, select_targets
+from deepzip.targets import CONV_LAYER_TYPES, Skipped, Target, matches, select_targets
 
 __all__ = [
     "QuantizeReport",
@@ -35,8 +35,6 @@ __all__ = [
     "quantize_tensor",
     "strip_",
 ]
-
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,7 @@ def layer_bits(target: Target, config: QuantizeConfig) -> int | None:
         return None if found.skip else found.bits
     if config.bits is not None:
         return config.bits
-    return config.conv_bits if isinstance(target.module, _CONV) else config.fc_bits
+    return config.conv_bits if isinstance(target.module, CONV_LAYER_TYPES) else config.fc_bits
 
 
 def quantize_tensor(
