@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from pathlib import Path
@@ -240,6 +241,10 @@ def test_weightless_ratio_defaults_to_each_hash_counts_own() -> None:
         assert config.to_dict()["ratio"] == ratio
         assert WeightlessConfig.from_dict(config.to_dict()) == config
         assert WeightlessConfig(hashes=hashes, ratio=ratio + 0.5).ratio == ratio + 0.5
+    # the default is filled in: replacing the hash count alone keeps the old count's ratio
+    with pytest.raises(ConfigError, match=r"ratio = 1\.23 is too low for hashes = 4"):
+        dataclasses.replace(WeightlessConfig(), hashes=4)
+    assert dataclasses.replace(WeightlessConfig(), hashes=4, ratio=None).ratio == 1.32
     # a recipe that names only the hash count gets that count's default
     recipe = Recipe.from_dict({"stages": [{"type": "weightless", "hashes": 5}, {"type": "encode"}]})
     stage = recipe.stages[0].config

@@ -780,7 +780,8 @@ class WeightlessConfig:
             above it, it may take several seeds, with ``k = 2`` most of all). ``None`` (the
             default) means ``k``'s default, :data:`BLOOMIER_RATIO`: 2.5, 1.23, 1.32, 1.45,
             1.62, 1.77, 1.93 for ``k`` = 2..8. It is filled in on construction, so a
-            config's ``ratio`` (and its TOML) always holds the number used.
+            config's ``ratio`` (and its TOML) always holds the number used; to change
+            ``hashes`` with ``dataclasses.replace``, pass ``ratio=None`` too.
         seed: first hash seed tried (construction retries with the following seeds), 0 to
             ``2**64 - 1``.
         max_attempts: seeds tried before construction gives up.
