@@ -61,6 +61,8 @@ import numpy as np
 import torch
 from torch import nn
 
+# benchmarks/ is this script's directory, so its sibling is importable
+from _cache import MISSING_HINT
 from deepzip._atomic import atomic_write_text
 from deepzip.coding import (
     Coder,
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     specs, missing = real_streams()
     if missing:
         print(
-            f"missing {', '.join(missing)}: run benchmarks/prune_lenet.py first; measuring "
+            f"missing {', '.join(missing)}: {MISSING_HINT}; measuring "
             + ("the synthetic streams only" if not specs else "the other streams"),
             file=sys.stderr,
         )
@@ -434,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         "note": (
             "LeNet streams from the pruned checkpoints, quantized 8 bits conv / 5 bits fc"
             if not missing
-            else f"no streams for {', '.join(missing)}: run benchmarks/prune_lenet.py first"
+            else f"no streams for {', '.join(missing)}: {MISSING_HINT}"
         ),
         "jit_first_call_s": jit_s,
         "load_average_start": load_start,
@@ -498,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         f"First-call JIT: {jit_s:.1f} s."
     )
     if missing:
-        print(f"Not measured ({', '.join(missing)} missing): run benchmarks/prune_lenet.py first.")
+        print(f"Not measured ({', '.join(missing)} missing): {MISSING_HINT}.")
     print(f"wrote {args.out}")
     return 0
 

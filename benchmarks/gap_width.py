@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+# benchmarks/ is this script's directory, so its sibling is importable
+from _cache import MISSING_HINT
 from deepzip._atomic import atomic_write_text
 from deepzip.config import QuantizeConfig
 from deepzip.format import apply_checkpoint, read_checkpoint
@@ -62,7 +64,7 @@ def _lenet_tensors() -> list[tuple[str, SharedTensor, bool]]:
     for name in MODELS:
         path = CACHE / f"{name}-pruned.safetensors"
         if not path.is_file():
-            raise SystemExit(f"{path} is missing: run benchmarks/prune_lenet.py first")
+            raise SystemExit(f"{path} is missing: {MISSING_HINT}")
         model = create_model(name)
         apply_checkpoint(model, read_checkpoint(path), source=str(path))
         quantize_(model, QuantizeConfig(method="kmeans", init="linear"))  # 8 bits conv, 5 fc

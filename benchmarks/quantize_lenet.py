@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+# benchmarks/ is this script's directory, so its sibling is importable
+from _cache import MISSING_HINT
 from deepzip._atomic import atomic_path, atomic_write_text
 from deepzip.config import QuantizeConfig, RetrainConfig
 from deepzip.datasets import DataSplits, load_dataset
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         ckpt = CACHE / f"{name}-pruned.safetensors"
         if not ckpt.is_file():
-            print(f"{ckpt} is missing: run benchmarks/prune_lenet.py first", file=sys.stderr)
+            print(f"{ckpt} is missing: {MISSING_HINT}", file=sys.stderr)
             return 1
         sweep: dict[str, dict[str, Any]] = {}
         for bits in bits_sweep:

@@ -51,6 +51,8 @@ from typing import Any
 import torch
 from torch import nn
 
+# benchmarks/ is this script's directory, so its sibling is importable
+from _cache import MISSING_HINT
 from deepzip._atomic import atomic_write_text
 from deepzip.coding.bloomier import BloomierFilter
 from deepzip.config import QuantizeConfig, WeightlessConfig
@@ -170,7 +172,7 @@ def _load(name: str, kind: str, quick: bool) -> nn.Module:
     if not path.is_file() and quick:
         path = CACHE / f"{name}-{kind}-quick.safetensors"
     if not path.is_file():
-        raise SystemExit(f"{path} is missing: run benchmarks/prune_lenet.py first")
+        raise SystemExit(f"{path} is missing: {MISSING_HINT}")
     model = create_model(name)
     apply_checkpoint(model, read_checkpoint(path), source=str(path))
     return model

@@ -1,0 +1,17 @@
+"""The LeNet checkpoints that several benchmarks start from, and how to get them.
+
+``benchmarks/results/cache`` holds the dense and pruned LeNet-300-100 and LeNet-5 of the
+pruning benchmark's seed-0 CPU run. The committed results of the trained-quantization,
+post-training, gap-width, coding, Weightless and incremental benchmarks started from the ones
+made at commit 5e9a4df, before the data-order fix; ``scripts/rebuild_benchmark_cache.sh``
+rebuilds exactly those. ``benchmarks/prune_lenet.py`` run today writes checkpoints trained with
+today's data order, from which those benchmarks give other figures.
+"""
+
+from __future__ import annotations
+
+MISSING_HINT = (
+    "run scripts/rebuild_benchmark_cache.sh first (the checkpoints of the committed results; "
+    "benchmarks/prune_lenet.py writes ones trained with today's data order)"
+)
+"""What to tell the user when a cached checkpoint is missing."""
