@@ -181,3 +181,36 @@ def test_bad_train_encoded_metadata_is_rejected(
         save_file(tensors, str(path), metadata={"deepzip.train_encoded": bad})
         with pytest.raises(CheckpointError, match=r"deepzip\.train_encoded"):
             read_checkpoint(path)
+
+
+def test_the_same_model_gives_the_same_bytes(mlp: nn.Module, tmp_path: Path) -> None:
+    # safetensors writes its metadata in hash order, which changed from one call to the next
+    import json
+    import struct
+
+    from safetensors import safe_open
+
+    from deepzip.quantize import quantize_
+
+    prune_(mlp, PruneConfig(sparsity=0.5))
+    quantize_(mlp, QuantizeConfig(bits=3))
+    meta = {key: f'{i} é \n "quoted"' for i, key in enumerate("hgfedcba")}
+    files = []
+    for i in range(6):
+        path = tmp_path / f"run{i}.safetensors"
+        save_checkpoint(mlp, path, metadata=meta)
+        files.append(path.read_bytes())
+    assert all(f == files[0] for f in files)
+    size = struct.unpack("<Q", files[0][:8])[0]
+    assert size % 8 == 0
+    header = json.loads(files[0][8 : 8 + size])
+    assert next(iter(header)) == "__metadata__"
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+    offsets = [entry["data_offsets"][0] for name, entry in header.items() if name != "__metadata__"]
+    assert offsets == sorted(offsets)
+    with safe_open(str(tmp_path / "run0.safetensors"), "pt") as f:
+        assert {k: v for k, v in f.metadata().items() if k in meta} == meta
+    fresh = _mlp().eval()
+    load_checkpoint(fresh, tmp_path / "run5.safetensors")
+    x = torch.randn(4, 20)
+    assert torch.equal(fresh(x), mlp.eval()(x))

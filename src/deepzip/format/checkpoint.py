@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -167,7 +168,33 @@ def save_checkpoint(
         meta["deepzip.train_encoded"] = json.dumps(train_encoded, sort_keys=True)
     with atomic_path(dest) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+        _fix_header_order(tmp)
     return dest
+
+
+def _fix_header_order(path: Path) -> None:
+    """Rewrite a safetensors header in place with its keys in one fixed order.
+
+    safetensors writes the metadata in hash order, which changes from one call to the next, so
+    the same model gave different bytes. The same keys and values in another order take the
+    same number of bytes, so the header keeps its length and the data stays where it is.
+    """
+    with open(path, "r+b") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+        ordered: dict[str, object] = {}
+        if "__metadata__" in header:
+            ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+        for name in sorted(header, key=lambda n: (header[n]["data_offsets"][0], n)):
+            ordered[name] = header[name]
+        blob = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(blob) > size:  # the same content cannot grow; never write a longer header here
+            raise CheckpointError(
+                f"{path}: the reordered safetensors header is {len(blob)} bytes, the written "
+                f"one {size}; not rewritten"
+            )
+        fh.seek(8)
+        fh.write(blob + b" " * (size - len(blob)))  # safetensors pads its header with spaces
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
