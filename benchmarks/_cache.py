@@ -4,14 +4,14 @@
 pruning benchmark's seed-0 CPU run. The committed results of the trained-quantization,
 post-training, gap-width, coding, Weightless and incremental benchmarks started from the ones
 made at commit 5e9a4df, before the data-order fix; ``scripts/rebuild_benchmark_cache.sh``
-rebuilds exactly those. ``benchmarks/prune_lenet.py`` run today writes checkpoints trained with
-today's data order, from which those benchmarks give other figures.
+rebuilds exactly those. ``benchmarks/prune_lenet.py --write-cache`` writes checkpoints trained
+with today's data order instead, from which those benchmarks give other figures.
 """
 
 from __future__ import annotations
 
 MISSING_HINT = (
     "run scripts/rebuild_benchmark_cache.sh first (the checkpoints of the committed results; "
-    "benchmarks/prune_lenet.py writes ones trained with today's data order)"
+    "benchmarks/prune_lenet.py --write-cache writes ones trained with today's data order)"
 )
 """What to tell the user when a cached checkpoint is missing."""

@@ -5,9 +5,9 @@ the weights (LeNet-5's conv1 kept at 66% as in the paper), and report test accur
 the same run. The recipes are the ones shipped in deepzip/recipes/; their per-layer targets and
 retraining settings were chosen on the validation split, never the test set.
 
-    python benchmarks/prune_lenet.py            # full run (about 25 min on 2 CPU cores)
+    python benchmarks/prune_lenet.py            # one seed (about 9 min on 2 CPU cores)
     python benchmarks/prune_lenet.py --quick    # smoke run (a couple of minutes)
-    python benchmarks/prune_lenet.py --seeds 5 --jobs 5 --device cuda  # the committed results
+    python benchmarks/prune_lenet.py --seeds 5 --jobs 2 --device cpu  # the committed results
 
 ``--seeds N`` repeats each model with training seeds ``--seed``, ..., ``--seed`` + N - 1 and
 reports the run with the median accuracy drop, every run summarised under ``runs``; ``--jobs``
@@ -18,7 +18,10 @@ The train/validation split does not follow the training seed: it is drawn with
 ``--split-seed`` (0 by default), the split the recipes were chosen on and the one the other
 benchmarks load beside the checkpoints this one caches. The JSON records it (``split_seed``),
 and so does the metadata of the cached checkpoints (``deepzip.split_seed``), which are written
-only for the default split (and the first training seed).
+only for the default split (and the first training seed), and only with ``--write-cache``: the
+committed results of the later benchmarks started from the checkpoints of this benchmark at
+commit 5e9a4df, before the data-order fix, which ``scripts/rebuild_benchmark_cache.sh``
+rebuilds, and a run of this one would replace them with others.
 
 Everything runs on ``--device`` (the CPU by default); the JSON's ``device`` is that device.
 
@@ -170,21 +173,22 @@ def run_model(
 
 def _job_kwargs(job: tuple[Any, ...], device: torch.device) -> dict[str, Any]:
     """run_model's keywords for one seed; only the first seed's checkpoints, on the default
-    split, go to the cache that the later benchmarks read (they load split seed 0)."""
-    _, _, split_seed, first_seed, quick, seed, reuse = job
+    split, go to the cache that the later benchmarks read (they load split seed 0), and only
+    when asked (``--write-cache``)."""
+    _, _, split_seed, first_seed, quick, seed, reuse, write_cache = job
     return {
         "quick": quick,
         "seed": seed,
         "split_seed": split_seed,
         "reuse_dense": reuse,
         "device": device,
-        "cache": seed == first_seed and split_seed == SPLIT_SEED,
+        "cache": write_cache and seed == first_seed and split_seed == SPLIT_SEED,
     }
 
 
 def _run_in_worker(job: tuple[Any, ...], device: torch.device, threads: int) -> dict[str, object]:
     """One seed in a worker process (``--jobs``): loads the same data split itself."""
-    name, data_dir, split_seed, _, quick, _, _ = job
+    name, data_dir, split_seed, _, quick, _, _, _ = job
     torch.set_num_threads(threads)
     data = load_dataset("fashion-mnist", data_dir, val_size=5000, seed=split_seed)
     if quick:
@@ -241,6 +245,13 @@ def main(argv: list[str] | None = None) -> int:
         "(same recipe, seed and split); the JSON records it",
     )
     parser.add_argument(
+        "--write-cache",
+        action="store_true",
+        help="write the first seed's checkpoints to the cache the later benchmarks start from, "
+        "replacing what is there (scripts/rebuild_benchmark_cache.sh rebuilds the ones the "
+        "committed results used)",
+    )
+    parser.add_argument(
         "--seeds",
         type=int,
         default=1,
@@ -277,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.quick,
                 args.seed + i,
                 args.reuse_dense and i == 0,
+                args.write_cache,
             )
             for i in range(args.seeds)
         ]

@@ -24,10 +24,11 @@ deepzip code is refused, and ``--restart`` discards them.
 
 ``--seeds 1`` makes one run with the recipe's seed. With Fashion-MNIST its dense baselines then
 come from the cached checkpoints ``benchmarks/results/cache/{model}-dense.safetensors``
-(written by ``benchmarks/prune_lenet.py``) when present, to save CPU time, and the JSON says so;
-``--train`` trains them in the run instead. Writes ``benchmarks/results/reproduce.json``
-(``reproduce_<dataset>.json`` for other data sets, ``*_quick.json`` for smoke runs) and the HTML
-reports under ``benchmarks/results/reproduce/<model>/``, each with a headless-Chromium screenshot
+(``scripts/rebuild_benchmark_cache.sh``, or ``benchmarks/prune_lenet.py --write-cache``) when
+present, to save CPU time, and the JSON says so; ``--train`` trains them in the run instead.
+Writes ``benchmarks/results/reproduce.json`` (``reproduce_<dataset>.json`` for other data sets,
+``*_quick.json`` for smoke runs) and the HTML reports under
+``benchmarks/results/reproduce/<model>/``, each with a headless-Chromium screenshot
 (``report_screenshot.png``, ``scripts/screenshot_report.sh``; the JSON says when Chromium is
 missing or a plot did not render); prints the paper's Table 1 beside ours.
 """
