@@ -18,10 +18,11 @@ The train/validation split does not follow the training seed: it is drawn with
 ``--split-seed`` (0 by default), the split the recipes were chosen on and the one the other
 benchmarks load beside the checkpoints this one caches. The JSON records it (``split_seed``),
 and so does the metadata of the cached checkpoints (``deepzip.split_seed``), which are written
-only for the default split (and the first training seed), and only with ``--write-cache``: the
-committed results of the later benchmarks started from the checkpoints of this benchmark at
-commit 5e9a4df, before the data-order fix, which ``scripts/rebuild_benchmark_cache.sh``
-rebuilds, and a run of this one would replace them with others.
+only for the default split (and the first training seed), and only with ``--write-cache`` (or
+``--quick``, whose checkpoints have names of their own): the committed results of the later
+benchmarks started from the checkpoints of this benchmark at commit 5e9a4df, before the
+data-order fix, which ``scripts/rebuild_benchmark_cache.sh`` rebuilds, and a run of this one
+would replace them with others.
 
 Everything runs on ``--device`` (the CPU by default); the JSON's ``device`` is that device.
 
@@ -174,7 +175,7 @@ def run_model(
 def _job_kwargs(job: tuple[Any, ...], device: torch.device) -> dict[str, Any]:
     """run_model's keywords for one seed; only the first seed's checkpoints, on the default
     split, go to the cache that the later benchmarks read (they load split seed 0), and only
-    when asked (``--write-cache``)."""
+    when asked (``--write-cache``) or for a smoke run (``--quick``)."""
     _, _, split_seed, first_seed, quick, seed, reuse, write_cache = job
     return {
         "quick": quick,
@@ -182,7 +183,8 @@ def _job_kwargs(job: tuple[Any, ...], device: torch.device) -> dict[str, Any]:
         "split_seed": split_seed,
         "reuse_dense": reuse,
         "device": device,
-        "cache": write_cache and seed == first_seed and split_seed == SPLIT_SEED,
+        # --quick runs cache under their own names, which the real runs never read
+        "cache": (write_cache or quick) and seed == first_seed and split_seed == SPLIT_SEED,
     }
 
 
