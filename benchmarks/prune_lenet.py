@@ -42,7 +42,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -172,30 +172,42 @@ def run_model(
     }
 
 
-def _job_kwargs(job: tuple[Any, ...], device: torch.device) -> dict[str, Any]:
+class _Job(NamedTuple):
+    """One model and training seed, as handed to a worker process."""
+
+    name: str
+    data_dir: str | None
+    split_seed: int
+    first_seed: int
+    quick: bool
+    seed: int
+    reuse_dense: bool
+    write_cache: bool
+
+
+def _job_kwargs(job: _Job, device: torch.device) -> dict[str, Any]:
     """run_model's keywords for one seed; only the first seed's checkpoints, on the default
     split, go to the cache that the later benchmarks read (they load split seed 0), and only
     when asked (``--write-cache``) or for a smoke run (``--quick``)."""
-    _, _, split_seed, first_seed, quick, seed, reuse, write_cache = job
+    first = job.seed == job.first_seed and job.split_seed == SPLIT_SEED
     return {
-        "quick": quick,
-        "seed": seed,
-        "split_seed": split_seed,
-        "reuse_dense": reuse,
+        "quick": job.quick,
+        "seed": job.seed,
+        "split_seed": job.split_seed,
+        "reuse_dense": job.reuse_dense,
         "device": device,
         # --quick runs cache under their own names, which the real runs never read
-        "cache": (write_cache or quick) and seed == first_seed and split_seed == SPLIT_SEED,
+        "cache": (job.write_cache or job.quick) and first,
     }
 
 
-def _run_in_worker(job: tuple[Any, ...], device: torch.device, threads: int) -> dict[str, object]:
+def _run_in_worker(job: _Job, device: torch.device, threads: int) -> dict[str, object]:
     """One seed in a worker process (``--jobs``): loads the same data split itself."""
-    name, data_dir, split_seed, _, quick, _, _, _ = job
     torch.set_num_threads(threads)
-    data = load_dataset("fashion-mnist", data_dir, val_size=5000, seed=split_seed)
-    if quick:
+    data = load_dataset("fashion-mnist", job.data_dir, val_size=5000, seed=job.split_seed)
+    if job.quick:
         data = _subsample(data, 8000)
-    run = run_model(name, data, **_job_kwargs(job, device))
+    run = run_model(job.name, data, **_job_kwargs(job, device))
     run["threads"] = threads
     return run
 
@@ -282,20 +294,20 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.models.split(","):
         jobs = [
-            (
-                name,
-                args.data_dir,
-                args.split_seed,
-                args.seed,
-                args.quick,
-                args.seed + i,
-                args.reuse_dense and i == 0,
-                args.write_cache,
+            _Job(
+                name=name,
+                data_dir=args.data_dir,
+                split_seed=args.split_seed,
+                first_seed=args.seed,
+                quick=args.quick,
+                seed=args.seed + i,
+                reuse_dense=args.reuse_dense and i == 0,
+                write_cache=args.write_cache,
             )
             for i in range(args.seeds)
         ]
         if args.jobs == 1:
-            runs = [run_model(job[0], data, **_job_kwargs(job, device)) for job in jobs]
+            runs = [run_model(job.name, data, **_job_kwargs(job, device)) for job in jobs]
         else:
             threads = max(1, (os.cpu_count() or 1) // args.jobs)
             ctx = multiprocessing.get_context("spawn")
