@@ -8,26 +8,31 @@ parameter, stream and sparse-index validation.
 from __future__ import annotations
 
 import struct
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from dzip_craft import FORMAT_ERRORS, entry_fields, fix_crcs, read_all
 from fuzz_dzip import fuzz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_dzip_golden import EVERY_ENCODING
 
-_DIR = Path(tempfile.mkdtemp(prefix="dzip-fuzz-"))
 _N = len(EVERY_ENCODING)
 _FIELDS = entry_fields(EVERY_ENCODING)
 _INTERESTING = [0, 1, 2, 3, 7, 8, 15, 16, 255, 256, 257, 4095, 65535, 2**31, 2**32 - 1, 2**63]
 
 
-def _try(data: bytes) -> bool:
+@pytest.fixture(scope="module")
+def path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one file every example overwrites (Hypothesis refuses the function-scoped
+    ``tmp_path``; pytest's retention policy removes this directory later)."""
+    return tmp_path_factory.mktemp("fuzz") / "fuzz.dzip"
+
+
+def _try(path: Path, data: bytes) -> bool:
     """Read everything; ``True`` if the file was accepted, ``False`` on a format error."""
-    path = _DIR / "fuzz.dzip"
     path.write_bytes(data)
     try:
         read_all(path)
@@ -42,12 +47,14 @@ def _try(data: bytes) -> bool:
     fix=st.booleans(),
     cut=st.one_of(st.none(), st.integers(0, _N)),
 )
-def test_random_byte_edits(edits: list[tuple[int, int]], fix: bool, cut: int | None) -> None:
+def test_random_byte_edits(
+    path: Path, edits: list[tuple[int, int]], fix: bool, cut: int | None
+) -> None:
     data = bytearray(EVERY_ENCODING)
     for offset, value in edits:
         data[offset] = value
     out = fix_crcs(data) if fix else bytes(data)
-    _try(out if cut is None else out[:cut])
+    _try(path, out if cut is None else out[:cut])
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -69,13 +76,15 @@ def test_random_byte_edits(edits: list[tuple[int, int]], fix: bool, cut: int | N
     ),
     value=st.one_of(st.sampled_from(_INTERESTING), st.integers(0, 2**64 - 1)),
 )
-def test_directory_fields_with_fixed_checksums(entry: int, field: str, value: int) -> None:
+def test_directory_fields_with_fixed_checksums(
+    path: Path, entry: int, field: str, value: int
+) -> None:
     data = bytearray(EVERY_ENCODING)
     offset = _FIELDS[entry][field]
     width = {"name_length": 2, "shape": 8, "data_offset": 8, "part_lengths": 8}.get(field, 1)
     fmt = {1: "<B", 2: "<H", 8: "<Q"}[width]
     struct.pack_into(fmt, data, offset, value % (1 << (8 * width)))
-    _try(fix_crcs(data))
+    _try(path, fix_crcs(data))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -84,12 +93,12 @@ def test_directory_fields_with_fixed_checksums(entry: int, field: str, value: in
     at=st.integers(0, _N),
     fix=st.booleans(),
 )
-def test_inserted_garbage(garbage: bytes, at: int, fix: bool) -> None:
+def test_inserted_garbage(path: Path, garbage: bytes, at: int, fix: bool) -> None:
     data = EVERY_ENCODING[:at] + garbage + EVERY_ENCODING[at:]
-    _try(fix_crcs(data) if fix else data)
+    _try(path, fix_crcs(data) if fix else data)
 
 
-def test_time_bounded_region_fuzz() -> None:
+def test_time_bounded_region_fuzz(tmp_path: Path) -> None:
     """Two seconds of random edits inside the tensor regions, checksums fixed: the stream and
     sparse-index decoders see hostile bytes directly."""
     rng = np.random.default_rng(1234)
@@ -100,7 +109,7 @@ def test_time_bounded_region_fuzz() -> None:
         data = bytearray(EVERY_ENCODING)
         for _ in range(int(rng.integers(1, 4))):
             data[int(rng.integers(72, regions_end))] = int(rng.integers(0, 256))
-        accepted += _try(fix_crcs(data))
+        accepted += _try(tmp_path / "fuzz.dzip", fix_crcs(data))
         tried += 1
     assert tried >= 50
     assert accepted < tried  # the validation rejects most of them

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +40,15 @@ def _bits(t: torch.Tensor) -> bytes:
     return c.reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
-def _tmp() -> Path:
-    return Path(tempfile.mkdtemp()) / "t.dzip"
+@pytest.fixture(scope="module")
+def dzip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One file for every example of a module: each example overwrites it (an atomic replace).
+
+    Hypothesis refuses function-scoped fixtures such as ``tmp_path`` (one per call, not per
+    example). pytest's retention policy removes this directory later; ``mkdtemp`` left one
+    behind per example.
+    """
+    return tmp_path_factory.mktemp("roundtrip") / "t.dzip"
 
 
 @settings(max_examples=60, deadline=None)
@@ -51,7 +57,9 @@ def _tmp() -> Path:
     dtype=st.sampled_from(sorted(DTYPE_IDS, key=str)),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_raw_any_dtype_bit_exact(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> None:
+def test_raw_any_dtype_bit_exact(
+    dzip_path: Path, shape: tuple[int, ...], dtype: torch.dtype, seed: int
+) -> None:
     rng = np.random.default_rng(seed)
     n = math.prod(shape)
     item = torch.empty((), dtype=dtype).element_size()
@@ -62,7 +70,7 @@ def test_raw_any_dtype_bit_exact(shape: tuple[int, ...], dtype: torch.dtype, see
         tensor = torch.from_numpy(raw).view(dtype).reshape(shape)
     else:
         tensor = torch.empty(shape, dtype=dtype)
-    path = _tmp()
+    path = dzip_path
     with DzipWriter(path) as w:
         w.add_raw("t", tensor)
     with DzipReader(path) as r:
@@ -97,10 +105,15 @@ def shared_tensors(draw: st.DrawFn) -> tuple[SharedTensor, float]:
     width=st.integers(1, 16),
 )
 def test_shared_bit_exact(
-    case: tuple[SharedTensor, float], dtype: torch.dtype, coder: str, layout: str, width: int
+    dzip_path: Path,
+    case: tuple[SharedTensor, float],
+    dtype: torch.dtype,
+    coder: str,
+    layout: str,
+    width: int,
 ) -> None:
     shared, _ = case
-    path = _tmp()
+    path = dzip_path
     with DzipWriter(path) as w:
         rec = w.add_shared(
             "w",
@@ -143,6 +156,7 @@ def test_shared_bit_exact(
     seed=st.integers(0, 2**32 - 1),
 )
 def test_sparse_float_bit_exact(
+    dzip_path: Path,
     shape: tuple[int, ...],
     dtype: torch.dtype,
     sparsity: float,
@@ -153,7 +167,7 @@ def test_sparse_float_bit_exact(
     g = torch.Generator().manual_seed(seed)
     t = torch.randn(shape, generator=g).to(dtype)
     mask = torch.rand(shape, generator=g) >= sparsity
-    path = _tmp()
+    path = dzip_path
     with DzipWriter(path) as w:
         w.add_sparse_float("s", t, mask, gap_width=width, coder=coder)  # type: ignore[arg-type]
     with DzipReader(path) as r:
@@ -163,7 +177,7 @@ def test_sparse_float_bit_exact(
 
 
 @pytest.mark.parametrize("width", [1, 2, 3, 5])
-def test_gaps_longer_than_several_fillers(width: int) -> None:
+def test_gaps_longer_than_several_fillers(tmp_path: Path, width: int) -> None:
     """Survivors separated by runs needing 0, 1, several and many fillers; first and last."""
     n = 5000
     mask = torch.zeros(n, dtype=torch.bool)
@@ -172,7 +186,7 @@ def test_gaps_longer_than_several_fillers(width: int) -> None:
     idx = torch.zeros(n, dtype=torch.uint8)
     idx[pos] = torch.tensor([0, 1, 2, 1, 0, 2], dtype=torch.uint8)
     shared = SharedTensor(torch.tensor([-1.0, 0.5, 2.0]), idx, mask)
-    path = _tmp()
+    path = tmp_path / "t.dzip"
     with DzipWriter(path) as w:
         rec = w.add_shared("w", shared, gap_width=width, layout="sparse")
         w.add_sparse_float("f", shared.dense(), mask, gap_width=width)
@@ -186,10 +200,10 @@ def test_gaps_longer_than_several_fillers(width: int) -> None:
         assert torch.equal(r.shared("w").mask, mask)
 
 
-def test_many_tensors_in_state_dict_order() -> None:
+def test_many_tensors_in_state_dict_order(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     names = [f"layer{i}.weight" for i in (3, 1, 2, 0)]  # deliberately not sorted
-    path = _tmp()
+    path = tmp_path / "t.dzip"
     with DzipWriter(path, metadata={"user": {"k": "v"}}) as w:
         for i, name in enumerate(names):
             if i % 2:
