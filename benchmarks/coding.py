@@ -63,6 +63,7 @@ from torch import nn
 
 # benchmarks/ is this script's directory, so its sibling is importable
 from _cache import MISSING_HINT
+from _peers import require_peers
 from deepzip._atomic import atomic_write_text
 from deepzip.coding import (
     Coder,
@@ -353,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.repeats < 5:
         p.error("--repeats must be at least 5 (the medians are of >= 5 runs)")
+    require_peers("benchmarks/coding.py", "dahuffman", "constriction")
     n = args.n or (1_000_000 if args.quick else 10_000_000)
     peer_slice = args.peer_slice or (100_000 if args.quick else 1_000_000)
 

@@ -66,6 +66,8 @@ from typing import Any
 import numpy as np
 import torch
 
+# benchmarks/ is this script's directory, so its sibling is importable
+from _peers import require_peers
 from deepzip._atomic import atomic_write_text
 from deepzip.quantize import initial_centroids, kmeans_1d, optimal_kmeans_1d
 from deepzip.quantize.kmeans import DEFAULT_MAX_ITER
@@ -309,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.runs < 1:
         p.error(f"--runs must be at least 1, got {args.runs}")
+    if not args.no_sklearn:
+        require_peers("benchmarks/kmeans_speed.py", "sklearn", otherwise="pass --no-sklearn")
 
     torch.set_num_threads(os.cpu_count() or 1)
     x = laplace_weights(args.n, args.seed)
