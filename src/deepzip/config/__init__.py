@@ -1,0 +1,141 @@
+"""Typed, frozen configuration objects, validated on construction, with TOML in and out.
+
+One config per technique. Every value is checked in ``__post_init__`` and a bad one raises
+:class:`~deepzip.errors.ConfigError` naming the key and the value. Per-layer overrides select
+layers by name glob (``fnmatch`` syntax, matched against the module name such as ``features.0``
+or the parameter name such as ``features.0.weight``).
+
+The configs live in submodules named for what they own: ``techniques`` (one config per
+technique), ``encoding`` (coder and gap-width options), ``stages`` (recipe stage types and their
+registry), ``recipe`` (pipelines and pruning jobs) and ``tomlfile``; everything public is
+importable from ``deepzip.config``.
+"""
+
+from __future__ import annotations
+
+from deepzip.config.encoding import (
+    CODER_NAMES,
+    INDEX_BITS_RANGE,
+    CoderName,
+    IndexBitsSpec,
+    LayoutName,
+    check_coder,
+    check_index_bits,
+)
+from deepzip.config.recipe import (
+    PruneJob,
+    Recipe,
+    builtin_recipe,
+    builtin_recipe_names,
+    load_prune_job,
+    load_recipe,
+)
+from deepzip.config.stages import (
+    EncodeStage,
+    FinetuneStage,
+    INQStage,
+    LayerRule,
+    MLQStage,
+    PruneStage,
+    QuantizeStage,
+    RetrainStage,
+    SensitivityStage,
+    SLQStage,
+    Stage,
+    StageKind,
+    StageParseContext,
+    StageRole,
+    TrainStage,
+    WeightlessStage,
+    register_stage_kind,
+    stage_kinds,
+)
+from deepzip.config.techniques import (
+    BLOOMIER_RATIO,
+    PEELING_THRESHOLD,
+    BitsOverride,
+    CellBitsOverride,
+    FreezeOrder,
+    ImportanceKind,
+    IncrementalLevels,
+    INQConfig,
+    KMeansInit,
+    LayerOverride,
+    LRSchedule,
+    MLQConfig,
+    MLQOrder,
+    OptimizerName,
+    PruneConfig,
+    PruneScope,
+    QuantizeConfig,
+    QuantMethod,
+    RetrainConfig,
+    ScheduleConfig,
+    ScheduleKind,
+    SLQConfig,
+    SLQRank,
+    TrainConfig,
+    WeightlessConfig,
+)
+from deepzip.config.tomlfile import load_toml, save_toml
+
+__all__ = [
+    "BLOOMIER_RATIO",
+    "CODER_NAMES",
+    "INDEX_BITS_RANGE",
+    "PEELING_THRESHOLD",
+    "BitsOverride",
+    "CellBitsOverride",
+    "CoderName",
+    "EncodeStage",
+    "FinetuneStage",
+    "FreezeOrder",
+    "INQConfig",
+    "INQStage",
+    "ImportanceKind",
+    "IncrementalLevels",
+    "IndexBitsSpec",
+    "KMeansInit",
+    "LRSchedule",
+    "LayerOverride",
+    "LayerRule",
+    "LayoutName",
+    "MLQConfig",
+    "MLQOrder",
+    "MLQStage",
+    "OptimizerName",
+    "PruneConfig",
+    "PruneJob",
+    "PruneScope",
+    "PruneStage",
+    "QuantMethod",
+    "QuantizeConfig",
+    "QuantizeStage",
+    "Recipe",
+    "RetrainConfig",
+    "RetrainStage",
+    "SLQConfig",
+    "SLQRank",
+    "SLQStage",
+    "ScheduleConfig",
+    "ScheduleKind",
+    "SensitivityStage",
+    "Stage",
+    "StageKind",
+    "StageParseContext",
+    "StageRole",
+    "TrainConfig",
+    "TrainStage",
+    "WeightlessConfig",
+    "WeightlessStage",
+    "builtin_recipe",
+    "builtin_recipe_names",
+    "check_coder",
+    "check_index_bits",
+    "load_prune_job",
+    "load_recipe",
+    "load_toml",
+    "register_stage_kind",
+    "save_toml",
+    "stage_kinds",
+]
