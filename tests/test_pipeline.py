@@ -317,7 +317,7 @@ def test_index_bits_overrides_reach_the_file(tmp_path: Path) -> None:
 
 def test_custom_stage_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import deepzip.config.stages as config_module
-    import deepzip.pipeline as pipeline_module
+    import deepzip.pipeline.registry as pipeline_module
 
     monkeypatch.setattr(config_module, "_STAGE_KINDS", dict(config_module._STAGE_KINDS))
     monkeypatch.setattr(pipeline_module, "_RUNNERS", dict(pipeline_module._RUNNERS))

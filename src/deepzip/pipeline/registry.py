@@ -1,0 +1,294 @@
+"""What a stage runner is given and returns, the registry of runners by stage type, and the
+checks of a recipe against a model and the runners.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepzip.config import (
+    Recipe,
+    RetrainConfig,
+    Stage,
+    stage_kinds,
+)
+from deepzip.errors import ConfigError
+from deepzip.format.dzip_report import SaveReport
+from deepzip.pipeline.state import StageRecord
+from deepzip.targets import matches, select_targets
+
+TrainFn = Callable[[nn.Module, "TrainRequest"], None]
+"""``train_fn(model, request)``: train ``model`` in place as the request says."""
+
+EvalFn = Callable[[nn.Module], float]
+"""``eval_fn(model) -> accuracy`` in [0, 1]."""
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def stage_seed(recipe_seed: int, index: int) -> int:
+    """The seed of stage ``index`` (from 0): a fixed function of the recipe's seed."""
+    return (recipe_seed * 1_000_003 + 7_919 * (index + 1)) % 2**31
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What a stage asks ``train_fn`` to do.
+
+    Attributes:
+        stage: the stage type asking (``"train"``, ``"prune"``, ``"retrain"``, ``"finetune"``).
+        stage_index: the stage's position in the recipe, from 0.
+        step: the prune schedule step (prune stages), else ``None``.
+        epochs: epochs to train (always >= 1).
+        lr: the learning rate to use (already scaled by ``lr_scale``).
+        optimizer: ``"sgd"`` (momentum 0.9), ``"adam"`` or ``"adamw"``.
+        weight_decay: weight decay.
+        batch_size: mini-batch size.
+        schedule: ``"cosine"`` (anneal to zero over ``epochs``) or ``"constant"``.
+        seed: seed for data order and any randomness.
+        distill: weight of knowledge distillation from ``teacher`` (0: off).
+        temperature: distillation temperature.
+        teacher: the model before compression (the run's dense reference), when distilling.
+    """
+
+    stage: str
+    stage_index: int
+    step: int | None
+    epochs: int
+    lr: float
+    optimizer: str
+    weight_decay: float
+    batch_size: int
+    schedule: str
+    seed: int
+    distill: float = 0.0
+    temperature: float = 4.0
+    teacher: nn.Module | None = None
+
+
+@dataclass(frozen=True)
+class PipelineEvent:
+    """Progress of a run, for the caller's display (the library never prints).
+
+    Attributes:
+        kind: ``"start"``, ``"resume"``, ``"stage_start"``, ``"step"`` (a prune step),
+            ``"stage_end"`` or ``"done"``.
+        message: one human-readable line.
+        index: the stage index, when the event concerns a stage.
+        record: the finished stage (``"stage_end"``).
+    """
+
+    kind: str
+    message: str
+    index: int | None = None
+    record: StageRecord | None = None
+
+
+@dataclass
+class StageContext:
+    """Everything a stage runner may use.
+
+    Attributes:
+        model: the model, modified in place.
+        recipe: the whole recipe.
+        stage: this stage.
+        index: its position, from 0.
+        config: its configuration with the recipe's per-layer overrides merged in.
+        seed: its seed (already applied with ``seed_everything`` before the runner starts).
+        run_dir: the run directory (a runner may write files there, named after its index).
+        device: where to run (``None``: where the model is).
+        train_fn: trains the model (``None`` when the caller gave no training).
+        eval_fn: validation accuracy (``None`` when not given).
+        test_fn: test accuracy, for reporting only (``None`` when not given).
+        batches: ``(inputs, targets)`` batches for statistics such as the Fisher importance.
+        teacher: returns the run's dense reference model (for distillation).
+        emit: sends a progress event.
+        write_dzip: writes the model as a ``.dzip`` file with the recipe's encode options
+            and metadata (deterministic bytes); returns the container's report.
+    """
+
+    model: nn.Module
+    recipe: Recipe
+    stage: Stage
+    index: int
+    config: Any
+    seed: int
+    run_dir: Path
+    device: torch.device | None
+    train_fn: TrainFn | None
+    eval_fn: EvalFn | None
+    test_fn: EvalFn | None
+    batches: Callable[[], Batches] | None
+    teacher: Callable[[], nn.Module]
+    emit: Callable[[PipelineEvent], None]
+    write_dzip: Callable[[Path], SaveReport]
+
+    @property
+    def label(self) -> str:
+        """``"stage 2 (quantize)"``."""
+        return self.stage.label(self.index)
+
+    def train(self, request: TrainRequest) -> None:
+        """Call ``train_fn`` (``ConfigError`` naming the stage when there is none)."""
+        if self.train_fn is None:
+            raise ConfigError(f"{self.label} trains the model: pass train_fn= or data=")
+        self.train_fn(self.model, request)
+
+    def request(
+        self,
+        config: RetrainConfig,
+        epochs: int,
+        *,
+        step: int | None = None,
+        lr: float | None = None,
+    ) -> TrainRequest:
+        """A :class:`TrainRequest` from a retraining config (teacher attached if distilling)."""
+        return TrainRequest(
+            stage=self.stage.kind,
+            stage_index=self.index,
+            step=step,
+            epochs=epochs,
+            lr=config.retrain_lr,
+            optimizer=config.optimizer,
+            weight_decay=config.weight_decay,
+            batch_size=config.batch_size,
+            schedule=config.schedule,
+            seed=(self.seed + (step or 0)) % 2**31,
+            distill=config.distill,
+            temperature=config.temperature,
+            teacher=self.teacher() if config.distill else None,
+        )
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a runner returns.
+
+    Attributes:
+        details: JSON-ready details for the state file and the report.
+        save_report: the report of a ``.dzip`` file the stage wrote with
+            :meth:`StageContext.write_dzip` (then the run measures the size from it).
+    """
+
+    details: dict[str, Any] = field(default_factory=dict)
+    save_report: SaveReport | None = None
+
+
+StageRunner = Callable[[StageContext, Any], StageResult]
+StageCheck = Callable[[nn.Module, Any, str], None]
+
+
+@dataclass(frozen=True)
+class _Runner:
+    run: StageRunner
+    check: StageCheck | None
+    needs_training: Callable[[Any], bool]
+    needs_validation: Callable[[Any], bool]
+    validation_hint: str
+
+
+_RUNNERS: dict[str, _Runner] = {}
+
+
+def register_stage_runner(
+    kind: str,
+    run: StageRunner,
+    *,
+    check: StageCheck | None = None,
+    needs_training: Callable[[Any], bool] = lambda config: False,
+    needs_validation: Callable[[Any], bool] = lambda config: False,
+    validation_hint: str = "",
+    overwrite: bool = False,
+) -> None:
+    """Register how a stage type runs (its recipe side: ``deepzip.config.register_stage_kind``).
+
+    Args:
+        kind: the stage type's name.
+        run: ``run(context, config) -> StageResult``; modifies ``context.model`` in place.
+        check: ``check(model, config, label)`` validates the stage against the model before
+            the run starts (globs that match no layer...), raising ``ConfigError``.
+        needs_training: whether a config of this stage calls ``train_fn``.
+        needs_validation: whether a config of this stage needs ``eval_fn`` (validation
+            accuracy).
+        validation_hint: how a config of this stage can do without it (``"set cell_bits"``),
+            added to the error when it is missing; ``""`` when it cannot.
+        overwrite: replace an existing runner.
+
+    Raises:
+        ConfigError: the stage type is not registered in deepzip.config, or already has a
+            runner.
+    """
+    if kind not in stage_kinds():
+        raise ConfigError(f"stage type {kind!r} is not registered (deepzip.config)")
+    if kind in _RUNNERS and not overwrite:
+        raise ConfigError(f"stage type {kind!r} already has a runner")
+    _RUNNERS[kind] = _Runner(run, check, needs_training, needs_validation, validation_hint)
+
+
+def registered_runner(kind: str) -> _Runner:
+    """The runner of stage type ``kind`` (:func:`check_recipe` has checked that there is one)."""
+    return _RUNNERS[kind]
+
+
+def no_validation_error(label: str, hint: str = "") -> ConfigError:
+    """The error for a stage that needs validation accuracy and has none."""
+    return ConfigError(
+        f"{label} needs validation accuracy: pass eval_fn=, or data= with a non-empty "
+        f"validation split{f'; or {hint}' if hint else ''}"
+    )
+
+
+def validation_stage(recipe: Recipe) -> tuple[str, str] | None:
+    """The first stage that needs validation accuracy (``eval_fn``), or ``None``.
+
+    A sensitivity stage does, and so does a Weightless stage that chooses its cell widths.
+    Stage types without a runner are left out (:func:`check_recipe` reports them).
+
+    Returns:
+        ``(label, hint)``: the stage's label and how it could do without validation data
+        (``"set cell_bits"``; ``""`` when it cannot).
+    """
+    for i, stage in enumerate(recipe.stages):
+        runner = _RUNNERS.get(stage.kind)
+        if runner is not None and runner.needs_validation(recipe.effective(stage)):
+            return stage.label(i), runner.validation_hint
+    return None
+
+
+def check_recipe(model: nn.Module, recipe: Recipe) -> None:
+    """Validate a recipe against a model before anything runs.
+
+    Every glob (recipe overrides, each stage's include/exclude/overrides) must match a layer,
+    and every stage type must have a runner.
+
+    Raises:
+        ConfigError: naming the stage or override and the glob.
+    """
+    selection = select_targets(model)
+    names = ", ".join(selection.names()) or "none"
+    for i, rule in enumerate(recipe.overrides):
+        if not any(matches(rule.pattern, t.module_name, t.param_name) for t in selection.targets):
+            raise ConfigError(
+                f"overrides[{i}]: pattern {rule.pattern!r} matches no compressible layer "
+                f"(layers: {names})"
+            )
+    for i, stage in enumerate(recipe.stages):
+        runner = _RUNNERS.get(stage.kind)
+        if runner is None:
+            raise ConfigError(
+                f"{stage.label(i)}: stage type {stage.kind!r} has no runner; import the module "
+                "that provides it (deepzip.pipeline.register_stage_runner)"
+            )
+        if runner.check is not None:
+            try:
+                runner.check(model, recipe.effective(stage), stage.label(i))
+            except ConfigError as exc:
+                msg = str(exc)
+                label = stage.label(i)
+                raise ConfigError(msg if msg.startswith(label) else f"{label}: {msg}") from exc

@@ -1,0 +1,322 @@
+"""The built-in stage runners: train, sensitivity, prune, retrain, quantize, finetune, encode,
+SLQ/MLQ/INQ and Weightless (registered on import).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from deepzip.config import (
+    EncodeStage,
+    FinetuneStage,
+    INQStage,
+    MLQConfig,
+    MLQStage,
+    PruneStage,
+    QuantizeStage,
+    RetrainStage,
+    SensitivityStage,
+    SLQConfig,
+    SLQStage,
+    TrainStage,
+    WeightlessStage,
+)
+from deepzip.errors import ConfigError
+from deepzip.format.api import load_model
+from deepzip.pipeline.registry import (
+    PipelineEvent,
+    StageContext,
+    StageResult,
+    TrainRequest,
+    no_validation_error,
+    register_stage_runner,
+)
+from deepzip.pipeline.state import DZIP_FILE, independent_copy
+from deepzip.prune import (
+    StepRecord,
+    iterative_prune,
+    layer_targets,
+    sensitivity_analysis,
+)
+from deepzip.quantize import fisher_diagonal, get_shared, quantize_, strip_
+from deepzip.quantize.incremental import IncrementalStep, inq_, mlq_, slq_, step_count
+from deepzip.quantize.shared import attach_shared
+from deepzip.targets import matches, select_targets
+from deepzip.weightless import WeightlessLayer, weightless_
+
+
+def _run_train(ctx: StageContext, config: TrainStage) -> StageResult:
+    t = config.train
+    if t.epochs:
+        ctx.train(
+            TrainRequest(
+                stage="train",
+                stage_index=ctx.index,
+                step=None,
+                epochs=t.epochs,
+                lr=t.lr,
+                optimizer=t.optimizer,
+                weight_decay=t.weight_decay,
+                batch_size=t.batch_size,
+                schedule=t.schedule,
+                seed=ctx.seed,
+            )
+        )
+    return StageResult({"epochs": t.epochs})
+
+
+def _check_sensitivity(model: nn.Module, config: SensitivityStage, label: str) -> None:
+    select_targets(model, include=config.include, exclude=config.exclude)
+
+
+def _run_sensitivity(ctx: StageContext, config: SensitivityStage) -> StageResult:
+    if ctx.eval_fn is None:
+        raise no_validation_error(ctx.label)
+    result = sensitivity_analysis(
+        ctx.model,
+        ctx.eval_fn,
+        sparsities=config.sparsities,
+        include=config.include,
+        exclude=config.exclude,
+    )
+    name = f"sensitivity-{ctx.index + 1:02d}.json"
+    result.save_json(ctx.run_dir / name)
+    return StageResult(
+        {
+            "file": name,
+            "baseline": result.baseline,
+            "suggested": result.suggest(config.max_drop / 100),
+            "max_drop_points": config.max_drop,
+        }
+    )
+
+
+def _check_prune(model: nn.Module, config: PruneStage, label: str) -> None:
+    layer_targets(model, config.prune)
+
+
+def _run_prune(ctx: StageContext, config: PruneStage) -> StageResult:
+    fractions = config.schedule.fractions()
+    retrain_cfg = config.retrain
+
+    def retrain(model: nn.Module, step: int) -> None:
+        last = step == len(fractions) - 1
+        epochs = retrain_cfg.epochs + (retrain_cfg.final_epochs if last else 0)
+        if epochs:
+            ctx.train(ctx.request(retrain_cfg, epochs, step=step))
+
+    def on_step(record: StepRecord) -> None:
+        acc = record.accuracy_after_retrain
+        suffix = f", validation {100 * acc:.2f}%" if acc is not None else ""
+        ctx.emit(
+            PipelineEvent(
+                "step",
+                f"{ctx.label} step {record.step + 1}/{len(fractions)}: kept "
+                f"{100 * record.kept_fraction:.2f}%{suffix}",
+                ctx.index,
+            )
+        )
+
+    report, steps = iterative_prune(
+        ctx.model,
+        config.prune,
+        config.schedule,
+        retrain,
+        evaluate=ctx.eval_fn,
+        scale_dropout=retrain_cfg.scale_dropout,
+        on_step=on_step,
+    )
+    return StageResult({"report": report.to_dict(), "steps": [s.to_dict() for s in steps]})
+
+
+def _prune_needs_training(config: PruneStage) -> bool:
+    return bool(config.retrain.epochs or config.retrain.final_epochs)
+
+
+def _run_retrain(ctx: StageContext, config: RetrainStage) -> StageResult:
+    if config.retrain.epochs:
+        ctx.train(ctx.request(config.retrain, config.retrain.epochs))
+    return StageResult({"epochs": config.retrain.epochs})
+
+
+def _check_quantize(model: nn.Module, config: QuantizeStage, label: str) -> None:
+    q = config.quantize
+    selection = select_targets(model, include=q.include, exclude=q.exclude)
+    for o in q.overrides:
+        if not any(matches(o.pattern, t.module_name, t.param_name) for t in selection.targets):
+            raise ConfigError(
+                f"override pattern {o.pattern!r} matches no quantizable layer "
+                f"(layers: {', '.join(selection.names()) or 'none'})"
+            )
+
+
+def _run_quantize(ctx: StageContext, config: QuantizeStage) -> StageResult:
+    q = config.quantize
+    importance = None
+    if q.importance == "fisher":
+        if ctx.batches is None:
+            raise ConfigError(
+                f"{ctx.label}: importance = 'fisher' needs training batches: pass batches= or data="
+            )
+        importance = fisher_diagonal(
+            ctx.model,
+            ctx.batches(),
+            max_batches=config.fisher_batches,
+            include=q.include,
+            exclude=q.exclude,
+        )
+    report = quantize_(ctx.model, q, importance=importance)
+    return StageResult({"report": report.to_dict()})
+
+
+def _run_finetune(ctx: StageContext, config: FinetuneStage) -> StageResult:
+    if config.finetune.epochs:
+        ctx.train(ctx.request(config.finetune, config.finetune.epochs))
+    return StageResult({"epochs": config.finetune.epochs})
+
+
+def _run_encode(ctx: StageContext, config: EncodeStage) -> StageResult:
+    report = ctx.write_dzip(ctx.run_dir / DZIP_FILE)
+    # the path relative to the run directory, which may move (a committed report names no
+    # machine's directories)
+    details: dict[str, Any] = {"file": DZIP_FILE, "save": {**report.to_dict(), "path": DZIP_FILE}}
+    # Decode the file into a fresh copy of the model: the accuracy that counts is the file's.
+    decoded = independent_copy(ctx.model)
+    strip_(decoded)
+    load_model(decoded, ctx.run_dir / DZIP_FILE, strict=True)
+    if ctx.eval_fn is not None:
+        details["decoded_val_acc"] = ctx.eval_fn(decoded)
+    if ctx.test_fn is not None:
+        details["decoded_test_acc"] = ctx.test_fn(decoded)
+    return StageResult(details, save_report=report)
+
+
+_IncrementalStage = SLQStage | MLQStage | INQStage
+
+
+def _check_incremental(model: nn.Module, config: _IncrementalStage, label: str) -> None:
+    step_count(model, config.quantize)  # selection, overrides and layer state, as the verb
+
+
+def _run_incremental(ctx: StageContext, config: _IncrementalStage) -> StageResult:
+    q, r = config.quantize, config.retrain
+    n = step_count(ctx.model, q)
+
+    def retrain(model: nn.Module, step: int) -> None:
+        last = step == n - 1
+        epochs = (0 if last and isinstance(config, INQStage) else r.epochs) + (
+            r.final_epochs if last else 0
+        )
+        if epochs:
+            ctx.train(ctx.request(r, epochs, step=step))
+
+    def on_step(record: IncrementalStep) -> None:
+        acc = record.acc_retrained
+        suffix = f", validation {100 * acc:.2f}%" if acc is not None else ""
+        ctx.emit(
+            PipelineEvent(
+                "step",
+                f"{ctx.label} step {record.index + 1}/{n}: "
+                f"{100 * record.frozen_fraction:.1f}% of the weights frozen{suffix}",
+                ctx.index,
+            )
+        )
+
+    if isinstance(q, SLQConfig):
+        report, steps = slq_(ctx.model, q, retrain, evaluate=ctx.eval_fn, on_step=on_step)
+    elif isinstance(q, MLQConfig):
+        report, steps = mlq_(ctx.model, q, retrain, evaluate=ctx.eval_fn, on_step=on_step)
+    else:
+        report, steps = inq_(ctx.model, q, retrain, evaluate=ctx.eval_fn, on_step=on_step)
+    # End as a stage checkpoint reloads: plain SharedWeights with trainable codebooks.
+    for layer in report.layers:
+        owner, attr = layer.name.rsplit(".", 1) if "." in layer.name else ("", layer.name)
+        module = ctx.model.get_submodule(owner)
+        shared = get_shared(module, attr)
+        if shared is not None:
+            attach_shared(module, attr, shared.export(), grad=shared.grad)
+    return StageResult({"report": report.to_dict(), "steps": [s.to_dict() for s in steps]})
+
+
+def _incremental_needs_training(config: _IncrementalStage) -> bool:
+    return bool(config.retrain.epochs or config.retrain.final_epochs)
+
+
+register_stage_runner("train", _run_train, needs_training=lambda c: bool(c.train.epochs))
+register_stage_runner(
+    "sensitivity",
+    _run_sensitivity,
+    check=_check_sensitivity,
+    needs_validation=lambda config: True,
+)
+register_stage_runner("prune", _run_prune, check=_check_prune, needs_training=_prune_needs_training)
+register_stage_runner("retrain", _run_retrain, needs_training=lambda c: bool(c.retrain.epochs))
+register_stage_runner("quantize", _run_quantize, check=_check_quantize)
+register_stage_runner("finetune", _run_finetune, needs_training=lambda c: bool(c.finetune.epochs))
+register_stage_runner("encode", _run_encode)
+
+
+def _check_weightless(model: nn.Module, config: WeightlessStage, label: str) -> None:
+    w = config.weightless
+    selection = select_targets(model, include=w.include, exclude=w.exclude)
+    for o in w.overrides:  # clustering overrides may name layers other stages compress
+        if not any(matches(o.pattern, t.module_name, t.param_name) for t in selection.targets):
+            raise ConfigError(
+                f"override pattern {o.pattern!r} matches no layer Weightless encodes "
+                f"(layers: {', '.join(selection.names()) or 'none'})"
+            )
+
+
+_CELL_BITS_HINT = "set cell_bits"  # a fixed cell width needs no validation accuracy
+
+
+def _run_weightless(ctx: StageContext, config: WeightlessStage) -> StageResult:
+    w, r = config.weightless, config.retrain
+    auto = w.cell_bits is None
+    if auto and ctx.eval_fn is None:
+        raise no_validation_error(ctx.label, _CELL_BITS_HINT)
+
+    def retrain(model: nn.Module, layer: str) -> None:
+        if r.epochs and any(p.requires_grad for p in model.parameters()):
+            ctx.train(ctx.request(r, r.epochs))
+
+    def on_layer(layer: WeightlessLayer) -> None:
+        acc = layer.accuracy
+        suffix = f", validation {100 * acc:.2f}%" if acc is not None else ""
+        ctx.emit(
+            PipelineEvent(
+                "step",
+                f"{ctx.label} {layer.name}: t = {layer.cell_bits}, {layer.encoded_bytes:,} B, "
+                f"false positives {100 * layer.false_positive_rate:.2f}%{suffix}",
+                ctx.index,
+            )
+        )
+
+    report = weightless_(
+        ctx.model,
+        w,
+        retrain=retrain,
+        evaluate=ctx.eval_fn if auto else None,
+        quantize=config.quantize,
+        on_layer=on_layer,
+    )
+    return StageResult({"report": report.to_dict()})
+
+
+register_stage_runner(
+    "weightless",
+    _run_weightless,
+    check=_check_weightless,
+    needs_training=lambda c: bool(c.retrain.epochs),
+    needs_validation=lambda c: c.weightless.cell_bits is None,
+    validation_hint=_CELL_BITS_HINT,
+)
+for _name in ("slq", "mlq", "inq"):
+    register_stage_runner(
+        _name,
+        _run_incremental,
+        check=_check_incremental,
+        needs_training=_incremental_needs_training,
+    )

@@ -1,0 +1,332 @@
+"""A run directory: its files, the stage records in ``state.json``, the fingerprints that
+decide whether a run may resume, and the stage checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from deepzip.config import (
+    Recipe,
+)
+from deepzip.datasets import DataSplits
+from deepzip.errors import CheckpointError, ConfigError
+from deepzip.format.checkpoint import (
+    apply_checkpoint,
+    plain_state_dict,
+    read_checkpoint,
+    save_checkpoint,
+)
+from deepzip.prune.schedule import _ORIGINAL_P
+from deepzip.quantize import get_shared
+
+STATE_FILE = "state.json"
+DZIP_FILE = "model.dzip"
+INITIAL_CHECKPOINT = "stage-00-initial.safetensors"
+_STATE_FORMAT = "deepzip.run"
+_STATE_VERSION = 1
+_DROPOUT_KEY = "deepzip.run.dropout"
+_GRAD_KEY = "deepzip.run.shared_grad"
+
+
+class RecipeChangedError(ConfigError):
+    """A run directory holds a run of a different recipe, model or data set, or another deepzip's.
+
+    "Another deepzip" is another version, or the same version with other code (the run records
+    a hash of the package's code): its finished stages are not what this code would compute.
+    """
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """One finished stage (or the starting point, index -1) as recorded in ``state.json``.
+
+    Attributes:
+        index: position in the recipe, from 0 (-1 for the model the run started from).
+        kind: stage type (``"initial"`` for the start).
+        name: the stage's label, if any.
+        seed: its seed.
+        checkpoint: the checkpoint written after it, relative to the run directory.
+        val_acc: validation accuracy after it (``None`` without ``eval_fn``).
+        test_acc: test accuracy after it (``None`` without ``test_fn``).
+        file_bytes: real ``.dzip`` bytes of the model after it.
+        float32_bytes: float32 bytes of every tensor the model needs.
+        kept: surviving weights of the compressed tensors / their total.
+        seconds: wall time of the stage.
+        details: stage-specific JSON (prune steps, per-layer reports...).
+    """
+
+    index: int
+    kind: str
+    name: str | None
+    seed: int
+    checkpoint: str
+    val_acc: float | None
+    test_acc: float | None
+    file_bytes: int
+    float32_bytes: int
+    kept: float
+    seconds: float
+    details: dict[str, Any]
+
+    @property
+    def ratio(self) -> float:
+        """``float32_bytes / file_bytes``."""
+        return self.float32_bytes / self.file_bytes if self.file_bytes else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "index": self.index,
+            "kind": self.kind,
+            "name": self.name,
+            "seed": self.seed,
+            "checkpoint": self.checkpoint,
+            "val_acc": self.val_acc,
+            "test_acc": self.test_acc,
+            "file_bytes": self.file_bytes,
+            "float32_bytes": self.float32_bytes,
+            "ratio": self.ratio,
+            "kept": self.kept,
+            "seconds": self.seconds,
+            "details": self.details,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StageRecord:
+        """Read back :meth:`to_dict` (``ConfigError`` on a malformed record)."""
+        try:
+            return cls(
+                index=int(data["index"]),
+                kind=str(data["kind"]),
+                name=data.get("name"),
+                seed=int(data["seed"]),
+                checkpoint=str(data["checkpoint"]),
+                val_acc=None if data.get("val_acc") is None else float(data["val_acc"]),
+                test_acc=None if data.get("test_acc") is None else float(data["test_acc"]),
+                file_bytes=int(data["file_bytes"]),
+                float32_bytes=int(data["float32_bytes"]),
+                kept=float(data["kept"]),
+                seconds=float(data["seconds"]),
+                details=dict(data.get("details") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"malformed stage record in {STATE_FILE}: {exc!r}") from exc
+
+
+def accuracy_reference(
+    initial: StageRecord, stages: Sequence[StageRecord]
+) -> tuple[StageRecord, bool]:
+    """The record a run's accuracy change is measured from, and whether it is a dense model.
+
+    After a train stage, that stage's record (dense); otherwise the model the run started from,
+    which a ``--start`` checkpoint may have pruned or quantized already, so it is not called
+    dense.
+    """
+    if stages and stages[0].kind == "train":
+        return stages[0], True
+    return initial, False
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of :func:`run_recipe`.
+
+    Attributes:
+        model: the compressed model (shared weights and masks attached).
+        recipe: the recipe run.
+        run_dir: the run directory.
+        initial: the starting point (index -1).
+        stages: one record per stage, in order.
+        dzip: the ``.dzip`` file written by the encode stage.
+        resumed_from: index of the first stage this call ran (0 for a fresh run; the number
+            of stages when everything was already done).
+    """
+
+    model: nn.Module
+    recipe: Recipe
+    run_dir: Path
+    initial: StageRecord
+    stages: tuple[StageRecord, ...]
+    dzip: Path
+    resumed_from: int
+
+    @property
+    def final(self) -> StageRecord:
+        """The last stage's record."""
+        return self.stages[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "recipe": self.recipe.to_dict(),
+            "run_dir": str(self.run_dir),
+            "dzip": str(self.dzip),
+            "resumed_from": self.resumed_from,
+            "initial": self.initial.to_dict(),
+            "stages": [s.to_dict() for s in self.stages],
+        }
+
+
+def _canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """SHA-256 of the recipe's canonical JSON form."""
+    return hashlib.sha256(_canonical_json(recipe.to_dict()).encode("utf-8")).hexdigest()
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the names, shapes, dtypes and bytes of the model's (plain) state dict."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(plain_state_dict(model).items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        if t.numel():
+            digest.update(t.view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def data_fingerprint(data: DataSplits) -> str:
+    """A short identity of the three splits: names, sizes and a hash of every sample."""
+    digest = hashlib.sha256()
+    for ds in (data.train, data.val, data.test):
+        digest.update(f"{ds.name}/{ds.split}/{len(ds)}/{tuple(ds.images.shape)};".encode())
+        for t in (ds.images, ds.labels):
+            c = t.detach().cpu().contiguous()
+            if c.numel():
+                digest.update(c.view(torch.uint8).numpy().data)
+    return f"{data.train.name}:{digest.hexdigest()[:32]}"
+
+
+def _dropout_state(model: nn.Module) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            original = getattr(module, _ORIGINAL_P, None)
+            out[name] = [float(module.p), float(module.p if original is None else original)]
+    return out
+
+
+def _restore_dropout(model: nn.Module, state: Mapping[str, Sequence[float]]) -> None:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd) and name in state:
+            p, original = state[name]
+            module.p = float(p)
+            if float(p) != float(original):
+                setattr(module, _ORIGINAL_P, float(original))
+
+
+def _grad_rules(model: nn.Module) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for mod_name, module in model.named_modules():
+        for attr in getattr(module, "parametrizations", {}) or {}:
+            shared = get_shared(module, attr)
+            if shared is not None:
+                out[f"{mod_name}.{attr}" if mod_name else attr] = shared.grad
+    return out
+
+
+def _save_stage_checkpoint(model: nn.Module, path: Path, metadata: Mapping[str, str]) -> None:
+    meta = dict(metadata)
+    meta[_DROPOUT_KEY] = _canonical_json(_dropout_state(model))
+    meta[_GRAD_KEY] = _canonical_json(_grad_rules(model))
+    save_checkpoint(model, path, metadata=meta)
+
+
+def _load_stage_checkpoint(model: nn.Module, path: Path) -> None:
+    """Load a stage checkpoint into ``model``: weights, masks, codebooks, dropout, grad rules."""
+    ckpt = read_checkpoint(path)
+    apply_checkpoint(model, ckpt, strict=True, source=str(path))
+    try:
+        dropout = json.loads(ckpt.metadata.get(_DROPOUT_KEY, "{}"))
+        grads = json.loads(ckpt.metadata.get(_GRAD_KEY, "{}"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: bad run metadata: {exc}") from exc
+    _restore_dropout(model, dropout)
+    for name, rule in grads.items():
+        owner, attr = name.rsplit(".", 1) if "." in name else ("", name)
+        shared = get_shared(model.get_submodule(owner), attr)
+        if shared is None or rule not in ("sum", "mean"):
+            raise CheckpointError(f"{path}: grad rule for {name!r} does not fit the model")
+        shared.grad = rule
+
+
+def independent_copy(model: nn.Module) -> nn.Module:
+    """A deep copy that can be stripped or re-parametrized without touching ``model``.
+
+    ``copy.deepcopy`` of a parametrized module shares its generated ``Parametrized<Class>``
+    class, on which ``torch.nn.utils.parametrize`` stores the tensor properties: removing a
+    parametrization from the copy would delete the original's property too. Each parametrized
+    module of the copy gets its own class.
+    """
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        if parametrize.is_parametrized(module):
+            cls = type(module)
+            body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+            module.__class__ = type(cls.__name__, cls.__bases__, body)
+    return clone
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads(path.read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable run state ({exc}); rerun with restart") from exc
+    if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+        raise ConfigError(f"{path}: not a deepzip run state file")
+    if state.get("version") != _STATE_VERSION:
+        raise ConfigError(
+            f"{path}: run state version {state.get('version')!r}, this deepzip reads "
+            f"{_STATE_VERSION}; rerun with restart"
+        )
+    return state
+
+
+def read_run(run_dir: str | os.PathLike[str]) -> tuple[Recipe, StageRecord, list[StageRecord]]:
+    """The recipe, starting point and finished stages recorded in a run directory.
+
+    Raises:
+        ConfigError: no run there, or an unreadable state file.
+    """
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        raise ConfigError(f"{Path(run_dir)}: no deepzip run here (no {STATE_FILE})")
+    state = _read_state(path)
+    recipe = Recipe.from_dict(state["recipe"])
+    initial = StageRecord.from_dict(state["initial"])
+    return recipe, initial, [StageRecord.from_dict(r) for r in state["stages"]]
+
+
+def _describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """The first difference between two recipes' dict forms, in words."""
+    old_stages, new_stages = old.get("stages", []), new.get("stages", [])
+    for i, (a, b) in enumerate(zip(old_stages, new_stages, strict=False)):
+        if a != b:
+            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            parts = [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys[:3]]
+            return f"stage {i + 1} ({b.get('type')}) changed ({'; '.join(parts)})"
+    if len(old_stages) != len(new_stages):
+        return f"the number of stages changed ({len(old_stages)} → {len(new_stages)})"
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "recipe " + "; ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in keys[:3])
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Remove what an earlier run wrote (only the files a run writes)."""
+    for pattern in (STATE_FILE, DZIP_FILE, "stage-*.safetensors", "sensitivity-*.json"):
+        for path in run_dir.glob(pattern):
+            path.unlink()
