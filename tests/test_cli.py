@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepzip import BitsOverride, ConfigError, LayerOverride, cli
-from deepzip.cli import _parse_bits_override, _parse_override, main
+from deepzip import BitsOverride, ConfigError, LayerOverride
+from deepzip.cli import file_commands, main, train_commands
+from deepzip.cli._common import _parse_override
+from deepzip.cli.train_commands import _parse_bits_override
 from deepzip.datasets import write_idx
 
 
@@ -221,7 +223,7 @@ def test_output_paths_are_checked_before_any_work(
     def no_data(args: object) -> None:
         raise AssertionError("the data was loaded before the output path was checked")
 
-    monkeypatch.setattr(cli, "_data", no_data)
+    monkeypatch.setattr(train_commands, "_data", no_data)
     blocker = tmp_path / "blocker"
     blocker.write_text("a file, not a directory")
     for out, message in (
@@ -271,7 +273,7 @@ def test_os_errors_are_one_line(
 
     for raiser, message in ((denied, "m.dzip: Permission denied"),
                             (rename_failed, "/tmp: Is a directory")):  # fmt: skip
-        monkeypatch.setattr(cli, "inspect_dzip", raiser)
+        monkeypatch.setattr(file_commands, "inspect_dzip", raiser)
         assert main(["inspect", "m.dzip"]) == 2
         assert capsys.readouterr().err.strip() == f"deepzip: error: {message}"
     recipe = tmp_path / "r.toml"

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from deepzip import cli
-from deepzip.cli import main
+from deepzip.cli import _common, file_commands, main, run_commands, train_commands
 from deepzip.config import PruneConfig
 from deepzip.datasets import write_idx
 from deepzip.format import save_checkpoint
@@ -73,7 +72,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tables as wide as they like (the default 80 columns wrap cell text)."""
-    monkeypatch.setattr(cli, "console", Console(width=250))
+    wide = Console(width=250)
+    for module in (_common, train_commands, run_commands, file_commands):
+        monkeypatch.setattr(module, "console", wide)
 
 
 def _args(data_dir: Path) -> list[str]:

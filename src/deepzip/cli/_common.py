@@ -1,0 +1,332 @@
+"""What the commands share: the consoles, progress bars, argument helpers and parsers of
+option values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from torch import nn
+
+from deepzip.config import (
+    IndexBitsSpec,
+    LayerOverride,
+    PruneConfig,
+    PruneJob,
+    Recipe,
+    RetrainConfig,
+    ScheduleConfig,
+    check_index_bits,
+    load_prune_job,
+)
+from deepzip.datasets import DATASETS, DataSplits, load_dataset
+from deepzip.errors import ConfigError
+from deepzip.format import apply_checkpoint, read_checkpoint
+from deepzip.prune import StepRecord
+from deepzip.train import Callback, FitState
+from deepzip.zoo import create_model, model_names
+
+# Piped or redirected output has no terminal width; rich would then squeeze the wide per-layer
+# tables into 80 columns, so give it room (a terminal's own width is kept).
+console = Console()
+if not console.is_terminal:
+    console = Console(width=200)
+err_console = Console(stderr=True)
+
+
+class _ProgressCallback(Callback):
+    """Training progress bar: one task per epoch, loss and validation accuracy shown."""
+
+    def __init__(self, progress: Progress, label: str) -> None:
+        self.progress = progress
+        self.label = label
+        self.task: Any = None
+
+    def on_epoch_start(self, state: FitState) -> None:
+        total = state.batches_per_epoch
+        self.task = self.progress.add_task(
+            f"{self.label} epoch {state.epoch + 1}/{state.epochs}", total=total
+        )
+
+    def on_batch_end(self, state: FitState) -> None:
+        self.progress.update(
+            self.task,
+            advance=1,
+            description=(
+                f"{self.label} epoch {state.epoch + 1}/{state.epochs} loss {state.epoch_loss:.4f}"
+            ),
+        )
+
+    def on_epoch_end(self, state: FitState) -> None:
+        acc = state.metrics.get("val_accuracy")
+        suffix = f" val {100 * acc:.2f}%" if acc is not None else ""
+        self.progress.update(
+            self.task,
+            description=(
+                f"{self.label} epoch {state.epoch + 1}/{state.epochs} "
+                f"loss {state.epoch_loss:.4f}{suffix}"
+            ),
+        )
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Progress]:
+    progress = Progress(
+        TextColumn("{task.description}", markup=False),  # layer and tensor names as written
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=not enabled,
+        transient=False,
+    )
+    with progress:
+        yield progress
+
+
+def _data(args: argparse.Namespace) -> DataSplits:
+    return load_dataset(args.dataset, args.data_dir, val_size=args.val_size, seed=args.seed)
+
+
+def _seed(text: str) -> int:
+    """``--seed``: an integer in ``[0, 2**31)``, the range every seed it reaches accepts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**31), got {value}")
+    return value
+
+
+def _index_bits(text: str) -> IndexBitsSpec:
+    """``--index-bits``: a gap width in bits, ``auto`` or ``paper``."""
+    spec: object = text if text in ("auto", "paper") else None
+    if spec is None:
+        try:
+            spec = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a number of bits, 'auto' or 'paper', got {text!r}"
+            ) from None
+    try:
+        return check_index_bits("--index-bits", spec)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _check_output(
+    path: str | os.PathLike[str] | None, flag: str, *, directory: bool = False
+) -> None:
+    """Refuse an output path that cannot be written, before any long work starts.
+
+    A file output must not be a directory, a directory output must not be a file, and the
+    nearest existing directory above it must be a writable directory (missing ones are
+    created when the output is written).
+    """
+    if path is None:
+        return
+    p = Path(path)
+    if not directory and p.is_dir():
+        raise ConfigError(f"{flag} {path}: is a directory; give a file name")
+    if directory and p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} {path}: is not a directory")
+    above = p.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise ConfigError(f"{flag} {path}: {above} is not a directory")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: no permission to write in {above}")
+
+
+def _os_error(exc: OSError) -> str:
+    """``path: reason`` for an ``OSError`` (the destination of a failed rename)."""
+    reason = exc.strerror or str(exc)
+    name = exc.filename2 if exc.filename2 is not None else exc.filename
+    return reason if name is None else f"{os.fsdecode(name)}: {reason}"
+
+
+def _load_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, str]:
+    """The zoo model named by ``--model`` or the checkpoint's metadata, with its weights."""
+    ckpt = read_checkpoint(args.checkpoint)
+    name: str | None = args.model or ckpt.metadata.get("deepzip.model")
+    if name is None:
+        raise ConfigError(
+            f"{args.checkpoint}: cannot tell the model architecture; pass --model "
+            f"({', '.join(model_names())})"
+        )
+    model = create_model(name)
+    apply_checkpoint(model, ckpt, strict=True, source=args.checkpoint)
+    return model.to(device), name
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset",
+        default="fashion-mnist",
+        choices=DATASETS,
+        help="data set (default: fashion-mnist)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory with the four IDX files (default: auto-discover)",
+    )
+    p.add_argument(
+        "--val-size",
+        type=int,
+        default=5000,
+        help="training images held out for validation (default: 5000)",
+    )
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_checkpoint_args(p: argparse.ArgumentParser, *, output_help: str) -> None:
+    p.add_argument("checkpoint", help="input checkpoint (.safetensors, .pt, .pth)")
+    p.add_argument("-o", "--output", required=True, help=output_help)
+    p.add_argument(
+        "--model",
+        choices=model_names(),
+        default=None,
+        help="zoo architecture (default: read from the checkpoint)",
+    )
+
+
+def _add_optimizer_args(
+    p: argparse.ArgumentParser, *, weight_decay: float, lr: float = 0.02, optimizer: str = "sgd"
+) -> None:
+    p.add_argument("--lr", type=float, default=lr, help=f"(dense) learning rate (default: {lr})")
+    p.add_argument(
+        "--optimizer",
+        default=optimizer,
+        choices=("sgd", "adam", "adamw"),
+        help=f"default: {optimizer}",
+    )
+    p.add_argument("--weight-decay", type=float, default=weight_decay)
+    p.add_argument("--batch-size", type=int, default=128)
+
+
+def _add_glob_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only layers matching this glob (repeatable)",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="never layers matching this glob (repeatable)",
+    )
+
+
+_Num = TypeVar("_Num", int, float)
+
+
+def _split_glob(text: str, flag: str, forms: str) -> tuple[str, str]:
+    """``GLOB=VALUE`` of ``flag`` (``forms`` says what it accepts, for the error)."""
+    pattern, sep, value = text.partition("=")
+    if not sep or not pattern:
+        raise ConfigError(f"{flag} expects {forms}, got {text!r}")
+    return pattern, value
+
+
+def _glob_number(text: str, value: str, kind: type[_Num], flag: str) -> _Num:
+    """The value of ``flag GLOB=VALUE`` as ``kind``; range checks stay with the config."""
+    try:
+        return kind(value)
+    except ValueError as exc:
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{flag} {text!r}: {value!r} is not {what}") from exc
+
+
+def _parse_override(text: str) -> LayerOverride:
+    pattern, value = _split_glob(text, "--override", "GLOB=SPARSITY or GLOB=skip")
+    if value == "skip":
+        return LayerOverride(pattern, skip=True)
+    return LayerOverride(pattern, sparsity=_glob_number(text, value, float, "--override"))
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{flag} expects comma-separated numbers, got {text!r}") from exc
+
+
+def _prune_job(args: argparse.Namespace) -> PruneJob:
+    if args.recipe is not None:
+        return load_prune_job(args.recipe)
+    if args.sparsity is None and args.quality is None:
+        raise ConfigError("give --sparsity, --quality or --recipe")
+    prune = PruneConfig(
+        sparsity=args.sparsity,
+        quality=args.quality,
+        scope=args.scope,
+        include=tuple(args.include),
+        exclude=tuple(args.exclude),
+        overrides=tuple(_parse_override(o) for o in args.override),
+    )
+    if args.schedule == "steps":
+        schedule = ScheduleConfig(kind="steps", steps=_floats(args.steps, "--steps"))
+    else:
+        schedule = ScheduleConfig(kind=args.schedule, n_steps=args.n_steps)
+    retrain = RetrainConfig(
+        epochs=args.retrain_epochs,
+        final_epochs=args.final_epochs,
+        lr=args.lr,
+        lr_scale=args.lr_scale,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+    )
+    return PruneJob(prune, schedule, retrain)
+
+
+def _add_run_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset", default=None, choices=DATASETS, help="overrides the recipe's data set"
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="directory with the four IDX files (default: search)"
+    )
+    p.add_argument("--val-size", type=int, default=5000, help="validation images (default 5000)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _demo_recipe() -> Recipe:
+    """The built-in whole pipeline for LeNet-300-100 (``lenet-300-100-full``)."""
+    return Recipe.builtin("lenet-300-100-full")
+
+
+def _print_step(record: StepRecord) -> None:
+    after = record.accuracy_after_retrain
+    acc = f", val {100 * after:.2f}%" if after is not None else ""
+    err_console.print(
+        f"step {record.step + 1}: kept {100 * record.kept_fraction:.2f}% of weights{acc}"
+    )

@@ -1,0 +1,220 @@
+"""``deepzip compress``, ``decompress``, ``inspect`` and ``bench``: working on files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+from rich.markup import escape
+from rich.table import Table
+
+from deepzip._atomic import atomic_write_text
+from deepzip.cli._common import _check_output, _glob_number, _progress, _split_glob, console
+from deepzip.errors import ConfigError
+from deepzip.format import inspect as inspect_dzip
+from deepzip.format import to_safetensors
+from deepzip.posttrain import compress_checkpoint
+from deepzip.report import (
+    compression_rich_table,
+    compression_table,
+)
+from deepzip.zoo import create_model, model_names
+
+
+def _parse_layer_bits(text: str) -> tuple[str, int]:
+    pattern, value = _split_glob(text, "--layer-bits", "GLOB=BITS")
+    return pattern, _glob_number(text, value, int, "--layer-bits")
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    """``deepzip compress``: post-training prune + quantize + code of any checkpoint."""
+    _check_output(args.output, "-o")
+    _check_output(args.json, "--json")
+    with _progress(not args.no_progress) as progress:
+        task = progress.add_task("compress", total=None)
+
+        def on_tensor(name: str, index: int, total: int) -> None:
+            progress.update(task, completed=index, total=total, description=name)
+
+        report = compress_checkpoint(
+            args.input,
+            args.output,
+            sparsity=args.sparsity,
+            bits=None if args.no_quantize else args.bits,
+            levels=args.levels,
+            quantizer=args.quantizer,
+            ecsq_lambda=args.ecsq_lambda,
+            step=args.step,
+            coder=args.coder,
+            include=tuple(args.include),
+            exclude=tuple(args.exclude),
+            layer_bits=dict(_parse_layer_bits(t) for t in args.layer_bits),
+            index_bits=args.index_bits,
+            layout=args.layout,
+            progress=on_tensor,
+        )
+        progress.update(task, completed=len(report.tensors), description="done")
+    console.print(
+        compression_rich_table(
+            compression_table(report.to_dict()), title=f"{args.input} → {args.output}"
+        )
+    )
+    for name, reason in report.skipped:
+        console.print(f"kept raw: {name} ({reason})", style="dim", markup=False, soft_wrap=True)
+    console.print(
+        f"{report.float32_bytes:,} B float32 → {report.file_bytes:,} B on disk: "
+        f"{report.ratio:.2f}× → {args.output}",
+        markup=False,
+        soft_wrap=True,
+    )
+    if args.json is not None:
+        atomic_write_text(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    """``deepzip decompress``: a ``.dzip`` file back to ``.safetensors`` (exact names/dtypes)."""
+    _check_output(args.output, "-o")
+    with _progress(not args.no_progress) as progress:
+        task = progress.add_task("decompress", total=None)
+
+        def on_tensor(name: str, index: int, total: int) -> None:
+            progress.update(task, completed=index, total=total, description=name)
+
+        path = to_safetensors(args.input, args.output, progress=on_tensor)
+        progress.update(task, description="done")
+    size = path.stat().st_size
+    console.print(f"{args.input} → {path} ({size:,} bytes)", markup=False, soft_wrap=True)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """``deepzip inspect``: per-tensor and per-section bytes of a ``.dzip`` file."""
+    info = inspect_dzip(args.input)
+    if args.json:
+        sys.stdout.write(json.dumps(info.to_dict(), indent=2) + "\n")
+        return 0
+    console.print(compression_rich_table(compression_table(info.to_dict()), title=args.input))
+    sections = Table(title="Sections", caption="every byte of the file, in order")
+    for column in ("section", "kind", "offset", "bytes"):
+        sections.add_column(column, justify="left" if column in ("section", "kind") else "right")
+    for s in info.sections:
+        sections.add_row(escape(s.name), s.kind, f"{s.offset:,}", f"{s.length:,}")
+    total = sum(s.length for s in info.sections)
+    sections.add_row("total", "", "", f"{total:,}", style="bold")
+    console.print(sections)
+    console.print(
+        f"format {info.version[0]}.{info.version[1]}, {len(info.tensors)} tensors, "
+        f"{info.file_bytes:,} bytes ({info.ratio:.2f}× float32)",
+        markup=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _bench_model_name(args: argparse.Namespace) -> str:
+    """``--model``, else the zoo name stored under ``deepzip.model`` in the file's metadata."""
+    from deepzip.format import DzipReader
+
+    if args.model:
+        return str(args.model)
+    with DzipReader(args.input) as reader:
+        meta = reader.metadata
+    user = meta.get("user") if isinstance(meta, dict) else None
+    name = user.get("deepzip.model") if isinstance(user, dict) else None
+    if not isinstance(name, str) or name not in model_names():
+        found = f" (the file names {name!r}, not a zoo model)" if name else ""
+        raise ConfigError(
+            f"{args.input}: cannot tell the model architecture{found}; pass --model "
+            f"({', '.join(model_names())})"
+        )
+    return name
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``deepzip bench``: per-layer latency of the runtime form against dense decoding."""
+    from deepzip.runtime import RuntimePolicy, benchmark_layers, benchmark_model
+
+    if args.batch < 1 or args.repeats < 1:
+        raise ConfigError(f"--batch and --repeats must be >= 1, got {args.batch}, {args.repeats}")
+    try:
+        shape = tuple(int(d) for d in args.input_shape.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise ConfigError(
+            f"--input-shape must be positive integers like 1,28,28, got {args.input_shape!r}"
+        )
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    name = _bench_model_name(args)
+    torch.manual_seed(0)
+    example = torch.rand(args.batch, *shape)
+    policy = RuntimePolicy(batch_size=args.batch)
+    layers = benchmark_layers(
+        args.input, create_model(name), example, repeats=args.repeats, policy=policy
+    )
+    whole = benchmark_model(
+        args.input, create_model(name), example, repeats=args.repeats, policy=policy
+    )
+    if args.json:
+        out = {
+            "file": str(args.input),
+            "model": name,
+            "batch": args.batch,
+            "threads": torch.get_num_threads(),
+            "layers": [t.to_dict() for t in layers],
+            "model_timing": whole.to_dict(),
+        }
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return 0
+    table = Table(
+        title=escape(
+            f"{args.input}: {name}, batch {args.batch}, {torch.get_num_threads()} thread(s)"
+        ),
+        caption=f"median of {args.repeats} interleaved runs; policy: what the automatic "
+        "rule picks at this batch size (reasons below)",
+    )
+    columns = ("layer", "type", "shape", "density", "dense ms", "runtime ms", "speedup",
+               "dense bytes", "runtime bytes", "policy")  # fmt: skip
+    for column in columns:
+        table.add_column(
+            column,
+            justify="left" if column in ("layer", "type", "policy") else "right",
+            overflow="fold",
+        )
+    for t in layers:
+        speedup = t.speedup
+        table.add_row(
+            escape(t.name),
+            escape(t.layer_type),
+            "×".join(str(d) for d in t.shape),
+            f"{100 * t.density:.1f}%",
+            "-" if t.dense_ms is None else f"{t.dense_ms:.3f}",
+            "-" if t.runtime_ms is None else f"{t.runtime_ms:.3f}",
+            "-" if speedup is None else f"{speedup:.2f}×",
+            f"{t.dense_bytes:,}",
+            f"{t.runtime_bytes:,}",
+            t.policy_form,
+        )
+    console.print(table)
+    for t in layers:
+        console.print(
+            f"{t.name}: {t.policy_form} ({t.note or t.policy_reason})",
+            markup=False,
+            soft_wrap=True,
+        )
+    console.print(
+        f"whole model: dense {whole.dense_ms:.3f} ms, runtime {whole.runtime_ms:.3f} ms "
+        f"({whole.speedup:.2f}×; sparse layers: {', '.join(whole.report.sparse) or 'none'}); "
+        f"compressed weights {whole.report.runtime_bytes:,} bytes in memory vs "
+        f"{whole.report.dense_bytes:,} dense; outputs differ by at most "
+        f"{whole.max_abs_difference:.2e}",
+        markup=False,
+        soft_wrap=True,
+    )
+    return 0

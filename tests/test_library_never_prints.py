@@ -1,0 +1,70 @@
+"""The library never prints or exits: only ``deepzip.cli`` talks to the terminal (DESIGN.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import deepzip
+
+PACKAGE = Path(deepzip.__file__).parent
+CLI = PACKAGE / "cli"
+FORBIDDEN_NAMES = frozenset({"print", "exit", "quit", "breakpoint", "input"})
+FORBIDDEN_ATTRIBUTES = frozenset({("sys", "exit"), ("os", "_exit"), ("os", "abort")})
+TERMINAL_STREAMS = frozenset({"stdout", "stderr", "stdin"})
+
+
+def offences(source: str) -> list[str]:
+    """``"line: what"`` for every call that prints, reads the terminal or ends the process, and
+    every use of ``sys.stdout``/``stderr``/``stdin``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "sys"
+            and node.attr in TERMINAL_STREAMS
+        ):
+            found.append(f"{node.lineno}: sys.{node.attr}")
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in FORBIDDEN_NAMES:
+            found.append(f"{node.lineno}: {func.id}()")
+        elif (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and (func.value.id, func.attr) in FORBIDDEN_ATTRIBUTES
+        ):
+            found.append(f"{node.lineno}: {func.value.id}.{func.attr}()")
+    return found
+
+
+def library_modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if CLI not in p.parents)
+
+
+def test_the_check_finds_what_it_looks_for() -> None:
+    source = (
+        "import os, sys\nprint('x')\nsys.exit(1)\nos._exit(0)\nlogger.info('fine')\n"
+        "sys.stderr.write('x')\n"
+    )
+    assert sorted(offences(source)) == [
+        "2: print()",
+        "3: sys.exit()",
+        "4: os._exit()",
+        "6: sys.stderr",
+    ]
+
+
+def test_the_library_has_modules_to_check() -> None:
+    names = {p.relative_to(PACKAGE).as_posix() for p in library_modules()}
+    assert {"pipeline/run.py", "config/recipe.py", "format/dzip_reader.py"} <= names
+    assert not any(n.startswith("cli/") for n in names)
+
+
+@pytest.mark.parametrize("path", library_modules(), ids=lambda p: p.relative_to(PACKAGE).as_posix())
+def test_no_module_outside_the_cli_prints_or_exits(path: Path) -> None:
+    assert offences(path.read_text("utf-8")) == [], path.relative_to(PACKAGE).as_posix()
