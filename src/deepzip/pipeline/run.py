@@ -1,4 +1,12 @@
-"""Running a whole recipe, stage by stage, with a checkpoint after each one and resume."""
+"""Running a whole recipe, stage by stage, with a checkpoint after each one and resume.
+
+:func:`run_recipe` runs a Recipe's stages in order on any model. After every stage the model is
+written to a checkpoint in the run directory and read back (so an uninterrupted run continues
+from exactly what a resumed run would load), its accuracy and real .dzip size are measured, and
+state.json records the stage. Re-running the same call resumes after the last recorded stage; a
+run directory made by a different recipe, model or data is refused with RecipeChangedError
+unless restart=True.
+"""
 
 from __future__ import annotations
 
@@ -73,15 +81,6 @@ from deepzip.train import (
     resolve_device,
     seed_everything,
 )
-
-# ============================================================================ recipe runner
-#
-# run_recipe() runs a Recipe's stages in order on any model. After every stage the model is
-# written to a checkpoint in the run directory and read back (so an uninterrupted run continues
-# from exactly what a resumed run would load), its accuracy and real .dzip size are measured,
-# and state.json records the stage. Re-running the same call resumes after the last recorded
-# stage; a run directory made by a different recipe, model or data is refused with
-# RecipeChangedError unless restart=True.
 
 
 def _encode_options(recipe: Recipe) -> EncodeStage:
