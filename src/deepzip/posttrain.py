@@ -24,7 +24,7 @@ import torch
 from deepzip.config import CoderName, IndexBitsSpec, QuantizeConfig, check_index_bits
 from deepzip.errors import CheckpointError, ConfigError
 from deepzip.format.api import IndexBits, gap_width
-from deepzip.format.checkpoint import _as_state_dict
+from deepzip.format.checkpoint import as_state_dict
 from deepzip.format.dzip_report import SaveReport
 from deepzip.format.dzip_spec import MAX_K
 from deepzip.format.dzip_writer import DzipWriter, GapWidth, Layout
@@ -254,7 +254,7 @@ def _open_source(src: Path) -> _Source:
             raise CheckpointError(
                 f"{src}: cannot be read with torch.load(weights_only=True): {exc}"
             ) from exc
-        state = _as_state_dict(src, obj)
+        state = as_state_dict(src, obj)
         return _Source(list(state), state.__getitem__)
     raise CheckpointError(
         f"{src}: unknown checkpoint type {suffix!r}; expected .safetensors, .pt, .pth "

@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from deepzip.config._base import _build, _check_seed, _table
+from deepzip.config._base import _build, _check_keys, _check_seed, _table
 from deepzip.config.encoding import IndexBitsSpec
 from deepzip.config.stages import (
     EncodeStage,
@@ -24,8 +24,7 @@ from deepzip.config.stages import (
     Stage,
     TrainStage,
     WeightlessStage,
-    _check_keys,
-    _parse_stage,
+    parse_stage,
     stage_kinds,
 )
 from deepzip.config.techniques import PruneConfig, RetrainConfig, ScheduleConfig, TrainConfig
@@ -165,7 +164,7 @@ class Recipe:
             raise ConfigError(f"a recipe needs a non-empty [[stages]] list, got {raw_stages!r}")
         known_defaults = frozenset().union(*(k.default_keys for k in stage_kinds().values()))
         _check_keys(defaults, known_defaults, "defaults")
-        stages = tuple(_parse_stage(i, t, defaults) for i, t in enumerate(raw_stages))
+        stages = tuple(parse_stage(i, t, defaults) for i, t in enumerate(raw_stages))
         raw_rules = data.get("overrides", [])
         if not isinstance(raw_rules, list):
             raise ConfigError(f"overrides must be a list of tables, got {raw_rules!r}")

@@ -14,6 +14,7 @@ from deepzip.config._base import (
     _check_bits,
     _check_choice,
     _check_int,
+    _check_keys,
     _check_number,
     _check_patterns,
     _check_quality,
@@ -388,14 +389,6 @@ def stage_kinds() -> dict[str, StageKind]:
     return dict(_STAGE_KINDS)
 
 
-def _check_keys(table: Mapping[str, Any], known: frozenset[str], where: str) -> None:
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(known))})"
-        )
-
-
 def _sub_table(table: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     value = table.pop(key, {})
     if not isinstance(value, Mapping):
@@ -710,7 +703,7 @@ class Stage:
         return {**head, **self.config.to_dict()}
 
 
-def _parse_stage(index: int, table: object, defaults: Mapping[str, Any]) -> Stage:
+def parse_stage(index: int, table: object, defaults: Mapping[str, Any]) -> Stage:
     where = f"stage {index + 1}"
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: must be a table, got {table!r}")

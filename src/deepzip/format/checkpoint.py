@@ -217,13 +217,15 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             raise CheckpointError(
                 f"{path}: cannot be read with torch.load(weights_only=True): {exc}"
             ) from exc
-        return _as_state_dict(path, obj), {}
+        return as_state_dict(path, obj), {}
     raise CheckpointError(
         f"{path}: unknown checkpoint type {suffix!r}; expected .safetensors, .pt or .pth"
     )
 
 
-def _as_state_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
+def as_state_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
+    """The flat tensor state dict in a loaded ``torch.load`` object (a state dict, or one under
+    ``state_dict``/``model_state_dict``/``model``), else a ``CheckpointError`` naming ``path``."""
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model_state_dict", "model"):
             inner = obj.get(key)

@@ -57,23 +57,23 @@ from deepzip.pipeline.registry import (
     validation_stage,
 )
 from deepzip.pipeline.state import (
-    _STATE_FORMAT,
-    _STATE_VERSION,
     DZIP_FILE,
     INITIAL_CHECKPOINT,
     STATE_FILE,
+    STATE_FORMAT,
+    STATE_VERSION,
     RecipeChangedError,
     RunResult,
     StageRecord,
-    _clear_run,
-    _describe_change,
-    _load_stage_checkpoint,
-    _read_state,
-    _save_stage_checkpoint,
+    clear_run,
     data_fingerprint,
+    describe_change,
     independent_copy,
+    load_stage_checkpoint,
     model_fingerprint,
+    read_state,
     recipe_hash,
+    save_stage_checkpoint,
 )
 from deepzip.pipeline.training import accuracy_fn, data_trainer, make_loaders
 from deepzip.train import (
@@ -208,15 +208,15 @@ def run_recipe(
     records: list[StageRecord] = []
     initial: StageRecord | None = None
     if state_path.is_file() and restart:
-        _clear_run(out)
+        clear_run(out)
     if state_path.is_file():
-        state = _read_state(state_path)
+        state = read_state(state_path)
         if state.get("identity") != identity:
             raise RecipeChangedError(_mismatch(out, state, identity, recipe))
         initial = StageRecord.from_dict(state["initial"])
         records = [StageRecord.from_dict(r) for r in state["stages"]]
         last = out / (records[-1].checkpoint if records else initial.checkpoint)
-        _load_stage_checkpoint(model, last)
+        load_stage_checkpoint(model, last)
         model.to(dev)
         emit(
             PipelineEvent(
@@ -232,8 +232,8 @@ def run_recipe(
     def save_state(finished: bool) -> None:
         assert initial is not None
         state = {
-            "format": _STATE_FORMAT,
-            "version": _STATE_VERSION,
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
             "identity": identity,
             "recipe": recipe.to_dict(),
             "initial": initial.to_dict(),
@@ -251,7 +251,7 @@ def run_recipe(
             if recipe.stages[0].kind == "train" and records:
                 ref = records[0].checkpoint
             t = independent_copy(model)
-            _load_stage_checkpoint(t, out / ref)
+            load_stage_checkpoint(t, out / ref)
             t.to(dev).eval()
             for p in t.parameters():
                 p.requires_grad_(False)
@@ -266,8 +266,8 @@ def run_recipe(
 
     if initial is None:
         t0 = time.perf_counter()
-        _save_stage_checkpoint(model, out / INITIAL_CHECKPOINT, base_meta)
-        _load_stage_checkpoint(model, out / INITIAL_CHECKPOINT)
+        save_stage_checkpoint(model, out / INITIAL_CHECKPOINT, base_meta)
+        load_stage_checkpoint(model, out / INITIAL_CHECKPOINT)
         model.to(dev)
         size = measure(-1)
         val, test = evaluate_now()
@@ -302,8 +302,8 @@ def run_recipe(
         )
         result = registered_runner(stage.kind).run(ctx, ctx.config)
         name = f"stage-{index + 1:02d}-{stage.kind}.safetensors"
-        _save_stage_checkpoint(model, out / name, base_meta)
-        _load_stage_checkpoint(model, out / name)
+        save_stage_checkpoint(model, out / name, base_meta)
+        load_stage_checkpoint(model, out / name)
         model.to(dev)
         size = result.save_report if result.save_report is not None else measure(index)
         val, test = evaluate_now()
@@ -324,7 +324,7 @@ def _mismatch(
     old = state.get("identity") or {}
     what = []
     if old.get("recipe_sha256") != identity["recipe_sha256"]:
-        what.append(_describe_change(state.get("recipe") or {}, recipe.to_dict()))
+        what.append(describe_change(state.get("recipe") or {}, recipe.to_dict()))
     if old.get("model") != identity["model"]:
         what.append(f"model {old.get('model')!r} → {identity['model']!r}")
     elif old.get("model_sha256") != identity["model_sha256"]:

@@ -28,14 +28,14 @@ from deepzip.format.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from deepzip.prune.schedule import _ORIGINAL_P
+from deepzip.prune.schedule import ORIGINAL_P_ATTR
 from deepzip.quantize import get_shared
 
 STATE_FILE = "state.json"
 DZIP_FILE = "model.dzip"
 INITIAL_CHECKPOINT = "stage-00-initial.safetensors"
-_STATE_FORMAT = "deepzip.run"
-_STATE_VERSION = 1
+STATE_FORMAT = "deepzip.run"
+STATE_VERSION = 1
 _DROPOUT_KEY = "deepzip.run.dropout"
 _GRAD_KEY = "deepzip.run.shared_grad"
 
@@ -215,7 +215,7 @@ def _dropout_state(model: nn.Module) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.dropout._DropoutNd):
-            original = getattr(module, _ORIGINAL_P, None)
+            original = getattr(module, ORIGINAL_P_ATTR, None)
             out[name] = [float(module.p), float(module.p if original is None else original)]
     return out
 
@@ -226,7 +226,7 @@ def _restore_dropout(model: nn.Module, state: Mapping[str, Sequence[float]]) -> 
             p, original = state[name]
             module.p = float(p)
             if float(p) != float(original):
-                setattr(module, _ORIGINAL_P, float(original))
+                setattr(module, ORIGINAL_P_ATTR, float(original))
 
 
 def _grad_rules(model: nn.Module) -> dict[str, str]:
@@ -239,14 +239,14 @@ def _grad_rules(model: nn.Module) -> dict[str, str]:
     return out
 
 
-def _save_stage_checkpoint(model: nn.Module, path: Path, metadata: Mapping[str, str]) -> None:
+def save_stage_checkpoint(model: nn.Module, path: Path, metadata: Mapping[str, str]) -> None:
     meta = dict(metadata)
     meta[_DROPOUT_KEY] = _canonical_json(_dropout_state(model))
     meta[_GRAD_KEY] = _canonical_json(_grad_rules(model))
     save_checkpoint(model, path, metadata=meta)
 
 
-def _load_stage_checkpoint(model: nn.Module, path: Path) -> None:
+def load_stage_checkpoint(model: nn.Module, path: Path) -> None:
     """Load a stage checkpoint into ``model``: weights, masks, codebooks, dropout, grad rules."""
     ckpt = read_checkpoint(path)
     apply_checkpoint(model, ckpt, strict=True, source=str(path))
@@ -281,17 +281,17 @@ def independent_copy(model: nn.Module) -> nn.Module:
     return clone
 
 
-def _read_state(path: Path) -> dict[str, Any]:
+def read_state(path: Path) -> dict[str, Any]:
     try:
         state = json.loads(path.read_text("utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: unreadable run state ({exc}); rerun with restart") from exc
-    if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ConfigError(f"{path}: not a deepzip run state file")
-    if state.get("version") != _STATE_VERSION:
+    if state.get("version") != STATE_VERSION:
         raise ConfigError(
             f"{path}: run state version {state.get('version')!r}, this deepzip reads "
-            f"{_STATE_VERSION}; rerun with restart"
+            f"{STATE_VERSION}; rerun with restart"
         )
     return state
 
@@ -305,13 +305,13 @@ def read_run(run_dir: str | os.PathLike[str]) -> tuple[Recipe, StageRecord, list
     path = Path(run_dir) / STATE_FILE
     if not path.is_file():
         raise ConfigError(f"{Path(run_dir)}: no deepzip run here (no {STATE_FILE})")
-    state = _read_state(path)
+    state = read_state(path)
     recipe = Recipe.from_dict(state["recipe"])
     initial = StageRecord.from_dict(state["initial"])
     return recipe, initial, [StageRecord.from_dict(r) for r in state["stages"]]
 
 
-def _describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     """The first difference between two recipes' dict forms, in words."""
     old_stages, new_stages = old.get("stages", []), new.get("stages", [])
     for i, (a, b) in enumerate(zip(old_stages, new_stages, strict=False)):
@@ -325,7 +325,7 @@ def _describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     return "recipe " + "; ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in keys[:3])
 
 
-def _clear_run(run_dir: Path) -> None:
+def clear_run(run_dir: Path) -> None:
     """Remove what an earlier run wrote (only the files a run writes)."""
     for pattern in (STATE_FILE, DZIP_FILE, "stage-*.safetensors", "sensitivity-*.json"):
         for path in run_dir.glob(pattern):

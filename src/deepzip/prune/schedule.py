@@ -21,7 +21,9 @@ __all__ = [
     "scale_dropout_",
 ]
 
-_ORIGINAL_P = "_deepzip_original_p"
+ORIGINAL_P_ATTR = "_deepzip_original_p"
+"""The attribute on a dropout module that keeps its rate before the schedule scaled it (run
+state saves and restores it: ``deepzip.pipeline``)."""
 
 
 def scale_dropout_(model: nn.Module, kept_by_layer: dict[str, float]) -> dict[str, float]:
@@ -47,8 +49,8 @@ def scale_dropout_(model: nn.Module, kept_by_layer: dict[str, float]) -> dict[st
             if pname.rsplit(".", 1)[0] == name:
                 last_layer = pname
         if isinstance(module, nn.modules.dropout._DropoutNd) and last_layer is not None:
-            original = getattr(module, _ORIGINAL_P, module.p)
-            setattr(module, _ORIGINAL_P, original)
+            original = getattr(module, ORIGINAL_P_ATTR, module.p)
+            setattr(module, ORIGINAL_P_ATTR, original)
             module.p = float(original * math.sqrt(kept_by_layer[last_layer]))
             changed[name] = module.p
     return changed
