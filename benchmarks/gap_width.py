@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 # benchmarks/ is this script's directory, so its sibling is importable
-from _cache import MISSING_HINT
+from _cache import require_cached
 from deepzip._atomic import atomic_write_text
 from deepzip.config import QuantizeConfig
 from deepzip.format import apply_checkpoint, read_checkpoint
@@ -63,8 +63,7 @@ def _lenet_tensors() -> list[tuple[str, SharedTensor, bool]]:
     out = []
     for name in MODELS:
         path = CACHE / f"{name}-pruned.safetensors"
-        if not path.is_file():
-            raise SystemExit(f"{path} is missing: {MISSING_HINT}")
+        require_cached(path)
         model = create_model(name)
         apply_checkpoint(model, read_checkpoint(path), source=str(path))
         quantize_(model, QuantizeConfig(method="kmeans", init="linear"))  # 8 bits conv, 5 fc

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 # benchmarks/ is this script's directory, so its sibling is importable
-from _cache import MISSING_HINT
+from _cache import require_cached
 from deepzip import __version__, compress_checkpoint, load_model
 from deepzip._atomic import atomic_write_text
 from deepzip.datasets import load_dataset
@@ -104,8 +104,7 @@ def run_model(
 ) -> dict[str, Any]:
     """Sweep one model; returns its JSON record."""
     src = CACHE / f"{name}-dense.safetensors"
-    if not src.is_file():
-        sys.exit(f"{src} is missing: {MISSING_HINT}")
+    require_cached(src)
     model = _load(name, src)
     float_val, float_test = val_acc(model), test_acc(model)
     print(f"{name}: float accuracy val {100 * float_val:.2f}%, test {100 * float_test:.2f}%")

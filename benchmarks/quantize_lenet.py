@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 # benchmarks/ is this script's directory, so its sibling is importable
-from _cache import MISSING_HINT
+from _cache import require_cached
 from deepzip._atomic import atomic_path, atomic_write_text
 from deepzip.config import QuantizeConfig, RetrainConfig
 from deepzip.datasets import DataSplits, load_dataset
@@ -104,9 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[list[str]] = []
     for name in args.models.split(","):
         ckpt = CACHE / f"{name}-pruned.safetensors"
-        if not ckpt.is_file():
-            print(f"{ckpt} is missing: {MISSING_HINT}", file=sys.stderr)
-            return 1
+        require_cached(ckpt)
         sweep: dict[str, dict[str, Any]] = {}
         for bits in bits_sweep:
             for init in inits:

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 # benchmarks/ is this script's directory, so its sibling is importable
-from _cache import MISSING_HINT
+from _cache import require_cached
 from deepzip._atomic import atomic_write_text
 from deepzip.coding.bloomier import BloomierFilter
 from deepzip.config import QuantizeConfig, WeightlessConfig
@@ -171,8 +171,7 @@ def _load(name: str, kind: str, quick: bool) -> nn.Module:
     path = CACHE / f"{name}-{kind}.safetensors"
     if not path.is_file() and quick:
         path = CACHE / f"{name}-{kind}-quick.safetensors"
-    if not path.is_file():
-        raise SystemExit(f"{path} is missing: {MISSING_HINT}")
+    require_cached(path)
     model = create_model(name)
     apply_checkpoint(model, read_checkpoint(path), source=str(path))
     return model
