@@ -225,6 +225,21 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "not a readable safetensors file" in capsys.readouterr().err
 
 
+def test_a_failed_command_leaves_no_progress_bar(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "o.dzip"
+    # progress on: the bar is drawn, then the configuration is rejected
+    assert main(["compress", str(ckpt), "-o", str(out), "--sparsity", "1.5"]) == 2
+    err = capsys.readouterr().err
+    # (rich leaves one empty line where the bar was, on a terminal it moves the cursor back)
+    assert err.strip() == "deepzip: error: sparsity must be a number in [0, 1), got 1.5"
+    assert not out.exists()
+    # a command that succeeds still leaves its finished bar
+    assert main(["compress", str(ckpt), "-o", str(out), "--sparsity", "0.5"]) == 0
+    assert "done" in capsys.readouterr().err
+
+
 def test_one_grid_step_for_every_tensor(ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "s.dzip"
     report = compress_checkpoint(ckpt, out, step=0.02, layer_bits={"conv": 2})

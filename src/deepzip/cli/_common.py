@@ -95,7 +95,12 @@ def _progress(enabled: bool) -> Iterator[Progress]:
         transient=False,
     )
     with progress:
-        yield progress
+        try:
+            yield progress
+        except BaseException:
+            # a command that fails leaves no stale bar above its error line
+            progress.live.transient = True
+            raise
 
 
 def _data(args: argparse.Namespace) -> DataSplits:
