@@ -29,7 +29,11 @@ back and checked against the model. Test accuracy on the 10,000 test images.
 
 The dense LeNet-5 comes from ``benchmarks/results/cache/lenet-5-dense.safetensors`` when
 ``benchmarks/prune_lenet.py`` has left it there, otherwise it is trained here (and cached under
-``incremental-lenet-5-dense.safetensors``); the residual CNN is always trained here (cached).
+``incremental-lenet-5-dense.safetensors``); the residual CNN is always trained here (cached
+under ``incremental-tiny-resnet-dense.safetensors``). ``scripts/rebuild_benchmark_cache.sh``
+restores both checkpoints the committed results started from. Every figure depends on
+``--threads``, the dense training included: torch splits its float sums by thread count, and
+the committed runs used 2.
 
     python benchmarks/incremental.py --threads 2  # full run (about 2 hours on 2 CPU cores)
     python benchmarks/incremental.py --quick    # smoke run (a few minutes)
