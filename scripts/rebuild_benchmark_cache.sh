@@ -7,7 +7,8 @@
 # commit 2054fc4; today's prune_lenet.py draws other shuffles and writes other checkpoints, so
 # the later benchmarks run from them give other figures than the committed ones. This script
 # checks 5e9a4df out in a temporary git worktree, sets it up (make), runs its prune_lenet.py on
-# the CPU (about 10 minutes on 2 cores) and copies the four checkpoints here.
+# the CPU on 2 torch threads whatever the machine (about 10 minutes on 2 cores) and copies the
+# four checkpoints here.
 #
 # The incremental benchmark's residual CNN is not from prune_lenet.py: incremental.py trains it
 # itself (4 epochs) and caches it as incremental-tiny-resnet-dense.safetensors. The committed
@@ -35,7 +36,14 @@ cleanup() {
 trap cleanup EXIT
 git -C "$root" worktree add --detach --quiet "$tmp/tree" "$COMMIT"
 make -C "$tmp/tree" .venv/.deepzip-installed
-(cd "$tmp/tree" && CUDA_VISIBLE_DEVICES= .venv/bin/python benchmarks/prune_lenet.py)
+# On 2 torch threads, as the committed checkpoints were made: the thread count changes the float
+# sums, hence the models, and 5e9a4df's prune_lenet.py takes torch's default (the core count).
+(cd "$tmp/tree" && CUDA_VISIBLE_DEVICES= .venv/bin/python -c '
+import runpy, sys, torch
+torch.set_num_threads(2)
+sys.argv = ["benchmarks/prune_lenet.py"]
+runpy.run_path("benchmarks/prune_lenet.py", run_name="__main__")
+')
 # incremental.py's own dense tiny-resnet: its _dense() with the arguments its main() gives it
 (cd "$tmp/tree" && CUDA_VISIBLE_DEVICES= .venv/bin/python - <<'PY'
 import importlib.util
