@@ -97,8 +97,9 @@ def _progress(enabled: bool) -> Iterator[Progress]:
     with progress:
         try:
             yield progress
-        except BaseException:
-            # a command that fails leaves no stale bar above its error line
+        except Exception:
+            # a command that fails leaves no stale bar above its error line (Ctrl-C keeps it:
+            # it shows how far the work got)
             progress.live.transient = True
             raise
 
