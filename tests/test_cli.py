@@ -11,7 +11,7 @@ import pytest
 
 from deepzip import BitsOverride, ConfigError, LayerOverride
 from deepzip.cli import file_commands, main, train_commands
-from deepzip.cli._common import _parse_override
+from deepzip.cli._common import _parse_override, _progress
 from deepzip.cli.train_commands import _parse_bits_override
 from deepzip.datasets import write_idx
 
@@ -292,3 +292,23 @@ def test_user_text_reaches_the_terminal_as_written(
     _train(data_dir, out, epochs=0)
     assert f"→ {out}" in capsys.readouterr().out
     assert out.is_file()
+
+
+def _bar_then(description: str, exc: BaseException | None) -> None:
+    with _progress(True) as progress:
+        progress.add_task(description, total=10, completed=3)
+        if exc is not None:
+            raise exc
+
+
+def test_progress_bar_is_dropped_on_error_and_kept_on_interrupt(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(ValueError, match="bad input"):
+        _bar_then("failing", ValueError("bad input"))
+    assert "failing" not in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        _bar_then("interrupted", KeyboardInterrupt())
+    assert "interrupted" in capsys.readouterr().err
+    _bar_then("finished", None)
+    assert "finished" in capsys.readouterr().err
