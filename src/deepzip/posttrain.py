@@ -24,7 +24,7 @@ import torch
 from deepzip.config import CoderName, IndexBitsSpec, QuantizeConfig, check_index_bits
 from deepzip.errors import CheckpointError, ConfigError
 from deepzip.format.api import IndexBits, gap_width
-from deepzip.format.checkpoint import as_state_dict
+from deepzip.format.checkpoint import load_pickled_state_dict
 from deepzip.format.dzip_report import SaveReport
 from deepzip.format.dzip_spec import MAX_K
 from deepzip.format.dzip_writer import DzipWriter, GapWidth, Layout
@@ -248,13 +248,7 @@ def _open_source(src: Path) -> _Source:
     if suffix == ".safetensors":
         return _safetensors_source([src])
     if suffix in (".pt", ".pth", ".bin"):
-        try:
-            obj = torch.load(src, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as exc:  # torch raises many types for hostile/corrupt pickles
-            raise CheckpointError(
-                f"{src}: cannot be read with torch.load(weights_only=True): {exc}"
-            ) from exc
-        state = as_state_dict(src, obj)
+        state = load_pickled_state_dict(src, mmap=True)
         return _Source(list(state), state.__getitem__)
     raise CheckpointError(
         f"{src}: unknown checkpoint type {suffix!r}; expected .safetensors, .pt, .pth "

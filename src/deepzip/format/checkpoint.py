@@ -211,21 +211,27 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from exc
     if suffix in (".pt", ".pth", ".bin"):
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for hostile/corrupt pickles
-            raise CheckpointError(
-                f"{path}: cannot be read with torch.load(weights_only=True): {exc}"
-            ) from exc
-        return as_state_dict(path, obj), {}
+        return load_pickled_state_dict(path), {}
     raise CheckpointError(
         f"{path}: unknown checkpoint type {suffix!r}; expected .safetensors, .pt or .pth"
     )
 
 
-def as_state_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
-    """The flat tensor state dict in a loaded ``torch.load`` object (a state dict, or one under
-    ``state_dict``/``model_state_dict``/``model``), else a ``CheckpointError`` naming ``path``."""
+def load_pickled_state_dict(path: Path, *, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The flat tensor state dict of a ``.pt``/``.pth``/``.bin`` file, read with
+    ``torch.load(weights_only=True)`` (``mmap``: tensors stay mapped from the file): a state
+    dict, or one under ``state_dict``/``model_state_dict``/``model``. Anything else, or a file
+    torch cannot read, is a ``CheckpointError`` naming ``path``."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:  # torch raises many types for hostile/corrupt pickles
+        raise CheckpointError(
+            f"{path}: cannot be read with torch.load(weights_only=True): {exc}"
+        ) from exc
+    return _as_state_dict(path, obj)
+
+
+def _as_state_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model_state_dict", "model"):
             inner = obj.get(key)
