@@ -223,8 +223,13 @@ def _importance_for(target: Target, importance: Mapping[str, torch.Tensor] | Non
             f"{target.name}: importance has shape {tuple(imp.shape)}, "
             f"the weight {tuple(target.tensor.shape)}"
         )
-    if not bool(torch.isfinite(imp).all()) or bool((imp < 0).any()):
-        raise InvalidTensorError(f"{target.name}: importance must be finite and >= 0")
+    bad = ~torch.isfinite(imp) | (imp < 0)
+    if bool(bad.any()):
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise InvalidTensorError(
+            f"{target.name}: importance must be finite and >= 0: {int(bad.sum())} bad value(s) "
+            f"(first at index {list(first)}: {float(imp[first])})"
+        )
     return imp.detach().to(device=target.tensor.device, dtype=torch.float32)
 
 

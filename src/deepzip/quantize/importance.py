@@ -3,8 +3,9 @@
 Two diagonal-Hessian proxies, each returned as ``{parameter name: tensor}`` in the weight's
 shape, for the tensors that :func:`~deepzip.targets.select_targets` picks:
 
-* :func:`fisher_diagonal`: the mean squared gradient of the loss over a few batches (the
-  empirical Fisher information, which approximates the Hessian's diagonal near a minimum);
+* :func:`fisher_diagonal`: the mean over a few batches' samples of each sample's squared
+  loss gradient (the empirical Fisher information, which approximates the Hessian's diagonal
+  near a minimum);
 * :func:`adam_second_moment`: Adam's running average of squared gradients (``exp_avg_sq``),
   free when the model was trained with Adam/AdamW (Choi et al.'s suggested proxy).
 """
@@ -34,6 +35,11 @@ def _stored(t: Target) -> torch.Tensor:
     return value
 
 
+# samples whose gradients are computed together (vmap): bounds the per-sample gradient memory
+# to this many copies of the selected weights
+_FISHER_CHUNK = 32
+
+
 def fisher_diagonal(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -43,10 +49,19 @@ def fisher_diagonal(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
 ) -> dict[str, torch.Tensor]:
-    """Mean over ``max_batches`` batches of the squared gradient of each selected weight.
+    """The empirical Fisher diagonal of each selected weight over the first ``max_batches``.
 
-    The model's parameters are not changed; their ``.grad`` is left cleared. Batches are moved
-    to the device of the model's first parameter.
+    That is the mean over every sample ``i`` of those batches of ``(∂ℓᵢ/∂w)²``, where ``ℓᵢ`` is
+    the loss of sample ``i`` alone: squared *per-sample* gradients, not the square of a batch's
+    mean gradient (which near a minimum is far smaller and noisier). Per-sample gradients come
+    from ``torch.func`` (``vmap`` over ``grad``), ``_FISHER_CHUNK`` samples at a time; a model
+    ``vmap`` cannot trace (data-dependent control flow, an autograd function without vmap
+    support) falls back to one backward pass per sample, with the same result.
+
+    The model runs in eval mode (no dropout noise; BatchNorm uses its running statistics). Its
+    parameters are not changed and their ``.grad`` is left cleared. Batches are moved to the
+    device of the model's first parameter. ``loss_fn(output, labels)`` gets one sample's output
+    and label (a batch of one); the default is cross-entropy.
 
     Raises:
         ConfigError: ``max_batches < 1`` or a loader with no batches.
@@ -56,33 +71,91 @@ def fisher_diagonal(
     criterion = loss_fn if loss_fn is not None else nn.functional.cross_entropy
     targets = select_targets(model, include=include, exclude=exclude).targets
     stored = {t.name: _stored(t) for t in targets}
+    full_names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    param_name = {n: full_names[id(p)] for n, p in stored.items() if id(p) in full_names}
     device = next(model.parameters()).device
     sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in stored.items()}
     was_training = model.training
-    model.eval()  # no dropout noise in the estimate; BatchNorm uses its running statistics
+    model.eval()
     flags = {n: p.requires_grad for n, p in stored.items()}
-    count = 0
+    samples = 0
+    batch_count = 0
+    use_vmap = len(param_name) == len(stored)
     try:
         for p in stored.values():
             p.requires_grad_(True)
         for inputs, labels in batches:
-            if count == max_batches:
+            if batch_count == max_batches:
                 break
-            model.zero_grad(set_to_none=True)
-            loss = criterion(model(inputs.to(device)), labels.to(device))
-            torch.autograd.backward(loss)
-            for n, p in stored.items():
-                if p.grad is not None:
-                    sums[n] += p.grad.detach().float() ** 2
-            count += 1
+            batch_count += 1
+            inputs, labels = inputs.to(device), labels.to(device)
+            for lo in range(0, int(inputs.shape[0]), _FISHER_CHUNK):
+                x, y = inputs[lo : lo + _FISHER_CHUNK], labels[lo : lo + _FISHER_CHUNK]
+                squares = None
+                if use_vmap:
+                    try:
+                        squares = _vmap_squares(model, criterion, stored, param_name, x, y)
+                    except (RuntimeError, NotImplementedError):
+                        use_vmap = False  # not traceable by vmap: the same sums, one by one
+                if squares is None:
+                    squares = _loop_squares(model, criterion, stored, x, y)
+                for n, sq in squares.items():
+                    sums[n] += sq
+                samples += int(x.shape[0])
     finally:
         model.zero_grad(set_to_none=True)
         for n, p in stored.items():
             p.requires_grad_(flags[n])
         model.train(was_training)
-    if count == 0:
+    if batch_count == 0:
         raise ConfigError("fisher_diagonal: the loader yielded no batches")
-    return {n: s / count for n, s in sums.items()}
+    if samples == 0:
+        raise ConfigError("fisher_diagonal: the loader's batches hold no samples")
+    return {n: s / samples for n, s in sums.items()}
+
+
+def _vmap_squares(
+    model: nn.Module,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    stored: dict[str, torch.Tensor],
+    param_name: dict[str, str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """``Σᵢ (∂ℓᵢ/∂w)²`` over the samples of ``x`` for each stored tensor, by ``vmap``."""
+    params = {param_name[n]: p.detach() for n, p in stored.items()}
+
+    def sample_loss(
+        ps: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor
+    ) -> torch.Tensor:
+        out = torch.func.functional_call(model, ps, (xi.unsqueeze(0),))
+        return criterion(out, yi.unsqueeze(0))
+
+    # the outer no_grad keeps the result off the autograd graph of the model's other
+    # parameters; torch.func.grad differentiates inside it all the same
+    with torch.no_grad():
+        per_sample = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0, 0))
+        grads = per_sample(params, x, y)
+    return {n: (grads[param_name[n]].float() ** 2).sum(0) for n in stored}
+
+
+def _loop_squares(
+    model: nn.Module,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    stored: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """``Σᵢ (∂ℓᵢ/∂w)²`` over the samples of ``x``, one backward pass per sample."""
+    out = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in stored.items()}
+    for i in range(int(x.shape[0])):
+        model.zero_grad(set_to_none=True)
+        loss = criterion(model(x[i : i + 1]), y[i : i + 1])
+        torch.autograd.backward(loss)
+        for n, p in stored.items():
+            if p.grad is not None:
+                out[n] += p.grad.detach().float() ** 2
+    return out
 
 
 def adam_second_moment(

@@ -16,11 +16,13 @@ large layer of small weights few; with an entropy coder the rate follows.
 
 *ECSQ* (the iterative algorithm of Chou, Lookabaugh & Gray 1989, as used by Choi et al.): start
 from the uniform quantizer's bins ("cells"), then repeat: assign each cell to the cluster with the
-least Lagrangian cost ``Σ importance·(w − c)² / σ² + λ·n·(−log2 p_c)``, and update each centre
-``c`` (weighted mean) and probability ``p`` (share of values). Cells move as units, so with
-``λ = 0`` every cell stays its own cluster and ECSQ equals uniform quantization exactly; a larger
-``λ`` merges cells into fewer, more probable clusters (a lower entropy rate). Distortion is
-divided by the layer's weighted variance ``σ²`` so one ``λ`` means the same for every layer.
+least Lagrangian cost ``Σ importance·(w − c)² / (σ²·ī) + λ·n·(−log2 p_c)``, and update each
+centre ``c`` (weighted mean) and probability ``p`` (share of values). Cells move as units, so
+with ``λ = 0`` every cell stays its own cluster and ECSQ equals uniform quantization exactly; a
+larger ``λ`` merges cells into fewer, more probable clusters (a lower entropy rate). Distortion
+is divided by the layer's weighted variance ``σ²`` and by its mean importance ``ī``, so one
+``λ`` means the same for every layer whatever the scale of its weights and of its importance
+(a Fisher estimate is often ~1e-8; only the importance's relative sizes matter).
 """
 
 from __future__ import annotations
@@ -200,8 +202,11 @@ def ecsq_quantize(
     total_w = float(cw.sum())
     mean = float(c1.sum()) / total_w if total_w > 0 else float(x.mean())
     var = float(c2.sum()) / total_w - mean * mean if total_w > 0 else 0.0
-    scale = 1.0 / var if var > 0 else 1.0
     n_total = float(cn.sum())
+    # per-value distortion in units of the layer's variance and mean importance (see the
+    # module doc): scaling every weight or every importance by a constant changes nothing
+    mean_imp = total_w / n_total if total_w > 0 else 1.0
+    scale = 1.0 / (var * mean_imp) if var > 0 else 1.0 / mean_imp
     assign = torch.arange(occupied.numel(), device=dev)  # cell -> cluster
     iterations, converged = 0, False
     for step in range(1, max_iter + 1):
@@ -213,7 +218,7 @@ def ecsq_quantize(
         alive = sn > 0
         centre = torch.where(sw > 0, s1 / sw.clamp(min=1e-300), torch.zeros_like(sw))[alive]
         rate = -torch.log2(sn[alive] / n_total)
-        # cost[cell, cluster] = Σ imp (w - c)^2 / σ² + λ n log2(1/p)
+        # cost[cell, cluster] = Σ imp (w - c)^2 / (σ² ī) + λ n log2(1/p)
         distortion = c2[:, None] - 2 * c1[:, None] * centre[None, :] + cw[:, None] * centre**2
         cost = distortion * scale + lam * cn[:, None] * rate[None, :]
         new_assign = torch.argmin(cost, dim=1)
