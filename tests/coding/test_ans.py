@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepzip.coding import ans
-from deepzip.errors import CorruptFileError
+from deepzip.errors import ConfigError, CorruptFileError
 
 
 @settings(max_examples=80, deadline=None)
@@ -191,3 +191,33 @@ def test_the_coded_model_has_exactly_the_stored_weights() -> None:
     w4 = np.array([14, 1, 1])
     payload = ans.encode(np.full(800, 2, dtype=np.uint8), w4, 4)
     assert 800 * 4 // 8 <= len(payload) <= 800 * 4 // 8 + 4
+
+
+def test_decode_default_dtype_fits_the_alphabet() -> None:
+    """Symbols >= 256 come back whole by default (uint16), never wrapped to uint8."""
+    sym = np.array([0, 300, 300, 5, 300], dtype=np.uint16)
+    counts = np.bincount(sym, minlength=301)
+    precision, weights = ans.choose_precision(counts)
+    payload = ans.encode(sym, weights, precision)
+    out = ans.decode(payload, weights, precision, sym.size)
+    assert out.dtype == np.uint16
+    assert out.tolist() == sym.tolist()
+    one = ans.quantize_counts(np.bincount([300], minlength=301), 0)  # one-symbol model
+    assert ans.decode(b"", one, 0, 2).tolist() == [300, 300]
+    wide = ans.decode(payload, weights, precision, sym.size, dtype=np.uint32)
+    assert wide.dtype == np.uint32
+    assert wide.tolist() == sym.tolist()
+
+
+def test_decode_rejects_a_dtype_too_small_for_the_alphabet() -> None:
+    sym = np.array([0, 300, 300, 5, 300], dtype=np.uint16)
+    counts = np.bincount(sym, minlength=301)
+    precision, weights = ans.choose_precision(counts)
+    payload = ans.encode(sym, weights, precision)
+    with pytest.raises(ConfigError, match=r"dtype uint8 cannot hold symbol 300"):
+        ans.decode(payload, weights, precision, sym.size, dtype=np.uint8)
+    w = np.zeros(70000, dtype=np.int64)
+    w[[0, 69999]] = 2
+    with pytest.raises(ConfigError, match=r"dtype uint16 cannot hold symbol 69999"):
+        ans.decode(b"", w, 2, 0)  # the default is at most uint16
+    assert ans.decode(b"", w, 2, 0, dtype=np.uint32).dtype == np.uint32

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepzip.coding import huffman
-from deepzip.errors import CorruptFileError
+from deepzip.errors import ConfigError, CorruptFileError
 
 
 def reference_huffman_cost(counts: list[int]) -> int:
@@ -193,3 +193,36 @@ def test_decode_rejects_bad_payloads() -> None:
 def test_check_lengths(lengths: list[int], message: str) -> None:
     with pytest.raises(CorruptFileError, match=message):
         huffman.check_lengths(np.array(lengths), what="layer x")
+
+
+def test_decode_default_dtype_fits_the_alphabet() -> None:
+    """Symbols >= 256 come back whole by default (uint16), never wrapped to uint8."""
+    sym = np.array([0, 300, 300, 5, 300], dtype=np.uint16)
+    counts = np.bincount(sym, minlength=301)
+    lengths = huffman.code_lengths(counts)
+    payload = huffman.encode(sym, lengths, counts)
+    out = huffman.decode(payload, lengths, sym.size)
+    assert out.dtype == np.uint16
+    assert out.tolist() == sym.tolist()
+    # 256 symbols (largest 255) still fit uint8; an explicit wider dtype is honoured
+    small = np.array([0, 255, 255], dtype=np.uint8)
+    c256 = np.bincount(small, minlength=256)
+    l256 = huffman.code_lengths(c256)
+    p256 = huffman.encode(small, l256, c256)
+    assert huffman.decode(p256, l256, small.size).dtype == np.uint8
+    wide = huffman.decode(p256, l256, small.size, dtype=np.uint32)
+    assert wide.dtype == np.uint32
+    assert wide.tolist() == small.tolist()
+
+
+def test_decode_rejects_a_dtype_too_small_for_the_alphabet() -> None:
+    sym = np.array([0, 300, 300, 5, 300], dtype=np.uint16)
+    counts = np.bincount(sym, minlength=301)
+    lengths = huffman.code_lengths(counts)
+    payload = huffman.encode(sym, lengths, counts)
+    with pytest.raises(ConfigError, match=r"dtype uint8 cannot hold symbol 300"):
+        huffman.decode(payload, lengths, sym.size, dtype=np.uint8)
+    with pytest.raises(ConfigError, match=r"dtype int8 cannot hold symbol 300"):
+        huffman.decode(payload, lengths, sym.size, dtype=np.int8)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="at most 65536 symbols, got 65537"):
+        huffman.decode(b"", np.ones(65537, dtype=np.uint8), 0, dtype=np.uint32)

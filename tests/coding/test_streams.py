@@ -14,6 +14,7 @@ from deepzip.coding import (
     encode_symbols,
     entropy_bits,
     streams,
+    symbol_counts,
     varint,
 )
 from deepzip.coding.streams import estimated_size
@@ -365,3 +366,47 @@ def test_estimated_size_bad_arguments() -> None:
         estimated_size(np.ones(65537, dtype=np.int64))
     with pytest.raises(ConfigError, match="alphabet size must be in"):
         estimated_size(np.ones(0, dtype=np.int64))
+
+
+def test_estimated_size_rejects_bad_counts() -> None:
+    """Counts are never truncated or wrapped: fractions, negatives, huge values are errors."""
+    with pytest.raises(ConfigError, match=r"whole numbers, got counts\[1\] = 2\.5"):
+        estimated_size(np.array([1.0, 2.5, 3.0]), coder="raw")
+    with pytest.raises(ConfigError, match=r"whole numbers, got counts\[0\] = nan"):
+        estimated_size(np.array([np.nan, 1.0]))
+    for coder in ("raw", "huffman", "ans", "auto"):
+        with pytest.raises(ConfigError, match=r"non-negative, got counts\[2\] = -4"):
+            estimated_size(np.array([5, 1, -4]), coder=coder)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"below 2\*\*63, got counts\[1\] = 9223372036854775808"):
+        estimated_size(np.array([1, 1 << 63], dtype=np.uint64))
+    with pytest.raises(ConfigError, match="integers, got dtype bool"):
+        estimated_size(np.array([True, False]))
+    with pytest.raises(ConfigError, match=r"1-D, got shape \(2, 2\)"):
+        estimated_size(np.ones((2, 2), dtype=np.int64))
+    # whole-valued floats and any integer dtype give the same size as int64 counts
+    counts = np.array([3, 0, 7, 1])
+    expected = estimated_size(counts)
+    assert estimated_size(counts.astype(np.float64)) == expected
+    assert estimated_size(counts.astype(np.uint8)) == expected
+    assert estimated_size(counts.tolist()) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.uint32, np.uint64])
+def test_symbol_counts_any_integer_dtype(dtype: type[np.integer]) -> None:
+    """The histogram is alphabet-sized whatever the symbols' dtype."""
+    counts = symbol_counts(np.array([[1, 2], [2, 0]], dtype=dtype), 4)
+    assert counts.dtype == np.int64
+    assert counts.tolist() == [1, 1, 2, 0]
+    assert (counts.base if counts.base is not None else counts).size == 4
+
+
+def test_symbol_counts_rejects_bad_symbols() -> None:
+    with pytest.raises(InvalidTensorError, match=r"\[0, 256\), got range \[-1, 1\]"):
+        symbol_counts(np.array([-1, 1], dtype=np.int8), 256)  # not counted as 255
+    with pytest.raises(InvalidTensorError, match=r"\[0, 4\), got range \[1, 4\]"):
+        symbol_counts(np.array([1, 4], dtype=np.uint8), 4)  # not dropped past the alphabet
+    with pytest.raises(InvalidTensorError, match="integers"):
+        symbol_counts(np.array([0.0, 1.0]), 4)
+    with pytest.raises(ConfigError, match="alphabet_size"):
+        symbol_counts(np.zeros(3, dtype=np.uint8), 0)
+    assert symbol_counts(np.zeros(0, dtype=np.int64), 3).tolist() == [0, 0, 0]

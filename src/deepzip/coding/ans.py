@@ -29,6 +29,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from deepzip.coding.huffman import output_dtype
 from deepzip.errors import CorruptFileError
 
 __all__ = [
@@ -282,21 +283,33 @@ def decode(
     precision: int,
     count: int,
     *,
-    dtype: type[np.unsignedinteger] = np.uint8,
+    dtype: type[np.unsignedinteger] | None = None,
     what: str = "ANS stream",
 ) -> np.ndarray:
     """Decode ``count`` symbols coded by :func:`encode` with the same ``weights``.
 
+    Args:
+        payload: the coded words.
+        weights: one weight per symbol of the alphabet.
+        precision: the weights sum to ``2**precision``.
+        count: how many symbols to decode.
+        dtype: the integer dtype of the result; it must hold every symbol of the alphabet
+            (``len(weights) - 1``). ``None``: uint8 for alphabets of up to 256 symbols, else
+            uint16 (larger alphabets need an explicit, wider dtype).
+        what: names the stream in error messages.
+
     Raises:
+        ConfigError: a ``dtype`` that cannot hold the alphabet's largest symbol.
         CorruptFileError: the payload is not a whole number of words, too short for the
             count, rejected by constriction, or not fully consumed.
     """
     import constriction
 
     w = np.asarray(weights, dtype=np.int64)
+    out_dtype = output_dtype(dtype, w.size)
     used = np.flatnonzero(w)
     check_payload_size(len(payload), w, precision, count, what=what)
-    out = np.empty(count, dtype=dtype)
+    out = np.empty(count, dtype=out_dtype)
     if used.size == 1:
         out.fill(used[0])
         return out

@@ -22,11 +22,13 @@ decoder needs no "invalid code" state.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from deepzip.coding._jit import kernels
 from deepzip.coding.bitio import pack_codes
-from deepzip.errors import CorruptFileError
+from deepzip.errors import ConfigError, CorruptFileError
 
 __all__ = [
     "MAX_CODE_LENGTH",
@@ -37,12 +39,32 @@ __all__ = [
     "decode",
     "encode",
     "encoded_bits",
+    "output_dtype",
 ]
 
 MAX_CODE_LENGTH = 24
 """The longest code deepzip writes or accepts."""
 
 _TABLE_BITS = 11
+_MAX_ALPHABET = 1 << 16  # the decode tables hold symbols as uint16
+
+
+def output_dtype(dtype: type[np.unsignedinteger] | None, alphabet_size: int) -> np.dtype[Any]:
+    """The dtype a decoder returns for ``alphabet_size`` symbols (the ``dtype`` argument).
+
+    ``None`` means uint8 for alphabets of up to 256 symbols, else uint16.
+
+    Raises:
+        ConfigError: the dtype is not an integer type or cannot hold symbol
+            ``alphabet_size - 1``.
+    """
+    out = np.dtype(dtype if dtype is not None else np.uint8 if alphabet_size <= 256 else np.uint16)
+    top = alphabet_size - 1
+    if out.kind not in "ui" or top > int(np.iinfo(out).max):
+        raise ConfigError(
+            f"dtype {out} cannot hold symbol {top} of an alphabet of {alphabet_size} symbols"
+        )
+    return out
 
 
 def _huffman_depths(sorted_counts: list[int]) -> list[int]:
@@ -223,22 +245,39 @@ def decode(
     lengths: np.ndarray,
     count: int,
     *,
-    dtype: type[np.unsignedinteger] = np.uint8,
+    dtype: type[np.unsignedinteger] | None = None,
     what: str = "Huffman stream",
 ) -> np.ndarray:
     """Decode ``count`` symbols; ``lengths`` must be valid (:func:`check_lengths`).
 
     The payload must be exactly the coded bits plus zero padding to a byte.
 
+    Args:
+        payload: the coded bits.
+        lengths: one code length per symbol of the alphabet (at most 65536 symbols).
+        count: how many symbols to decode.
+        dtype: the integer dtype of the result; it must hold every symbol of the alphabet
+            (``len(lengths) - 1``). ``None``: uint8 for alphabets of up to 256 symbols, else
+            uint16.
+        what: names the stream in error messages.
+
     Raises:
-        CorruptFileError: the payload is too short, too long, or has non-zero padding.
+        ConfigError: more than 65536 lengths, or a ``dtype`` that cannot hold the alphabet's
+            largest symbol.
+        CorruptFileError: the lengths are invalid, or the payload is too short, too long, or
+            has non-zero padding.
     """
-    check_lengths(lengths, what=what)
     lens = np.asarray(lengths).astype(np.int64)
+    if lens.size > _MAX_ALPHABET:
+        raise ConfigError(
+            f"a Huffman alphabet has at most {_MAX_ALPHABET} symbols, got {lens.size} lengths"
+        )
+    out_dtype = output_dtype(dtype, lens.size)
+    check_lengths(lengths, what=what)
     buf = np.frombuffer(payload, dtype=np.uint8)
     used = np.flatnonzero(lens)
     check_payload_size(buf.size, lens, count, what=what)
-    out = np.empty(count, dtype=dtype)
+    out = np.empty(count, dtype=out_dtype)
     if used.size == 1:
         out.fill(used[0])
         return out

@@ -352,17 +352,30 @@ def _check_payload_size(
 
 
 def symbol_counts(symbols: np.ndarray, alphabet_size: int) -> np.ndarray:
-    """The int64 histogram of uint8/uint16 ``symbols`` over ``[0, alphabet_size)``."""
-    counts = np.zeros(max(alphabet_size, 1 << (8 * symbols.dtype.itemsize)), dtype=np.int64)
-    if symbols.size:
-        kernels().histogram(symbols, counts)
-    return counts[:alphabet_size]
+    """The int64 histogram of integer ``symbols`` (any shape) over ``[0, alphabet_size)``.
+
+    Returns:
+        ``alphabet_size`` counts; entry ``s`` is how often symbol ``s`` occurs.
+
+    Raises:
+        ConfigError: a bad ``alphabet_size``.
+        InvalidTensorError: non-integer symbols or symbols out of range.
+    """
+    return _histogram(_checked_symbols(symbols, alphabet_size), alphabet_size)
+
+
+def _histogram(sym: np.ndarray, alphabet_size: int) -> np.ndarray:
+    """:func:`symbol_counts` of symbols already checked by :func:`_checked_symbols`."""
+    counts = np.zeros(alphabet_size, dtype=np.int64)
+    if sym.size:
+        kernels().histogram(sym, counts)
+    return counts
 
 
 def entropy_bits(symbols: np.ndarray, alphabet_size: int) -> float:
     """Zeroth-order entropy of the stream in total bits: ``-sum c * log2(c / n)``."""
     sym = _checked_symbols(symbols, alphabet_size)
-    counts = symbol_counts(sym, alphabet_size)
+    counts = _histogram(sym, alphabet_size)
     n = int(counts.sum())
     if n == 0:
         return 0.0
@@ -449,7 +462,7 @@ def encode_symbols(
 
     if coder == "raw":
         return raw()
-    counts = symbol_counts(sym, alphabet_size)
+    counts = _histogram(sym, alphabet_size)
     lengths, hmodel = _huffman_model(counts)
 
     def huff() -> EncodedStream:
@@ -484,6 +497,29 @@ and the payload length's varint a byte off with it where the two lengths straddl
 16,384, ...)."""
 
 
+def _checked_counts(counts: np.ndarray) -> np.ndarray:
+    """Validate :func:`estimated_size`'s counts; return them as int64."""
+    c = np.asarray(counts)
+    if c.ndim != 1:
+        raise ConfigError(f"counts must be 1-D, got shape {c.shape}")
+    if not 1 <= c.size <= MAX_ALPHABET:
+        raise ConfigError(f"alphabet size must be in [1, {MAX_ALPHABET}], got {c.size}")
+    if c.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(c) | (c != np.floor(c)) | (c >= 2.0**63))
+        if bad.size:
+            i = int(bad[0])
+            raise ConfigError(f"counts must be whole numbers, got counts[{i}] = {c[i].item()!r}")
+    elif c.dtype.kind not in "ui":
+        raise ConfigError(f"counts must be integers, got dtype {c.dtype}")
+    elif c.dtype.kind == "u" and int(c.max()) > np.iinfo(np.int64).max:
+        i = int(np.argmax(c))
+        raise ConfigError(f"counts must be below 2**63, got counts[{i}] = {int(c[i])}")
+    if int(c.min()) < 0:
+        i = int(np.argmin(c))
+        raise ConfigError(f"counts must be non-negative, got counts[{i}] = {c[i].item()!r}")
+    return c.astype(np.int64)
+
+
 def estimated_size(counts: np.ndarray, *, coder: CoderName = "auto", quick: bool = False) -> int:
     """The serialised size, in bytes, :func:`encode_symbols` would give these symbol counts.
 
@@ -500,13 +536,12 @@ def estimated_size(counts: np.ndarray, *, coder: CoderName = "auto", quick: bool
             own model, whose weights are costly to choose, is not built).
 
     Raises:
-        ConfigError: a bad ``coder`` or alphabet size.
+        ConfigError: a bad ``coder`` or alphabet size, or counts that are not 1-D,
+            non-negative and integer-valued (integers, or floats with whole values).
     """
     check_coder(coder)
-    c = np.asarray(counts, dtype=np.int64)
+    c = _checked_counts(counts)
     alphabet_size = int(c.size)
-    if not 1 <= alphabet_size <= MAX_ALPHABET:
-        raise ConfigError(f"alphabet size must be in [1, {MAX_ALPHABET}], got {alphabet_size}")
     count = int(c.sum())
     if count == 0:
         return _serialised_size(alphabet_size, 0, 0, 0)
