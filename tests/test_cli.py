@@ -251,6 +251,44 @@ def test_sensitivity_output_that_is_a_bare_directory_name(
     )
 
 
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_sensitivity_max_drop_is_checked_before_any_work(
+    value: str,
+    checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_loading(*args: object) -> None:
+        raise AssertionError("the model or data was loaded before --max-drop was checked")
+
+    monkeypatch.setattr(train_commands, "_data", no_loading)
+    monkeypatch.setattr(train_commands, "_load_model", no_loading)
+    out = tmp_path / "s.json"
+    argv = ["sensitivity", str(checkpoint), "-o", str(out), "--max-drop", value, *COMMON]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"deepzip: error: --max-drop must be a finite number of points >= 0, got {float(value)!r}"
+    )
+    assert not out.exists()
+
+
+def test_a_recipe_override_without_a_pattern_is_one_line(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[prune]\nsparsity = 0.5\noverrides = [{ sparsity = 0.3 }]\n")
+    argv = ["prune", str(checkpoint), "-o", str(tmp_path / "p.safetensors"),
+            "--recipe", str(recipe), *COMMON]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"deepzip: error: {recipe}: prune.overrides[0]: missing required key 'pattern' "
+        "(got {'sparsity': 0.3})"
+    )
+
+
 @pytest.mark.parametrize("seed", ["-1", str(2**31), "100000000000000000000", "x"])
 def test_seed_flag_is_bounded(seed: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:

@@ -55,6 +55,59 @@ def test_schedule_fractions() -> None:
         ScheduleConfig(steps=(0.5, 0.5, 1.0))
 
 
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"kind": "agp", "steps": [0.5, 1.0]}, r'schedule.steps is only used with kind = "steps"'),
+        ({"kind": "oneshot", "steps": [7]}, r"got kind = 'oneshot' and steps = \[7\]"),
+        ({"kind": "oneshot", "n_steps": 3}, r'schedule.n_steps is only used with kind = "agp"'),
+        ({"steps": [0.5, 1.0], "n_steps": 3}, r"got kind = 'steps' and n_steps = 3"),
+    ],
+)
+def test_schedule_keys_the_kind_ignores_are_rejected(table: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ScheduleConfig.from_dict(table)
+
+
+def test_schedule_saved_by_earlier_versions_still_reads() -> None:
+    # earlier to_dict wrote every key whatever the kind; run directories keep such recipes
+    steps = {"kind": "steps", "steps": [0.5, 1.0], "n_steps": 5}
+    agp = {"kind": "agp", "steps": [0.5, 0.75, 0.875, 1.0], "n_steps": 3}
+    assert ScheduleConfig.from_dict(steps) == ScheduleConfig(steps=(0.5, 1.0))
+    assert ScheduleConfig.from_dict(agp) == ScheduleConfig(kind="agp", n_steps=3)
+
+
+def test_schedule_steps_are_checked_whatever_the_kind() -> None:
+    with pytest.raises(ConfigError, match=r"schedule.steps values must be in \(0, 1\], got 5"):
+        ScheduleConfig(kind="agp", steps=(5.0,))
+
+
+@pytest.mark.parametrize(
+    ("schedule", "table"),
+    [
+        (ScheduleConfig(), {"kind": "steps", "steps": [0.5, 0.75, 0.875, 1.0]}),
+        (ScheduleConfig(kind="agp", n_steps=3), {"kind": "agp", "n_steps": 3}),
+        (ScheduleConfig(kind="oneshot"), {"kind": "oneshot"}),
+    ],
+)
+def test_schedule_dict_holds_only_the_keys_of_its_kind(
+    schedule: ScheduleConfig, table: dict[str, Any]
+) -> None:
+    assert schedule.to_dict() == table
+    assert ScheduleConfig.from_dict(schedule.to_dict()) == schedule
+
+
+def test_an_override_without_a_pattern_names_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "r.toml"
+    path.write_text("[prune]\nsparsity = 0.5\noverrides = [{ sparsity = 0.3 }]\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"r\.toml: prune\.overrides\[0\]: missing required key 'pattern' "
+        r"\(got \{'sparsity': 0\.3\}\)",
+    ):
+        load_prune_job(path)
+
+
 def test_retrain_and_train_validation() -> None:
     assert RetrainConfig(lr=0.1, lr_scale=0.1).retrain_lr == pytest.approx(0.01)
     with pytest.raises(ConfigError, match=r"retrain\.lr must be a number > 0, got 0"):

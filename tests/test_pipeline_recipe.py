@@ -248,12 +248,50 @@ def _with_stage(stage: str, extra: str = "") -> str:
             r"overrides\[0\]: unknown key 'lr'",
         ),
         ("seed = 1\n", r"a recipe needs a non-empty \[\[stages\]\] list"),
+        (  # a table without a required key: a ConfigError naming it, not a TypeError
+            _with_stage('type = "prune"\nsparsity = 0.5', "[[overrides]]\nsparsity = 0.3"),
+            r"overrides\[0\]: missing required key 'pattern' \(got \{'sparsity': 0.3\}\)",
+        ),
+        (
+            _with_stage('type = "prune"\nsparsity = 0.5\noverrides = [{sparsity = 0.3}]'),
+            r"stage 1 \(prune\): prune.overrides\[0\]: missing required key 'pattern'",
+        ),
+        (  # a default no stage takes would be neither used nor checked
+            _with_stage('type = "prune"\nsparsity = 0.5', "[defaults]\nbits = 99"),
+            r"defaults: bits = 99 is taken by no stage of this recipe \(its stages: prune, "
+            r"encode; bits is for .*quantize",
+        ),
+        (
+            _with_stage(
+                'type = "prune"\nsparsity = 0.5\n[stages.schedule]\nkind = "agp"\n'
+                "steps = [0.5, 1.0]"
+            ),
+            r'stage 1 \(prune\): schedule.steps is only used with kind = "steps", got kind = '
+            r"'agp' and steps = \[0.5, 1.0\]",
+        ),
+        (
+            _with_stage('type = "prune"\nsparsity = 0.5\n[stages.schedule]\nn_steps = 3'),
+            r'stage 1 \(prune\): schedule.n_steps is only used with kind = "agp", got kind = '
+            r"'steps' and n_steps = 3",
+        ),
     ],
 )
 def test_recipe_errors_name_stage_key_and_value(text: str, message: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=message) as info:
         _recipe(text, tmp_path)
     assert str(tmp_path / "recipe.toml") in str(info.value)  # and the file
+
+
+def test_a_default_is_accepted_when_a_stage_takes_it() -> None:
+    stages: list[dict[str, Any]] = [
+        {"type": "prune", "sparsity": 0.5},
+        {"type": "quantize"},
+        {"type": "encode"},
+    ]
+    recipe = Recipe.from_dict({"defaults": {"bits": 4}, "stages": stages})
+    assert recipe.stages[1].config.quantize.bits == 4
+    with pytest.raises(ConfigError, match=r"quantize\.bits must be an integer from 1 to 8, got 99"):
+        Recipe.from_dict({"defaults": {"bits": 99}, "stages": stages})
 
 
 def _stages(*kinds: str) -> list[dict[str, Any]]:

@@ -72,6 +72,27 @@ def test_missing_architecture_is_one_clear_error(
     assert "--input-shape" in capsys.readouterr().err
 
 
+def test_an_input_shape_the_model_cannot_take_is_one_clear_error(
+    lenet_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", str(lenet_files["named"]), "--input-shape", "3,3", "--repeats", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert err.startswith("deepzip: error: the model's forward pass fails on an example input ")
+    assert "shape (1, 3, 3) (batch 1, sample shape 3,3)" in err
+    assert "mat1 and mat2 shapes cannot be multiplied" in err
+
+
+@pytest.mark.parametrize("verb", [dz.runtime.benchmark_layers, dz.runtime.benchmark_model])
+def test_an_example_the_model_cannot_take_is_a_config_error(
+    lenet_files: dict[str, Path], verb: Callable[..., object]
+) -> None:
+    with pytest.raises(dz.ConfigError, match=r"example input of shape \(2, 5\)") as info:
+        verb(lenet_files["named"], create_model("lenet-300-100"), torch.rand(2, 5), repeats=1)
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
 @pytest.mark.parametrize("verb", [dz.runtime.benchmark_layers, dz.runtime.benchmark_model])
 def test_an_example_without_a_batch_dimension_is_refused(
     lenet_files: dict[str, Path], verb: Callable[..., object]

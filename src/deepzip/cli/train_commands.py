@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -213,6 +214,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """``deepzip sensitivity``: per-layer accuracy over a sparsity sweep; JSON and PNG."""
+    # checked before anything loads: the budget is only used once the whole sweep has run
+    if not math.isfinite(args.max_drop) or args.max_drop < 0:
+        raise ConfigError(
+            f"--max-drop must be a finite number of points >= 0, got {args.max_drop!r}"
+        )
+    sweep = _floats(args.sparsities, "--sparsities")
     _check_output(args.output, "-o")  # before with_suffix, which fails on "." or "/"
     plot_path = args.plot or str(Path(args.output).with_suffix(".png"))
     _check_output(plot_path, "--plot")
@@ -222,7 +229,6 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     loaders = make_loaders(data, 1000, seed=args.seed)
     if loaders.val is None:
         raise ConfigError("sensitivity needs a validation split: use --val-size > 0")
-    sweep = _floats(args.sparsities, "--sparsities")
     with _progress(not args.no_progress) as progress:
         task = progress.add_task("sensitivity", total=None)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Any, TypeVar
 
 from deepzip.errors import ConfigError
@@ -79,11 +79,23 @@ def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 def _build(cls: type[_T], data: Mapping[str, Any], where: str) -> _T:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where} must be a table, got {data!r}")
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    known = fields(cls)  # type: ignore[arg-type]
+    names = {f.name for f in known}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(
             f"{where}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(names))})"
+        )
+    missing = [
+        f.name
+        for f in known
+        if f.init and f.default is MISSING and f.default_factory is MISSING and f.name not in data
+    ]
+    if missing:
+        keys = ", ".join(map(repr, missing))
+        raise ConfigError(
+            f"{where}: missing required key{'s' if len(missing) > 1 else ''} {keys} "
+            f"(got {dict(data)!r})"
         )
     return cls(**data)
 

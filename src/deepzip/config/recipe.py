@@ -150,7 +150,8 @@ class Recipe:
 
         Raises:
             ConfigError: naming the stage and key: an unknown stage type or key, a bad value,
-                an impossible stage order.
+                an impossible stage order, a ``[defaults]`` key that no stage of the recipe
+                takes (it would be neither used nor checked).
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"a recipe must be a table, got {data!r}")
@@ -165,6 +166,7 @@ class Recipe:
         known_defaults = frozenset().union(*(k.default_keys for k in stage_kinds().values()))
         _check_keys(defaults, known_defaults, "defaults")
         stages = tuple(parse_stage(i, t, defaults) for i, t in enumerate(raw_stages))
+        _check_defaults_taken(defaults, stages)
         raw_rules = data.get("overrides", [])
         if not isinstance(raw_rules, list):
             raise ConfigError(f"overrides must be a list of tables, got {raw_rules!r}")
@@ -227,6 +229,21 @@ class Recipe:
             return cls.from_dict(tomllib.loads(text))
         except ConfigError as exc:  # pragma: no cover - shipped recipes are tested
             raise ConfigError(f"built-in recipe {name!r}: {exc}") from exc
+
+
+def _check_defaults_taken(defaults: Mapping[str, Any], stages: tuple[Stage, ...]) -> None:
+    """A ``[defaults]`` key that no stage of the recipe takes would be neither used nor
+    validated (a stage checks only the defaults it takes): refuse it, naming key and value."""
+    kinds = stage_kinds()
+    taken = frozenset().union(*(kinds[s.kind].default_keys for s in stages))
+    for key, value in defaults.items():
+        if key not in taken:
+            takers = sorted(name for name, k in kinds.items() if key in k.default_keys)
+            present = ", ".join(dict.fromkeys(s.kind for s in stages))
+            raise ConfigError(
+                f"defaults: {key} = {value!r} is taken by no stage of this recipe (its stages: "
+                f"{present}; {key} is for {', '.join(takers)} stages); remove it"
+            )
 
 
 def _check_order(stages: tuple[Stage, ...]) -> None:

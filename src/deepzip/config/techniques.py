@@ -124,6 +124,9 @@ class PruneConfig:
         return _selection_to_dict(self)
 
 
+_SCHEDULE_KINDS = ("steps", "agp", "oneshot")
+
+
 @dataclass(frozen=True)
 class ScheduleConfig:
     """How the final sparsity is reached over iterative prune → retrain steps.
@@ -151,17 +154,17 @@ class ScheduleConfig:
             raise ConfigError(f"schedule.n_steps must be an integer, got {self.n_steps!r}")
         if self.n_steps < 1:
             raise ConfigError(f"schedule.n_steps must be >= 1, got {self.n_steps!r}")
-        if self.kind == "steps":
-            s = self.steps
-            if not isinstance(s, tuple) or not s:
-                raise ConfigError(f"schedule.steps must be a non-empty list, got {s!r}")
-            for v in s:
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
-                    raise ConfigError(f"schedule.steps values must be in (0, 1], got {v!r}")
-            if any(b <= a for a, b in itertools.pairwise(s)):
-                raise ConfigError(f"schedule.steps must increase strictly, got {list(s)!r}")
-            if s[-1] != 1.0:
-                raise ConfigError(f"schedule.steps must end at 1.0 (the target), got {s[-1]!r}")
+        # steps are checked whatever the kind (the default is valid): a bad value is never kept
+        s = self.steps
+        if not isinstance(s, tuple) or not s:
+            raise ConfigError(f"schedule.steps must be a non-empty list, got {s!r}")
+        for v in s:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+                raise ConfigError(f"schedule.steps values must be in (0, 1], got {v!r}")
+        if any(b <= a for a, b in itertools.pairwise(s)):
+            raise ConfigError(f"schedule.steps must increase strictly, got {list(s)!r}")
+        if s[-1] != 1.0:
+            raise ConfigError(f"schedule.steps must end at 1.0 (the target), got {s[-1]!r}")
 
     def fractions(self) -> tuple[float, ...]:
         """Progress fraction of the final target at each step (last is 1.0)."""
@@ -174,8 +177,29 @@ class ScheduleConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ScheduleConfig:
-        """Build from a TOML/JSON table; unknown keys raise ``ConfigError``."""
+        """Build from a TOML/JSON table.
+
+        Raises:
+            ConfigError: an unknown key, a bad value, or a key the kind does not use
+                (``steps`` only with ``kind = "steps"``, ``n_steps`` only with ``"agp"``)
+                set to other than its default (older versions wrote every key).
+        """
         data = dict(data)
+        kind = data.get("kind", "steps")
+        # earlier versions wrote every key whatever the kind (run directories keep those
+        # recipes), so an unused key holding its default value is let through
+        unused_defaults = {"steps": list(cls.steps), "n_steps": cls.n_steps}
+        for key, used_by in (("steps", "steps"), ("n_steps", "agp")):
+            if (
+                key in data
+                and kind in _SCHEDULE_KINDS
+                and kind != used_by
+                and data[key] != unused_defaults[key]
+            ):
+                raise ConfigError(
+                    f'schedule.{key} is only used with kind = "{used_by}", got kind = '
+                    f"{kind!r} and {key} = {data[key]!r}; remove {key} or change the kind"
+                )
         if "steps" in data:
             if not isinstance(data["steps"], list):
                 raise ConfigError(f"schedule.steps must be a list, got {data['steps']!r}")
@@ -183,9 +207,12 @@ class ScheduleConfig:
         return _build(cls, data, "schedule")
 
     def to_dict(self) -> dict[str, Any]:
-        """The TOML/JSON form."""
-        out = _as_dict(self)
-        out["steps"] = list(self.steps)
+        """The TOML/JSON form (only the keys the kind uses)."""
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.kind == "steps":
+            out["steps"] = list(self.steps)
+        if self.kind == "agp":
+            out["n_steps"] = self.n_steps
         return out
 
 

@@ -113,11 +113,26 @@ def _capture_inputs(
         handles.append(module.register_forward_pre_hook(hook))
     try:
         with torch.inference_mode():
-            model(example)
+            _first_forward(model, example)
     finally:
         for h in handles:
             h.remove()
     return captured
+
+
+def _first_forward(model: nn.Module, example: torch.Tensor) -> Any:
+    """``model(example)``, the first pass on the example: a model that cannot take an input of
+    that shape raises ``ConfigError`` naming the shape and the model's own message."""
+    try:
+        return model(example)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        dims = tuple(int(d) for d in example.shape)
+        sample = ",".join(map(str, dims[1:])) or "()"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"the model's forward pass fails on an example input of shape {dims} "
+            f"(batch {dims[0] if dims else 0}, sample shape {sample}): {reason}"
+        ) from exc
 
 
 def _dense_and_policy(
@@ -162,7 +177,8 @@ def benchmark_layers(
     Raises:
         CheckpointError: the file does not fit the model.
         CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
-        ConfigError: bad ``repeats``/``warmup``, or an example input of no dimension.
+        ConfigError: bad ``repeats``/``warmup``, an example input of no dimension, or one the
+            model cannot take (its forward pass fails: the message names the shape).
     """
     policy, dense_model = _dense_and_policy(path, model, example_input, policy)
     cf = read_compressed(path)
@@ -289,12 +305,14 @@ def benchmark_model(
     Raises:
         CheckpointError: the file does not fit the model.
         CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
-        ConfigError: bad ``repeats``/``warmup``, or an example input of no dimension.
+        ConfigError: bad ``repeats``/``warmup``, an example input of no dimension, or one the
+            model cannot take (its forward pass fails: the message names the shape).
     """
     policy, dense = _dense_and_policy(path, model, example_input, policy)
     runtime = load_compressed(path, copy.deepcopy(model), policy=policy).eval()
     with torch.inference_mode():
-        difference = float((dense(example_input) - runtime(example_input)).abs().max())
+        expected = _first_forward(dense, example_input)
+        difference = float((expected - runtime(example_input)).abs().max())
         times = interleaved_medians(
             [functools.partial(dense, example_input), functools.partial(runtime, example_input)],
             repeats=repeats,
