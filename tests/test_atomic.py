@@ -68,3 +68,63 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
         _write_half_then_fail(dest)
     assert dest.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def _record_fsync_and_replace(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Record ``("fsync", path of the fd)`` and ``("replace", source)`` calls, in order."""
+    calls: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        calls.append(("replace", str(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return calls
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_atomic_path_fsyncs_the_file_before_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _record_fsync_and_replace(monkeypatch)
+    dest = tmp_path / "out.bin"
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(b"data")  # written by another writer, through the path
+    assert calls == [("fsync", str(tmp)), ("replace", str(tmp))]
+    assert dest.read_bytes() == b"data"
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_atomic_open_fsyncs_once_before_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _record_fsync_and_replace(monkeypatch)
+    dest = tmp_path / "out.bin"
+    with atomic_open(dest) as fh:
+        fh.write(b"data")
+        tmp = fh.name
+    assert calls == [("fsync", str(tmp)), ("replace", str(tmp))]
+
+
+def test_a_failed_block_is_not_fsynced_or_renamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync"))
+    dest = tmp_path / "out.bin"
+
+    def write_half_then_fail() -> None:
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        write_half_then_fail()
+    assert calls == []
+    assert list(tmp_path.iterdir()) == []

@@ -1,8 +1,10 @@
 """Atomic file writes: write to a temporary file in the destination's directory, then rename.
 
 A crash or an exception part-way leaves the destination untouched (the old file, or none) and
-removes the temporary file. The file gets the permissions a plain ``open(dest, "wb")`` would
-give it: those of the file it replaces, else ``0o666`` less the umask.
+removes the temporary file. The temporary file's content is fsync'ed before the rename, so a
+power loss after it cannot leave an empty or partial file under the destination's name. The
+file gets the permissions a plain ``open(dest, "wb")`` would give it: those of the file it
+replaces, else ``0o666`` less the umask.
 """
 
 from __future__ import annotations
@@ -41,15 +43,34 @@ def _create_temp(target: Path) -> Path:
     raise FileExistsError(f"no free temporary file name next to {target}")
 
 
+def _fsync_file(path: Path) -> None:
+    """Flush ``path``'s content to disk (POSIX fsyncs a read-only descriptor; Windows needs
+    one open for writing)."""
+    mode = os.O_RDONLY if os.name == "posix" else os.O_RDWR | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, mode | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``dest``; on success it replaces ``dest``.
 
     The parent directory is created if needed. The temporary file exists (empty) and has the
     permission bits ``dest`` will end with: those of the file it replaces, else what a plain
-    ``open()`` would give a new file. On any exception the temporary file is deleted and
-    ``dest`` is left as it was.
+    ``open()`` would give a new file. When the block succeeds the temporary file is fsync'ed,
+    then renamed over ``dest``. On any exception the temporary file is deleted and ``dest`` is
+    left as it was.
     """
+    with _atomic_path(dest, sync=True) as tmp:
+        yield tmp
+
+
+@contextmanager
+def _atomic_path(dest: str | os.PathLike[str], *, sync: bool) -> Iterator[Path]:
+    """:func:`atomic_path`; ``sync=False`` when the caller fsyncs the file itself."""
     target = Path(dest)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_temp(target)
@@ -57,6 +78,8 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         with suppress(FileNotFoundError):  # replacing a file: keep its permission bits
             os.chmod(tmp, os.stat(target).st_mode & 0o777)  # (not setuid, setgid, sticky)
         yield tmp
+        if sync:
+            _fsync_file(tmp)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -69,7 +92,7 @@ def atomic_open(dest: str | os.PathLike[str]) -> Iterator[BinaryIO]:
 
     The stream is flushed and fsync'ed before the rename.
     """
-    with atomic_path(dest) as tmp, tmp.open("wb") as fh:
+    with _atomic_path(dest, sync=False) as tmp, tmp.open("wb") as fh:
         yield fh
         fh.flush()
         os.fsync(fh.fileno())

@@ -214,3 +214,73 @@ def test_the_same_model_gives_the_same_bytes(mlp: nn.Module, tmp_path: Path) -> 
     load_checkpoint(fresh, tmp_path / "run5.safetensors")
     x = torch.randn(4, 20)
     assert torch.equal(fresh(x), mlp.eval()(x))
+
+
+@pytest.mark.parametrize("key", ["deepzip.reference_std", "deepzip.train_encoded"])
+def test_deeply_nested_json_metadata_is_a_checkpoint_error(tmp_path: Path, key: str) -> None:
+    path = tmp_path / "deep.safetensors"
+    deep = "[" * 100_000 + "]" * 100_000  # json.loads raises RecursionError
+    save_file({"w": torch.zeros(2)}, str(path), metadata={key: deep})
+    with pytest.raises(CheckpointError, match=rf"deep\.safetensors: bad {key} metadata"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_mask_for_a_tensor_the_model_lacks_fails_before_touching_it(
+    tmp_path: Path, strict: bool
+) -> None:
+    path = tmp_path / "extra.safetensors"
+    save_file(
+        {
+            "fc.weight": torch.ones(2, 2),
+            "fc.bias": torch.ones(2),
+            "fc.extra": torch.ones(3),
+            "__deepzip_mask__.fc.extra": torch.ones(3, dtype=torch.bool),
+        },
+        str(path),
+        metadata={"deepzip.format": "checkpoint"},
+    )
+    model = nn.Sequential()
+    model.add_module("fc", nn.Linear(2, 2))
+    prune_(model, PruneConfig(sparsity=0.5))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    match = "unexpected 1 key" if strict else "mask for 'fc.extra', a tensor the model does not"
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(model, path, strict=strict)
+    after = model.state_dict()
+    assert after.keys() == before.keys()  # the mask is still attached
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+
+
+def test_strict_false_still_loads_masks_of_tensors_the_model_has(tmp_path: Path) -> None:
+    layer, fresh = nn.Linear(4, 3), nn.Linear(4, 3)
+    pruned = nn.Sequential(layer)
+    prune_(pruned, PruneConfig(sparsity=0.5))
+    path = save_checkpoint(pruned, tmp_path / "p.safetensors")
+    bigger = nn.Sequential(fresh, nn.Linear(3, 2))  # 1.* is missing from the file
+    load_checkpoint(bigger, path, strict=False)
+    assert torch.equal(fresh.weight, layer.weight)
+    assert mask_dict(bigger).keys() == {"0.weight"}
+
+
+def test_save_checkpoint_fsyncs_before_the_rename(
+    mlp: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    calls: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        calls.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    save_checkpoint(mlp, tmp_path / "c.safetensors")
+    assert calls == ["fsync", "replace"]

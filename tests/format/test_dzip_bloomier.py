@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import lzma
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from dzip_craft import Tensor, assemble, header, raises_small, read_all, varint
+from dzip_craft import (
+    Tensor,
+    assemble,
+    entry_fields,
+    header,
+    raises_small,
+    read_all,
+    varint,
+)
 from torch import nn
 
 import deepzip as dz
@@ -240,3 +249,127 @@ def test_a_filter_claiming_a_huge_table_is_rejected_before_allocating(tmp_path: 
     path = _write(tmp_path, assemble([_bloomier(huge, kept=0, shape=(1 << 15, 1 << 16))], minor=1))
     err = raises_small(lambda: read_all(path, max_elements=1 << 31))
     assert "claim to expand" in str(err) or "exceeds" in str(err)
+
+
+# ------------------------------------------------- an independent decoder of docs/format.md 6.5
+#
+# Written from the spec alone (no deepzip code): the filter layout, minimal LEB128 varints,
+# the bit-packed or LZMA table and the splitmix64 hashes. A change to deepzip's hashing,
+# packing or layout that the spec does not describe makes these tests fail.
+
+_M64 = (1 << 64) - 1
+_G = 0x9E3779B97F4A7C15
+
+
+def _spec_mix(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _spec_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    for _ in range(10):
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            assert byte or shift == 7, "varint not minimally encoded"
+            return value, pos
+    raise AssertionError("varint longer than 10 bytes")
+
+
+def _spec_decode(data: bytes) -> list[int]:
+    """The value of every position of a serialised filter, per docs/format.md section 6.5."""
+    magic, version, flags, t, h, seed = struct.unpack_from("<2sBBBBQ", data, 0)
+    assert (magic, version) == (b"BF", 1)
+    assert flags in (0, 1)
+    assert 1 <= t <= 16
+    assert 1 <= h <= 8
+    pos = 14
+    n, pos = _spec_varint(data, pos)
+    m, pos = _spec_varint(data, pos)
+    _values, pos = _spec_varint(data, pos)
+    assert m > 0
+    assert m % h == 0
+    if flags & 1:
+        payload_len, pos = _spec_varint(data, pos)
+        assert pos + payload_len == len(data)
+        table = lzma.decompress(
+            data[pos:],
+            format=lzma.FORMAT_RAW,
+            filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 4 << 20}],
+        )
+        cells = list(table) if t <= 8 else list(struct.unpack(f"<{m}H", table))
+        assert len(cells) == m
+    else:
+        assert len(data) - pos == (m * t + 7) // 8
+        bits = int.from_bytes(data[pos:], "little")
+        assert bits >> (m * t) == 0, "padding bits must be zero"
+        cells = [(bits >> (i * t)) & ((1 << t) - 1) for i in range(m)]
+    assert all(c < (1 << t) for c in cells)
+    segment = m // h
+    s = [_spec_mix((seed + (i + 1) * _G) & _M64) for i in range(h + 1)]
+    out = []
+    for x in range(n):
+        value = _spec_mix((x * _G + s[h]) & _M64) >> (64 - t)
+        for i in range(h):
+            hashed = _spec_mix((x * _G + s[i]) & _M64)
+            value ^= cells[i * segment + (((hashed >> 32) * segment) >> 32)]
+        out.append(value)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("t", "n", "k", "hashes", "seed"),
+    [(3, 200, 4, 3, 0), (5, 1000, 8, 3, 12345), (12, 500, 256, 3, 0), (4, 300, 16, 1, 7),
+     (6, 300, 2, 2, 0), (8, 400, 200, 8, (1 << 64) - 2)],
+)  # fmt: skip
+@pytest.mark.parametrize("compress", [False, True])
+def test_filters_decode_by_the_spec(
+    t: int, n: int, k: int, hashes: int, seed: int, compress: bool
+) -> None:
+    rng = np.random.default_rng(t * 1000 + n)
+    keys = np.sort(rng.choice(n, n // 5, replace=False))
+    values = rng.integers(0, k, len(keys))
+    # a large ratio leaves most cells zero, so that LZMA shrinks the table and is kept
+    ratio = 16.0 if compress or hashes < 3 else None
+    f = build_filter(
+        keys, values, n_positions=n, num_values=k, cell_bits=t, hashes=hashes, ratio=ratio,
+        seed=seed,
+    )  # fmt: skip
+    data = f.to_bytes(compress=compress)
+    assert data[3] == int(compress)  # the flags byte: the table form under test
+    want = np.array(_spec_decode(data))
+    assert np.array_equal(want[keys], values)  # every stored position decodes to its value
+    got = np.concatenate([v for _, v in BloomierFilter.from_bytes(data).decode_blocks()])
+    assert np.array_equal(got, want)  # false positives too
+
+
+@pytest.mark.parametrize("lzma_table", [False, True])
+def test_dzip_bloomier_tensors_decode_by_the_spec(tmp_path: Path, lzma_table: bool) -> None:
+    # the whole path: a Weightless model saved by dz.save, its regions decoded with the
+    # spec's decoder (codebook[v] for v < k, else +0.0), equal to what deepzip reads back
+    net = weightless_net(lzma=lzma_table, inputs=200)
+    path = tmp_path / "net.dzip"
+    dz.save(net, path)
+    buf = path.read_bytes()
+    state = load_state_dict(path)
+    decoded = 0
+    for e in entry_fields(buf):
+        if buf[e["encoding"]] != 4:  # BLOOMIER
+            continue
+        (name_len,) = struct.unpack_from("<H", buf, e["name_length"])
+        name = buf[e["name"] : e["name"] + name_len].decode()
+        rank = buf[e["rank"]]
+        shape = struct.unpack_from(f"<{rank}Q", buf, e["shape"])
+        (offset,) = struct.unpack_from("<Q", buf, e["data_offset"])
+        cb_len, filter_len = struct.unpack_from("<2Q", buf, e["part_lengths"])
+        codebook = struct.unpack_from(f"<{cb_len // 4}f", buf, offset)
+        values = _spec_decode(buf[offset + cb_len : offset + cb_len + filter_len])
+        k = len(codebook)
+        want = torch.tensor([codebook[v] if v < k else 0.0 for v in values]).reshape(shape)
+        assert torch.equal(state[name], want), name
+        decoded += 1
+    assert decoded == 2  # layers 0 and 2

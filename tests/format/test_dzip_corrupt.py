@@ -354,6 +354,9 @@ def test_trailing_directory_bytes(tmp_path: Path) -> None:
         (b"\xff{}", "not valid UTF-8 JSON"),
         (b'{"a":1,"a":2}', "duplicate key 'a'"),
         (b'{"a":NaN}', "NaN"),
+        (b'{"a":Infinity}', "Infinity"),
+        (b'{"a":1e999}', "number 1e999 is beyond float64's range"),  # parses to inf
+        (b'{"a":[-1.5E400]}', "number -1.5E400 is beyond float64's range"),
         (b"[1,2]", "must be a JSON object, got list"),
         (b"[" * 100_000 + b"]" * 100_000, "not valid UTF-8 JSON"),
     ],
@@ -361,6 +364,12 @@ def test_trailing_directory_bytes(tmp_path: Path) -> None:
 def test_bad_metadata(tmp_path: Path, metadata: bytes, pattern: str) -> None:
     with pytest.raises(CorruptFileError, match=pattern):
         DzipReader(_write(tmp_path, assemble([raw_f32("a", [1.0])], metadata)))
+
+
+def test_finite_metadata_numbers_are_read(tmp_path: Path) -> None:
+    data = assemble([raw_f32("a", [1.0])], b'{"x":[1e308,-2.5e-320,0.5,7,1E2]}')
+    with DzipReader(_write(tmp_path, data)) as r:
+        assert r.metadata == {"x": [1e308, -2.5e-320, 0.5, 7, 100.0]}
 
 
 def test_unknown_metadata_keys_are_kept(tmp_path: Path) -> None:

@@ -11,8 +11,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import deepzip as dz
-from deepzip.errors import CheckpointError, ConfigError, CorruptFileError
+from deepzip.errors import CheckpointError, ConfigError, CorruptFileError, InvalidTensorError
 from deepzip.format import save
+from deepzip.format.checkpoint import plain_state_dict
 from deepzip.quantize.shared import SharedTensor
 from deepzip.runtime import (
     RuntimeOverride,
@@ -305,3 +306,58 @@ def test_a_failed_load_leaves_the_model_untouched(tmp_path: Path) -> None:
     for key, value in before.items():
         assert torch.equal(after[key], value), key
     assert parametrize.is_parametrized(net.head, "weight")
+
+
+def _with_1d_shared(tmp_path: Path) -> tuple[Path, nn.Sequential]:
+    """A .dzip file whose LayerNorm weight is a 1-D shared tensor, beside a quantized Linear."""
+    torch.manual_seed(3)
+    net = _compress(nn.Sequential(nn.Linear(8, 4), nn.LayerNorm(4)), 0.5)
+    state: dict[str, torch.Tensor | SharedTensor] = dict(plain_state_dict(net))
+    state["0.weight"] = dz.export_shared(net)["0.weight"]
+    idx = torch.tensor([0, 1, 1, 0], dtype=torch.uint8)
+    mask = torch.tensor([True, True, False, True])
+    state["1.weight"] = SharedTensor(torch.tensor([0.5, 1.0]), idx, mask)
+    path = tmp_path / "ln.dzip"
+    save(state, path)
+    return path, net
+
+
+def test_a_1d_shared_tensor_loads_and_is_decoded_dense(tmp_path: Path) -> None:
+    # load_compressed used to require >= 2 dimensions of every shared tensor, even of those
+    # that are decoded dense, so a valid file that load_model reads was refused
+    path, net = _with_1d_shared(tmp_path)
+    norm = nn.LayerNorm(4)
+    fresh = nn.Sequential(nn.Linear(8, 4), norm)
+    load_compressed(path, fresh, policy=RuntimePolicy(mode="sparse"))
+    assert norm.weight.tolist() == [0.5, 1.0, 0.0, 0.5]
+    report = runtime_report(fresh)
+    assert report.sparse == ("0.weight",)
+    assert report.dense == ("1.weight",)
+    assert isinstance(fresh[0], SparseLinear)
+    x = torch.randn(2, 8)
+    runtime, original = fresh[0], net[0]
+    with torch.no_grad():
+        torch.testing.assert_close(runtime(x), original(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_1d_weight_is_never_made_sparse() -> None:
+    # a Linear whose weight was replaced by a 1-D parameter: the policy says sparse, but a
+    # runtime matrix needs 2 dimensions, so it is decoded dense rather than failing half-way
+    layer = nn.Linear(4, 1)
+    layer.weight = nn.Parameter(torch.zeros(4))
+    model = nn.Sequential(layer)
+    idx = torch.tensor([1, 0, 1, 1], dtype=torch.uint8)
+    shared = {"0.weight": SharedTensor(torch.tensor([-1.0, 2.0]), idx, idx.bool())}
+    report = compress_modules_(model, shared, policy=RuntimePolicy(mode="sparse"))
+    assert report.layers[0].form == "dense"
+    assert "1-D tensor has no sparse runtime form" in report.layers[0].reason
+    assert model[0] is layer
+    assert layer.weight.tolist() == [2.0, 0.0, 2.0, 2.0]
+
+
+def test_a_malformed_1d_shared_tensor_is_still_refused(tmp_path: Path) -> None:
+    net = nn.Sequential(nn.LayerNorm(4))
+    idx = torch.tensor([0, 3, 1, 0], dtype=torch.uint8)
+    shared = {"0.weight": SharedTensor(torch.tensor([0.5, 1.0]), idx, idx.bool())}
+    with pytest.raises(InvalidTensorError, match=r"0\.weight: an index reaches 3"):
+        compress_modules_(net, shared)

@@ -273,7 +273,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         try:
             loaded = json.loads(meta["deepzip.reference_std"])
             stds = {str(k): float(v) for k, v in loaded.items()}
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
             raise CheckpointError(f"{p}: bad deepzip.reference_std metadata: {exc}") from exc
     for name, mask in masks.items():
         if name not in tensors:
@@ -295,7 +295,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if "deepzip.train_encoded" in meta:
         try:
             loaded = json.loads(meta["deepzip.train_encoded"])
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise CheckpointError(f"{p}: bad deepzip.train_encoded metadata: {exc}") from exc
         if not isinstance(loaded, dict) or not all(
             k in bloomier and isinstance(v, bool) for k, v in loaded.items()
@@ -381,10 +381,16 @@ def load_checkpoint(
     """Load a checkpoint into ``model`` in place and re-attach its pruning masks.
 
     Any masks already on ``model`` are removed first. With ``strict`` the file's tensor names
-    must equal the model's exactly.
+    must equal the model's exactly. Without it, tensors the model lacks are ignored and the
+    model's tensors the file lacks keep their values; a mask (or shared form) is still never
+    ignored: one for a tensor the model does not have is an error, since the file says that
+    tensor is pruned or quantized and loading without it would silently drop that.
+
+    Everything is checked before the model is touched: a failed load leaves it as it was.
 
     Raises:
-        CheckpointError: missing or unexpected keys, or a shape mismatch (names the tensor).
+        CheckpointError: missing or unexpected keys (with ``strict``), a shape mismatch, or a
+            mask for a tensor the model does not have (names the tensor).
     """
     return apply_checkpoint(model, read_checkpoint(path), strict=strict, source=str(path))
 
@@ -411,14 +417,22 @@ def apply_checkpoint(
             f"{source}: tensor {name!r} has shape {tuple(ckpt.tensors[name].shape)}, "
             f"the model expects {tuple(expected[name].shape)}{more}"
         )
+    # every mask must name a tensor of the model (even without ``strict``): checked here, so
+    # that a bad name fails before strip_ and load_state_dict change the model
+    modules: dict[str, nn.Module] = {}
+    for name in ckpt.masks:
+        if name not in expected:
+            raise CheckpointError(
+                f"{source}: mask for {name!r}, a tensor the model does not have "
+                "(a pruned or quantized tensor is not skipped, even with strict=False)"
+            )
+        owner = name.rsplit(".", 1)[0] if "." in name else ""
+        modules[name] = model.get_submodule(owner)  # exists: the model has the tensor
     strip_(model)
     model.load_state_dict({k: v for k, v in ckpt.tensors.items() if k in expected}, strict=strict)
     for name, mask in ckpt.masks.items():
-        owner, attr = name.rsplit(".", 1) if "." in name else ("", name)
-        try:
-            module = model.get_submodule(owner)
-        except AttributeError as exc:
-            raise CheckpointError(f"{source}: mask for {name!r} names no module") from exc
+        attr = name.rsplit(".", 1)[-1]
+        module = modules[name]
         if name in ckpt.bloomier:
             attach_weightless(
                 module,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import struct
 import zlib
@@ -718,13 +719,24 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number with a fraction or exponent; one beyond float's range (``1e999``) would
+    parse to infinity, which section 9 forbids as much as the ``Infinity`` constant."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is beyond float64's range (it would be infinity)")
+    return value
+
+
 def parse_metadata(buf: bytes, where: str) -> dict[str, Any]:
-    """Strictly parse a metadata section: UTF-8 JSON object, no duplicate keys, no NaN."""
+    """Strictly parse a metadata section: UTF-8 JSON object, no duplicate keys, no NaN or
+    infinity (neither as a constant nor as a number that overflows to it)."""
     try:
         obj = json.loads(
             buf.decode("utf-8"),
             object_pairs_hook=_no_duplicates,
             parse_constant=_no_constants,
+            parse_float=_finite_float,
         )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CorruptFileError(f"{where}: metadata is not valid UTF-8 JSON: {exc}") from exc

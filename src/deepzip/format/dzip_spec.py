@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from deepzip.errors import ConfigError
+
 __all__ = [
     "DIRECTORY_ENTRY_MIN_SIZE",
     "DTYPE_IDS",
@@ -239,10 +241,48 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def canonical_json(obj: Any) -> bytes:
-    """The canonical UTF-8 JSON of ``obj``: sorted keys, no spaces, no NaN/infinity."""
+    """The canonical UTF-8 JSON of ``obj``: sorted keys, no spaces, no NaN/infinity.
+
+    Every object key, at any depth, must be a ``str``: ``json.dumps`` would write an ``int``
+    key as a string but sort it as a number (``{9: .., 10: ..}`` gives ``"9"`` before
+    ``"10"``, not the code-point order of section 1 of ``docs/format.md``), and two keys such
+    as ``1`` and ``"1"`` would give a duplicate key.
+
+    Raises:
+        ConfigError: a key that is not a string (names it and where it is).
+        TypeError, ValueError, RecursionError: what ``json.dumps`` raises for a value JSON
+            cannot hold (NaN or infinity, an unknown type, a cycle, too deep a nesting) or a
+            string that is not valid UTF-8 (a lone surrogate).
+    """
+    _check_keys(obj)
     return json.dumps(
         obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode("utf-8")
+
+
+def _check_keys(obj: Any) -> None:
+    """Raise ``ConfigError`` for the first non-``str`` dict key in ``obj`` (depth first).
+
+    Iterative, so that depth is no problem here; each container is visited once, so that a
+    cycle ends the walk (``json.dumps`` then reports it).
+    """
+    stack: list[tuple[Any, str]] = [(obj, "$")]
+    seen: set[int] = set()
+    while stack:
+        value, where = stack.pop()
+        if not isinstance(value, (dict, list, tuple)) or id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, dict):
+            for key in value:
+                if not isinstance(key, str):
+                    raise ConfigError(
+                        f"object key {key!r} in {where} is not a string (it is of type "
+                        f"{type(key).__name__}; JSON object keys must be strings)"
+                    )
+            stack.extend((v, f"{where}[{k!r}]") for k, v in reversed(value.items()))
+        else:
+            stack.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(value))))
 
 
 # ------------------------------------------------------------------------- directory entries

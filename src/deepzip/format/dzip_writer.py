@@ -95,12 +95,19 @@ def _check_gap_width(name: str, width: GapWidth) -> None:
 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    """The little-endian bytes of a CPU tensor, without a copy when it is contiguous."""
+    """The little-endian bytes of a CPU tensor, without a copy when it is contiguous.
+
+    A bool element is written as 0 or 1 (section 5 of ``docs/format.md``) whatever its storage
+    byte: a bool tensor viewed from other bytes (``uint8_tensor.view(torch.bool)``) reads as
+    ``True`` for any non-zero byte, so such bytes are normalised to 1 (a copy, only then).
+    """
     t = tensor.detach().cpu().contiguous()
     if t.numel() == 0:
         return memoryview(b"")
     if t.dtype == torch.bool:
         t = t.view(torch.uint8)
+        if bool((t > 1).any()):
+            t = (t != 0).to(torch.uint8)
     return t.reshape(-1).view(torch.uint8).numpy().data
 
 
@@ -143,12 +150,29 @@ class DzipWriter:
         self._stack = ExitStack()
         self._fh: BinaryIO | None = None
         self._report: SaveReport | None = None
+        self._used = False
 
     # ------------------------------------------------------------------ context management
 
     def __enter__(self) -> DzipWriter:
-        self._fh = self._stack.enter_context(atomic_open(self.path))
-        self._fh.write(bytes(HEADER_SIZE))  # the header is written last
+        """Open the temporary file. A writer writes one file: it cannot be entered again.
+
+        Raises:
+            DeepZipError: the writer was already entered (it is open, finished or failed).
+        """
+        if self._used:
+            raise DeepZipError(
+                f"{self.path}: this DzipWriter was already used (a writer writes one file; "
+                "make a new one)"
+            )
+        fh = self._stack.enter_context(atomic_open(self.path))
+        self._used = True
+        try:
+            fh.write(bytes(HEADER_SIZE))  # the header is written last
+        except BaseException as err:
+            self._stack.__exit__(type(err), err, err.__traceback__)  # removes the temp file
+            raise
+        self._fh = fh
         return self
 
     def __exit__(
@@ -383,7 +407,14 @@ class DzipWriter:
     def _check_name(self, name: str) -> None:
         if not isinstance(name, str) or not name:
             raise InvalidTensorError(f"tensor name must be a non-empty string, got {name!r}")
-        if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        try:
+            encoded = name.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidTensorError(
+                f"tensor name {name!r} is not valid Unicode: {exc.object[exc.start]!r} at "
+                f"position {exc.start} is a lone surrogate (no UTF-8 encoding)"
+            ) from None
+        if len(encoded) > MAX_NAME_BYTES:
             raise InvalidTensorError(
                 f"tensor name {name[:40]!r}... is longer than {MAX_NAME_BYTES} UTF-8 bytes"
             )
@@ -517,9 +548,14 @@ class DzipWriter:
                 f"{self.path}: the directory would be {len(directory)} bytes, over the cap of "
                 f"{MAX_DIRECTORY_BYTES}"
             )
+        if not isinstance(self.metadata, Mapping):  # it may have been replaced
+            raise ConfigError(
+                f"{self.path}: metadata must be a mapping (a JSON object), got "
+                f"{type(self.metadata).__name__}"
+            )
         try:
-            metadata = canonical_json(self.metadata)
-        except (TypeError, ValueError) as exc:
+            metadata = canonical_json(dict(self.metadata))
+        except (TypeError, ValueError, RecursionError) as exc:
             raise ConfigError(f"{self.path}: metadata is not JSON-serialisable: {exc}") from exc
         if len(metadata) > MAX_METADATA_BYTES:
             raise ConfigError(

@@ -200,7 +200,7 @@ def _plan(
                 f"compressed tensor {name!r} has shape {tuple(s.indices.shape)}, the model "
                 f"expects {tuple(current.shape)}"
             )
-        check_shared(name, s)
+        check_shared(name, s, matrix=False)  # a tensor of < 2 dimensions is decoded dense
         plans.append((name, owner, attr, module, s))
     for o in policy.overrides:
         if not any(o.matches(owner, name) for name, owner, _, _, _ in plans):
@@ -226,6 +226,13 @@ def _apply(model: nn.Module, plans: list[_Plan], policy: RuntimePolicy) -> Runti
                 decision,
                 form="dense",
                 reason="the model itself is the layer: a runtime module cannot replace it",
+            )
+        if decision.form == "sparse" and s.indices.dim() < 2:
+            decision = replace(
+                decision,
+                form="dense",
+                reason=f"a {s.indices.dim()}-D tensor has no sparse runtime form (a runtime "
+                "matrix needs at least 2 dimensions)",
             )
         weight = getattr(module, attr)
         dense_bytes = weights * weight.element_size()
@@ -337,8 +344,8 @@ def load_compressed(
                 f"{source}: tensor {name!r} has shape {shape}, the model expects "
                 f"{tuple(tensor.shape)}"
             )
-    for name, s in cf.shared.items():
-        check_shared(f"{source}: {name}", s)
+    for name, s in cf.shared.items():  # only a layer made sparse needs >= 2 dimensions
+        check_shared(f"{source}: {name}", s, matrix=False)
     # everything compress_modules_ checks (overrides too), before strip_ touches the model;
     # strip_ and load_state_dict keep the module objects the plans hold
     plans = _plan(model, {k: v for k, v in cf.shared.items() if k in expected}, policy)

@@ -93,13 +93,20 @@ class SharedCSRArrays:
         )
 
 
-def check_shared(name: str, shared: SharedTensor) -> None:
+def check_shared(name: str, shared: SharedTensor, *, matrix: bool = True) -> None:
     """Validate a :class:`SharedTensor` before anything is built from it.
+
+    Args:
+        name: the tensor's name, for error messages.
+        shared: ``(codebook, indices, mask)``.
+        matrix: also require at least 2 dimensions (what a runtime matrix needs); ``False``
+            for a tensor that may be decoded dense instead (a 1-D one always is).
 
     Raises:
         InvalidTensorError: a codebook that is not 1-D float with 1..256 finite values,
             indices that are not uint8 or reach past the codebook, a mask of another shape
-            or not bool, or fewer than 2 dimensions (names the tensor and the bad value).
+            or not bool, or (with ``matrix``) fewer than 2 dimensions (names the tensor and
+            the bad value).
     """
     cb, idx, mask = shared.codebook, shared.indices, shared.mask
     if cb.dim() != 1 or not 1 <= cb.numel() <= 256 or not cb.is_floating_point():
@@ -116,7 +123,7 @@ def check_shared(name: str, shared: SharedTensor) -> None:
             f"{name}: the mask must be bool of the indices' shape {tuple(idx.shape)}, "
             f"got {mask.dtype} {tuple(mask.shape)}"
         )
-    if idx.dim() < 2:
+    if matrix and idx.dim() < 2:
         raise InvalidTensorError(
             f"{name}: a runtime matrix needs at least 2 dimensions, got shape {tuple(idx.shape)}"
         )
