@@ -350,3 +350,49 @@ def test_progress_bar_is_dropped_on_error_and_kept_on_interrupt(
     assert "interrupted" in capsys.readouterr().err
     _bar_then("finished", None)
     assert "finished" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--schedule", "agp", "--steps", "0.5,1.0"], "--steps is only used with --schedule steps"),
+        (["--schedule", "oneshot", "--steps", "1.0"], "got --schedule oneshot"),
+        (["--n-steps", "3"], "--n-steps is only used with --schedule agp, got --schedule steps"),
+        (["--schedule", "oneshot", "--n-steps", "3"], "got --schedule oneshot"),
+    ],
+)
+def test_prune_refuses_the_schedule_option_its_kind_ignores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    # checked before the (missing) model file is read
+    argv = ["prune", str(tmp_path / "none.safetensors"), "-o", str(tmp_path / "p.safetensors")]
+    assert main([*argv, "--sparsity", "0.5", *options, *COMMON]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prune_schedule_options_reach_the_job() -> None:
+    from deepzip.cli._common import _schedule
+    from deepzip.cli.parser import build_parser
+
+    def schedule(*options: str) -> tuple[str, tuple[float, ...], int]:
+        args = build_parser().parse_args(["prune", "m", "-o", "x", *options])
+        s = _schedule(args)
+        return s.kind, s.steps, s.n_steps
+
+    assert schedule() == ("steps", (0.5, 0.75, 0.875, 1.0), 5)
+    assert schedule("--steps", "0.25,1") == ("steps", (0.25, 1.0), 5)
+    assert schedule("--schedule", "agp", "--n-steps", "3") == ("agp", (0.5, 0.75, 0.875, 1.0), 3)
+    assert schedule("--schedule", "oneshot") == ("oneshot", (0.5, 0.75, 0.875, 1.0), 5)
+
+
+def test_compress_refuses_bits_with_no_quantize(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m.dzip"
+    argv = ["compress", str(tmp_path / "none.safetensors"), "-o", str(out), "--no-progress"]
+    assert main([*argv, "--no-quantize", "--bits", "3"]) == 2
+    assert "--no-quantize keeps the values in float: --bits 3 would be ignored" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()

@@ -12,6 +12,7 @@ from deepzip.config import (
     LayerOverride,
     PruneConfig,
     PruneJob,
+    QuantizeConfig,
     RetrainConfig,
     ScheduleConfig,
     TrainConfig,
@@ -327,3 +328,9 @@ def test_the_peeling_thresholds_match_the_filter_builder(hashes: int) -> None:
     assert build(None) <= 16  # the default ratio: _DEFAULT_RATIO[hashes]
     with pytest.raises(BloomierBuildError):
         build(_PEELING[hashes] * 0.97)
+
+
+def test_quantize_lambda_needs_the_ecsq_method() -> None:
+    with pytest.raises(ConfigError, match=r"ecsq_lambda = 0\.5 is only used with method 'ecsq'"):
+        QuantizeConfig(bits=4, method="kmeans", ecsq_lambda=0.5)
+    assert QuantizeConfig(bits=4, method="ecsq", ecsq_lambda=0.5).ecsq_lambda == 0.5

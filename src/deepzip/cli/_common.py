@@ -282,6 +282,25 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
         raise ConfigError(f"{flag} expects comma-separated numbers, got {text!r}") from exc
 
 
+def _schedule(args: argparse.Namespace) -> ScheduleConfig:
+    """``--schedule`` with ``--steps`` or ``--n-steps``; the option the kind ignores is refused."""
+    if args.steps is not None and args.schedule != "steps":
+        raise ConfigError(
+            f"--steps is only used with --schedule steps, got --schedule {args.schedule}"
+        )
+    if args.n_steps is not None and args.schedule != "agp":
+        raise ConfigError(
+            f"--n-steps is only used with --schedule agp, got --schedule {args.schedule}"
+        )
+    if args.schedule == "steps":
+        if args.steps is None:
+            return ScheduleConfig(kind="steps")
+        return ScheduleConfig(kind="steps", steps=_floats(args.steps, "--steps"))
+    if args.schedule == "agp" and args.n_steps is not None:
+        return ScheduleConfig(kind="agp", n_steps=args.n_steps)
+    return ScheduleConfig(kind=args.schedule)
+
+
 def _prune_job(args: argparse.Namespace) -> PruneJob:
     if args.recipe is not None:
         return load_prune_job(args.recipe)
@@ -295,10 +314,7 @@ def _prune_job(args: argparse.Namespace) -> PruneJob:
         exclude=tuple(args.exclude),
         overrides=tuple(_parse_override(o) for o in args.override),
     )
-    if args.schedule == "steps":
-        schedule = ScheduleConfig(kind="steps", steps=_floats(args.steps, "--steps"))
-    else:
-        schedule = ScheduleConfig(kind=args.schedule, n_steps=args.n_steps)
+    schedule = _schedule(args)
     retrain = RetrainConfig(
         epochs=args.retrain_epochs,
         final_epochs=args.final_epochs,

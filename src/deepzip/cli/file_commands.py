@@ -15,7 +15,7 @@ from deepzip.cli._common import _check_output, _glob_number, _progress, _split_g
 from deepzip.errors import ConfigError
 from deepzip.format import inspect as inspect_dzip
 from deepzip.format import to_safetensors
-from deepzip.posttrain import compress_checkpoint
+from deepzip.posttrain import DEFAULT_BITS, compress_checkpoint
 from deepzip.report import (
     compression_rich_table,
     compression_table,
@@ -32,6 +32,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
     """``deepzip compress``: post-training prune + quantize + code of any checkpoint."""
     _check_output(args.output, "-o")
     _check_output(args.json, "--json")
+    if args.no_quantize and args.bits is not None:
+        raise ConfigError(
+            f"--no-quantize keeps the values in float: --bits {args.bits} would be ignored "
+            "(per-tensor --layer-bits still quantize the tensors they match)"
+        )
+    bits = None if args.no_quantize else DEFAULT_BITS if args.bits is None else args.bits
     with _progress(not args.no_progress) as progress:
         task = progress.add_task("compress", total=None)
 
@@ -42,7 +48,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             args.input,
             args.output,
             sparsity=args.sparsity,
-            bits=None if args.no_quantize else args.bits,
+            bits=bits,
             levels=args.levels,
             quantizer=args.quantizer,
             ecsq_lambda=args.ecsq_lambda,

@@ -69,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", default="steps", choices=("steps", "agp", "oneshot"))
     p.add_argument(
         "--steps",
-        default="0.5,0.75,0.875,1.0",
-        help="progress fractions of the target (schedule=steps)",
+        default=None,
+        help="progress fractions of the target (schedule=steps; default 0.5,0.75,0.875,1.0)",
     )
-    p.add_argument("--n-steps", type=int, default=5, help="steps of the AGP schedule")
+    p.add_argument(
+        "--n-steps", type=int, default=None, help="steps of the AGP schedule (default 5)"
+    )
     p.add_argument("--retrain-epochs", type=int, default=2, help="epochs after each step")
     p.add_argument("--final-epochs", type=int, default=2, help="extra epochs at the end")
     _add_optimizer_args(p, weight_decay=0.0)
@@ -199,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .dzip file")
     p.add_argument("--sparsity", type=float, default=0.0, help="fraction pruned per tensor")
     p.add_argument(
-        "--bits", type=int, default=DEFAULT_BITS, help=f"bits per index (default {DEFAULT_BITS})"
+        "--bits", type=int, default=None, help=f"bits per index (default {DEFAULT_BITS})"
     )
     p.add_argument("--levels", type=int, default=None, help="quantization levels (not 2**bits)")
     p.add_argument(

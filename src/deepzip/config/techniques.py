@@ -398,6 +398,11 @@ class QuantizeConfig:
         _check_choice("quantize.importance", self.importance, ("none", "fisher", "adam"))
         _check_choice("quantize.grad", self.grad, ("sum", "mean"))
         _check_number("quantize.ecsq_lambda", self.ecsq_lambda, positive=False)
+        if self.ecsq_lambda != 0 and self.method != "ecsq":
+            raise ConfigError(
+                f"quantize.ecsq_lambda = {self.ecsq_lambda!r} is only used with method 'ecsq', "
+                f"got method {self.method!r}"
+            )
         _check_int("quantize.max_iter", self.max_iter, minimum=1)
         _check_seed("quantize.seed", self.seed, bits=64)  # torch.Generator's range
         _check_selection("quantize", self.include, self.exclude, self.overrides, BitsOverride)
