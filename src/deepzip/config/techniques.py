@@ -155,16 +155,7 @@ class ScheduleConfig:
         if self.n_steps < 1:
             raise ConfigError(f"schedule.n_steps must be >= 1, got {self.n_steps!r}")
         # steps are checked whatever the kind (the default is valid): a bad value is never kept
-        s = self.steps
-        if not isinstance(s, tuple) or not s:
-            raise ConfigError(f"schedule.steps must be a non-empty list, got {s!r}")
-        for v in s:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
-                raise ConfigError(f"schedule.steps values must be in (0, 1], got {v!r}")
-        if any(b <= a for a, b in itertools.pairwise(s)):
-            raise ConfigError(f"schedule.steps must increase strictly, got {list(s)!r}")
-        if s[-1] != 1.0:
-            raise ConfigError(f"schedule.steps must end at 1.0 (the target), got {s[-1]!r}")
+        _check_fractions("schedule.steps", self.steps, end="the target")
 
     def fractions(self) -> tuple[float, ...]:
         """Progress fraction of the final target at each step (last is 1.0)."""
@@ -430,8 +421,9 @@ def _check_levels(key: str, value: object) -> None:
         raise ConfigError(f"{key} must be an integer from 1 to 8 or 'ternary', got {value!r}")
 
 
-def _check_fractions(key: str, value: object) -> None:
-    """Cumulative fractions: non-empty, each in (0, 1], strictly increasing, ending at 1.0."""
+def _check_fractions(key: str, value: object, *, end: str = "everything frozen") -> None:
+    """Cumulative fractions: non-empty, each in (0, 1], strictly increasing, ending at 1.0
+    (``end`` says what 1.0 means, for the message)."""
     if not isinstance(value, tuple) or not value:
         raise ConfigError(f"{key} must be a non-empty list of fractions, got {value!r}")
     for v in value:
@@ -440,7 +432,7 @@ def _check_fractions(key: str, value: object) -> None:
     if any(b <= a for a, b in itertools.pairwise(value)):
         raise ConfigError(f"{key} must increase strictly, got {list(value)!r}")
     if value[-1] != 1.0:
-        raise ConfigError(f"{key} must end at 1.0 (everything frozen), got {value[-1]!r}")
+        raise ConfigError(f"{key} must end at 1.0 ({end}), got {value[-1]!r}")
 
 
 def _incremental_from_dict(cls: type[_T], data: Mapping[str, Any], where: str) -> _T:
