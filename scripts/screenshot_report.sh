@@ -23,14 +23,25 @@ trap 'rm -rf "$profile"' EXIT
 flags=(--headless --no-sandbox --disable-gpu --disable-quic --no-first-run
        --disable-background-networking --disable-component-update --disable-sync
        --user-data-dir="$profile" --hide-scrollbars --virtual-time-budget=5000)
-"$browser" "${flags[@]}" --screenshot="$out" --window-size="1280,$height" "file://$html" \
-  >/dev/null 2>&1
-dom="$("$browser" "${flags[@]}" --dump-dom "file://$html" 2>/dev/null)"
-status="$(printf '%s' "$dom" | grep -o 'data-plots="[0-9]*/[0-9]*"' | head -n1 | tr -dc '0-9/')"
+log="$profile/chromium.log"
+if ! "$browser" "${flags[@]}" --screenshot="$out" --window-size="1280,$height" \
+  "file://$html" >"$log" 2>&1; then
+  echo "chromium failed to screenshot $html; its output:" >&2
+  tail -n 20 "$log" >&2
+  exit 1
+fi
 if [ ! -s "$out" ]; then
   echo "no screenshot written to $out" >&2
   exit 1
 fi
+if ! dom="$("$browser" "${flags[@]}" --dump-dom "file://$html" 2>"$log")"; then
+  echo "chromium failed to render $html; its output:" >&2
+  tail -n 20 "$log" >&2
+  exit 1
+fi
+# no mark (not a deepzip report) leaves status empty: reported as unknown below, exit 1
+status="$(printf '%s' "$dom" | grep -o 'data-plots="[0-9]*/[0-9]*"' | head -n1 | tr -dc '0-9/' \
+  || true)"
 echo "screenshot: $out; plots rendered: ${status:-unknown}"
 rendered="${status%/*}"
 total="${status#*/}"

@@ -107,6 +107,14 @@ def test_huge_dims_rejected_before_reading(tmp_path: Path) -> None:
         read_idx(path)
 
 
+def test_a_zero_dimension_does_not_hide_huge_others(tmp_path: Path) -> None:
+    # 16 bytes declaring 0 elements, but a shape no array can have (numpy: "array is too big")
+    path = tmp_path / "zero.idx"
+    path.write_bytes(_header(0x08, (0, 2**32 - 1, 2**32 - 1)))
+    with pytest.raises(IDXFormatError, match=r"\(the zero aside\), more than the limit"):
+        read_idx(path)
+
+
 def test_corrupt_gzip(tmp_path: Path) -> None:
     path = tmp_path / "broken.idx.gz"
     path.write_bytes(gzip.compress(_header(0x08, (100,)) + bytes(100))[:-12])
@@ -119,6 +127,8 @@ def test_write_rejects_unsupported(tmp_path: Path) -> None:
         write_idx(tmp_path / "a", np.zeros(3, dtype=np.float16))
     with pytest.raises(IDXFormatError, match="5-d"):
         write_idx(tmp_path / "a", np.zeros((1,) * 5, dtype=np.uint8))
+    with pytest.raises(IDXFormatError, match=r"shape \(0, 4294967296\)"):
+        write_idx(tmp_path / "a", np.zeros((0, 2**32), dtype=np.uint8))
     assert list(tmp_path.iterdir()) == []
 
 

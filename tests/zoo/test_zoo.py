@@ -39,11 +39,16 @@ def test_lenet_5_sizes() -> None:
 def test_lenet_5_has_no_relu_after_convs() -> None:
     """Caffe's LeNet: the conv outputs go through max pooling only (negatives survive)."""
     model = LeNet5().eval()
+    seen: list[torch.Tensor] = []
+    model.fc1.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     with torch.no_grad():
-        model.conv1.weight.fill_(-1.0)
+        model.conv1.weight.fill_(-1.0)  # every conv1 output is -25
         model.conv1.bias.zero_()
-        out = model.conv1(torch.ones(1, 1, 28, 28))
-    assert (out < 0).all()
+        model.conv2.weight.fill_(1.0)  # every conv2 output is 5·5·20·(-25) = -12,500
+        model.conv2.bias.zero_()
+        model(torch.ones(1, 1, 28, 28))  # through forward, where a ReLU would be
+    assert len(seen) == 1
+    assert torch.equal(seen[0], torch.full((1, 800), -12_500.0))
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

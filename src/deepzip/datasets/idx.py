@@ -100,12 +100,16 @@ def _parse(stream: io.BufferedIOBase, path: Path) -> NDArray[np.generic]:
         raise IDXFormatError(f"{path}: number of dimensions {ndim} not in 1..{MAX_NDIM}")
     dims = struct.unpack(f">{ndim}I", _read_exact(stream, 4 * ndim, path, "dimensions"))
     dtype = IDX_DTYPES[code]
-    size = math.prod(dims) * dtype.itemsize
+    # the non-zero dimensions' product: (0, 2**32-1, 2**32-1) declares 0 bytes, yet no array
+    # has that shape
+    size = math.prod(d for d in dims if d) * dtype.itemsize
     if size > MAX_PAYLOAD_BYTES:
         raise IDXFormatError(
             f"{path}: dimensions {dims} of {dtype.itemsize}-byte elements declare {size} "
-            f"bytes, more than the limit of {MAX_PAYLOAD_BYTES}"
+            f"bytes{' (the zero aside)' if 0 in dims else ''}, more than the limit of "
+            f"{MAX_PAYLOAD_BYTES}"
         )
+    size = math.prod(dims) * dtype.itemsize
     payload = _read_payload(stream, size, path)
     if stream.read(1):
         raise IDXFormatError(f"{path}: trailing bytes after the {size}-byte payload of {dims}")
@@ -155,12 +159,17 @@ def write_idx(
         gzip: Compress the file with gzip (with a zero timestamp, so output is reproducible).
 
     Raises:
-        IDXFormatError: The array's dtype or number of dimensions cannot be stored in IDX.
+        IDXFormatError: The array's dtype, number of dimensions or a dimension (2**32 or
+            more) cannot be stored in IDX.
     """
     array = np.asarray(array)
     code = _code_for(array.dtype)
     if not 1 <= array.ndim <= MAX_NDIM:
         raise IDXFormatError(f"cannot write a {array.ndim}-d array as IDX (1..{MAX_NDIM})")
+    if any(d >= 1 << 32 for d in array.shape):
+        raise IDXFormatError(
+            f"cannot write shape {array.shape} as IDX: each dimension must be below 2**32"
+        )
     header = bytes((0, 0, code, array.ndim)) + struct.pack(f">{array.ndim}I", *array.shape)
     data = header + np.ascontiguousarray(array, dtype=IDX_DTYPES[code]).tobytes()
     with atomic_open(Path(path)) as stream:

@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from deepzip._atomic import atomic_path
+from deepzip.errors import ConfigError
 from deepzip.prune import SensitivityResult
 from deepzip.report.tables import CompressionTable
 
@@ -33,9 +34,7 @@ _FloatArray = NDArray[np.float32]
 
 
 def _figure(width: float, height: float) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    # a bare Figure renders with Agg through savefig: the caller's pyplot backend is untouched
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=110)
@@ -53,7 +52,9 @@ def _text(s: str) -> str:
     return s.replace("$", r"\$")
 
 
-def _grid(n: int) -> tuple[int, int]:
+def _grid(n: int, what: str) -> tuple[int, int]:
+    if n == 0:
+        raise ConfigError(f"{what}: no layers to plot")
     cols = min(n, 2) if n <= 4 else 3
     return math.ceil(n / cols), cols
 
@@ -93,7 +94,7 @@ def plot_weight_distributions(
         path: the PNG to write.
     """
     names = list(before)
-    rows, cols = _grid(len(names))
+    rows, cols = _grid(len(names), "plot_weight_distributions")
     fig = _figure(5.2 * cols, 3.3 * rows)
     for i, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, i + 1)
@@ -166,7 +167,7 @@ def plot_quantized_distributions(
     after clustering (at their cluster's size), red lines those after fine-tuning.
     """
     names = list(layers)
-    rows, cols = _grid(len(names))
+    rows, cols = _grid(len(names), "plot_quantized_distributions")
     fig = _figure(5.2 * cols, 3.3 * rows)
     for i, name in enumerate(names):
         data = layers[name]

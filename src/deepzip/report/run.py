@@ -199,11 +199,14 @@ def build_run_report(
         last_prune_side = [s for s, r in by_role if r in ("prune", "retrain")][-1]
         after_ckpt = read_checkpoint(run / last_prune_side.checkpoint)
         names = _largest(table, after_ckpt)
-        plots["weights_pruning"] = plot_weight_distributions(
-            _tensors_of(before_ckpt, names),
-            _kept_values(after_ckpt, names),
-            out / "weights_pruning.png",
-        )
+        if names:
+            plots["weights_pruning"] = plot_weight_distributions(
+                _tensors_of(before_ckpt, names),
+                _kept_values(after_ckpt, names),
+                out / "weights_pruning.png",
+            )
+        else:
+            notes.append("No pruned layer: no weight distribution before/after pruning.")
     else:
         notes.append("No prune stage: no weight distribution before/after pruning.")
     if first_quant is not None:
