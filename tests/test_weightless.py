@@ -546,3 +546,45 @@ def test_recipe_runs_weightless_and_writes_bloomier_layers(tmp_path: Path) -> No
     assert final["decoded_val_acc"] == pytest.approx(stage.val_acc)
     again = run_recipe(toy_model(), recipe, tmp_path / "run", data=toy_data(), device="cpu")
     assert again.resumed_from == len(recipe.stages)
+
+
+def test_a_fully_pruned_layer_is_skipped_as_quantize_skips_it() -> None:
+    net = _net()
+    mask = net[0].parametrizations.weight[0].mask
+    mask.zero_()  # every weight of the first layer pruned: quantize_ leaves it unclustered
+    report = dz.quantize_(net, QuantizeConfig(bits=2))
+    assert "0.weight" in {s.name for s in report.skipped}
+    result = weightless_(net, WeightlessConfig(cell_bits=4))  # no quantize= needed
+    assert [layer.name for layer in result.layers] == ["2.weight", "4.weight"]
+    assert {s.name: s.reason for s in result.skipped}["0.weight"] == (
+        "no surviving weights (all pruned); left as zeros"
+    )
+    assert get_weightless(net[0]) is None
+
+
+def test_earlier_batchnorm_statistics_stay_frozen_while_later_layers_retrain() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(10, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+        nn.Linear(16, 3),
+    )  # fmt: skip
+    dz.prune_(net, PruneConfig(sparsity=0.5))
+    dz.quantize_(net, QuantizeConfig(bits=2))
+    bn = net[1]
+    moved: dict[str, bool] = {}
+    gen = torch.Generator().manual_seed(1)
+
+    def retrain(model: nn.Module, layer: str) -> None:
+        before = bn.running_mean.clone()
+        model.train()  # as the training loop does
+        with torch.no_grad():
+            model(torch.randn(32, 10, generator=gen) * 3 + 1)
+        moved[layer] = not torch.equal(before, bn.running_mean)
+        assert bn.training is (layer == "0.weight")
+
+    bn.train()
+    weightless_(net, WeightlessConfig(cell_bits=4, train_encoded=False), retrain=retrain)
+    # after the first layer the BatchNorm is a later layer and adapts; after the next ones
+    # it is part of the frozen network before them
+    assert moved == {"0.weight": True, "3.weight": False, "5.weight": False}
+    assert bn.training  # its mode is restored

@@ -39,7 +39,7 @@ from torch.nn.utils import parametrize
 from deepzip.coding.bloomier import BloomierFilter, build_filter
 from deepzip.config import CellBitsOverride, QuantizeConfig, WeightlessConfig
 from deepzip.errors import ConfigError, InvalidTensorError
-from deepzip.quantize.api import layer_bits, quantize_
+from deepzip.quantize.api import current_mask, layer_bits, quantize_
 from deepzip.quantize.kmeans import bits_to_k
 from deepzip.quantize.shared import GradRule, SharedTensor, get_shared
 from deepzip.quantize.weightless import WeightlessWeight, attach_weightless, get_weightless
@@ -332,13 +332,19 @@ def _attach(
 def _only_later_layers(model: nn.Module, target: Target) -> Iterator[None]:
     """Freeze the modules registered before ``target``'s meanwhile; restore their flags after.
 
-    The codebook and bias of an encoded layer with ``train_encoded`` keep training.
+    The codebook and bias of an encoded layer with ``train_encoded`` keep training. Earlier
+    normalization layers (BatchNorm, InstanceNorm) are also kept in eval mode, so that their
+    running statistics do not move under the frozen part of the network while later layers
+    retrain in train mode.
     """
     keep: set[int] = set()
     frozen: list[nn.Parameter] = []
+    norms: list[nn.Module] = []
     for _, module in model.named_modules():
         if module is target.module:
             break
+        if isinstance(module, nn.modules.batchnorm._NormBase):
+            norms.append(module)
         if parametrize.is_parametrized(module):
             for attr in module.parametrizations:
                 encoded = get_weightless(module, attr)
@@ -351,13 +357,34 @@ def _only_later_layers(model: nn.Module, target: Target) -> Iterator[None]:
         frozen.extend(
             p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in keep
         )
+    modes = [m.training for m in norms]
     try:
         for p in frozen:
             p.requires_grad_(False)
-        yield
+        with _norms_in_eval(norms):
+            yield
     finally:
         for p in frozen:
             p.requires_grad_(True)
+        for m, mode in zip(norms, modes, strict=True):
+            m.train(mode)
+
+
+@contextmanager
+def _norms_in_eval(norms: list[nn.Module]) -> Iterator[None]:
+    """Keep ``norms`` in eval mode although the training loop calls ``model.train()``."""
+
+    def to_eval(module: nn.Module, _args: object) -> None:
+        module.train(False)  # returns the module, which a pre-hook must not (it means "input")
+
+    hooks = [m.register_forward_pre_hook(to_eval) for m in norms]
+    try:
+        for m in norms:
+            m.eval()
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def weightless_(
@@ -420,6 +447,10 @@ def weightless_(
             skipped.append(Skipped(t.name, "skipped by override (not encoded with Weightless)"))
             continue
         shared = get_shared(t.module, t.param_name)
+        if shared is None and not bool(current_mask(t).any()):
+            # quantize_ leaves such a layer unclustered: there is nothing to encode either way
+            skipped.append(Skipped(t.name, "no surviving weights (all pruned); left as zeros"))
+            continue
         if shared is None and quantize is None:
             raise ConfigError(
                 f"{t.name} is not clustered: run deepzip.quantize_ first or pass quantize="

@@ -115,7 +115,8 @@ def quantize_tensor(
     )
 
 
-def _current_mask(target: Target) -> torch.Tensor:
+def current_mask(target: Target) -> torch.Tensor:
+    """The target's surviving weights: its shared or pruning mask, else its non-zeros."""
     shared = get_shared(target.module, target.param_name)
     if shared is not None:
         return shared.mask.clone()
@@ -179,7 +180,7 @@ def quantize_(
             continue
         check_finite(t.name, t.tensor)
         imp = _importance_for(t, importance) if config.importance != "none" else None
-        mask = _current_mask(t)
+        mask = current_mask(t)
         if imp is not None and bool(mask.any()) and not bool((imp[mask] > 0).any()):
             raise InvalidTensorError(
                 f"{t.name}: importance is zero for every surviving weight (k-means needs at "
