@@ -588,3 +588,33 @@ def test_earlier_batchnorm_statistics_stay_frozen_while_later_layers_retrain() -
     # it is part of the frozen network before them
     assert moved == {"0.weight": True, "3.weight": False, "5.weight": False}
     assert bn.training  # its mode is restored
+
+
+def test_a_fixed_width_too_small_fails_before_the_run_starts(tmp_path: Path) -> None:
+    from pipeline_toy import toy_data, toy_model
+
+    # K of layer 4 is at most 2**3 (the recipe override): cell_bits = 3 leaves no zero code
+    recipe = _weightless_recipe(cell_bits=3)
+    with pytest.raises(ConfigError, match=r"^stage 3 \(weightless\): 4\.weight: cell_bits = 3"):
+        run_recipe(toy_model(), recipe, tmp_path / "run", data=toy_data(), device="cpu")
+    assert not (tmp_path / "run").exists()  # no stage ran
+
+
+def test_the_width_check_takes_k_from_an_earlier_quantize_stage() -> None:
+    from deepzip.pipeline.registry import check_recipe
+    from pipeline_toy import toy_model
+
+    def recipe(earlier_bits: int) -> Recipe:
+        return Recipe.from_dict(
+            {
+                "stages": [
+                    {"type": "quantize", "bits": earlier_bits},
+                    {"type": "weightless", "cell_bits": 2, "quantize": {"bits": 5}},
+                    {"type": "encode"},
+                ]
+            }
+        )
+
+    check_recipe(toy_model(), recipe(1))  # K <= 2 from the quantize stage: 2**2 > K
+    with pytest.raises(ConfigError, match=r"stage 2 \(weightless\): .*K = 4 clusters"):
+        check_recipe(toy_model(), recipe(2))

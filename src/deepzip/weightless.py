@@ -49,6 +49,8 @@ __all__ = [
     "WeightlessLayer",
     "WeightlessReport",
     "WeightlessTrial",
+    "cell_bits_rule",
+    "check_cell_bits",
     "decode_filter",
     "encode_shared",
     "weightless_",
@@ -270,7 +272,10 @@ def decode_filter(
     )
 
 
-def _override(target: Target, overrides: tuple[CellBitsOverride, ...]) -> CellBitsOverride | None:
+def cell_bits_rule(
+    target: Target, overrides: tuple[CellBitsOverride, ...]
+) -> CellBitsOverride | None:
+    """The last of ``overrides`` whose glob matches ``target``, or ``None``."""
     found: CellBitsOverride | None = None
     for o in overrides:
         if matches(o.pattern, target.module_name, target.param_name):
@@ -278,7 +283,7 @@ def _override(target: Target, overrides: tuple[CellBitsOverride, ...]) -> CellBi
     return found
 
 
-def _check_width(name: str, cell_bits: int, k: int) -> None:
+def check_cell_bits(name: str, cell_bits: int, k: int) -> None:
     """A fixed width needs ``2**t > K``: with ``2**t = K`` every position decodes as a weight."""
     if 1 << cell_bits <= k:
         raise ConfigError(
@@ -442,7 +447,7 @@ def weightless_(
     skipped = list(selection.skipped)
     plans: list[tuple[Target, int | None]] = []
     for t in selection.targets:
-        rule = _override(t, config.overrides)
+        rule = cell_bits_rule(t, config.overrides)
         if rule is not None and rule.skip:
             skipped.append(Skipped(t.name, "skipped by override (not encoded with Weightless)"))
             continue
@@ -461,9 +466,9 @@ def weightless_(
         fixed = rule.cell_bits if rule is not None else config.cell_bits
         if fixed is not None:  # every layer checked before the first one is encoded
             if shared is not None:
-                _check_width(t.name, fixed, int(shared.codebook.numel()))
+                check_cell_bits(t.name, fixed, int(shared.codebook.numel()))
             elif quantize is not None and (bits := layer_bits(t, quantize)) is not None:
-                _check_width(t.name, fixed, bits_to_k(bits))  # K at most 2**bits
+                check_cell_bits(t.name, fixed, bits_to_k(bits))  # K at most 2**bits
         plans.append((t, fixed))
     if evaluate is None and any(fixed is None for _, fixed in plans):
         raise ConfigError("choosing the cell width automatically needs evaluate=; or set cell_bits")
@@ -514,7 +519,7 @@ def _encode_layer(
     grad = shared_p.grad
     k = int(shared.codebook.numel())
     if fixed is not None:
-        _check_width(target.name, fixed, k)
+        check_cell_bits(target.name, fixed, k)
     keys = int(shared.mask.sum())
     weights = int(shared.mask.numel())
     shape = tuple(shared.indices.shape)

@@ -182,6 +182,7 @@ class StageResult:
 
 StageRunner = Callable[[StageContext, Any], StageResult]
 StageCheck = Callable[[nn.Module, Any, str], None]
+RecipeCheck = Callable[[nn.Module, Recipe, int], None]
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,7 @@ class _Runner:
     needs_training: Callable[[Any], bool]
     needs_validation: Callable[[Any], bool]
     validation_hint: str
+    recipe_check: RecipeCheck | None = None
 
 
 _RUNNERS: dict[str, _Runner] = {}
@@ -204,6 +206,7 @@ def register_stage_runner(
     needs_training: Callable[[Any], bool] = lambda config: False,
     needs_validation: Callable[[Any], bool] = lambda config: False,
     validation_hint: str = "",
+    recipe_check: RecipeCheck | None = None,
     overwrite: bool = False,
 ) -> None:
     """Register how a stage type runs (its recipe side: ``deepzip.config.register_stage_kind``).
@@ -218,6 +221,9 @@ def register_stage_runner(
             accuracy).
         validation_hint: how a config of this stage can do without it (``"set cell_bits"``),
             added to the error when it is missing; ``""`` when it cannot.
+        recipe_check: ``recipe_check(model, recipe, index)``, for a check that needs the
+            stages before this one (what an earlier stage will have done to a layer); runs
+            after ``check``, before the run starts, raising ``ConfigError``.
         overwrite: replace an existing runner.
 
     Raises:
@@ -228,7 +234,9 @@ def register_stage_runner(
         raise ConfigError(f"stage type {kind!r} is not registered (deepzip.config)")
     if kind in _RUNNERS and not overwrite:
         raise ConfigError(f"stage type {kind!r} already has a runner")
-    _RUNNERS[kind] = _Runner(run, check, needs_training, needs_validation, validation_hint)
+    _RUNNERS[kind] = _Runner(
+        run, check, needs_training, needs_validation, validation_hint, recipe_check
+    )
 
 
 def registered_runner(kind: str) -> _Runner:
@@ -285,10 +293,12 @@ def check_recipe(model: nn.Module, recipe: Recipe) -> None:
                 f"{stage.label(i)}: stage type {stage.kind!r} has no runner; import the module "
                 "that provides it (deepzip.pipeline.register_stage_runner)"
             )
-        if runner.check is not None:
-            try:
-                runner.check(model, recipe.effective(stage), stage.label(i))
-            except ConfigError as exc:
-                msg = str(exc)
-                label = stage.label(i)
-                raise ConfigError(msg if msg.startswith(label) else f"{label}: {msg}") from exc
+        label = stage.label(i)
+        try:
+            if runner.check is not None:
+                runner.check(model, recipe.effective(stage), label)
+            if runner.recipe_check is not None:
+                runner.recipe_check(model, recipe, i)
+        except ConfigError as exc:
+            msg = str(exc)
+            raise ConfigError(msg if msg.startswith(label) else f"{label}: {msg}") from exc

@@ -15,7 +15,9 @@ from deepzip.config import (
     MLQConfig,
     MLQStage,
     PruneStage,
+    QuantizeConfig,
     QuantizeStage,
+    Recipe,
     RetrainStage,
     SensitivityStage,
     SLQConfig,
@@ -40,11 +42,18 @@ from deepzip.prune import (
     layer_targets,
     sensitivity_analysis,
 )
-from deepzip.quantize import fisher_diagonal, get_shared, quantize_, strip_
+from deepzip.quantize import (
+    bits_to_k,
+    fisher_diagonal,
+    get_shared,
+    layer_bits,
+    quantize_,
+    strip_,
+)
 from deepzip.quantize.incremental import IncrementalStep, inq_, mlq_, slq_, step_count
 from deepzip.quantize.shared import attach_shared
 from deepzip.targets import matches, select_targets
-from deepzip.weightless import WeightlessLayer, weightless_
+from deepzip.weightless import WeightlessLayer, cell_bits_rule, check_cell_bits, weightless_
 
 
 def _run_train(ctx: StageContext, config: TrainStage) -> StageResult:
@@ -269,6 +278,45 @@ def _check_weightless(model: nn.Module, config: WeightlessStage, label: str) -> 
             )
 
 
+def _check_weightless_widths(model: nn.Module, recipe: Recipe, index: int) -> None:
+    """A fixed cell width must leave a code for zero: ``2**t > K`` for the K clusters a layer
+    can have, checked before the run starts (``weightless_`` checks it only when the stage
+    starts, after the earlier stages have run).
+
+    A layer's K is at most ``2**bits`` of the last earlier quantize stage that clusters it,
+    else of the Weightless stage's own ``quantize``. A layer an earlier incremental stage
+    (SLQ, MLQ, INQ) quantizes is left to ``weightless_``'s own check.
+    """
+    config = recipe.effective(recipe.stages[index])
+    assert isinstance(config, WeightlessStage)
+    w = config.weightless
+    earlier = [recipe.effective(s) for s in recipe.stages[:index] if s.role == "quantize"][
+        ::-1
+    ]  # the latest first
+    for t in select_targets(model, include=w.include, exclude=w.exclude).targets:
+        rule = cell_bits_rule(t, w.overrides)
+        if rule is not None and rule.skip:
+            continue
+        fixed = rule.cell_bits if rule is not None else w.cell_bits
+        if fixed is None:
+            continue
+        quantize: QuantizeConfig | None = config.quantize
+        for stage in earlier:
+            q = stage.quantize
+            names = select_targets(model, include=q.include, exclude=q.exclude).names()
+            if t.name not in names:
+                continue
+            if not isinstance(stage, QuantizeStage):
+                quantize = None  # incremental levels: weightless_ checks the layer itself
+            elif layer_bits(t, q) is not None:  # else kept in float there: clustered later
+                quantize = q
+            else:
+                continue
+            break
+        if quantize is not None and (bits := layer_bits(t, quantize)) is not None:
+            check_cell_bits(t.name, fixed, bits_to_k(bits))
+
+
 _CELL_BITS_HINT = "set cell_bits"  # a fixed cell width needs no validation accuracy
 
 
@@ -309,6 +357,7 @@ register_stage_runner(
     "weightless",
     _run_weightless,
     check=_check_weightless,
+    recipe_check=_check_weightless_widths,
     needs_training=lambda c: bool(c.retrain.epochs),
     needs_validation=lambda c: c.weightless.cell_bits is None,
     validation_hint=_CELL_BITS_HINT,
