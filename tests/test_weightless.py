@@ -618,3 +618,14 @@ def test_the_width_check_takes_k_from_an_earlier_quantize_stage() -> None:
     check_recipe(toy_model(), recipe(1))  # K <= 2 from the quantize stage: 2**2 > K
     with pytest.raises(ConfigError, match=r"stage 2 \(weightless\): .*K = 4 clusters"):
         check_recipe(toy_model(), recipe(2))
+
+
+def test_a_layer_the_quantize_override_keeps_in_float_is_skipped_with_that_reason() -> None:
+    net = _net()  # pruned, not clustered
+    quantize = QuantizeConfig(bits=2, overrides=(BitsOverride("0", skip=True),))
+    result = weightless_(net, WeightlessConfig(cell_bits=4), quantize=quantize)
+    assert [layer.name for layer in result.layers] == ["2.weight", "4.weight"]
+    assert {s.name: s.reason for s in result.skipped}["0.weight"] == (
+        "kept in float by a quantize override (not encoded)"
+    )
+    assert get_shared(net[0]) is None

@@ -362,7 +362,6 @@ def _only_later_layers(model: nn.Module, target: Target) -> Iterator[None]:
         frozen.extend(
             p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in keep
         )
-    modes = [m.training for m in norms]
     try:
         for p in frozen:
             p.requires_grad_(False)
@@ -371,17 +370,17 @@ def _only_later_layers(model: nn.Module, target: Target) -> Iterator[None]:
     finally:
         for p in frozen:
             p.requires_grad_(True)
-        for m, mode in zip(norms, modes, strict=True):
-            m.train(mode)
 
 
 @contextmanager
 def _norms_in_eval(norms: list[nn.Module]) -> Iterator[None]:
-    """Keep ``norms`` in eval mode although the training loop calls ``model.train()``."""
+    """Keep ``norms`` in eval mode although the training loop calls ``model.train()``; their
+    modes are restored after."""
 
     def to_eval(module: nn.Module, _args: object) -> None:
         module.train(False)  # returns the module, which a pre-hook must not (it means "input")
 
+    modes = [m.training for m in norms]
     hooks = [m.register_forward_pre_hook(to_eval) for m in norms]
     try:
         for m in norms:
@@ -390,6 +389,8 @@ def _norms_in_eval(norms: list[nn.Module]) -> Iterator[None]:
     finally:
         for h in hooks:
             h.remove()
+        for m, mode in zip(norms, modes, strict=True):
+            m.train(mode)
 
 
 def weightless_(
@@ -460,6 +461,9 @@ def weightless_(
             raise ConfigError(
                 f"{t.name} is not clustered: run deepzip.quantize_ first or pass quantize="
             )
+        if shared is None and quantize is not None and layer_bits(t, quantize) is None:
+            skipped.append(Skipped(t.name, "kept in float by a quantize override (not encoded)"))
+            continue
         if shared is not None and get_weightless(t.module, t.param_name) is not None:
             skipped.append(Skipped(t.name, "already encoded with Weightless"))
             continue
@@ -477,11 +481,7 @@ def weightless_(
         start = reference
         if start is None and evaluate is not None and fixed is None:
             start = evaluate(model)
-        record = _encode_layer(
-            model, target, fixed, config, retrain, evaluate, quantize, start, skipped
-        )
-        if record is None:
-            continue
+        record = _encode_layer(model, target, fixed, config, retrain, evaluate, quantize, start)
         layers.append(record)
         if on_layer is not None:
             on_layer(record)
@@ -505,16 +505,13 @@ def _encode_layer(
     evaluate: EvaluateFn | None,
     quantize: QuantizeConfig | None,
     reference: float | None,
-    skipped: list[Skipped],
-) -> WeightlessLayer | None:
+) -> WeightlessLayer:
     shared_p = get_shared(target.module, target.param_name)
-    if shared_p is None:
+    if shared_p is None:  # weightless_ planned it: surviving weights and bits to cluster with
         assert quantize is not None
         _cluster(model, target, quantize)
         shared_p = get_shared(target.module, target.param_name)
-        if shared_p is None:
-            skipped.append(Skipped(target.name, "no surviving weights (all pruned); left as zeros"))
-            return None
+        assert shared_p is not None
     shared = shared_p.export()
     grad = shared_p.grad
     k = int(shared.codebook.numel())
