@@ -102,14 +102,14 @@ def _parse(stream: io.BufferedIOBase, path: Path) -> NDArray[np.generic]:
     dtype = IDX_DTYPES[code]
     # the non-zero dimensions' product: (0, 2**32-1, 2**32-1) declares 0 bytes, yet no array
     # has that shape
-    size = math.prod(d for d in dims if d) * dtype.itemsize
-    if size > MAX_PAYLOAD_BYTES:
+    spanned = math.prod(d for d in dims if d) * dtype.itemsize
+    if spanned > MAX_PAYLOAD_BYTES:
         raise IDXFormatError(
-            f"{path}: dimensions {dims} of {dtype.itemsize}-byte elements declare {size} "
+            f"{path}: dimensions {dims} of {dtype.itemsize}-byte elements declare {spanned} "
             f"bytes{' (the zero aside)' if 0 in dims else ''}, more than the limit of "
             f"{MAX_PAYLOAD_BYTES}"
         )
-    size = math.prod(dims) * dtype.itemsize
+    size = 0 if 0 in dims else spanned
     payload = _read_payload(stream, size, path)
     if stream.read(1):
         raise IDXFormatError(f"{path}: trailing bytes after the {size}-byte payload of {dims}")
