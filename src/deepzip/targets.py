@@ -8,6 +8,12 @@ remove. Every parameter that is not selected is recorded with its reason, so not
 silently. Globs use ``fnmatch`` syntax and are matched against both the module name
 (``encoder.layers.0.linear1``) and the parameter name (``encoder.layers.0.linear1.weight``).
 A glob that matches nothing is an error: it is almost always a typo.
+
+A parameter computed by a parametrization that is not deepzip's (``weight_norm``, whose
+``original0`` and ``original1`` make the weight, ``orthogonal``, one's own) is skipped with that
+reason: its stored tensor is not the weight, and pruning or weight sharing would replace the
+user's parametrization. An uninitialized parameter of a lazy module (``LazyLinear`` before its
+first forward pass) is an error naming it.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 
 from deepzip.errors import ConfigError
@@ -162,7 +170,9 @@ def select_targets(
         The selected targets (module order) and the skipped parameters with reasons.
 
     Raises:
-        ConfigError: a glob in ``include`` or ``exclude`` matches no parameter at all.
+        ConfigError: ``include`` or ``exclude`` is a string, not a sequence of globs; a glob in
+            them matches no parameter at all; a parameter that would be selected is an
+            uninitialized parameter of a lazy module.
     """
     check_patterns_match(model, include, "include")
     check_patterns_match(model, exclude, "exclude")
@@ -182,19 +192,47 @@ def select_targets(
             continue
         reason = _skip_reason(module, mod_name, attr, tensor, include, exclude, layer_types)
         if reason is None:
+            reason = _foreign_parametrization(module, attr)
+        if reason is None:
             targets.append(Target(full, mod_name, attr, module, layer_type(module)))
         else:
             skipped.append(Skipped(full, reason))
     return TargetSelection(tuple(targets), tuple(skipped))
 
 
-def _underlying(module: nn.Module, attr: str, tensor: torch.Tensor) -> torch.Tensor:
-    """The stored tensor behind an attribute (a parametrization's ``original``)."""
+def _plist(module: nn.Module, attr: str) -> nn.Module:
+    """The ``ParametrizationList`` of a parametrized attribute."""
+    return cast(nn.ModuleDict, module.parametrizations)[attr]
+
+
+def _underlying(module: nn.Module, attr: str, tensor: torch.Tensor) -> object:
+    """What stores an attribute: a parametrization's ``original``, the parametrization list
+    itself when it stores several tensors (``original0``, ``original1``...), else the tensor."""
     if parametrize.is_parametrized(module, attr):
-        original = module.parametrizations[attr].original  # type: ignore[union-attr,index]
-        assert isinstance(original, torch.Tensor)
-        return original
+        plist = _plist(module, attr)
+        return getattr(plist, "original", plist)
     return tensor
+
+
+def _foreign_parametrization(module: nn.Module, attr: str) -> str | None:
+    """The skip reason of a parameter computed by a parametrization that is not deepzip's
+    (deepzip's own are the masks and quantizers its modules register); ``None`` otherwise."""
+    if not parametrize.is_parametrized(module, attr):
+        return None
+    plist = _plist(module, attr)
+    foreign = [type(p).__name__ for p in plist.children() if not _is_deepzips(p)]
+    if not foreign:
+        return None
+    stored = ", ".join(n for n, _ in plist.named_parameters(recurse=False))
+    return (
+        f"{layer_type(module)}.{attr}: computed by {', '.join(foreign)} from {stored}, a "
+        "parametrization deepzip does not manage; remove it first "
+        "(torch.nn.utils.parametrize.remove_parametrizations) to compress this weight"
+    )
+
+
+def _is_deepzips(parametrization: nn.Module) -> bool:
+    return type(parametrization).__module__.split(".", 1)[0] == "deepzip"
 
 
 def _skip_reason(
@@ -212,6 +250,12 @@ def _skip_reason(
     explicitly_included = any(matches(p, mod_name, attr) for p in include)
     if include and not explicitly_included:
         return "not matched by any include pattern"
+    if is_lazy(tensor):
+        full = f"{mod_name}.{attr}" if mod_name else attr
+        raise ConfigError(
+            f"{full} is an uninitialized parameter of a lazy module ({layer_type(module)}); "
+            "run a forward pass first, or exclude it"
+        )
     if not tensor.is_floating_point():
         return f"not a floating-point tensor ({tensor.dtype})"
     default_target = isinstance(module, layer_types) and attr == "weight"
@@ -230,13 +274,22 @@ def _skip_reason(
 
 
 def check_patterns_match(model: nn.Module, patterns: Sequence[str], what: str) -> None:
-    """Raise ``ConfigError`` for a glob that matches no module or parameter of ``model``."""
+    """Raise ``ConfigError`` for a glob that matches no module or parameter of ``model``, or
+    for ``patterns`` given as one string (it would be read as one glob per character)."""
+    if isinstance(patterns, str):
+        raise ConfigError(
+            f"{what} must be a sequence of globs, got the string {patterns!r} "
+            f"(write ({patterns!r},) or [{patterns!r}])"
+        )
     if not patterns:
         return
     names = [(m, a) for m, a, _, _ in _named_params(model)]
     for pattern in patterns:
         if not any(matches(pattern, m, a) for m, a in names):
-            sample = ", ".join(sorted({m for m, _ in names if m})[:8])
-            raise ConfigError(
-                f"{what} pattern {pattern!r} matches no layer (layers include: {sample})"
+            layers = sorted({m for m, _ in names if m})[:8]
+            sample = (
+                f"layers include: {', '.join(layers)}"
+                if layers
+                else f"parameters: {', '.join(a for _, a in names[:8])}"
             )
+            raise ConfigError(f"{what} pattern {pattern!r} matches no layer ({sample})")

@@ -147,7 +147,8 @@ def prune_(model: nn.Module, config: PruneConfig, *, progress: float = 1.0) -> P
 
     Raises:
         ConfigError: bad ``progress``, a glob that matches nothing, or a selected tensor that
-            is already quantized.
+            is already quantized or carries a parametrization that is not deepzip's
+            (``orthogonal``, ...).
         InvalidTensorError: a selected weight holds NaN or infinity (names the tensor).
     """
     if not (0.0 < progress <= 1.0):

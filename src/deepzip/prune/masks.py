@@ -40,13 +40,17 @@ def _check_sparsity(sparsity: float) -> None:
         raise ConfigError(f"sparsity must be in [0, 1), got {sparsity!r}")
 
 
-def _scores(weight: torch.Tensor, current: torch.Tensor | None) -> torch.Tensor:
+def _check_current(name: str, weight: torch.Tensor, current: torch.Tensor) -> None:
+    if current.shape != weight.shape:
+        raise InvalidTensorError(
+            f"{name}: mask shape {tuple(current.shape)} does not match weight {tuple(weight.shape)}"
+        )
+
+
+def _scores(name: str, weight: torch.Tensor, current: torch.Tensor | None) -> torch.Tensor:
     scores = weight.detach().abs().flatten().to(torch.float64)
     if current is not None:
-        if current.shape != weight.shape:
-            raise InvalidTensorError(
-                f"mask shape {tuple(current.shape)} does not match weight {tuple(weight.shape)}"
-            )
+        _check_current(name, weight, current)
         scores = scores.masked_fill(~current.flatten().to(scores.device), -1.0)
     return scores
 
@@ -75,7 +79,7 @@ def sparsity_mask(
     check_finite(name, weight)
     n = weight.numel()
     n_prune = round(sparsity * n)
-    scores = _scores(weight, current)
+    scores = _scores(name, weight, current)
     if current is not None:
         n_prune = max(n_prune, n - int(current.sum()))
     keep = torch.ones(n, dtype=torch.bool, device=weight.device)
@@ -95,17 +99,28 @@ def quality_mask(
 ) -> torch.Tensor:
     """Han et al.'s rule: remove weights with ``|w| < quality * std``.
 
+    The comparison is made in float64, so a low-precision weight just under the threshold is
+    removed even where the threshold would round down to it in the weight's dtype.
+
     Args:
         weight: any-shape floating-point tensor.
         quality: threshold multiplier, >= 0.
-        std: the layer's reference standard deviation (of the dense weights).
-        current: an existing keep-mask; pruned positions never come back.
+        std: the layer's reference standard deviation (of the dense weights), >= 0.
+        current: an existing keep-mask of ``weight``'s shape; pruned positions never come back.
         name: tensor name used in error messages.
+
+    Raises:
+        ConfigError: ``quality`` or ``std`` is negative or not finite.
+        InvalidTensorError: ``weight`` holds NaN or infinity, or ``current`` has another shape.
     """
     if not math.isfinite(quality) or quality < 0:
         raise ConfigError(f"quality must be a finite number >= 0, got {quality!r}")
+    if not math.isfinite(std) or std < 0:
+        raise ConfigError(f"{name}: reference std must be a finite number >= 0, got {std!r}")
     check_finite(name, weight)
-    keep = weight.detach().abs() >= quality * std
+    if current is not None:
+        _check_current(name, weight, current)
+    keep = weight.detach().abs().to(torch.float64) >= quality * std
     if current is not None:
         keep &= current.to(keep.device)
     return keep
@@ -134,7 +149,7 @@ def global_magnitude_masks(
     for n in names:
         check_finite(n, weights[n])
     device = next(iter(weights.values())).device
-    scores = torch.cat([_scores(weights[n], current.get(n)).to(device) for n in names])
+    scores = torch.cat([_scores(n, weights[n], current.get(n)).to(device) for n in names])
     total = scores.numel()
     n_prune = max(round(sparsity * total), int((scores < 0).sum()))
     keep = torch.ones(total, dtype=torch.bool, device=device)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from deepzip._parametrize import find_parametrization
-from deepzip.errors import ConfigError
+from deepzip.errors import ConfigError, InvalidTensorError
 
 __all__ = [
     "WeightMask",
@@ -34,7 +34,8 @@ class WeightMask(nn.Module):
     """Parametrization ``weight = original * mask``.
 
     Buffers (saved in ``state_dict``): ``mask`` (bool, the weight's shape) and ``reference_std``
-    (the dense layer's standard deviation, for quality-based thresholds).
+    (the dense layer's standard deviation, for quality-based thresholds), both on ``mask``'s
+    device.
     """
 
     mask: torch.Tensor
@@ -44,7 +45,8 @@ class WeightMask(nn.Module):
         super().__init__()
         self.register_buffer("mask", mask.to(torch.bool).clone())
         self.register_buffer(
-            "reference_std", torch.tensor(float(reference_std), dtype=torch.float64)
+            "reference_std",
+            torch.tensor(float(reference_std), dtype=torch.float64, device=mask.device),
         )
 
     def _apply(
@@ -93,15 +95,30 @@ def check_prunable(
     name: str,
     advice: str = "prune before quantizing, or strip_ first",
 ) -> None:
-    """Raise :class:`ConfigError` naming the tensor ``name`` if ``module.attr`` is quantized.
+    """Raise :class:`ConfigError` naming the tensor ``name`` if ``module.attr`` is quantized,
+    or carries a parametrization that is not deepzip's.
 
     A mask on top of a quantization parametrization would prune the forward pass only: export
-    and save use the quantizer's own mask, so the pruning would be lost. ``advice`` ends the
-    message.
+    and save use the quantizer's own mask, so the pruning would be lost. ``advice`` ends that
+    message. Under any other parametrization (``orthogonal``, one's own) the
+    stored tensor is not the weight: zeroing it at the pruned positions would change the kept
+    weights too, and a sensitivity sweep would prune nothing.
     """
     quantization = get_quantization(module, attr)
     if quantization is not None:
         raise ConfigError(f"{name} is quantized ({type(quantization).__name__}); {advice}")
+    if parametrize.is_parametrized(module, attr):
+        foreign = [
+            type(p).__name__
+            for p in module.parametrizations[attr]  # type: ignore[index]
+            if not isinstance(p, WeightMask)
+        ]
+        if foreign:
+            raise ConfigError(
+                f"{name} has a parametrization deepzip does not manage ({', '.join(foreign)}); "
+                "its stored tensor is not the weight, so it cannot be pruned: remove it first "
+                "(torch.nn.utils.parametrize.remove_parametrizations) or exclude the layer"
+            )
 
 
 def _original(module: nn.Module, attr: str) -> torch.Tensor:
@@ -119,14 +136,21 @@ def attach_mask(
     keep pruned positions pruned). ``name`` names the tensor in errors (default ``attr``).
 
     Raises:
-        ConfigError: ``module.attr`` is quantized (see :func:`check_prunable`).
+        ConfigError: ``module.attr`` is quantized or carries a parametrization that is not
+            deepzip's (see :func:`check_prunable`).
+        InvalidTensorError: ``mask`` does not have the weight's shape.
     """
     check_prunable(module, attr, name or attr)
+    weight = getattr(module, attr)
+    if mask.shape != weight.shape:  # a broadcastable mask would be taken silently
+        raise InvalidTensorError(
+            f"{name or attr}: mask shape {tuple(mask.shape)} does not match weight "
+            f"{tuple(weight.shape)}"
+        )
     existing = _find(module, attr)
     if existing is not None:
         existing.mask.copy_(mask.to(existing.mask.device))
     else:
-        weight = getattr(module, attr)
         std = float(weight.detach().to(torch.float64).std()) if weight.numel() > 1 else 0.0
         existing = WeightMask(mask.to(weight.device), std)
         parametrize.register_parametrization(module, attr, existing, unsafe=False)

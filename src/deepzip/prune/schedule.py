@@ -46,7 +46,7 @@ def scale_dropout_(model: nn.Module, kept_by_layer: dict[str, float]) -> dict[st
     changed: dict[str, float] = {}
     for name, module in model.named_modules():
         for pname in kept_by_layer:
-            if pname.rsplit(".", 1)[0] == name:
+            if pname.rpartition(".")[0] == name:  # a root parameter ("weight") has owner ""
                 last_layer = pname
         if isinstance(module, nn.modules.dropout._DropoutNd) and last_layer is not None:
             original = getattr(module, ORIGINAL_P_ATTR, module.p)

@@ -8,6 +8,7 @@ set, to pick per-layer thresholds from the curves (:meth:`SensitivityResult.sugg
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from deepzip.errors import ConfigError
 from deepzip.prune.api import layer_targets
 from deepzip.prune.masks import check_finite, sparsity_mask
 from deepzip.prune.parametrization import check_prunable, get_mask
+from deepzip.targets import Skipped
 
 __all__ = [
     "DEFAULT_SWEEP",
@@ -33,18 +35,25 @@ DEFAULT_SWEEP: tuple[float, ...] = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.9
 
 @dataclass(frozen=True)
 class SensitivityResult:
-    """Accuracy per layer per sparsity, and the unpruned baseline."""
+    """Accuracy per layer per sparsity, the unpruned baseline, and the parameters not swept
+    with their reasons."""
 
     baseline: float
     sparsities: tuple[float, ...]
     curves: dict[str, tuple[float, ...]]
     weights: dict[str, int]
+    skipped: tuple[Skipped, ...] = ()
 
     def suggest(self, max_drop: float) -> dict[str, float]:
         """Per layer, the largest swept sparsity whose accuracy is within ``max_drop``.
 
         ``max_drop`` is in accuracy units (0.01 = one point). Layers never within budget get 0.
+
+        Raises:
+            ConfigError: ``max_drop`` is negative or not finite.
         """
+        if not math.isfinite(max_drop) or max_drop < 0:
+            raise ConfigError(f"max_drop must be a finite number >= 0, got {max_drop!r}")
         out: dict[str, float] = {}
         for name, accs in self.curves.items():
             ok = [
@@ -64,6 +73,7 @@ class SensitivityResult:
                 name: {"weights": self.weights[name], "accuracy": list(accs)}
                 for name, accs in self.curves.items()
             },
+            "skipped": [{"name": s.name, "reason": s.reason} for s in self.skipped],
         }
 
     def save_json(self, path: str | Path) -> None:
@@ -92,7 +102,8 @@ def sensitivity_analysis(
 
     Raises:
         ConfigError: an empty sweep, a sparsity outside [0, 1), a glob matching nothing, or a
-            selected layer that is quantized.
+            selected layer that is quantized or carries a parametrization that is not
+            deepzip's.
         InvalidTensorError: a selected weight holds NaN or infinity.
     """
     sweep = tuple(float(s) for s in sparsities)
@@ -102,7 +113,7 @@ def sensitivity_analysis(
         if not 0.0 <= s < 1.0:
             raise ConfigError(f"sensitivity sparsity must be in [0, 1), got {s!r}")
     config = PruneConfig(sparsity=0.0, include=tuple(include), exclude=tuple(exclude))
-    chosen, _ = layer_targets(model, config)
+    chosen, skipped = layer_targets(model, config)
     for target, _ in chosen:  # pruning its stored tensor would change nothing: refuse
         check_prunable(
             target.module,
@@ -139,4 +150,4 @@ def sensitivity_analysis(
                 stored.copy_(saved)
         curves[target.name] = tuple(accs)
         weights[target.name] = int(saved.numel())
-    return SensitivityResult(baseline, sweep, curves, weights)
+    return SensitivityResult(baseline, sweep, curves, weights, tuple(skipped))

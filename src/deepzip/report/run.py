@@ -46,6 +46,7 @@ from deepzip.report.tables import (
     markdown_table,
     stage_rows,
 )
+from deepzip.targets import Skipped
 
 __all__ = ["PLOT_CAPTIONS", "RunReport", "build_run_report", "render_html", "write_run_report"]
 
@@ -274,6 +275,7 @@ def _read_sensitivity(path: Path) -> SensitivityResult:
         sparsities=tuple(float(s) for s in data["sparsities"]),
         curves={k: tuple(float(a) for a in v["accuracy"]) for k, v in layers.items()},
         weights={k: int(v["weights"]) for k, v in layers.items()},
+        skipped=tuple(Skipped(str(e["name"]), str(e["reason"])) for e in data.get("skipped", [])),
     )
 
 
