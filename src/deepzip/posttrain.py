@@ -128,8 +128,9 @@ class PostTrainConfig:
             if not isinstance(pattern, str) or not pattern:
                 raise ConfigError(f"layer_bits pattern must be a non-empty glob, got {pattern!r}")
         for key, globs in (("include", self.include), ("exclude", self.exclude)):
-            if any(not isinstance(g, str) or not g for g in globs):
-                raise ConfigError(f"{key} must be non-empty glob strings, got {globs!r}")
+            # a bare string would be read as one glob per character
+            if not isinstance(globs, tuple) or any(not isinstance(g, str) or not g for g in globs):
+                raise ConfigError(f"{key} must be a tuple of non-empty glob strings, got {globs!r}")
         if isinstance(self.min_elements, bool) or not isinstance(self.min_elements, int):
             raise ConfigError(f"min_elements must be an integer, got {self.min_elements!r}")
 
@@ -177,9 +178,12 @@ class PostTrainConfig:
 class _Source:
     """The tensor names of a checkpoint, and a way to load them one at a time."""
 
-    def __init__(self, names: list[str], load: Callable[[str], torch.Tensor]) -> None:
+    def __init__(
+        self, names: list[str], load: Callable[[str], torch.Tensor], files: Sequence[Path]
+    ) -> None:
         self.names = names
         self.load = load
+        self.files = tuple(files)
 
 
 def _safetensors_source(files: Sequence[Path]) -> _Source:
@@ -213,7 +217,7 @@ def _safetensors_source(files: Sequence[Path]) -> _Source:
             raise CheckpointError(f"tensor {name!r}: cannot be read: {exc}") from exc
         return tensor
 
-    return _Source(names, load)
+    return _Source(names, load, files)
 
 
 def _hf_shards(directory: Path) -> list[Path]:
@@ -226,8 +230,10 @@ def _hf_shards(directory: Path) -> list[Path]:
             raise CheckpointError(f"{index}: not a safetensors index ({exc})") from exc
         paths = []
         for name in files:
-            p = (directory / name).resolve()
-            if p.parent != directory.resolve() or not p.is_file():
+            # a bare file name, checked by its text: a shard may be a symbolic link out of the
+            # directory (the Hugging Face hub cache links snapshots/<rev>/* to blobs/)
+            p = directory / name
+            if name in ("", ".", "..") or Path(name).name != name or not p.is_file():
                 raise CheckpointError(f"{index}: shard {name!r} is not a file in {directory}")
             paths.append(p)
         return paths
@@ -249,7 +255,7 @@ def _open_source(src: Path) -> _Source:
         return _safetensors_source([src])
     if suffix in (".pt", ".pth", ".bin"):
         state = load_pickled_state_dict(src, mmap=True)
-        return _Source(list(state), state.__getitem__)
+        return _Source(list(state), state.__getitem__, [src])
     raise CheckpointError(
         f"{src}: unknown checkpoint type {suffix!r}; expected .safetensors, .pt, .pth "
         "or a Hugging Face model directory"
@@ -298,6 +304,28 @@ def _check_globs(names: Sequence[str], config: PostTrainConfig, index_bits: Inde
             if not any(matches(g, m, a) for m, a in pairs):
                 sample = ", ".join(names[:8])
                 raise ConfigError(f"{key} pattern {g!r} matches no tensor (tensors: {sample})")
+
+
+def _globs(key: str, globs: Sequence[str]) -> tuple[str, ...]:
+    """``include``/``exclude`` as a tuple; a bare string is refused, not split into characters."""
+    if isinstance(globs, str):
+        raise ConfigError(
+            f"{key} must be a sequence of globs, got the string {globs!r} "
+            f"(write ({globs!r},) or [{globs!r}])"
+        )
+    return tuple(globs)
+
+
+def _check_dest(dest: Path, source: _Source) -> None:
+    """Refuse a destination that is a file of the checkpoint being read: the atomic rename
+    would replace the checkpoint with the ``.dzip`` file."""
+    if not dest.exists():
+        return
+    for f in source.files:
+        if os.path.samefile(dest, f):
+            raise ConfigError(
+                f"{dest} is the checkpoint being compressed; write the .dzip file elsewhere"
+            )
 
 
 def _check_index_bits(index_bits: IndexBits) -> None:
@@ -383,7 +411,8 @@ def compress_checkpoint(
 
     Raises:
         CheckpointError: the checkpoint cannot be read.
-        ConfigError: a bad setting, or a glob that matches no tensor.
+        ConfigError: a bad setting, a glob that matches no tensor, or ``dest`` is (a shard
+            of) the checkpoint ``src``.
         InvalidTensorError: a selected tensor holds NaN or infinity (names it).
     """
     config = PostTrainConfig(
@@ -394,8 +423,8 @@ def compress_checkpoint(
         ecsq_lambda=ecsq_lambda,
         step=step,
         layer_bits=tuple((layer_bits or {}).items()),
-        include=tuple(include),
-        exclude=tuple(exclude),
+        include=_globs("include", include),
+        exclude=_globs("exclude", exclude),
         min_elements=min_elements,
     )
     layers: dict[str, dict[str, Any]] = {}
@@ -405,6 +434,7 @@ def compress_checkpoint(
     }
     _check_index_bits(index_bits)
     source = _open_source(Path(src))
+    _check_dest(Path(dest), source)
     _check_globs(source.names, config, index_bits)
     with DzipWriter(dest, coder=coder, metadata=meta) as writer:
         total = len(source.names)

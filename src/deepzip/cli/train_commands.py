@@ -49,6 +49,40 @@ from deepzip.train import evaluate, resolve_device
 from deepzip.zoo import create_model
 
 
+def _check_distinct(path: str, flag: str, other: str | None, other_flag: str) -> None:
+    """Refuse two outputs of one command that name the same file: the second written would
+    replace the first."""
+    if other is not None and Path(path).resolve() == Path(other).resolve():
+        raise ConfigError(
+            f"{other_flag} {other}: the same file as {flag} {path}; give it another name"
+        )
+
+
+def _check_recipe_alone(args: argparse.Namespace) -> None:
+    """``--recipe`` replaces the pruning flags: refuse one of them given beside it (it would be
+    ignored)."""
+    if args.recipe is None:
+        return
+    given = [
+        flag
+        for flag, value in (
+            ("--sparsity", args.sparsity),
+            ("--quality", args.quality),
+            ("--steps", args.steps),
+            ("--n-steps", args.n_steps),
+            ("--include", args.include or None),
+            ("--exclude", args.exclude or None),
+            ("--override", args.override or None),
+        )
+        if value is not None
+    ]
+    if given:
+        raise ConfigError(
+            f"--recipe {args.recipe} replaces the pruning flags: {', '.join(given)} would be "
+            f"ignored; set {'them' if len(given) > 1 else 'it'} in the recipe instead"
+        )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """``deepzip train``: train a zoo model, write a safetensors checkpoint."""
     _check_output(args.output, "-o")
@@ -90,6 +124,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     """``deepzip prune``: iterative pruning with retraining; per-layer table."""
     _check_output(args.output, "-o")
     _check_output(args.json, "--json")
+    _check_distinct(args.output, "-o", args.json, "--json")
+    _check_recipe_alone(args)
     device = resolve_device(args.device)
     job = _prune_job(args)
     model, name = _load_model(args, device)
@@ -144,6 +180,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     """``deepzip quantize``: weight sharing, optional centroid fine-tuning; per-layer table."""
     _check_output(args.output, "-o")
     _check_output(args.json, "--json")
+    _check_distinct(args.output, "-o", args.json, "--json")
     device = resolve_device(args.device)
     config = QuantizeConfig(
         bits=args.bits,
@@ -223,6 +260,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     _check_output(args.output, "-o")  # before with_suffix, which fails on "." or "/"
     plot_path = args.plot or str(Path(args.output).with_suffix(".png"))
     _check_output(plot_path, "--plot")
+    _check_distinct(args.output, "-o", plot_path, "--plot")
     device = resolve_device(args.device)
     model, _ = _load_model(args, device)
     data = _data(args)
