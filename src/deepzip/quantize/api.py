@@ -116,13 +116,21 @@ def quantize_tensor(
 
 
 def current_mask(target: Target) -> torch.Tensor:
-    """The target's surviving weights: its shared or pruning mask, else its non-zeros."""
+    """The target's surviving weights: its shared or pruning mask (or the mask of an
+    interrupted incremental run, whose weights frozen at zero still survive), else its
+    non-zeros."""
+    # imported here: deepzip.quantize.incremental imports this module
+    from deepzip.quantize.incremental.parametrization import get_frozen
+
     shared = get_shared(target.module, target.param_name)
     if shared is not None:
         return shared.mask.clone()
     m = get_mask(target.module, target.param_name)
     if m is not None:
         return m.mask.clone()
+    frozen = get_frozen(target.module, target.param_name)
+    if frozen is not None:
+        return frozen.mask.clone()
     return target.tensor.detach() != 0
 
 

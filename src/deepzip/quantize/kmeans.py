@@ -63,8 +63,10 @@ class KMeansResult:
 
     Attributes:
         centroids: float32, sorted ascending, ``k`` distinct entries, on the values' device.
-        labels: int64 index into ``centroids`` for each input value (input order); always the
-            nearest centroid (a value exactly half-way goes to the upper one).
+        labels: int64 index into ``centroids`` for each input value (input order). From k-means
+            always the nearest centroid (a value exactly half-way goes to the upper one); the
+            scalar quantizers (:mod:`deepzip.quantize.scalar`) keep each value in its bin or
+            cell's cluster, which need not be the nearest.
         k_requested: the k asked for.
         k: the k delivered (smaller when the data has fewer distinct values, or levels are
             unused).
@@ -132,9 +134,23 @@ def _check_finite(values: torch.Tensor, name: str, what: str) -> None:
         )
 
 
+def _check_float32_range(values: torch.Tensor, name: str) -> None:
+    """Finite float64 values must stay finite as float32, the codebook's type."""
+    if values.dtype != torch.float64:
+        return
+    fits = torch.isfinite(values.to(torch.float32))
+    if not bool(fits.all()):
+        first = int((~fits).nonzero()[0])
+        raise InvalidTensorError(
+            f"{name}: {int((~fits).sum())} value(s) beyond the float32 range of the codebook "
+            f"(first at index {first}: {float(values[first])})"
+        )
+
+
 def _check_values(values: torch.Tensor, name: str = "values") -> None:
     _check_shape(values, name)
     _check_finite(values, name, "to quantize")
+    _check_float32_range(values, name)
 
 
 def _check_weights(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor | None:
@@ -173,7 +189,8 @@ def check_inputs(values: torch.Tensor, k: int, weights: torch.Tensor | None) -> 
 
     Raises:
         ConfigError: ``k`` is out of range.
-        InvalidTensorError: empty, non-1-D, non-float or non-finite values; bad importance.
+        InvalidTensorError: empty, non-1-D, non-float or non-finite values (or float64 values
+            beyond the float32 range); bad importance.
     """
     _check_k(k)
     _check_values(values)
@@ -286,7 +303,7 @@ def _prepare(values: torch.Tensor, weights: torch.Tensor | None) -> _Sorted:
         x = x.to(torch.float32)
     xs, order = _sort_floats(x)
     ends = xs[[0, -1]]
-    if not bool(torch.isfinite(ends).all()):
+    if not bool(torch.isfinite(ends.to(torch.float32)).all()):
         _check_values(values)
     distinct, counts = torch.unique_consecutive(xs, return_counts=True)
     run_start = _prefix(counts)
@@ -384,8 +401,8 @@ def _initial(s: _Sorted, k: int, init: str, seed: int) -> torch.Tensor:
 def _check_init(init: str, seed: int) -> None:
     if init not in _INITS:
         raise ConfigError(f"init must be one of {', '.join(map(repr, _INITS))}, got {init!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -(1 << 63) <= seed < 1 << 64:
+        raise ConfigError(f"seed must be an integer from -2**63 to 2**64 - 1, got {seed!r}")
 
 
 def initial_centroids(
@@ -651,8 +668,8 @@ def kmeans_1d(
     Raises:
         ConfigError: bad ``k``, ``init``, ``seed``, ``max_iter``, ``tol`` or
             ``init_centroids`` count.
-        InvalidTensorError: empty, non-1-D or non-finite values, bad importance or
-            non-finite ``init_centroids``.
+        InvalidTensorError: empty, non-1-D or non-finite values (or float64 values beyond the
+            float32 range of the codebook), bad importance or non-finite ``init_centroids``.
     """
     _check_k(k)
     _check_shape(values, "values")

@@ -78,10 +78,18 @@ def _finish(
         centroids.numel(), device=values.device
     )
     labels = remap[cluster_of_value]
-    k_eff = int(centroids.numel())
-    if k_eff < k_requested:
-        notes.append(f"{k_requested - k_eff} of {k_requested} levels unused")
+    if centroids.numel() < k_requested:
+        notes.append(f"{k_requested - centroids.numel()} of {k_requested} levels unused")
     centroids32 = centroids.to(torch.float32)
+    if centroids32.numel() > 1 and bool((centroids32[1:] == centroids32[:-1]).any()):
+        # (float64 values) centres closer than float32 resolution become one level
+        centroids32, merged = torch.unique_consecutive(centroids32, return_inverse=True)
+        labels = merged[labels]
+        notes.append(
+            f"{centroids.numel() - centroids32.numel()} level(s) closer than float32 "
+            "resolution were merged"
+        )
+    k_eff = int(centroids32.numel())
     return KMeansResult(
         centroids=centroids32,
         labels=labels,
@@ -140,10 +148,13 @@ def step_quantize(
 
     Raises:
         ConfigError: a step that is not a finite number > 0, or one so small that the values
-            use more than ``max_levels`` grid points (the message gives the smallest step
-            that fits).
+            use more than ``max_levels`` grid points (the message gives a step that fits);
+            ``max_levels`` not an integer from 1 to 256.
     """
     check_step(step)
+    levels_ok = isinstance(max_levels, int) and not isinstance(max_levels, bool)
+    if not levels_ok or not 1 <= max_levels <= 256:
+        raise ConfigError(f"max_levels must be an integer from 1 to 256, got {max_levels!r}")
     w = check_inputs(values, max_levels, weights)
     x = values.to(torch.float64)
     lo, hi = float(x.min()), float(x.max())
@@ -154,7 +165,7 @@ def step_quantize(
         raise ConfigError(
             f"{name}: step {step:g} spans {spans} grid points over [{lo:g}, {hi:g}]; "
             f"at most {max_levels} levels fit: use a step of at least "
-            f"{(hi - lo) / (max_levels - 1):.3g}"
+            f"{_fitting_step(lo, hi, max_levels):.3g}"
         )
     cell = torch.round(x / step).to(torch.int64)
     cell -= int(cell.min())
@@ -162,9 +173,25 @@ def step_quantize(
     if used > max_levels:
         raise ConfigError(
             f"{name}: step {step:g} uses {used} levels over [{lo:g}, {hi:g}], more than "
-            f"{max_levels}: use a step of at least {(hi - lo) / (max_levels - 1):.3g}"
+            f"{max_levels}: use a step of at least {_fitting_step(lo, hi, max_levels):.3g}"
         )
     return _finish(values, w, cell, used, 0, True, [])
+
+
+def _fitting_step(lo: float, hi: float, levels: int) -> float:
+    """A step (3 significant digits) with which values in ``[lo, hi]`` use at most ``levels``
+    grid points.
+
+    Rounding to the grid moves each end by at most half a step, so a step ``Δ`` spans at most
+    ``(hi − lo)/Δ + 1`` grid intervals, fewer than ``levels`` once ``Δ > (hi − lo)/(levels −
+    1)``; a single level needs every value to round to zero, ``Δ > 2·max(|lo|, |hi|)``. The
+    bound is exclusive, so it is rounded up to the next 3-digit number.
+    """
+    bound = 2 * max(abs(lo), abs(hi)) if levels == 1 else (hi - lo) / (levels - 1)
+    if bound <= 0 or not math.isfinite(bound):
+        return bound
+    quantum = 10.0 ** (math.floor(math.log10(bound)) - 2)
+    return (math.floor(bound / quantum) + 1) * quantum
 
 
 def ecsq_quantize(
@@ -186,8 +213,8 @@ def ecsq_quantize(
     """
     if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
         raise ConfigError(f"ECSQ lambda must be a finite number >= 0, got {lam!r}")
-    if max_iter < 1:
-        raise ConfigError(f"max_iter must be >= 1, got {max_iter!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ConfigError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     w = check_inputs(values, k, weights).to(torch.float64)
     x = values.to(torch.float64)
     cells = _cells(values, k)
@@ -197,8 +224,9 @@ def ecsq_quantize(
     c1 = torch.zeros_like(cw).index_add_(0, cells, w * x)
     c2 = torch.zeros_like(cw).index_add_(0, cells, w * x * x)
     cn = torch.zeros_like(cw).index_add_(0, cells, torch.ones_like(x))
+    cx = torch.zeros_like(cw).index_add_(0, cells, x)  # plain sums (zero-importance clusters)
     occupied = torch.nonzero(cn > 0).flatten()
-    cw, c1, c2, cn = cw[occupied], c1[occupied], c2[occupied], cn[occupied]
+    cw, c1, c2, cn, cx = cw[occupied], c1[occupied], c2[occupied], cn[occupied], cx[occupied]
     total_w = float(cw.sum())
     mean = float(c1.sum()) / total_w if total_w > 0 else float(x.mean())
     var = float(c2.sum()) / total_w - mean * mean if total_w > 0 else 0.0
@@ -215,13 +243,19 @@ def ecsq_quantize(
         sw = torch.zeros(n_cl, dtype=torch.float64, device=dev).index_add_(0, assign, cw)
         s1 = torch.zeros_like(sw).index_add_(0, assign, c1)
         sn = torch.zeros_like(sw).index_add_(0, assign, cn)
-        alive = sn > 0
-        centre = torch.where(sw > 0, s1 / sw.clamp(min=1e-300), torch.zeros_like(sw))[alive]
-        rate = -torch.log2(sn[alive] / n_total)
+        sx = torch.zeros_like(sw).index_add_(0, assign, cx)
+        # every cluster holds at least one occupied cell (the numbering is compact); one whose
+        # members all have zero importance sits at their plain mean, as in the result
+        centre = torch.where(sw > 0, s1 / sw.clamp(min=1e-300), sx / sn)
+        rate = -torch.log2(sn / n_total)
         # cost[cell, cluster] = Σ imp (w - c)^2 / (σ² ī) + λ n log2(1/p)
         distortion = c2[:, None] - 2 * c1[:, None] * centre[None, :] + cw[:, None] * centre**2
         cost = distortion * scale + lam * cn[:, None] * rate[None, :]
         new_assign = torch.argmin(cost, dim=1)
+        # a tie keeps the cell where it is (a cell of zero importance costs the same in every
+        # cluster at λ = 0, and must not move to cluster 0)
+        own = cost.gather(1, assign[:, None]).squeeze(1)
+        new_assign = torch.where(own <= cost.min(dim=1).values, assign, new_assign)
         # keep the numbering compact
         _, new_assign = torch.unique(new_assign, return_inverse=True)
         if torch.equal(new_assign, assign):
@@ -230,6 +264,7 @@ def ecsq_quantize(
         assign = new_assign
     cell_to_cluster = torch.zeros(k, dtype=torch.int64, device=dev)
     cell_to_cluster[occupied] = assign
+    notes = [] if converged else [f"ECSQ stopped at max_iter={max_iter} before it settled"]
     return _finish(
         values,
         check_inputs(values, k, weights),
@@ -237,5 +272,5 @@ def ecsq_quantize(
         k,
         iterations,
         converged,
-        [],
+        notes,
     )

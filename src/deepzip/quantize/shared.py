@@ -22,7 +22,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from deepzip._parametrize import find_parametrization
-from deepzip.errors import ConfigError
+from deepzip.errors import ConfigError, InvalidTensorError
+from deepzip.targets import layer_type
 
 __all__ = [
     "GradRule",
@@ -106,6 +107,12 @@ class SharedWeight(nn.Module):
 
     Buffers: ``indices`` (uint8), ``mask`` (bool), ``counts`` (int64 cluster sizes).
     Parameter: ``codebook`` (float32).
+
+    Raises:
+        ConfigError: ``grad`` is not ``"sum"`` or ``"mean"``.
+        InvalidTensorError: a codebook that is not 1-D, floating point, finite with 1..256
+            entries; indices that are not integers in ``[0, k)``; indices and mask of
+            different shapes.
     """
 
     indices: torch.Tensor
@@ -122,6 +129,7 @@ class SharedWeight(nn.Module):
     ) -> None:
         super().__init__()
         _check_grad(grad)
+        _check_parts(codebook, indices, mask)
         self.grad = grad
         self.codebook = nn.Parameter(codebook.detach().to(torch.float32).clone())
         self.register_buffer("indices", indices.to(torch.uint8).clone())
@@ -130,13 +138,13 @@ class SharedWeight(nn.Module):
         self.register_buffer("counts", counts)
         self._plan_key: tuple[object, ...] | None = None
         self._plan: tuple[torch.Tensor, ...] = ()
+        # before every forward (this class's or a subclass's), so that ``counts`` (the "mean"
+        # rule's divisor) follows indices and mask changed in place
+        self.register_forward_pre_hook(_refresh_before_forward)
 
-    def _gather(self, codebook: torch.Tensor) -> torch.Tensor:
-        """``codebook[indices] * mask``, with a reproducible backward (see :class:`_Gather`).
-
-        The long indices, the float mask and the members' order are cached, and rebuilt when
-        the buffers change in place (their version counters) or move (their storage).
-        """
+    def _refresh(self, numel: int, dtype: torch.dtype) -> None:
+        """Rebuild the cached long indices, float mask, members' order and ``counts`` when the
+        buffers changed in place (their version counters) or moved (their storage)."""
         if self.indices.is_inference() or self.mask.is_inference():
             key = None  # inference tensors keep no version counter: rebuild every call
         else:
@@ -145,8 +153,8 @@ class SharedWeight(nn.Module):
                 self.mask._version,
                 self.indices.data_ptr(),
                 self.mask.data_ptr(),
-                codebook.numel(),
-                codebook.dtype,
+                numel,
+                dtype,
             )
         if key is None or key != self._plan_key:
             # plain tensors even under inference_mode, so a later training step can save them
@@ -155,11 +163,17 @@ class SharedWeight(nn.Module):
                 kept = self.mask.reshape(-1).nonzero().squeeze(1)
                 members = index.reshape(-1)[kept]
                 order = kept[torch.argsort(members, stable=True)]
-                counts = torch.bincount(members, minlength=codebook.numel())
+                counts = torch.bincount(members, minlength=numel)
                 bounds = torch.zeros(counts.numel() + 1, dtype=torch.long, device=counts.device)
                 torch.cumsum(counts, 0, out=bounds[1:])
-                self._plan = (index, self.mask.to(codebook.dtype), order, bounds)
+                self._plan = (index, self.mask.to(dtype), order, bounds)
+                if not torch.equal(counts, self.counts):
+                    self.counts = counts
             self._plan_key = key
+
+    def _gather(self, codebook: torch.Tensor) -> torch.Tensor:
+        """``codebook[indices] * mask``, with a reproducible backward (see :class:`_Gather`)."""
+        self._refresh(codebook.numel(), codebook.dtype)
         out: torch.Tensor = _Gather.apply(codebook, *self._plan)  # type: ignore[no-untyped-call]
         return out
 
@@ -176,9 +190,42 @@ class SharedWeight(nn.Module):
         return SharedTensor(self.codebook.detach().clone(), self.indices.clone(), self.mask.clone())
 
 
+def _refresh_before_forward(module: SharedWeight, args: tuple[Any, ...]) -> None:
+    module._refresh(module.codebook.numel(), module.codebook.dtype)
+
+
 def _check_grad(grad: object) -> None:
     if grad not in ("sum", "mean"):
         raise ConfigError(f"grad must be 'sum' or 'mean', got {grad!r}")
+
+
+def _check_parts(codebook: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor) -> None:
+    """Raise :class:`InvalidTensorError` unless ``(codebook, indices, mask)`` fit together."""
+    k = codebook.numel()
+    if codebook.dim() != 1 or not 1 <= k <= 256 or not codebook.is_floating_point():
+        raise InvalidTensorError(
+            "the codebook must be 1-D floating point with 1..256 entries, got shape "
+            f"{tuple(codebook.shape)} {codebook.dtype}"
+        )
+    finite = torch.isfinite(codebook)
+    if not bool(finite.all()):
+        first = int((~finite).nonzero()[0])
+        raise InvalidTensorError(
+            f"the codebook must be finite: entry {first} is {float(codebook[first])}"
+        )
+    if indices.shape != mask.shape:
+        raise InvalidTensorError(
+            f"indices of shape {tuple(indices.shape)} and mask of shape {tuple(mask.shape)} differ"
+        )
+    if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+        raise InvalidTensorError(f"indices must be integers, got {indices.dtype}")
+    if indices.numel():
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0 or hi >= k:
+            raise InvalidTensorError(
+                f"indices must be in [0, {k}) for a codebook of {k} entries, "
+                f"got {lo if lo < 0 else hi}"
+            )
 
 
 def get_shared(module: nn.Module, attr: str = "weight") -> SharedWeight | None:
@@ -197,6 +244,8 @@ def attach_shared(
 
     Raises:
         ConfigError: ``grad`` is not ``"sum"`` or ``"mean"`` (nothing is changed).
+        InvalidTensorError: ``shared`` does not fit the attribute or is malformed (see
+            :class:`SharedWeight`; nothing is changed).
     """
     return install_shared(module, attr, shared, functools.partial(SharedWeight, grad=grad))
 
@@ -214,8 +263,18 @@ def install_shared(
     pruning mask) is folded in and removed; the parametrization is registered; the stored
     original tensor gets ``shared``'s dense values (so that a state dict holds them) and no
     longer trains. ``make`` runs first: when it raises, the module is unchanged.
+
+    Raises:
+        InvalidTensorError: ``shared``'s indices do not have the attribute's shape (the
+            module is unchanged).
     """
-    device = getattr(module, attr).device
+    current = getattr(module, attr)
+    if shared.indices.shape != current.shape:
+        raise InvalidTensorError(
+            f"{layer_type(module)}.{attr} has shape {tuple(current.shape)}, the shared "
+            f"weights {tuple(shared.indices.shape)}"
+        )
+    device = current.device
     p = make(shared.codebook.to(device), shared.indices.to(device), shared.mask.to(device))
     if parametrize.is_parametrized(module, attr):
         parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
