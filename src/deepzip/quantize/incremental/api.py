@@ -69,7 +69,8 @@ class IncrementalStep:
 
     Attributes:
         index: step number, from 0.
-        layers: the layers that froze more weights in this step.
+        layers: the layers this step works on: all of them (SLQ, INQ) or the current group
+            (MLQ), those already finished included.
         fraction: the schedule fraction those layers reached (of their levels for k-means
             levels, of their weights otherwise).
         frozen_fraction: share of all selected surviving weights frozen after the step.
@@ -198,7 +199,15 @@ def _select(
         if not bool((t.tensor.detach()[mask] != 0).any()):
             skipped.append(Skipped(t.name, "every surviving weight is zero; left as zeros"))
             continue
-        layers.append(_Layer(t, bits, kind_of(bits), mask))
+        kind = kind_of(bits)
+        if kind == "inq":  # the levels come from the weights as they are now: check them here
+            assert isinstance(bits, int)
+            max_abs = float(t.tensor.detach()[mask].to(torch.float32).abs().max())
+            try:
+                inq_exponents(max_abs, bits)
+            except InvalidTensorError as e:
+                raise InvalidTensorError(f"{t.name}: {e}") from e
+        layers.append(_Layer(t, bits, kind, mask))
     if not layers:
         raise ConfigError(
             "no layer to quantize: "
@@ -260,8 +269,13 @@ def _step_cluster(layer: _Layer, fraction: float, config: SLQConfig | MLQConfig)
             score = cluster_losses(values, labels, centroids, config.rank)
             if config.freeze_order == "high_loss":
                 score = -score
-        score = torch.where(fixed, torch.full_like(score, math.inf), score)
-        chosen = torch.sort(score, stable=True).indices[:need]
+        # free clusters the re-clustering left empty go last (freezing one freezes no weight
+        # and would spend the step; their loss of 0 would put them first in "low_loss"),
+        # frozen ones never: sort on the score, then stably on that priority
+        empty = torch.bincount(labels, minlength=k).to(fixed.device) == 0
+        priority = fixed.to(torch.int64) * 2 + (empty & ~fixed).to(torch.int64)
+        order = torch.sort(score, stable=True).indices
+        chosen = order[torch.sort(priority[order], stable=True).indices][:need]
         fixed = fixed.clone()
         fixed[chosen] = True
         pick = fixed[labels] & ~held
@@ -466,9 +480,9 @@ def slq_(
     Per layer: k-means into ``2 ** bits`` clusters; freeze clusters at their centroids in
     ``config.freeze_order`` (by default the highest quantization loss first; ``config.steps``
     gives the cumulative share of clusters); ``retrain(model, step)``; re-cluster the free
-    weights with the frozen centroids held; repeat until every cluster is frozen. Ternary
-    layers freeze single weights, by default those with the largest rounding error to
-    ``{-a, 0, +a}`` first. All layers advance together.
+    weights with the frozen centroids held (clusters this leaves empty freeze last); repeat
+    until every cluster is frozen. Ternary layers freeze single weights, by default those with
+    the largest rounding error to ``{-a, 0, +a}`` first. All layers advance together.
 
     Args:
         model: any ``nn.Module``, pruned or not (pruned weights stay zero).
@@ -553,7 +567,9 @@ def inq_(
     (the paper's rounding), and the rest retrain. The final codebooks hold the non-zero
     powers of two and do not train; zero weights are masked positions.
 
-    Arguments, return value and errors as :func:`slq_`.
+    Arguments, return value and errors as :func:`slq_`; also ``InvalidTensorError`` (before
+    anything changes) for a layer whose levels float32 cannot hold (``max |w|`` near the
+    float32 limits).
     """
     layers, skipped = _select(model, config, _kind_inq)
     plan = [(layers, float(f)) for f in config.steps]

@@ -49,6 +49,15 @@ def _check_finite(values: torch.Tensor, name: str = "values") -> None:
 # INQ (Zhou et al. 2017)
 
 
+_F32_MAX_EXP = 127  # 2**128 is inf in float32
+_F32_MIN_EXP = -149  # the smallest float32 subnormal; 2**-150 rounds to 0
+
+
+def _check_exponents(n1: int, n2: int) -> None:
+    if n2 > n1:
+        raise ConfigError(f"INQ exponents need n2 <= n1, got n1={n1}, n2={n2}")
+
+
 def inq_exponents(max_abs: float, bits: int) -> tuple[int, int]:
     """The exponents ``(n1, n2)`` of INQ's levels ``{±2**n1, ..., ±2**n2, 0}``.
 
@@ -62,22 +71,33 @@ def inq_exponents(max_abs: float, bits: int) -> tuple[int, int]:
 
     Raises:
         ConfigError: ``bits`` outside 2..8.
-        InvalidTensorError: ``max_abs`` not finite and positive.
+        InvalidTensorError: ``max_abs`` not finite and positive, or so large or small that a
+            level is not a float32 number (``2**n1`` overflows or ``2**n2`` underflows to 0).
     """
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
         raise ConfigError(f"INQ bits must be an integer from 2 to 8, got {bits!r}")
     if not (math.isfinite(max_abs) and max_abs > 0):
         raise InvalidTensorError(f"INQ needs max |w| finite and > 0, got {max_abs!r}")
-    _, exponent = math.frexp(4.0 * max_abs / 3.0)  # x = m * 2**e, m in [0.5, 1)
-    n1 = exponent - 1
+    # s = m * 2**e with m in [0.5, 1), so 4s/3 = (4m/3) * 2**e with 4m/3 in [2/3, 4/3):
+    # floor(log2(4s/3)) = e when m >= 3/4, else e - 1 (exact, and no overflow of 4s)
+    mantissa, exponent = math.frexp(max_abs)
+    n1 = exponent - (0 if mantissa >= 0.75 else 1)
     n2 = n1 + 1 - (1 << (bits - 1)) // 2
+    if n1 > _F32_MAX_EXP or n2 < _F32_MIN_EXP:
+        raise InvalidTensorError(
+            f"INQ levels 2**{n2} .. 2**{n1} for max |w| = {max_abs!r} and {bits} bits are not "
+            f"all float32 numbers (2**{_F32_MIN_EXP} .. 2**{_F32_MAX_EXP})"
+        )
     return n1, n2
 
 
 def inq_levels(n1: int, n2: int, *, device: torch.device | None = None) -> torch.Tensor:
-    """The non-zero levels ``-2**n1 .. -2**n2, 2**n2 .. 2**n1`` as a sorted float32 tensor."""
-    if n2 > n1:
-        raise ConfigError(f"INQ exponents need n2 <= n1, got n1={n1}, n2={n2}")
+    """The non-zero levels ``-2**n1 .. -2**n2, 2**n2 .. 2**n1`` as a sorted float32 tensor.
+
+    Raises:
+        ConfigError: ``n2 > n1``.
+    """
+    _check_exponents(n1, n2)
     mags = [math.ldexp(1.0, n) for n in range(n2, n1 + 1)]
     values = [-m for m in reversed(mags)] + mags
     return torch.tensor(values, dtype=torch.float32, device=device)
@@ -92,8 +112,10 @@ def inq_round(values: torch.Tensor, n1: int, n2: int) -> torch.Tensor:
     in float64. Returns float32 values of ``values``' shape.
 
     Raises:
+        ConfigError: ``n2 > n1``.
         InvalidTensorError: non-finite values.
     """
+    _check_exponents(n1, n2)
     _check_finite(values)
     mags = torch.tensor(
         [math.ldexp(1.0, n) for n in range(n2, n1 + 1)], dtype=torch.float64, device=values.device
@@ -131,8 +153,10 @@ def ternary_round(values: torch.Tensor, a: float) -> torch.Tensor:
     """Nearest of ``{-a, 0, +a}`` (``|w| >= a / 2`` goes to ``±a``), float32, same shape.
 
     Raises:
-        InvalidTensorError: non-finite values.
+        InvalidTensorError: non-finite values, or ``a`` negative or not finite.
     """
+    if not (math.isfinite(a) and a >= 0):
+        raise InvalidTensorError(f"the ternary scale a must be finite and >= 0, got {a!r}")
     _check_finite(values)
     x = values.detach().to(torch.float64)
     a32 = float(torch.tensor(a, dtype=torch.float32))
@@ -221,9 +245,29 @@ def cluster_losses(
     kind: ClusterRank = "sse",
 ) -> torch.Tensor:
     """Quantization loss of each cluster, float64 (K,): summed (``"sse"``) or mean (``"mse"``)
-    squared error of the members to their centroid; 0 for an empty cluster."""
+    squared error of the members to their centroid; 0 for an empty cluster.
+
+    Raises:
+        ConfigError: ``kind`` is not ``"sse"`` or ``"mse"``.
+        InvalidTensorError: ``centroids`` not 1-D and non-empty, or ``labels`` not integer
+            indices of ``values``' shape into ``centroids``.
+    """
     if kind not in ("sse", "mse"):
         raise ConfigError(f"cluster loss must be 'sse' or 'mse', got {kind!r}")
+    if centroids.dim() != 1 or centroids.numel() == 0:
+        raise InvalidTensorError(
+            f"centroids must be a non-empty 1-D tensor, got shape {tuple(centroids.shape)}"
+        )
+    if (
+        labels.shape != values.shape
+        or labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+        or (labels.numel() > 0 and not 0 <= int(labels.min()) <= int(labels.max()) < len(centroids))
+    ):
+        raise InvalidTensorError(
+            f"labels must be integer indices into the {centroids.numel()} centroids, of the "
+            f"values' shape {tuple(values.shape)}; got shape {tuple(labels.shape)} {labels.dtype}"
+        )
+    labels = labels.long()
     x = values.detach().to(torch.float64)
     err = x - centroids.detach().to(torch.float64)[labels]
     k = centroids.numel()

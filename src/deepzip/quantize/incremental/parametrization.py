@@ -87,7 +87,15 @@ def attach_frozen(module: nn.Module, attr: str, mask: torch.Tensor) -> FrozenWei
     A parametrization already there (a pruning mask) is folded in first; its mask is the
     ``mask`` passed here. The stored ``original`` is zeroed at pruned positions and stays
     trainable.
+
+    Raises:
+        InvalidTensorError: ``mask`` is not of the weight's shape (nothing is changed).
     """
+    current = getattr(module, attr)
+    if mask.shape != current.shape:
+        raise InvalidTensorError(
+            f"{attr}: the mask has shape {tuple(mask.shape)}, the weight {tuple(current.shape)}"
+        )
     if parametrize.is_parametrized(module, attr):
         parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     weight = getattr(module, attr)
