@@ -200,9 +200,11 @@ def benchmark_layers(
         runtime: SharedCSRModule | None = None
         if unsupported is None:
             if isinstance(module, nn.Linear):
-                runtime = SparseLinear.from_shared(s, module.bias, name=name)
+                runtime = SparseLinear.from_shared(
+                    s, module.bias, name=name, backend=policy.backend
+                )
             else:
-                runtime = SparseConv.from_conv(module, s, name=name)
+                runtime = SparseConv.from_conv(module, s, name=name, backend=policy.backend)
             runtime.to(getattr(module, attr).device)  # built on the CPU: onto the layer's device
             runtime.eval()
         runtime_bytes = runtime.weight_nbytes if runtime is not None else dense_bytes

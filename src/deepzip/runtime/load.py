@@ -24,7 +24,13 @@ from deepzip.format.dzip_reader import read_compressed
 from deepzip.quantize.api import strip_
 from deepzip.quantize.shared import SharedTensor
 from deepzip.runtime.conv import SparseConv
-from deepzip.runtime.policy import LayerForm, RuntimePolicy, decide, weight_reading_parents
+from deepzip.runtime.policy import (
+    Decision,
+    LayerForm,
+    RuntimePolicy,
+    decide,
+    weight_reading_parents,
+)
 from deepzip.runtime.sparse import SharedCSRModule, check_shared
 from deepzip.runtime.sparse_linear import SparseLinear
 
@@ -212,12 +218,20 @@ def _plan(
 
 
 def _apply(model: nn.Module, plans: list[_Plan], policy: RuntimePolicy) -> RuntimeReport:
-    """Replace or decode the layers of checked ``plans`` in ``model`` (see :func:`_plan`)."""
+    """Replace or decode the layers of checked ``plans`` in ``model`` (see :func:`_plan`).
+
+    Every dense decode runs before any runtime module is built, so that a runtime module
+    takes the decoded tensors of its layer (a quantized bias) whatever the plans' order.
+    """
     parents = weight_reading_parents(model)
-    layers: list[LayerRuntime] = []
+    decisions: list[Decision] = []
+    densities: list[float] = []
+    dense_bytes: list[int] = []
     for name, owner, attr, module, s in plans:
         weights = int(s.mask.numel())
         density = int(s.mask.sum()) / weights if weights else 0.0
+        densities.append(density)
+        dense_bytes.append(weights * getattr(module, attr).element_size())
         decision = decide(
             policy, owner, name, module, attr, density, weights, parent=parents.get(module)
         )
@@ -234,35 +248,40 @@ def _apply(model: nn.Module, plans: list[_Plan], policy: RuntimePolicy) -> Runti
                 reason=f"a {s.indices.dim()}-D tensor has no sparse runtime form (a runtime "
                 "matrix needs at least 2 dimensions)",
             )
-        weight = getattr(module, attr)
-        dense_bytes = weights * weight.element_size()
-        if decision.form == "sparse":
-            bias = getattr(module, "bias", None)
-            runtime: SharedCSRModule
-            if isinstance(module, nn.Linear):
-                runtime = SparseLinear.from_shared(s, bias, name=name, backend=policy.backend)
-            else:
-                runtime = SparseConv.from_conv(module, s, name=name, backend=policy.backend)
-            runtime.to(weight.device)
-            runtime.train(module.training)
-            _replace_everywhere(model, module, runtime)
-            runtime_bytes = runtime.weight_nbytes
-        else:
+        decisions.append(decision)
+    for (_, _, attr, module, s), decision in zip(plans, decisions, strict=True):
+        if decision.form == "dense":
             _decode_dense(module, attr, s)
-            runtime_bytes = dense_bytes
-        layers.append(
-            LayerRuntime(
-                name=name,
-                layer_type=type(module).__name__,
-                form=decision.form,
-                reason=decision.reason,
-                shape=tuple(int(d) for d in s.indices.shape),
-                density=density,
-                dense_bytes=dense_bytes,
-                runtime_bytes=runtime_bytes,
-            )
+    runtime_bytes = list(dense_bytes)
+    for i, ((name, _, attr, module, s), decision) in enumerate(zip(plans, decisions, strict=True)):
+        if decision.form != "sparse":
+            continue
+        bias = getattr(module, "bias", None)
+        runtime: SharedCSRModule
+        if isinstance(module, nn.Linear):
+            runtime = SparseLinear.from_shared(s, bias, name=name, backend=policy.backend)
+        else:
+            runtime = SparseConv.from_conv(module, s, name=name, backend=policy.backend)
+        runtime.to(getattr(module, attr).device)
+        runtime.train(module.training)
+        _replace_everywhere(model, module, runtime)
+        runtime_bytes[i] = runtime.weight_nbytes
+    layers = tuple(
+        LayerRuntime(
+            name=name,
+            layer_type=type(module).__name__,
+            form=decision.form,
+            reason=decision.reason,
+            shape=tuple(int(d) for d in s.indices.shape),
+            density=density,
+            dense_bytes=dense,
+            runtime_bytes=used,
         )
-    report = RuntimeReport(tuple(layers), policy)
+        for (name, _, _, module, s), decision, density, dense, used in zip(
+            plans, decisions, densities, dense_bytes, runtime_bytes, strict=True
+        )
+    )
+    report = RuntimeReport(layers, policy)
     object.__setattr__(model, _REPORT_ATTR, report)
     return report
 

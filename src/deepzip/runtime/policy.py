@@ -258,6 +258,10 @@ def decide(
     custom = policy.linear_max_density if kind == "linear" else policy.conv_max_density
     threshold = custom if custom is not None else density_threshold(kind, policy.batch_size)
     where = "set" if custom is not None else f"measured, batch {policy.batch_size}"
-    if density <= threshold:
-        return Decision("sparse", f"density {density:.1%} <= {threshold:.0%} ({kind}, {where})")
-    return Decision("dense", f"density {density:.1%} > {threshold:.0%} ({kind}, {where})")
+    sparse = density <= threshold
+    # enough digits that the comparison reads right (not "1.5% > 2%" for 1.52% > 1.5%)
+    return Decision(
+        "sparse" if sparse else "dense",
+        f"density {100 * density:.4g}% {'<=' if sparse else '>'} {100 * threshold:.4g}% "
+        f"({kind}, {where})",
+    )

@@ -23,10 +23,11 @@ a batch (or a convolution's patches), and any input on another device (CUDA), go
 ``torch.sparse.mm`` (MKL on the CPU, cuSPARSE on CUDA) on a float32 CSR copy with int32
 indices (an ordinary CSR: columns ascending within each row) that the module builds once per
 device, 8 bytes per surviving weight, reported by :attr:`SharedCSRModule.cache_nbytes` and
-dropped when the module moves or loads a state dict. ``benchmarks/runtime.py`` measured why:
-at batch 1 the block kernel beat MKL's CSR product 2.8 to 3.5 times on AlexNet's fully
-connected layers, while at batch 8 and 64 MKL was 3.9 to 4.8 times faster than the compiled
-batch kernel (``backend="numba"`` keeps every product, and the memory, on the compact arrays).
+dropped when the module moves, is copied or pickled, or loads a state dict.
+``benchmarks/runtime.py`` measured why: at batch 1 the block kernel beat MKL's CSR product 2.8
+to 3.5 times on AlexNet's fully connected layers, while at batch 8 and 64 MKL was 3.9 to 4.8
+times faster than the compiled batch kernel (``backend="numba"`` keeps every product, and the
+memory, on the compact arrays).
 """
 
 from __future__ import annotations
@@ -282,6 +283,13 @@ class SharedCSRModule(nn.Module):
         self._numpy_cache = None
         super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the float CSR copies are rebuilt on demand; a sparse CSR tensor cannot be deep-copied
+        state = self.__dict__.copy()
+        state["_csr_cache"] = {}
+        state["_numpy_cache"] = None
+        return state
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         # new buffers (a codebook, columns) make the float CSR copies stale

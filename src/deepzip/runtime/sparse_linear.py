@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -97,7 +99,7 @@ class SparseLinear(SharedCSRModule):
                 f"{self.in_features}), got {tuple(x.shape)}"
             )
         lead = x.shape[:-1]
-        flat = x.reshape(-1, self.in_features)
+        flat = x.reshape(math.prod(lead), self.in_features)  # not -1: in_features may be 0
         yt = self.matmul_t(flat.t(), self.bias)
         return yt.t().contiguous().reshape(*lead, self.out_features).to(x.dtype)
 
