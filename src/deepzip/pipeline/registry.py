@@ -23,6 +23,25 @@ from deepzip.format.dzip_report import SaveReport
 from deepzip.pipeline.state import StageRecord
 from deepzip.targets import matches, select_targets
 
+__all__ = [
+    "Batches",
+    "EvalFn",
+    "PipelineEvent",
+    "RecipeCheck",
+    "StageCheck",
+    "StageContext",
+    "StageResult",
+    "StageRunner",
+    "TrainFn",
+    "TrainRequest",
+    "check_recipe",
+    "no_validation_error",
+    "register_stage_runner",
+    "registered_runner",
+    "stage_seed",
+    "validation_stage",
+]
+
 TrainFn = Callable[[nn.Module, "TrainRequest"], None]
 """``train_fn(model, request)``: train ``model`` in place as the request says."""
 

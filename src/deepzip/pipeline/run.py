@@ -15,7 +15,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from deepzip.config import (
     WeightlessStage,
 )
 from deepzip.datasets import DataSplits
-from deepzip.errors import ConfigError
+from deepzip.errors import ConfigError, DeepZipError
 from deepzip.format.api import IndexBits
 from deepzip.format.api import save as save_dzip
 from deepzip.format.dzip_report import SaveReport
@@ -81,6 +82,11 @@ from deepzip.train import (
     resolve_device,
     seed_everything,
 )
+
+__all__ = [
+    "quick_recipe",
+    "run_recipe",
+]
 
 
 def _encode_options(recipe: Recipe) -> EncodeStage:
@@ -144,6 +150,10 @@ def run_recipe(
             ``batches`` that were not given.
         RecipeChangedError: ``run_dir`` holds a run of another recipe, model or data set, or
             one started by another deepzip (version or code).
+
+    A deepzip error raised while a stage runs (a non-finite training loss, a layer that
+    cannot be quantized...) propagates with its type, its message prefixed with the stage's
+    label (``"stage 2 (prune): ..."``).
     """
     out = Path(run_dir)
     emit = on_event if on_event is not None else (lambda event: None)
@@ -300,13 +310,14 @@ def run_recipe(
             emit=emit,
             write_dzip=write_dzip,
         )
-        result = registered_runner(stage.kind).run(ctx, ctx.config)
-        name = f"stage-{index + 1:02d}-{stage.kind}.safetensors"
-        save_stage_checkpoint(model, out / name, base_meta)
-        load_stage_checkpoint(model, out / name)
-        model.to(dev)
-        size = result.save_report if result.save_report is not None else measure(index)
-        val, test = evaluate_now()
+        with _errors_named(label):
+            result = registered_runner(stage.kind).run(ctx, ctx.config)
+            name = f"stage-{index + 1:02d}-{stage.kind}.safetensors"
+            save_stage_checkpoint(model, out / name, base_meta)
+            load_stage_checkpoint(model, out / name)
+            model.to(dev)
+            size = result.save_report if result.save_report is not None else measure(index)
+            val, test = evaluate_now()
         record = StageRecord(
             index, stage.kind, stage.name, seed, name, val, test, size.file_bytes,
             size.float32_bytes, _kept(size), time.perf_counter() - t0, result.details,
@@ -346,6 +357,19 @@ def _mismatch(
         "Restart it (restart=True; --restart on the command line) to run it again with this "
         "deepzip, or finish it with the deepzip that started it"
     )
+
+
+@contextmanager
+def _errors_named(label: str) -> Iterator[None]:
+    """Prefix the message of a deepzip error raised inside with the stage's label (its type
+    and traceback kept), unless the message already starts with it."""
+    try:
+        yield
+    except DeepZipError as exc:
+        message = str(exc)
+        if not message.startswith(label):
+            exc.args = (f"{label}: {message}",)
+        raise
 
 
 def _made_by(made: Any) -> str:

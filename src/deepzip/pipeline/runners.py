@@ -55,6 +55,8 @@ from deepzip.quantize.shared import attach_shared
 from deepzip.targets import matches, select_targets
 from deepzip.weightless import WeightlessLayer, cell_bits_rule, check_cell_bits, weightless_
 
+__all__: list[str] = []
+
 
 def _run_train(ctx: StageContext, config: TrainStage) -> StageResult:
     t = config.train

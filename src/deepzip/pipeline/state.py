@@ -31,6 +31,28 @@ from deepzip.format.checkpoint import (
 from deepzip.prune.schedule import ORIGINAL_P_ATTR
 from deepzip.quantize import get_shared
 
+__all__ = [
+    "DZIP_FILE",
+    "INITIAL_CHECKPOINT",
+    "STATE_FILE",
+    "STATE_FORMAT",
+    "STATE_VERSION",
+    "RecipeChangedError",
+    "RunResult",
+    "StageRecord",
+    "accuracy_reference",
+    "clear_run",
+    "data_fingerprint",
+    "describe_change",
+    "independent_copy",
+    "load_stage_checkpoint",
+    "model_fingerprint",
+    "read_run",
+    "read_state",
+    "recipe_hash",
+    "save_stage_checkpoint",
+]
+
 STATE_FILE = "state.json"
 DZIP_FILE = "model.dzip"
 INITIAL_CHECKPOINT = "stage-00-initial.safetensors"
@@ -194,8 +216,8 @@ def model_fingerprint(model: nn.Module) -> str:
     for name, tensor in sorted(plain_state_dict(model).items()):
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        if t.numel():
-            digest.update(t.view(torch.uint8).numpy().data)
+        if t.numel():  # flat: a 0-dim tensor (BatchNorm's num_batches_tracked) has no byte view
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
     return digest.hexdigest()
 
 
@@ -207,7 +229,7 @@ def data_fingerprint(data: DataSplits) -> str:
         for t in (ds.images, ds.labels):
             c = t.detach().cpu().contiguous()
             if c.numel():
-                digest.update(c.view(torch.uint8).numpy().data)
+                digest.update(c.reshape(-1).view(torch.uint8).numpy().data)
     return f"{data.train.name}:{digest.hexdigest()[:32]}"
 
 
@@ -240,6 +262,8 @@ def _grad_rules(model: nn.Module) -> dict[str, str]:
 
 
 def save_stage_checkpoint(model: nn.Module, path: Path, metadata: Mapping[str, str]) -> None:
+    """Write a stage checkpoint (atomically): weights, masks, codebooks, and in its metadata
+    the dropout rates and grad rules that :func:`load_stage_checkpoint` restores."""
     meta = dict(metadata)
     meta[_DROPOUT_KEY] = _canonical_json(_dropout_state(model))
     meta[_GRAD_KEY] = _canonical_json(_grad_rules(model))
@@ -282,9 +306,10 @@ def independent_copy(model: nn.Module) -> nn.Module:
 
 
 def read_state(path: Path) -> dict[str, Any]:
+    """Read and check a run's ``state.json`` (``ConfigError`` when it is not a usable one)."""
     try:
         state = json.loads(path.read_text("utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: unreadable run state ({exc}); rerun with restart") from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ConfigError(f"{path}: not a deepzip run state file")
@@ -293,6 +318,13 @@ def read_state(path: Path) -> dict[str, Any]:
             f"{path}: run state version {state.get('version')!r}, this deepzip reads "
             f"{STATE_VERSION}; rerun with restart"
         )
+    for key, kind in (("identity", dict), ("recipe", dict), ("initial", dict), ("stages", list)):
+        if not isinstance(state.get(key), kind):
+            raise ConfigError(
+                f"{path}: malformed run state: {key!r} must be a JSON "
+                f"{'object' if kind is dict else 'array'}, got {state.get(key)!r}; "
+                "rerun with restart"
+            )
     return state
 
 

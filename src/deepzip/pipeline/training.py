@@ -38,6 +38,18 @@ from deepzip.train import (
     seed_everything,
 )
 
+__all__ = [
+    "Loaders",
+    "PruneOutcome",
+    "QuantizeOutcome",
+    "accuracy_fn",
+    "data_trainer",
+    "make_loaders",
+    "prune_with_retraining",
+    "quantize_with_finetuning",
+    "train_dense",
+]
+
 
 @dataclass(frozen=True)
 class Loaders:
@@ -207,8 +219,9 @@ def prune_with_retraining(
 
     def retrain(m: nn.Module, step: int) -> None:
         epochs = job.retrain.epochs + (job.retrain.final_epochs if step == n_steps - 1 else 0)
+        step_seed = (seed + step) % 2**32  # seed_everything's range
         _retrain(
-            m, loaders, job.retrain, epochs, device=device, callbacks=callbacks, seed=seed + step
+            m, loaders, job.retrain, epochs, device=device, callbacks=callbacks, seed=step_seed
         )
 
     report, steps = iterative_prune(
@@ -328,8 +341,8 @@ def data_trainer(
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError(
-                f"{request.stage} stage {request.stage_index + 1}: the model has no trainable "
-                "parameters"
+                f"stage {request.stage_index + 1} ({request.stage}): the model has no "
+                "trainable parameters"
             )
         optimizer = make_optimizer(
             params, request.optimizer, request.lr, weight_decay=request.weight_decay

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from deepzip.errors import ConfigError
+from deepzip.errors import ConfigError, InvalidTensorError
 
 __all__ = ["DistillationLoss", "pack_teacher_targets"]
 
@@ -47,9 +47,24 @@ class DistillationLoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The loss; plain cross-entropy when ``targets`` are integer labels."""
+        """The loss; plain cross-entropy when ``targets`` are integer labels.
+
+        Raises:
+            InvalidTensorError: packed ``targets`` that are not ``(N, 1 + C)`` for ``N×C``
+                ``outputs``.
+        """
         if targets.dim() == 1:
             return nn.functional.cross_entropy(outputs, targets)
+        if (
+            outputs.dim() != 2
+            or targets.dim() != 2
+            or targets.shape != (outputs.shape[0], outputs.shape[1] + 1)
+        ):
+            raise InvalidTensorError(
+                f"distillation targets {tuple(targets.shape)} do not fit outputs "
+                f"{tuple(outputs.shape)}: rows must be [label, teacher logits...], "
+                "(N, 1 + classes)"
+            )
         labels = targets[:, 0].long()
         teacher = targets[:, 1:]
         hard = nn.functional.cross_entropy(outputs, labels)

@@ -124,7 +124,8 @@ def fit(
             is stepped with ``val_loss`` (the epoch's training loss without ``eval_loader``).
         callbacks: hooks called in order (see :class:`~deepzip.train.Callback`).
         eval_loader: ``(inputs, targets)`` batches evaluated at each epoch end.
-        max_grad_norm: clip the total gradient norm to this value (> 0) before each step.
+        max_grad_norm: clip the total gradient norm of the optimizer's parameters to this
+            value (> 0) before each step.
         seed: when given, :func:`~deepzip.train.seed_everything` is called with it first
             (initialise the model before, under your own seed, for reproducible weights).
 
@@ -145,6 +146,8 @@ def fit(
     dev = _model_device(model, device)
     model.to(dev)
     criterion: _LossFn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+    # what the optimizer steps: what it zeroes each batch, and what max_grad_norm clips
+    stepped = [p for group in optimizer.param_groups for p in group["params"]]
     history = FitHistory()
     hooks = [*callbacks, history]
     state = FitState(epochs=epochs, batches_per_epoch=_batches_per_epoch(loader))
@@ -171,7 +174,7 @@ def fit(
                     f"batch {state.batch_in_epoch + 1} of the epoch (step {state.step + 1})"
                 )
             if max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+                nn.utils.clip_grad_norm_(stepped, max_grad_norm)
             optimizer.step()
             loss_sum += value * inputs.shape[0]
             samples += inputs.shape[0]
