@@ -9,7 +9,7 @@ from torch import nn
 
 from deepzip import PruneConfig, prune_
 from deepzip.config import QuantizeConfig
-from deepzip.errors import InvalidTensorError
+from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.quantize import export_shared, fisher_diagonal, quantize_
 from deepzip.quantize.scalar import ecsq_quantize
 
@@ -105,6 +105,15 @@ def test_quantize_uses_the_importance(mlp: nn.Module) -> None:
     shared = export_shared(mlp)["0.weight"]
     centroid = shared.codebook[shared.indices[5, 7].long()]
     assert float(centroid) == pytest.approx(float(w[5, 7]), abs=1e-6)
+
+
+def test_importance_given_with_importance_none_is_refused(mlp: nn.Module) -> None:
+    # it was dropped silently: the user's Fisher tensors changed nothing
+    imp = {"0.weight": torch.ones_like(mlp[0].weight), "3.weight": torch.ones_like(mlp[3].weight)}
+    before = {k: v.clone() for k, v in mlp.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"quantize\.importance is 'none'"):
+        quantize_(mlp, QuantizeConfig(bits=2), importance=imp)
+    assert mlp.state_dict().keys() == before.keys()
 
 
 def test_importance_error_names_the_layer_index_and_value(mlp: nn.Module) -> None:

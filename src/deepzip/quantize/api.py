@@ -149,7 +149,8 @@ def quantize_(
         model: any ``nn.Module``, pruned or not.
         config: bits per layer and the quantizer.
         importance: ``{parameter name: per-weight importance}`` (same shape, >= 0) used as
-            k-means/ECSQ sample weights; required when ``config.importance != "none"``.
+            k-means/ECSQ sample weights; required when ``config.importance != "none"``, and
+            refused when it is ``"none"`` (they would be ignored).
 
     Returns:
         The per-layer report. A layer with no surviving weights is skipped and reported, and
@@ -157,11 +158,17 @@ def quantize_(
         would drop its filter.
 
     Raises:
-        ConfigError: a glob or override that matches no layer; importance missing; an
-            ``include`` glob that matches a layer encoded with Weightless.
+        ConfigError: a glob or override that matches no layer; importance missing, or given
+            with ``config.importance == "none"``; an ``include`` glob that matches a layer
+            encoded with Weightless.
         InvalidTensorError: non-finite weights; importance of the wrong shape, negative, or
             zero on all of a layer's surviving weights.
     """
+    if config.importance == "none" and importance is not None:
+        raise ConfigError(
+            "importance tensors were given but quantize.importance is 'none', which would "
+            "ignore them: set importance = 'fisher' or 'adam' (whichever computed them)"
+        )
     if config.importance != "none" and importance is None:
         raise ConfigError(
             f"quantize.importance = {config.importance!r} needs importance tensors: compute "
