@@ -23,6 +23,7 @@ from deepzip.pipeline import (
     read_run,
     run_recipe,
 )
+from deepzip.pipeline.state import describe_change
 from pipeline_toy import toy_data, toy_model, toy_recipe
 
 
@@ -144,3 +145,19 @@ def test_prune_with_retraining_takes_the_largest_seed() -> None:
         toy_model(), toy_data(), job, device=torch.device("cpu"), seed=2**32 - 1
     )
     assert [s.step for s in outcome.steps] == [0, 1]
+
+
+def test_a_recipe_change_that_drops_a_stage_is_told_as_the_stage_list() -> None:
+    # it compared the old stage 1 (train) with the new stage 1 (prune) key by key
+    train = {"type": "train", "epochs": 1}
+    prune = {"type": "prune", "sparsity": 0.5}
+    quant = {"type": "quantize", "bits": 4}
+    old = {"name": "r", "stages": [train, prune, quant]}
+    dropped = {"name": "r", "stages": [prune, quant]}
+    assert describe_change(old, dropped) == (
+        "the stages changed (train, prune, quantize → prune, quantize)"
+    )
+    edited = {"name": "r", "stages": [train, {**prune, "sparsity": 0.9}, quant]}
+    assert describe_change(old, edited) == "stage 2 (prune) changed (sparsity: 0.5 → 0.9)"
+    renamed = {"name": "s", "stages": [train, prune, quant]}
+    assert describe_change(old, renamed) == "recipe name: 'r' → 's'"

@@ -344,15 +344,21 @@ def read_run(run_dir: str | os.PathLike[str]) -> tuple[Recipe, StageRecord, list
 
 
 def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    """The first difference between two recipes' dict forms, in words."""
+    """The first difference between two recipes' dict forms, in words.
+
+    A stage added, removed or replaced is told as the list of stage types before and after;
+    with the same types, the first stage whose settings differ and up to three of them.
+    """
     old_stages, new_stages = old.get("stages", []), new.get("stages", [])
-    for i, (a, b) in enumerate(zip(old_stages, new_stages, strict=False)):
+    old_types = [str(s.get("type")) for s in old_stages]
+    new_types = [str(s.get("type")) for s in new_stages]
+    if old_types != new_types:  # compared by position, the settings of unrelated stages
+        return f"the stages changed ({', '.join(old_types)} → {', '.join(new_types)})"
+    for i, (a, b) in enumerate(zip(old_stages, new_stages, strict=True)):
         if a != b:
             keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             parts = [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys[:3]]
             return f"stage {i + 1} ({b.get('type')}) changed ({'; '.join(parts)})"
-    if len(old_stages) != len(new_stages):
-        return f"the number of stages changed ({len(old_stages)} → {len(new_stages)})"
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return "recipe " + "; ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in keys[:3])
 
