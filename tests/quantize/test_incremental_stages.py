@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from deepzip.config import INQStage, MLQStage, Recipe, SLQConfig, SLQStage
 from deepzip.errors import ConfigError
@@ -15,13 +13,7 @@ from deepzip.format import load_state_dict
 from deepzip.pipeline import PipelineEvent, check_recipe, run_recipe
 from pipeline_toy import toy_data, toy_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _recipe(stage: dict[str, Any], *, finetune: bool = True, **extra: Any) -> Recipe:
