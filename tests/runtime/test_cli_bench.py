@@ -141,8 +141,9 @@ def test_runtime_modules_are_timed_on_the_device_of_their_layer(
     devices: list[set[torch.device]] = []
 
     def fake_medians(
-        fns: list[functools.partial[object]], *, repeats: int, warmup: int
+        fns: list[functools.partial[object]], *, repeats: int, warmup: int, device: torch.device
     ) -> list[list[float]]:
+        assert device == torch.device("meta")  # synchronized there (were it CUDA)
         for fn in fns:
             module = fn.func
             assert isinstance(module, nn.Module)

@@ -5,6 +5,10 @@ example input to record what each compressed layer receives, then times every co
 layer two ways on that input — the dense layer and its runtime module — interleaved, medians
 (see :mod:`deepzip.runtime.timing`). It also records what the automatic policy would pick at
 that batch size, so a user sees whether the rule matches their machine.
+
+The work is timed where it runs: on CUDA (an example input or model on a CUDA device) every
+timed call waits for the device before its clock starts and before it stops, so the times
+cover the kernels and not only their launch.
 """
 
 from __future__ import annotations
@@ -120,6 +124,19 @@ def _capture_inputs(
     return captured
 
 
+def _work_device(example: torch.Tensor, *modules: nn.Module) -> torch.device:
+    """The device the timed work runs on: the example's if it is CUDA, else the first CUDA
+    device among the modules' parameters and buffers (a model that moves its input), else
+    the example's."""
+    if example.device.type == "cuda":
+        return example.device
+    for module in modules:
+        for t in (*module.parameters(), *module.buffers()):
+            if t.device.type == "cuda":
+                return t.device
+    return example.device
+
+
 def _first_forward(model: nn.Module, example: torch.Tensor) -> Any:
     """``model(example)``, the first pass on the example: a model that cannot take an input of
     that shape raises ``ConfigError`` naming the shape and the model's own message."""
@@ -231,7 +248,12 @@ def benchmark_layers(
         if runtime is not None:
             fns.append(functools.partial(runtime, x))
         with torch.inference_mode():
-            times = interleaved_medians(fns, repeats=repeats, warmup=warmup)
+            times = interleaved_medians(
+                fns,
+                repeats=repeats,
+                warmup=warmup,
+                device=_work_device(x, module),
+            )
         if runtime is not None:  # a batch builds the float CSR copy: count it
             runtime_bytes = runtime.weight_nbytes + runtime.cache_nbytes
         timings.append(
@@ -319,6 +341,7 @@ def benchmark_model(
             [functools.partial(dense, example_input), functools.partial(runtime, example_input)],
             repeats=repeats,
             warmup=warmup,
+            device=_work_device(example_input, dense, runtime),
         )
     return ModelTiming(
         median_ms(times[0]), median_ms(times[1]), difference, runtime_report(runtime)

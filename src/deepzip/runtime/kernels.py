@@ -17,11 +17,22 @@ several right-hand sides (``spmm``) every weight costs a vector operation anyway
 each weight is one fused multiply-add over the columns and the padding is skipped.
 
 The kernels never raise; the callers validate shapes and dtypes.
+
+Threads: the parallel kernels (``spmv``/``spmm``) may be called from several Python threads at
+once when numba's threading layer is ``omp`` or ``tbb``. Numba's fallback layer,
+``workqueue`` (chosen where neither OpenMP nor TBB is installed, e.g. a plain macOS install,
+or asked for with ``NUMBA_THREADING_LAYER=workqueue``), is not thread-safe: two concurrent
+parallel launches abort the process. So the parallel kernels run one call at a time (behind a
+lock) until the first call has shown which layer numba loaded, and from then on only if that
+layer is ``workqueue``; on ``omp``/``tbb`` they run without the lock. The lock covers only
+these kernels: other ``parallel=True`` numba code called at the same time on ``workqueue``
+can still collide with them.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -51,6 +62,45 @@ class Kernels(NamedTuple):
     spmm_serial: Callable[..., Any]
 
 
+class _LaunchGuard:
+    """Serialises parallel kernel calls unless numba's threading layer is thread-safe.
+
+    ``numba.threading_layer()`` is only known once a parallel kernel has run, so every call
+    takes the lock until then; the first call records the layer, and calls stop taking the
+    lock if it is not ``workqueue``.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock_free = False
+        """Set once the loaded threading layer is known to be thread-safe (``omp``, ``tbb``)."""
+        self.layer: str | None = None
+        """The threading layer numba loaded (``None`` until a parallel kernel has run)."""
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` (a ``parallel=True`` kernel), serialised as described above."""
+        from numba.np.ufunc.parallel import threading_layer
+
+        @functools.wraps(fn, updated=())
+        def call(*args: Any) -> Any:
+            if self.lock_free:
+                return fn(*args)
+            with self.lock:
+                out = fn(*args)
+                if self.layer is None:
+                    try:
+                        self.layer = str(threading_layer())  # type: ignore[no-untyped-call]
+                    except ValueError:  # not launched (cannot happen after a parallel call)
+                        return out
+                    self.lock_free = self.layer != "workqueue"
+                return out
+
+        return call
+
+
+_GUARD = _LaunchGuard()
+
+
 @functools.cache
 def kernels() -> Kernels:
     """Import numba and define the kernels (once per process).
@@ -73,7 +123,9 @@ def kernels() -> Kernels:
       only ever ends a group, so it fills the end of a block).
 
     ``spmv``/``spmm`` run their rows in parallel on numba's threads (see
-    :func:`set_threads`); the ``_serial`` versions on the calling thread.
+    :func:`set_threads`; one call at a time on numba's ``workqueue`` threading layer, which
+    is not thread-safe, see the module docstring); the ``_serial`` versions on the calling
+    thread.
     """
     import numba
     import numpy as np
@@ -91,7 +143,8 @@ def kernels() -> Kernels:
             fn.__code__, fn.__globals__, f"{fn.__name__}_serial", fn.__defaults__, fn.__closure__
         )
         serial.__qualname__ = f"{fn.__qualname__}_serial"
-        return numba.njit(parallel=True, **opts)(fn), numba.njit(parallel=False, **opts)(serial)
+        parallel = _GUARD.wrap(numba.njit(parallel=True, **opts)(fn))
+        return parallel, numba.njit(parallel=False, **opts)(serial)
 
     tile = _TILE
 

@@ -3,6 +3,11 @@
 Each repetition runs every candidate once, in an order that rotates from one repetition to
 the next, so a burst of load from another process hits every candidate alike; the reported
 figure is the median of each candidate's repetitions.
+
+CUDA runs asynchronously: a call returns once its kernels are queued. Given a CUDA
+``device``, :func:`interleaved_medians` waits for the device (``torch.cuda.synchronize``)
+after the warm-up, before starting each clock and before stopping it, so that a time covers
+the work and not only its launch. On the CPU there is nothing to wait for.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ def interleaved_medians(
     repeats: int,
     warmup: int = 3,
     before_each: Callable[[], None] | None = None,
+    device: torch.device | str | None = None,
 ) -> list[list[float]]:
     """Time each candidate ``repeats`` times, interleaved; return every time in milliseconds.
 
@@ -49,21 +55,27 @@ def interleaved_medians(
         repeats: timed repetitions of each candidate (>= 1).
         warmup: untimed runs of each candidate first.
         before_each: run (untimed) before every timed call, e.g. a :class:`CacheEvictor`.
+        device: where the candidates do their work. On a CUDA device every timed call is
+            bracketed by ``torch.cuda.synchronize(device)`` (after ``before_each``, before the
+            clock starts; after the call, before it stops), and the warm-up is waited for;
+            ``None`` or a CPU device: no synchronization.
 
     Returns:
         One list of times (ms) per candidate, in repetition order; take
         ``statistics.median`` of each (see :func:`median_ms`).
 
     Raises:
-        ConfigError: ``repeats < 1`` or ``warmup < 0``.
+        ConfigError: ``repeats < 1``, ``warmup < 0`` or a ``device`` that is not one.
     """
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
     if warmup < 0:
         raise ConfigError(f"warmup must be >= 0, got {warmup}")
+    sync = _synchronizer(device)
     for fn in candidates:
         for _ in range(warmup):
             fn()
+    sync()
     times: list[list[float]] = [[] for _ in candidates]
     n = len(candidates)
     for rep in range(repeats):
@@ -71,10 +83,33 @@ def interleaved_medians(
             i = (rep + j) % n
             if before_each is not None:
                 before_each()
+            sync()
             start = time.perf_counter()
             candidates[i]()
+            sync()
             times[i].append((time.perf_counter() - start) * 1e3)
     return times
+
+
+def _no_sync() -> None:
+    """Nothing to wait for (CPU work is done when the call returns)."""
+
+
+def _synchronizer(device: torch.device | str | None) -> Callable[[], None]:
+    """A function that waits for the work queued on ``device`` (a no-op off CUDA)."""
+    if device is None:
+        return _no_sync
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device must be a torch device, got {device!r}") from exc
+    if dev.type != "cuda":
+        return _no_sync
+
+    def sync() -> None:
+        torch.cuda.synchronize(dev)
+
+    return sync
 
 
 def median_ms(times: Sequence[float]) -> float:
