@@ -175,7 +175,8 @@ def fix_crcs(data: bytes | bytearray) -> bytes:
 
 
 def read_all(path: object, max_elements: int = 1 << 16) -> None:
-    """Open, inspect, and decode every tensor (dense, and compressed where shared or Bloomier).
+    """Open, inspect, and decode every tensor (dense, and compressed where shared or Bloomier,
+    or an alias of such a tensor).
 
     ``max_elements`` bounds what a valid-looking mutated file may make the reader allocate
     (a sparse tensor may legitimately declare a huge shape); the test files are far smaller.
@@ -184,7 +185,8 @@ def read_all(path: object, max_elements: int = 1 << 16) -> None:
         r.inspect()
         for e in r.entries:
             r.tensor(e.name)
-            if e.encoding.name.startswith("SHARED") or e.encoding.name == "BLOOMIER":
+            data = r.data_entry(e.name)  # an alias decodes its target
+            if data.encoding.name.startswith("SHARED") or data.encoding.name == "BLOOMIER":
                 r.shared(e.name)
 
 

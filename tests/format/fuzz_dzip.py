@@ -4,7 +4,8 @@
 
 The corpus is written by deepzip itself: a pruned and clustered network at several gap widths
 with Huffman and with ANS streams, a pruned float network (sparse floats), and Weightless
-networks whose Bloomier tables are packed or LZMA-compressed. Each trial edits a few bytes of
+networks whose Bloomier tables are packed or LZMA-compressed, and a network with one layer
+registered under two names (tied tensors, stored as ALIAS entries). Each trial edits a few bytes of
 one file's tensor regions (a random byte, a flipped bit, a run of 0x00 or 0xFF, a byte ±1),
 recomputes every checksum so the edit reaches the parsers behind them, and reads the whole file
 back (every tensor, and the compressed form of shared and Bloomier ones). A format error is the
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from dzip_craft import FORMAT_ERRORS, fix_crcs, header, read_all  # this folder (sys.path[0])
 from test_dzip_bloomier import filter_flags, small_net, weightless_net
 from torch import nn
@@ -65,6 +67,12 @@ def corpus(workdir: Path) -> dict[str, bytes]:
         if filter_flags(net) != ([1, 0] if lzma else [0, 0]):
             raise RuntimeError(f"the corpus's Weightless file (lzma={lzma}) has the wrong tables")
         keep(f"weightless-{'lzma' if lzma else 'packed'}.dzip", net)
+    torch.manual_seed(3)
+    lin = nn.Linear(40, 40)
+    tied = nn.Sequential(lin, nn.ReLU(), lin)  # one layer under two names: ALIAS entries
+    dz.prune_(tied, PruneConfig(sparsity=0.8))
+    dz.quantize_(tied, QuantizeConfig(bits=4))
+    keep("tied.dzip", tied)
     return files
 
 

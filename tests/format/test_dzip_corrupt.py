@@ -268,15 +268,15 @@ def test_bad_entry_bytes(tmp_path: Path, change: dict[str, int], pattern: str) -
 
 
 def test_future_encoding_in_a_newer_minor_is_unsupported(tmp_path: Path) -> None:
-    t = Tensor("w", 5, 1, (3,), [b"\x00" * 7], b"")  # 5: the first id no minor defines yet
-    path = _write(tmp_path, assemble([t], minor=2))
-    with pytest.raises(UnsupportedVersionError, match=r"tensor 'w': encoding id 5 comes from"):
+    t = Tensor("w", 6, 1, (3,), [b"\x00" * 7], b"")  # 6: the first id no minor defines yet
+    path = _write(tmp_path, assemble([t], minor=3))
+    with pytest.raises(UnsupportedVersionError, match=r"tensor 'w': encoding id 6 comes from"):
         DzipReader(path)
-    with pytest.raises(CorruptFileError, match="unknown encoding id 5"):
-        DzipReader(_write(tmp_path, assemble([t], minor=1)))
+    with pytest.raises(CorruptFileError, match="unknown encoding id 6"):
+        DzipReader(_write(tmp_path, assemble([t], minor=2)))
     t.encoding = 130
     with pytest.raises(CorruptFileError, match="unknown encoding id 130"):
-        DzipReader(_write(tmp_path, assemble([t], minor=2)))
+        DzipReader(_write(tmp_path, assemble([t], minor=3)))
 
 
 def test_duplicate_names_and_bad_utf8(tmp_path: Path) -> None:

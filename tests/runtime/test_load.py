@@ -361,3 +361,107 @@ def test_a_malformed_1d_shared_tensor_is_still_refused(tmp_path: Path) -> None:
     shared = {"0.weight": SharedTensor(torch.tensor([0.5, 1.0]), idx, idx.bool())}
     with pytest.raises(InvalidTensorError, match=r"0\.weight: an index reaches 3"):
         compress_modules_(net, shared)
+
+
+# --------------------------------------------------------------- tied tensors (ALIAS entries)
+
+
+def test_the_file_of_net_holds_the_tied_layer_once(tmp_path: Path) -> None:
+    path, _ = _saved(tmp_path)
+    cf = dz.format.read_compressed(path)
+    assert cf.aliases == {"alias.weight": "shared.weight", "alias.bias": "shared.bias"}
+    assert cf.shared["alias.weight"] is cf.shared["shared.weight"]
+
+
+@pytest.mark.parametrize("form", ["sparse", "dense"])
+def test_a_module_registered_twice_is_one_layer_under_either_name(
+    tmp_path: Path, form: str
+) -> None:
+    path, expected = _saved(tmp_path)
+    other = "dense" if form == "sparse" else "sparse"
+    for pattern in ("alias", "alias.weight", "shared"):  # any name of the layer can be forced
+        policy = RuntimePolicy(mode=other, overrides=(RuntimeOverride(pattern, form),))  # type: ignore[arg-type]
+        model = load_compressed(path, Net().eval(), policy=policy)
+        assert model.alias is model.shared
+        assert isinstance(model.shared, SparseLinear) == (form == "sparse")
+        rows = [layer for layer in runtime_report(model).layers if layer.name == "shared.weight"]
+        assert len(rows) == 1
+        assert rows[0].form == form
+        assert rows[0].aliases == ("alias.weight",)
+        assert rows[0].to_dict()["aliases"] == ["alias.weight"]
+        assert not any(layer.name == "alias.weight" for layer in runtime_report(model).layers)
+        with torch.no_grad():
+            torch.testing.assert_close(model(X), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_compress_modules_accepts_an_override_on_the_second_name() -> None:
+    net = _quantized()
+    policy = RuntimePolicy(mode="sparse", overrides=(RuntimeOverride("alias", "dense"),))
+    report = compress_modules_(net, dz.export_shared(net), policy=policy)
+    assert net.alias is net.shared
+    assert isinstance(net.shared, nn.Linear)
+    assert report.dense == ("embed.weight", "shared.weight")
+
+
+def test_two_names_of_one_module_must_agree() -> None:
+    net = _quantized()
+    shared = dz.export_shared(net)
+    same = shared["shared.weight"]
+    copy = SharedTensor(same.codebook.clone(), same.indices.clone(), same.mask.clone())
+    report = compress_modules_(net, {**shared, "alias.weight": copy})
+    assert [layer.name for layer in report.layers].count("shared.weight") == 1
+    net = _quantized()
+    shared = dz.export_shared(net)
+    other = SharedTensor(same.codebook + 1, same.indices, same.mask)
+    with pytest.raises(CheckpointError, match=r"'shared\.weight' and 'alias\.weight' are the same"):
+        compress_modules_(net, {**shared, "alias.weight": other})
+    assert parametrize.is_parametrized(net.shared, "weight")  # untouched
+
+
+class Untied(Net):
+    """``Net`` whose ``alias`` is a layer of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alias = nn.Linear(8, 8)
+
+
+def test_a_tied_file_loads_into_an_untied_model(tmp_path: Path) -> None:
+    path, expected = _saved(tmp_path)
+    for mode in ("sparse", "dense"):
+        model = load_compressed(path, Untied().eval(), policy=RuntimePolicy(mode=mode))  # type: ignore[arg-type]
+        assert model.alias is not model.shared
+        rows = {layer.name: layer for layer in runtime_report(model).layers}
+        assert rows["alias.weight"].form == rows["shared.weight"].form == mode
+        assert rows["alias.weight"].aliases == rows["shared.weight"].aliases == ()
+        with torch.no_grad():
+            torch.testing.assert_close(model(X), expected, rtol=1e-5, atol=1e-5)
+
+
+class TiedEmbedding(nn.Module):
+    """An embedding and an output layer sharing one ``Parameter`` (not compressed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Embedding(10, 8)
+        self.decoder = nn.Linear(8, 10)
+        self.decoder.weight = self.encoder.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.decoder(self.encoder(x))
+        return out
+
+
+def test_a_shared_parameter_stays_tied_through_load_compressed(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    net = TiedEmbedding()
+    path = tmp_path / "tied.dzip"
+    save(net, path)
+    tokens = torch.tensor([[1, 2, 9]])
+    with torch.no_grad():
+        expected = net(tokens)
+    torch.manual_seed(3)
+    model = load_compressed(path, TiedEmbedding())
+    assert model.decoder.weight is model.encoder.weight
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), expected, rtol=0, atol=0)

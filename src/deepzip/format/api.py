@@ -14,10 +14,11 @@ import os
 import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from deepzip._atomic import atomic_open
 from deepzip.config import CoderName, IndexBitsSpec, check_index_bits
@@ -100,6 +101,63 @@ def _width_resolver(
     return out
 
 
+_TieKey = tuple[Any, ...]
+_V = TypeVar("_V")
+
+
+def _storage_key(t: torch.Tensor) -> _TieKey | None:
+    """What makes two tensors the very same view: storage, offset, shape, strides, dtype.
+
+    ``None`` for a tensor that cannot be told apart from another one by its storage (no
+    elements, or no storage address, such as a meta tensor): it is never an alias.
+    """
+    if t.numel() == 0 or t.layout != torch.strided:
+        return None
+    ptr = t.untyped_storage().data_ptr()
+    if ptr == 0:
+        return None
+    return (t.device, ptr, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def _tie_keys(
+    model: nn.Module | None, state: Mapping[str, torch.Tensor | SharedTensor]
+) -> dict[str, _TieKey]:
+    """An identity key per tensor name: two names with one key hold the same tensor.
+
+    A plain tensor's key is its storage view (:func:`_storage_key`): a module registered
+    twice, or a ``Parameter`` shared by two modules, gives several state-dict keys over one
+    storage. A parametrized weight of ``model`` (pruned, quantized, Weightless) is computed
+    afresh on each access, so its key is its parametrization (the same module registered
+    under several names has one); two modules that share an ``original`` but have
+    parametrizations of their own may hold different values, and are not tied. A
+    ``SharedTensor`` (from a mapping) is keyed by the views of its codebook, indices and
+    mask. Names without a key (see :func:`_storage_key`) are left out.
+    """
+    keys: dict[str, _TieKey] = {}
+    for name, value in state.items():
+        key: _TieKey | None = None
+        if isinstance(value, SharedTensor):
+            parts = [_storage_key(t) for t in (value.codebook, value.indices, value.mask)]
+            if all(p is not None for p in parts):
+                key = ("shared", *parts)
+        else:
+            owner_name, attr = _owner(name)
+            owner = None if model is None else model.get_submodule(owner_name)
+            if owner is not None and parametrize.is_parametrized(owner, attr):
+                key = ("parametrized", id(owner.parametrizations[attr]))  # type: ignore[index]
+            else:
+                key = _storage_key(value)
+        if key is not None:
+            keys[name] = key
+    return keys
+
+
+def _move_to_target(found: dict[str, _V], name: str, target: str) -> None:
+    """Give ``target`` the value of its alias ``name`` in ``found`` if it has none itself."""
+    if name in found and target not in found:
+        found[target] = found[name]
+
+
 def _json_ready(value: Any) -> Any:
     to_dict = getattr(value, "to_dict", None)
     if callable(to_dict):
@@ -126,6 +184,13 @@ def save(
     (``deepzip.weightless_``) as codebook + its Bloomier filter; a weight with only a pruning
     mask as sparse index + float values; everything else (biases, buffers) raw. From a
     mapping: ``SharedTensor`` values are stored shared (float32), tensors raw.
+
+    Tied tensors are stored once: a name whose tensor is exactly one that an earlier name
+    holds (the same storage, offset, shape, strides and dtype; for a deepzip-parametrized
+    weight, the same parametrization, as when one module is registered under two names) is
+    written as an alias of the first name (``ALIAS``, format 1.2), which costs only its
+    directory entry; a partial overlap is not a tie. The report lists the alias with
+    ``alias_of`` set and counts its elements once.
 
     Args:
         model_or_state_dict: an ``nn.Module`` or ``{name: tensor or SharedTensor}``.
@@ -184,6 +249,18 @@ def save(
         raise ConfigError(
             f"save() takes an nn.Module or a state dict, got {type(model_or_state_dict).__name__}"
         )
+    # tied tensors: every later name of one tensor is stored as an alias of the first
+    first: dict[_TieKey, str] = {}
+    alias_of: dict[str, str] = {}
+    for name, key in _tie_keys(model, state).items():
+        if key in first:
+            alias_of[name] = first[key]
+        else:
+            first[key] = name
+    for name, target in alias_of.items():  # the data goes under the first name, whatever
+        _move_to_target(weightless, name, target)  # name the model's walk found it under
+        _move_to_target(shared, name, target)
+        _move_to_target(masks, name, target)
     widths = _width_resolver(index_bits, list(state), is_conv)
     meta: dict[str, Any] = {"user": {str(k): str(v) for k, v in (metadata or {}).items()}}
     if recipe is not None:
@@ -192,7 +269,9 @@ def save(
         meta["report"] = _json_ready(report)
     with DzipWriter(path, coder=coder, metadata=meta) as writer:
         for name, value in state.items():
-            if name in weightless:
+            if name in alias_of:
+                writer.add_alias(name, alias_of[name])
+            elif name in weightless:
                 p = weightless[name]
                 dtype = value.dtype if isinstance(value, torch.Tensor) else torch.float32
                 shape = tuple(p.indices.shape)
@@ -216,6 +295,9 @@ def load_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Every tensor of a ``.dzip`` file, dense, with its original name, shape and dtype.
 
+    The names of a tied tensor (an alias and its target) map to one tensor object, as in the
+    state dict of a model that ties them.
+
     Args:
         path: the file.
         device: where to put the tensors (default CPU).
@@ -225,7 +307,11 @@ def load_state_dict(
     """
     out: dict[str, torch.Tensor] = {}
     with DzipReader(path) as r:
+        aliases = r.aliases
         for e in r.entries:
+            if e.name in aliases:  # tied: the same tensor object as its (earlier) target
+                out[e.name] = out[aliases[e.name]]
+                continue
             t = r.tensor(e.name)
             out[e.name] = t if device is None else t.to(device)
     return out
@@ -236,7 +322,8 @@ def load_model(model: nn.Module, path: str | os.PathLike[str], *, strict: bool =
 
     Any pruning masks or shared weights on ``model`` are removed first (the loaded weights
     carry the exact zeros and shared values). Names and shapes are checked before the model
-    is touched.
+    is touched. A tied tensor's names all get its value: the model may tie them (one
+    ``Parameter``, or one module registered twice) or hold separate tensors.
 
     Args:
         model: a module with the same architecture.

@@ -19,7 +19,7 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -281,6 +281,8 @@ class DzipReader:
                     f"the tensor data, which ends at {h.directory_offset}"
                 )
             expected_offset = entry.offset + entry.length
+            if entry.target is not None:
+                self._check_alias(entry, i, entries)
             entries.append(entry)
         if expected_offset != h.directory_offset:
             raise CorruptFileError(
@@ -311,7 +313,7 @@ class DzipReader:
         if dtype_id not in DTYPE_OF_ID:
             raise CorruptFileError(f"{where}: unknown dtype id {dtype_id}")
         dtype = DTYPE_OF_ID[dtype_id]
-        if encoding is not Encoding.RAW and dtype_id not in FLOAT_DTYPE_IDS:
+        if encoding not in (Encoding.RAW, Encoding.ALIAS) and dtype_id not in FLOAT_DTYPE_IDS:
             raise CorruptFileError(
                 f"{where}: encoding {encoding.name} cannot restore dtype {dtype_name(dtype)}"
             )
@@ -380,10 +382,39 @@ class DzipReader:
             )
         raise CorruptFileError(f"{where}: unknown encoding id {enc_id}")
 
+    def _check_alias(self, e: TensorEntry, index: int, before: list[TensorEntry]) -> None:
+        """An ``ALIAS`` entry names an earlier entry with data, of its own dtype and shape."""
+        where = f"{self.path}: tensor {e.name!r}"
+        t = e.target
+        assert t is not None
+        if t >= index:
+            raise CorruptFileError(
+                f"{where}: alias target {t} is not an earlier tensor (this is tensor {index} "
+                f"of {self.header.tensor_count}; an alias names a tensor before it)"
+            )
+        target = before[t]
+        if target.target is not None:
+            raise CorruptFileError(
+                f"{where}: alias target {t} ({target.name!r}) is itself an alias (aliases do "
+                "not chain)"
+            )
+        if target.dtype != e.dtype or target.shape != e.shape:
+            raise CorruptFileError(
+                f"{where}: alias of {target.name!r} declares {dtype_name(e.dtype)} "
+                f"{e.shape}, the target is {dtype_name(target.dtype)} {target.shape}"
+            )
+
     def _check_params(self, e: TensorEntry) -> None:
         where = f"{self.path}: tensor {e.name!r}"
         n = e.numel
         lengths = dict(zip(e.part_names, e.part_lengths, strict=True))
+        if e.encoding is Encoding.ALIAS:
+            if lengths["alias"] != 0 or e.crc32 != 0:
+                raise CorruptFileError(
+                    f"{where}: an alias's region is empty with checksum 0, the entry says "
+                    f"{lengths['alias']} byte(s) with checksum {e.crc32:#010x}"
+                )
+            return
         if e.encoding is Encoding.RAW:
             want = n * dtype_itemsize(e.dtype)
             if lengths["data"] != want:
@@ -437,6 +468,20 @@ class DzipReader:
     def entry(self, name: str) -> TensorEntry:
         """The directory entry of ``name`` (``KeyError`` if absent)."""
         return self._by_name[name]
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """``{alias: target}`` of every ``ALIAS`` entry (tied tensors), in file order."""
+        return {e.name: self.entries[e.target].name for e in self.entries if e.target is not None}
+
+    def data_entry(self, name: str) -> TensorEntry:
+        """The entry that holds ``name``'s data: its own, or its target's if it is an alias.
+
+        Raises:
+            KeyError: no tensor ``name``.
+        """
+        e = self._entry(name)
+        return e if e.target is None else self.entries[e.target]
 
     def sections(self) -> list[Section]:
         """Every byte range of the file in order; the lengths add up to the file size."""
@@ -579,8 +624,11 @@ class DzipReader:
         return codebook, indices, mask
 
     def tensor(self, name: str) -> torch.Tensor:
-        """The dense tensor ``name`` with its original shape and dtype (CPU)."""
-        e = self._entry(name)
+        """The dense tensor ``name`` with its original shape and dtype (CPU).
+
+        An alias decodes its target (a new tensor on each call).
+        """
+        e = self.data_entry(name)
         decoded = self._decode(e)
         if e.encoding is Encoding.RAW:
             out: torch.Tensor = decoded[0]
@@ -618,14 +666,17 @@ class DzipReader:
         """``(codebook, indices, mask)`` of a shared tensor, without a dense float tensor.
 
         Indices at pruned positions read back as 0. A ``BLOOMIER`` tensor's mask is what its
-        filter decodes: the stored weights and its false positives.
+        filter decodes: the stored weights and its false positives. An alias gives its
+        target's (decoded again on each call).
 
         Raises:
-            KeyError: no tensor ``name``; ``ValueError`` if it is not a shared encoding.
+            KeyError: no tensor ``name``; ``ValueError`` if it is not a shared encoding (or an
+                alias of one).
         """
-        e = self._entry(name)
+        e = self.data_entry(name)
         if e.encoding not in _SHARED:
-            raise ValueError(f"{self.path}: tensor {name!r} is {e.encoding.name}, not shared")
+            of = "" if e.name == name else f" (an alias of {e.name!r})"
+            raise ValueError(f"{self.path}: tensor {name!r}{of} is {e.encoding.name}, not shared")
         decoded = self._decode(e)
         codebook = torch.from_numpy(decoded[0])
         if e.encoding is Encoding.BLOOMIER:
@@ -676,10 +727,11 @@ class DzipReader:
                     shape=e.shape,
                     dtype=dtype_name(e.dtype),
                     weights=e.numel,
-                    kept=e.kept,
+                    kept=self.data_entry(e.name).kept,
                     k=e.k or None,
                     gap_width=e.gap_width or None,
                     parts=tuple(parts),
+                    alias_of=None if e.target is None else self.entries[e.target].name,
                 )
             )
         return InspectReport(
@@ -759,6 +811,8 @@ class CompressedFile:
         dtypes: the original dtype of every tensor.
         metadata: the metadata section.
         order: every tensor name in state-dict (file) order.
+        aliases: ``{alias: target}`` of the tied tensors (``ALIAS`` entries). An alias is in
+            ``shared`` or ``raw`` like its target, as the very same object (decoded once).
     """
 
     shared: dict[str, SharedTensor]
@@ -766,6 +820,7 @@ class CompressedFile:
     dtypes: dict[str, torch.dtype]
     metadata: dict[str, Any]
     order: list[str]
+    aliases: dict[str, str] = field(default_factory=dict)
 
 
 def read_compressed(
@@ -779,8 +834,15 @@ def read_compressed(
     with DzipReader(path, max_elements=max_elements) as r:
         shared: dict[str, SharedTensor] = {}
         raw: dict[str, torch.Tensor] = {}
+        aliases = r.aliases
         for e in r.entries:
-            if e.encoding in _SHARED:
+            target = aliases.get(e.name)
+            if target is not None:  # the same object as its (earlier) target's
+                if target in shared:
+                    shared[e.name] = shared[target]
+                else:
+                    raw[e.name] = raw[target]
+            elif e.encoding in _SHARED:
                 shared[e.name] = r.shared(e.name)
             else:
                 raw[e.name] = r.tensor(e.name)
@@ -790,4 +852,5 @@ def read_compressed(
             dtypes={e.name: e.dtype for e in r.entries},
             metadata=r.metadata,
             order=[e.name for e in r.entries],
+            aliases=aliases,
         )

@@ -18,7 +18,8 @@ class PartRecord:
     """One part of a tensor's region.
 
     Attributes:
-        name: ``data``, ``codebook``, ``symbols``, ``gaps`` or ``values``.
+        name: ``data``, ``codebook``, ``symbols``, ``gaps``, ``values``, ``filter`` or
+            ``alias`` (the empty part of an alias).
         bytes: its length in the file.
         coder: ``"huffman"``, ``"ans"`` or ``"raw"`` for an entropy-coded stream; ``None`` for
             plain little-endian numbers (raw data, codebooks, sparse float values).
@@ -57,14 +58,18 @@ class TensorRecord:
 
     Attributes:
         name: state-dict key.
-        encoding: ``"raw"``, ``"shared_dense"``, ``"shared_sparse"`` or ``"sparse_float"``.
+        encoding: ``"raw"``, ``"shared_dense"``, ``"shared_sparse"``, ``"sparse_float"``,
+            ``"bloomier"`` or ``"alias"``.
         shape: the tensor's shape.
         dtype: original dtype name (``"float32"``).
         weights: number of elements.
-        kept: surviving (non-pruned) elements.
+        kept: surviving (non-pruned) elements (an alias: its target's).
         k: codebook entries (shared encodings) or ``None``.
         gap_width: bits of the sparse index's gap field (sparse encodings) or ``None``.
-        parts: the region's parts in file order.
+        parts: the region's parts in file order (an alias: one empty ``alias`` part).
+        alias_of: for an alias (tied weights), the name of the tensor whose data it shares;
+            ``None`` for a tensor with its own data. The totals of :class:`SaveReport` and
+            :class:`InspectReport` count an alias's elements once, with its target.
     """
 
     name: str
@@ -76,6 +81,7 @@ class TensorRecord:
     k: int | None
     gap_width: int | None
     parts: tuple[PartRecord, ...]
+    alias_of: str | None = None
 
     @property
     def bytes(self) -> int:
@@ -121,6 +127,7 @@ class TensorRecord:
             "bytes": self.bytes,
             "bits_per_weight": self.bits_per_weight,
             "parts": [p.to_dict() for p in self.parts],
+            "alias_of": self.alias_of,
         }
 
 
@@ -146,7 +153,8 @@ class Section:
 
 
 def _float32_bytes(tensors: tuple[TensorRecord, ...]) -> int:
-    return sum(4 * t.weights for t in tensors)
+    """4 bytes per element of every distinct tensor (an alias is its target again)."""
+    return sum(4 * t.weights for t in tensors if t.alias_of is None)
 
 
 @dataclass(frozen=True)
@@ -155,11 +163,12 @@ class SaveReport:
 
     Attributes:
         path: the file written.
-        tensors: one row per tensor, in file order.
+        tensors: one row per tensor, in file order (aliases of tied tensors included).
         skipped: ``(name, reason)`` of every tensor left uncompressed on purpose.
         file_bytes: real bytes on disk.
         overhead_bytes: header + directory + metadata.
-        original_bytes: the tensors' size in their original dtypes.
+        original_bytes: the distinct tensors' size in their original dtypes (a tensor tied
+            under several names counts once).
     """
 
     path: str
@@ -171,7 +180,8 @@ class SaveReport:
 
     @property
     def float32_bytes(self) -> int:
-        """4 bytes per element of every tensor: the model's float32 size."""
+        """4 bytes per element of every distinct tensor: the model's float32 size (a tensor
+        tied under several names counts once)."""
         return _float32_bytes(self.tensors)
 
     @property
@@ -181,13 +191,13 @@ class SaveReport:
 
     @property
     def weights(self) -> int:
-        """Elements over all tensors."""
-        return sum(t.weights for t in self.tensors)
+        """Elements over all distinct tensors (aliases not counted again)."""
+        return sum(t.weights for t in self.tensors if t.alias_of is None)
 
     @property
     def kept(self) -> int:
-        """Surviving elements over all tensors."""
-        return sum(t.kept for t in self.tensors)
+        """Surviving elements over all distinct tensors (aliases not counted again)."""
+        return sum(t.kept for t in self.tensors if t.alias_of is None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -227,7 +237,7 @@ class InspectReport:
 
     @property
     def float32_bytes(self) -> int:
-        """4 bytes per element of every tensor."""
+        """4 bytes per element of every distinct tensor (aliases not counted again)."""
         return _float32_bytes(self.tensors)
 
     @property

@@ -70,7 +70,7 @@ text-mode transfers, as in PNG)."""
 FORMAT_MAJOR = 1
 """Incompatible layout changes bump the major version; readers reject a newer major."""
 
-FORMAT_MINOR = 1
+FORMAT_MINOR = 2
 """Compatible additions (new encodings) bump the minor version; this is the newest one read.
 A writer writes the lowest minor version that defines every encoding it used
 (:data:`ENCODING_MINOR`)."""
@@ -131,7 +131,8 @@ ENTRY_TAIL = struct.Struct("<QI")
 class Encoding(IntEnum):
     """How a tensor's region is laid out (the directory's ``encoding`` byte).
 
-    Ids 0-3 are defined by format 1.0, id 4 by format 1.1. Ids in :data:`FUTURE_ENCODING_IDS`
+    Ids 0-3 are defined by format 1.0, id 4 by format 1.1, id 5 by format 1.2. Ids in
+    :data:`FUTURE_ENCODING_IDS`
     are reserved for encodings added by later minor versions; ids 128-255 are invalid.
     """
 
@@ -145,9 +146,11 @@ class Encoding(IntEnum):
     """Relative sparse index (coded gap stream) + raw values of the original dtype."""
     BLOOMIER = 4
     """Codebook + Bloomier filter mapping every position to a cluster index (Weightless)."""
+    ALIAS = 5
+    """No data: the tensor is an earlier entry's tensor (tied weights), named by its index."""
 
 
-FUTURE_ENCODING_IDS = range(5, 128)
+FUTURE_ENCODING_IDS = range(6, 128)
 """Encoding ids reserved for later minor versions of the format."""
 
 ENCODING_PARTS: dict[Encoding, tuple[str, ...]] = {
@@ -156,6 +159,7 @@ ENCODING_PARTS: dict[Encoding, tuple[str, ...]] = {
     Encoding.SHARED_SPARSE: ("codebook", "gaps", "values"),
     Encoding.SPARSE_FLOAT: ("gaps", "values"),
     Encoding.BLOOMIER: ("codebook", "filter"),
+    Encoding.ALIAS: ("alias",),
 }
 """The names of each encoding's parts, in region order."""
 
@@ -165,6 +169,7 @@ ENCODING_MINOR: dict[Encoding, int] = {
     Encoding.SHARED_SPARSE: 0,
     Encoding.SPARSE_FLOAT: 0,
     Encoding.BLOOMIER: 1,
+    Encoding.ALIAS: 2,
 }
 """The minor version (of major 1) that defines each encoding."""
 
@@ -174,6 +179,7 @@ PARAM_FIELDS: dict[Encoding, tuple[tuple[str, str], ...]] = {
     Encoding.SHARED_SPARSE: (("k", "H"), ("gap_width", "B"), ("kept", "Q")),
     Encoding.SPARSE_FLOAT: (("gap_width", "B"), ("kept", "Q")),
     Encoding.BLOOMIER: (("k", "H"), ("kept", "Q")),
+    Encoding.ALIAS: (("target", "I"),),
 }
 """Each encoding's parameter block: ``(name, struct code)`` fields, little-endian, no padding;
 the block's length is exact."""
@@ -333,6 +339,15 @@ class TensorEntry:
     def kept(self) -> int:
         """Surviving elements (``numel`` for encodings without pruning)."""
         return self.param("kept", self.numel)
+
+    @property
+    def target(self) -> int | None:
+        """Directory index of the tensor an ``ALIAS`` entry stands for (``None`` otherwise).
+
+        An alias has no parameters of its own: its ``k``, ``gap_width`` and ``kept`` are its
+        target's (``DzipReader.data_entry``).
+        """
+        return self.param("target") if self.encoding is Encoding.ALIAS else None
 
     @property
     def numel(self) -> int:

@@ -146,6 +146,7 @@ class DzipWriter:
         self._entries: list[TensorEntry] = []
         self._records: list[TensorRecord] = []
         self._names: set[str] = set()
+        self._index: dict[str, int] = {}
         self._offset = HEADER_SIZE
         self._stack = ExitStack()
         self._fh: BinaryIO | None = None
@@ -374,6 +375,40 @@ class DzipWriter:
         ]
         return self._emit(name, Encoding.BLOOMIER, dtype, dims, k, 0, kept, parts)
 
+    def add_alias(self, name: str, target: str) -> TensorRecord:
+        """Record ``name`` as another name of the tensor ``target`` (``ALIAS``, format 1.2).
+
+        For tied weights: one tensor under two state-dict keys (a module registered twice, an
+        embedding and an output layer sharing a ``Parameter``). The data is stored once, under
+        ``target``; ``name`` costs only its directory entry and decodes to exactly ``target``'s
+        value, shape and dtype. ``target`` must have been added before; if it is itself an
+        alias, ``name`` aliases the tensor it stands for (the format has no chains).
+
+        Raises:
+            InvalidTensorError: a bad or repeated ``name``, or no tensor ``target`` yet.
+        """
+        self._check_name(name)
+        index = self._index.get(target) if isinstance(target, str) else None
+        if index is None:
+            raise InvalidTensorError(
+                f"{name}: cannot alias {target!r}: no such tensor was added before it"
+            )
+        entry, record = self._entries[index], self._records[index]
+        if entry.target is not None:  # an alias of an alias: point at the data itself
+            index = entry.target
+            entry, record = self._entries[index], self._records[index]
+        return self._emit(
+            name,
+            Encoding.ALIAS,
+            entry.dtype,
+            entry.shape,
+            0,
+            0,
+            record.kept,
+            [(PartRecord("alias", 0), memoryview(b""))],
+            target=index,
+        )
+
     def skip(self, name: str, reason: str) -> None:
         """Record that ``name`` was left uncompressed on purpose (listed in the report)."""
         self.skipped.append((name, reason))
@@ -513,6 +548,8 @@ class DzipWriter:
         gap_width: int,
         kept: int,
         parts: Iterable[tuple[PartRecord, _Part]],
+        *,
+        target: int = 0,
     ) -> TensorRecord:
         if self._fh is None:
             raise DeepZipError(f"{self.path}: use the writer inside a 'with' block")
@@ -522,9 +559,12 @@ class DzipWriter:
             crc = zlib.crc32(data, crc)
             lengths.append(_nbytes(data))
             records.append(_with_bytes(record, lengths[-1]))
-        entry = _entry(name, encoding, dtype, shape, k, gap_width, kept, lengths, self._offset, crc)
+        entry = _entry(
+            name, encoding, dtype, shape, k, gap_width, kept, lengths, self._offset, crc, target
+        )
         self._offset += entry.length
         self._names.add(name)
+        self._index[name] = len(self._entries)
         self._entries.append(entry)
         row = TensorRecord(
             name=name,
@@ -536,6 +576,7 @@ class DzipWriter:
             k=k or None,
             gap_width=gap_width or None,
             parts=tuple(records),
+            alias_of=None if entry.target is None else self._entries[entry.target].name,
         )
         self._records.append(row)
         return row
@@ -567,7 +608,8 @@ class DzipWriter:
         file_size = meta_offset + len(metadata)
         self._fh.write(directory)
         self._fh.write(metadata)
-        # the lowest minor version that defines every encoding used (1.0 readers read the rest)
+        # the lowest minor version that defines every encoding used (older readers read the
+        # rest: a file without aliases or Bloomier tensors is a 1.0 file)
         minor = max((ENCODING_MINOR[e.encoding] for e in self._entries), default=0)
         fields = (
             MAGIC,
@@ -593,7 +635,10 @@ class DzipWriter:
             skipped=tuple(self.skipped),
             file_bytes=file_size,
             overhead_bytes=HEADER_SIZE + len(directory) + len(metadata),
-            original_bytes=sum(e.numel * _itemsize(e.dtype) for e in self._entries),
+            # an alias is the same tensor again: the model needs its bytes once
+            original_bytes=sum(
+                e.numel * _itemsize(e.dtype) for e in self._entries if e.target is None
+            ),
         )
 
 
@@ -608,9 +653,10 @@ def _entry(
     lengths: Sequence[int],
     offset: int = 0,
     crc: int = 0,
+    target: int = 0,
 ) -> TensorEntry:
     """The directory entry of a tensor (offset and CRC do not change its size)."""
-    values = {"k": k, "gap_width": gap_width, "kept": kept}
+    values = {"k": k, "gap_width": gap_width, "kept": kept, "target": target}
     params = tuple((key, values[key]) for key, _ in PARAM_FIELDS[encoding])
     return TensorEntry(name, encoding, dtype, shape, params, offset, crc, tuple(lengths))
 

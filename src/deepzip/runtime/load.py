@@ -59,6 +59,8 @@ class LayerRuntime:
         dense_bytes: bytes of the dense weight in its dtype.
         runtime_bytes: bytes of the weight as loaded (the compact sparse arrays, or dense);
             the first batch adds a float CSR copy (``SharedCSRModule.cache_nbytes``).
+        aliases: the weight's other names, when its module is registered under several
+            (``nn.Sequential(lin, act, lin)``): the layer is converted once, for all of them.
     """
 
     name: str
@@ -69,11 +71,13 @@ class LayerRuntime:
     density: float
     dense_bytes: int
     runtime_bytes: int
+    aliases: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
         return {
             "name": self.name,
+            "aliases": list(self.aliases),
             "type": self.layer_type,
             "form": self.form,
             "reason": self.reason,
@@ -142,8 +146,31 @@ def _decode_dense(module: nn.Module, attr: str, shared: SharedTensor) -> None:
         param.copy_(shared.dense().to(device=param.device, dtype=param.dtype))
 
 
-_Plan = tuple[str, str, str, nn.Module, SharedTensor]
-"""``(weight name, module name, attribute, module, shared tensor)`` of one compressed layer."""
+@dataclass
+class _Plan:
+    """One compressed layer: its weight's name, module name, attribute, module and shared
+    tensor, and the other ``(module name, weight name)`` pairs of the same module (registered
+    under several names, or tied by an alias of the file)."""
+
+    name: str
+    owner: str
+    attr: str
+    module: nn.Module
+    shared: SharedTensor
+    others: list[tuple[str, str]]
+
+    def names(self) -> list[tuple[str, str]]:
+        """Every ``(module name, weight name)`` of the layer, its own first."""
+        return [(self.owner, self.name), *self.others]
+
+
+def _same_shared(a: SharedTensor, b: SharedTensor) -> bool:
+    if a is b:
+        return True
+    return all(
+        x.shape == y.shape and x.dtype == y.dtype and torch.equal(x.cpu(), y.cpu())
+        for x, y in ((a.codebook, b.codebook), (a.indices, b.indices), (a.mask, b.mask))
+    )
 
 
 def compress_modules_(
@@ -171,9 +198,18 @@ def compress_modules_(
     Returns:
         The per-layer report.
 
+    A module registered under several names (``nn.Sequential(lin, act, lin)``) is one layer:
+    it is replaced or decoded once, wherever it is registered, and has one row in the report
+    (under the first name of ``shared`` that reaches it, the others in ``aliases``).
+    ``shared`` may name it under any or all of its names (a ``.dzip`` file of such a model
+    holds the second name as an alias of the first); an override glob may name any of them,
+    and the last override matching one of them decides. Layers of different modules that
+    share one ``Parameter`` (an alias in the file) are separate layers with the same values.
+
     Raises:
-        CheckpointError: a name that is not a parameter of ``model``, or a shape mismatch
-            (checked for every layer before the model is touched).
+        CheckpointError: a name that is not a parameter of ``model``, a shape mismatch, or
+            two names of one module's weight with different shared tensors (checked for
+            every layer before the model is touched).
         InvalidTensorError: a malformed shared tensor (names it).
         ConfigError: an override glob that matches no compressed layer.
     """
@@ -190,6 +226,10 @@ def _plan(
         CheckpointError, InvalidTensorError, ConfigError: see :func:`compress_modules_`.
     """
     plans: list[_Plan] = []
+    by_layer: dict[tuple[int, str], _Plan] = {}
+    registered: dict[int, list[str]] = {}  # every name of every module (shared ones too)
+    for module_name, m in model.named_modules(remove_duplicate=False):
+        registered.setdefault(id(m), []).append(module_name)
     for name, s in shared.items():
         owner, attr = _split(name)
         try:
@@ -206,10 +246,26 @@ def _plan(
                 f"compressed tensor {name!r} has shape {tuple(s.indices.shape)}, the model "
                 f"expects {tuple(current.shape)}"
             )
-        check_shared(name, s, matrix=False)  # a tensor of < 2 dimensions is decoded dense
-        plans.append((name, owner, attr, module, s))
+        plan = by_layer.get((id(module), attr))
+        if plan is None or plan.shared is not s:
+            check_shared(name, s, matrix=False)  # a tensor of < 2 dimensions is decoded dense
+        if plan is not None:  # the same module's weight under another name: one layer
+            if not _same_shared(plan.shared, s):
+                raise CheckpointError(
+                    f"compressed tensors {plan.name!r} and {name!r} are the same parameter of "
+                    "the model (one module registered twice) but hold different values"
+                )
+            continue
+        others = [
+            (o, f"{o}.{attr}" if o else attr)
+            for o in registered.get(id(module), [owner])
+            if o != owner
+        ]
+        plan = _Plan(name, owner, attr, module, s, others)
+        by_layer[(id(module), attr)] = plan
+        plans.append(plan)
     for o in policy.overrides:
-        if not any(o.matches(owner, name) for name, owner, _, _, _ in plans):
+        if not any(o.matches(owner, name) for p in plans for owner, name in p.names()):
             raise ConfigError(
                 f"runtime override {o.pattern!r} matches no compressed layer "
                 f"({', '.join(shared) or 'none'})"
@@ -227,13 +283,18 @@ def _apply(model: nn.Module, plans: list[_Plan], policy: RuntimePolicy) -> Runti
     decisions: list[Decision] = []
     densities: list[float] = []
     dense_bytes: list[int] = []
-    for name, owner, attr, module, s in plans:
+    for plan in plans:
+        owner, name, attr, module, s = plan.owner, plan.name, plan.attr, plan.module, plan.shared
         weights = int(s.mask.numel())
         density = int(s.mask.sum()) / weights if weights else 0.0
         densities.append(density)
         dense_bytes.append(weights * getattr(module, attr).element_size())
+        # a layer with several names: the name the last matching override matches decides
+        deciding = (owner, name)
+        for o in policy.overrides:
+            deciding = next((pair for pair in plan.names() if o.matches(*pair)), deciding)
         decision = decide(
-            policy, owner, name, module, attr, density, weights, parent=parents.get(module)
+            policy, *deciding, module, attr, density, weights, parent=parents.get(module)
         )
         if decision.form == "sparse" and owner == "":
             decision = replace(
@@ -249,13 +310,14 @@ def _apply(model: nn.Module, plans: list[_Plan], policy: RuntimePolicy) -> Runti
                 "matrix needs at least 2 dimensions)",
             )
         decisions.append(decision)
-    for (_, _, attr, module, s), decision in zip(plans, decisions, strict=True):
+    for plan, decision in zip(plans, decisions, strict=True):
         if decision.form == "dense":
-            _decode_dense(module, attr, s)
+            _decode_dense(plan.module, plan.attr, plan.shared)
     runtime_bytes = list(dense_bytes)
-    for i, ((name, _, attr, module, s), decision) in enumerate(zip(plans, decisions, strict=True)):
+    for i, (plan, decision) in enumerate(zip(plans, decisions, strict=True)):
         if decision.form != "sparse":
             continue
+        name, attr, module, s = plan.name, plan.attr, plan.module, plan.shared
         bias = getattr(module, "bias", None)
         runtime: SharedCSRModule
         if isinstance(module, nn.Linear):
@@ -268,16 +330,17 @@ def _apply(model: nn.Module, plans: list[_Plan], policy: RuntimePolicy) -> Runti
         runtime_bytes[i] = runtime.weight_nbytes
     layers = tuple(
         LayerRuntime(
-            name=name,
-            layer_type=type(module).__name__,
+            name=plan.name,
+            layer_type=type(plan.module).__name__,
             form=decision.form,
             reason=decision.reason,
-            shape=tuple(int(d) for d in s.indices.shape),
+            shape=tuple(int(d) for d in plan.shared.indices.shape),
             density=density,
             dense_bytes=dense,
             runtime_bytes=used,
+            aliases=tuple(name for _, name in plan.others),
         )
-        for (name, _, _, module, s), decision, density, dense, used in zip(
+        for plan, decision, density, dense, used in zip(
             plans, decisions, densities, dense_bytes, runtime_bytes, strict=True
         )
     )
@@ -313,9 +376,11 @@ def load_compressed(
 
     The file's plain tensors (biases, buffers, unquantized weights) are loaded like
     ``load_state_dict``; each quantized layer becomes a runtime module or is decoded dense as
-    ``policy`` decides (see :func:`compress_modules_`). Dense float weights are never built
-    for the layers that go sparse. Any deepzip masks or shared weights on ``model`` are
-    removed first. ``runtime_report(model)`` gives the per-layer report.
+    ``policy`` decides (see :func:`compress_modules_`). A tied tensor (an alias in the file)
+    gives all its names the same values; a module registered under two names is one layer.
+    Dense float weights are never built for the layers that go sparse. Any deepzip masks or
+    shared weights on ``model`` are removed first. ``runtime_report(model)`` gives the
+    per-layer report.
 
     Args:
         path: the ``.dzip`` file.
@@ -364,7 +429,8 @@ def load_compressed(
                 f"{tuple(tensor.shape)}"
             )
     for name, s in cf.shared.items():  # only a layer made sparse needs >= 2 dimensions
-        check_shared(f"{source}: {name}", s, matrix=False)
+        if name not in cf.aliases:  # an alias is its target's very object: checked once
+            check_shared(f"{source}: {name}", s, matrix=False)
     # everything compress_modules_ checks (overrides too), before strip_ touches the model;
     # strip_ and load_state_dict keep the module objects the plans hold
     plans = _plan(model, {k: v for k, v in cf.shared.items() if k in expected}, policy)
