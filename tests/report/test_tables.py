@@ -168,3 +168,18 @@ def test_user_text_is_not_rich_markup() -> None:
     for written in ("1. prune (p[/bold])", "m[bold]x on [/]data", "blocks[red].0.weight",
                     "model[fp16].dzip"):  # fmt: skip
         assert written in text
+
+
+def test_an_alias_gets_no_row_and_is_named_in_the_caption() -> None:
+    # a tied name stored as an alias was a second layer row: the weights counted twice
+    alias = {
+        "name": "head.weight", "encoding": "alias", "shape": [100, 40], "dtype": "float32",
+        "weights": 4000, "kept": 190, "k": None, "gap_width": None, "alias_of": "fc1.weight",
+        "parts": [_part("alias", 0)],
+    }  # fmt: skip
+    t = compression_table({**SAVE, "tensors": [*SAVE["tensors"], alias]})
+    assert [r.name for r in t.layers] == ["fc1.weight", "fc2.weight", "conv.weight"]
+    assert t.weights == 4600
+    assert t.aliases == (("head.weight", "fc1.weight"),)
+    assert "tied names stored once: head.weight = fc1.weight" in compression_markdown(t)
+    assert "tied names" not in compression_markdown(compression_table(SAVE))

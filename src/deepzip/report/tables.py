@@ -256,7 +256,9 @@ class CompressionTable:
         others: tensors stored raw (biases, normalisation statistics...), in one row.
         overhead_bytes: header, directory and metadata of the file.
         file_bytes: the real file size.
-        float32_bytes: 4 bytes per element of every tensor.
+        float32_bytes: 4 bytes per element of every tensor (a tied tensor once).
+        aliases: ``(name, the name whose data it shares)`` for each tied name the file stores
+            as an alias (no data, no row of its own).
     """
 
     layers: tuple[CompressionRow, ...]
@@ -264,6 +266,7 @@ class CompressionTable:
     overhead_bytes: int
     file_bytes: int
     float32_bytes: int
+    aliases: tuple[tuple[str, str], ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -383,9 +386,13 @@ def _per(nbytes: object, count: int) -> float:
 def compression_table(save: Mapping[str, Any]) -> CompressionTable:
     """The paper's per-layer table from ``SaveReport.to_dict()`` (or ``InspectReport``'s).
 
-    Compressed tensors get a row each; raw tensors are summed into one "other" row.
+    Compressed tensors get a row each; raw tensors are summed into one "other" row. A tied
+    name stored as an alias of another (``alias_of``) gets no row: its data is its target's.
     """
-    rows = [compression_row(t) for t in save["tensors"]]
+    aliases = tuple(
+        (str(t["name"]), str(t["alias_of"])) for t in save["tensors"] if t.get("alias_of")
+    )
+    rows = [compression_row(t) for t in save["tensors"] if not t.get("alias_of")]
     layers = tuple(r for r in rows if r.encoding != "raw")
     raw = [r for r in rows if r.encoding == "raw"]
     others = None
@@ -399,7 +406,7 @@ def compression_table(save: Mapping[str, Any]) -> CompressionTable:
     file_bytes = int(save["file_bytes"])
     float32 = int(save.get("float32_bytes", sum(4 * r.weights for r in rows)))
     overhead = int(save.get("overhead_bytes", file_bytes - sum(r.coded_bytes for r in rows)))
-    return CompressionTable(layers, others, overhead, file_bytes, float32)
+    return CompressionTable(layers, others, overhead, file_bytes, float32, aliases)
 
 
 COMPRESSION_HEADERS = (
@@ -475,8 +482,16 @@ def compression_caption(table: CompressionTable) -> str:
         f"{table.float32_bytes:,} B float32 → {table.file_bytes:,} B .dzip on disk: "
         f"{table.ratio:.1f}× (P = pruning, Q = quantization, C = entropy coding; "
         "bits per stored entry, sizes as % of float32; bits / kept weight counts a layer's "
-        "whole region)"
+        "whole region)" + _aliases_note(table)
     )
+
+
+def _aliases_note(table: CompressionTable) -> str:
+    if not table.aliases:
+        return ""
+    shown = ", ".join(f"{a} = {t}" for a, t in table.aliases[:4])
+    more = f" and {len(table.aliases) - 4} more" if len(table.aliases) > 4 else ""
+    return f"; tied names stored once: {shown}{more}"
 
 
 def compression_rich_table(
