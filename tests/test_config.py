@@ -78,6 +78,28 @@ def test_schedule_saved_by_earlier_versions_still_reads() -> None:
     assert ScheduleConfig.from_dict(agp) == ScheduleConfig(kind="agp", n_steps=3)
 
 
+@pytest.mark.parametrize("where", ["schedule", "slq", "mlq", "inq"])
+def test_fractions_given_as_a_list_ask_for_a_tuple(where: str) -> None:
+    # "must be a non-empty list of fractions, got [0.5, 1.0]": the message contradicted itself
+    from deepzip.config import INQConfig, MLQConfig, SLQConfig
+
+    cls: dict[str, Any] = {
+        "schedule": ScheduleConfig,
+        "slq": SLQConfig,
+        "mlq": MLQConfig,
+        "inq": INQConfig,
+    }
+    with pytest.raises(ConfigError) as info:
+        cls[where](steps=[0.5, 1.0])
+    assert str(info.value) == f"{where}.steps must be a tuple of fractions, got [0.5, 1.0]"
+    with pytest.raises(ConfigError, match=rf"^{where}\.steps must not be empty$"):
+        cls[where](steps=())
+    table = {"kind": "steps", "steps": []} if where == "schedule" else {"steps": []}
+    with pytest.raises(ConfigError, match=rf"^{where}\.steps must not be empty$"):
+        cls[where].from_dict(table)
+    assert cls[where](steps=(0.5, 1.0)).steps == (0.5, 1.0)
+
+
 def test_schedule_steps_are_checked_whatever_the_kind() -> None:
     with pytest.raises(ConfigError, match=r"schedule.steps values must be in \(0, 1\], got 5"):
         ScheduleConfig(kind="agp", steps=(5.0,))
@@ -334,3 +356,31 @@ def test_quantize_lambda_needs_the_ecsq_method() -> None:
     with pytest.raises(ConfigError, match=r"ecsq_lambda = 0\.5 is only used with method 'ecsq'"):
         QuantizeConfig(bits=4, method="kmeans", ecsq_lambda=0.5)
     assert QuantizeConfig(bits=4, method="ecsq", ecsq_lambda=0.5).ecsq_lambda == 0.5
+
+
+def test_the_cosine_schedule_is_documented_as_it_runs() -> None:
+    # the docstrings said "annealed to zero": the last epoch trains above zero, and with one
+    # epoch "cosine" is "constant"
+    import torch
+
+    from deepzip.pipeline.training import _scheduler
+
+    for epochs in (1, 2, 5):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = _scheduler(optimizer, "cosine", epochs)
+        assert scheduler is not None
+        seen = []
+        for _ in range(epochs):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        expected = [(1 + math.cos(math.pi * e / epochs)) / 2 for e in range(epochs)]
+        assert seen == pytest.approx(expected)
+        assert seen[0] == 1.0
+        assert seen[-1] > 0
+    for cls, formula in ((RetrainConfig, "(1 + cos(pi * e / E)) / 2"),
+                         (TrainConfig, "(1 + cos(pi * e / epochs)) / 2")):  # fmt: skip
+        doc = " ".join((cls.__doc__ or "").split())
+        assert "to zero" not in doc
+        assert formula in doc
+        assert 'the same as ``"constant"``' in doc

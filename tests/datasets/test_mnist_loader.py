@@ -187,6 +187,19 @@ def test_load_dataset(tmp_path: Path) -> None:
     assert no_val.val.images.shape == (0, 1, 4, 4)
 
 
+@pytest.mark.parametrize("val_size", [-1, 40])
+def test_load_dataset_names_the_val_sizes_it_accepts(tmp_path: Path, val_size: int) -> None:
+    # "val_size must be in [1, 39]" although 0 (no validation split) is accepted
+    _make_dataset(tmp_path / "mnist", n_train=40, n_test=12)
+    with pytest.raises(ConfigError) as info:
+        load_dataset("mnist", tmp_path, val_size=val_size)
+    assert str(info.value) == (
+        f"val_size must be in [0, 39] (0: no validation split), got {val_size}"
+    )
+    with pytest.raises(ConfigError, match=r"val_size must be in \[0, 39\]"):
+        load_dataset("mnist", tmp_path, val_size=True)
+
+
 def _payloads() -> dict[str, bytes]:
     return {
         name: gzip.compress(name.encode() * 1000, mtime=0)

@@ -160,6 +160,30 @@ def _check_output(
         raise ConfigError(f"{flag} {path}: no permission to write in {above}")
 
 
+def _check_distinct(
+    path: str | os.PathLike[str], flag: str, other: str | os.PathLike[str] | None, other_flag: str
+) -> None:
+    """Refuse two files of one command that name the same file (an output beside another
+    output, or beside the input it reads): the one written last would replace the other.
+
+    One file under two names (``./a``, a symbolic or a hard link) counts as the same.
+    """
+    if other is None:
+        return
+    p, q = Path(path), Path(other)
+    same = p.resolve() == q.resolve()
+    if not same and p.exists() and q.exists():
+        try:
+            same = os.path.samefile(p, q)
+        except OSError:  # vanished or unreadable meanwhile: the write reports it
+            same = False
+    if same:
+        raise ConfigError(
+            f"{other_flag} {os.fsdecode(other)}: the same file as {flag} {os.fsdecode(path)}; "
+            "give it another name"
+        )
+
+
 def _os_error(exc: OSError) -> str:
     """``path: reason`` for an ``OSError`` (the destination of a failed rename)."""
     reason = exc.strerror or str(exc)
@@ -218,17 +242,44 @@ def _add_checkpoint_args(p: argparse.ArgumentParser, *, output_help: str) -> Non
 
 
 def _add_optimizer_args(
-    p: argparse.ArgumentParser, *, weight_decay: float, lr: float = 0.02, optimizer: str = "sgd"
+    p: argparse.ArgumentParser,
+    *,
+    weight_decay: float,
+    lr: float = 0.02,
+    optimizer: str = "sgd",
+    batch_size: int = 128,
+    unset: bool = False,
 ) -> None:
-    p.add_argument("--lr", type=float, default=lr, help=f"(dense) learning rate (default: {lr})")
+    """``--lr``, ``--optimizer``, ``--weight-decay`` and ``--batch-size`` with these defaults.
+
+    With ``unset`` the flags default to ``None`` (so a command can tell whether they were
+    given) and the caller applies the defaults, which the help text still shows.
+    """
+
+    def default(value: object) -> object:
+        return None if unset else value
+
+    p.add_argument(
+        "--lr", type=float, default=default(lr), help=f"(dense) learning rate (default: {lr})"
+    )
     p.add_argument(
         "--optimizer",
-        default=optimizer,
+        default=default(optimizer),
         choices=("sgd", "adam", "adamw"),
-        help=f"default: {optimizer}",
+        help=f"optimizer (default: {optimizer})",
     )
-    p.add_argument("--weight-decay", type=float, default=weight_decay)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=default(weight_decay),
+        help=f"weight decay (default: {weight_decay})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=default(batch_size),
+        help=f"mini-batch size (default: {batch_size})",
+    )
 
 
 def _add_glob_args(p: argparse.ArgumentParser) -> None:
@@ -282,28 +333,44 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
         raise ConfigError(f"{flag} expects comma-separated numbers, got {text!r}") from exc
 
 
+# ``deepzip prune``'s flags that a ``--recipe`` replaces default to ``None``, so that one given
+# beside the recipe is refused rather than ignored; without a recipe these values apply.
+_PRUNE_DEFAULTS: dict[str, Any] = {
+    "scope": "layer",
+    "schedule": "steps",
+    "retrain_epochs": 2,
+    "final_epochs": 2,
+    "lr": 0.02,
+    "optimizer": "sgd",
+    "weight_decay": 0.0,
+    "batch_size": 128,
+    "lr_scale": 0.1,
+}
+
+
 def _schedule(args: argparse.Namespace) -> ScheduleConfig:
     """``--schedule`` with ``--steps`` or ``--n-steps``; the option the kind ignores is refused."""
-    if args.steps is not None and args.schedule != "steps":
-        raise ConfigError(
-            f"--steps is only used with --schedule steps, got --schedule {args.schedule}"
-        )
-    if args.n_steps is not None and args.schedule != "agp":
-        raise ConfigError(
-            f"--n-steps is only used with --schedule agp, got --schedule {args.schedule}"
-        )
-    if args.schedule == "steps":
+    kind = _PRUNE_DEFAULTS["schedule"] if args.schedule is None else args.schedule
+    if args.steps is not None and kind != "steps":
+        raise ConfigError(f"--steps is only used with --schedule steps, got --schedule {kind}")
+    if args.n_steps is not None and kind != "agp":
+        raise ConfigError(f"--n-steps is only used with --schedule agp, got --schedule {kind}")
+    if kind == "steps":
         if args.steps is None:
             return ScheduleConfig(kind="steps")
         return ScheduleConfig(kind="steps", steps=_floats(args.steps, "--steps"))
-    if args.schedule == "agp" and args.n_steps is not None:
+    if kind == "agp" and args.n_steps is not None:
         return ScheduleConfig(kind="agp", n_steps=args.n_steps)
-    return ScheduleConfig(kind=args.schedule)
+    return ScheduleConfig(kind=kind)
 
 
 def _prune_job(args: argparse.Namespace) -> PruneJob:
     if args.recipe is not None:
         return load_prune_job(args.recipe)
+    args = argparse.Namespace(**vars(args))  # the flags not given take their defaults
+    for key, value in _PRUNE_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.sparsity is None and args.quality is None:
         raise ConfigError("give --sparsity, --quality or --recipe")
     prune = PruneConfig(

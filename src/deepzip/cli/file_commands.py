@@ -5,13 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 from rich.markup import escape
 from rich.table import Table
 
 from deepzip._atomic import atomic_write_text
-from deepzip.cli._common import _check_output, _glob_number, _progress, _split_glob, console
+from deepzip.cli._common import (
+    _check_distinct,
+    _check_output,
+    _glob_number,
+    _progress,
+    _split_glob,
+    console,
+)
 from deepzip.errors import ConfigError
 from deepzip.format import inspect as inspect_dzip
 from deepzip.format import to_safetensors
@@ -28,10 +36,25 @@ def _parse_layer_bits(text: str) -> tuple[str, int]:
     return pattern, _glob_number(text, value, int, "--layer-bits")
 
 
+def _check_not_in_model_dir(source: str, path: str | None, flag: str) -> None:
+    """Refuse an output that would replace a file of the model directory being compressed
+    (one of its shards, its index)."""
+    if path is None or not Path(source).is_dir():
+        return
+    p = Path(path)
+    if (p.is_symlink() or p.exists()) and p.parent.resolve() == Path(source).resolve():
+        raise ConfigError(
+            f"{flag} {path}: a file of the model directory being compressed; give it another name"
+        )
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     """``deepzip compress``: post-training prune + quantize + code of any checkpoint."""
     _check_output(args.output, "-o")
     _check_output(args.json, "--json")
+    _check_distinct(args.output, "-o", args.json, "--json")
+    _check_distinct(args.input, "the input", args.json, "--json")
+    _check_not_in_model_dir(args.input, args.json, "--json")
     if args.no_quantize and args.bits is not None:
         raise ConfigError(
             f"--no-quantize keeps the values in float: --bits {args.bits} would be ignored "
@@ -83,6 +106,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def cmd_decompress(args: argparse.Namespace) -> int:
     """``deepzip decompress``: a ``.dzip`` file back to ``.safetensors`` (exact names/dtypes)."""
     _check_output(args.output, "-o")
+    _check_distinct(args.input, "the input", args.output, "-o")
     with _progress(not args.no_progress) as progress:
         task = progress.add_task("decompress", total=None)
 

@@ -6,6 +6,7 @@ import argparse
 
 from deepzip import __version__
 from deepzip.cli._common import (
+    _PRUNE_DEFAULTS,
     _add_checkpoint_args,
     _add_data_args,
     _add_glob_args,
@@ -53,11 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
         "TOML recipe ([prune], [schedule], [retrain]).",
     )
     _add_checkpoint_args(p, output_help="output .safetensors checkpoint")
-    p.add_argument("--recipe", default=None, help="TOML recipe; replaces the pruning flags")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="TOML recipe; replaces the pruning, schedule and retraining flags (refused beside it)",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--sparsity", type=float, default=None, help="fraction removed per layer")
     g.add_argument("--quality", type=float, default=None, help="remove |w| < quality × std(layer)")
-    p.add_argument("--scope", default="layer", choices=("layer", "global"))
+    # the flags a --recipe replaces default to None (refused beside it), see _PRUNE_DEFAULTS
+    p.add_argument(
+        "--scope",
+        default=None,
+        choices=("layer", "global"),
+        help=f"layers pruned to one target each or together (default: {_PRUNE_DEFAULTS['scope']})",
+    )
     _add_glob_args(p)
     p.add_argument(
         "--override",
@@ -66,7 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="GLOB=SPARSITY|skip",
         help="per-layer sparsity, e.g. --override 'conv1=0.34'",
     )
-    p.add_argument("--schedule", default="steps", choices=("steps", "agp", "oneshot"))
+    p.add_argument(
+        "--schedule",
+        default=None,
+        choices=("steps", "agp", "oneshot"),
+        help=f"how the target is approached (default: {_PRUNE_DEFAULTS['schedule']})",
+    )
     p.add_argument(
         "--steps",
         default=None,
@@ -75,10 +91,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n-steps", type=int, default=None, help="steps of the AGP schedule (default 5)"
     )
-    p.add_argument("--retrain-epochs", type=int, default=2, help="epochs after each step")
-    p.add_argument("--final-epochs", type=int, default=2, help="extra epochs at the end")
-    _add_optimizer_args(p, weight_decay=0.0)
-    p.add_argument("--lr-scale", type=float, default=0.1, help="retrain at lr × lr-scale")
+    p.add_argument(
+        "--retrain-epochs",
+        type=int,
+        default=None,
+        help=f"epochs after each step (default: {_PRUNE_DEFAULTS['retrain_epochs']})",
+    )
+    p.add_argument(
+        "--final-epochs",
+        type=int,
+        default=None,
+        help=f"extra epochs at the end (default: {_PRUNE_DEFAULTS['final_epochs']})",
+    )
+    _add_optimizer_args(
+        p,
+        weight_decay=_PRUNE_DEFAULTS["weight_decay"],
+        lr=_PRUNE_DEFAULTS["lr"],
+        optimizer=_PRUNE_DEFAULTS["optimizer"],
+        batch_size=_PRUNE_DEFAULTS["batch_size"],
+        unset=True,
+    )
+    p.add_argument(
+        "--lr-scale",
+        type=float,
+        default=None,
+        help=f"retrain at lr × lr-scale (default: {_PRUNE_DEFAULTS['lr_scale']})",
+    )
     p.add_argument("--json", default=None, help="also write the report as JSON")
     _add_data_args(p)
     p.set_defaults(func=cmd_prune)

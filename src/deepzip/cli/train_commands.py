@@ -11,6 +11,7 @@ import torch
 
 from deepzip._atomic import atomic_write_text
 from deepzip.cli._common import (
+    _check_distinct,
     _check_output,
     _data,
     _floats,
@@ -49,18 +50,10 @@ from deepzip.train import evaluate, resolve_device
 from deepzip.zoo import create_model
 
 
-def _check_distinct(path: str, flag: str, other: str | None, other_flag: str) -> None:
-    """Refuse two outputs of one command that name the same file: the second written would
-    replace the first."""
-    if other is not None and Path(path).resolve() == Path(other).resolve():
-        raise ConfigError(
-            f"{other_flag} {other}: the same file as {flag} {path}; give it another name"
-        )
-
-
 def _check_recipe_alone(args: argparse.Namespace) -> None:
-    """``--recipe`` replaces the pruning flags: refuse one of them given beside it (it would be
-    ignored)."""
+    """``--recipe`` replaces the pruning, schedule and retraining flags: refuse one of them
+    given beside it (it would be ignored), even at its default value (the flags default to
+    ``None``)."""
     if args.recipe is None:
         return
     given = [
@@ -73,12 +66,22 @@ def _check_recipe_alone(args: argparse.Namespace) -> None:
             ("--include", args.include or None),
             ("--exclude", args.exclude or None),
             ("--override", args.override or None),
+            ("--scope", args.scope),
+            ("--schedule", args.schedule),
+            ("--retrain-epochs", args.retrain_epochs),
+            ("--final-epochs", args.final_epochs),
+            ("--lr", args.lr),
+            ("--optimizer", args.optimizer),
+            ("--weight-decay", args.weight_decay),
+            ("--batch-size", args.batch_size),
+            ("--lr-scale", args.lr_scale),
         )
         if value is not None
     ]
     if given:
         raise ConfigError(
-            f"--recipe {args.recipe} replaces the pruning flags: {', '.join(given)} would be "
+            f"--recipe {args.recipe} replaces the pruning, schedule and retraining flags: "
+            f"{', '.join(given)} would be "
             f"ignored; set {'them' if len(given) > 1 else 'it'} in the recipe instead"
         )
 
@@ -125,6 +128,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     _check_output(args.output, "-o")
     _check_output(args.json, "--json")
     _check_distinct(args.output, "-o", args.json, "--json")
+    _check_distinct(args.checkpoint, "the input", args.json, "--json")
     _check_recipe_alone(args)
     device = resolve_device(args.device)
     job = _prune_job(args)
@@ -181,6 +185,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     _check_output(args.output, "-o")
     _check_output(args.json, "--json")
     _check_distinct(args.output, "-o", args.json, "--json")
+    _check_distinct(args.checkpoint, "the input", args.json, "--json")
     device = resolve_device(args.device)
     config = QuantizeConfig(
         bits=args.bits,
@@ -261,6 +266,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     plot_path = args.plot or str(Path(args.output).with_suffix(".png"))
     _check_output(plot_path, "--plot")
     _check_distinct(args.output, "-o", plot_path, "--plot")
+    _check_distinct(args.checkpoint, "the input", args.output, "-o")
+    _check_distinct(args.checkpoint, "the input", plot_path, "--plot")
     device = resolve_device(args.device)
     model, _ = _load_model(args, device)
     data = _data(args)

@@ -220,8 +220,11 @@ class RetrainConfig:
         weight_decay: L2 / decoupled weight decay.
         batch_size: mini-batch size.
         scale_dropout: scale dropout rates by ``sqrt(kept / original)`` (Han et al. 2015).
-        schedule: learning rate within each retraining run: ``"constant"`` (the paper) or
-            ``"cosine"`` (annealed to zero over that run's epochs).
+        schedule: learning rate within each retraining run (of ``E`` epochs):
+            ``"constant"`` (the paper) or ``"cosine"``, set once per epoch: epoch ``e``
+            (from 0) trains at ``lr * (1 + cos(pi * e / E)) / 2``, so the first epoch at the
+            full rate and the last above zero; with ``E = 1`` it is the same as
+            ``"constant"``.
         distill: weight ``α`` of knowledge distillation from the model as it was before
             compression (its logits on the training set are computed once); 0 turns it off.
         temperature: distillation temperature.
@@ -282,8 +285,10 @@ class TrainConfig:
         optimizer: ``"sgd"`` (momentum 0.9), ``"adam"`` or ``"adamw"``.
         weight_decay: L2 / decoupled weight decay.
         batch_size: mini-batch size.
-        schedule: ``"cosine"`` anneals the learning rate to zero over the epochs;
-            ``"constant"`` keeps it.
+        schedule: ``"constant"`` keeps the learning rate; ``"cosine"`` sets it once per
+            epoch: epoch ``e`` (from 0) of ``epochs`` trains at
+            ``lr * (1 + cos(pi * e / epochs)) / 2``, so the first epoch at the full rate and
+            the last above zero (with ``epochs = 1`` it is the same as ``"constant"``).
         seed: seeds weight initialisation and data order (0 to ``2**32 - 1``).
     """
 
@@ -424,8 +429,10 @@ def _check_levels(key: str, value: object) -> None:
 def _check_fractions(key: str, value: object, *, end: str = "everything frozen") -> None:
     """Cumulative fractions: non-empty, each in (0, 1], strictly increasing, ending at 1.0
     (``end`` says what 1.0 means, for the message)."""
-    if not isinstance(value, tuple) or not value:
-        raise ConfigError(f"{key} must be a non-empty list of fractions, got {value!r}")
+    if not isinstance(value, tuple):  # from_dict turns a TOML list into one
+        raise ConfigError(f"{key} must be a tuple of fractions, got {value!r}")
+    if not value:
+        raise ConfigError(f"{key} must not be empty")
     for v in value:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
             raise ConfigError(f"{key} values must be in (0, 1], got {v!r}")

@@ -368,7 +368,8 @@ def load_dataset(
     Args:
         name: ``"mnist"`` or ``"fashion-mnist"``.
         root: Data directory; searched for with :func:`find_data_dir` when omitted.
-        val_size: Validation samples; 0 gives an empty validation split.
+        val_size: Validation samples, in ``[0, len(train) - 1]``; 0 gives an empty
+            validation split.
         seed: Seed of the train/validation permutation.
         normalize: Standardise pixels with :data:`NORMALIZATION`.
 
@@ -383,6 +384,15 @@ def load_dataset(
     directory = find_data_dir(name, root)
     train = load_split(name, "train", directory, normalize=normalize)
     test = load_split(name, "test", directory, normalize=normalize)
+    # checked here, not only by train_val_split: that one needs at least one sample
+    if (
+        isinstance(val_size, bool)
+        or not isinstance(val_size, int)
+        or not 0 <= val_size < len(train)
+    ):
+        raise ConfigError(
+            f"val_size must be in [0, {len(train) - 1}] (0: no validation split), got {val_size!r}"
+        )
     if val_size == 0:
         return DataSplits(train, train.subset([], split="val"), test)
     train, val = train_val_split(train, val_size, seed)

@@ -1,0 +1,243 @@
+"""Review fixes of the command line: ``python -m deepzip``, outputs that would replace each
+other or the input, and pruning flags that a ``--recipe`` would silently replace."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from deepzip import __version__
+from deepzip.cli import main
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=_ROOT, timeout=120
+    )
+
+
+def test_python_dash_m_deepzip_runs_the_command_line(tmp_path: Path) -> None:
+    # "No module named deepzip.__main__": only python -m deepzip.cli worked
+    done = _python("-m", "deepzip", "--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"deepzip {__version__}"
+    missing = tmp_path / "missing.dzip"
+    done = _python("-m", "deepzip", "inspect", str(missing))
+    assert done.returncode == 2  # the command's exit code comes through
+    assert done.stderr.startswith(f"deepzip: error: {missing}")
+
+
+def test_importing_deepzip_main_has_no_side_effects() -> None:
+    done = _python("-c", "import deepzip.__main__")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert done.stderr == ""
+
+
+# ------------------------------------------------------------------ outputs kept distinct
+
+
+def test_check_distinct_sees_one_file_under_two_names(tmp_path: Path) -> None:
+    from deepzip.cli._common import _check_distinct
+    from deepzip.errors import ConfigError
+
+    _check_distinct("a.json", "-o", None, "--json")
+    _check_distinct(str(tmp_path / "a"), "-o", str(tmp_path / "b"), "--json")
+    with pytest.raises(ConfigError, match=r"--json .*: the same file as -o"):
+        _check_distinct(str(tmp_path / "a"), "-o", str(tmp_path / "." / "a"), "--json")
+    target = tmp_path / "t.json"
+    target.write_text("{}")
+    (tmp_path / "link.json").symlink_to(target)
+    with pytest.raises(ConfigError, match="the same file"):
+        _check_distinct(str(target), "-o", str(tmp_path / "link.json"), "--json")
+    (tmp_path / "hard.json").hardlink_to(target)
+    with pytest.raises(ConfigError, match="the same file"):
+        _check_distinct(str(target), "-o", str(tmp_path / "hard.json"), "--json")
+
+
+def _checkpoint(path: Path) -> bytes:
+    save_file({"fc.weight": torch.randn(32, 32, generator=torch.Generator().manual_seed(0))},
+              str(path))  # fmt: skip
+    return path.read_bytes()
+
+
+def test_compress_refuses_a_json_report_that_would_replace_the_dzip_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the report was written last and replaced the .dzip file
+    src = tmp_path / "m.safetensors"
+    _checkpoint(src)
+    out = str(tmp_path / "o.dzip")
+    code = main(["compress", str(src), "-o", out, "--json", str(tmp_path / "." / "o.dzip"),
+                 "--no-progress"])  # fmt: skip
+    assert code == 2
+    assert "deepzip: error: --json " in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_compress_refuses_a_json_report_that_would_replace_its_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the report replaced the checkpoint being compressed
+    src = tmp_path / "m.safetensors"
+    before = _checkpoint(src)
+    code = main(["compress", str(src), "-o", str(tmp_path / "o.dzip"), "--json", str(src),
+                 "--no-progress"])  # fmt: skip
+    assert code == 2
+    assert f"--json {src}: the same file as the input" in capsys.readouterr().err
+    assert src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_compress_refuses_a_json_report_that_would_replace_a_shard_of_its_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    shard = model / "model.safetensors"
+    before = _checkpoint(shard)
+    code = main(["compress", str(model), "-o", str(tmp_path / "o.dzip"), "--json", str(shard),
+                 "--no-progress"])  # fmt: skip
+    assert code == 2
+    assert f"--json {shard}: a file of the model directory" in capsys.readouterr().err
+    assert shard.read_bytes() == before
+    report = model / "report.json"  # a new file beside the shards is fine
+    code = main(["compress", str(model), "-o", str(tmp_path / "o.dzip"), "--json", str(report),
+                 "--no-progress"])  # fmt: skip
+    assert code == 0
+    assert report.is_file()
+
+
+def test_decompress_refuses_to_replace_the_file_it_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the .dzip file was replaced by its own decompressed safetensors
+    src = tmp_path / "m.safetensors"
+    _checkpoint(src)
+    dzip = tmp_path / "m.dzip"
+    assert main(["compress", str(src), "-o", str(dzip), "--no-progress"]) == 0
+    capsys.readouterr()
+    before = dzip.read_bytes()
+    assert main(["decompress", str(dzip), "-o", str(dzip), "--no-progress"]) == 2
+    assert f"-o {dzip}: the same file as the input" in capsys.readouterr().err
+    assert dzip.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["prune", "quantize"])
+def test_a_json_report_that_would_replace_the_input_checkpoint_is_refused(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "m.safetensors"
+    before = _checkpoint(src)
+    args = [command, str(src), "-o", str(tmp_path / "o.safetensors"), "--json", str(src)]
+    if command == "prune":
+        args += ["--sparsity", "0.5"]
+    assert main([*args, "--no-progress", "--device", "cpu"]) == 2
+    assert f"--json {src}: the same file as the input" in capsys.readouterr().err
+    assert src.read_bytes() == before
+
+
+@pytest.mark.parametrize("flag", ["-o", "--plot"])
+def test_sensitivity_refuses_outputs_that_would_replace_the_input_checkpoint(
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "m.safetensors"
+    before = _checkpoint(src)
+    outputs = {"-o": str(tmp_path / "s.json"), "--plot": str(tmp_path / "s.png"), flag: str(src)}
+    args = ["sensitivity", str(src), "-o", outputs["-o"], "--plot", outputs["--plot"]]
+    assert main([*args, "--no-progress", "--device", "cpu"]) == 2
+    assert f"{flag} {src}: the same file as the input" in capsys.readouterr().err
+    assert src.read_bytes() == before
+
+
+# ------------------------------------------------------------- flags a --recipe replaces
+
+_REPLACED = [
+    ("--scope", "global"),
+    ("--scope", "layer"),  # even the default value: the recipe decides it
+    ("--schedule", "oneshot"),
+    ("--retrain-epochs", "0"),
+    ("--final-epochs", "0"),
+    ("--lr", "0.5"),
+    ("--optimizer", "adam"),
+    ("--weight-decay", "0.1"),
+    ("--batch-size", "7"),
+    ("--lr-scale", "1.0"),
+]
+
+
+@pytest.mark.parametrize(("flag", "value"), _REPLACED)
+def test_prune_refuses_every_flag_the_recipe_replaces(
+    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # these were ignored silently beside --recipe: their defaults were not None
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[prune]\nsparsity = 0.5\n")
+    base = ["prune", str(tmp_path / "missing.safetensors"), "-o", str(tmp_path / "o.safetensors")]
+    assert main([*base, "--recipe", str(recipe), flag, value, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} would be ignored; set it in the recipe instead" in err
+
+
+def test_prune_without_a_recipe_keeps_the_documented_defaults(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import deepzip.cli.train_commands as train_commands
+    from deepzip.cli._common import _prune_job
+    from deepzip.config import PruneJob, RetrainConfig, ScheduleConfig
+
+    jobs: list[PruneJob] = []
+
+    def stop(args: object, device: object) -> None:
+        raise KeyboardInterrupt  # the job is built; nothing else is needed
+
+    def record(args: argparse.Namespace) -> PruneJob:
+        jobs.append(_prune_job(args))
+        return jobs[-1]
+
+    monkeypatch.setattr(train_commands, "_prune_job", record)
+    monkeypatch.setattr(train_commands, "_load_model", stop)
+    base = ["prune", "x.safetensors", "-o", str(tmp_path / "o.safetensors"), "--device", "cpu"]
+    assert main([*base, "--sparsity", "0.5"]) == 130
+    job = jobs[-1]
+    assert job.prune.scope == "layer"
+    assert job.schedule == ScheduleConfig(kind="steps")
+    assert job.retrain == RetrainConfig(
+        epochs=2, final_epochs=2, lr=0.02, lr_scale=0.1, optimizer="sgd", weight_decay=0.0,
+        batch_size=128,
+    )  # fmt: skip
+    # --steps and --n-steps still follow the (default) schedule kind
+    assert main([*base, "--sparsity", "0.5", "--steps", "0.5,1"]) == 130
+    assert jobs[-1].schedule.steps == (0.5, 1.0)
+    assert main([*base, "--sparsity", "0.5", "--n-steps", "3"]) == 2
+    assert "--n-steps is only used with --schedule agp, got --schedule steps" in (
+        capsys.readouterr().err
+    )
+    assert main([*base, "--sparsity", "0.5", "--schedule", "agp", "--n-steps", "3"]) == 130
+    assert jobs[-1].schedule == ScheduleConfig(kind="agp", n_steps=3)
+
+
+def test_prune_help_still_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["prune", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for text in (
+        "layers pruned to one target each or together (default: layer)",
+        "how the target is approached (default: steps)",
+        "epochs after each step (default: 2)",
+        "extra epochs at the end (default: 2)",
+        "(dense) learning rate (default: 0.02)",
+        "optimizer (default: sgd)",
+        "weight decay (default: 0.0)",
+        "mini-batch size (default: 128)",
+        "retrain at lr × lr-scale (default: 0.1)",
+    ):
+        assert text in out, text
