@@ -384,3 +384,17 @@ def test_the_cosine_schedule_is_documented_as_it_runs() -> None:
         assert "to zero" not in doc
         assert formula in doc
         assert 'the same as ``"constant"``' in doc
+
+
+def test_globs_and_sparsities_given_as_a_list_ask_for_a_tuple() -> None:
+    # "must be a list of non-empty glob strings, got ['fc1']": the message contradicted itself
+    from deepzip.config import PruneConfig, SensitivityStage
+
+    with pytest.raises(ConfigError) as info:
+        PruneConfig(sparsity=0.5, include=["fc1"])  # type: ignore[arg-type]
+    assert "must be a tuple of non-empty glob strings (a list in TOML), got ['fc1']" in str(
+        info.value
+    )
+    with pytest.raises(ConfigError) as info:
+        SensitivityStage(sparsities=[0.5])  # type: ignore[arg-type]
+    assert str(info.value) == "sparsities must be a non-empty tuple (a list in TOML), got [0.5]"

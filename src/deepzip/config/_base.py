@@ -63,7 +63,9 @@ def _check_bits(key: str, value: object) -> None:
 
 def _check_patterns(key: str, value: tuple[str, ...]) -> None:
     if not isinstance(value, tuple) or not all(isinstance(p, str) and p for p in value):
-        raise ConfigError(f"{key} must be a list of non-empty glob strings, got {value!r}")
+        raise ConfigError(
+            f"{key} must be a tuple of non-empty glob strings (a list in TOML), got {value!r}"
+        )
 
 
 _T = TypeVar("_T")

@@ -155,7 +155,9 @@ class SensitivityStage:
 
     def __post_init__(self) -> None:
         if not isinstance(self.sparsities, tuple) or not self.sparsities:
-            raise ConfigError(f"sparsities must be a non-empty list, got {self.sparsities!r}")
+            raise ConfigError(
+                f"sparsities must be a non-empty tuple (a list in TOML), got {self.sparsities!r}"
+            )
         for s in self.sparsities:
             _check_sparsity("sparsities", s)
         _check_number("max_drop", self.max_drop, positive=False)

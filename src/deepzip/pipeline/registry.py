@@ -69,7 +69,8 @@ class TrainRequest:
         optimizer: ``"sgd"`` (momentum 0.9), ``"adam"`` or ``"adamw"``.
         weight_decay: weight decay.
         batch_size: mini-batch size.
-        schedule: ``"cosine"`` (anneal to zero over ``epochs``) or ``"constant"``.
+        schedule: ``"cosine"`` (set once per epoch, see
+            :class:`deepzip.config.RetrainConfig`) or ``"constant"``.
         seed: seed for data order and any randomness.
         distill: weight of knowledge distillation from ``teacher`` (0: off).
         temperature: distillation temperature.
