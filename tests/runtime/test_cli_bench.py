@@ -165,3 +165,19 @@ def test_cuda_model_times_every_layer(lenet_files: dict[str, Path]) -> None:
     x = torch.randn(8, 784, device="cuda")
     timings = dz.runtime.benchmark_layers(lenet_files["named"], model, x, repeats=2, warmup=1)
     assert all(t.runtime_ms is not None and t.runtime_ms > 0 for t in timings)
+
+
+def test_a_module_registered_twice_is_timed_once(tmp_path: Path) -> None:
+    # its second name (an alias in the file) got a second row timing the same module
+    from deepzip.runtime.bench import benchmark_layers
+
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 32)
+    model = nn.Sequential(lin, nn.ReLU(), lin)
+    dz.prune_(model, dz.PruneConfig(sparsity=0.9))
+    dz.quantize_(model, dz.QuantizeConfig(bits=4))
+    save(model, tmp_path / "m.dzip")
+    fresh = nn.Sequential(nn.Linear(32, 32), nn.ReLU())
+    fresh.append(fresh[0])
+    rows = benchmark_layers(tmp_path / "m.dzip", fresh, torch.randn(2, 32), repeats=1, warmup=0)
+    assert [r.name for r in rows] == ["0.weight"]

@@ -189,7 +189,8 @@ def benchmark_layers(
             batch size).
 
     Returns:
-        One :class:`LayerTiming` per compressed layer, in file order.
+        One :class:`LayerTiming` per compressed layer, in file order (a module registered
+        under several names is one layer, timed under its first name).
 
     Raises:
         CheckpointError: the file does not fit the model.
@@ -203,9 +204,13 @@ def benchmark_layers(
     captured = _capture_inputs(dense_model, owners, example_input)
     parents = weight_reading_parents(dense_model)
     timings: list[LayerTiming] = []
+    seen: set[tuple[int, str]] = set()
     for (name, s), owner in zip(cf.shared.items(), owners, strict=True):
         attr = name.rsplit(".", 1)[-1]
         module = dense_model.get_submodule(owner)
+        if (id(module), attr) in seen:  # a module registered under several names: timed once
+            continue
+        seen.add((id(module), attr))
         weights = int(s.mask.numel())
         density = int(s.mask.sum()) / weights if weights else 0.0
         parent = parents.get(module)
