@@ -27,6 +27,7 @@ The encoded layers carry their filters (:class:`~deepzip.quantize.weightless.Wei
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -301,9 +302,16 @@ def _candidates(config: WeightlessConfig, fixed: int | None, k: int) -> list[int
     return list(range(start, max(start, config.max_cell_bits) + 1))
 
 
-def _layer_keys(target: Target) -> list[str]:
-    prefix = f"{target.module_name}.parametrizations.{target.param_name}."
-    return [prefix] if target.module_name else [f"parametrizations.{target.param_name}."]
+def _layer_keys(model: nn.Module, target: Target) -> list[str]:
+    """State-dict prefixes of the target's parametrization, under every name of its module
+    (a module registered twice appears twice in a state dict)."""
+    names = [n for n, m in model.named_modules(remove_duplicate=False) if m is target.module]
+    return [
+        f"{n}.parametrizations.{target.param_name}."
+        if n
+        else f"parametrizations.{target.param_name}."
+        for n in names
+    ]
 
 
 def _snapshot(model: nn.Module, skip: list[str]) -> dict[str, torch.Tensor]:
@@ -492,7 +500,9 @@ def _cluster(model: nn.Module, target: Target, quantize: QuantizeConfig) -> None
     overrides = tuple(
         o for o in quantize.overrides if matches(o.pattern, target.module_name, target.param_name)
     )
-    cfg = replace(quantize, include=(target.name,), exclude=(), overrides=overrides)
+    # the name as a glob that matches only itself ("fc[1].weight" would match "fc1.weight")
+    only = re.sub(r"([*?[])", r"[\1]", target.name)
+    cfg = replace(quantize, include=(only,), exclude=(), overrides=overrides)
     quantize_(model, cfg)
 
 
@@ -520,7 +530,7 @@ def _encode_layer(
     keys = int(shared.mask.sum())
     weights = int(shared.mask.numel())
     shape = tuple(shared.indices.shape)
-    skip = _layer_keys(target)
+    skip = _layer_keys(model, target)
     snapshot = _snapshot(model, skip)
     budget = None if reference is None else reference - config.max_drop / 100
     candidates = _candidates(config, fixed, k)

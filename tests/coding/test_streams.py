@@ -226,12 +226,10 @@ def test_huge_declared_counts_are_rejected_before_allocating() -> None:
     huff = bytes([1, 4]) + varint + b"\x04\x01" + model + b"\x00"
     with pytest.raises(CorruptFileError, match="cannot hold"):
         EncodedStream.from_bytes(huff, max_count=huge, what="t")
-    ans_model = bytes.fromhex("18 40 00 58 90")
-    ans_blob = bytes([2, 3]) + varint + b"\x05\x04" + ans_model + b"\x01\x00\x00\x00"
-    with pytest.raises(CorruptFileError, match="cannot hold"):
-        EncodedStream.from_bytes(ans_blob, max_count=huge, what="t")
+    # (an ANS payload bounds no count: a trailing run of its first symbol costs nothing, see
+    # test_review_coding.py; the cap alone bounds it)
     # a stream built in memory is checked the same way before decoding allocates
-    stream = EncodedStream(Coder.ANS, 3, huge, ans_model, b"\x01\x00\x00\x00")
+    stream = EncodedStream(Coder.HUFFMAN, 4, huge, model, b"\x00")
     with pytest.raises(CorruptFileError, match="cannot hold"):
         decode_symbols(stream, what="t")
 

@@ -22,7 +22,6 @@ payload is empty.
 from __future__ import annotations
 
 import heapq
-import math
 import struct
 from collections.abc import Callable
 from fractions import Fraction
@@ -254,8 +253,11 @@ def check_payload_size(
     """Reject a payload size that cannot hold ``count`` symbols under the model.
 
     A one-symbol model and an empty stream have no payload; otherwise the payload is whole
-    32-bit words and, since every symbol costs at least ``log2(2**precision / max weight)``
-    bits, at least that many bits (less 128 bits of slack for the coder's state).
+    32-bit words. The payload gives no lower bound on ``count``: the stack coder starts empty,
+    and pushing the first used symbol (rank 0, whose interval starts at 0) on an empty coder
+    leaves it empty, so a stream's trailing run of that symbol costs nothing (``[1, 2, 0]``
+    and ``[1, 2, 0, 0, ..., 0]`` have the same payload). The caller's count cap bounds what
+    decoding allocates.
 
     Raises:
         CorruptFileError: naming ``what`` and the sizes.
@@ -269,12 +271,6 @@ def check_payload_size(
         return
     if nbytes % 4:
         raise CorruptFileError(f"{what}: ANS payload of {nbytes} bytes is not whole 32-bit words")
-    min_bits = count * (precision - math.log2(int(w[used].max())))
-    if min_bits > 8 * nbytes + 128:
-        raise CorruptFileError(
-            f"{what}: ANS payload of {nbytes} bytes cannot hold {count} symbols "
-            f"(at least {min_bits:.0f} bits)"
-        )
 
 
 def decode(
@@ -300,8 +296,8 @@ def decode(
 
     Raises:
         ConfigError: a ``dtype`` that cannot hold the alphabet's largest symbol.
-        CorruptFileError: the payload is not a whole number of words, too short for the
-            count, rejected by constriction, or not fully consumed.
+        CorruptFileError: the payload is not a whole number of words (or not empty where
+            it must be), rejected by constriction, or not fully consumed.
     """
     import constriction
 

@@ -526,7 +526,9 @@ def estimated_size(counts: np.ndarray, *, coder: CoderName = "auto", quick: bool
     Without coding the symbols: exact for RAW and Huffman; for ANS the ideal code length
     under its quantised model, plus :data:`_ANS_TAIL_BITS` for the coder's state, in 32-bit
     words (exact for most streams, else 4 bytes off, 5 where the payload length's varint
-    changes size).
+    changes size). The order of the symbols is not known here: a stream that ends in a run
+    of its smallest symbol codes that run for nothing under ANS (see
+    ``deepzip.coding.ans.check_payload_size``), so its real size can be smaller.
 
     Args:
         counts: how many times each symbol of the alphabet occurs (its length is the
