@@ -213,6 +213,23 @@ def test_a_fixed_reference_budgets_the_whole_model() -> None:
     assert 0 not in calls  # the reference was given: no evaluation before the first layer
 
 
+def test_a_drop_of_exactly_the_budget_is_within_it() -> None:
+    # 5006/10000 - 0.1/100 rounds above 4996/10000: the first width was judged over budget
+    def evaluate(model: nn.Module) -> float:
+        encoded = any(get_weightless(model[i]) is not None for i in (0, 2, 4))
+        return 4996 / 10000 if encoded else 5006 / 10000
+
+    report = weightless_(
+        _clustered(),
+        WeightlessConfig(max_drop=0.1, include=("0",)),
+        retrain=lambda m, layer: None,
+        evaluate=evaluate,
+    )
+    (layer,) = report.layers
+    assert layer.within_budget is True
+    assert len(layer.trials) == 1
+
+
 def test_when_no_width_meets_the_budget_the_most_accurate_trial_is_kept() -> None:
     net = _clustered()
     marks = iter(range(100))

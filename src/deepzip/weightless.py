@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from deepzip.coding.bloomier import BloomierFilter, build_filter
-from deepzip.config import CellBitsOverride, QuantizeConfig, WeightlessConfig
+from deepzip.config import ACCURACY_SLACK, CellBitsOverride, QuantizeConfig, WeightlessConfig
 from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.quantize.api import current_mask, layer_bits, quantize_
 from deepzip.quantize.kmeans import bits_to_k
@@ -532,7 +532,8 @@ def _encode_layer(
     shape = tuple(shared.indices.shape)
     skip = _layer_keys(model, target)
     snapshot = _snapshot(model, skip)
-    budget = None if reference is None else reference - config.max_drop / 100
+    # less a hair for float rounding: a drop of exactly max_drop points is within the budget
+    budget = None if reference is None else reference - config.max_drop / 100 - ACCURACY_SLACK
     candidates = _candidates(config, fixed, k)
     trials: list[WeightlessTrial] = []
     fallback: tuple[BloomierFilter, bytes, dict[str, torch.Tensor], float] | None = None

@@ -152,3 +152,10 @@ def test_stored_original_stays_zero_through_retraining(make_opt: object) -> None
         original = model[idx].parametrizations.weight.original
         assert torch.count_nonzero(original[~m.mask]) == 0
         assert torch.count_nonzero(original[m.mask]) == int(m.mask.sum())
+
+
+def test_a_drop_of_exactly_the_budget_is_within_it() -> None:
+    # 5006/10000 - 0.001 rounds above 4996/10000: the layer's 0.5 was not suggested
+    result = SensitivityResult(0.5006, (0.0, 0.5), {"a": (0.5006, 0.4996)}, {"a": 4})
+    assert result.suggest(0.001) == {"a": 0.5}
+    assert result.suggest(0.0009) == {"a": 0.0}

@@ -51,6 +51,7 @@ from deepzip.config.stages import (
     stage_kinds,
 )
 from deepzip.config.techniques import (
+    ACCURACY_SLACK,
     BLOOMIER_RATIO,
     PEELING_THRESHOLD,
     BitsOverride,
@@ -80,6 +81,7 @@ from deepzip.config.techniques import (
 from deepzip.config.tomlfile import load_toml, save_toml
 
 __all__ = [
+    "ACCURACY_SLACK",
     "BLOOMIER_RATIO",
     "CODER_NAMES",
     "INDEX_BITS_RANGE",

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from deepzip._atomic import atomic_write_text
-from deepzip.config import PruneConfig
+from deepzip.config import ACCURACY_SLACK, PruneConfig
 from deepzip.errors import ConfigError
 from deepzip.prune.api import layer_targets
 from deepzip.prune.masks import check_finite, sparsity_mask
@@ -59,7 +59,7 @@ class SensitivityResult:
             ok = [
                 s
                 for s, a in zip(self.sparsities, accs, strict=True)
-                if a >= self.baseline - max_drop
+                if a >= self.baseline - max_drop - ACCURACY_SLACK  # exactly max_drop is in
             ]
             out[name] = max(ok, default=0.0)
         return out
