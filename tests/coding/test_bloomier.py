@@ -499,3 +499,12 @@ def test_the_largest_table_a_builder_makes_is_the_largest_a_reader_takes() -> No
     assert BloomierFilter.from_bytes(f.to_bytes()).cells == cap
     with pytest.raises(CorruptFileError, match=f"at most {cap} for {n} positions"):
         BloomierFilter.from_bytes(_header(n_positions=n, m=cap + k, t=4) + bytes(cap))
+
+
+def test_a_table_the_reader_would_refuse_is_not_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the reader refuses m // k >= 2**32 (format.md 6.5); the builder made such a table (over
+    # about 10**10 keys, so the cell count is faked here)
+    monkeypatch.setattr(bl, "cell_count", lambda n, hashes, ratio: hashes << 32)
+    keys = np.arange(4, dtype=np.int64)
+    with pytest.raises(ConfigError, match=r"fc: 4 keys need 12884901888 cells, 4294967296 per"):
+        build_filter(keys, keys % 2, n_positions=8, num_values=2, cell_bits=2, name="fc")

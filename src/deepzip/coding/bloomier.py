@@ -468,6 +468,11 @@ def build_filter(
         if np.unique(key_arr).shape[0] != key_arr.shape[0]:
             raise InvalidTensorError(f"{name}: keys must be distinct positions")
     m = cell_count(key_arr.shape[0], hashes=hashes, ratio=ratio)
+    if m // hashes >= 1 << 32:  # the reader's limit (format.md 6.5): refuse, do not write it
+        raise ConfigError(
+            f"{name}: {key_arr.shape[0]} keys need {m} cells, {m // hashes} per segment; a "
+            f"segment holds fewer than 2**32 (use more hashes or encode a smaller layer)"
+        )
     for attempt in range(max_attempts):
         s = (seed + attempt) & _MASK64
         cells, mask = hash_positions(key_arr, seed=s, hashes=hashes, cells=m, cell_bits=cell_bits)
