@@ -46,3 +46,22 @@ def test_readme_weightless_stage_keeps_the_benchmark_retraining(tmp_path: Path) 
     assert cfg.retrain.epochs == 20
     assert cfg.retrain.distill == 0.5
     assert cfg.quantize.bits == 2
+
+
+def test_readme_command_lines_parse() -> None:
+    # every `deepzip ...` line of the README's sh blocks names real commands and flags
+    import shlex
+
+    from deepzip.cli import build_parser
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = []
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            command = line.split("#")[0].strip().replace("[--json]", "--json")
+            if command.startswith("deepzip "):
+                lines.append(command)
+    assert len(lines) >= 10
+    parser = build_parser()
+    for command in lines:
+        parser.parse_args(shlex.split(command)[1:])  # SystemExit on an unknown flag

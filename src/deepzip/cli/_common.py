@@ -30,6 +30,8 @@ from deepzip.config import (
     Recipe,
     RetrainConfig,
     ScheduleConfig,
+    builtin_recipe,
+    builtin_recipe_names,
     check_index_bits,
     load_prune_job,
 )
@@ -99,8 +101,13 @@ def _progress(enabled: bool) -> Iterator[Progress]:
             yield progress
         except Exception:
             # a command that fails leaves no stale bar above its error line (Ctrl-C keeps it:
-            # it shows how far the work got)
+            # it shows how far the work got), nor the blank line that Progress.stop prints
+            # after the bars on a non-terminal: stop the display here, and leave it disabled
             progress.live.transient = True
+            if not enabled:
+                raise
+            progress.live.stop()
+            progress.disable = True
             raise
 
 
@@ -158,6 +165,19 @@ def _check_output(
         raise ConfigError(f"{flag} {path}: {above} is not a directory")
     if not os.access(above, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {path}: no permission to write in {above}")
+
+
+def _check_safetensors_output(path: str | os.PathLike[str], flag: str) -> None:
+    """Refuse a checkpoint output not named ``.safetensors``: it is written in safetensors
+    format whatever its name, and deepzip reads a checkpoint by its suffix (``.pt``/``.pth``
+    with ``torch.load``), so it could not read the file back under another name."""
+    p = Path(path)
+    if p.suffix.lower() != ".safetensors":
+        raise ConfigError(
+            f"{flag} {os.fsdecode(path)}: a safetensors file; name it "
+            f"{p.with_suffix('.safetensors').name if p.name else 'x.safetensors'} "
+            "(deepzip reads a .pt/.pth checkpoint with torch.load, and no other suffix)"
+        )
 
 
 def _check_distinct(
@@ -366,6 +386,14 @@ def _schedule(args: argparse.Namespace) -> ScheduleConfig:
 
 def _prune_job(args: argparse.Namespace) -> PruneJob:
     if args.recipe is not None:
+        # a file, or the name of a built-in recipe (an installed deepzip has no recipes/ path)
+        if not Path(args.recipe).exists():
+            if args.recipe in builtin_recipe_names():
+                return builtin_recipe(args.recipe)
+            raise ConfigError(
+                f"--recipe {args.recipe}: no such recipe file, nor a built-in recipe "
+                f"({', '.join(builtin_recipe_names())})"
+            )
         return load_prune_job(args.recipe)
     args = argparse.Namespace(**vars(args))  # the flags not given take their defaults
     for key, value in _PRUNE_DEFAULTS.items():

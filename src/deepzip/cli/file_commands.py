@@ -15,6 +15,7 @@ from deepzip._atomic import atomic_write_text
 from deepzip.cli._common import (
     _check_distinct,
     _check_output,
+    _check_safetensors_output,
     _glob_number,
     _progress,
     _split_glob,
@@ -23,7 +24,7 @@ from deepzip.cli._common import (
 from deepzip.errors import ConfigError
 from deepzip.format import inspect as inspect_dzip
 from deepzip.format import to_safetensors
-from deepzip.posttrain import DEFAULT_BITS, compress_checkpoint
+from deepzip.posttrain import DEFAULT_BITS, DEFAULT_QUANTIZER, compress_checkpoint
 from deepzip.report import (
     compression_rich_table,
     compression_table,
@@ -48,6 +49,55 @@ def _check_not_in_model_dir(source: str, path: str | None, flag: str) -> None:
         )
 
 
+def _check_quantization_flags(args: argparse.Namespace) -> None:
+    """Refuse a quantization flag that the others would make ``compress`` ignore: ``--bits``
+    beside ``--levels`` or ``--step`` (which set the levels); beside ``--no-quantize`` any of
+    them, or ``--quantizer``, ``--lambda`` and ``--layout`` when no ``--layer-bits`` quantizes
+    a tensor; and ``--index-bits`` beside ``--layout dense`` when every tensor is quantized.
+    """
+    levels = [f"{flag} {value}" for flag, value in (("--levels", args.levels),
+              ("--step", args.step)) if value is not None]  # fmt: skip
+    if args.no_quantize:
+        given = [f"--bits {args.bits}"] if args.bits is not None else []
+        given += levels
+        if not args.layer_bits:
+            given += [f"{flag} {value}" for flag, value in (("--quantizer", args.quantizer),
+                      ("--lambda", args.ecsq_lambda)) if value is not None]  # fmt: skip
+            if args.layout != "auto":  # it chooses the index of a quantized tensor
+                given.append(f"--layout {args.layout}")
+        if given:
+            raise ConfigError(
+                f"--no-quantize keeps the values in float: {', '.join(given)} would be ignored "
+                "(per-tensor --layer-bits still quantize the tensors they match)"
+            )
+    elif args.bits is not None and levels:
+        raise ConfigError(f"{levels[0]} sets the levels: --bits {args.bits} would be ignored")
+    if not args.no_quantize and args.layout == "dense" and args.index_bits != "auto":
+        # every compressed tensor is quantized, and stored with a symbol per weight
+        raise ConfigError(
+            "--layout dense stores no relative index: "
+            f"--index-bits {args.index_bits} would be ignored"
+        )
+
+
+def _zoo_model_of(source: str) -> dict[str, str]:
+    """``{"deepzip.model": name}`` of a deepzip checkpoint (``deepzip train``, ``prune``...),
+    so that ``deepzip bench`` knows the compressed file's architecture; ``{}`` otherwise (an
+    unreadable file is reported by the compression itself)."""
+    path = Path(source)
+    if path.suffix.lower() != ".safetensors" or not path.is_file():
+        return {}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception:  # not ours to report: compress_checkpoint names it
+        return {}
+    name = meta.get("deepzip.model")
+    return {"deepzip.model": name} if name in model_names() else {}
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     """``deepzip compress``: post-training prune + quantize + code of any checkpoint."""
     _check_output(args.output, "-o")
@@ -55,11 +105,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     _check_distinct(args.output, "-o", args.json, "--json")
     _check_distinct(args.input, "the input", args.json, "--json")
     _check_not_in_model_dir(args.input, args.json, "--json")
-    if args.no_quantize and args.bits is not None:
-        raise ConfigError(
-            f"--no-quantize keeps the values in float: --bits {args.bits} would be ignored "
-            "(per-tensor --layer-bits still quantize the tensors they match)"
-        )
+    _check_quantization_flags(args)
     bits = None if args.no_quantize else DEFAULT_BITS if args.bits is None else args.bits
     with _progress(not args.no_progress) as progress:
         task = progress.add_task("compress", total=None)
@@ -73,8 +119,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
             sparsity=args.sparsity,
             bits=bits,
             levels=args.levels,
-            quantizer=args.quantizer,
-            ecsq_lambda=args.ecsq_lambda,
+            quantizer=DEFAULT_QUANTIZER if args.quantizer is None else args.quantizer,
+            ecsq_lambda=0.0 if args.ecsq_lambda is None else args.ecsq_lambda,
             step=args.step,
             coder=args.coder,
             include=tuple(args.include),
@@ -82,6 +128,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             layer_bits=dict(_parse_layer_bits(t) for t in args.layer_bits),
             index_bits=args.index_bits,
             layout=args.layout,
+            metadata=_zoo_model_of(args.input),
             progress=on_tensor,
         )
         progress.update(task, completed=len(report.tensors), description="done")
@@ -107,14 +154,18 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     """``deepzip decompress``: a ``.dzip`` file back to ``.safetensors`` (exact names/dtypes)."""
     _check_output(args.output, "-o")
     _check_distinct(args.input, "the input", args.output, "-o")
+    _check_safetensors_output(args.output, "-o")
     with _progress(not args.no_progress) as progress:
         task = progress.add_task("decompress", total=None)
+        tensors = [0]  # the file's tensor count, from the callback
 
         def on_tensor(name: str, index: int, total: int) -> None:
+            tensors[0] = total
             progress.update(task, completed=index, total=total, description=name)
 
         path = to_safetensors(args.input, args.output, progress=on_tensor)
-        progress.update(task, description="done")
+        # called before each tensor: the bar is full only once the last one is written
+        progress.update(task, completed=tensors[0], total=tensors[0], description="done")
     size = path.stat().st_size
     console.print(f"{args.input} → {path} ({size:,} bytes)", markup=False, soft_wrap=True)
     return 0
@@ -231,7 +282,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"{t.runtime_bytes:,}",
             t.policy_form,
         )
-    console.print(table)
+    if layers:
+        console.print(table)
+    else:  # an empty table would leave the reader guessing
+        console.print(
+            f"{args.input}: no quantized (weight-shared) layer, so no layer has a runtime form: "
+            "pruned float weights and raw tensors run dense in both",
+            markup=False,
+            soft_wrap=True,
+        )
     for t in layers:
         console.print(
             f"{t.name}: {t.policy_form} ({t.note or t.policy_reason})",

@@ -19,11 +19,15 @@ from deepzip.cli.run_commands import cmd_demo, cmd_download, cmd_run
 from deepzip.cli.train_commands import cmd_prune, cmd_quantize, cmd_sensitivity, cmd_train
 from deepzip.config import (
     CODER_NAMES,
+    QuantizeConfig,
     builtin_recipe_names,
 )
 from deepzip.datasets import DATASETS
 from deepzip.posttrain import DEFAULT_BITS, DEFAULT_QUANTIZER
 from deepzip.zoo import model_names
+
+_QUANTIZE_DEFAULTS = QuantizeConfig()
+"""``deepzip quantize``'s defaults for the flags that default to ``None``."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", choices=model_names(), help="zoo model")
     p.add_argument("-o", "--output", required=True, help="output .safetensors checkpoint")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=6, help="training epochs (default: 6)")
     _add_optimizer_args(p, weight_decay=5e-4)
     _add_data_args(p)
     p.set_defaults(func=cmd_train)
@@ -57,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--recipe",
         default=None,
-        help="TOML recipe; replaces the pruning, schedule and retraining flags (refused beside it)",
+        help="TOML recipe file or built-in recipe name (such as lenet-5); replaces the pruning, "
+        "schedule and retraining flags (refused beside it)",
     )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--sparsity", type=float, default=None, help="fraction removed per layer")
@@ -129,11 +134,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_checkpoint_args(p, output_help="output .safetensors checkpoint")
     p.add_argument("--bits", type=int, default=None, help="bits for every layer")
-    p.add_argument("--conv-bits", type=int, default=8)
-    p.add_argument("--fc-bits", type=int, default=5)
+    # None when not given, so that one given beside --bits (which replaces both) is refused
+    p.add_argument(
+        "--conv-bits",
+        type=int,
+        default=None,
+        help=f"bits of convolutions (default: {_QUANTIZE_DEFAULTS.conv_bits})",
+    )
+    p.add_argument(
+        "--fc-bits",
+        type=int,
+        default=None,
+        help=f"bits of the other layers (default: {_QUANTIZE_DEFAULTS.fc_bits})",
+    )
     p.add_argument("--override", action="append", default=[], metavar="GLOB=BITS|skip")
-    p.add_argument("--method", default="kmeans", choices=("kmeans", "uniform", "ecsq"))
-    p.add_argument("--init", default="linear", choices=("linear", "density", "forgy", "kmeans++"))
+    p.add_argument(
+        "--method",
+        default="kmeans",
+        choices=("kmeans", "uniform", "ecsq"),
+        help="quantizer (default: kmeans)",
+    )
+    p.add_argument(
+        "--init",
+        default="linear",
+        choices=("linear", "density", "forgy", "kmeans++"),
+        help="k-means initialisation (default: linear, the paper's)",
+    )
     p.add_argument(
         "--importance",
         default="none",
@@ -147,11 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("sum", "mean"),
         help="centroid gradient: sum (the paper) or mean of member gradients",
     )
-    p.add_argument("--finetune-epochs", type=int, default=2)
+    p.add_argument(
+        "--finetune-epochs", type=int, default=2, help="centroid fine-tuning epochs (default: 2)"
+    )
     # A centroid's gradient is the sum over its (thousands of) members: Adam's step size does
     # not depend on the gradient's scale, plain SGD would need a far smaller learning rate.
     _add_optimizer_args(p, weight_decay=0.0, lr=1e-3, optimizer="adam")
-    p.add_argument("--lr-scale", type=float, default=0.1, help="fine-tune at lr × lr-scale")
+    p.add_argument(
+        "--lr-scale", type=float, default=0.1, help="fine-tune at lr × lr-scale (default: 0.1)"
+    )
     _add_glob_args(p)
     p.add_argument("--json", default=None, help="also write the report as JSON")
     _add_data_args(p)
@@ -165,13 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_checkpoint_args(p, output_help="output JSON")
     p.add_argument("--plot", default=None, help="output PNG (default: next to the JSON)")
-    p.add_argument("--sparsities", default="0,0.3,0.5,0.6,0.7,0.8,0.85,0.9,0.93,0.95,0.97")
+    p.add_argument(
+        "--sparsities",
+        default="0,0.3,0.5,0.6,0.7,0.8,0.85,0.9,0.93,0.95,0.97",
+        help="comma-separated sweep of each layer's pruned fraction "
+        "(default: 0,0.3,0.5,0.6,0.7,0.8,0.85,0.9,0.93,0.95,0.97)",
+    )
     _add_glob_args(p)
     p.add_argument(
         "--max-drop",
         type=float,
         default=1.0,
-        help="accuracy budget (points) for the suggested per-layer sparsity",
+        help="accuracy budget (points) for the suggested per-layer sparsity (default: 1)",
     )
     _add_data_args(p)
     p.set_defaults(func=cmd_sensitivity)
@@ -249,13 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="one uniform grid step for every tensor (NNCodec-style), instead of --levels",
     )
     p.add_argument("--no-quantize", action="store_true", help="prune only; values stay float")
+    # None when not given, so that one given beside --no-quantize is refused
     p.add_argument(
         "--quantizer",
-        default=DEFAULT_QUANTIZER,
+        default=None,
         choices=("kmeans", "uniform", "ecsq"),
         help=f"default: {DEFAULT_QUANTIZER}",
     )
-    p.add_argument("--lambda", dest="ecsq_lambda", type=float, default=0.0, help="ECSQ rate weight")
+    p.add_argument(
+        "--lambda",
+        dest="ecsq_lambda",
+        type=float,
+        default=None,
+        help="ECSQ rate weight (default: 0)",
+    )
     p.add_argument("--coder", default="auto", choices=CODER_NAMES)
     p.add_argument(
         "--layer-bits", action="append", default=[], metavar="GLOB=BITS", help="per-tensor bits"
@@ -314,9 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=model_names(),
         help="zoo architecture (default: the file's deepzip.model metadata)",
     )
-    p.add_argument("--batch", type=int, default=1, help="batch size of the example input")
+    p.add_argument(
+        "--batch", type=int, default=1, help="batch size of the example input (default: 1)"
+    )
     p.add_argument("--input-shape", default="1,28,28", help="one sample's shape, e.g. 1,28,28")
-    p.add_argument("--repeats", type=int, default=30, help="timed runs of each form")
+    p.add_argument("--repeats", type=int, default=30, help="timed runs of each form (default: 30)")
     p.add_argument("--threads", type=int, default=None, help="torch (and kernel) threads")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=cmd_bench)

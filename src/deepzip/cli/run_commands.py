@@ -70,6 +70,11 @@ def _load_run_recipe(text: str) -> Recipe:
         if recipe.model is None and text in model_names():
             recipe = replace(recipe, model=text)
         return recipe
+    if not path.exists():
+        raise ConfigError(
+            f"{text}: no such recipe file, nor a built-in recipe "
+            f"({', '.join(builtin_recipe_names())})"
+        )
     return load_recipe(path)
 
 

@@ -13,6 +13,7 @@ from deepzip._atomic import atomic_write_text
 from deepzip.cli._common import (
     _check_distinct,
     _check_output,
+    _check_safetensors_output,
     _data,
     _floats,
     _glob_number,
@@ -89,6 +90,7 @@ def _check_recipe_alone(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """``deepzip train``: train a zoo model, write a safetensors checkpoint."""
     _check_output(args.output, "-o")
+    _check_safetensors_output(args.output, "-o")
     config = TrainConfig(
         epochs=args.epochs,
         lr=args.lr,
@@ -129,6 +131,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     _check_output(args.json, "--json")
     _check_distinct(args.output, "-o", args.json, "--json")
     _check_distinct(args.checkpoint, "the input", args.json, "--json")
+    _check_safetensors_output(args.output, "-o")
     _check_recipe_alone(args)
     device = resolve_device(args.device)
     job = _prune_job(args)
@@ -186,11 +189,19 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     _check_output(args.json, "--json")
     _check_distinct(args.output, "-o", args.json, "--json")
     _check_distinct(args.checkpoint, "the input", args.json, "--json")
+    _check_safetensors_output(args.output, "-o")
+    widths = {
+        key: value
+        for key, value in (("conv_bits", args.conv_bits), ("fc_bits", args.fc_bits))
+        if value is not None
+    }
+    if args.bits is not None and widths:
+        given = ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in widths.items())
+        raise ConfigError(f"--bits {args.bits} sets every layer: {given} would be ignored")
     device = resolve_device(args.device)
     config = QuantizeConfig(
         bits=args.bits,
-        conv_bits=args.conv_bits,
-        fc_bits=args.fc_bits,
+        **widths,  # the paper's defaults where not given
         method=args.method,
         init=args.init,
         importance=args.importance,
