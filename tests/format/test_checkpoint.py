@@ -9,6 +9,7 @@ from torch import nn
 
 from deepzip import (
     CheckpointError,
+    ConfigError,
     LayerOverride,
     PruneConfig,
     load_checkpoint,
@@ -284,3 +285,12 @@ def test_save_checkpoint_fsyncs_before_the_rename(
     monkeypatch.setattr(os, "replace", replace)
     save_checkpoint(mlp, tmp_path / "c.safetensors")
     assert calls == ["fsync", "replace"]
+
+
+@pytest.mark.parametrize("name", ["model.pt", "model.ckpt", "model"])
+def test_a_checkpoint_is_named_safetensors(mlp: nn.Module, tmp_path: Path, name: str) -> None:
+    # safetensors bytes under .pt were then read with torch.load (and .ckpt not at all)
+    with pytest.raises(ConfigError, match=r"name it model\.safetensors"):
+        save_checkpoint(mlp, tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+    assert read_checkpoint(save_checkpoint(mlp, tmp_path / "model.SafeTensors")).tensors

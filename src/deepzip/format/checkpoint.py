@@ -31,7 +31,7 @@ from torch import nn
 
 from deepzip._atomic import atomic_path
 from deepzip.coding.bloomier import BloomierFilter
-from deepzip.errors import CheckpointError, CorruptFileError
+from deepzip.errors import CheckpointError, ConfigError, CorruptFileError
 from deepzip.prune.api import mask_dict
 from deepzip.prune.parametrization import attach_mask, get_mask
 from deepzip.quantize.api import export_shared, strip_
@@ -135,8 +135,18 @@ def save_checkpoint(
 
     Returns:
         The path written.
+
+    Raises:
+        ConfigError: ``path`` is not named ``.safetensors`` (checkpoints are read by their
+            suffix: under another name the file could not be read back).
     """
     dest = Path(path)
+    if dest.suffix.lower() != ".safetensors":
+        raise ConfigError(
+            f"{dest}: a checkpoint is written in safetensors format; name it "
+            f"{dest.with_suffix('.safetensors').name if dest.name else 'model.safetensors'} "
+            "(a .pt/.pth name is read with torch.load)"
+        )
     tensors = {k: v.contiguous().cpu() for k, v in plain_state_dict(model).items()}
     masks = mask_dict(model)
     train_encoded: dict[str, bool] = {}
