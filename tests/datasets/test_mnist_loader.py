@@ -236,19 +236,26 @@ def test_download_network_error_leaves_nothing(tmp_path: Path) -> None:
         raise urllib.error.URLError("no network")
 
     with pytest.raises(DownloadError, match="no network") as info:
-        download("mnist", tmp_path, opener=opener)
+        download("mnist", tmp_path / "new" / "root", opener=opener)
     message = str(info.value)
     assert mnist.MIRRORS["mnist"] in message
     assert "DEEPZIP_DATA" in message
+    assert "--data-dir DIR" in message
     assert "\n" not in message
-    assert list((tmp_path / "mnist").iterdir()) == []
+    # the directories it made are gone again (an empty mnist/ was left behind)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "notes.txt").write_text("mine")
+    with pytest.raises(DownloadError, match="no network"):
+        download("mnist", tmp_path, opener=opener)
+    assert [p.name for p in (tmp_path / "mnist").iterdir()] == ["notes.txt"]
 
 
 def test_download_checksum_mismatch_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="checksum mismatch") as info:
         download("fashion-mnist", tmp_path, opener=_fake_opener(_payloads(), []))
     assert "apt-get install dataset-fashion-mnist" in str(info.value)
-    assert list((tmp_path / "fashion-mnist").iterdir()) == []
+    assert not (tmp_path / "fashion-mnist").exists()
 
 
 def test_loader_covers_every_sample_once() -> None:

@@ -147,8 +147,8 @@ def _apt_hint(name: str) -> list[str]:
 
 
 _FILES_HINT = (
-    "put the four IDX files in a directory DIR and pass it as the data root "
-    "or export DEEPZIP_DATA=DIR"
+    "put the four IDX files in a directory DIR and pass it as the data directory "
+    "(root=DIR; deepzip --data-dir DIR) or export DEEPZIP_DATA=DIR"
 )
 
 
@@ -453,17 +453,26 @@ def download(
     """
     _check_name(name)
     directory = (Path(root).expanduser() if root is not None else _default_cache()) / name
+    created = [d for d in (directory, *directory.parents) if not d.exists()]
     directory.mkdir(parents=True, exist_ok=True)
     open_url: UrlOpener = opener if opener is not None else urllib.request.urlopen
     hint = "offline alternatives: " + "; or ".join([*_apt_hint(name), _FILES_HINT])
-    for file_name, md5 in CHECKSUMS[name].items():
-        dest = directory / file_name
-        if dest.is_file() and _md5(dest) == md5:
-            logger.info("%s already present", dest)
-            continue
-        url = MIRRORS[name] + file_name
-        logger.info("downloading %s", url)
-        _fetch(url, dest, md5, open_url, timeout, hint)
+    try:
+        for file_name, md5 in CHECKSUMS[name].items():
+            dest = directory / file_name
+            if dest.is_file() and _md5(dest) == md5:
+                logger.info("%s already present", dest)
+                continue
+            url = MIRRORS[name] + file_name
+            logger.info("downloading %s", url)
+            _fetch(url, dest, md5, open_url, timeout, hint)
+    except BaseException:
+        for d in created:  # innermost first: the directories made here, while still empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
     return directory
 
 
