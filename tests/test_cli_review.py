@@ -383,7 +383,7 @@ def test_checkpoint_outputs_must_be_named_safetensors(
     names = {"OUT": str(out), "CKPT": str(tmp_path / "missing")}
     assert main([names.get(a, a) for a in argv] + ["--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert f"deepzip: error: -o {out}: a safetensors file; name it" in err
+    assert f"deepzip: error: -o {out}: a checkpoint is written in safetensors format" in err
     assert "model.safetensors" in err
     assert not out.exists()
 

@@ -38,6 +38,7 @@ from deepzip.config import (
 from deepzip.datasets import DATASETS, DataSplits, load_dataset
 from deepzip.errors import ConfigError
 from deepzip.format import apply_checkpoint, read_checkpoint
+from deepzip.format.checkpoint import check_checkpoint_name
 from deepzip.prune import StepRecord
 from deepzip.train import Callback, FitState
 from deepzip.zoo import create_model, model_names
@@ -168,16 +169,9 @@ def _check_output(
 
 
 def _check_safetensors_output(path: str | os.PathLike[str], flag: str) -> None:
-    """Refuse a checkpoint output not named ``.safetensors``: it is written in safetensors
-    format whatever its name, and deepzip reads a checkpoint by its suffix (``.pt``/``.pth``
-    with ``torch.load``), so it could not read the file back under another name."""
-    p = Path(path)
-    if p.suffix.lower() != ".safetensors":
-        raise ConfigError(
-            f"{flag} {os.fsdecode(path)}: a safetensors file; name it "
-            f"{p.with_suffix('.safetensors').name if p.name else 'x.safetensors'} "
-            "(deepzip reads a .pt/.pth checkpoint with torch.load, and no other suffix)"
-        )
+    """Refuse a checkpoint output not named ``.safetensors`` before any work (see
+    :func:`deepzip.format.checkpoint.check_checkpoint_name`)."""
+    check_checkpoint_name(path, f"{flag} {os.fsdecode(path)}")
 
 
 def _check_distinct(

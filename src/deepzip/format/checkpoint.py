@@ -46,6 +46,7 @@ __all__ = [
     "MASK_PREFIX",
     "Checkpoint",
     "apply_checkpoint",
+    "check_checkpoint_name",
     "check_keys_fit",
     "load_checkpoint",
     "plain_state_dict",
@@ -123,6 +124,25 @@ class Checkpoint:
         self.metadata = metadata
 
 
+def check_checkpoint_name(path: str | os.PathLike[str], what: str | None = None) -> None:
+    """Refuse a checkpoint name that is not ``.safetensors``.
+
+    A checkpoint is written in safetensors format whatever its name, and read by its suffix
+    (``.pt``/``.pth`` with ``torch.load``), so under another name it could not be read back.
+    ``what`` names it in the message (default: the path).
+
+    Raises:
+        ConfigError: naming the file and the name to use.
+    """
+    p = Path(path)
+    if p.suffix.lower() != ".safetensors":
+        raise ConfigError(
+            f"{what or os.fsdecode(path)}: a checkpoint is written in safetensors format; name "
+            f"it {p.with_suffix('.safetensors').name if p.name else 'model.safetensors'} "
+            "(a .pt/.pth name is read with torch.load)"
+        )
+
+
 def save_checkpoint(
     model: nn.Module, path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None
 ) -> Path:
@@ -141,12 +161,7 @@ def save_checkpoint(
             suffix: under another name the file could not be read back).
     """
     dest = Path(path)
-    if dest.suffix.lower() != ".safetensors":
-        raise ConfigError(
-            f"{dest}: a checkpoint is written in safetensors format; name it "
-            f"{dest.with_suffix('.safetensors').name if dest.name else 'model.safetensors'} "
-            "(a .pt/.pth name is read with torch.load)"
-        )
+    check_checkpoint_name(dest)
     tensors = {k: v.contiguous().cpu() for k, v in plain_state_dict(model).items()}
     masks = mask_dict(model)
     train_encoded: dict[str, bool] = {}
