@@ -399,3 +399,45 @@ def test_a_weightless_module_registered_twice_is_stored_once(tmp_path: Path) -> 
     with DzipReader(path) as r:
         assert torch.equal(r.tensor("2.weight"), net[0].weight.detach())
         assert torch.equal(r.shared("2.weight").mask, r.shared("0.weight").mask)
+
+
+def test_an_index_bits_glob_naming_only_the_alias_sets_the_stored_width(tmp_path: Path) -> None:
+    """The data of ``2.weight`` is stored under ``0.weight``: a glob naming ``2`` applies to it
+    (it was ignored: the stored tensor kept its automatic width)."""
+    net = _twice()
+    path = tmp_path / "twice.dzip"
+    cases = [
+        ({"2": 3}, 3),
+        ({"2.weight": 11}, 11),
+        ({"2": 3, "0": 12}, 12),  # the last glob matching one of its names wins
+        ({"0": 12, "2": 3}, 3),
+        ({"2": "paper"}, 5),
+    ]
+    for bits, width in cases:
+        rows = {t.name: t for t in save(net, path, index_bits=bits, layout="sparse").tensors}
+        assert rows["0.weight"].gap_width == width, bits
+        assert rows["2.weight"].alias_of == "0.weight"
+
+
+def test_a_negated_view_is_not_an_alias(tmp_path: Path) -> None:
+    """``c.conj().imag`` has ``c.imag``'s storage, offset, shape, strides and dtype, but its
+    values negated (the negative bit): it was stored as an alias and read back un-negated."""
+    c = torch.randn(3, dtype=torch.cfloat, generator=torch.Generator().manual_seed(2))
+    state = {"im": c.imag, "neg": c.conj().imag, "neg2": c.conj().imag}
+    path = tmp_path / "neg.dzip"
+    alias_of = {t.name: t.alias_of for t in save(state, path).tensors}
+    assert alias_of == {"im": None, "neg": None, "neg2": "neg"}
+    back = load_state_dict(path)
+    for name, value in state.items():
+        assert torch.equal(back[name], value.resolve_neg()), name
+
+
+def test_a_contiguous_negated_tensor_is_written(tmp_path: Path) -> None:
+    """A one-element ``conj().imag`` is contiguous with the negative bit set: writing it
+    raised RuntimeError (``view`` to bytes refuses the bit)."""
+    neg = torch.tensor([1.5 + 2.0j]).conj().imag
+    assert neg.is_neg()
+    assert neg.is_contiguous()
+    path = tmp_path / "neg.dzip"
+    save({"neg": neg}, path)
+    assert load_state_dict(path)["neg"].tolist() == [-2.0]

@@ -168,3 +168,28 @@ def test_bool_tensors_are_written_as_0_or_1(tmp_path: Path) -> None:
     assert state["m"].view(torch.uint8).tolist() == [[0, 1, 1], [1, 0, 1]]
     assert state["plain"].tolist() == [True, False]
     assert m.view(torch.uint8).tolist() == [[0, 2, 1], [255, 0, 128]]  # input not modified
+
+
+# ------------------------------------------------------------------------------ odd strides
+
+
+def test_contiguous_tensors_with_a_wide_stride_on_a_size_1_dimension(tmp_path: Path) -> None:
+    """``w[:1, 0]`` is contiguous (one element) with stride 4: writing it raised RuntimeError
+    (a view to bytes needs stride 1)."""
+    w = torch.arange(16, dtype=torch.float32).reshape(4, 4)
+    state = {
+        "col": w[:1, 0],  # (1,), stride (4,)
+        "block": w[1:2, 2:3].expand(1, 1),  # (1, 1), strides (4, 1)
+        "t": w.t()[:, :1][:1],  # (1, 1), strides (1, 4)
+        "ints": torch.arange(8).reshape(2, 4)[:1, 3],
+        "bools": torch.tensor([[True, False], [False, True]])[:1, 1],
+    }
+    assert all(t.is_contiguous() and t.numel() == 1 for t in state.values())
+    path = tmp_path / "s.dzip"
+    save(state, path)
+    back = load_state_dict(path)
+    for name, value in state.items():
+        assert torch.equal(back[name], value), name
+    with DzipWriter(tmp_path / "f.dzip") as writer:
+        writer.add_sparse_float("col", w[:1, 0], torch.tensor([True]))
+    assert load_state_dict(tmp_path / "f.dzip")["col"].tolist() == [0.0]

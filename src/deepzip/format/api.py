@@ -72,9 +72,17 @@ def gap_width(spec: IndexBitsSpec, is_conv: bool) -> GapWidth:
 
 
 def _width_resolver(
-    index_bits: IndexBits, names: list[str], is_conv: Mapping[str, bool]
+    index_bits: IndexBits,
+    names: list[str],
+    is_conv: Mapping[str, bool],
+    alias_of: Mapping[str, str] | None = None,
 ) -> dict[str, GapWidth]:
-    """Gap width per tensor name (see :data:`IndexBits`)."""
+    """Gap width per tensor name (see :data:`IndexBits`).
+
+    A tied tensor's data is stored under its first name (``alias_of`` maps every later name
+    to it), so a glob matching any of its names sets the stored tensor's width: the last
+    glob matching one of them wins.
+    """
     if index_bits is None or isinstance(index_bits, (int, str)):
         spec = check_index_bits("index_bits", "auto" if index_bits is None else index_bits)
         return {n: gap_width(spec, is_conv.get(n, False)) for n in names}
@@ -98,6 +106,9 @@ def _width_resolver(
             )
         for n in hits:
             out[n] = gap_width(spec, is_conv.get(n, False))
+            target = (alias_of or {}).get(n)
+            if target is not None:  # the data is stored under the first name
+                out[target] = gap_width(spec, is_conv.get(target, False))
     return out
 
 
@@ -106,7 +117,8 @@ _V = TypeVar("_V")
 
 
 def _storage_key(t: torch.Tensor) -> _TieKey | None:
-    """What makes two tensors the very same view: storage, offset, shape, strides, dtype.
+    """What makes two tensors the very same view: storage, offset, shape, strides, dtype (and
+    the negative and conjugate bits, which change the values a view reads).
 
     ``None`` for a tensor that cannot be told apart from another one by its storage (no
     elements, or no storage address, such as a meta tensor): it is never an alias.
@@ -116,7 +128,9 @@ def _storage_key(t: torch.Tensor) -> _TieKey | None:
     ptr = t.untyped_storage().data_ptr()
     if ptr == 0:
         return None
-    return (t.device, ptr, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+    # a negated view (``c.conj().imag`` beside ``c.imag``) has the same bytes, other values
+    view = (t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, t.is_neg(), t.is_conj())
+    return (t.device, ptr, *view)
 
 
 def _tie_keys(
@@ -200,7 +214,8 @@ def save(
         index_bits: gap width of the relative sparse index (see :data:`IndexBits`); by default
             each tensor's smallest (``"auto"``). ``"paper"`` is Deep Compression's 8 bits for
             convolutions and 5 for everything else (from a mapping, tensors of 3 or more
-            dimensions count as convolutions).
+            dimensions count as convolutions). A glob may name any of a tied tensor's names:
+            it sets the width of the data stored under the first.
         layout: ``"auto"`` (the smaller of dense and sparse for each pruned quantized tensor),
             ``"sparse"`` (always the relative index) or ``"dense"``.
         metadata: the caller's string key/values (stored under ``"user"``).
@@ -261,7 +276,7 @@ def save(
         _move_to_target(weightless, name, target)  # name the model's walk found it under
         _move_to_target(shared, name, target)
         _move_to_target(masks, name, target)
-    widths = _width_resolver(index_bits, list(state), is_conv)
+    widths = _width_resolver(index_bits, list(state), is_conv, alias_of)
     meta: dict[str, Any] = {"user": {str(k): str(v) for k, v in (metadata or {}).items()}}
     if recipe is not None:
         meta["recipe"] = _json_ready(recipe)

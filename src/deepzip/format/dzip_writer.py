@@ -99,16 +99,20 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
 
     A bool element is written as 0 or 1 (section 5 of ``docs/format.md``) whatever its storage
     byte: a bool tensor viewed from other bytes (``uint8_tensor.view(torch.bool)``) reads as
-    ``True`` for any non-zero byte, so such bytes are normalised to 1 (a copy, only then).
+    ``True`` for any non-zero byte, so such bytes are normalised to 1 (a copy, only then). A
+    view with the negative bit (``c.conj().imag``) is written with its values, negated.
     """
-    t = tensor.detach().cpu().contiguous()
+    t = tensor.detach().cpu().resolve_neg().contiguous()
     if t.numel() == 0:
         return memoryview(b"")
     if t.dtype == torch.bool:
         t = t.view(torch.uint8)
         if bool((t > 1).any()):
             t = (t != 0).to(torch.uint8)
-    return t.reshape(-1).view(torch.uint8).numpy().data
+    # contiguous, so the elements are consecutive in the storage, but a dimension of size 1
+    # may have any stride (``w[:1, 0]`` has stride 4), which a view to bytes refuses
+    flat = t.as_strided((t.numel(),), (1,))
+    return flat.view(torch.uint8).numpy().data
 
 
 class DzipWriter:
