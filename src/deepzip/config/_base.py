@@ -51,6 +51,12 @@ def _check_number(key: str, value: object, *, positive: bool) -> None:
         raise ConfigError(f"{key} must be a number {'> 0' if positive else '>= 0'}, got {value!r}")
 
 
+def _check_instance(key: str, value: object, cls: type) -> None:
+    """A nested config of the right type (a stage's ``retrain``, a job's ``schedule``...)."""
+    if not isinstance(value, cls):
+        raise ConfigError(f"{key} must be a {cls.__name__}, got {value!r}")
+
+
 def _check_choice(key: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(map(repr, choices))}, got {value!r}")

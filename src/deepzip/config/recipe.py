@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from deepzip.config._base import _build, _check_keys, _check_seed, _table
+from deepzip.config._base import _build, _check_instance, _check_keys, _check_seed, _table
 from deepzip.config.encoding import IndexBitsSpec
 from deepzip.config.stages import (
     EncodeStage,
@@ -305,6 +305,13 @@ class PruneJob:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     train: TrainConfig | None = None
+
+    def __post_init__(self) -> None:
+        _check_instance("prune", self.prune, PruneConfig)
+        _check_instance("schedule", self.schedule, ScheduleConfig)
+        _check_instance("retrain", self.retrain, RetrainConfig)
+        if self.train is not None:
+            _check_instance("train", self.train, TrainConfig)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PruneJob:

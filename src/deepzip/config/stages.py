@@ -13,6 +13,7 @@ from deepzip.config._base import (
     _as_str_tuple,
     _check_bits,
     _check_choice,
+    _check_instance,
     _check_int,
     _check_keys,
     _check_number,
@@ -130,6 +131,9 @@ class TrainStage:
 
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        _check_instance("train", self.train, TrainConfig)
+
     def to_dict(self) -> dict[str, Any]:
         """The stage table (without ``type``)."""
         out = self.train.to_dict()
@@ -182,6 +186,11 @@ class PruneStage:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
+    def __post_init__(self) -> None:
+        _check_instance("prune", self.prune, PruneConfig)
+        _check_instance("schedule", self.schedule, ScheduleConfig)
+        _check_instance("retrain", self.retrain, RetrainConfig)
+
     def to_dict(self) -> dict[str, Any]:
         """The stage table (without ``type``)."""
         return {
@@ -217,6 +226,7 @@ class RetrainStage:
     retrain: RetrainConfig = field(default_factory=lambda: RetrainConfig(final_epochs=0))
 
     def __post_init__(self) -> None:
+        _check_instance("retrain", self.retrain, RetrainConfig)
         _check_no_final_epochs("retrain", self.retrain)
 
     def to_dict(self) -> dict[str, Any]:
@@ -237,6 +247,7 @@ class QuantizeStage:
     fisher_batches: int = 20
 
     def __post_init__(self) -> None:
+        _check_instance("quantize", self.quantize, QuantizeConfig)
         _check_int("fisher_batches", self.fisher_batches, minimum=1)
         if self.quantize.importance == "adam":
             raise ConfigError(
@@ -270,6 +281,7 @@ class FinetuneStage:
     finetune: RetrainConfig = field(default_factory=lambda: RetrainConfig(**_FINETUNE_BASE))
 
     def __post_init__(self) -> None:
+        _check_instance("finetune", self.finetune, RetrainConfig)
         _check_no_final_epochs("finetune", self.finetune)
 
     def to_dict(self) -> dict[str, Any]:
@@ -472,11 +484,13 @@ for _kind in (
     StageKind(
         "prune", "prune", PruneStage, _parse_prune, _RETRAIN_KEYS | _PRUNE_KEYS - {"overrides"}
     ),
-    StageKind("retrain", "retrain", RetrainStage, _parse_retrain, _RETRAIN_KEYS),
+    StageKind("retrain", "retrain", RetrainStage, _parse_retrain, _RETRAIN_KEYS - {"final_epochs"}),
     StageKind(
         "quantize", "quantize", QuantizeStage, _parse_quantize, _QUANTIZE_KEYS - {"overrides"}
     ),
-    StageKind("finetune", "finetune", FinetuneStage, _parse_finetune, _RETRAIN_KEYS),
+    StageKind(
+        "finetune", "finetune", FinetuneStage, _parse_finetune, _RETRAIN_KEYS - {"final_epochs"}
+    ),
     StageKind(
         "encode",
         "encode",
@@ -514,6 +528,11 @@ class _IncrementalStage(Generic[_Q]):
 
     quantize: _Q
     retrain: RetrainConfig = field(default_factory=_incremental_retrain)
+
+    def __post_init__(self) -> None:
+        config_type = {SLQStage: SLQConfig, MLQStage: MLQConfig, INQStage: INQConfig}
+        _check_instance("quantize", self.quantize, config_type.get(type(self), object))
+        _check_instance("retrain", self.retrain, RetrainConfig)
 
     def with_bits_overrides(self: _IS, extra: tuple[BitsOverride, ...]) -> _IS:
         """A copy with ``extra`` overrides before the stage's own."""
@@ -597,7 +616,9 @@ class WeightlessStage:
 
     Attributes:
         weightless: cell widths, budget and filter parameters, which layers.
-        quantize: clustering of the layers not clustered before this stage.
+        quantize: clustering of the layers not clustered before this stage (each alone: its
+            ``include``/``exclude`` must be empty, the stage's own select the layers, and its
+            ``importance`` ``"none"``).
         retrain: retraining after each layer (``final_epochs`` must be 0).
     """
 
@@ -606,10 +627,26 @@ class WeightlessStage:
     retrain: RetrainConfig = field(default_factory=lambda: RetrainConfig(**_WEIGHTLESS_RETRAIN))
 
     def __post_init__(self) -> None:
+        _check_instance("weightless", self.weightless, WeightlessConfig)
+        _check_instance("quantize", self.quantize, QuantizeConfig)
+        _check_instance("retrain", self.retrain, RetrainConfig)
         if self.retrain.final_epochs:
             raise ConfigError(
                 f"weightless stage: retrain.final_epochs must be 0 (retraining follows every "
                 f"layer), got {self.retrain.final_epochs!r}"
+            )
+        # weightless_ clusters each layer alone, with the stage's own selection
+        for key in ("include", "exclude"):
+            globs = getattr(self.quantize, key)
+            if globs:
+                raise ConfigError(
+                    f"quantize.{key} = {list(globs)!r} is not used: the weightless stage's own "
+                    "include/exclude select the layers it clusters and encodes; set them there"
+                )
+        if self.quantize.importance != "none":
+            raise ConfigError(
+                f"quantize.importance = {self.quantize.importance!r} is not available in a "
+                "weightless stage (it computes no importance); use 'none'"
             )
 
     def with_bits_overrides(self, extra: tuple[BitsOverride, ...]) -> WeightlessStage:

@@ -701,7 +701,8 @@ class WeightlessConfig:
             layer: the smallest ``t`` from ``min_cell_bits`` up whose accuracy after the
             layer's retraining is at most ``max_drop`` points below the accuracy the model had
             before that layer was clustered and encoded (or below a fixed reference).
-        min_cell_bits: smallest ``t`` tried (never below the smallest with ``2**t > K``).
+        min_cell_bits: smallest ``t`` tried (never below the smallest with ``2**t > K``);
+            only with ``cell_bits = None``.
         max_cell_bits: largest ``t`` tried (used when no smaller one is within budget).
         max_drop: accuracy budget in points (``0.3`` = 0.3 percentage points).
         hashes: cells per position ``k`` (2..8); 3 needs the fewest cells. (With one cell per
@@ -748,6 +749,11 @@ class WeightlessConfig:
         if self.min_cell_bits is not None:
             _check_cell_bits("weightless.min_cell_bits", self.min_cell_bits)
         _check_cell_bits("weightless.max_cell_bits", self.max_cell_bits)
+        if self.cell_bits is not None and self.min_cell_bits is not None:
+            raise ConfigError(
+                f"weightless.min_cell_bits = {self.min_cell_bits!r} is only used when cell_bits "
+                f"is chosen automatically, got cell_bits = {self.cell_bits!r}; remove one"
+            )
         if self.min_cell_bits is not None and self.min_cell_bits > self.max_cell_bits:
             raise ConfigError(
                 f"weightless.min_cell_bits ({self.min_cell_bits}) must not exceed "

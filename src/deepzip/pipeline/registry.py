@@ -213,6 +213,7 @@ class _Runner:
     needs_validation: Callable[[Any], bool]
     validation_hint: str
     recipe_check: RecipeCheck | None = None
+    needs_batches: Callable[[Any], str | None] = lambda config: None
 
 
 _RUNNERS: dict[str, _Runner] = {}
@@ -227,6 +228,7 @@ def register_stage_runner(
     needs_validation: Callable[[Any], bool] = lambda config: False,
     validation_hint: str = "",
     recipe_check: RecipeCheck | None = None,
+    needs_batches: Callable[[Any], str | None] = lambda config: None,
     overwrite: bool = False,
 ) -> None:
     """Register how a stage type runs (its recipe side: ``deepzip.config.register_stage_kind``).
@@ -244,6 +246,9 @@ def register_stage_runner(
         recipe_check: ``recipe_check(model, recipe, index)``, for a check that needs the
             stages before this one (what an earlier stage will have done to a layer); runs
             after ``check``, before the run starts, raising ``ConfigError``.
+        needs_batches: what in a config of this stage needs ``batches`` (training batches
+            for statistics), such as ``"importance = 'fisher'"``, or ``None`` when nothing
+            does; checked before the run starts.
         overwrite: replace an existing runner.
 
     Raises:
@@ -255,7 +260,7 @@ def register_stage_runner(
     if kind in _RUNNERS and not overwrite:
         raise ConfigError(f"stage type {kind!r} already has a runner")
     _RUNNERS[kind] = _Runner(
-        run, check, needs_training, needs_validation, validation_hint, recipe_check
+        run, check, needs_training, needs_validation, validation_hint, recipe_check, needs_batches
     )
 
 

@@ -146,8 +146,7 @@ def run_recipe(
 
     Raises:
         ConfigError: a glob matching no layer, a stage that needs ``train_fn``/``eval_fn``
-            that were not given (checked before anything runs), a stage that needs
-            ``batches`` that were not given.
+            or ``batches`` that were not given (checked before anything runs).
         RecipeChangedError: ``run_dir`` holds a run of another recipe, model or data set, or
             one started by another deepzip (version or code).
 
@@ -178,6 +177,11 @@ def run_recipe(
             recipe.effective(stage)
         ):
             raise ConfigError(f"{stage.label(i)} trains the model: pass train_fn= or data=")
+        reason = registered_runner(stage.kind).needs_batches(recipe.effective(stage))
+        if batches is None and reason is not None:
+            raise ConfigError(
+                f"{stage.label(i)}: {reason} needs training batches: pass batches= or data="
+            )
     needs_val = validation_stage(recipe)
     if eval_fn is None and needs_val is not None:
         raise no_validation_error(*needs_val)

@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from deepzip.config import (
+    BitsOverride,
     EncodeStage,
     FinetuneStage,
     INQStage,
@@ -52,7 +53,8 @@ from deepzip.quantize import (
 )
 from deepzip.quantize.incremental import IncrementalStep, inq_, mlq_, slq_, step_count
 from deepzip.quantize.shared import attach_shared
-from deepzip.targets import matches, select_targets
+from deepzip.quantize.weightless import get_weightless
+from deepzip.targets import Target, matches, select_targets
 from deepzip.weightless import WeightlessLayer, cell_bits_rule, check_cell_bits, weightless_
 
 __all__: list[str] = []
@@ -205,6 +207,7 @@ def _run_encode(ctx: StageContext, config: EncodeStage) -> StageResult:
 
 
 _IncrementalStage = SLQStage | MLQStage | INQStage
+_INCREMENTAL = (SLQStage, MLQStage, INQStage)
 
 
 def _check_incremental(model: nn.Module, config: _IncrementalStage, label: str) -> None:
@@ -251,6 +254,85 @@ def _run_incremental(ctx: StageContext, config: _IncrementalStage) -> StageResul
     return StageResult({"report": report.to_dict(), "steps": [s.to_dict() for s in steps]})
 
 
+def _quantized_by(
+    model: nn.Module,
+    target: Target,
+    config: QuantizeStage | _IncrementalStage | WeightlessStage,
+    state: str | None,
+) -> str | None:
+    """What a quantize-role stage leaves ``target`` as, from ``state`` before it (``None``:
+    float, ``"shared"``: clustered, ``"weightless"``: encoded with Weightless)."""
+    if state == "weightless":  # every quantizer skips (or refuses) an encoded layer
+        return state
+    if isinstance(config, WeightlessStage):
+        w = config.weightless
+        if target.name not in select_targets(model, include=w.include, exclude=w.exclude).names():
+            return state
+        rule = cell_bits_rule(target, w.overrides)
+        if (rule is not None and rule.skip) or (
+            state is None and layer_bits(target, config.quantize) is None
+        ):
+            return state
+        return "weightless"
+    if state is not None:
+        return state
+    q = config.quantize
+    if target.name not in select_targets(model, include=q.include, exclude=q.exclude).names():
+        return state
+    if isinstance(config, QuantizeStage):
+        kept = layer_bits(target, config.quantize) is None
+    else:  # SLQ, MLQ, INQ
+        kept = _last_override_skips(target, q.overrides)
+    return state if kept else "shared"
+
+
+def _check_incremental_order(model: nn.Module, recipe: Recipe, index: int) -> None:
+    """A layer an earlier stage quantizes cannot be quantized incrementally again: checked
+    before the run starts (the verb refuses it only when the stage starts, after the earlier
+    stages have run). A layer encoded with Weightless is refused when an ``include`` glob or
+    an override names it, and otherwise skipped, as the verb does."""
+    config = recipe.effective(recipe.stages[index])
+    q = config.quantize
+    patterns = (*q.include, *(o.pattern for o in q.overrides))
+    for t in select_targets(model, include=q.include, exclude=q.exclude).targets:
+        if _last_override_skips(t, q.overrides):
+            continue
+        state: str | None = None
+        if get_weightless(t.module, t.param_name) is not None:
+            state = "weightless"
+        elif get_shared(t.module, t.param_name) is not None:
+            state = "shared"
+        by: int | None = None
+        for j, stage in enumerate(recipe.stages[:index]):
+            earlier_config = recipe.effective(stage)
+            if not isinstance(earlier_config, (QuantizeStage, *_INCREMENTAL, WeightlessStage)):
+                continue  # not a quantizer (or one this check does not know)
+            after = _quantized_by(model, t, earlier_config, state)
+            if after != state:
+                state, by = after, j
+        if by is None:
+            continue  # as the model is now: the stage's own check covers it
+        earlier = recipe.stages[by].label(by)
+        if state == "shared":
+            raise ConfigError(
+                f"{t.name} is quantized by {earlier} before it; exclude it here or leave it "
+                "in float there"
+            )
+        if state == "weightless" and any(matches(p, t.module_name, t.param_name) for p in patterns):
+            raise ConfigError(
+                f"{t.name} is encoded with Weightless by {earlier}: quantizing it again would "
+                "drop its Bloomier filter; leave it out of this stage's include and overrides"
+            )
+
+
+def _last_override_skips(target: Target, overrides: tuple[BitsOverride, ...]) -> bool:
+    found: BitsOverride | None = None
+    for o in overrides:
+        if matches(o.pattern, target.module_name, target.param_name):
+            found = o
+    return found is not None and found.skip
+
+
 def _incremental_needs_training(config: _IncrementalStage) -> bool:
     return bool(config.retrain.epochs or config.retrain.final_epochs)
 
@@ -264,7 +346,12 @@ register_stage_runner(
 )
 register_stage_runner("prune", _run_prune, check=_check_prune, needs_training=_prune_needs_training)
 register_stage_runner("retrain", _run_retrain, needs_training=lambda c: bool(c.retrain.epochs))
-register_stage_runner("quantize", _run_quantize, check=_check_quantize)
+register_stage_runner(
+    "quantize",
+    _run_quantize,
+    check=_check_quantize,
+    needs_batches=lambda c: "importance = 'fisher'" if c.quantize.importance == "fisher" else None,
+)
 register_stage_runner("finetune", _run_finetune, needs_training=lambda c: bool(c.finetune.epochs))
 register_stage_runner("encode", _run_encode)
 
@@ -369,5 +456,6 @@ for _name in ("slq", "mlq", "inq"):
         _name,
         _run_incremental,
         check=_check_incremental,
+        recipe_check=_check_incremental_order,
         needs_training=_incremental_needs_training,
     )
