@@ -14,6 +14,7 @@ from torch import nn
 from deepzip import PruneConfig, QuantizeConfig, prune_, quantize_
 from deepzip.cli import main
 from deepzip.errors import CheckpointError, ConfigError
+from deepzip.format import load_state_dict
 from deepzip.posttrain import PostTrainConfig, compress_checkpoint
 from deepzip.targets import check_patterns_match, select_targets
 
@@ -184,3 +185,33 @@ def test_quantize_leaves_a_weight_under_a_foreign_parametrization_alone() -> Non
     assert [type(p).__name__ for p in model[0].parametrizations.weight] == ["_Orthogonal"]
     assert torch.equal(model[0].weight.detach(), before)
     assert model[2].weight.detach().unique().numel() <= 4
+
+
+def test_tied_tensors_of_a_pickled_state_dict_are_stored_once(tmp_path: Path) -> None:
+    # an embedding and an output layer sharing one tensor were compressed and written twice
+    torch.manual_seed(0)
+    w = torch.randn(64, 32)
+    state = {"emb.weight": w, "mid.weight": torch.randn(32, 32), "head.weight": w}
+    torch.save(state, tmp_path / "tied.pt")
+    torch.save({k: v.clone() for k, v in state.items()}, tmp_path / "untied.pt")
+    tied = compress_checkpoint(tmp_path / "tied.pt", tmp_path / "tied.dzip", sparsity=0.5, bits=4)
+    untied = compress_checkpoint(
+        tmp_path / "untied.pt", tmp_path / "untied.dzip", sparsity=0.5, bits=4
+    )
+    records = {r.name: r for r in tied.tensors}
+    assert records["head.weight"].alias_of == "emb.weight"
+    assert {r.name: r.alias_of for r in untied.tensors}["head.weight"] is None
+    assert tied.file_bytes < untied.file_bytes
+    decoded = load_state_dict(tmp_path / "tied.dzip")
+    assert torch.equal(decoded["head.weight"], decoded["emb.weight"])
+    assert torch.equal(
+        decoded["emb.weight"], load_state_dict(tmp_path / "untied.dzip")["emb.weight"]
+    )
+    # names with different settings are compressed each by its own
+    other = compress_checkpoint(
+        tmp_path / "tied.pt", tmp_path / "o.dzip", sparsity=0.5, bits=4, layer_bits={"head": 2}
+    )
+    assert {r.name: r.alias_of for r in other.tensors}["head.weight"] is None
+    decoded = load_state_dict(tmp_path / "o.dzip")
+    assert decoded["head.weight"].unique().numel() <= 4 + 1
+    assert decoded["emb.weight"].unique().numel() > 5

@@ -23,7 +23,7 @@ import torch
 
 from deepzip.config import CoderName, IndexBitsSpec, QuantizeConfig, check_index_bits
 from deepzip.errors import CheckpointError, ConfigError
-from deepzip.format.api import IndexBits, gap_width
+from deepzip.format.api import IndexBits, gap_width, tie_key
 from deepzip.format.checkpoint import load_pickled_state_dict
 from deepzip.format.dzip_report import SaveReport
 from deepzip.format.dzip_spec import MAX_K
@@ -179,11 +179,20 @@ class _Source:
     """The tensor names of a checkpoint, and a way to load them one at a time."""
 
     def __init__(
-        self, names: list[str], load: Callable[[str], torch.Tensor], files: Sequence[Path]
+        self,
+        names: list[str],
+        load: Callable[[str], torch.Tensor],
+        files: Sequence[Path],
+        *,
+        ties: bool = False,
     ) -> None:
         self.names = names
         self.load = load
         self.files = tuple(files)
+        # whether two names of one tensor share its storage when loaded (a pickled state dict
+        # keeps its ties; safetensors files cannot hold shared tensors, and each load is new
+        # memory whose address a later load may reuse)
+        self.ties = ties
 
 
 def _safetensors_source(files: Sequence[Path]) -> _Source:
@@ -255,7 +264,7 @@ def _open_source(src: Path) -> _Source:
         return _safetensors_source([src])
     if suffix in (".pt", ".pth", ".bin"):
         state = load_pickled_state_dict(src, mmap=True)
-        return _Source(list(state), state.__getitem__, [src])
+        return _Source(list(state), state.__getitem__, [src], ties=True)
     raise CheckpointError(
         f"{src}: unknown checkpoint type {suffix!r}; expected .safetensors, .pt, .pth "
         "or a Hugging Face model directory"
@@ -377,7 +386,10 @@ def compress_checkpoint(
     elements) that the globs select is pruned to ``sparsity`` by magnitude, quantized to
     ``2**bits`` shared values and entropy-coded; every other tensor is stored raw and listed
     in ``report.skipped`` with the reason. Tensors are read, compressed and written one at a
-    time, so memory holds one tensor (and its temporaries) at a time.
+    time, so memory holds one tensor (and its temporaries) at a time. A tensor a pickled state
+    dict holds under several names (tied embeddings) is stored once, as ``ALIAS`` entries
+    (``docs/format.md`` 6.6), when its names get the same treatment (else each is compressed
+    by its own settings).
 
     Args:
         src: a ``.safetensors`` file, a ``.pt``/``.pth``/``.bin`` state dict (read with
@@ -436,6 +448,9 @@ def compress_checkpoint(
     source = _open_source(Path(src))
     _check_dest(Path(dest), source)
     _check_globs(source.names, config, index_bits)
+    # a tied tensor (one tensor under several names, as a pickled state dict with tied
+    # embeddings holds it) is stored once when its names get the same treatment
+    first_of: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}
     with DzipWriter(dest, coder=coder, metadata=meta) as writer:
         total = len(source.names)
         for i, name in enumerate(source.names):
@@ -443,13 +458,28 @@ def compress_checkpoint(
                 progress(name, i, total)
             tensor = source.load(name)
             reason = _skip_reason(name, tensor, config)
+            width = None if reason is not None else _gap_width(name, tensor, index_bits)
+            treatment = (
+                ("raw",)
+                if reason is not None
+                else ("compressed", config.levels_for(name), config.step_for(name), width)
+            )
+            key = tie_key(tensor) if source.ties else None
+            if key is not None:
+                first = first_of.setdefault(key, (name, treatment))
+                if first[0] != name and first[1] == treatment:
+                    writer.add_alias(name, first[0])
+                    if reason is not None:
+                        writer.skip(name, reason)
+                    else:
+                        layers[name] = {"alias_of": first[0]}
+                    continue
             if reason is not None:
                 writer.add_raw(name, tensor)
                 writer.skip(name, reason)
                 continue
-            layers[name] = _compress_tensor(
-                writer, name, tensor, config, _gap_width(name, tensor, index_bits), layout
-            )
+            assert width is not None
+            layers[name] = _compress_tensor(writer, name, tensor, config, width, layout)
             del tensor
         meta["report"] = {
             "layers": layers,

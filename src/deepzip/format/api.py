@@ -46,6 +46,7 @@ __all__ = [
     "load_model",
     "load_state_dict",
     "save",
+    "tie_key",
     "to_safetensors",
 ]
 
@@ -116,7 +117,7 @@ _TieKey = tuple[Any, ...]
 _V = TypeVar("_V")
 
 
-def _storage_key(t: torch.Tensor) -> _TieKey | None:
+def tie_key(t: torch.Tensor) -> _TieKey | None:
     """What makes two tensors the very same view: storage, offset, shape, strides, dtype (and
     the negative and conjugate bits, which change the values a view reads).
 
@@ -138,20 +139,20 @@ def _tie_keys(
 ) -> dict[str, _TieKey]:
     """An identity key per tensor name: two names with one key hold the same tensor.
 
-    A plain tensor's key is its storage view (:func:`_storage_key`): a module registered
+    A plain tensor's key is its storage view (:func:`tie_key`): a module registered
     twice, or a ``Parameter`` shared by two modules, gives several state-dict keys over one
     storage. A parametrized weight of ``model`` (pruned, quantized, Weightless) is computed
     afresh on each access, so its key is its parametrization (the same module registered
     under several names has one); two modules that share an ``original`` but have
     parametrizations of their own may hold different values, and are not tied. A
     ``SharedTensor`` (from a mapping) is keyed by the views of its codebook, indices and
-    mask. Names without a key (see :func:`_storage_key`) are left out.
+    mask. Names without a key (see :func:`tie_key`) are left out.
     """
     keys: dict[str, _TieKey] = {}
     for name, value in state.items():
         key: _TieKey | None = None
         if isinstance(value, SharedTensor):
-            parts = [_storage_key(t) for t in (value.codebook, value.indices, value.mask)]
+            parts = [tie_key(t) for t in (value.codebook, value.indices, value.mask)]
             if all(p is not None for p in parts):
                 key = ("shared", *parts)
         else:
@@ -160,7 +161,7 @@ def _tie_keys(
             if owner is not None and parametrize.is_parametrized(owner, attr):
                 key = ("parametrized", id(owner.parametrizations[attr]))  # type: ignore[index]
             else:
-                key = _storage_key(value)
+                key = tie_key(value)
         if key is not None:
             keys[name] = key
     return keys
