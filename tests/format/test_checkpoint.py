@@ -10,11 +10,13 @@ from torch import nn
 from deepzip import (
     CheckpointError,
     ConfigError,
+    InvalidTensorError,
     LayerOverride,
     PruneConfig,
     load_checkpoint,
     prune_,
     read_checkpoint,
+    save,
     save_checkpoint,
 )
 from deepzip.config import QuantizeConfig
@@ -294,3 +296,25 @@ def test_a_checkpoint_is_named_safetensors(mlp: nn.Module, tmp_path: Path, name:
         save_checkpoint(mlp, tmp_path / name)
     assert list(tmp_path.iterdir()) == []
     assert read_checkpoint(save_checkpoint(mlp, tmp_path / "model.SafeTensors")).tensors
+
+
+class _WithExtraState(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"version": 3}
+
+    def set_extra_state(self, state: object) -> None:
+        pass
+
+
+def test_extra_state_that_is_not_a_tensor_is_named(tmp_path: Path) -> None:
+    # AttributeError: 'dict' object has no attribute 'detach'
+    model = nn.Sequential(_WithExtraState())
+    with pytest.raises(InvalidTensorError, match=r"^0\._extra_state: the state dict holds a dict"):
+        save_checkpoint(model, tmp_path / "m.safetensors")
+    with pytest.raises(InvalidTensorError, match=r"^0\._extra_state: "):
+        save(model, tmp_path / "m.dzip")
+    assert list(tmp_path.iterdir()) == []

@@ -31,7 +31,7 @@ from torch import nn
 
 from deepzip._atomic import atomic_path
 from deepzip.coding.bloomier import BloomierFilter
-from deepzip.errors import CheckpointError, ConfigError, CorruptFileError
+from deepzip.errors import CheckpointError, ConfigError, CorruptFileError, InvalidTensorError
 from deepzip.prune.api import mask_dict
 from deepzip.prune.parametrization import attach_mask, get_mask
 from deepzip.quantize.api import export_shared, strip_
@@ -69,9 +69,19 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
     Parametrized tensors appear under their plain name (``fc1.weight``) with their effective
     value; the parametrizations' own buffers are left out.
+
+    Raises:
+        InvalidTensorError: a state-dict entry that is not a tensor (a module's extra state
+            from ``get_extra_state``), naming its key: a checkpoint or ``.dzip`` file holds
+            tensors only.
     """
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            raise InvalidTensorError(
+                f"{key}: the state dict holds a {type(value).__name__}, not a tensor (a "
+                "module's extra state); only tensors can be saved"
+            )
         if key.startswith(_ROOT_PARAM):  # the model itself is parametrized
             owner, rest = "", key[len(_ROOT_PARAM) :]
         elif _PARAM_SEP in key:
