@@ -32,7 +32,7 @@ from deepzip.prune.masks import check_finite, sparsity_mask
 from deepzip.quantize.kmeans import KMeansResult, bits_to_k, kmeans_1d
 from deepzip.quantize.scalar import check_step, ecsq_quantize, step_quantize, uniform_quantize
 from deepzip.quantize.shared import SharedTensor
-from deepzip.targets import matches
+from deepzip.targets import check_glob_sequence, matches
 
 __all__ = [
     "DEFAULT_BITS",
@@ -317,11 +317,7 @@ def _check_globs(names: Sequence[str], config: PostTrainConfig, index_bits: Inde
 
 def _globs(key: str, globs: Sequence[str]) -> tuple[str, ...]:
     """``include``/``exclude`` as a tuple; a bare string is refused, not split into characters."""
-    if isinstance(globs, str):
-        raise ConfigError(
-            f"{key} must be a sequence of globs, got the string {globs!r} "
-            f"(write ({globs!r},) or [{globs!r}])"
-        )
+    check_glob_sequence(globs, key)
     return tuple(globs)
 
 

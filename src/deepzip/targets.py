@@ -36,6 +36,7 @@ __all__ = [
     "Skipped",
     "Target",
     "TargetSelection",
+    "check_glob_sequence",
     "check_patterns_match",
     "layer_type",
     "matches",
@@ -273,14 +274,20 @@ def _skip_reason(
     return f"{layer_type(module)}.{attr}: not a default target type; name it in include"
 
 
+def check_glob_sequence(globs: Sequence[str], what: str) -> None:
+    """Raise ``ConfigError`` for globs given as one string: it would be read as one glob per
+    character."""
+    if isinstance(globs, str):
+        raise ConfigError(
+            f"{what} must be a sequence of globs, got the string {globs!r} "
+            f"(write ({globs!r},) or [{globs!r}])"
+        )
+
+
 def check_patterns_match(model: nn.Module, patterns: Sequence[str], what: str) -> None:
     """Raise ``ConfigError`` for a glob that matches no module or parameter of ``model``, or
-    for ``patterns`` given as one string (it would be read as one glob per character)."""
-    if isinstance(patterns, str):
-        raise ConfigError(
-            f"{what} must be a sequence of globs, got the string {patterns!r} "
-            f"(write ({patterns!r},) or [{patterns!r}])"
-        )
+    for ``patterns`` given as one string (see :func:`check_glob_sequence`)."""
+    check_glob_sequence(patterns, what)
     if not patterns:
         return
     names = [(m, a) for m, a, _, _ in _named_params(model)]

@@ -16,6 +16,7 @@ from deepzip.errors import ConfigError, InvalidTensorError
 
 __all__ = [
     "check_finite",
+    "check_mask_shape",
     "global_magnitude_masks",
     "quality_mask",
     "sparsity_mask",
@@ -40,7 +41,9 @@ def _check_sparsity(sparsity: float) -> None:
         raise ConfigError(f"sparsity must be in [0, 1), got {sparsity!r}")
 
 
-def _check_current(name: str, weight: torch.Tensor, current: torch.Tensor) -> None:
+def check_mask_shape(name: str, weight: torch.Tensor, current: torch.Tensor) -> None:
+    """Raise :class:`InvalidTensorError` naming ``name`` unless the mask ``current`` has
+    ``weight``'s shape (a broadcastable mask would be taken silently)."""
     if current.shape != weight.shape:
         raise InvalidTensorError(
             f"{name}: mask shape {tuple(current.shape)} does not match weight {tuple(weight.shape)}"
@@ -50,7 +53,7 @@ def _check_current(name: str, weight: torch.Tensor, current: torch.Tensor) -> No
 def _scores(name: str, weight: torch.Tensor, current: torch.Tensor | None) -> torch.Tensor:
     scores = weight.detach().abs().flatten().to(torch.float64)
     if current is not None:
-        _check_current(name, weight, current)
+        check_mask_shape(name, weight, current)
         scores = scores.masked_fill(~current.flatten().to(scores.device), -1.0)
     return scores
 
@@ -119,7 +122,7 @@ def quality_mask(
         raise ConfigError(f"{name}: reference std must be a finite number >= 0, got {std!r}")
     check_finite(name, weight)
     if current is not None:
-        _check_current(name, weight, current)
+        check_mask_shape(name, weight, current)
     keep = weight.detach().abs().to(torch.float64) >= quality * std
     if current is not None:
         keep &= current.to(keep.device)

@@ -16,7 +16,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from deepzip._parametrize import find_parametrization
-from deepzip.errors import ConfigError, InvalidTensorError
+from deepzip.errors import ConfigError
+from deepzip.prune.masks import check_mask_shape
 
 __all__ = [
     "WeightMask",
@@ -142,11 +143,7 @@ def attach_mask(
     """
     check_prunable(module, attr, name or attr)
     weight = getattr(module, attr)
-    if mask.shape != weight.shape:  # a broadcastable mask would be taken silently
-        raise InvalidTensorError(
-            f"{name or attr}: mask shape {tuple(mask.shape)} does not match weight "
-            f"{tuple(weight.shape)}"
-        )
+    check_mask_shape(name or attr, weight, mask)
     existing = _find(module, attr)
     if existing is not None:
         existing.mask.copy_(mask.to(existing.mask.device))
