@@ -125,6 +125,31 @@ class PruneConfig:
 
 
 _SCHEDULE_KINDS = ("steps", "agp", "oneshot")
+_DEFAULT_STEPS = (0.5, 0.75, 0.875, 1.0)
+_DEFAULT_N_STEPS = 5
+
+
+def _check_unused_schedule_keys(kind: object, values: Mapping[str, Any]) -> None:
+    """Refuse ``steps``/``n_steps`` beside a kind that does not use them, unless at the default.
+
+    Earlier versions wrote every key whatever the kind (run directories keep those recipes),
+    so an unused key holding its default value is let through.
+    """
+    unused: tuple[tuple[str, str, object], ...] = (
+        ("steps", "steps", list(_DEFAULT_STEPS)),
+        ("n_steps", "agp", _DEFAULT_N_STEPS),
+    )
+    for key, used_by, default in unused:
+        if key not in values or kind not in _SCHEDULE_KINDS or kind == used_by:
+            continue
+        value = values[key]
+        if isinstance(value, tuple):
+            value = list(value)
+        if value != default:
+            raise ConfigError(
+                f'schedule.{key} is only used with kind = "{used_by}", got kind = '
+                f"{kind!r} and {key} = {value!r}; remove {key} or change the kind"
+            )
 
 
 @dataclass(frozen=True)
@@ -137,16 +162,18 @@ class ScheduleConfig:
     Attributes:
         kind: ``"steps"`` uses ``steps`` as given; ``"agp"`` is Zhu & Gupta's polynomial
             schedule ``1 - (1 - i/n)^3`` over ``n_steps``; ``"oneshot"`` prunes once.
-        steps: increasing progress fractions in (0, 1], the last one 1.0 (``kind="steps"``).
-        n_steps: number of steps for ``kind="agp"``.
+        steps: increasing progress fractions in (0, 1], the last one 1.0 (``kind="steps"``;
+            refused beside another kind unless left at its default).
+        n_steps: number of steps for ``kind="agp"`` (refused beside another kind unless left
+            at its default).
     """
 
     kind: ScheduleKind = "steps"
-    steps: tuple[float, ...] = (0.5, 0.75, 0.875, 1.0)
-    n_steps: int = 5
+    steps: tuple[float, ...] = _DEFAULT_STEPS
+    n_steps: int = _DEFAULT_N_STEPS
 
     def __post_init__(self) -> None:
-        if self.kind not in ("steps", "agp", "oneshot"):
+        if self.kind not in _SCHEDULE_KINDS:
             raise ConfigError(
                 f"schedule.kind must be 'steps', 'agp' or 'oneshot', got {self.kind!r}"
             )
@@ -156,6 +183,9 @@ class ScheduleConfig:
             raise ConfigError(f"schedule.n_steps must be >= 1, got {self.n_steps!r}")
         # steps are checked whatever the kind (the default is valid): a bad value is never kept
         _check_fractions("schedule.steps", self.steps, end="the target")
+        # to_dict drops a key the kind does not use, so a value set there would be lost
+        # from the recipe a run records
+        _check_unused_schedule_keys(self.kind, {"steps": self.steps, "n_steps": self.n_steps})
 
     def fractions(self) -> tuple[float, ...]:
         """Progress fraction of the final target at each step (last is 1.0)."""
@@ -176,21 +206,7 @@ class ScheduleConfig:
                 set to other than its default (older versions wrote every key).
         """
         data = dict(data)
-        kind = data.get("kind", "steps")
-        # earlier versions wrote every key whatever the kind (run directories keep those
-        # recipes), so an unused key holding its default value is let through
-        unused_defaults = {"steps": list(cls.steps), "n_steps": cls.n_steps}
-        for key, used_by in (("steps", "steps"), ("n_steps", "agp")):
-            if (
-                key in data
-                and kind in _SCHEDULE_KINDS
-                and kind != used_by
-                and data[key] != unused_defaults[key]
-            ):
-                raise ConfigError(
-                    f'schedule.{key} is only used with kind = "{used_by}", got kind = '
-                    f"{kind!r} and {key} = {data[key]!r}; remove {key} or change the kind"
-                )
+        _check_unused_schedule_keys(data.get("kind", "steps"), data)
         if "steps" in data:
             if not isinstance(data["steps"], list):
                 raise ConfigError(f"schedule.steps must be a list, got {data['steps']!r}")
