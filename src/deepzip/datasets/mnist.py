@@ -334,17 +334,23 @@ def train_val_split(
 
     Args:
         ds: The data set to split, normally the official training split.
-        val_size: Number of validation samples, in ``[1, len(ds) - 1]``.
-        seed: Seed of the permutation.
+        val_size: Number of validation samples, an integer in ``[1, len(ds) - 1]``.
+        seed: Seed of the permutation, an integer from ``-2**63`` to ``2**64 - 1``.
 
     Returns:
         ``(train, val)``, with split names ``"train"`` and ``"val"``.
 
     Raises:
-        ConfigError: ``val_size`` is out of range.
+        ConfigError: ``val_size`` or ``seed`` is not an integer or is out of range.
     """
-    if isinstance(val_size, bool) or not 1 <= val_size <= len(ds) - 1:
-        raise ConfigError(f"val_size must be in [1, {len(ds) - 1}], got {val_size!r}")
+    if (
+        isinstance(val_size, bool)
+        or not isinstance(val_size, int)
+        or not 1 <= val_size <= len(ds) - 1
+    ):
+        raise ConfigError(f"val_size must be an integer in [1, {len(ds) - 1}], got {val_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
+        raise ConfigError(f"seed must be an integer from -2**63 to 2**64 - 1, got {seed!r}")
     generator = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(ds), generator=generator)
     val_index = perm[:val_size].sort().values
@@ -370,14 +376,14 @@ def load_dataset(
         root: Data directory; searched for with :func:`find_data_dir` when omitted.
         val_size: Validation samples, in ``[0, len(train) - 1]``; 0 gives an empty
             validation split.
-        seed: Seed of the train/validation permutation.
+        seed: Seed of the train/validation permutation (see :func:`train_val_split`).
         normalize: Standardise pixels with :data:`NORMALIZATION`.
 
     Returns:
         The three splits.
 
     Raises:
-        ConfigError: Unknown data set or ``val_size`` out of range.
+        ConfigError: Unknown data set, ``val_size`` out of range, or a bad ``seed``.
         DatasetNotFoundError: The files are not found.
         IDXFormatError: A file is malformed.
     """
@@ -447,11 +453,17 @@ def download(
         The directory holding the files.
 
     Raises:
-        ConfigError: Unknown data set.
+        ConfigError: Unknown data set, or ``timeout`` not a finite number > 0.
         DownloadError: A request failed or a file's checksum does not match; no partial
             file is left behind.
     """
     _check_name(name)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not (math.isfinite(timeout) and timeout > 0)
+    ):
+        raise ConfigError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
     directory = (Path(root).expanduser() if root is not None else _default_cache()) / name
     created = [d for d in (directory, *directory.parents) if not d.exists()]
     directory.mkdir(parents=True, exist_ok=True)
@@ -496,11 +508,11 @@ class TensorLoader:
         labels: Targets, same first dimension as ``images``.
         batch_size: Samples per batch.
         shuffle: Shuffle the samples at the start of every epoch.
-        seed: Base seed of the shuffling.
+        seed: Base seed of the shuffling, an integer.
         drop_last: Drop the last batch when it is smaller than ``batch_size``.
 
     Raises:
-        ConfigError: ``batch_size < 1``.
+        ConfigError: ``batch_size < 1``, or a ``seed`` that is not an integer.
         InvalidTensorError: ``images`` and ``labels`` differ in length.
     """
 
@@ -516,6 +528,8 @@ class TensorLoader:
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"seed must be an integer, got {seed!r}")
         if images.shape[0] != labels.shape[0]:
             raise InvalidTensorError(f"{images.shape[0]} images but {labels.shape[0]} labels")
         self.images = images

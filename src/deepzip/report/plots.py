@@ -98,8 +98,8 @@ def plot_weight_distributions(
     fig = _figure(5.2 * cols, 3.3 * rows)
     for i, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, i + 1)
-        dense = np.asarray(before[name], dtype=np.float64).ravel()
-        kept = np.asarray(after.get(name, np.zeros(0)), dtype=np.float64).ravel()
+        dense, dense_note = _finite(before[name])
+        kept, kept_note = _finite(after.get(name, np.zeros(0)))
         lo, hi = _range(dense, kept)
         bins = np.linspace(lo, hi, 121)
         ax.hist(
@@ -108,7 +108,7 @@ def plot_weight_distributions(
             color="0.6",
             alpha=0.8,
             histtype="stepfilled",
-            label=f"before pruning ({dense.size:,})",
+            label=f"before pruning ({dense_note})",
         )
         ax.hist(
             kept,
@@ -116,7 +116,7 @@ def plot_weight_distributions(
             color="tab:blue",
             alpha=0.8,
             histtype="stepfilled",
-            label=f"kept ({kept.size:,})",
+            label=f"kept ({kept_note})",
         )
         ax.set_yscale("log")
         ax.set_title(_text(name), fontsize=10)
@@ -128,8 +128,21 @@ def plot_weight_distributions(
     return _save(fig, path)
 
 
+def _finite(values: NDArray[Any]) -> tuple[NDArray[np.float64], str]:
+    """The finite values, flat, and a legend count (``"n"``, or ``"n, m not finite"``).
+
+    One NaN or infinity would make every histogram bin non-finite and the plot empty.
+    """
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    finite = flat[np.isfinite(flat)]
+    bad = flat.size - finite.size
+    return finite, f"{flat.size:,}" + (f", {bad:,} not finite" if bad else "")
+
+
 def _range(*arrays: NDArray[np.float64]) -> tuple[float, float]:
-    values = [a for a in arrays if a.size]
+    """The finite values' range (``(-1, 1)`` without any, widened when it is one point)."""
+    values = [a[np.isfinite(a)] for a in arrays]
+    values = [a for a in values if a.size]
     if not values:
         return -1.0, 1.0
     lo = min(float(a.min()) for a in values)
@@ -172,14 +185,14 @@ def plot_quantized_distributions(
     for i, name in enumerate(names):
         data = layers[name]
         ax = fig.add_subplot(rows, cols, i + 1)
-        w = np.asarray(data.weights, dtype=np.float64).ravel()
-        lo, hi = _range(w, np.asarray(data.clustered, dtype=np.float64))
+        w, w_note = _finite(data.weights)
+        lo, hi = _range(w, np.asarray(data.clustered, dtype=np.float64).ravel())
         ax.hist(
             w,
             bins=np.linspace(lo, hi, 121),
             color="0.65",
             histtype="stepfilled",
-            label=f"weights ({w.size:,})",
+            label=f"weights ({w_note})",
         )
         counts = np.asarray(data.counts, dtype=np.float64)
         ax.plot(
@@ -234,7 +247,11 @@ def plot_accuracy_vs_ratio(
     title: str = "Accuracy vs compression ratio across the stages",
     ylabel: str = "test accuracy (%)",
 ) -> Path:
-    """Accuracy against the real ``.dzip`` ratio after each stage, in stage order."""
+    """Accuracy against the real ``.dzip`` ratio after each stage, in stage order.
+
+    Labels, ``baseline_label``, ``title`` and ``ylabel`` are shown as written (a ``$`` does
+    not start matplotlib math).
+    """
     fig = _figure(7, 4.5)
     ax = fig.add_subplot(1, 1, 1)
     xs = [p.ratio for p in points]
@@ -251,18 +268,20 @@ def plot_accuracy_vs_ratio(
             fontsize=8,
         )
     if baseline is not None:
-        ax.axhline(100 * baseline, color="gray", linestyle="--", linewidth=1, label=baseline_label)
+        ax.axhline(
+            100 * baseline, color="gray", linestyle="--", linewidth=1, label=_text(baseline_label)
+        )
         ax.axhline(
             100 * baseline - 0.3,
             color="tab:red",
             linestyle=":",
             linewidth=1,
-            label=f"{baseline_label} − 0.3",
+            label=_text(f"{baseline_label} − 0.3"),
         )
         ax.legend(fontsize=8, loc="lower left")
     ax.set_xscale("log")
     ax.set_xlabel("compression ratio (float32 bytes / .dzip bytes, log scale)")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(_text(ylabel))
     ax.set_title(_text(title))
     ax.grid(True, which="both", alpha=0.3)
     return _save(fig, path)

@@ -23,6 +23,7 @@ import torch
 
 from deepzip._atomic import atomic_write_text
 from deepzip.config import Recipe
+from deepzip.errors import ConfigError
 from deepzip.format.checkpoint import Checkpoint, read_checkpoint
 from deepzip.pipeline import StageRecord, accuracy_reference, read_run
 from deepzip.prune import SensitivityResult
@@ -138,8 +139,10 @@ def _largest(table: CompressionTable | None, ckpt: Checkpoint) -> list[str]:
         rows = sorted(table.layers, key=lambda r: -r.weights)[:MAX_LAYERS_PLOTTED]
         order = [r.name for r in table.layers]
         return sorted((r.name for r in rows), key=order.index)
-    names = sorted(set(ckpt.masks) | set(ckpt.shared))
-    return names[:MAX_LAYERS_PLOTTED]
+    # no file table: the checkpoint's masked and quantized layers, by size, shown by name
+    sizes = {n: m.numel() for n, m in ckpt.masks.items()}
+    sizes.update((n, s.mask.numel()) for n, s in ckpt.shared.items())
+    return sorted(sorted(sizes, key=lambda n: (-sizes[n], n))[:MAX_LAYERS_PLOTTED])
 
 
 def build_run_report(
@@ -155,7 +158,7 @@ def build_run_report(
     the run, plotted when the recipe has no sensitivity stage of its own.
 
     Raises:
-        ConfigError: ``run_dir`` holds no run.
+        ConfigError: ``run_dir`` holds no run, or the sensitivity JSON is malformed.
     """
     run = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run / "report"
@@ -268,15 +271,32 @@ def _bits_by_layer(details: Mapping[str, Any]) -> dict[str, int]:
 
 
 def _read_sensitivity(path: Path) -> SensitivityResult:
-    data = json.loads(path.read_text("utf-8"))
-    layers = data["layers"]
-    return SensitivityResult(
-        baseline=float(data["baseline"]),
-        sparsities=tuple(float(s) for s in data["sparsities"]),
-        curves={k: tuple(float(a) for a in v["accuracy"]) for k, v in layers.items()},
-        weights={k: int(v["weights"]) for k, v in layers.items()},
-        skipped=tuple(Skipped(str(e["name"]), str(e["reason"])) for e in data.get("skipped", [])),
-    )
+    """A ``SensitivityResult.save_json`` file read back.
+
+    Raises:
+        ConfigError: the file is not such JSON (names the file and what is wrong).
+    """
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        layers = data["layers"]
+        result = SensitivityResult(
+            baseline=float(data["baseline"]),
+            sparsities=tuple(float(s) for s in data["sparsities"]),
+            curves={str(k): tuple(float(a) for a in v["accuracy"]) for k, v in layers.items()},
+            weights={str(k): int(v["weights"]) for k, v in layers.items()},
+            skipped=tuple(
+                Skipped(str(e["name"]), str(e["reason"])) for e in data.get("skipped", [])
+            ),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError too
+        raise ConfigError(f"{path}: not a sensitivity JSON file ({exc!r})") from exc
+    for name, accs in result.curves.items():
+        if len(accs) != len(result.sparsities):
+            raise ConfigError(
+                f"{path}: layer {name!r} has {len(accs)} accuracies for "
+                f"{len(result.sparsities)} sparsities"
+            )
+    return result
 
 
 # ------------------------------------------------------------------------------- rendering
@@ -385,10 +405,13 @@ def render_html(report: RunReport) -> str:
 
 
 def render_markdown(report: RunReport) -> str:
-    """The report as Markdown (the plots linked as files next to it)."""
+    """The report as Markdown (the plots linked as files next to it).
+
+    The title's line breaks become spaces (a break would end the heading).
+    """
     records = [report.initial.to_dict(), *(s.to_dict() for s in report.stages)]
     out = [
-        f"# {report.title}",
+        "# " + " ".join(report.title.splitlines()),
         "",
         "## Stages",
         "",

@@ -143,10 +143,24 @@ def steps_table(steps: Sequence[StepRecord]) -> Table:
     return table
 
 
+def _md_cell(text: object) -> str:
+    """One cell's text as Markdown table content: ``\\`` and ``|`` escaped (a ``|`` would end
+    the cell), each line break a space (it would end the row)."""
+    cell = str(text).replace("\\", "\\\\").replace("|", "\\|")
+    return " ".join(cell.splitlines())
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured Markdown table."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    """A GitHub-flavoured Markdown table.
+
+    Headers and cells are text: a ``|`` or ``\\`` in them is escaped and a line break becomes
+    a space, so a name such as ``a|b`` stays in its cell; other Markdown (``**bold**``) is kept.
+    """
+    lines = [
+        "| " + " | ".join(map(_md_cell, headers)) + " |",
+        "|" + "|".join("---" for _ in headers) + "|",
+    ]
+    lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -430,6 +444,11 @@ def _bits(x: float | None, digits: int = 1) -> str:
     return f"{x:.0f}" if float(x).is_integer() else f"{x:.{digits}f}"
 
 
+def _fraction(part: float, whole: float) -> float | None:
+    """``part / whole``; ``None`` (shown as ``-``) for a file of no tensors (``whole`` 0)."""
+    return part / whole if whole else None
+
+
 def compression_table_rows(table: CompressionTable) -> list[list[str]]:
     """Rows of :data:`COMPRESSION_HEADERS`: layers, other tensors, overhead, total."""
 
@@ -465,8 +484,8 @@ def compression_table_rows(table: CompressionTable) -> list[list[str]]:
             _bits(table.mean_bits("weight_bits_coded")),
             _bits(table.mean_bits("index_bits_fixed")),
             _bits(table.mean_bits("index_bits_coded")),
-            f"{_pct(table.fixed_bytes / table.float32_bytes)} ({table.fixed_ratio:.1f}×)",
-            f"{_pct(table.file_bytes / table.float32_bytes)} ({table.ratio:.1f}×)",
+            f"{_pct(_fraction(table.fixed_bytes, table.float32_bytes))} ({table.fixed_ratio:.1f}×)",
+            f"{_pct(_fraction(table.file_bytes, table.float32_bytes))} ({table.ratio:.1f}×)",
             _bits(8.0 * sum(r.coded_bytes for r in table.layers) / table.kept)
             if table.kept
             else "-",
@@ -498,7 +517,7 @@ def compression_rich_table(
     table: CompressionTable, *, title: str = "Per-layer compression"
 ) -> Table:
     """The paper's Table 2/3 layout as a rich table (``title`` is plain text, not markup)."""
-    out = Table(title=escape(title), caption=compression_caption(table))
+    out = Table(title=escape(title), caption=escape(compression_caption(table)))
     for h in COMPRESSION_HEADERS:
         out.add_column(h, justify="left" if h in ("layer", "coders") else "right")
     rows = compression_table_rows(table)

@@ -54,7 +54,10 @@ def _to_device(
     batch: Sequence[torch.Tensor], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     inputs, targets = _split(batch)
-    return inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+    # asynchronous only towards an accelerator: a non-blocking copy from a GPU into host
+    # memory may still be running when the CPU reads it
+    fast = device.type != "cpu"
+    return inputs.to(device, non_blocking=fast), targets.to(device, non_blocking=fast)
 
 
 def _batches_per_epoch(loader: object) -> int | None:
@@ -229,6 +232,8 @@ def evaluate(
 
     Raises:
         ConfigError: the loader yields no samples, a batch is not a pair, or a bad device.
+        InvalidTensorError: a batch's outputs are not ``N×C`` or its targets not ``N`` class
+            indices (packed distillation targets, one-hot rows).
     """
     dev = _model_device(model, device)
     model.to(dev)
@@ -237,9 +242,16 @@ def evaluate(
     correct = torch.zeros((), dtype=torch.long, device=dev)
     samples = 0
     with _eval_mode(model), torch.inference_mode():
-        for batch in loader:
+        for index, batch in enumerate(loader):
             inputs, targets = _to_device(batch, dev)
             logits = model(inputs)
+            if logits.dim() != 2 or targets.shape != logits.shape[:1]:
+                # (N, 1 + C) distillation rows against N×C logits broadcast to an N×N
+                # comparison: a wrong accuracy, not an error, when N == 1 + C
+                raise InvalidTensorError(
+                    f"evaluation batch {index + 1}: outputs {tuple(logits.shape)} and targets "
+                    f"{tuple(targets.shape)} are not N×C logits and N class indices"
+                )
             n = targets.shape[0]
             loss_sum += criterion(logits, targets).float() * n
             correct += (logits.argmax(dim=1) == targets).sum()
@@ -275,7 +287,7 @@ def predict_logits(
     with _eval_mode(model), torch.no_grad():
         for batch in loader:
             inputs, _ = _split(batch)
-            outputs.append(model(inputs.to(dev, non_blocking=True)))
+            outputs.append(model(inputs.to(dev, non_blocking=dev.type != "cpu")))
     if not outputs:
         raise ConfigError("the prediction loader yielded no batches")
     return torch.cat(outputs).cpu()
