@@ -169,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         f"settings ({DEFAULT_QUANTIZER}, {DEFAULT_BITS} bits, coder auto, no pruning)",
         "parameters": params,
         "checkpoint_bytes": ckpt_bytes,
+        "float32_bytes": 4 * params,  # every tensor of the checkpoint is float32
         "dzip_bytes": dzip_bytes,
-        "ratio": ckpt_bytes / dzip_bytes,
+        "ratio": 4 * params / dzip_bytes,  # the model's float32 size over the file, not the
+        # checkpoint file (whose JSON header is not part of the model)
         "compress": compress,
         "decompress": decompress,
         "peak_limit_over_checkpoint": PEAK_LIMIT,
@@ -193,6 +195,15 @@ def main(argv: list[str] | None = None) -> int:
         existing = json.loads(out.read_text()) if out.is_file() else {}
         existing["big_checkpoint"] = record  # the coding benchmark owns the other keys
         atomic_write_text(out, json.dumps(existing, indent=2) + "\n")
+    print()
+    print("| command | wall s | peak RSS MiB | peak RSS ÷ checkpoint |")
+    print("|---|---|---|---|")
+    for label, step in (("compress", compress), ("decompress", decompress)):
+        print(
+            f"| deepzip {label} | {step['wall_seconds']:.1f} | "
+            f"{step['peak_rss_bytes'] / 2**20:.0f} | {step['peak_over_checkpoint']:.2f}× |"
+        )
+    print()
     print(
         f"ratio {record['ratio']:.2f}x; peak RSS compress {compress['peak_over_checkpoint']:.2f}x, "
         f"decompress {decompress['peak_over_checkpoint']:.2f}x the checkpoint "

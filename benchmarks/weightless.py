@@ -322,7 +322,7 @@ def run_model(name: str, data: DataSplits, args: argparse.Namespace) -> dict[str
         "final_val_acc": val_acc(model),
         "delta_points_vs_dense": 100 * (final_acc - dense_acc),
         "dzip_bytes": saved.file_bytes,
-        "dzip_ratio": saved.original_bytes / saved.file_bytes,
+        "dzip_ratio": saved.float32_bytes / saved.file_bytes,
         "dzip_encodings": {t.name: t.encoding for t in saved.tensors},
         "bits": BITS[name],
         "layers": layers,
