@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
-from deepzip.config import ScheduleConfig
+import pytest
+from torch import nn
+
+from deepzip.config import Recipe, ScheduleConfig
 from deepzip.errors import ConfigError
+from deepzip.pipeline import check_recipe
 
 
 def test_schedule_key_the_kind_does_not_use_is_refused_in_python_too() -> None:
@@ -21,3 +25,53 @@ def test_schedule_key_the_kind_does_not_use_is_refused_in_python_too() -> None:
         "n_steps": 5,
     }
     assert ScheduleConfig(kind="steps", n_steps=5).n_steps == 5
+
+
+def _shared_twice() -> nn.Module:
+    lin = nn.Linear(8, 8)
+    return nn.Sequential(lin, nn.ReLU(), lin)
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        # the recipe-wide overrides, and a quantize stage's and a Weightless stage's own
+        {
+            "overrides": [{"pattern": "2", "bits": 3}],
+            "stages": [{"type": "quantize"}, {"type": "encode"}],
+        },
+        {
+            "stages": [
+                {"type": "quantize", "overrides": [{"pattern": "2", "bits": 3}]},
+                {"type": "encode"},
+            ]
+        },
+        {
+            "stages": [
+                {
+                    "type": "weightless",
+                    "cell_bits": 6,
+                    "overrides": [{"pattern": "2", "cell_bits": 7}],
+                },
+                {"type": "encode"},
+            ]
+        },
+    ],
+)
+def test_recipe_globs_may_name_a_module_by_its_second_name(recipe: dict[str, Any]) -> None:
+    # nn.Sequential(lin, ReLU, lin): "2" is a real name of the layer "0"; the library's verbs
+    # accept it, and the recipe check refused it ("matches no quantizable layer")
+    check_recipe(_shared_twice(), Recipe.from_dict(recipe))
+
+
+def test_recipe_glob_matching_nothing_lists_every_name() -> None:
+    recipe = Recipe.from_dict(
+        {
+            "overrides": [{"pattern": "fc9", "bits": 3}],
+            "stages": [{"type": "quantize"}, {"type": "encode"}],
+        }
+    )
+    with pytest.raises(
+        ConfigError, match=r"matches no compressible layer \(layers: 0.weight, 2.weight\)"
+    ):
+        check_recipe(_shared_twice(), recipe)

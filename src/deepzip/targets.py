@@ -7,7 +7,10 @@ two dimensions (for example a ``MultiheadAttention``'s ``in_proj_weight``); ``ex
 remove. Every parameter that is not selected is recorded with its reason, so nothing is skipped
 silently. Globs use ``fnmatch`` syntax and are matched against both the module name
 (``encoder.layers.0.linear1``) and the parameter name (``encoder.layers.0.linear1.weight``).
-A glob that matches nothing is an error: it is almost always a typo.
+A module registered under several names (``nn.Sequential(lin, nn.ReLU(), lin)`` names it ``0``
+and ``2``) is one target, named by its first name, that every one of its names selects:
+:meth:`Target.matches` is the one test every include, exclude, override and layer list uses.
+A glob that matches nothing is an error naming the names there are: it is almost always a typo.
 
 A parameter computed by a parametrization that is not deepzip's (``weight_norm``, whose
 ``original0`` and ``original1`` make the weight, ``orthogonal``, one's own) is skipped with that
@@ -43,6 +46,9 @@ __all__ = [
     "select_targets",
 ]
 
+# names listed in the error of a glob that matches nothing
+_LISTED_NAMES = 24
+
 CONV_LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.Conv1d,
     nn.Conv2d,
@@ -67,6 +73,8 @@ class Target:
         param_name: attribute name on the owning module (``weight``).
         module: the owning module.
         layer_type: class name of the owning module (``Linear``).
+        module_aliases: the owning module's other names, in module order, when it is
+            registered under several (``nn.Sequential(lin, nn.ReLU(), lin)``: ``("2",)``).
     """
 
     name: str
@@ -74,6 +82,21 @@ class Target:
     param_name: str
     module: nn.Module
     layer_type: str
+    module_aliases: tuple[str, ...] = ()
+
+    @property
+    def module_names(self) -> tuple[str, ...]:
+        """Every name of the owning module, the first one (``module_name``) first."""
+        return (self.module_name, *self.module_aliases)
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """The parameter's other full names (``2.weight`` beside ``0.weight``)."""
+        return tuple(_full(m, self.param_name) for m in self.module_aliases)
+
+    def matches(self, pattern: str) -> bool:
+        """Whether a glob matches this parameter under any of its names (see :func:`matches`)."""
+        return _matches_any(pattern, self.module_names, self.param_name)
 
     @property
     def tensor(self) -> torch.Tensor:
@@ -108,11 +131,22 @@ class TargetSelection:
         return [t.name for t in self.targets]
 
     def by_name(self, name: str) -> Target:
-        """The target with this parameter name (``KeyError`` if absent)."""
+        """The target with this parameter name, or one of its aliases (``KeyError`` if absent)."""
         for t in self.targets:
-            if t.name == name:
+            if t.name == name or name in t.aliases:
                 return t
         raise KeyError(name)
+
+    def check_overrides(self, patterns: Iterable[str], what: str) -> None:
+        """Raise ``ConfigError`` for an override glob that matches none of the targets under
+        any of their names; ``what`` names the targets (``"prunable layer"``)."""
+        for pattern in patterns:
+            if not any(t.matches(pattern) for t in self.targets):
+                names = [n for t in self.targets for n in (t.name, *t.aliases)]
+                raise ConfigError(
+                    f"override pattern {pattern!r} matches no {what} "
+                    f"(layers: {_listing(names) if names else 'none'})"
+                )
 
 
 def layer_type(module: nn.Module) -> str:
@@ -124,13 +158,32 @@ def layer_type(module: nn.Module) -> str:
 
 
 def matches(pattern: str, module_name: str, param_name: str) -> bool:
-    """Whether a glob matches a module name or its full parameter name."""
-    full = f"{module_name}.{param_name}" if module_name else param_name
+    """Whether a glob matches a module name or its full parameter name.
+
+    One name only: to match a :class:`Target` under every name of its module, use
+    :meth:`Target.matches`.
+    """
+    full = _full(module_name, param_name)
     return fnmatch.fnmatchcase(module_name, pattern) or fnmatch.fnmatchcase(full, pattern)
 
 
-def _named_params(model: nn.Module) -> Iterable[tuple[str, str, nn.Module, torch.Tensor]]:
-    """(module name, attribute name, module, tensor), seeing through parametrizations."""
+def _matches_any(pattern: str, module_names: Iterable[str], param_name: str) -> bool:
+    """Whether a glob matches a parameter under any name of its module: the one rule of every
+    include, exclude, override and layer list."""
+    return any(matches(pattern, m, param_name) for m in module_names)
+
+
+def _full(module_name: str, param_name: str) -> str:
+    return f"{module_name}.{param_name}" if module_name else param_name
+
+
+def _named_params(
+    model: nn.Module,
+) -> Iterable[tuple[tuple[str, ...], str, nn.Module, torch.Tensor]]:
+    """(every name of the module, attribute name, module, tensor), once per module and
+    attribute, seeing through parametrizations. A module registered under several names comes
+    once, at its first name, with all of them (first first); a tensor registered under
+    several attributes of one module comes once per attribute (they are tied)."""
     # parametrize's own modules (the ParametrizationList and what it holds) are not layers;
     # found by identity, since at the root their names have no leading dot
     inner = {
@@ -139,17 +192,25 @@ def _named_params(model: nn.Module) -> Iterable[tuple[str, str, nn.Module, torch
         if parametrize.is_parametrized(module)
         for m in module.parametrizations.modules()  # type: ignore[union-attr]
     }
-    for mod_name, module in model.named_modules():
+    names: dict[int, list[str]] = {}
+    modules: list[nn.Module] = []
+    for mod_name, module in model.named_modules(remove_duplicate=False):
         if id(module) in inner:
             continue
+        if id(module) not in names:
+            names[id(module)] = []
+            modules.append(module)
+        names[id(module)].append(mod_name)
+    for module in modules:
+        mod_names = tuple(names[id(module)])
         seen: set[str] = set()
         if parametrize.is_parametrized(module):
-            for attr in module.parametrizations:
+            for attr in cast(nn.ModuleDict, module.parametrizations):
                 seen.add(attr)
-                yield mod_name, attr, module, getattr(module, attr)
-        for attr, param in module.named_parameters(recurse=False):
+                yield mod_names, attr, module, getattr(module, attr)
+        for attr, param in module.named_parameters(recurse=False, remove_duplicate=False):
             if attr not in seen:
-                yield mod_name, attr, module, param
+                yield mod_names, attr, module, param
 
 
 def select_targets(
@@ -167,6 +228,11 @@ def select_targets(
         exclude: parameters matching one of these globs are never selected.
         layer_types: module types whose ``weight`` is selected by default.
 
+    A glob matches a parameter when it matches it under any name of its module
+    (:meth:`Target.matches`). A module registered under several names gives one target,
+    named by its first name, with the others in ``module_aliases``; a tensor stored under two
+    attributes (of one module or of two) is tied, and skipped with that reason.
+
     Returns:
         The selected targets (module order) and the skipped parameters with reasons.
 
@@ -178,24 +244,26 @@ def select_targets(
     check_patterns_match(model, include, "include")
     check_patterns_match(model, exclude, "exclude")
     entries = list(_named_params(model))
-    aliases: dict[int, list[str]] = {}
-    for mod_name, attr, module, tensor in entries:
-        full = f"{mod_name}.{attr}" if mod_name else attr
-        aliases.setdefault(id(_underlying(module, attr, tensor)), []).append(full)
+    # the attributes (of one module or of several) that store one tensor are tied; the other
+    # names of a module registered under several names are not: it is one layer
+    tied: dict[int, list[str]] = {}
+    for mod_names, attr, module, tensor in entries:
+        tied.setdefault(id(_underlying(module, attr, tensor)), []).append(_full(mod_names[0], attr))
     targets: list[Target] = []
     skipped: list[Skipped] = []
-    for mod_name, attr, module, tensor in entries:
-        full = f"{mod_name}.{attr}" if mod_name else attr
-        names = aliases[id(_underlying(module, attr, tensor))]
+    for mod_names, attr, module, tensor in entries:
+        full = _full(mod_names[0], attr)
+        names = tied[id(_underlying(module, attr, tensor))]
         if len(names) > 1:
             others = ", ".join(n for n in names if n != full)
             skipped.append(Skipped(full, f"tied to {others}; shared weights are not compressed"))
             continue
-        reason = _skip_reason(module, mod_name, attr, tensor, include, exclude, layer_types)
+        reason = _skip_reason(module, mod_names, attr, tensor, include, exclude, layer_types)
         if reason is None:
             reason = _foreign_parametrization(module, attr)
         if reason is None:
-            targets.append(Target(full, mod_name, attr, module, layer_type(module)))
+            kind = layer_type(module)
+            targets.append(Target(full, mod_names[0], attr, module, kind, mod_names[1:]))
         else:
             skipped.append(Skipped(full, reason))
     return TargetSelection(tuple(targets), tuple(skipped))
@@ -238,7 +306,7 @@ def _is_deepzips(parametrization: nn.Module) -> bool:
 
 def _skip_reason(
     module: nn.Module,
-    mod_name: str,
+    mod_names: tuple[str, ...],
     attr: str,
     tensor: torch.Tensor,
     include: Sequence[str],
@@ -246,13 +314,13 @@ def _skip_reason(
     layer_types: tuple[type[nn.Module], ...],
 ) -> str | None:
     for pattern in exclude:
-        if matches(pattern, mod_name, attr):
+        if _matches_any(pattern, mod_names, attr):
             return f"excluded by pattern {pattern!r}"
-    explicitly_included = any(matches(p, mod_name, attr) for p in include)
+    explicitly_included = any(_matches_any(p, mod_names, attr) for p in include)
     if include and not explicitly_included:
         return "not matched by any include pattern"
     if is_lazy(tensor):
-        full = f"{mod_name}.{attr}" if mod_name else attr
+        full = _full(mod_names[0], attr)
         raise ConfigError(
             f"{full} is an uninitialized parameter of a lazy module ({layer_type(module)}); "
             "run a forward pass first, or exclude it"
@@ -285,18 +353,26 @@ def check_glob_sequence(globs: Sequence[str], what: str) -> None:
 
 
 def check_patterns_match(model: nn.Module, patterns: Sequence[str], what: str) -> None:
-    """Raise ``ConfigError`` for a glob that matches no module or parameter of ``model``, or
-    for ``patterns`` given as one string (see :func:`check_glob_sequence`)."""
+    """Raise ``ConfigError`` for a glob that matches no module or parameter of ``model`` under
+    any of their names, naming the ones there are; or for ``patterns`` given as one string
+    (see :func:`check_glob_sequence`)."""
     check_glob_sequence(patterns, what)
     if not patterns:
         return
-    names = [(m, a) for m, a, _, _ in _named_params(model)]
+    entries = [(mod_names, a) for mod_names, a, _, _ in _named_params(model)]
     for pattern in patterns:
-        if not any(matches(pattern, m, a) for m, a in names):
-            layers = sorted({m for m, _ in names if m})[:8]
-            sample = (
-                f"layers include: {', '.join(layers)}"
-                if layers
-                else f"parameters: {', '.join(a for _, a in names[:8])}"
-            )
+        if not any(_matches_any(pattern, mod_names, a) for mod_names, a in entries):
+            names = [(m, a) for mod_names, a in entries for m in mod_names]
+            layers = list(dict.fromkeys(m for m, _ in names if m))
+            own = [a for m, a in names if not m]  # the root's own parameters
+            parts = [f"layers: {_listing(layers)}"] if layers else []
+            parts += [f"parameters: {_listing(own)}"] if own else []
+            sample = "; ".join(parts) or "the model has no parameters"
             raise ConfigError(f"{what} pattern {pattern!r} matches no layer ({sample})")
+
+
+def _listing(names: Sequence[str]) -> str:
+    """``names`` comma-separated, the first ``_LISTED_NAMES`` of them and a count of the rest."""
+    shown = ", ".join(names[:_LISTED_NAMES])
+    rest = len(names) - _LISTED_NAMES
+    return f"{shown}, ... ({rest} more)" if rest > 0 else shown

@@ -44,7 +44,7 @@ from deepzip.quantize.api import current_mask, layer_bits, quantize_
 from deepzip.quantize.kmeans import bits_to_k
 from deepzip.quantize.shared import GradRule, SharedTensor, get_shared
 from deepzip.quantize.weightless import WeightlessWeight, attach_weightless, get_weightless
-from deepzip.targets import Skipped, Target, matches, select_targets
+from deepzip.targets import Skipped, Target, select_targets
 
 __all__ = [
     "WeightlessLayer",
@@ -279,7 +279,7 @@ def cell_bits_rule(
     """The last of ``overrides`` whose glob matches ``target``, or ``None``."""
     found: CellBitsOverride | None = None
     for o in overrides:
-        if matches(o.pattern, target.module_name, target.param_name):
+        if target.matches(o.pattern):
             found = o
     return found
 
@@ -302,15 +302,14 @@ def _candidates(config: WeightlessConfig, fixed: int | None, k: int) -> list[int
     return list(range(start, max(start, config.max_cell_bits) + 1))
 
 
-def _layer_keys(model: nn.Module, target: Target) -> list[str]:
+def _layer_keys(target: Target) -> list[str]:
     """State-dict prefixes of the target's parametrization, under every name of its module
     (a module registered twice appears twice in a state dict)."""
-    names = [n for n, m in model.named_modules(remove_duplicate=False) if m is target.module]
     return [
         f"{n}.parametrizations.{target.param_name}."
         if n
         else f"parametrizations.{target.param_name}."
-        for n in names
+        for n in target.module_names
     ]
 
 
@@ -447,12 +446,7 @@ def weightless_(
         BloomierBuildError: a filter could not be built (raise ``config.ratio``).
     """
     selection = select_targets(model, include=config.include, exclude=config.exclude)
-    for o in config.overrides:
-        if not any(matches(o.pattern, t.module_name, t.param_name) for t in selection.targets):
-            raise ConfigError(
-                f"override pattern {o.pattern!r} matches no layer "
-                f"(layers: {', '.join(selection.names()) or 'none'})"
-            )
+    selection.check_overrides((o.pattern for o in config.overrides), "layer")
     skipped = list(selection.skipped)
     plans: list[tuple[Target, int | None]] = []
     for t in selection.targets:
@@ -497,9 +491,7 @@ def weightless_(
 
 
 def _cluster(model: nn.Module, target: Target, quantize: QuantizeConfig) -> None:
-    overrides = tuple(
-        o for o in quantize.overrides if matches(o.pattern, target.module_name, target.param_name)
-    )
+    overrides = tuple(o for o in quantize.overrides if target.matches(o.pattern))
     # the name as a glob that matches only itself ("fc[1].weight" would match "fc1.weight")
     only = re.sub(r"([*?[])", r"[\1]", target.name)
     cfg = replace(quantize, include=(only,), exclude=(), overrides=overrides)
@@ -530,7 +522,7 @@ def _encode_layer(
     keys = int(shared.mask.sum())
     weights = int(shared.mask.numel())
     shape = tuple(shared.indices.shape)
-    skip = _layer_keys(model, target)
+    skip = _layer_keys(target)
     snapshot = _snapshot(model, skip)
     # less a hair for float rounding: a drop of exactly max_drop points is within the budget
     budget = None if reference is None else reference - config.max_drop / 100 - ACCURACY_SLACK

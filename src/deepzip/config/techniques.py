@@ -375,8 +375,9 @@ class QuantizeConfig:
         init: k-means initialisation: ``"linear"`` (the paper's winner), ``"density"``,
             ``"forgy"`` or ``"kmeans++"``.
         importance: per-weight importance used as sample weights: ``"none"``, ``"fisher"``
-            (squared gradients) or ``"adam"`` (Adam's second moment). The caller supplies the
-            tensors (see ``deepzip.quantize.fisher_diagonal``).
+            (squared gradients) or ``"adam"`` (the square root of Adam's second moment, as
+            Choi et al. use it). The caller supplies the tensors (see
+            ``deepzip.quantize.fisher_diagonal`` and ``adam_second_moment``).
         ecsq_lambda: ECSQ's rate weight (``method="ecsq"``); 0 equals uniform quantization.
         grad: centroid gradient rule: ``"sum"`` of member gradients (the paper) or ``"mean"``.
         max_iter: most k-means / ECSQ iterations.

@@ -21,7 +21,7 @@ from deepzip.config import (
 from deepzip.errors import ConfigError
 from deepzip.format.dzip_report import SaveReport
 from deepzip.pipeline.state import StageRecord
-from deepzip.targets import matches, select_targets
+from deepzip.targets import select_targets
 
 __all__ = [
     "Batches",
@@ -304,9 +304,9 @@ def check_recipe(model: nn.Module, recipe: Recipe) -> None:
         ConfigError: naming the stage or override and the glob.
     """
     selection = select_targets(model)
-    names = ", ".join(selection.names()) or "none"
+    names = ", ".join(n for t in selection.targets for n in (t.name, *t.aliases)) or "none"
     for i, rule in enumerate(recipe.overrides):
-        if not any(matches(rule.pattern, t.module_name, t.param_name) for t in selection.targets):
+        if not any(t.matches(rule.pattern) for t in selection.targets):
             raise ConfigError(
                 f"overrides[{i}]: pattern {rule.pattern!r} matches no compressible layer "
                 f"(layers: {names})"

@@ -54,7 +54,7 @@ from deepzip.quantize import (
 from deepzip.quantize.incremental import IncrementalStep, inq_, mlq_, slq_, step_count
 from deepzip.quantize.shared import attach_shared
 from deepzip.quantize.weightless import get_weightless
-from deepzip.targets import Target, matches, select_targets
+from deepzip.targets import Target, select_targets
 from deepzip.weightless import WeightlessLayer, cell_bits_rule, check_cell_bits, weightless_
 
 __all__: list[str] = []
@@ -157,12 +157,7 @@ def _run_retrain(ctx: StageContext, config: RetrainStage) -> StageResult:
 def _check_quantize(model: nn.Module, config: QuantizeStage, label: str) -> None:
     q = config.quantize
     selection = select_targets(model, include=q.include, exclude=q.exclude)
-    for o in q.overrides:
-        if not any(matches(o.pattern, t.module_name, t.param_name) for t in selection.targets):
-            raise ConfigError(
-                f"override pattern {o.pattern!r} matches no quantizable layer "
-                f"(layers: {', '.join(selection.names()) or 'none'})"
-            )
+    selection.check_overrides((o.pattern for o in q.overrides), "quantizable layer")
 
 
 def _run_quantize(ctx: StageContext, config: QuantizeStage) -> StageResult:
@@ -318,7 +313,7 @@ def _check_incremental_order(model: nn.Module, recipe: Recipe, index: int) -> No
                 f"{t.name} is quantized by {earlier} before it; exclude it here or leave it "
                 "in float there"
             )
-        if state == "weightless" and any(matches(p, t.module_name, t.param_name) for p in patterns):
+        if state == "weightless" and any(t.matches(p) for p in patterns):
             raise ConfigError(
                 f"{t.name} is encoded with Weightless by {earlier}: quantizing it again would "
                 "drop its Bloomier filter; leave it out of this stage's include and overrides"
@@ -328,7 +323,7 @@ def _check_incremental_order(model: nn.Module, recipe: Recipe, index: int) -> No
 def _last_override_skips(target: Target, overrides: tuple[BitsOverride, ...]) -> bool:
     found: BitsOverride | None = None
     for o in overrides:
-        if matches(o.pattern, target.module_name, target.param_name):
+        if target.matches(o.pattern):
             found = o
     return found is not None and found.skip
 
@@ -359,12 +354,7 @@ register_stage_runner("encode", _run_encode)
 def _check_weightless(model: nn.Module, config: WeightlessStage, label: str) -> None:
     w = config.weightless
     selection = select_targets(model, include=w.include, exclude=w.exclude)
-    for o in w.overrides:  # clustering overrides may name layers other stages compress
-        if not any(matches(o.pattern, t.module_name, t.param_name) for t in selection.targets):
-            raise ConfigError(
-                f"override pattern {o.pattern!r} matches no layer Weightless encodes "
-                f"(layers: {', '.join(selection.names()) or 'none'})"
-            )
+    selection.check_overrides((o.pattern for o in w.overrides), "layer Weightless encodes")
 
 
 def _check_weightless_widths(model: nn.Module, recipe: Recipe, index: int) -> None:

@@ -16,7 +16,6 @@ from deepzip.targets import (
     Target,
     TargetSelection,
     layer_type,
-    matches,
     select_targets,
 )
 
@@ -97,7 +96,7 @@ class PruneReport:
 def _override_for(target: Target, overrides: tuple[LayerOverride, ...]) -> LayerOverride | None:
     found: LayerOverride | None = None
     for o in overrides:
-        if matches(o.pattern, target.module_name, target.param_name):
+        if target.matches(o.pattern):
             found = o
     return found
 
@@ -113,12 +112,7 @@ def layer_targets(
     selection: TargetSelection = select_targets(
         model, include=config.include, exclude=config.exclude
     )
-    for o in config.overrides:
-        if not any(matches(o.pattern, t.module_name, t.param_name) for t in selection.targets):
-            raise ConfigError(
-                f"override pattern {o.pattern!r} matches no prunable layer "
-                f"(prunable: {', '.join(selection.names()) or 'none'})"
-            )
+    selection.check_overrides((o.pattern for o in config.overrides), "prunable layer")
     chosen: list[tuple[Target, LayerOverride | None]] = []
     skipped = list(selection.skipped)
     for t in selection.targets:

@@ -24,7 +24,7 @@ from deepzip.quantize.kmeans import KMeansResult, bits_to_k, kmeans_1d
 from deepzip.quantize.scalar import ecsq_quantize, uniform_quantize
 from deepzip.quantize.shared import SharedTensor, attach_shared, get_shared
 from deepzip.quantize.weightless import get_weightless, weightless_skip
-from deepzip.targets import CONV_LAYER_TYPES, Skipped, Target, matches, select_targets
+from deepzip.targets import CONV_LAYER_TYPES, Skipped, Target, select_targets
 
 __all__ = [
     "QuantizeReport",
@@ -86,7 +86,7 @@ def layer_bits(target: Target, config: QuantizeConfig) -> int | None:
     """
     found: BitsOverride | None = None
     for o in config.overrides:
-        if matches(o.pattern, target.module_name, target.param_name):
+        if target.matches(o.pattern):
             found = o
     if found is not None:
         return None if found.skip else found.bits
@@ -175,12 +175,7 @@ def quantize_(
             "them with deepzip.quantize.fisher_diagonal or adam_second_moment"
         )
     selection = select_targets(model, include=config.include, exclude=config.exclude)
-    for o in config.overrides:
-        if not any(matches(o.pattern, t.module_name, t.param_name) for t in selection.targets):
-            raise ConfigError(
-                f"override pattern {o.pattern!r} matches no quantizable layer "
-                f"(layers: {', '.join(selection.names()) or 'none'})"
-            )
+    selection.check_overrides((o.pattern for o in config.overrides), "quantizable layer")
     skipped = list(selection.skipped)
     plans: list[tuple[Target, int, torch.Tensor, torch.Tensor | None]] = []
     patterns = tuple(o.pattern for o in config.overrides)

@@ -6,8 +6,9 @@ shape, for the tensors that :func:`~deepzip.targets.select_targets` picks:
 * :func:`fisher_diagonal`: the mean over a few batches' samples of each sample's squared
   loss gradient (the empirical Fisher information, which approximates the Hessian's diagonal
   near a minimum);
-* :func:`adam_second_moment`: Adam's running average of squared gradients (``exp_avg_sq``),
-  free when the model was trained with Adam/AdamW (Choi et al.'s suggested proxy).
+* :func:`adam_second_moment`: the square root of Adam's running average of squared gradients
+  (``sqrt(exp_avg_sq)``), free when the model was trained with Adam/AdamW: Choi et al.'s
+  alternative of the Hessian (their section 4.4, and the square roots used in section 6).
 """
 
 from __future__ import annotations
@@ -71,9 +72,12 @@ def fisher_diagonal(
     criterion = loss_fn if loss_fn is not None else nn.functional.cross_entropy
     targets = select_targets(model, include=include, exclude=exclude).targets
     stored = {t.name: _stored(t) for t in targets}
-    full_names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    full_names: dict[int, str] = {}  # a tensor's first name
+    for full, param in model.named_parameters(remove_duplicate=False):
+        full_names.setdefault(id(param), full)
     param_name = {n: full_names[id(p)] for n, p in stored.items() if id(p) in full_names}
-    device = next(model.parameters()).device
+    first = next(model.parameters(), None)  # a model without parameters has no Fisher
+    device = first.device if first is not None else torch.device("cpu")
     sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in stored.items()}
     was_training = model.training
     model.eval()
@@ -128,7 +132,12 @@ def _vmap_squares(
     def sample_loss(
         ps: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor
     ) -> torch.Tensor:
-        out = torch.func.functional_call(model, ps, (xi.unsqueeze(0),))
+        # tie_weights=False: a selected tensor is never tied to another attribute
+        # (select_targets skips tied ones), and a module registered under several names has
+        # one attribute that every name reaches; tying it would swap that one slot twice,
+        # and restoring left a plain tensor in place of the model's parameter (PyTorch
+        # #164759)
+        out = torch.func.functional_call(model, ps, (xi.unsqueeze(0),), tie_weights=False)
         return criterion(out, yi.unsqueeze(0))
 
     # the outer no_grad keeps the result off the autograd graph of the model's other
@@ -164,8 +173,29 @@ def adam_second_moment(
     *,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    root: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Adam's ``exp_avg_sq`` for each selected weight, from an optimizer that trained it.
+    """Choi et al.'s Hessian proxy from Adam: ``sqrt(exp_avg_sq)`` of each selected weight,
+    from an optimizer that trained it.
+
+    Choi, El-Khamy & Lee (ICLR 2017, section 4.4) propose "some function (e.g., square root)"
+    of Adam's second moment estimates as the alternative of the Hessian, and their experiments
+    (section 6) use its square root. The reason: Adam's step ``m / sqrt(v)`` divides by
+    ``sqrt(v)`` where Newton's method divides by the Hessian, so ``sqrt(v)`` is the quantity
+    that stands in for the curvature; ``v`` itself, the running mean of squared gradients, is
+    its square, and would weight the weights with large gradients far more. Adam's bias
+    correction (one factor per step count) is left out: it scales every weight that trained
+    as long the same, which neither k-means nor ECSQ sees.
+
+    Args:
+        model: the trained model.
+        optimizer: the Adam/AdamW optimizer that trained it (its state holds ``exp_avg_sq``).
+        include: globs restricting the layers (see :func:`deepzip.targets.select_targets`).
+        exclude: globs of layers to leave out.
+        root: ``False`` returns the raw ``exp_avg_sq`` instead of its square root.
+
+    Returns:
+        ``{parameter name: importance}`` (float32, the weight's shape and device).
 
     Raises:
         ConfigError: a selected weight has no Adam state (not trained by this optimizer, or
@@ -179,5 +209,6 @@ def adam_second_moment(
                 f"{t.name}: no Adam second moment in the optimizer state "
                 f"({type(optimizer).__name__}); train with Adam/AdamW or use Fisher importance"
             )
-        out[t.name] = state["exp_avg_sq"].detach().float().clone()
+        v = state["exp_avg_sq"].detach().float()
+        out[t.name] = v.sqrt() if root else v.clone()
     return out

@@ -20,7 +20,7 @@ from torch import nn
 from deepzip._parametrize import find_parametrization
 from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.quantize.shared import GradRule, SharedTensor, SharedWeight, install_shared
-from deepzip.targets import Skipped, Target, matches
+from deepzip.targets import Skipped, Target
 
 __all__ = ["WeightlessWeight", "attach_weightless", "get_weightless", "weightless_skip"]
 
@@ -127,7 +127,7 @@ def weightless_skip(
     if get_weightless(target.module, target.param_name) is None:
         return None
     for key, patterns in (("include", include), ("overrides", overrides)):
-        if any(matches(p, target.module_name, target.param_name) for p in patterns):
+        if any(target.matches(p) for p in patterns):
             raise ConfigError(
                 f"{target.name} is encoded with Weightless: quantizing it again would drop its "
                 f"Bloomier filter; leave it out of {where}.{key}"

@@ -47,7 +47,7 @@ from deepzip.quantize.incremental.parametrization import (
 from deepzip.quantize.kmeans import assign_nearest, bits_to_k, kmeans_1d
 from deepzip.quantize.shared import SharedTensor, SharedWeight, attach_shared, get_shared
 from deepzip.quantize.weightless import weightless_skip
-from deepzip.targets import Skipped, Target, matches, select_targets
+from deepzip.targets import Skipped, Target, select_targets
 
 __all__ = [
     "IncrementalStep",
@@ -141,7 +141,7 @@ def _layer_bits(
 ) -> int | Literal["ternary"] | None:
     found: BitsOverride | None = None
     for o in overrides:
-        if matches(o.pattern, target.module_name, target.param_name):
+        if target.matches(o.pattern):
             found = o
     if found is None:
         return default
@@ -171,12 +171,7 @@ def _select(
 ) -> tuple[list[_Layer], list[Skipped]]:
     """Pick and validate every layer before any of them changes."""
     selection = select_targets(model, include=config.include, exclude=config.exclude)
-    for o in config.overrides:
-        if not any(matches(o.pattern, t.module_name, t.param_name) for t in selection.targets):
-            raise ConfigError(
-                f"override pattern {o.pattern!r} matches no quantizable layer "
-                f"(layers: {', '.join(selection.names()) or 'none'})"
-            )
+    selection.check_overrides((o.pattern for o in config.overrides), "quantizable layer")
     skipped = list(selection.skipped)
     layers: list[_Layer] = []
     where = type(config).__name__.removesuffix("Config").lower()  # slq, mlq, inq
