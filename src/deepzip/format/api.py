@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 from deepzip._atomic import atomic_open
 from deepzip.config import CoderName, IndexBitsSpec, check_index_bits
 from deepzip.errors import CheckpointError, ConfigError, InvalidTensorError
-from deepzip.format.checkpoint import check_keys_fit, plain_state_dict
+from deepzip.format.checkpoint import check_keys_fit, check_not_meta, plain_state_dict
 from deepzip.format.dzip_reader import DzipReader
 from deepzip.format.dzip_report import InspectReport, SaveReport
 from deepzip.format.dzip_spec import (
@@ -228,7 +228,8 @@ def save(
 
     Raises:
         ConfigError: bad ``coder``, ``layout``, ``index_bits`` or metadata.
-        InvalidTensorError: a tensor that cannot be stored (names it).
+        InvalidTensorError: a tensor that cannot be stored, such as one on the meta device
+            (names it).
     """
     weightless: dict[str, WeightlessWeight] = {}
     if isinstance(model_or_state_dict, nn.Module):
@@ -350,7 +351,8 @@ def load_model(model: nn.Module, path: str | os.PathLike[str], *, strict: bool =
         ``model``.
 
     Raises:
-        CheckpointError: missing or unexpected keys (with ``strict``), or a shape mismatch;
+        CheckpointError: missing or unexpected keys (with ``strict``), a shape mismatch, or
+            a tensor of ``model`` on the meta device (loading into it would copy nothing);
             the message names them.
         CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
     """
@@ -366,6 +368,7 @@ def load_model(model: nn.Module, path: str | os.PathLike[str], *, strict: bool =
                 f"{Path(path)}: tensor {name!r} has shape {tuple(state[name].shape)}, "
                 f"the model expects {tuple(t.shape)}"
             )
+    check_not_meta(Path(path), {n: t for n, t in expected.items() if n in state}, saving=False)
     strip_(model)
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=strict)
     return model

@@ -48,6 +48,7 @@ __all__ = [
     "apply_checkpoint",
     "check_checkpoint_name",
     "check_keys_fit",
+    "check_not_meta",
     "load_checkpoint",
     "plain_state_dict",
     "read_checkpoint",
@@ -112,6 +113,35 @@ def check_keys_fit(source: object, missing: list[str], unexpected: list[str]) ->
         raise CheckpointError(f"{source} does not fit the model: {'; '.join(parts)}")
 
 
+def check_not_meta(source: object, tensors: Mapping[str, torch.Tensor], *, saving: bool) -> None:
+    """Refuse tensors on the ``meta`` device, which have a shape but no values or memory.
+
+    Args:
+        source: the file, for the message.
+        tensors: the model's tensors that would be loaded (``saving=False``) or written.
+        saving: whether they are being written (else loaded into).
+
+    Raises:
+        InvalidTensorError: (saving) a meta tensor, named: it has no values to write.
+        CheckpointError: (loading) a meta tensor of the model, named: copying into it does
+            nothing, so the model would be left without the file's values.
+    """
+    meta = [name for name, t in tensors.items() if t.is_meta]
+    if not meta:
+        return
+    more = f" (and {len(meta) - 1} more)" if len(meta) > 1 else ""
+    if saving:
+        raise InvalidTensorError(
+            f"{meta[0]}{more}: a tensor on the meta device has no values to write to "
+            f"{source}; materialize the model first (model.to_empty(device=...), load weights)"
+        )
+    raise CheckpointError(
+        f"{source}: the model's tensor {meta[0]!r}{more} is on the meta device, which holds "
+        "no memory: loading into it would copy nothing; materialize the model first "
+        "(model.to_empty(device='cpu'), or build it on a real device)"
+    )
+
+
 class Checkpoint:
     """A checkpoint read from disk: tensors, masks, and metadata."""
 
@@ -169,10 +199,13 @@ def save_checkpoint(
     Raises:
         ConfigError: ``path`` is not named ``.safetensors`` (checkpoints are read by their
             suffix: under another name the file could not be read back).
+        InvalidTensorError: a tensor on the meta device (no values to write), named.
     """
     dest = Path(path)
     check_checkpoint_name(dest)
-    tensors = {k: v.contiguous().cpu() for k, v in plain_state_dict(model).items()}
+    plain = plain_state_dict(model)
+    check_not_meta(dest, plain, saving=True)
+    tensors = {k: v.contiguous().cpu() for k, v in plain.items()}
     masks = mask_dict(model)
     train_encoded: dict[str, bool] = {}
     for name, s in export_shared(model).items():
@@ -424,8 +457,9 @@ def load_checkpoint(
     Everything is checked before the model is touched: a failed load leaves it as it was.
 
     Raises:
-        CheckpointError: missing or unexpected keys (with ``strict``), a shape mismatch, or a
-            mask for a tensor the model does not have (names the tensor).
+        CheckpointError: missing or unexpected keys (with ``strict``), a shape mismatch, a
+            mask for a tensor the model does not have, or a model tensor on the meta device
+            (names the tensor).
     """
     return apply_checkpoint(model, read_checkpoint(path), strict=strict, source=str(path))
 
@@ -452,6 +486,7 @@ def apply_checkpoint(
             f"{source}: tensor {name!r} has shape {tuple(ckpt.tensors[name].shape)}, "
             f"the model expects {tuple(expected[name].shape)}{more}"
         )
+    check_not_meta(source, {n: t for n, t in expected.items() if n in ckpt.tensors}, saving=False)
     # every mask must name a tensor of the model (even without ``strict``): checked here, so
     # that a bad name fails before strip_ and load_state_dict change the model
     modules: dict[str, nn.Module] = {}

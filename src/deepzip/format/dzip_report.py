@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 __all__ = ["InspectReport", "PartRecord", "SaveReport", "Section", "TensorRecord"]
 
 
@@ -152,9 +154,20 @@ class Section:
         return {"name": self.name, "kind": self.kind, "offset": self.offset, "length": self.length}
 
 
+def _float32_element_bytes(dtype: str) -> int:
+    """Bytes of one element of a tensor of ``dtype`` (a name: ``"int64"``) in the model's
+    float32 size: 4 for a floating-point dtype (its float32 form), the dtype's own size for
+    any other (an integer or bool buffer is stored, and needed, as it is)."""
+    found = getattr(torch, dtype, None)
+    if isinstance(found, torch.dtype) and not found.is_floating_point:
+        return found.itemsize
+    return 4
+
+
 def _float32_bytes(tensors: tuple[TensorRecord, ...]) -> int:
-    """4 bytes per element of every distinct tensor (an alias is its target again)."""
-    return sum(4 * t.weights for t in tensors if t.alias_of is None)
+    """The float32 size of every distinct tensor (an alias is its target again): 4 bytes per
+    floating-point element, an integer or bool element at its own size."""
+    return sum(_float32_element_bytes(t.dtype) * t.weights for t in tensors if t.alias_of is None)
 
 
 @dataclass(frozen=True)
@@ -180,13 +193,14 @@ class SaveReport:
 
     @property
     def float32_bytes(self) -> int:
-        """4 bytes per element of every distinct tensor: the model's float32 size (a tensor
-        tied under several names counts once)."""
+        """The model's float32 size: 4 bytes per element of every distinct floating-point
+        tensor, an integer or bool tensor (a buffer such as ``num_batches_tracked``) at its
+        own element size (a tensor tied under several names counts once)."""
         return _float32_bytes(self.tensors)
 
     @property
     def ratio(self) -> float:
-        """``float32_bytes / file_bytes``."""
+        """``float32_bytes / file_bytes``: what the model needs in float32 over the file."""
         return self.float32_bytes / self.file_bytes if self.file_bytes else 0.0
 
     @property
@@ -237,7 +251,8 @@ class InspectReport:
 
     @property
     def float32_bytes(self) -> int:
-        """4 bytes per element of every distinct tensor (aliases not counted again)."""
+        """The model's float32 size: 4 bytes per floating-point element, an integer or bool
+        element at its own size (aliases not counted again)."""
         return _float32_bytes(self.tensors)
 
     @property

@@ -94,6 +94,15 @@ def _check_gap_width(name: str, width: GapWidth) -> None:
         )
 
 
+def _check_not_meta(name: str, *tensors: torch.Tensor) -> None:
+    """Refuse a tensor on the ``meta`` device: it has a shape but no values to store."""
+    if any(t.is_meta for t in tensors):
+        raise InvalidTensorError(
+            f"{name}: a tensor on the meta device has no values to store; materialize the "
+            "model first (model.to_empty(device=...) and load its weights)"
+        )
+
+
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The little-endian bytes of a CPU tensor, without a copy when it is contiguous.
 
@@ -297,6 +306,7 @@ class DzipWriter:
         coder = self.coder if coder is None else coder
         check_coder(coder)
         _check_gap_width(name, gap_width)
+        _check_not_meta(name, tensor, mask)
         t = tensor.detach().cpu()
         self._check_tensor(name, t)
         if DTYPE_IDS[t.dtype] not in FLOAT_DTYPE_IDS:
@@ -478,6 +488,7 @@ class DzipWriter:
                 f"{name}: codebook must be 1-D float with 1..{MAX_K} entries, "
                 f"got {cb.dtype} {tuple(cb.shape)}"
             )
+        _check_not_meta(name, cb)
         bad = torch.nonzero(~torch.isfinite(cb.to(torch.float32)))
         if bad.numel():
             i = int(bad[0, 0])
@@ -513,6 +524,7 @@ class DzipWriter:
 
     def _check_tensor(self, name: str, t: torch.Tensor) -> None:
         self._check_name(name)
+        _check_not_meta(name, t)
         if t.dtype not in DTYPE_IDS:
             raise InvalidTensorError(f"{name}: dtype {t.dtype} cannot be stored in a .dzip file")
         if t.is_sparse or t.layout != torch.strided:
@@ -523,6 +535,7 @@ class DzipWriter:
         self, name: str, shared: SharedTensor, dtype: torch.dtype
     ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         cb, idx, mask = shared.codebook.detach(), shared.indices.detach(), shared.mask.detach()
+        _check_not_meta(name, idx, mask)
         self._check_codebook(name, "a shared tensor", dtype, cb)
         if idx.dtype != torch.uint8:
             raise InvalidTensorError(f"{name}: indices must be uint8, got {idx.dtype}")

@@ -270,7 +270,8 @@ class CompressionTable:
         others: tensors stored raw (biases, normalisation statistics...), in one row.
         overhead_bytes: header, directory and metadata of the file.
         file_bytes: the real file size.
-        float32_bytes: 4 bytes per element of every tensor (a tied tensor once).
+        float32_bytes: the model's float32 size: 4 bytes per floating-point element, an
+            integer or bool element at its own size (a tied tensor once).
         aliases: ``(name, the name whose data it shares)`` for each tied name the file stores
             as an alias (no data, no row of its own).
     """

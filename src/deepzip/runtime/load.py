@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from deepzip.errors import CheckpointError, ConfigError
-from deepzip.format.checkpoint import check_keys_fit, plain_state_dict
+from deepzip.format.checkpoint import check_keys_fit, check_not_meta, plain_state_dict
 from deepzip.format.dzip_reader import read_compressed
 from deepzip.quantize.api import strip_
 from deepzip.quantize.shared import SharedTensor
@@ -164,6 +164,29 @@ class _Plan:
         return [(self.owner, self.name), *self.others]
 
 
+def _as_decoded(
+    shared: Mapping[str, SharedTensor], dtypes: Mapping[str, torch.dtype]
+) -> dict[str, SharedTensor]:
+    """``shared`` with each float16/bfloat16 tensor's float32 codebook rounded to its dtype.
+
+    A file stores every codebook in float32 and decodes a float16 or bfloat16 tensor to that
+    dtype (``load_state_dict`` rounds each value once): rounded here, a layer decoded dense
+    or run sparse gets the values ``load_model`` gives, whatever dtype the model holds. An
+    alias keeps its target's very object.
+    """
+    out: dict[str, SharedTensor] = {}
+    rounded: dict[int, SharedTensor] = {}
+    for name, s in shared.items():
+        dtype = dtypes.get(name, torch.float32)
+        if dtype in (torch.float16, torch.bfloat16):
+            if id(s) not in rounded:
+                cb = s.codebook.to(dtype).to(s.codebook.dtype)
+                rounded[id(s)] = SharedTensor(cb, s.indices, s.mask)
+            s = rounded[id(s)]
+        out[name] = s
+    return out
+
+
 def _same_shared(a: SharedTensor, b: SharedTensor) -> bool:
     if a is b:
         return True
@@ -207,9 +230,9 @@ def compress_modules_(
     share one ``Parameter`` (an alias in the file) are separate layers with the same values.
 
     Raises:
-        CheckpointError: a name that is not a parameter of ``model``, a shape mismatch, or
-            two names of one module's weight with different shared tensors (checked for
-            every layer before the model is touched).
+        CheckpointError: a name that is not a parameter of ``model``, a shape mismatch, a
+            parameter on the meta device, or two names of one module's weight with different
+            shared tensors (checked for every layer before the model is touched).
         InvalidTensorError: a malformed shared tensor (names it).
         ConfigError: an override glob that matches no compressed layer.
     """
@@ -241,6 +264,11 @@ def _plan(
         current = getattr(module, attr, None)
         if not isinstance(current, torch.Tensor):
             raise CheckpointError(f"compressed tensor {name!r}: the model has no such parameter")
+        if current.is_meta:  # a copy into it does nothing, a runtime module would lose its data
+            raise CheckpointError(
+                f"compressed tensor {name!r}: the model's parameter is on the meta device, "
+                "which holds no memory; materialize the model first (model.to_empty(device=...))"
+            )
         if tuple(current.shape) != tuple(s.indices.shape):
             raise CheckpointError(
                 f"compressed tensor {name!r} has shape {tuple(s.indices.shape)}, the model "
@@ -394,7 +422,8 @@ def load_compressed(
         ``model``, modified in place.
 
     Raises:
-        CheckpointError: missing or unexpected keys (with ``strict``) or a shape mismatch,
+        CheckpointError: missing or unexpected keys (with ``strict``), a shape mismatch, or
+            a tensor of ``model`` on the meta device (loading into it would copy nothing),
             named.
         CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
         InvalidTensorError: a malformed shared tensor (names it).
@@ -408,9 +437,10 @@ def load_compressed(
         policy = replace(policy, batch_size=batch_size_hint)  # validated by __post_init__
     source = Path(path)
     cf = read_compressed(source)
+    shared = _as_decoded(cf.shared, cf.dtypes)
     expected = plain_state_dict(model)
     names = list(cf.order)
-    missing = [n for n in expected if n not in cf.raw and n not in cf.shared]
+    missing = [n for n in expected if n not in cf.raw and n not in shared]
     unexpected = [n for n in names if n not in expected]
     if strict:
         check_keys_fit(source, missing, unexpected)
@@ -419,8 +449,8 @@ def load_compressed(
         shape = (
             tuple(found.shape)
             if found is not None
-            else tuple(cf.shared[name].indices.shape)
-            if name in cf.shared
+            else tuple(shared[name].indices.shape)
+            if name in shared
             else None
         )
         if shape is not None and shape != tuple(tensor.shape):
@@ -428,12 +458,15 @@ def load_compressed(
                 f"{source}: tensor {name!r} has shape {shape}, the model expects "
                 f"{tuple(tensor.shape)}"
             )
-    for name, s in cf.shared.items():  # only a layer made sparse needs >= 2 dimensions
+    check_not_meta(
+        source, {n: t for n, t in expected.items() if n in cf.raw or n in shared}, saving=False
+    )
+    for name, s in shared.items():  # only a layer made sparse needs >= 2 dimensions
         if name not in cf.aliases:  # an alias is its target's very object: checked once
             check_shared(f"{source}: {name}", s, matrix=False)
     # everything compress_modules_ checks (overrides too), before strip_ touches the model;
     # strip_ and load_state_dict keep the module objects the plans hold
-    plans = _plan(model, {k: v for k, v in cf.shared.items() if k in expected}, policy)
+    plans = _plan(model, {k: v for k, v in shared.items() if k in expected}, policy)
     strip_(model)
     result = model.load_state_dict({k: v for k, v in cf.raw.items() if k in expected}, strict=False)
     if result.unexpected_keys:  # plain_state_dict and load_state_dict disagree on a name
