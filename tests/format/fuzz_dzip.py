@@ -10,7 +10,8 @@ one file's tensor regions (a random byte, a flipped bit, a run of 0x00 or 0xFF, 
 recomputes every checksum so the edit reaches the parsers behind them, and reads the whole file
 back (every tensor, and the compressed form of shared and Bloomier ones). A format error is the
 expected outcome; any other exception is a finding, and the file that raised it is kept in
-``--out``. Exits 1 when there was a finding. ``test_dzip_fuzz.py`` runs it for a second.
+``--out``. Exits 1 when there was a finding. ``test_dzip_fuzz.py`` runs a fixed 600 trials
+(``fuzz(0, min_trials=600)``: no time budget, so the same files on every machine).
 """
 
 from __future__ import annotations

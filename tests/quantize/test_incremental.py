@@ -489,7 +489,7 @@ def test_an_unfinished_run_is_detected(blobs: Blobs) -> None:
     def failing(model: nn.Module, step: int) -> None:
         raise RuntimeError("out of memory")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="out of memory"):  # the retrain's own error
         slq_(model, SLQConfig(bits=3), failing)
     assert get_frozen(_linears(model)[0]) is not None
     with pytest.raises(ConfigError, match="unfinished"):

@@ -81,15 +81,18 @@ def test_check_recipe_validates_globs() -> None:
 
 
 @pytest.mark.parametrize(
-    ("stage", "levels"),
+    ("stage", "levels", "n_steps"),
     [
-        ({"type": "slq", "bits": 3, "steps": [0.5, 1.0]}, 8),
-        ({"type": "slq", "bits": 3, "steps": [0.5, 1.0], "freeze_order": "low_loss"}, 8),
-        ({"type": "mlq", "bits": "ternary", "steps": [0.5, 1.0]}, 3),
-        ({"type": "inq", "bits": 3, "steps": [0.5, 1.0]}, 5),
+        ({"type": "slq", "bits": 3, "steps": [0.5, 1.0]}, 8, 2),
+        ({"type": "slq", "bits": 3, "steps": [0.5, 1.0], "freeze_order": "low_loss"}, 8, 2),
+        # MLQ: the default 2 groups (the toy model's two layers, one each) x 2 width steps
+        ({"type": "mlq", "bits": "ternary", "steps": [0.5, 1.0]}, 3, 4),
+        ({"type": "inq", "bits": 3, "steps": [0.5, 1.0]}, 5, 2),
     ],
 )
-def test_stage_runs_and_encodes(tmp_path: Path, stage: dict[str, Any], levels: int) -> None:
+def test_stage_runs_and_encodes(
+    tmp_path: Path, stage: dict[str, Any], levels: int, n_steps: int
+) -> None:
     events: list[PipelineEvent] = []
     result = run_recipe(
         toy_model(),
@@ -101,7 +104,7 @@ def test_stage_runs_and_encodes(tmp_path: Path, stage: dict[str, Any], levels: i
     )
     record = result.stages[1]
     steps = record.details["steps"]
-    assert len(steps) in (2, 4)
+    assert len(steps) == n_steps
     assert steps[-1]["frozen_fraction"] == 1.0
     assert sum(e.kind == "step" for e in events) == len(steps)
     state = load_state_dict(tmp_path / "model.dzip")
