@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 
-from deepzip.errors import ConfigError
+from deepzip.errors import ConfigError, InvalidTensorError
 
 __all__ = [
     "CONV_LAYER_TYPES",
@@ -136,6 +136,20 @@ class TargetSelection:
             if t.name == name or name in t.aliases:
                 return t
         raise KeyError(name)
+
+    def check_materialized(self, action: str) -> None:
+        """Raise ``InvalidTensorError`` if a target is on the ``meta`` device.
+
+        A meta tensor has a shape but no values, so there is nothing to ``action`` (``"prune"``,
+        ``"quantize"``); the message names the first such tensor and how many more there are.
+        """
+        meta = [t.name for t in self.targets if t.tensor.is_meta]
+        if meta:
+            more = f" (and {len(meta) - 1} more)" if len(meta) > 1 else ""
+            raise InvalidTensorError(
+                f"{meta[0]}{more}: a tensor on the meta device has no values to {action}; "
+                "materialize the model first (model.to_empty(device=...), then load its weights)"
+            )
 
     def check_overrides(self, patterns: Iterable[str], what: str) -> None:
         """Raise ``ConfigError`` for an override glob that matches none of the targets under

@@ -447,6 +447,7 @@ def weightless_(
     """
     selection = select_targets(model, include=config.include, exclude=config.exclude)
     selection.check_overrides((o.pattern for o in config.overrides), "layer")
+    selection.check_materialized("encode")
     skipped = list(selection.skipped)
     plans: list[tuple[Target, int | None]] = []
     for t in selection.targets:

@@ -113,6 +113,7 @@ def layer_targets(
         model, include=config.include, exclude=config.exclude
     )
     selection.check_overrides((o.pattern for o in config.overrides), "prunable layer")
+    selection.check_materialized("prune")
     chosen: list[tuple[Target, LayerOverride | None]] = []
     skipped = list(selection.skipped)
     for t in selection.targets:

@@ -176,6 +176,7 @@ def quantize_(
         )
     selection = select_targets(model, include=config.include, exclude=config.exclude)
     selection.check_overrides((o.pattern for o in config.overrides), "quantizable layer")
+    selection.check_materialized("quantize")
     skipped = list(selection.skipped)
     plans: list[tuple[Target, int, torch.Tensor, torch.Tensor | None]] = []
     patterns = tuple(o.pattern for o in config.overrides)
@@ -264,7 +265,8 @@ def strip_(model: nn.Module) -> nn.Module:
     A layer left in the middle of an incremental run (SLQ, MLQ, INQ interrupted: a
     ``FrozenWeight``) keeps its current weight, frozen levels and free weights alike. A
     Weightless layer keeps its decoded weight (false positives included), and the bias that
-    its ``train_encoded = False`` froze trains again, like the weight.
+    its ``train_encoded = False`` froze trains again, like the weight. A weight the user had
+    frozen (``requires_grad=False`` before quantization) stays frozen.
 
     Returns ``model`` (modified in place).
     """
@@ -277,9 +279,16 @@ def strip_(model: nn.Module) -> nn.Module:
             continue
         for attr in list(params):
             encoded = get_weightless(module, attr)
-            if get_shared(module, attr) is not None or get_frozen(module, attr) is not None:
+            shared = get_shared(module, attr)
+            if shared is not None or get_frozen(module, attr) is not None:
+                # trains again unless the user had frozen it (a partly frozen weight's
+                # original keeps the user's flag)
+                original = params[attr].original
+                trainable = (
+                    shared.source_trainable if shared is not None else original.requires_grad
+                )
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
-                getattr(module, attr).requires_grad_(True)
+                getattr(module, attr).requires_grad_(trainable)
             bias = getattr(module, "bias", None)
             if encoded is not None and attr == "weight" and isinstance(bias, nn.Parameter):
                 bias.requires_grad_(True)

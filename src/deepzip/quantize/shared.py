@@ -136,6 +136,8 @@ class SharedWeight(nn.Module):
         self.register_buffer("mask", mask.to(torch.bool).clone())
         counts = torch.bincount(self.indices[self.mask].long(), minlength=self.codebook.numel())
         self.register_buffer("counts", counts)
+        # whether the weight it replaced trained (install_shared sets it; strip_ restores it)
+        self.source_trainable = True
         self._plan_key: tuple[object, ...] | None = None
         self._plan: tuple[torch.Tensor, ...] = ()
         # before every forward (this class's or a subclass's), so that ``counts`` (the "mean"
@@ -240,7 +242,8 @@ def attach_shared(
 
     Any parametrization already on the attribute (a pruning mask) is folded in first: the
     mask travels inside ``shared``. The stored original tensor no longer trains
-    (``requires_grad=False``); only the codebook does.
+    (``requires_grad=False``); only the codebook does, unless the weight did not train
+    (``requires_grad=False``), in which case the codebook is frozen too.
 
     Raises:
         ConfigError: ``grad`` is not ``"sum"`` or ``"mean"`` (nothing is changed).
@@ -275,7 +278,20 @@ def install_shared(
             f"weights {tuple(shared.indices.shape)}"
         )
     device = current.device
+    # whether the weight trains: a codebook over a weight the user froze stays frozen (the
+    # flag of the stored original, not of the parametrized value, which no_grad clears;
+    # an earlier SharedWeight froze its original itself, so its own record is used)
+    previous = find_parametrization(module, attr, SharedWeight)
+    if previous is not None:
+        trainable = previous.source_trainable
+    elif parametrize.is_parametrized(module, attr):
+        trainable = bool(module.parametrizations[attr].original.requires_grad)  # type: ignore[index,union-attr]
+    else:
+        trainable = bool(current.requires_grad)
     p = make(shared.codebook.to(device), shared.indices.to(device), shared.mask.to(device))
+    p.source_trainable = trainable
+    if not trainable:
+        p.codebook.requires_grad_(False)
     if parametrize.is_parametrized(module, attr):
         parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     parametrize.register_parametrization(module, attr, p, unsafe=True)

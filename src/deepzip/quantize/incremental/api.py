@@ -172,6 +172,7 @@ def _select(
     """Pick and validate every layer before any of them changes."""
     selection = select_targets(model, include=config.include, exclude=config.exclude)
     selection.check_overrides((o.pattern for o in config.overrides), "quantizable layer")
+    selection.check_materialized("quantize")
     skipped = list(selection.skipped)
     layers: list[_Layer] = []
     where = type(config).__name__.removesuffix("Config").lower()  # slq, mlq, inq

@@ -1,0 +1,86 @@
+"""Frozen weights keep frozen through quantization; meta tensors are refused by every verb."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+import deepzip as dz
+from deepzip.config import SLQConfig
+from deepzip.errors import InvalidTensorError
+from deepzip.quantize.incremental import slq_
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))
+
+
+def _trainable(model: nn.Module) -> dict[str, bool]:
+    return {n: p.requires_grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_a_frozen_weight_gets_a_frozen_codebook_and_stays_frozen(pruned: bool) -> None:
+    model = _mlp()
+    if pruned:
+        dz.prune_(model, dz.PruneConfig(sparsity=0.5))
+    stored = model[0].parametrizations.weight.original if pruned else model[0].weight
+    stored.requires_grad_(False)
+    with torch.no_grad():  # the flag is the stored weight's, whatever the grad mode
+        dz.quantize_(model, dz.QuantizeConfig(bits=3))
+    flags = _trainable(model)
+    assert flags["0.parametrizations.weight.0.codebook"] is False  # it was True
+    assert flags["2.parametrizations.weight.0.codebook"] is True
+    # quantizing again (new clusters) keeps the user's choice, although the first pass froze
+    # the stored originals of both layers itself
+    dz.quantize_(model, dz.QuantizeConfig(bits=2))
+    flags = _trainable(model)
+    assert flags["0.parametrizations.weight.0.codebook"] is False
+    assert flags["2.parametrizations.weight.0.codebook"] is True
+    dz.strip_(model)
+    assert model[0].weight.requires_grad is False  # strip_ made it trainable
+    assert model[2].weight.requires_grad is True
+
+
+def test_strip_of_an_interrupted_incremental_run_keeps_a_frozen_weight_frozen() -> None:
+    model = _mlp()
+    model[0].weight.requires_grad_(False)
+
+    def stop(model: nn.Module, step: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        slq_(model, SLQConfig(bits=3, steps=(0.5, 1.0)), stop)
+    dz.strip_(model)
+    assert model[0].weight.requires_grad is False
+    assert model[2].weight.requires_grad is True
+
+
+def _meta_mlp() -> nn.Module:
+    with torch.device("meta"):
+        return nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
+
+
+@pytest.mark.parametrize(
+    ("verb", "action"),
+    [
+        (lambda m: dz.prune_(m, dz.PruneConfig(sparsity=0.5)), "prune"),
+        (lambda m: dz.quantize_(m, dz.QuantizeConfig(bits=4)), "quantize"),
+        (lambda m: slq_(m, SLQConfig(bits=3), lambda model, step: None), "quantize"),
+    ],
+)
+def test_a_model_on_the_meta_device_is_refused_by_name(
+    verb: Callable[[nn.Module], object], action: str
+) -> None:
+    # it raised RuntimeError: Tensor.item() cannot be called on meta tensors
+    model = _meta_mlp()
+    with pytest.raises(
+        InvalidTensorError,
+        match=rf"0\.weight \(and 1 more\): a tensor on the meta device has no values to {action}",
+    ):
+        verb(model)
+    assert not any(hasattr(m, "parametrizations") for m in model.modules())  # unchanged
