@@ -8,6 +8,14 @@ and writes a ``.dzip`` file one tensor at a time: each selected weight is magnit
 any number of levels) and entropy-coded; every
 other tensor is stored raw and listed in the report with the reason. Nothing is retrained, so
 moderate sparsity and 4-6 bits are the useful range (see ``benchmarks/posttrain.py``).
+
+Exact zeros are pruned weights: a weight's exact zeros (those of a pruned model, whether its
+checkpoint carries masks or not) are never quantized to a level, so they read back as exact
+zeros whatever the quantizer and layout. A checkpoint written by
+:func:`deepzip.save_checkpoint` (``deepzip train``, ``prune``, ``quantize``...) is read as
+such: its ``__deepzip_mask__``/``__deepzip_codebook__``/``__deepzip_index__``/
+``__deepzip_bloomier__`` entries are the model's pruning masks, shared weights and Weightless
+filters, never tensors of the output (see :func:`compress_checkpoint`).
 """
 
 from __future__ import annotations
@@ -19,12 +27,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
+from deepzip.coding.bloomier import BloomierFilter
 from deepzip.config import CoderName, IndexBitsSpec, QuantizeConfig, check_index_bits
-from deepzip.errors import CheckpointError, ConfigError
+from deepzip.errors import CheckpointError, ConfigError, CorruptFileError
 from deepzip.format.api import IndexBits, gap_width, tie_key
-from deepzip.format.checkpoint import load_pickled_state_dict
+from deepzip.format.checkpoint import (
+    BLOOMIER_PREFIX,
+    CODEBOOK_PREFIX,
+    INDEX_PREFIX,
+    MASK_PREFIX,
+    load_pickled_state_dict,
+)
 from deepzip.format.dzip_report import SaveReport
 from deepzip.format.dzip_spec import MAX_K
 from deepzip.format.dzip_writer import DzipWriter, GapWidth, Layout
@@ -69,7 +85,8 @@ class PostTrainConfig:
     """What :func:`compress_checkpoint` does to each selected weight.
 
     Attributes:
-        sparsity: fraction of each selected tensor's weights removed by magnitude, in [0, 1).
+        sparsity: fraction of each selected tensor's weights removed by magnitude, in [0, 1)
+            (its exact zeros and the weights its checkpoint mask prunes come first).
         bits: bits per weight index (1..8, ``2**bits`` levels); ``None`` leaves the weights
             in float (pruned ones are then stored sparse, the others raw).
         levels: number of quantization levels k (2..256) instead of ``2**bits``: with an
@@ -85,6 +102,10 @@ class PostTrainConfig:
         exclude: globs of tensors left raw.
         min_elements: tensors with fewer elements are left raw (their codebook would cost
             more than it saves).
+        requantize: whether a tensor that a deepzip checkpoint already holds weight-shared
+            (``__deepzip_codebook__``/``__deepzip_index__`` entries) is quantized again by
+            these settings; ``False`` keeps its codebook and indices (a ``layer_bits`` glob
+            that matches it still re-quantizes it).
     """
 
     sparsity: float = 0.0
@@ -97,6 +118,7 @@ class PostTrainConfig:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     min_elements: int = 256
+    requantize: bool = False
 
     def __post_init__(self) -> None:
         # QuantizeConfig validates bits, method and lambda with the house's messages
@@ -133,6 +155,8 @@ class PostTrainConfig:
                 raise ConfigError(f"{key} must be a tuple of non-empty glob strings, got {globs!r}")
         if isinstance(self.min_elements, bool) or not isinstance(self.min_elements, int):
             raise ConfigError(f"min_elements must be an integer, got {self.min_elements!r}")
+        if not isinstance(self.requantize, bool):
+            raise ConfigError(f"requantize must be True or False, got {self.requantize!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (stored as the file's recipe)."""
@@ -148,7 +172,16 @@ class PostTrainConfig:
             "include": list(self.include),
             "exclude": list(self.exclude),
             "min_elements": self.min_elements,
+            # only when set: a file compressed from any other checkpoint stays byte for byte
+            # what earlier versions wrote (committed benchmark sizes still reproduce)
+            **({"requantize": True} if self.requantize else {}),
         }
+
+    def requantizes(self, name: str) -> bool:
+        """Whether an already weight-shared tensor is quantized again: ``requantize``, or a
+        ``layer_bits`` glob matches it."""
+        module, _, attr = name.rpartition(".")
+        return self.requantize or any(matches(p, module, attr) for p, _ in self.layer_bits)
 
     def step_for(self, name: str) -> float | None:
         """The grid step of one tensor: ``step``, unless a ``layer_bits`` glob matches it."""
@@ -175,8 +208,22 @@ class PostTrainConfig:
 # ------------------------------------------------------------------------------ reading
 
 
+_DEEPZIP_KEY = "__deepzip_"
+_ENTRY_KINDS = (
+    (MASK_PREFIX, "mask"),
+    (CODEBOOK_PREFIX, "codebook"),
+    (INDEX_PREFIX, "index"),
+    (BLOOMIER_PREFIX, "bloomier"),
+)
+
+
 class _Source:
-    """The tensor names of a checkpoint, and a way to load them one at a time."""
+    """The tensor names of a checkpoint, and a way to load them one at a time.
+
+    ``names`` are all of the file's entries; ``tensors`` the model's tensors among them, and
+    ``entries`` maps each tensor that a deepzip checkpoint prunes or shares to its
+    ``{"mask" | "codebook" | "index" | "bloomier": entry name}``.
+    """
 
     def __init__(
         self,
@@ -184,18 +231,60 @@ class _Source:
         load: Callable[[str], torch.Tensor],
         files: Sequence[Path],
         *,
+        label: str,
         ties: bool = False,
     ) -> None:
         self.names = names
         self.load = load
         self.files = tuple(files)
+        self.label = label
         # whether two names of one tensor share its storage when loaded (a pickled state dict
         # keeps its ties; safetensors files cannot hold shared tensors, and each load is new
         # memory whose address a later load may reuse)
         self.ties = ties
+        self.tensors, self.entries = _split_entries(label, names)
 
 
-def _safetensors_source(files: Sequence[Path]) -> _Source:
+def _split_entries(label: str, names: Sequence[str]) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """The model's tensor names, and the deepzip entries (masks, codebooks, indices, Bloomier
+    filters of :func:`deepzip.save_checkpoint`) of each tensor that has some.
+
+    Raises:
+        CheckpointError: an unknown ``__deepzip_`` entry, one for a tensor the checkpoint does
+            not hold, or a quantized tensor without its codebook, indices or mask.
+    """
+    tensors = [n for n in names if not n.startswith(_DEEPZIP_KEY)]
+    held = set(tensors)
+    entries: dict[str, dict[str, str]] = {}
+    for key in names:
+        if not key.startswith(_DEEPZIP_KEY):
+            continue
+        found = next(((p, k) for p, k in _ENTRY_KINDS if key.startswith(p)), None)
+        if found is None:
+            raise CheckpointError(
+                f"{label}: unknown deepzip entry {key!r} (written by a newer version?)"
+            )
+        prefix, kind = found
+        target = key[len(prefix) :]
+        if target not in held:
+            raise CheckpointError(
+                f"{label}: entry {key!r} is the {kind} of {target!r}, a tensor the checkpoint "
+                "does not hold"
+            )
+        entries.setdefault(target, {})[kind] = key
+    for target, kinds in entries.items():
+        if set(kinds) != {"mask"}:  # a mask alone is a pruned float tensor
+            lacking = [k for k in ("codebook", "index", "mask") if k not in kinds]
+            if lacking:
+                raise CheckpointError(
+                    f"{label}: tensor {target!r} has a {', '.join(sorted(kinds))} entry but no "
+                    f"{' or '.join(lacking)} (a quantized tensor needs its codebook, indices "
+                    "and mask)"
+                )
+    return tensors, entries
+
+
+def _safetensors_source(files: Sequence[Path], label: str) -> _Source:
     """The tensors of safetensors files, each read by opening its file afresh.
 
     ``safe_open`` memory-maps the whole file and every page a read touches stays resident
@@ -226,7 +315,7 @@ def _safetensors_source(files: Sequence[Path]) -> _Source:
             raise CheckpointError(f"tensor {name!r}: cannot be read: {exc}") from exc
         return tensor
 
-    return _Source(names, load, files)
+    return _Source(names, load, files, label=label)
 
 
 def _hf_shards(directory: Path) -> list[Path]:
@@ -255,16 +344,17 @@ def _hf_shards(directory: Path) -> list[Path]:
 
 
 def _open_source(src: Path) -> _Source:
+    label = str(src)
     if src.is_dir():
-        return _safetensors_source(_hf_shards(src))
+        return _safetensors_source(_hf_shards(src), label)
     if not src.is_file():
         raise CheckpointError(f"checkpoint not found: {src}")
     suffix = src.suffix.lower()
     if suffix == ".safetensors":
-        return _safetensors_source([src])
+        return _safetensors_source([src], label)
     if suffix in (".pt", ".pth", ".bin"):
         state = load_pickled_state_dict(src, mmap=True)
-        return _Source(list(state), state.__getitem__, [src], ties=True)
+        return _Source(list(state), state.__getitem__, [src], label=label, ties=True)
     raise CheckpointError(
         f"{src}: unknown checkpoint type {suffix!r}; expected .safetensors, .pt, .pth "
         "or a Hugging Face model directory"
@@ -280,6 +370,91 @@ def iter_checkpoint(src: str | os.PathLike[str]) -> Iterator[tuple[str, torch.Te
     source = _open_source(Path(src))
     for name in source.names:
         yield name, source.load(name)
+
+
+@dataclass(frozen=True)
+class _Prior:
+    """What a deepzip checkpoint says of one tensor: its pruning mask, and its codebook and
+    indices (and Weightless filter) when it is weight-shared."""
+
+    mask: torch.Tensor
+    shared: SharedTensor | None = None
+    bloomier: bytes | None = None
+
+    def values(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The tensor as :func:`deepzip.load_checkpoint` makes it: pruned positions zero, a
+        shared tensor ``codebook[indices]`` in the tensor's dtype."""
+        if self.shared is None:
+            return tensor.masked_fill(~self.mask, 0)
+        gathered = self.shared.codebook.to(tensor.dtype)[self.shared.indices.long()]
+        return gathered.masked_fill(~self.mask, 0)
+
+
+def _load_prior(source: _Source, name: str, tensor: torch.Tensor) -> _Prior | None:
+    """The deepzip entries of ``name``, checked against the tensor, or ``None``.
+
+    Raises:
+        CheckpointError: a mask, codebook, indices or Bloomier filter that does not fit the
+            tensor or each other (names the tensor).
+    """
+    kinds = source.entries.get(name)
+    if kinds is None:
+        return None
+    where = f"{source.label}: tensor {name!r}"
+    shape = tuple(tensor.shape)
+    mask = source.load(kinds["mask"])
+    if tuple(mask.shape) != shape:
+        raise CheckpointError(f"{where}: its mask has shape {tuple(mask.shape)}, it {shape}")
+    mask = mask.to(torch.bool)
+    if "codebook" not in kinds:
+        return _Prior(mask)
+    codebook, indices = source.load(kinds["codebook"]), source.load(kinds["index"])
+    if (
+        codebook.dim() != 1
+        or not 1 <= codebook.numel() <= MAX_K
+        or not codebook.is_floating_point()
+        or not bool(torch.isfinite(codebook.to(torch.float32)).all())
+    ):
+        raise CheckpointError(
+            f"{where}: its codebook must be 1-D, finite float with 1..{MAX_K} entries, got "
+            f"{str(codebook.dtype).removeprefix('torch.')} of shape {tuple(codebook.shape)}"
+        )
+    if indices.dtype != torch.uint8 or tuple(indices.shape) != shape:
+        raise CheckpointError(
+            f"{where}: its indices must be uint8 of shape {shape}, got "
+            f"{str(indices.dtype).removeprefix('torch.')} {tuple(indices.shape)}"
+        )
+    k = codebook.numel()
+    if bool(mask.any()) and int(indices[mask].max()) >= k:
+        raise CheckpointError(
+            f"{where}: an index reaches {int(indices[mask].max())}, the codebook has {k} entries"
+        )
+    shared = SharedTensor(codebook.to(torch.float32), indices, mask)
+    if "bloomier" not in kinds:
+        return _Prior(mask, shared)
+    return _Prior(mask, shared, _check_bloomier(where, source.load(kinds["bloomier"]), shared))
+
+
+def _check_bloomier(where: str, data: torch.Tensor, shared: SharedTensor) -> bytes:
+    """A Weightless filter's bytes, once it is known to decode to the indices and mask."""
+    if data.dtype != torch.uint8 or data.dim() != 1:
+        raise CheckpointError(f"{where}: its Bloomier filter must be 1-D uint8")
+    raw = bytes(data.numpy().tobytes())
+    try:
+        f = BloomierFilter.from_bytes(raw, name=where, n_positions=shared.mask.numel())
+    except CorruptFileError as exc:
+        raise CheckpointError(str(exc)) from exc
+    indices, mask = f.decode_indices()
+    flat_mask = shared.mask.reshape(-1).numpy()
+    if (
+        f.num_values != shared.codebook.numel()
+        or not np.array_equal(mask, flat_mask)
+        or not np.array_equal(indices[mask], shared.indices.reshape(-1).numpy()[flat_mask])
+    ):
+        raise CheckpointError(
+            f"{where}: its Bloomier filter does not decode to its indices and mask"
+        )
+    return raw
 
 
 # ----------------------------------------------------------------------------- selection
@@ -373,6 +548,7 @@ def compress_checkpoint(
     index_bits: IndexBits = None,
     layout: Layout = "auto",
     min_elements: int = 256,
+    requantize: bool | None = None,
     metadata: Mapping[str, str] | None = None,
     progress: ProgressFn | None = None,
 ) -> SaveReport:
@@ -387,12 +563,35 @@ def compress_checkpoint(
     (``docs/format.md`` 6.6), when its names get the same treatment (else each is compressed
     by its own settings).
 
+    Exact zeros are already pruned: a compressed tensor's exact zeros are never quantized
+    (zero need not be one of a quantizer's levels), so they read back as exact zeros (a
+    negative zero as +0.0) whatever the quantizer and layout, and they count towards
+    ``sparsity``.
+
+    A checkpoint of :func:`deepzip.save_checkpoint` (``deepzip train``, ``prune``,
+    ``quantize``...) is read as the model it holds, as :func:`deepzip.load_checkpoint` would
+    load it; its ``__deepzip_*`` entries are never stored as tensors, and the file holds (and
+    ``report.float32_bytes`` counts) the model's tensors only, so it loads into the model with
+    :func:`deepzip.load_model`:
+
+    - a mask (``__deepzip_mask__.<name>``) is the tensor's pruning: its pruned positions stay
+      pruned, and ``sparsity`` prunes further (the smallest magnitudes among the kept weights)
+      only where it asks for more than is already pruned;
+    - a weight-shared tensor (``__deepzip_codebook__``/``__deepzip_index__``) keeps its
+      codebook and indices, stored with the shared encodings, unless it is re-quantized
+      (``requantize``, or a ``layer_bits`` glob that matches it): then its kept weights are
+      quantized by these settings (or stored in float with ``bits=None``);
+    - a Weightless layer (``__deepzip_bloomier__``) keeps its Bloomier filter (``BLOOMIER``
+      encoding) when it is neither re-quantized nor pruned further; else it is stored as a
+      shared tensor, as above.
+
     Args:
         src: a ``.safetensors`` file, a ``.pt``/``.pth``/``.bin`` state dict (read with
             ``torch.load(weights_only=True)``), or a Hugging Face model directory of
             safetensors shards (``model.safetensors.index.json`` or ``*.safetensors``).
         dest: the ``.dzip`` file (written atomically).
-        sparsity: fraction of each selected tensor removed by magnitude, in [0, 1).
+        sparsity: fraction of each selected tensor removed by magnitude, in [0, 1) (the
+            already pruned weights and exact zeros included).
         bits: bits per weight index, 1..8; ``None`` stores the (pruned) weights in float.
         levels: quantization levels (2..256) instead of ``2**bits``.
         quantizer: ``"uniform"`` (default), ``"ecsq"`` or ``"kmeans"``.
@@ -411,6 +610,9 @@ def compress_checkpoint(
             elsewhere), or ``None`` (``"auto"``: each tensor's smallest index).
         layout: ``"auto"``, ``"dense"`` or ``"sparse"`` (see :meth:`DzipWriter.add_shared`).
         min_elements: tensors smaller than this are left raw.
+        requantize: whether the weight-shared tensors of a deepzip checkpoint are quantized
+            again by these settings; ``None`` (default): when any of ``bits``, ``levels``,
+            ``step``, ``quantizer`` and ``ecsq_lambda`` differs from its default.
         metadata: the caller's string key/values.
         progress: called with ``(name, index, total)`` before each tensor.
 
@@ -418,11 +620,20 @@ def compress_checkpoint(
         The per-tensor report (real file size, ratio to float32, skipped tensors).
 
     Raises:
-        CheckpointError: the checkpoint cannot be read.
+        CheckpointError: the checkpoint cannot be read, or its deepzip entries are unknown,
+            incomplete or do not fit their tensor (names it).
         ConfigError: a bad setting, a glob that matches no tensor, or ``dest`` is (a shard
             of) the checkpoint ``src``.
         InvalidTensorError: a selected tensor holds NaN or infinity (names it).
     """
+    if requantize is None:
+        requantize = (
+            bits != DEFAULT_BITS
+            or levels is not None
+            or step is not None
+            or quantizer != DEFAULT_QUANTIZER
+            or ecsq_lambda != 0.0
+        )
     config = PostTrainConfig(
         sparsity=sparsity,
         bits=bits,
@@ -434,6 +645,7 @@ def compress_checkpoint(
         include=_globs("include", include),
         exclude=_globs("exclude", exclude),
         min_elements=min_elements,
+        requantize=requantize,
     )
     layers: dict[str, dict[str, Any]] = {}
     meta: dict[str, Any] = {
@@ -443,16 +655,17 @@ def compress_checkpoint(
     _check_index_bits(index_bits)
     source = _open_source(Path(src))
     _check_dest(Path(dest), source)
-    _check_globs(source.names, config, index_bits)
+    _check_globs(source.tensors, config, index_bits)
     # a tied tensor (one tensor under several names, as a pickled state dict with tied
     # embeddings holds it) is stored once when its names get the same treatment
     first_of: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}
     with DzipWriter(dest, coder=coder, metadata=meta) as writer:
-        total = len(source.names)
-        for i, name in enumerate(source.names):
+        total = len(source.tensors)
+        for i, name in enumerate(source.tensors):
             if progress is not None:
                 progress(name, i, total)
             tensor = source.load(name)
+            prior = _load_prior(source, name, tensor)
             reason = _skip_reason(name, tensor, config)
             width = None if reason is not None else _gap_width(name, tensor, index_bits)
             treatment = (
@@ -460,7 +673,8 @@ def compress_checkpoint(
                 if reason is not None
                 else ("compressed", config.levels_for(name), config.step_for(name), width)
             )
-            key = tie_key(tensor) if source.ties else None
+            # a tensor with masks or codebooks of its own is never taken for another's alias
+            key = tie_key(tensor) if source.ties and prior is None else None
             if key is not None:
                 first = first_of.setdefault(key, (name, treatment))
                 if first[0] != name and first[1] == treatment:
@@ -471,12 +685,12 @@ def compress_checkpoint(
                         layers[name] = {"alias_of": first[0]}
                     continue
             if reason is not None:
-                writer.add_raw(name, tensor)
+                writer.add_raw(name, tensor if prior is None else prior.values(tensor))
                 writer.skip(name, reason)
                 continue
             assert width is not None
-            layers[name] = _compress_tensor(writer, name, tensor, config, width, layout)
-            del tensor
+            layers[name] = _compress_tensor(writer, name, tensor, prior, config, width, layout)
+            del tensor, prior
         meta["report"] = {
             "layers": layers,
             "skipped": {n: r for n, r in writer.skipped},
@@ -503,36 +717,81 @@ def _compress_tensor(
     writer: DzipWriter,
     name: str,
     tensor: torch.Tensor,
+    prior: _Prior | None,
     config: PostTrainConfig,
     width: GapWidth,
     layout: Layout,
 ) -> dict[str, Any]:
-    """Prune, quantize and write one tensor; returns its line of the metadata report."""
-    check_finite(name, tensor)
-    k = config.levels_for(name)
+    """Prune, quantize and write one tensor; returns its line of the metadata report.
+
+    The tensor's exact zeros and the positions its checkpoint mask prunes are pruned before
+    ``sparsity`` prunes further; a weight-shared tensor of the checkpoint keeps its codebook
+    unless the config re-quantizes it.
+    """
+    values = tensor if prior is None else prior.values(tensor)
+    check_finite(name, values)
+    pruned = values != 0  # exact zeros are pruned weights: no level may replace them
+    if prior is not None:
+        pruned &= prior.mask
     mask = (
-        sparsity_mask(tensor, config.sparsity, name=name)
+        sparsity_mask(values, config.sparsity, current=pruned, name=name)
         if config.sparsity > 0
-        else torch.ones(tensor.shape, dtype=torch.bool)
+        else pruned
     )
     kept = int(mask.sum())
+    dense = kept == mask.numel()
+    if prior is not None and prior.shared is not None and not config.requantizes(name):
+        return _keep_shared(writer, name, tensor, prior, prior.shared, pruned, mask, width, layout)
+    k = config.levels_for(name)
     if k is None or kept == 0:
-        if config.sparsity > 0:
-            writer.add_sparse_float(name, tensor, mask, gap_width=width)
+        if dense:
+            writer.add_raw(name, values)
         else:
-            writer.add_raw(name, tensor)
+            writer.add_sparse_float(name, values, mask, gap_width=width)
         return {"levels": None, "kept": kept}
-    values = tensor[mask].to(torch.float32) if config.sparsity > 0 else tensor.reshape(-1).float()
+    flat = values.reshape(-1).float() if dense else values[mask].to(torch.float32)
     step = config.step_for(name)
-    result = _quantize(values, k, config, name, step)
-    del values
+    result = _quantize(flat, k, config, name, step)
+    del flat
     indices = torch.zeros(tensor.shape, dtype=torch.uint8)
-    if config.sparsity > 0:
-        indices[mask] = result.labels.to(torch.uint8)
-    else:
+    if dense:
         indices.view(-1).copy_(result.labels)
+    else:
+        indices[mask] = result.labels.to(torch.uint8)
     shared = SharedTensor(result.centroids.cpu(), indices, mask)
     writer.add_shared(name, shared, dtype=tensor.dtype, gap_width=width, layout=layout)
     if step is not None:
         return {"step": step, "levels": result.k, "used": result.k, "kept": kept}
     return {"levels": k, "used": result.k, "kept": kept}
+
+
+def _keep_shared(
+    writer: DzipWriter,
+    name: str,
+    tensor: torch.Tensor,
+    prior: _Prior,
+    shared: SharedTensor,
+    pruned: torch.Tensor,
+    mask: torch.Tensor,
+    width: GapWidth,
+    layout: Layout,
+) -> dict[str, Any]:
+    """Write a checkpoint's weight-shared tensor with its own codebook and indices: as its
+    Bloomier filter when nothing more is pruned, else with the shared encodings."""
+    k = shared.codebook.numel()
+    line: dict[str, Any] = {"levels": k, "codebook": "checkpoint"}
+    if prior.bloomier is not None and torch.equal(mask, pruned):
+        # the filter decodes the positions whose level is zero to zero as well
+        record = writer.add_bloomier(
+            name, shared.codebook, prior.bloomier, tuple(tensor.shape), dtype=tensor.dtype
+        )
+        return {**line, "kept": record.kept, "bloomier": True}
+    writer.add_shared(
+        name,
+        SharedTensor(shared.codebook, shared.indices, mask),
+        dtype=tensor.dtype,
+        gap_width=width,
+        layout=layout,
+    )
+    used = int(torch.unique(shared.indices[mask]).numel())
+    return {**line, "used": used, "kept": int(mask.sum())}

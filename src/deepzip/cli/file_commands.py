@@ -98,8 +98,41 @@ def _zoo_model_of(source: str) -> dict[str, str]:
     return {"deepzip.model": name} if name in model_names() else {}
 
 
+def _requantize(args: argparse.Namespace) -> bool:
+    """Whether ``compress`` quantizes again the weight-shared tensors of a deepzip checkpoint
+    (``deepzip quantize``): only when a quantization flag is given (``--bits``, ``--levels``,
+    ``--step``, ``--quantizer``, ``--lambda`` or ``--no-quantize``); a ``--layer-bits`` glob
+    re-quantizes the tensors it matches either way."""
+    given = (args.bits, args.levels, args.step, args.quantizer, args.ecsq_lambda)
+    return bool(args.no_quantize) or any(value is not None for value in given)
+
+
+def _kept_codebooks(path: str) -> list[tuple[str, int]]:
+    """``(name, levels)`` of the tensors a ``.dzip`` file written by ``compress`` stores with
+    the codebook of the checkpoint they came from (its metadata report says so)."""
+    from deepzip.format import DzipReader
+
+    with DzipReader(path) as reader:
+        meta = reader.metadata
+    report = meta.get("report") if isinstance(meta, dict) else None
+    layers = report.get("layers") if isinstance(report, dict) else None
+    if not isinstance(layers, dict):
+        return []
+    return [
+        (str(name), int(line["levels"]))
+        for name, line in layers.items()
+        if isinstance(line, dict) and line.get("codebook") == "checkpoint"
+    ]
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
-    """``deepzip compress``: post-training prune + quantize + code of any checkpoint."""
+    """``deepzip compress``: post-training prune + quantize + code of any checkpoint.
+
+    A checkpoint of ``deepzip train``, ``prune`` or ``quantize`` is read as the model it
+    holds (its masks prune, its codebooks are kept unless a quantization flag is given; see
+    :func:`deepzip.compress_checkpoint`), and the file keeps the checkpoint's zoo model name,
+    so ``deepzip bench`` needs no ``--model``.
+    """
     _check_output(args.output, "-o")
     _check_output(args.json, "--json")
     _check_distinct(args.output, "-o", args.json, "--json")
@@ -128,6 +161,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             layer_bits=dict(_parse_layer_bits(t) for t in args.layer_bits),
             index_bits=args.index_bits,
             layout=args.layout,
+            requantize=_requantize(args),
             metadata=_zoo_model_of(args.input),
             progress=on_tensor,
         )
@@ -139,6 +173,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
     )
     for name, reason in report.skipped:
         console.print(f"kept raw: {name} ({reason})", style="dim", markup=False, soft_wrap=True)
+    for name, levels in _kept_codebooks(args.output):
+        console.print(
+            f"kept the checkpoint's codebook: {name} ({levels} levels; --bits, --levels, --step "
+            "or --quantizer quantize it again)",
+            style="dim",
+            markup=False,
+            soft_wrap=True,
+        )
     console.print(
         f"{report.float32_bytes:,} B float32 → {report.file_bytes:,} B on disk: "
         f"{report.ratio:.2f}× → {args.output}",
