@@ -43,7 +43,13 @@ from deepzip.format import (
     save,
     save_checkpoint,
 )
-from deepzip.pipeline import RecipeChangedError, RunResult, TrainRequest, run_recipe
+from deepzip.pipeline import (
+    RecipeChangedError,
+    RunLockedError,
+    RunResult,
+    TrainRequest,
+    run_recipe,
+)
 from deepzip.posttrain import compress_checkpoint
 from deepzip.prune import (
     PruneReport,
@@ -76,6 +82,7 @@ __all__ = [
     "Recipe",
     "RecipeChangedError",
     "RetrainConfig",
+    "RunLockedError",
     "RunResult",
     "SaveReport",
     "ScheduleConfig",

@@ -4,13 +4,17 @@ A crash or an exception part-way leaves the destination untouched (the old file,
 removes the temporary file. The temporary file's content is fsync'ed before the rename, so a
 power loss after it cannot leave an empty or partial file under the destination's name. The
 file gets the permissions a plain ``open(dest, "wb")`` would give it: those of the file it
-replaces, else ``0o666`` less the umask.
+replaces, else ``0o666`` less the umask, even when the code writing it replaces the temporary
+file by its own (as safetensors' ``save_file`` does). Parent directories created for the file
+are removed again when the write fails.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -38,6 +42,9 @@ def _create_temp(target: Path) -> Path:
             fd = os.open(tmp, _CREATE, 0o666)
         except FileExistsError:
             continue
+        except OSError as exc:  # a read-only or full file system, no permission
+            exc.filename = str(target)  # named as the caller knows it, not by the temporary name
+            raise
         os.close(fd)
         return tmp
     raise FileExistsError(f"no free temporary file name next to {target}")
@@ -54,15 +61,37 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def _make_parents(directory: Path) -> list[Path]:
+    """Create ``directory`` and its missing parents; return those created, deepest first."""
+    missing: list[Path] = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    if not directory.is_dir():  # a file (or a dangling link) on the way
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory))
+    created: list[Path] = []
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:  # made meanwhile by another writer: not ours to remove
+            if not d.is_dir():
+                raise
+        else:
+            created.insert(0, d)
+    return created
+
+
 @contextmanager
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``dest``; on success it replaces ``dest``.
 
     The parent directory is created if needed. The temporary file exists (empty) and has the
     permission bits ``dest`` will end with: those of the file it replaces, else what a plain
-    ``open()`` would give a new file. When the block succeeds the temporary file is fsync'ed,
-    then renamed over ``dest``. On any exception the temporary file is deleted and ``dest`` is
-    left as it was.
+    ``open()`` would give a new file (bits that a writer replacing the temporary file by its
+    own changed are set back before the rename). When the block succeeds the temporary file is
+    fsync'ed, then renamed over ``dest``. On any exception the temporary file is deleted, the
+    directories created for it are removed (when still empty) and ``dest`` is left as it was;
+    an ``OSError`` that names no file (a full disk) is given ``dest`` as its file name.
     """
     with _atomic_path(dest, sync=True) as tmp:
         yield tmp
@@ -72,18 +101,37 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
 def _atomic_path(dest: str | os.PathLike[str], *, sync: bool) -> Iterator[Path]:
     """:func:`atomic_path`; ``sync=False`` when the caller fsyncs the file itself."""
     target = Path(dest)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temp(target)
+    created = _make_parents(target.parent)
+    try:
+        tmp = _create_temp(target)
+    except BaseException:
+        _remove_dirs(created)
+        raise
     try:
         with suppress(FileNotFoundError):  # replacing a file: keep its permission bits
             os.chmod(tmp, os.stat(target).st_mode & 0o777)  # (not setuid, setgid, sticky)
+        mode = stat.S_IMODE(os.stat(tmp).st_mode)
         yield tmp
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # the writer put its own file there
+            os.chmod(tmp, mode)
         if sync:
             _fsync_file(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        _remove_dirs(created)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+            exc.filename = str(target)  # a failed write() (ENOSPC, EIO) names no file
         raise
+
+
+def _remove_dirs(created: list[Path]) -> None:
+    """Remove the directories :func:`_make_parents` created, deepest first, while empty."""
+    for d in created:
+        try:
+            d.rmdir()
+        except OSError:  # another writer put a file there meanwhile: keep it
+            return
 
 
 @contextmanager

@@ -1,13 +1,18 @@
 """The ``deepzip`` command line: the only place that prints to the terminal or exits.
 
 Every command has ``--help``, shows progress bars on long work, and on error exits non-zero
-with one clear line (``deepzip: error: ...``).
+with one clear line (``deepzip: error: ...``). A ``SIGTERM`` stops a command as Ctrl-C does, so
+that a file being written is removed rather than left as a temporary file.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 
 from deepzip.cli._common import _os_error, err_console
 from deepzip.cli.parser import build_parser
@@ -25,7 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        code: int = args.func(args)
+        with _terminate_as_interrupt():
+            code: int = args.func(args)
+    except _Terminated:
+        err_console.print("deepzip: terminated", markup=False)
+        return 128 + signal.SIGTERM
     except (DeepZipError, OSError) as exc:  # a file that cannot be read or written
         text = _os_error(exc) if isinstance(exc, OSError) else str(exc)
         one_line = " ".join(text.split())
@@ -37,3 +46,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         err_console.print("deepzip: interrupted", markup=False)
         return 130
     return code
+
+
+class _Terminated(BaseException):
+    """Raised by the ``SIGTERM`` handler: unwinds like ``KeyboardInterrupt`` (``finally``
+    blocks and atomic writes clean up) without being taken for an error."""
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While a command runs, turn ``SIGTERM`` into :class:`_Terminated` (the previous handler
+    is put back after; only the main thread can set one, elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -69,11 +69,14 @@ from deepzip.pipeline.state import (
     clear_run,
     data_fingerprint,
     describe_change,
+    file_sha256,
     independent_copy,
     load_stage_checkpoint,
+    lock_run,
     model_fingerprint,
     read_state,
     recipe_hash,
+    remove_stale_temps,
     save_stage_checkpoint,
 )
 from deepzip.pipeline.training import accuracy_fn, data_trainer, make_loaders
@@ -122,7 +125,12 @@ def run_recipe(
     encode stage writes ``run_dir/model.dzip`` and checks the accuracy of the model decoded
     from it. Calling again with the same arguments resumes after the last recorded stage (an
     interrupted stage reruns from its start) and gives a byte-identical ``.dzip``; when every
-    stage is done the model is loaded from the last checkpoint and nothing reruns.
+    stage is done the model is loaded from the last checkpoint and nothing reruns (but the
+    last stage, when ``model.dzip`` is missing or not the file the run wrote). ``state.json``
+    records the SHA-256 of every checkpoint and of the ``.dzip``; a checkpoint that changed
+    since is refused. One run at a time holds the directory (``run_dir/.lock``); temporary
+    files left by a killed run are removed. A new run that fails before it records its
+    starting point leaves no file behind.
 
     Args:
         model: any ``nn.Module`` (modified in place). On resume, pass the same starting model.
@@ -149,6 +157,8 @@ def run_recipe(
             or ``batches`` that were not given (checked before anything runs).
         RecipeChangedError: ``run_dir`` holds a run of another recipe, model or data set, or
             one started by another deepzip (version or code).
+        RunLockedError: another process is running in ``run_dir``.
+        CheckpointError: a checkpoint to resume from is missing, unreadable or changed.
 
     A deepzip error raised while a stage runs (a non-finite training loss, a layer that
     cannot be quantized...) propagates with its type, its message prefixed with the stage's
@@ -216,10 +226,46 @@ def run_recipe(
         with tempfile.TemporaryDirectory(dir=out, prefix=f".measure-{index + 1:02d}-") as tmp:
             return write_dzip(Path(tmp) / DZIP_FILE)
 
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with lock_run(out):  # one run at a time in a directory
+            return _run_locked(
+                model, recipe, out, identity, base_meta, write_dzip, measure, restart=restart,
+                dev=dev, train_fn=train_fn, eval_fn=eval_fn, test_fn=test_fn, batches=batches,
+                emit=emit,
+            )  # fmt: skip
+    except BaseException:
+        if created:  # a fresh run that failed before it recorded anything leaves no directory
+            with suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _run_locked(
+    model: nn.Module,
+    recipe: Recipe,
+    out: Path,
+    identity: dict[str, Any],
+    base_meta: dict[str, str],
+    write_dzip: Callable[[Path], SaveReport],
+    measure: Callable[[int], SaveReport],
+    *,
+    restart: bool,
+    dev: torch.device,
+    train_fn: TrainFn | None,
+    eval_fn: EvalFn | None,
+    test_fn: EvalFn | None,
+    batches: Callable[[], Batches] | None,
+    emit: Callable[[PipelineEvent], None],
+) -> RunResult:
+    """:func:`run_recipe` from the run directory on, while holding its lock."""
     state_path = out / STATE_FILE
+    remove_stale_temps(out)  # left by a run killed while writing a file
     for stale in out.glob(".measure-*"):  # left by a run killed while measuring a size
         shutil.rmtree(stale, ignore_errors=True)
     records: list[StageRecord] = []
+    digests: dict[str, str] = {}  # SHA-256 of the checkpoints and .dzip the run wrote
     initial: StageRecord | None = None
     if state_path.is_file() and restart:
         clear_run(out)
@@ -229,17 +275,22 @@ def run_recipe(
             raise RecipeChangedError(_mismatch(out, state, identity, recipe))
         initial = StageRecord.from_dict(state["initial"])
         records = [StageRecord.from_dict(r) for r in state["stages"]]
-        last = out / (records[-1].checkpoint if records else initial.checkpoint)
-        load_stage_checkpoint(model, last)
+        digests = dict(state.get("sha256", {}))
+        note = ""
+        if records and len(records) == len(recipe.stages) and not _intact(out, digests):
+            records.pop()  # the .dzip is the last stage's output: that stage writes it again
+            note = f"; {DZIP_FILE} is missing or changed, so the last stage runs again"
+        last = records[-1].checkpoint if records else initial.checkpoint
+        load_stage_checkpoint(model, out / last, sha256=digests.get(last))
         model.to(dev)
         emit(
             PipelineEvent(
                 "resume",
-                f"resuming {out}: {len(records)} of {len(recipe.stages)} stage(s) already done",
+                f"resuming {out}: {len(records)} of {len(recipe.stages)} stage(s) already "
+                f"done{note}",
             )
         )
     else:
-        out.mkdir(parents=True, exist_ok=True)
         emit(PipelineEvent("start", f"run directory {out}"))
     resumed_from = len(records)
 
@@ -252,9 +303,17 @@ def run_recipe(
             "recipe": recipe.to_dict(),
             "initial": initial.to_dict(),
             "stages": [r.to_dict() for r in records],
+            "sha256": dict(sorted(digests.items())),
             "finished": finished,
         }
         atomic_write_text(state_path, json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+    def save_checkpoint(name: str) -> None:
+        """Write the model's checkpoint, note its digest, and continue from what it holds."""
+        save_stage_checkpoint(model, out / name, base_meta)
+        digests[name] = file_sha256(out / name)
+        load_stage_checkpoint(model, out / name)
+        model.to(dev)
 
     teacher_box: list[nn.Module] = []
 
@@ -265,7 +324,7 @@ def run_recipe(
             if recipe.stages[0].kind == "train" and records:
                 ref = records[0].checkpoint
             t = independent_copy(model)
-            load_stage_checkpoint(t, out / ref)
+            load_stage_checkpoint(t, out / ref, sha256=digests.get(ref))
             t.to(dev).eval()
             for p in t.parameters():
                 p.requires_grad_(False)
@@ -279,17 +338,20 @@ def run_recipe(
         )
 
     if initial is None:
-        t0 = time.perf_counter()
-        save_stage_checkpoint(model, out / INITIAL_CHECKPOINT, base_meta)
-        load_stage_checkpoint(model, out / INITIAL_CHECKPOINT)
-        model.to(dev)
-        size = measure(-1)
-        val, test = evaluate_now()
-        initial = StageRecord(
-            -1, "initial", None, recipe.seed, INITIAL_CHECKPOINT, val, test,
-            size.file_bytes, size.float32_bytes, _kept(size), time.perf_counter() - t0, {},
-        )  # fmt: skip
-        save_state(False)
+        try:
+            t0 = time.perf_counter()
+            save_checkpoint(INITIAL_CHECKPOINT)
+            size = measure(-1)
+            val, test = evaluate_now()
+            initial = StageRecord(
+                -1, "initial", None, recipe.seed, INITIAL_CHECKPOINT, val, test,
+                size.file_bytes, size.float32_bytes, _kept(size), time.perf_counter() - t0, {},
+            )  # fmt: skip
+            save_state(False)
+        except BaseException:  # nothing recorded: leave no checkpoint behind either
+            if not state_path.is_file():
+                (out / INITIAL_CHECKPOINT).unlink(missing_ok=True)
+            raise
     for index in range(len(records), len(recipe.stages)):
         stage = recipe.stages[index]
         seed = stage_seed(recipe.seed, index)
@@ -317,9 +379,7 @@ def run_recipe(
         with _errors_named(label):
             result = registered_runner(stage.kind).run(ctx, ctx.config)
             name = f"stage-{index + 1:02d}-{stage.kind}.safetensors"
-            save_stage_checkpoint(model, out / name, base_meta)
-            load_stage_checkpoint(model, out / name)
-            model.to(dev)
+            save_checkpoint(name)
             size = result.save_report if result.save_report is not None else measure(index)
             val, test = evaluate_now()
         record = StageRecord(
@@ -327,10 +387,22 @@ def run_recipe(
             size.float32_bytes, _kept(size), time.perf_counter() - t0, result.details,
         )  # fmt: skip
         records.append(record)
-        save_state(index == len(recipe.stages) - 1)
+        finished = index == len(recipe.stages) - 1
+        if finished and (out / DZIP_FILE).is_file():
+            digests[DZIP_FILE] = file_sha256(out / DZIP_FILE)
+        save_state(finished)
         emit(PipelineEvent("stage_end", _stage_line(label, record), index, record))
     emit(PipelineEvent("done", f"{out / DZIP_FILE}: ratio {records[-1].ratio:.1f}×"))
     return RunResult(model, recipe, out, initial, tuple(records), out / DZIP_FILE, resumed_from)
+
+
+def _intact(out: Path, digests: Mapping[str, str]) -> bool:
+    """Whether a finished run's ``.dzip`` is there with the bytes the run recorded."""
+    path = out / DZIP_FILE
+    if not path.is_file():
+        return False
+    want = digests.get(DZIP_FILE)
+    return want is None or file_sha256(path) == want
 
 
 def _mismatch(

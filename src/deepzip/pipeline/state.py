@@ -5,10 +5,15 @@ decide whether a run may resume, and the stage checkpoints.
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Mapping, Sequence
+import re
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +26,7 @@ from deepzip.config import (
     Recipe,
 )
 from deepzip.datasets import DataSplits
-from deepzip.errors import CheckpointError, ConfigError
+from deepzip.errors import CheckpointError, ConfigError, DeepZipError
 from deepzip.format.checkpoint import (
     apply_checkpoint,
     plain_state_dict,
@@ -34,32 +39,39 @@ from deepzip.quantize import get_shared
 __all__ = [
     "DZIP_FILE",
     "INITIAL_CHECKPOINT",
+    "LOCK_FILE",
     "STATE_FILE",
     "STATE_FORMAT",
     "STATE_VERSION",
     "RecipeChangedError",
+    "RunLockedError",
     "RunResult",
     "StageRecord",
     "accuracy_reference",
     "clear_run",
     "data_fingerprint",
     "describe_change",
+    "file_sha256",
     "independent_copy",
     "load_stage_checkpoint",
+    "lock_run",
     "model_fingerprint",
     "read_run",
     "read_state",
     "recipe_hash",
+    "remove_stale_temps",
     "save_stage_checkpoint",
 ]
 
 STATE_FILE = "state.json"
 DZIP_FILE = "model.dzip"
 INITIAL_CHECKPOINT = "stage-00-initial.safetensors"
+LOCK_FILE = ".lock"
 STATE_FORMAT = "deepzip.run"
 STATE_VERSION = 1
 _DROPOUT_KEY = "deepzip.run.dropout"
 _GRAD_KEY = "deepzip.run.shared_grad"
+_log = logging.getLogger(__name__)
 
 
 class RecipeChangedError(ConfigError):
@@ -68,6 +80,10 @@ class RecipeChangedError(ConfigError):
     "Another deepzip" is another version, or the same version with other code (the run records
     a hash of the package's code): its finished stages are not what this code would compute.
     """
+
+
+class RunLockedError(DeepZipError):
+    """Another process is running in the same run directory (it holds the directory's lock)."""
 
 
 @dataclass(frozen=True)
@@ -270,8 +286,24 @@ def save_stage_checkpoint(model: nn.Module, path: Path, metadata: Mapping[str, s
     save_checkpoint(model, path, metadata=meta)
 
 
-def load_stage_checkpoint(model: nn.Module, path: Path) -> None:
-    """Load a stage checkpoint into ``model``: weights, masks, codebooks, dropout, grad rules."""
+def load_stage_checkpoint(model: nn.Module, path: Path, *, sha256: str | None = None) -> None:
+    """Load a stage checkpoint into ``model``: weights, masks, codebooks, dropout, grad rules.
+
+    ``sha256``: the digest the run recorded for the file; a file whose bytes differ is refused.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, does not fit the model, or its
+            SHA-256 is not ``sha256``.
+    """
+    if sha256 is not None:
+        restore = "Restore it, or restart the run (restart=True; --restart on the command line)"
+        if not path.is_file():
+            raise CheckpointError(f"{path}: the run wrote this checkpoint, it is gone. {restore}")
+        if (found := file_sha256(path)) != sha256:
+            raise CheckpointError(
+                f"{path}: changed since the run wrote it (SHA-256 {found[:16]}…, recorded "
+                f"{sha256[:16]}…); resuming from it would not give the run's result. {restore}"
+            )
     ckpt = read_checkpoint(path)
     apply_checkpoint(model, ckpt, strict=True, source=str(path))
     try:
@@ -325,6 +357,14 @@ def read_state(path: Path) -> dict[str, Any]:
                 f"{'object' if kind is dict else 'array'}, got {state.get(key)!r}; "
                 "rerun with restart"
             )
+    digests = state.get("sha256", {})  # absent in a state written before files were hashed
+    if not isinstance(digests, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in digests.items()
+    ):
+        raise ConfigError(
+            f"{path}: malformed run state: 'sha256' must map file names to digests, got "
+            f"{digests!r}; rerun with restart"
+        )
     return state
 
 
@@ -368,3 +408,107 @@ def clear_run(run_dir: Path) -> None:
     for pattern in (STATE_FILE, DZIP_FILE, "stage-*.safetensors", "sensitivity-*.json"):
         for path in run_dir.glob(pattern):
             path.unlink()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ``deepzip._atomic``'s temporary files of the files a run writes: ".<name>.<8 hex>.tmp"
+_RUN_TEMP = re.compile(
+    r"\.(state\.json|model\.dzip|stage-\d+-.+\.safetensors|sensitivity-\d+\.json)"
+    r"\.[0-9a-f]{8}\.tmp"
+)
+
+
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Remove the temporary files of the run's own files that a killed run left in
+    ``run_dir`` (call it while holding the run's lock); return them."""
+    stale = [p for p in run_dir.glob(".*.tmp") if _RUN_TEMP.fullmatch(p.name) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+@contextmanager
+def lock_run(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s lock (``run_dir/.lock``) for the block; the directory must exist.
+
+    The lock is an advisory ``flock`` (``msvcrt.locking`` on Windows) that the system drops
+    when the process ends, however it ends: a killed run leaves no lock behind. The lock file
+    is removed when the block ends. On a file system that cannot lock files the block runs
+    unlocked, with a warning logged; in a directory this process cannot write to, unlocked.
+
+    Raises:
+        RunLockedError: another process holds the lock.
+    """
+    path = run_dir / LOCK_FILE
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as exc:
+            if exc.errno not in _READ_ONLY:
+                raise
+            fd = -1  # nothing can be written there: a finished run is only read back
+            break
+        try:
+            _lock_fd(fd, run_dir)
+            try:  # a holder that finished meanwhile removed the file we locked: lock anew
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)
+    if fd < 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            if sys.platform != "win32":  # (Windows cannot remove an open file)
+                path.unlink(missing_ok=True)  # while locked: nobody can hold the old file
+        finally:
+            os.close(fd)  # releases the lock
+
+
+# errors of creating the lock file in a directory this process cannot write to
+_READ_ONLY = {errno.EACCES, errno.EPERM, errno.EROFS}
+# errors of a file system that has no locks (some network and FUSE file systems)
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+def _lock_fd(fd: int, run_dir: Path) -> None:
+    busy = (
+        f"{run_dir}: another deepzip run is using this run directory (it holds "
+        f"{run_dir / LOCK_FILE}); wait for it to end, or use another run directory"
+    )
+    if sys.platform == "win32":
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError as exc:
+            raise RunLockedError(busy) from exc
+    else:
+        import fcntl
+
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise RunLockedError(busy) from exc
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
+            _log.warning(
+                "%s: this file system cannot lock files (%s); running unlocked", run_dir, exc
+            )
