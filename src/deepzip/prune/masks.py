@@ -2,7 +2,8 @@
 
 A mask is a ``torch.bool`` tensor of the weight's shape; ``True`` keeps the weight. Positions
 already pruned (``current`` mask ``False``) stay pruned: they rank below every live weight.
-Ties at the threshold are broken by position (stable sort), so masks are deterministic.
+Ties at the threshold are broken by position (stable sort; across the tensors of a global
+threshold, by name first), so masks are deterministic.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 from deepzip.errors import ConfigError, InvalidTensorError
@@ -19,6 +21,7 @@ __all__ = [
     "check_mask_shape",
     "global_magnitude_masks",
     "quality_mask",
+    "reference_std",
     "sparsity_mask",
 ]
 
@@ -92,6 +95,23 @@ def sparsity_mask(
     return keep.view(weight.shape)
 
 
+def reference_std(weight: torch.Tensor) -> float:
+    """The standard deviation of ``weight`` (Bessel-corrected, as ``torch.std``), in float64:
+    the reference of :func:`quality_mask`; 0.0 for fewer than two elements.
+
+    On CPU it is the same for every thread count: ``torch.std`` splits a large reduction across
+    its threads, which changes the last bits, and a weight at the threshold ``quality * std``
+    would be kept with one thread count and pruned with another. (On other devices it is the
+    device's reduction.)
+    """
+    if weight.numel() < 2:
+        return 0.0
+    x = weight.detach().to(torch.float64)
+    if x.device.type == "cpu":
+        return float(np.std(x.reshape(-1).numpy(), ddof=1))  # single-threaded, pairwise sums
+    return float(x.std())
+
+
 def quality_mask(
     weight: torch.Tensor,
     quality: float,
@@ -108,7 +128,8 @@ def quality_mask(
     Args:
         weight: any-shape floating-point tensor.
         quality: threshold multiplier, >= 0.
-        std: the layer's reference standard deviation (of the dense weights), >= 0.
+        std: the layer's reference standard deviation (of the dense weights, see
+            :func:`reference_std`), >= 0.
         current: an existing keep-mask of ``weight``'s shape; pruned positions never come back.
         name: tensor name used in error messages.
 
@@ -136,21 +157,24 @@ def global_magnitude_masks(
 ) -> dict[str, torch.Tensor]:
     """One magnitude threshold across all tensors: remove the ``sparsity`` fraction overall.
 
+    Ties at the threshold are broken by name (in sorted order), then by position, so the
+    masks do not depend on the order of ``weights``' keys.
+
     Args:
         weights: name → tensor; all are ranked together.
         sparsity: overall fraction to remove, in [0, 1).
         current: name → existing keep-mask (optional per name).
 
     Returns:
-        name → keep-mask.
+        name → keep-mask, in ``weights``' order.
     """
     _check_sparsity(sparsity)
     if not weights:
         return {}
     current = current or {}
-    names = list(weights)
-    for n in names:
+    for n in weights:
         check_finite(n, weights[n])
+    names = sorted(weights)
     device = next(iter(weights.values())).device
     scores = torch.cat([_scores(n, weights[n], current.get(n)).to(device) for n in names])
     total = scores.numel()
@@ -158,10 +182,10 @@ def global_magnitude_masks(
     keep = torch.ones(total, dtype=torch.bool, device=device)
     if n_prune > 0:
         keep[torch.sort(scores, stable=True).indices[:n_prune]] = False
-    out: dict[str, torch.Tensor] = {}
+    found: dict[str, torch.Tensor] = {}
     offset = 0
     for n in names:
         w = weights[n]
-        out[n] = keep[offset : offset + w.numel()].view(w.shape).to(w.device)
+        found[n] = keep[offset : offset + w.numel()].view(w.shape).to(w.device)
         offset += w.numel()
-    return out
+    return {n: found[n] for n in weights}

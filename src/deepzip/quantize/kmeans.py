@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from deepzip.errors import ConfigError, InvalidTensorError
@@ -72,7 +73,7 @@ class KMeansResult:
             unused).
         iterations: Lloyd iterations run (each is one assignment and one update).
         sse: importance-weighted sum of squared errors of the values to their centroids,
-            computed in float64.
+            computed in float64 (on CPU the same for every thread count).
         converged: whether the centroids are a Lloyd fixed point (the assignment stopped
             changing), or moved no more than ``tol``.
         notes: what the report should say (k reduced, iteration limit reached).
@@ -200,12 +201,26 @@ def check_inputs(values: torch.Tensor, k: int, weights: torch.Tensor | None) -> 
     return w.to(torch.float32)
 
 
+def _sum64(v: torch.Tensor) -> float:
+    """The sum of a float64 tensor, the same whatever the number of threads.
+
+    ATen splits a large reduction (and BLAS a dot product) across its threads, so their sums
+    change in the last bits with ``torch.set_num_threads``; on CPU the sum is numpy's
+    (single-threaded pairwise summation) instead. On other devices: the device's reduction.
+    """
+    v = v.detach()
+    if v.device.type == "cpu":
+        return float(np.sum(v.reshape(-1).numpy()))
+    return float(v.sum())
+
+
 def weighted_sse(
     values: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
 ) -> float:
-    """``Σ w · (x − centroid[label])²``, computed in float64."""
+    """``Σ w · (x − centroid[label])²``, computed in float64 (on CPU the same for every thread
+    count)."""
     err = values.to(torch.float64) - centroids.to(torch.float64)[labels]
-    return float((weights.to(torch.float64) * err * err).sum())
+    return _sum64(weights.to(torch.float64) * err * err)
 
 
 def assign_nearest(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -589,7 +604,7 @@ def _finish(
     dbounds = torch.cat([zero, bounds, torch.full((1,), nd, dtype=torch.int64, device=device)])
     ids = torch.arange(k_eff, device=device)
     err = s.xd - torch.repeat_interleave(c, dbounds[1:] - dbounds[:-1], output_size=nd)
-    sse = float(torch.dot(s.wd, err.square_()))
+    sse = _sum64(s.wd * err.square_())
     fb = s.run_start[dbounds]
     n = values.numel()
     labels_sorted = torch.repeat_interleave(ids, fb[1:] - fb[:-1], output_size=n)
