@@ -1,16 +1,19 @@
-"""Frozen weights keep frozen through quantization; meta tensors are refused by every verb."""
+"""Frozen weights stay frozen through quantization; meta tensors are refused by every verb;
+checkpoint write failures are typed."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 import deepzip as dz
 from deepzip.config import SLQConfig
-from deepzip.errors import InvalidTensorError
+from deepzip.errors import CheckpointError, InvalidTensorError
 from deepzip.quantize.incremental import slq_
 
 
@@ -84,3 +87,21 @@ def test_a_model_on_the_meta_device_is_refused_by_name(
     ):
         verb(model)
     assert not any(hasattr(m, "parametrizations") for m in model.modules())  # unchanged
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_checkpoint_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # safetensors reports a full disk with its own SafetensorError, which the CLI did not
+    # catch (a traceback instead of one line)
+    import deepzip.format.checkpoint as checkpoint
+
+    def full_disk(tensors: object, filename: str, metadata: object = None) -> None:
+        Path(filename).write_bytes(b"partial")
+        raise SafetensorError("I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    dest = tmp_path / "model.safetensors"
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: cannot write the checkpoint"):
+        dz.save_checkpoint(_mlp(), dest)
+    assert list(tmp_path.iterdir()) == []

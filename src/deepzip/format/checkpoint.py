@@ -200,6 +200,8 @@ def save_checkpoint(
         ConfigError: ``path`` is not named ``.safetensors`` (checkpoints are read by their
             suffix: under another name the file could not be read back).
         InvalidTensorError: a tensor on the meta device (no values to write), named.
+        CheckpointError: the file could not be written (a full disk: safetensors reports it
+            with its own error type); no file is left behind.
     """
     dest = Path(path)
     check_checkpoint_name(dest)
@@ -235,7 +237,10 @@ def save_checkpoint(
     if train_encoded:
         meta["deepzip.train_encoded"] = json.dumps(train_encoded, sort_keys=True)
     with atomic_path(dest) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except SafetensorError as exc:  # a full disk, an I/O error: safetensors' own type
+            raise CheckpointError(f"{dest}: cannot write the checkpoint: {exc}") from exc
         _fix_header_order(tmp)
     return dest
 
