@@ -268,11 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Post-training compression: magnitude pruning, weight sharing and "
         "entropy coding of a .safetensors/.pt/.pth checkpoint or a Hugging Face model "
         "directory. Floating-point tensors of 2+ dimensions are compressed; the others are "
-        "stored raw and listed.",
+        "stored raw and listed. Exact zeros count as pruned and stay zeros. A deepzip "
+        "checkpoint (train/prune/quantize) is read as its model: its masks prune, and its "
+        "codebooks are kept unless --bits, --levels, --step, --quantizer, --lambda, "
+        "--no-quantize or a --layer-bits glob asks for new ones.",
     )
     p.add_argument("input", help=".safetensors, .pt/.pth, or a model directory of shards")
     p.add_argument("-o", "--output", required=True, help="output .dzip file")
-    p.add_argument("--sparsity", type=float, default=0.0, help="fraction pruned per tensor")
+    p.add_argument(
+        "--sparsity",
+        type=float,
+        default=0.0,
+        help="fraction pruned per tensor, already-pruned weights and exact zeros included",
+    )
     p.add_argument(
         "--bits", type=int, default=None, help=f"bits per index (default {DEFAULT_BITS})"
     )
