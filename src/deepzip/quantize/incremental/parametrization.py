@@ -114,7 +114,9 @@ class SymmetricSharedWeight(SharedWeight):
     one parameter whatever the optimizer does to them; :meth:`export` returns ``(-a, +a)``.
     Zero weights are the mask's ``False`` positions. With ``grad="sum"`` the gradient of ``a``
     is the sum of the members' gradients, each signed by its level (``"mean"``: divided by
-    the number of members).
+    the number of members), and each entry receives all of it (``+G`` on ``codebook[1]``,
+    ``-G`` on ``codebook[0]``), so that a plain SGD step moves ``a`` by ``lr * G``, as it
+    moves a centroid of an untied codebook by ``lr`` times its members' summed gradient.
     """
 
     def __init__(
@@ -133,9 +135,12 @@ class SymmetricSharedWeight(SharedWeight):
 
     def _tied(self) -> torch.Tensor:
         c: torch.Tensor = self.codebook
+        # a = (c1 - c0) / 2 alone hands each entry half of a's gradient, and an SGD step would
+        # move a by half the sum rule's step: the gradient is scaled by 2 (value unchanged)
+        scale: float | torch.Tensor = 2.0
         if self.grad == "mean":
-            scale = 1.0 / self.counts.sum().clamp(min=1).to(c.dtype)
-            c = c.detach() + (c - c.detach()) * scale  # value c, gradient scaled
+            scale = 2.0 / self.counts.sum().clamp(min=1).to(c.dtype)
+        c = c.detach() + (c - c.detach()) * scale  # value c, gradient scaled
         a = (c[1] - c[0]) / 2
         return torch.stack((-a, a))
 
