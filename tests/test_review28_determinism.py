@@ -11,7 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from torch import nn
 
 from deepzip.coding.bloomier import build_filter
 from deepzip.prune.masks import global_magnitude_masks, reference_std
@@ -146,3 +148,33 @@ def test_prune_quantize_save_bytes_are_the_same_in_another_process(tmp_path: Pat
         here = flow(str(tmp_path / "a.dzip"))
     assert other.stdout.strip() == here
     assert (tmp_path / "a.dzip").read_bytes() == (tmp_path / "b.dzip").read_bytes()
+
+
+def test_quality_pruning_and_attached_masks_use_the_thread_independent_std(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # prune_ (quality) and attach_mask computed torch's float64 std, whose last bits change
+    # with the thread count; they must take masks.reference_std (tested above), here replaced
+    # by a marker value to see that it is the one used
+    import deepzip.prune.api as prune_api
+    import deepzip.prune.parametrization as parametrization
+    from deepzip import PruneConfig, prune_
+    from deepzip.prune.parametrization import attach_mask, get_mask
+
+    monkeypatch.setattr(prune_api, "reference_std", lambda w: 0.0123)
+    monkeypatch.setattr(parametrization, "reference_std", lambda w: 0.0456)
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(30, 20))
+    weight = model[0].weight.detach().clone()
+    prune_(model, PruneConfig(quality=0.5))
+    mask = get_mask(model[0])
+    assert mask is not None
+    # the threshold took prune_'s std; the mask it attached records attach_mask's
+    assert torch.equal(mask.mask, weight.abs() >= 0.5 * 0.0123)
+    assert 0 < int((~mask.mask).sum()) < 600
+    assert mask.reference_std == 0.0456
+    other = nn.Linear(30, 20)
+    attach_mask(other, "weight", torch.ones(20, 30, dtype=torch.bool))
+    stored = get_mask(other)
+    assert stored is not None
+    assert stored.reference_std == 0.0456

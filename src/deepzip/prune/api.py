@@ -9,7 +9,13 @@ from torch import nn
 
 from deepzip.config import LayerOverride, PruneConfig
 from deepzip.errors import ConfigError
-from deepzip.prune.masks import check_finite, global_magnitude_masks, quality_mask, sparsity_mask
+from deepzip.prune.masks import (
+    check_finite,
+    global_magnitude_masks,
+    quality_mask,
+    reference_std,
+    sparsity_mask,
+)
 from deepzip.prune.parametrization import attach_mask, check_prunable, get_mask, strip_mask
 from deepzip.targets import (
     Skipped,
@@ -181,10 +187,7 @@ def _prune_layer(
         mask = sparsity_mask(weight, sparsity * progress, current, name=t.name)
     else:
         assert quality is not None
-        if existing is not None:
-            std = float(existing.reference_std)
-        else:
-            std = float(weight.detach().to(torch.float64).std()) if weight.numel() > 1 else 0.0
+        std = float(existing.reference_std) if existing is not None else reference_std(weight)
         mask = quality_mask(weight, quality * progress, std, current, name=t.name)
     attach_mask(t.module, t.param_name, mask, name=t.name)
 

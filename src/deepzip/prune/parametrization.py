@@ -17,7 +17,7 @@ from torch.nn.utils import parametrize
 
 from deepzip._parametrize import find_parametrization
 from deepzip.errors import ConfigError
-from deepzip.prune.masks import check_mask_shape
+from deepzip.prune.masks import check_mask_shape, reference_std
 
 __all__ = [
     "WeightMask",
@@ -148,7 +148,7 @@ def attach_mask(
     if existing is not None:
         existing.mask.copy_(mask.to(existing.mask.device))
     else:
-        std = float(weight.detach().to(torch.float64).std()) if weight.numel() > 1 else 0.0
+        std = reference_std(weight)
         existing = WeightMask(mask.to(weight.device), std)
         parametrize.register_parametrization(module, attr, existing, unsafe=False)
     zero_pruned_(module, attr)

@@ -38,6 +38,7 @@ __all__ = [
     "initial_centroids",
     "kmeans_1d",
     "optimal_kmeans_1d",
+    "sum_float64",
     "weighted_sse",
 ]
 
@@ -201,7 +202,7 @@ def check_inputs(values: torch.Tensor, k: int, weights: torch.Tensor | None) -> 
     return w.to(torch.float32)
 
 
-def _sum64(v: torch.Tensor) -> float:
+def sum_float64(v: torch.Tensor) -> float:
     """The sum of a float64 tensor, the same whatever the number of threads.
 
     ATen splits a large reduction (and BLAS a dot product) across its threads, so their sums
@@ -220,7 +221,7 @@ def weighted_sse(
     """``Σ w · (x − centroid[label])²``, computed in float64 (on CPU the same for every thread
     count)."""
     err = values.to(torch.float64) - centroids.to(torch.float64)[labels]
-    return _sum64(weights.to(torch.float64) * err * err)
+    return sum_float64(weights.to(torch.float64) * err * err)
 
 
 def assign_nearest(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -604,7 +605,7 @@ def _finish(
     dbounds = torch.cat([zero, bounds, torch.full((1,), nd, dtype=torch.int64, device=device)])
     ids = torch.arange(k_eff, device=device)
     err = s.xd - torch.repeat_interleave(c, dbounds[1:] - dbounds[:-1], output_size=nd)
-    sse = _sum64(s.wd * err.square_())
+    sse = sum_float64(s.wd * err.square_())
     fb = s.run_start[dbounds]
     n = values.numel()
     labels_sorted = torch.repeat_interleave(ids, fb[1:] - fb[:-1], output_size=n)

@@ -44,7 +44,7 @@ from deepzip.quantize.incremental.parametrization import (
     attach_symmetric,
     get_frozen,
 )
-from deepzip.quantize.kmeans import assign_nearest, bits_to_k, kmeans_1d
+from deepzip.quantize.kmeans import assign_nearest, bits_to_k, kmeans_1d, sum_float64
 from deepzip.quantize.shared import SharedTensor, SharedWeight, attach_shared, get_shared
 from deepzip.quantize.weightless import weightless_skip
 from deepzip.targets import Skipped, Target, select_targets
@@ -222,7 +222,7 @@ def _freeze(layer: _Layer, positions: torch.Tensor, values: torch.Tensor) -> Non
         return
     assert layer.param is not None
     current = layer.current()[positions].to(torch.float64)
-    layer.sse += float(((current - values.to(torch.float64)) ** 2).sum())
+    layer.sse += sum_float64((current - values.to(torch.float64)) ** 2)
     layer.param.freeze_(positions, values)
 
 
