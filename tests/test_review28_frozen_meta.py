@@ -13,7 +13,7 @@ from torch import nn
 
 import deepzip as dz
 from deepzip.config import SLQConfig
-from deepzip.errors import CheckpointError, InvalidTensorError
+from deepzip.errors import CheckpointError, ConfigError, InvalidTensorError
 from deepzip.quantize.incremental import slq_
 
 
@@ -105,3 +105,16 @@ def test_a_checkpoint_that_cannot_be_written_is_a_checkpoint_error(
     with pytest.raises(CheckpointError, match=r"model\.safetensors: cannot write the checkpoint"):
         dz.save_checkpoint(_mlp(), dest)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fisher_of_an_already_quantized_layer_is_refused_by_name() -> None:
+    # its stored weights get no gradient (the codebook trains): the importance was all zeros,
+    # and quantize_ then failed with "importance is zero for every surviving weight"
+    from deepzip.quantize import fisher_diagonal
+
+    model = _mlp()
+    dz.quantize_(model, dz.QuantizeConfig(bits=3, include=("2",)))
+    batches = [(torch.randn(8, 16), torch.randint(0, 4, (8,)))]
+    with pytest.raises(ConfigError, match=r"2\.weight is already weight-shared"):
+        fisher_diagonal(model, batches)
+    assert set(fisher_diagonal(model, batches, exclude=("2",))) == {"0.weight"}

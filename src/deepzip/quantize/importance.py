@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from deepzip.errors import ConfigError
+from deepzip.quantize.shared import get_shared
 from deepzip.targets import Target, select_targets
 
 __all__ = ["adam_second_moment", "fisher_diagonal"]
@@ -65,12 +66,20 @@ def fisher_diagonal(
     and label (a batch of one); the default is cross-entropy.
 
     Raises:
-        ConfigError: ``max_batches < 1`` or a loader with no batches.
+        ConfigError: ``max_batches < 1``, a loader with no batches, or a selected weight that
+            is already weight-shared (no gradient reaches its weights).
     """
     if max_batches < 1:
         raise ConfigError(f"max_batches must be >= 1, got {max_batches!r}")
     criterion = loss_fn if loss_fn is not None else nn.functional.cross_entropy
     targets = select_targets(model, include=include, exclude=exclude).targets
+    for t in targets:
+        if get_shared(t.module, t.param_name) is not None:
+            raise ConfigError(
+                f"{t.name} is already weight-shared: its codebook trains, not its weights, so "
+                "its Fisher importance would be zero; compute the importance before quantizing "
+                "it (or exclude it)"
+            )
     stored = {t.name: _stored(t) for t in targets}
     full_names: dict[int, str] = {}  # a tensor's first name
     for full, param in model.named_parameters(remove_duplicate=False):
