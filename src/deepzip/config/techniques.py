@@ -720,7 +720,9 @@ class WeightlessConfig:
             before that layer was clustered and encoded (or below a fixed reference).
         min_cell_bits: smallest ``t`` tried (never below the smallest with ``2**t > K``);
             only with ``cell_bits = None``.
-        max_cell_bits: largest ``t`` tried (used when no smaller one is within budget).
+        max_cell_bits: largest ``t`` tried (used when no smaller one is within budget). A
+            layer whose ``K`` clusters need more (``2**t > K``) is tried at that smallest
+            possible width only, above ``max_cell_bits``; its report records the width.
         max_drop: accuracy budget in points (``0.3`` = 0.3 percentage points).
         hashes: cells per position ``k`` (2..8); 3 needs the fewest cells. (With one cell per
             position two weights that share it can never both be stored.)
