@@ -27,18 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
-from deepzip.coding.bloomier import BloomierFilter
 from deepzip.config import CoderName, IndexBitsSpec, QuantizeConfig, check_index_bits
-from deepzip.errors import CheckpointError, ConfigError, CorruptFileError
+from deepzip.errors import CheckpointError, ConfigError
 from deepzip.format.api import IndexBits, gap_width, tie_key
 from deepzip.format.checkpoint import (
     BLOOMIER_PREFIX,
     CODEBOOK_PREFIX,
     INDEX_PREFIX,
     MASK_PREFIX,
+    check_bloomier_entry,
     load_pickled_state_dict,
 )
 from deepzip.format.dzip_report import SaveReport
@@ -432,29 +431,11 @@ def _load_prior(source: _Source, name: str, tensor: torch.Tensor) -> _Prior | No
     shared = SharedTensor(codebook.to(torch.float32), indices, mask)
     if "bloomier" not in kinds:
         return _Prior(mask, shared)
-    return _Prior(mask, shared, _check_bloomier(where, source.load(kinds["bloomier"]), shared))
-
-
-def _check_bloomier(where: str, data: torch.Tensor, shared: SharedTensor) -> bytes:
-    """A Weightless filter's bytes, once it is known to decode to the indices and mask."""
-    if data.dtype != torch.uint8 or data.dim() != 1:
-        raise CheckpointError(f"{where}: its Bloomier filter must be 1-D uint8")
-    raw = bytes(data.numpy().tobytes())
-    try:
-        f = BloomierFilter.from_bytes(raw, name=where, n_positions=shared.mask.numel())
-    except CorruptFileError as exc:
-        raise CheckpointError(str(exc)) from exc
-    indices, mask = f.decode_indices()
-    flat_mask = shared.mask.reshape(-1).numpy()
-    if (
-        f.num_values != shared.codebook.numel()
-        or not np.array_equal(mask, flat_mask)
-        or not np.array_equal(indices[mask], shared.indices.reshape(-1).numpy()[flat_mask])
-    ):
-        raise CheckpointError(
-            f"{where}: its Bloomier filter does not decode to its indices and mask"
-        )
-    return raw
+    return _Prior(
+        mask,
+        shared,
+        check_bloomier_entry(source.label, name, source.load(kinds["bloomier"]), shared),
+    )
 
 
 # ----------------------------------------------------------------------------- selection

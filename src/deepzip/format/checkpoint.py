@@ -46,6 +46,7 @@ __all__ = [
     "MASK_PREFIX",
     "Checkpoint",
     "apply_checkpoint",
+    "check_bloomier_entry",
     "check_checkpoint_name",
     "check_keys_fit",
     "check_not_meta",
@@ -394,22 +395,34 @@ def _bloomier_entry(
     """Validate one Weightless layer's filter: it must decode to the stored indices and mask."""
     if name not in shared:
         raise CheckpointError(f"{path}: Bloomier filter for {name!r} without its codebook")
-    s = shared[name]
+    return check_bloomier_entry(str(path), name, data, shared[name])
+
+
+def check_bloomier_entry(where: str, name: str, data: torch.Tensor, shared: SharedTensor) -> bytes:
+    """A Weightless layer's serialised filter (a checkpoint's ``__deepzip_bloomier__`` entry),
+    once it is known to decode to ``shared``'s indices and mask.
+
+    Raises:
+        CheckpointError: naming ``where`` (the file) and the tensor: not 1-D uint8, not a
+            valid filter, or one that decodes to other indices, another mask or another
+            number of clusters.
+    """
     if data.dtype != torch.uint8 or data.dim() != 1:
-        raise CheckpointError(f"{path}: Bloomier filter of {name!r} must be 1-D uint8")
+        raise CheckpointError(f"{where}: Bloomier filter of {name!r} must be 1-D uint8")
     raw = bytes(data.numpy().tobytes())
     try:
-        f = BloomierFilter.from_bytes(raw, name=name, n_positions=s.mask.numel())
+        f = BloomierFilter.from_bytes(raw, name=name, n_positions=shared.mask.numel())
     except CorruptFileError as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
+        raise CheckpointError(f"{where}: {exc}") from exc
     indices, mask = f.decode_indices()
+    flat_mask = shared.mask.reshape(-1).numpy()
     if (
-        f.num_values != s.codebook.numel()
-        or not np.array_equal(mask, s.mask.reshape(-1).numpy())
-        or not np.array_equal(indices[mask], s.indices.reshape(-1).numpy()[mask])
+        f.num_values != shared.codebook.numel()
+        or not np.array_equal(mask, flat_mask)
+        or not np.array_equal(indices[mask], shared.indices.reshape(-1).numpy()[flat_mask])
     ):
         raise CheckpointError(
-            f"{path}: the Bloomier filter of {name!r} does not decode to its indices and mask"
+            f"{where}: the Bloomier filter of {name!r} does not decode to its indices and mask"
         )
     return raw
 
