@@ -60,6 +60,27 @@ def _to_device(
     return inputs.to(device, non_blocking=fast), targets.to(device, non_blocking=fast)
 
 
+def _follow_parameters(optimizer: torch.optim.Optimizer) -> None:
+    """Move the optimizer's state (momentum, Adam's moments) to its parameters' devices.
+
+    ``model.to`` moves the parameters in place but not the state an optimizer keeps for them,
+    so a model trained on the CPU and then moved to a GPU had its momentum left on the CPU
+    (``optimizer.step`` then failed). The rule is ``Optimizer.load_state_dict``'s: a ``step``
+    count stays where it is unless the group is ``capturable`` or ``fused``.
+    """
+    for group in optimizer.param_groups:
+        keep_step = not (group.get("capturable") or group.get("fused"))
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if not state:
+                continue
+            for key, value in state.items():
+                if key == "step" and keep_step:
+                    continue
+                if isinstance(value, torch.Tensor) and value.device != p.device:
+                    state[key] = value.to(p.device)
+
+
 def _batches_per_epoch(loader: object) -> int | None:
     if not isinstance(loader, Sized):
         return None
@@ -114,7 +135,8 @@ def fit(
     hooks run. A callback may end training early by setting ``state.stop``.
 
     Args:
-        model: any module; it is moved to ``device``. The optimizer must hold its parameters.
+        model: any module; it is moved to ``device``, and the optimizer's state (momentum,
+            moments) with it. The optimizer must hold its parameters.
         loader: an iterable of ``(inputs, targets)`` batches, iterated once per epoch (a
             ``DataLoader``, a ``TensorLoader``, a list).
         optimizer: the optimizer.
@@ -148,6 +170,7 @@ def fit(
         seed_everything(seed)
     dev = _model_device(model, device)
     model.to(dev)
+    _follow_parameters(optimizer)
     criterion: _LossFn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
     # what the optimizer steps: what it zeroes each batch, and what max_grad_norm clips
     stepped = [p for group in optimizer.param_groups for p in group["params"]]
