@@ -315,3 +315,17 @@ def test_cli_compress_then_bench_without_model(
         assert "kept the checkpoint's codebook" not in capsys.readouterr().out
         with DzipReader(out) as reader:
             assert reader.shared("fc1.weight").codebook.numel() <= 4
+
+
+def test_the_recipe_records_requantize_only_where_something_was_quantized_again(
+    tmp_path: Path, quantized_ckpt: Path
+) -> None:
+    # quantization flags resolve requantize to True; a checkpoint with no shared tensor has
+    # nothing to quantize again, and its file must stay byte for byte what earlier versions
+    # wrote (the recipe in the file grew by 18 bytes, so every committed size moved)
+    plain = tmp_path / "plain.safetensors"
+    save_file({k: v.contiguous() for k, v in plain_state_dict(_pruned()).items()}, str(plain))
+    out = compress_checkpoint(plain, tmp_path / "plain.dzip", quantizer="kmeans", levels=8)
+    assert "requantize" not in dz.inspect(out.path).metadata["recipe"]
+    again = compress_checkpoint(quantized_ckpt, tmp_path / "q.dzip", quantizer="kmeans", levels=8)
+    assert dz.inspect(again.path).metadata["recipe"]["requantize"] is True

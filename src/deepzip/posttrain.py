@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,7 +91,9 @@ class PostTrainConfig:
         levels: number of quantization levels k (2..256) instead of ``2**bits``: with an
             entropy coder the rate follows the step size, not a power of two.
         quantizer: ``"uniform"``, ``"ecsq"`` or ``"kmeans"``.
-        ecsq_lambda: ECSQ's rate weight (``quantizer="ecsq"``); 0 equals uniform.
+        ecsq_lambda: ECSQ's rate weight (``quantizer="ecsq"``): 0 is k-means started from
+            the uniform quantizer's centres; a larger value trades distortion for a lower
+            entropy of the indices.
         step: one grid step for every quantized tensor (``quantizer="uniform"`` only; see
             :func:`~deepzip.quantize.scalar.step_quantize`): each tensor gets the levels its
             range needs, at most 256, instead of ``levels``/``2**bits`` spread over its range.
@@ -637,6 +639,11 @@ def compress_checkpoint(
     source = _open_source(Path(src))
     _check_dest(Path(dest), source)
     _check_globs(source.tensors, config, index_bits)
+    if config.requantize and not any("codebook" in kinds for kinds in source.entries.values()):
+        # nothing to quantize again: the recipe stored in the file does not say it (a file
+        # compressed from a plain checkpoint stays byte for byte what earlier versions wrote)
+        config = replace(config, requantize=False)
+        meta["recipe"] = config.to_dict()
     # a tied tensor (one tensor under several names, as a pickled state dict with tied
     # embeddings holds it) is stored once when its names get the same treatment
     first_of: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}

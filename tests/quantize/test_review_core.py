@@ -17,9 +17,9 @@ from deepzip.quantize.scalar import ecsq_quantize, step_quantize, uniform_quanti
 from deepzip.quantize.shared import SharedTensor, SharedWeight, attach_shared, get_shared
 
 
-def test_ecsq_at_zero_lambda_keeps_a_cell_of_zero_importance_as_uniform_does() -> None:
-    # the middle cell holds one value of zero importance: it costs the same in every cluster,
-    # and used to fall into cluster 0 (labelled 0.05, the farthest level)
+def test_ecsq_at_zero_lambda_keeps_a_weight_of_zero_importance_in_its_cluster() -> None:
+    # the middle value has zero importance: it costs the same in every cluster at λ = 0, and
+    # must stay in the cluster the uniform bins gave it rather than fall into cluster 0
     v = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0])
     w = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0])
     u = uniform_quantize(v, 4, weights=w)

@@ -166,7 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("none", "fisher"),
         help="weight k-means/ECSQ by the Fisher diagonal (Choi et al. 2017)",
     )
-    p.add_argument("--ecsq-lambda", type=float, default=0.0, help="ECSQ rate weight")
+    p.add_argument(
+        "--ecsq-lambda",
+        type=float,
+        default=0.0,
+        help="ECSQ rate weight (default: 0, k-means started from the uniform centres; "
+        "larger: lower entropy, more distortion)",
+    )
     p.add_argument(
         "--grad",
         default="sum",
@@ -304,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="ecsq_lambda",
         type=float,
         default=None,
-        help="ECSQ rate weight (default: 0)",
+        help="ECSQ rate weight (default: 0, k-means started from the uniform centres; "
+        "larger: lower entropy, more distortion)",
     )
     p.add_argument("--coder", default="auto", choices=CODER_NAMES)
     p.add_argument(

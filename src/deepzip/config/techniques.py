@@ -378,7 +378,9 @@ class QuantizeConfig:
             (squared gradients) or ``"adam"`` (the square root of Adam's second moment, as
             Choi et al. use it). The caller supplies the tensors (see
             ``deepzip.quantize.fisher_diagonal`` and ``adam_second_moment``).
-        ecsq_lambda: ECSQ's rate weight (``method="ecsq"``); 0 equals uniform quantization.
+        ecsq_lambda: ECSQ's rate weight (``method="ecsq"``): 0 is (importance-weighted)
+            k-means started from the uniform quantizer's centres; a larger value trades
+            distortion for a lower entropy of the indices.
         grad: centroid gradient rule: ``"sum"`` of member gradients (the paper) or ``"mean"``.
         max_iter: most k-means / ECSQ iterations.
         seed: seeds the random initialisations (0 to ``2**64 - 1``).

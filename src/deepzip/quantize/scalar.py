@@ -14,15 +14,22 @@ number of levels is whatever the layer's range needs. One absolute step spends t
 distortion per weight everywhere, so small layers with large weights get many levels and a
 large layer of small weights few; with an entropy coder the rate follows.
 
-*ECSQ* (the iterative algorithm of Chou, Lookabaugh & Gray 1989, as used by Choi et al.): start
-from the uniform quantizer's bins ("cells"), then repeat: assign each cell to the cluster with the
-least Lagrangian cost ``Σ importance·(w − c)² / (σ²·ī) + λ·n·(−log2 p_c)``, and update each
-centre ``c`` (weighted mean) and probability ``p`` (share of values). Cells move as units, so
-with ``λ = 0`` every cell stays its own cluster and ECSQ equals uniform quantization exactly; a
-larger ``λ`` merges cells into fewer, more probable clusters (a lower entropy rate). Distortion
-is divided by the layer's weighted variance ``σ²`` and by its mean importance ``ī``, so one
-``λ`` means the same for every layer whatever the scale of its weights and of its importance
-(a Fisher estimate is often ~1e-8; only the importance's relative sizes matter).
+*ECSQ* (the iterative, Lloyd-like algorithm of Choi et al. 2017, their Algorithm 1, after
+Chou, Lookabaugh & Gray 1989): start from the centres of the uniform quantizer's occupied bins
+(their weighted means) and their shares of the values ``p``, then repeat: assign each weight
+``w`` to the cluster with the least Lagrangian cost ``importance·(w − c)² / (σ²·ī) +
+λ·(−log2 p)``, update each centre ``c`` (its members' importance-weighted mean; their plain
+mean if all have zero importance) and probability ``p`` (its share of the values), and drop the
+clusters left empty, until no weight changes cluster (a weight whose cost ties keeps its
+cluster) or ``max_iter`` rounds. Neither step can raise the total cost ``Σ importance·(w − c)²
+/ (σ²·ī) + λ·Σ −log2 p``. With ``λ = 0`` this is importance-weighted k-means started from the
+uniform quantizer's centres; a larger ``λ`` pulls weights into the more probable clusters and
+empties the rare ones (fewer levels, a lower entropy rate, more distortion). Distortion is
+divided by the layer's weighted variance ``σ²`` and by its mean importance ``ī``, so one ``λ``
+means the same for every layer whatever the scale of its weights and of its importance (a
+Fisher estimate is often ~1e-8; only the importance's relative sizes matter). The weight ×
+cluster cost is computed a block of rows at a time, so memory stays bounded for millions of
+weights.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import math
 import torch
 
 from deepzip.errors import ConfigError
-from deepzip.quantize.kmeans import KMeansResult, check_inputs, weighted_sse
+from deepzip.quantize.kmeans import KMeansResult, check_inputs, sum_float64, weighted_sse
 
 __all__ = ["MAX_GRID_SPAN", "check_step", "ecsq_quantize", "step_quantize", "uniform_quantize"]
 
@@ -194,6 +201,10 @@ def _fitting_step(lo: float, hi: float, levels: int) -> float:
     return (math.floor(bound / quantum) + 1) * quantum
 
 
+_COST_ELEMENTS = 1 << 22
+"""Most entries of the weight × cluster cost matrix that :func:`ecsq_quantize` holds at once."""
+
+
 def ecsq_quantize(
     values: torch.Tensor,
     k: int,
@@ -202,12 +213,15 @@ def ecsq_quantize(
     weights: torch.Tensor | None = None,
     max_iter: int = 100,
 ) -> KMeansResult:
-    """Entropy-constrained scalar quantization over ``k`` uniform cells (see the module doc).
+    """Entropy-constrained scalar quantization, started from ``k`` uniform bins (see the
+    module doc).
 
     Args:
         values: 1-D finite float tensor (the surviving weights).
-        k: number of uniform cells (the most levels the result can have), 1..256.
-        lam: the rate weight ``λ >= 0``; 0 gives uniform quantization.
+        k: number of uniform bins that give the starting centres (the most levels the result
+            can have), 1..256.
+        lam: the rate weight ``λ >= 0``; 0 gives importance-weighted k-means started from the
+            uniform quantizer's centres.
         weights: optional per-value importance (>= 0).
         max_iter: most assignment/update rounds.
     """
@@ -215,62 +229,73 @@ def ecsq_quantize(
         raise ConfigError(f"ECSQ lambda must be a finite number >= 0, got {lam!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ConfigError(f"max_iter must be an integer >= 1, got {max_iter!r}")
-    w = check_inputs(values, k, weights).to(torch.float64)
+    w32 = check_inputs(values, k, weights)
+    w = w32.to(torch.float64)
     x = values.to(torch.float64)
-    cells = _cells(values, k)
-    dev = values.device
-    # per-cell sufficient statistics
-    cw = torch.zeros(k, dtype=torch.float64, device=dev).index_add_(0, cells, w)
-    c1 = torch.zeros_like(cw).index_add_(0, cells, w * x)
-    c2 = torch.zeros_like(cw).index_add_(0, cells, w * x * x)
-    cn = torch.zeros_like(cw).index_add_(0, cells, torch.ones_like(x))
-    cx = torch.zeros_like(cw).index_add_(0, cells, x)  # plain sums (zero-importance clusters)
-    occupied = torch.nonzero(cn > 0).flatten()
-    cw, c1, c2, cn, cx = cw[occupied], c1[occupied], c2[occupied], cn[occupied], cx[occupied]
-    total_w = float(cw.sum())
-    mean = float(c1.sum()) / total_w if total_w > 0 else float(x.mean())
-    var = float(c2.sum()) / total_w - mean * mean if total_w > 0 else 0.0
-    n_total = float(cn.sum())
-    # per-value distortion in units of the layer's variance and mean importance (see the
+    n = x.numel()
+    total_w = sum_float64(w)
+    mean = sum_float64(w * x) / total_w if total_w > 0 else sum_float64(x) / n
+    var = sum_float64(w * (x - mean) ** 2) / total_w if total_w > 0 else 0.0
+    # per-weight distortion in units of the layer's variance and mean importance (see the
     # module doc): scaling every weight or every importance by a constant changes nothing
-    mean_imp = total_w / n_total if total_w > 0 else 1.0
+    mean_imp = total_w / n if total_w > 0 else 1.0
     scale = 1.0 / (var * mean_imp) if var > 0 else 1.0 / mean_imp
-    assign = torch.arange(occupied.numel(), device=dev)  # cell -> cluster
+    h = w * scale
+    # start: the uniform quantizer's occupied bins (their weighted means, their shares)
+    _, label = torch.unique(_cells(values, k), return_inverse=True)
+    rows = max(1, _COST_ELEMENTS // k)
     iterations, converged = 0, False
     for step in range(1, max_iter + 1):
         iterations = step
-        n_cl = int(assign.max()) + 1
-        sw = torch.zeros(n_cl, dtype=torch.float64, device=dev).index_add_(0, assign, cw)
-        s1 = torch.zeros_like(sw).index_add_(0, assign, c1)
-        sn = torch.zeros_like(sw).index_add_(0, assign, cn)
-        sx = torch.zeros_like(sw).index_add_(0, assign, cx)
-        # every cluster holds at least one occupied cell (the numbering is compact); one whose
-        # members all have zero importance sits at their plain mean, as in the result
-        centre = torch.where(sw > 0, s1 / sw.clamp(min=1e-300), sx / sn)
-        rate = -torch.log2(sn / n_total)
-        # cost[cell, cluster] = Σ imp (w - c)^2 / (σ² ī) + λ n log2(1/p)
-        distortion = c2[:, None] - 2 * c1[:, None] * centre[None, :] + cw[:, None] * centre**2
-        cost = distortion * scale + lam * cn[:, None] * rate[None, :]
-        new_assign = torch.argmin(cost, dim=1)
-        # a tie keeps the cell where it is (a cell of zero importance costs the same in every
-        # cluster at λ = 0, and must not move to cluster 0)
-        own = cost.gather(1, assign[:, None]).squeeze(1)
-        new_assign = torch.where(own <= cost.min(dim=1).values, assign, new_assign)
-        # keep the numbering compact
-        _, new_assign = torch.unique(new_assign, return_inverse=True)
-        if torch.equal(new_assign, assign):
+        centre, rate = _centres_and_rates(x, w, label)
+        new_label = torch.empty_like(label)
+        for start in range(0, n, rows):
+            end = min(n, start + rows)
+            # cost[i, j] = h_i (w_i − c_j)² / (σ² ī) + λ (−log2 p_j)
+            cost = h[start:end, None] * (x[start:end, None] - centre[None, :]) ** 2
+            cost += lam * rate[None, :]
+            best = torch.argmin(cost, dim=1)
+            # a tie keeps the weight where it is (a weight of zero importance costs the same
+            # in every cluster at λ = 0, and must not move to cluster 0)
+            own = cost.gather(1, label[start:end, None]).squeeze(1)
+            keep = own <= cost.gather(1, best[:, None]).squeeze(1)
+            new_label[start:end] = torch.where(keep, label[start:end], best)
+        # drop the clusters left empty, keeping the numbering compact
+        used = torch.bincount(new_label, minlength=centre.numel()) > 0
+        new_label = (torch.cumsum(used, 0) - 1)[new_label]
+        if torch.equal(new_label, label):
             converged = True
             break
-        assign = new_assign
-    cell_to_cluster = torch.zeros(k, dtype=torch.int64, device=dev)
-    cell_to_cluster[occupied] = assign
+        label = new_label
     notes = [] if converged else [f"ECSQ stopped at max_iter={max_iter} before it settled"]
-    return _finish(
-        values,
-        check_inputs(values, k, weights),
-        cell_to_cluster[cells],
-        k,
-        iterations,
-        converged,
-        notes,
-    )
+    return _finish(values, w32, label, k, iterations, converged, notes)
+
+
+def _centres_and_rates(
+    x: torch.Tensor, w: torch.Tensor, label: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each cluster's importance-weighted mean (the plain mean where all its members have
+    zero importance) and code length ``−log2 p`` (``p`` its share of the values); every label
+    from 0 to ``label.max()`` must be used."""
+    count = torch.bincount(label)
+    if x.device.type == "cpu":
+        # ATen's CPU index_add_ adds in index order, whatever the number of threads
+
+        def sums(v: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(count.numel(), dtype=v.dtype).index_add_(0, label, v)
+
+    else:
+        # index_add_ adds in a racing order on CUDA: prefix sums in label order (a stable
+        # sort) are the same from run to run
+        order = torch.sort(label, stable=True).indices
+        ends = torch.cumsum(count, 0)
+        starts = ends - count
+
+        def sums(v: torch.Tensor) -> torch.Tensor:
+            p = torch.cat([v.new_zeros(1), torch.cumsum(v[order], 0)])
+            return p[ends] - p[starts]
+
+    sw, s1, sx = sums(w), sums(w * x), sums(x)
+    n = count.to(torch.float64)
+    centre = torch.where(sw > 0, s1 / sw.clamp(min=1e-300), sx / n)
+    return centre, -torch.log2(n / x.numel())
