@@ -48,9 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-class _Terminated(BaseException):
+class _Terminated(KeyboardInterrupt):
     """Raised by the ``SIGTERM`` handler: unwinds like ``KeyboardInterrupt`` (``finally``
-    blocks and atomic writes clean up) without being taken for an error."""
+    blocks and atomic writes clean up) without being taken for an error. It is one, so that
+    code letting ``KeyboardInterrupt`` through a broad ``except`` lets it through too (ANS
+    decoding turned it into "invalid ANS payload")."""
 
 
 @contextmanager

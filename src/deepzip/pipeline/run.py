@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -128,9 +127,9 @@ def run_recipe(
     stage is done the model is loaded from the last checkpoint and nothing reruns (but the
     last stage, when ``model.dzip`` is missing or not the file the run wrote). ``state.json``
     records the SHA-256 of every checkpoint and of the ``.dzip``; a checkpoint that changed
-    since is refused. One run at a time holds the directory (``run_dir/.lock``); temporary
-    files left by a killed run are removed. A new run that fails before it records its
-    starting point leaves no file behind.
+    since is refused. One run at a time holds the directory (``run_dir/.deepzip-run.lock``);
+    temporary files left by a killed run are removed. A new run that fails before it records
+    its starting point leaves no file behind.
 
     Args:
         model: any ``nn.Module`` (modified in place). On resume, pass the same starting model.
@@ -261,9 +260,7 @@ def _run_locked(
 ) -> RunResult:
     """:func:`run_recipe` from the run directory on, while holding its lock."""
     state_path = out / STATE_FILE
-    remove_stale_temps(out)  # left by a run killed while writing a file
-    for stale in out.glob(".measure-*"):  # left by a run killed while measuring a size
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temps(out)  # left by a run killed while writing a file or measuring
     records: list[StageRecord] = []
     digests: dict[str, str] = {}  # SHA-256 of the checkpoints and .dzip the run wrote
     initial: StageRecord | None = None

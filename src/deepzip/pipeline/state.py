@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -66,7 +67,7 @@ __all__ = [
 STATE_FILE = "state.json"
 DZIP_FILE = "model.dzip"
 INITIAL_CHECKPOINT = "stage-00-initial.safetensors"
-LOCK_FILE = ".lock"
+LOCK_FILE = ".deepzip-run.lock"  # deepzip's own name: a run removes the file when it ends
 STATE_FORMAT = "deepzip.run"
 STATE_VERSION = 1
 _DROPOUT_KEY = "deepzip.run.dropout"
@@ -426,18 +427,32 @@ _RUN_TEMP = re.compile(
 )
 
 
+# the directories a run measures a size in (``tempfile``'s names, prefixed ".measure-NN-")
+_MEASURE_DIR = re.compile(r"\.measure-\d{2,}-[a-z0-9_]+")
+
+
 def remove_stale_temps(run_dir: Path) -> list[Path]:
-    """Remove the temporary files of the run's own files that a killed run left in
-    ``run_dir`` (call it while holding the run's lock); return them."""
+    """Remove the temporary files of the run's own files, and the directories it measures
+    sizes in, that a killed run left in ``run_dir`` (call it while holding the run's lock);
+    return them. Only names these temporaries can have are removed: a file or directory of
+    the user's that merely starts the same way (``.measure-notes/``) is kept."""
     stale = [p for p in run_dir.glob(".*.tmp") if _RUN_TEMP.fullmatch(p.name) and p.is_file()]
     for path in stale:
         path.unlink(missing_ok=True)
-    return stale
+    measuring = [
+        p
+        for p in run_dir.glob(".measure-*")
+        if _MEASURE_DIR.fullmatch(p.name) and p.is_dir() and not p.is_symlink()
+    ]
+    for path in measuring:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale + measuring
 
 
 @contextmanager
 def lock_run(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir``'s lock (``run_dir/.lock``) for the block; the directory must exist.
+    """Hold ``run_dir``'s lock (``run_dir/.deepzip-run.lock``, :data:`LOCK_FILE`) for the
+    block; the directory must exist.
 
     The lock is an advisory ``flock`` (``msvcrt.locking`` on Windows) that the system drops
     when the process ends, however it ends: a killed run leaves no lock behind. The lock file
