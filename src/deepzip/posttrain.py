@@ -426,9 +426,10 @@ def _load_prior(source: _Source, name: str, tensor: torch.Tensor) -> _Prior | No
             f"{str(indices.dtype).removeprefix('torch.')} {tuple(indices.shape)}"
         )
     k = codebook.numel()
-    if bool(mask.any()) and int(indices[mask].max()) >= k:
+    # every index, pruned positions too: they are decoded (and load_checkpoint refuses them)
+    if indices.numel() and int(indices.max()) >= k:
         raise CheckpointError(
-            f"{where}: an index reaches {int(indices[mask].max())}, the codebook has {k} entries"
+            f"{where}: an index reaches {int(indices.max())}, the codebook has {k} entries"
         )
     shared = SharedTensor(codebook.to(torch.float32), indices, mask)
     if "bloomier" not in kinds:
