@@ -75,3 +75,15 @@ def test_recipe_glob_matching_nothing_lists_every_name() -> None:
         ConfigError, match=r"matches no compressible layer \(layers: 0.weight, 2.weight\)"
     ):
         check_recipe(_shared_twice(), recipe)
+
+
+def test_recipe_glob_matching_nothing_caps_the_list_of_names() -> None:
+    model = nn.Sequential(*(nn.Linear(4, 4) for _ in range(30)))
+    recipe = Recipe.from_dict(
+        {
+            "overrides": [{"pattern": "fc9", "bits": 3}],
+            "stages": [{"type": "quantize"}, {"type": "encode"}],
+        }
+    )
+    with pytest.raises(ConfigError, match=r"23\.weight, \.\.\. \(6 more\)\)$"):
+        check_recipe(model, recipe)

@@ -118,3 +118,20 @@ def test_fisher_of_an_already_quantized_layer_is_refused_by_name() -> None:
     with pytest.raises(ConfigError, match=r"2\.weight is already weight-shared"):
         fisher_diagonal(model, batches)
     assert set(fisher_diagonal(model, batches, exclude=("2",))) == {"0.weight"}
+
+
+def test_float64_importance_that_vanishes_in_float32_is_refused() -> None:
+    # importance of 1e-50 passed the "not all zero" check in float64, became all zeros in
+    # float32 and collapsed ECSQ to one cluster; k-means weighs in float64 and is unaffected
+    from deepzip.quantize.kmeans import kmeans_1d
+    from deepzip.quantize.scalar import ecsq_quantize, uniform_quantize
+
+    x = torch.linspace(-1, 1, 200, dtype=torch.float64)
+    tiny = torch.full_like(x, 1e-50)
+    message = r"importance is zero for every value in float32 \(largest 1e-50\)"
+    with pytest.raises(InvalidTensorError, match=message):
+        ecsq_quantize(x, 8, 0.0, weights=tiny)
+    with pytest.raises(InvalidTensorError, match=message):
+        uniform_quantize(x, 8, weights=tiny)
+    assert kmeans_1d(x, 8, weights=tiny).k == 8
+    assert ecsq_quantize(x, 8, 0.0, weights=torch.full_like(x, 1e-30)).k == 8  # fine

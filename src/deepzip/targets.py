@@ -42,6 +42,7 @@ __all__ = [
     "check_glob_sequence",
     "check_patterns_match",
     "layer_type",
+    "listing",
     "matches",
     "select_targets",
 ]
@@ -159,7 +160,7 @@ class TargetSelection:
                 names = [n for t in self.targets for n in (t.name, *t.aliases)]
                 raise ConfigError(
                     f"override pattern {pattern!r} matches no {what} "
-                    f"(layers: {_listing(names) if names else 'none'})"
+                    f"(layers: {listing(names) if names else 'none'})"
                 )
 
 
@@ -379,13 +380,13 @@ def check_patterns_match(model: nn.Module, patterns: Sequence[str], what: str) -
             names = [(m, a) for mod_names, a in entries for m in mod_names]
             layers = list(dict.fromkeys(m for m, _ in names if m))
             own = [a for m, a in names if not m]  # the root's own parameters
-            parts = [f"layers: {_listing(layers)}"] if layers else []
-            parts += [f"parameters: {_listing(own)}"] if own else []
+            parts = [f"layers: {listing(layers)}"] if layers else []
+            parts += [f"parameters: {listing(own)}"] if own else []
             sample = "; ".join(parts) or "the model has no parameters"
             raise ConfigError(f"{what} pattern {pattern!r} matches no layer ({sample})")
 
 
-def _listing(names: Sequence[str]) -> str:
+def listing(names: Sequence[str]) -> str:
     """``names`` comma-separated, the first ``_LISTED_NAMES`` of them and a count of the rest."""
     shown = ", ".join(names[:_LISTED_NAMES])
     rest = len(names) - _LISTED_NAMES

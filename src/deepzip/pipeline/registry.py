@@ -21,7 +21,7 @@ from deepzip.config import (
 from deepzip.errors import ConfigError
 from deepzip.format.dzip_report import SaveReport
 from deepzip.pipeline.state import StageRecord
-from deepzip.targets import select_targets
+from deepzip.targets import listing, select_targets
 
 __all__ = [
     "Batches",
@@ -304,7 +304,7 @@ def check_recipe(model: nn.Module, recipe: Recipe) -> None:
         ConfigError: naming the stage or override and the glob.
     """
     selection = select_targets(model)
-    names = ", ".join(n for t in selection.targets for n in (t.name, *t.aliases)) or "none"
+    names = listing([n for t in selection.targets for n in (t.name, *t.aliases)]) or "none"
     for i, rule in enumerate(recipe.overrides):
         if not any(t.matches(rule.pattern) for t in selection.targets):
             raise ConfigError(

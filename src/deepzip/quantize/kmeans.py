@@ -192,14 +192,21 @@ def check_inputs(values: torch.Tensor, k: int, weights: torch.Tensor | None) -> 
     Raises:
         ConfigError: ``k`` is out of range.
         InvalidTensorError: empty, non-1-D, non-float or non-finite values (or float64 values
-            beyond the float32 range); bad importance.
+            beyond the float32 range); bad importance, or float64 importance that is zero
+            everywhere once in float32.
     """
     _check_k(k)
     _check_values(values)
     w = _check_weights(values, weights)
     if w is None:
         return torch.ones_like(values, dtype=torch.float32)
-    return w.to(torch.float32)
+    w32 = w.to(torch.float32)
+    if not bool((w32 > 0).any()):  # float64 importance below float32's smallest value
+        raise InvalidTensorError(
+            f"importance is zero for every value in float32 (largest {float(w.max()):.3g}): "
+            "only its relative sizes matter, so scale it up"
+        )
+    return w32
 
 
 def sum_float64(v: torch.Tensor) -> float:
