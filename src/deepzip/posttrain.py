@@ -35,9 +35,11 @@ from deepzip.format.api import IndexBits, gap_width, tie_key
 from deepzip.format.checkpoint import (
     BLOOMIER_PREFIX,
     CODEBOOK_PREFIX,
+    DEEPZIP_KEY_PREFIX,
     INDEX_PREFIX,
     MASK_PREFIX,
     check_bloomier_entry,
+    check_shared_entry,
     load_pickled_state_dict,
 )
 from deepzip.format.dzip_report import SaveReport
@@ -209,7 +211,6 @@ class PostTrainConfig:
 # ------------------------------------------------------------------------------ reading
 
 
-_DEEPZIP_KEY = "__deepzip_"
 _ENTRY_KINDS = (
     (MASK_PREFIX, "mask"),
     (CODEBOOK_PREFIX, "codebook"),
@@ -254,11 +255,11 @@ def _split_entries(label: str, names: Sequence[str]) -> tuple[list[str], dict[st
         CheckpointError: an unknown ``__deepzip_`` entry, one for a tensor the checkpoint does
             not hold, or a quantized tensor without its codebook, indices or mask.
     """
-    tensors = [n for n in names if not n.startswith(_DEEPZIP_KEY)]
+    tensors = [n for n in names if not n.startswith(DEEPZIP_KEY_PREFIX)]
     held = set(tensors)
     entries: dict[str, dict[str, str]] = {}
     for key in names:
-        if not key.startswith(_DEEPZIP_KEY):
+        if not key.startswith(DEEPZIP_KEY_PREFIX):
             continue
         found = next(((p, k) for p, k in _ENTRY_KINDS if key.startswith(p)), None)
         if found is None:
@@ -410,28 +411,9 @@ def _load_prior(source: _Source, name: str, tensor: torch.Tensor) -> _Prior | No
     if "codebook" not in kinds:
         return _Prior(mask)
     codebook, indices = source.load(kinds["codebook"]), source.load(kinds["index"])
-    if (
-        codebook.dim() != 1
-        or not 1 <= codebook.numel() <= MAX_K
-        or not codebook.is_floating_point()
-        or not bool(torch.isfinite(codebook.to(torch.float32)).all())
-    ):
-        raise CheckpointError(
-            f"{where}: its codebook must be 1-D, finite float with 1..{MAX_K} entries, got "
-            f"{str(codebook.dtype).removeprefix('torch.')} of shape {tuple(codebook.shape)}"
-        )
-    if indices.dtype != torch.uint8 or tuple(indices.shape) != shape:
-        raise CheckpointError(
-            f"{where}: its indices must be uint8 of shape {shape}, got "
-            f"{str(indices.dtype).removeprefix('torch.')} {tuple(indices.shape)}"
-        )
-    k = codebook.numel()
-    # every index, pruned positions too: they are decoded (and load_checkpoint refuses them)
-    if indices.numel() and int(indices.max()) >= k:
-        raise CheckpointError(
-            f"{where}: an index reaches {int(indices.max())}, the codebook has {k} entries"
-        )
-    shared = SharedTensor(codebook.to(torch.float32), indices, mask)
+    shared = check_shared_entry(source.label, name, codebook, indices, mask, shape)
+    if not bool(torch.isfinite(shared.codebook).all()):  # it becomes the stored codebook
+        raise CheckpointError(f"{where}: its codebook holds NaN or infinity")
     if "bloomier" not in kinds:
         return _Prior(mask, shared)
     return _Prior(

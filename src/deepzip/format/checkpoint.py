@@ -42,6 +42,7 @@ __all__ = [
     "BLOOMIER_PREFIX",
     "CHECKPOINT_VERSION",
     "CODEBOOK_PREFIX",
+    "DEEPZIP_KEY_PREFIX",
     "INDEX_PREFIX",
     "MASK_PREFIX",
     "Checkpoint",
@@ -50,6 +51,7 @@ __all__ = [
     "check_checkpoint_name",
     "check_keys_fit",
     "check_not_meta",
+    "check_shared_entry",
     "load_checkpoint",
     "plain_state_dict",
     "read_checkpoint",
@@ -61,7 +63,8 @@ MASK_PREFIX = "__deepzip_mask__."
 CODEBOOK_PREFIX = "__deepzip_codebook__."
 INDEX_PREFIX = "__deepzip_index__."
 BLOOMIER_PREFIX = "__deepzip_bloomier__."
-_DEEPZIP_KEY = "__deepzip_"
+DEEPZIP_KEY_PREFIX = "__deepzip_"
+"""The start of every deepzip entry of a checkpoint (masks, codebooks, indices, filters)."""
 _PARAM_SEP = ".parametrizations."
 _ROOT_PARAM = "parametrizations."
 
@@ -333,14 +336,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """
     p = Path(path)
     raw, meta = _read_tensors(p)
-    tensors = {k: v for k, v in raw.items() if not k.startswith(_DEEPZIP_KEY)}
+    tensors = {k: v for k, v in raw.items() if not k.startswith(DEEPZIP_KEY_PREFIX)}
     masks = _with_prefix(raw, MASK_PREFIX)
     codebooks = _with_prefix(raw, CODEBOOK_PREFIX)
     indices = _with_prefix(raw, INDEX_PREFIX)
     filters = _with_prefix(raw, BLOOMIER_PREFIX)
     known = (MASK_PREFIX, CODEBOOK_PREFIX, INDEX_PREFIX, BLOOMIER_PREFIX)
     for k in raw:
-        if k.startswith(_DEEPZIP_KEY) and not k.startswith(known):
+        if k.startswith(DEEPZIP_KEY_PREFIX) and not k.startswith(known):
             raise CheckpointError(f"{p}: unknown deepzip entry {k!r} (written by a newer version?)")
     stds: dict[str, float] = {}
     if "deepzip.reference_std" in meta:
@@ -442,23 +445,45 @@ def _shared_entry(
     """Validate one quantized tensor's codebook, indices and mask."""
     if name not in indices or name not in masks or name not in tensors:
         raise CheckpointError(f"{path}: codebook for {name!r} without its indices, mask or tensor")
-    index = indices[name]
+    return check_shared_entry(
+        str(path), name, codebook, indices[name], masks[name], tuple(tensors[name].shape)
+    )
+
+
+def check_shared_entry(
+    where: str,
+    name: str,
+    codebook: torch.Tensor,
+    index: torch.Tensor,
+    mask: torch.Tensor,
+    shape: tuple[int, ...],
+) -> SharedTensor:
+    """A quantized tensor's shared form from its checkpoint entries (``__deepzip_codebook__``,
+    ``__deepzip_index__``, ``__deepzip_mask__``), once they are known to fit together.
+
+    Every index must address the codebook, at pruned positions too (decoding gathers them all).
+
+    Raises:
+        CheckpointError: naming ``where`` (the file) and the tensor: a codebook that is not 1-D
+            float with 1..256 entries, indices that are not uint8 of ``shape``, or an index
+            past the codebook.
+    """
     if codebook.dim() != 1 or not 1 <= codebook.numel() <= 256 or not codebook.is_floating_point():
         raise CheckpointError(
-            f"{path}: codebook of {name!r} must be 1-D float with 1..256 entries, "
+            f"{where}: tensor {name!r}: its codebook must be 1-D float with 1..256 entries, "
             f"got shape {tuple(codebook.shape)} {codebook.dtype}"
         )
-    if index.dtype != torch.uint8 or index.shape != tensors[name].shape:
+    if index.dtype != torch.uint8 or tuple(index.shape) != shape:
         raise CheckpointError(
-            f"{path}: indices of {name!r} must be uint8 of shape {tuple(tensors[name].shape)}, "
+            f"{where}: tensor {name!r}: its indices must be uint8 of shape {shape}, "
             f"got {index.dtype} {tuple(index.shape)}"
         )
     if index.numel() and int(index.max()) >= codebook.numel():
         raise CheckpointError(
-            f"{path}: indices of {name!r} reach {int(index.max())}, the codebook has "
+            f"{where}: tensor {name!r}: an index reaches {int(index.max())}, the codebook has "
             f"{codebook.numel()} entries"
         )
-    return SharedTensor(codebook.to(torch.float32), index, masks[name].to(torch.bool))
+    return SharedTensor(codebook.to(torch.float32), index, mask.to(torch.bool))
 
 
 def load_checkpoint(
