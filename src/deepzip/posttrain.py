@@ -613,11 +613,6 @@ def compress_checkpoint(
         min_elements=min_elements,
         requantize=requantize,
     )
-    layers: dict[str, dict[str, Any]] = {}
-    meta: dict[str, Any] = {
-        "user": {str(k): str(v) for k, v in (metadata or {}).items()},
-        "recipe": config.to_dict(),
-    }
     _check_index_bits(index_bits)
     source = _open_source(Path(src))
     _check_dest(Path(dest), source)
@@ -626,7 +621,11 @@ def compress_checkpoint(
         # nothing to quantize again: the recipe stored in the file does not say it (a file
         # compressed from a plain checkpoint stays byte for byte what earlier versions wrote)
         config = replace(config, requantize=False)
-        meta["recipe"] = config.to_dict()
+    layers: dict[str, dict[str, Any]] = {}
+    meta: dict[str, Any] = {
+        "user": {str(k): str(v) for k, v in (metadata or {}).items()},
+        "recipe": config.to_dict(),
+    }
     # a tied tensor (one tensor under several names, as a pickled state dict with tied
     # embeddings holds it) is stored once when its names get the same treatment
     first_of: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}
