@@ -74,7 +74,9 @@ def test_ecsq_centres_of_a_small_cluster_are_exact_on_every_device(device: str) 
     from deepzip.quantize.scalar import _centres_and_rates
 
     x, w, label = _small_cluster_between_large_ones()
-    centre, rate = _centres_and_rates(x.to(device), w.to(device), label.to(device))
+    xd, wd = x.to(device), w.to(device)
+    sums_of = (wd.cpu(), (wd * xd).cpu(), xd.cpu())  # as ecsq_quantize passes them
+    centre, rate = _centres_and_rates(sums_of, label.to(device), xd.numel(), xd.device)
     assert centre.device.type == device
     assert rate.device.type == device
     expected = (4.0 * 5e-9 + 6.0 * 5e-6) / (5e-9 + 5e-6)

@@ -244,10 +244,11 @@ def ecsq_quantize(
     # start: the uniform quantizer's occupied bins (their weighted means, their shares)
     _, label = torch.unique(_cells(values, k), return_inverse=True)
     rows = max(1, _COST_ELEMENTS // k)
+    sums_of = (w.cpu(), (w * x).cpu(), x.cpu())  # what the clusters sum, once (see below)
     iterations, converged = 0, False
     for step in range(1, max_iter + 1):
         iterations = step
-        centre, rate = _centres_and_rates(x, w, label)
+        centre, rate = _centres_and_rates(sums_of, label, n, x.device)
         new_label = torch.empty_like(label)
         for start in range(0, n, rows):
             end = min(n, start + rows)
@@ -272,23 +273,26 @@ def ecsq_quantize(
 
 
 def _centres_and_rates(
-    x: torch.Tensor, w: torch.Tensor, label: torch.Tensor
+    sums_of: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    label: torch.Tensor,
+    n: int,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each cluster's importance-weighted mean (the plain mean where all its members have
-    zero importance) and code length ``−log2 p`` (``p`` its share of the values); every label
-    from 0 to ``label.max()`` must be used."""
-    count = torch.bincount(label)
-    # ATen's CPU index_add_ adds in index order, whatever the number of threads; on CUDA it
-    # adds in a racing order, and prefix sums in label order lose a cluster of small values
-    # to cancellation against the running total (members 4 and 6 gave a centre of 6.3), so
-    # other devices sum on the CPU
+    zero importance) and code length ``−log2 p`` (``p`` its share of the ``n`` values), on
+    ``device``; every label from 0 to ``label.max()`` must be used.
+
+    ``sums_of`` is ``(w, w·x, x)`` on the CPU. ATen's CPU ``index_add_`` adds in index order,
+    whatever the number of threads; on CUDA it adds in a racing order, and prefix sums in label
+    order lose a cluster of small values to cancellation against the running total (members 4
+    and 6 gave a centre of 6.3), so the sums are taken on the CPU whatever the device.
+    """
     cpu_label = label.cpu()
-
-    def sums(v: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros(count.numel(), dtype=v.dtype).index_add_(0, cpu_label, v.cpu())
-        return total.to(x.device)
-
-    sw, s1, sx = sums(w), sums(w * x), sums(x)
-    n = count.to(torch.float64)
-    centre = torch.where(sw > 0, s1 / sw.clamp(min=1e-300), sx / n)
-    return centre, -torch.log2(n / x.numel())
+    count = torch.bincount(cpu_label)
+    sw, s1, sx = (
+        torch.zeros(count.numel(), dtype=v.dtype).index_add_(0, cpu_label, v).to(device)
+        for v in sums_of
+    )
+    counts = count.to(device=device, dtype=torch.float64)
+    centre = torch.where(sw > 0, s1 / sw.clamp(min=1e-300), sx / counts)
+    return centre, -torch.log2(counts / n)
