@@ -22,21 +22,26 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrize import type_before_parametrizations
 
 from deepzip.errors import ConfigError
 from deepzip.format.api import load_model
 from deepzip.format.dzip_reader import read_compressed
 from deepzip.runtime.conv import SparseConv
-from deepzip.runtime.load import RuntimeReport, load_compressed, runtime_report
+from deepzip.runtime.load import (
+    RuntimeReport,
+    _layer_decision,
+    load_compressed,
+    runtime_report,
+)
 from deepzip.runtime.policy import (
     RuntimePolicy,
-    decide,
     sparse_unsupported,
     weight_reading_parents,
 )
 from deepzip.runtime.sparse import SharedCSRModule
 from deepzip.runtime.sparse_linear import SparseLinear
-from deepzip.runtime.timing import interleaved_medians, median_ms
+from deepzip.runtime.timing import check_counts, interleaved_medians, median_ms
 
 __all__ = ["LayerTiming", "ModelTiming", "benchmark_layers", "benchmark_model"]
 
@@ -157,11 +162,15 @@ def _dense_and_policy(
     model: nn.Module,
     example_input: torch.Tensor,
     policy: RuntimePolicy | None,
+    repeats: int,
+    warmup: int,
 ) -> tuple[RuntimePolicy, nn.Module]:
     """The policy (default: automatic at the example's batch size) and a copy of ``model``
-    with the file's weights decoded dense, in eval mode."""
+    with the file's weights decoded dense, in eval mode (``repeats``/``warmup`` checked
+    first)."""
     if example_input.dim() == 0:
         raise ConfigError("example_input needs a batch dimension")
+    check_counts(repeats, warmup)  # before any work, and even if no layer gets timed
     batch = max(1, int(example_input.shape[0]))
     policy = policy if policy is not None else RuntimePolicy(batch_size=batch)
     return policy, load_model(copy.deepcopy(model), path).eval()
@@ -198,11 +207,14 @@ def benchmark_layers(
         ConfigError: bad ``repeats``/``warmup``, an example input of no dimension, or one the
             model cannot take (its forward pass fails: the message names the shape).
     """
-    policy, dense_model = _dense_and_policy(path, model, example_input, policy)
+    policy, dense_model = _dense_and_policy(path, model, example_input, policy, repeats, warmup)
     cf = read_compressed(path)
     owners = [name.rsplit(".", 1)[0] if "." in name else "" for name in cf.shared]
     captured = _capture_inputs(dense_model, owners, example_input)
     parents = weight_reading_parents(dense_model)
+    registered: dict[int, list[str]] = {}  # every name of every module (shared ones too)
+    for module_name, m in dense_model.named_modules(remove_duplicate=False):
+        registered.setdefault(id(m), []).append(module_name)
     timings: list[LayerTiming] = []
     seen: set[tuple[int, str]] = set()
     for (name, s), owner in zip(cf.shared.items(), owners, strict=True):
@@ -214,7 +226,16 @@ def benchmark_layers(
         weights = int(s.mask.numel())
         density = int(s.mask.sum()) / weights if weights else 0.0
         parent = parents.get(module)
-        decision = decide(policy, owner, name, module, attr, density, weights, parent=parent)
+        # the form load_compressed gives the layer (an override on any of its names, the
+        # model itself as the layer)
+        names = [(owner, name)] + [
+            (o, f"{o}.{attr}" if o else attr)
+            for o in registered.get(id(module), [owner])
+            if o != owner
+        ]
+        decision = _layer_decision(
+            policy, names, module, attr, density, weights, dims=s.indices.dim(), parent=parent
+        )
         unsupported = sparse_unsupported(module, attr, parent=parent)
         shape = tuple(int(d) for d in s.indices.shape)
         dense_bytes = weights * 4
@@ -235,7 +256,7 @@ def benchmark_layers(
             timings.append(
                 LayerTiming(
                     name,
-                    type(module).__name__,
+                    type_before_parametrizations(module).__name__,
                     shape,
                     density,
                     (),
@@ -264,7 +285,7 @@ def benchmark_layers(
         timings.append(
             LayerTiming(
                 name=name,
-                layer_type=type(module).__name__,
+                layer_type=type_before_parametrizations(module).__name__,
                 shape=shape,
                 density=density,
                 input_shape=tuple(int(d) for d in x.shape),
@@ -337,11 +358,12 @@ def benchmark_model(
         ConfigError: bad ``repeats``/``warmup``, an example input of no dimension, or one the
             model cannot take (its forward pass fails: the message names the shape).
     """
-    policy, dense = _dense_and_policy(path, model, example_input, policy)
+    policy, dense = _dense_and_policy(path, model, example_input, policy, repeats, warmup)
     runtime = load_compressed(path, copy.deepcopy(model), policy=policy).eval()
     with torch.inference_mode():
         expected = _first_forward(dense, example_input)
-        difference = float((expected - runtime(example_input)).abs().max())
+        delta = (expected - runtime(example_input)).abs()
+        difference = float(delta.max()) if delta.numel() else 0.0  # an empty batch: none
         times = interleaved_medians(
             [functools.partial(dense, example_input), functools.partial(runtime, example_input)],
             repeats=repeats,

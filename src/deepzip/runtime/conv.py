@@ -53,6 +53,9 @@ class SparseConv(SharedCSRModule):
         dims: 1 or 2.
         in_channels, out_channels: as on the convolution.
         kernel_size, stride, dilation: per spatial dimension.
+
+    Raises:
+        InvalidTensorError: a bias of the wrong shape (names the layer).
     """
 
     bias: nn.Parameter | None
@@ -74,6 +77,11 @@ class SparseConv(SharedCSRModule):
     ) -> None:
         super().__init__(arrays, backend=backend)
         self.name = name
+        if bias is not None and tuple(bias.shape) != (arrays.rows,):
+            raise InvalidTensorError(
+                f"{name or 'SparseConv'}: bias has shape {tuple(bias.shape)}, "
+                f"expected ({arrays.rows},)"
+            )
         self.dims = dims
         self.in_channels = in_channels
         self.out_channels = arrays.rows
@@ -109,8 +117,8 @@ class SparseConv(SharedCSRModule):
 
         Raises:
             InvalidTensorError: the module has no sparse form (see
-                :func:`sparse_conv_unsupported`), or the shared tensor does not have the
-                weight's shape.
+                :func:`sparse_conv_unsupported`), the shared tensor does not have the
+                weight's shape, or the bias is not ``(out_channels,)``.
         """
         reason = sparse_conv_unsupported(conv)
         if reason is not None or not isinstance(conv, (nn.Conv1d, nn.Conv2d)):
@@ -154,6 +162,10 @@ class SparseConv(SharedCSRModule):
             raise InvalidTensorError(
                 f"{self.name or 'SparseConv'}: expected a {self.dims}-D input with "
                 f"{self.in_channels} channels, got shape {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():  # the float32 product would be cast back, truncated
+            raise InvalidTensorError(
+                f"{self.name or 'SparseConv'}: expected a floating-point input, got {x.dtype}"
             )
         h = x.unsqueeze(0) if unbatched else x
         h = h.to(torch.float32)

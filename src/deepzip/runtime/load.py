@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.parametrize import type_before_parametrizations
 
 from deepzip.errors import CheckpointError, ConfigError
 from deepzip.format.checkpoint import check_keys_fit, check_not_meta, plain_state_dict
@@ -301,6 +302,51 @@ def _plan(
     return plans
 
 
+def _layer_decision(
+    policy: RuntimePolicy,
+    names: list[tuple[str, str]],
+    module: nn.Module,
+    attr: str,
+    density: float,
+    weights: int,
+    *,
+    dims: int,
+    parent: str | None = None,
+) -> Decision:
+    """The form :func:`compress_modules_` gives one layer: :func:`decide`, then what no
+    runtime module can do.
+
+    Args:
+        policy: the rule.
+        names: every ``(module name, tensor name)`` of the layer, its own first; an override
+            that matches any of them applies (the name the last matching override matches
+            decides).
+        module, attr: the layer and its tensor's attribute name.
+        density, weights: surviving weights / all weights, and all weights.
+        dims: the tensor's number of dimensions (a runtime matrix needs at least 2).
+        parent: see :func:`decide`.
+    """
+    owner = names[0][0]
+    deciding = names[0]
+    for o in policy.overrides:
+        deciding = next((pair for pair in names if o.matches(*pair)), deciding)
+    decision = decide(policy, *deciding, module, attr, density, weights, parent=parent)
+    if decision.form == "sparse" and owner == "":
+        decision = replace(
+            decision,
+            form="dense",
+            reason="the model itself is the layer: a runtime module cannot replace it",
+        )
+    if decision.form == "sparse" and dims < 2:
+        decision = replace(
+            decision,
+            form="dense",
+            reason=f"a {dims}-D tensor has no sparse runtime form (a runtime "
+            "matrix needs at least 2 dimensions)",
+        )
+    return decision
+
+
 def _apply(model: nn.Module, plans: list[_Plan], policy: RuntimePolicy) -> RuntimeReport:
     """Replace or decode the layers of checked ``plans`` in ``model`` (see :func:`_plan`).
 
@@ -312,32 +358,23 @@ def _apply(model: nn.Module, plans: list[_Plan], policy: RuntimePolicy) -> Runti
     densities: list[float] = []
     dense_bytes: list[int] = []
     for plan in plans:
-        owner, name, attr, module, s = plan.owner, plan.name, plan.attr, plan.module, plan.shared
+        attr, module, s = plan.attr, plan.module, plan.shared
         weights = int(s.mask.numel())
         density = int(s.mask.sum()) / weights if weights else 0.0
         densities.append(density)
         dense_bytes.append(weights * getattr(module, attr).element_size())
-        # a layer with several names: the name the last matching override matches decides
-        deciding = (owner, name)
-        for o in policy.overrides:
-            deciding = next((pair for pair in plan.names() if o.matches(*pair)), deciding)
-        decision = decide(
-            policy, *deciding, module, attr, density, weights, parent=parents.get(module)
+        decisions.append(
+            _layer_decision(
+                policy,
+                plan.names(),
+                module,
+                attr,
+                density,
+                weights,
+                dims=s.indices.dim(),
+                parent=parents.get(module),
+            )
         )
-        if decision.form == "sparse" and owner == "":
-            decision = replace(
-                decision,
-                form="dense",
-                reason="the model itself is the layer: a runtime module cannot replace it",
-            )
-        if decision.form == "sparse" and s.indices.dim() < 2:
-            decision = replace(
-                decision,
-                form="dense",
-                reason=f"a {s.indices.dim()}-D tensor has no sparse runtime form (a runtime "
-                "matrix needs at least 2 dimensions)",
-            )
-        decisions.append(decision)
     for plan, decision in zip(plans, decisions, strict=True):
         if decision.form == "dense":
             _decode_dense(plan.module, plan.attr, plan.shared)
@@ -359,7 +396,7 @@ def _apply(model: nn.Module, plans: list[_Plan], policy: RuntimePolicy) -> Runti
     layers = tuple(
         LayerRuntime(
             name=plan.name,
-            layer_type=type(plan.module).__name__,
+            layer_type=type_before_parametrizations(plan.module).__name__,
             form=decision.form,
             reason=decision.reason,
             shape=tuple(int(d) for d in plan.shared.indices.shape),

@@ -221,7 +221,8 @@ class _SparseMatmul(torch.autograd.Function):
         module: SharedCSRModule = ctx.module
         grad = grads[0].to(torch.float32)
         csr = module._torch_csr(grad.device)
-        flat = torch.sparse.mm(csr.t(), grad.reshape(module.rows, -1))
+        n = math.prod(grad.shape[1:])  # not -1: there may be no rows (no output features)
+        flat = torch.sparse.mm(csr.t(), grad.reshape(module.rows, n))
         return flat.reshape(module.columns, *grad.shape[1:]), None, None
 
 
@@ -299,12 +300,18 @@ class SharedCSRModule(nn.Module):
 
     # ------------------------------------------------------------------ products
 
+    def _label(self) -> str:
+        """The layer's name for error messages (``name`` of a subclass), else the class name."""
+        name = getattr(self, "name", "")
+        return name if isinstance(name, str) and name else type(self).__name__
+
     def _use_numba(self, device: torch.device, n: int) -> bool:
         """Whether the product with ``n`` right-hand columns on ``device`` runs in numba."""
         if self.backend == "numba":
             if device.type != "cpu":
                 raise InvalidTensorError(
-                    f"the numba backend runs on the CPU only; got an input on {device}"
+                    f"{self._label()}: the numba backend runs on the CPU only; got an input "
+                    f"on {device}"
                 )
             return True
         return self.backend == "auto" and device.type == "cpu" and n == 1
@@ -402,17 +409,23 @@ class SharedCSRModule(nn.Module):
         gradient flows to ``xt`` (the weights and the bias are fixed).
 
         Raises:
-            InvalidTensorError: ``xt`` has the wrong shape or is on another device than the
-                module, or the numba backend was asked to run on a non-CPU tensor.
+            InvalidTensorError: ``xt`` has the wrong shape, is not floating-point or is on
+                another device than the module, or the numba backend was asked to run on a
+                non-CPU tensor (names the layer).
         """
         if xt.dim() < 2 or xt.shape[0] != self.columns:
             raise InvalidTensorError(
-                f"expected an input of {self.columns} rows (× N), got shape {tuple(xt.shape)}"
+                f"{self._label()}: expected an input of {self.columns} rows (× N), got shape "
+                f"{tuple(xt.shape)}"
+            )
+        if not xt.is_floating_point():
+            raise InvalidTensorError(
+                f"{self._label()}: expected a floating-point input, got {xt.dtype}"
             )
         if xt.device != self.cols.device:
             raise InvalidTensorError(
-                f"the input is on {xt.device}, the module on {self.cols.device}: "
-                "move one with .to(device)"
+                f"{self._label()}: the input is on {xt.device}, the module on "
+                f"{self.cols.device}: move one with .to(device)"
             )
         if torch.is_grad_enabled() and xt.requires_grad:
             out: torch.Tensor = _SparseMatmul.apply(xt, bias, self)  # type: ignore[no-untyped-call]

@@ -16,11 +16,12 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from deepzip.errors import ConfigError
 
-__all__ = ["CacheEvictor", "interleaved_medians", "median_ms"]
+__all__ = ["CacheEvictor", "check_counts", "interleaved_medians", "median_ms"]
 
 
 class CacheEvictor:
@@ -38,6 +39,21 @@ class CacheEvictor:
     def __call__(self) -> None:
         """Touch every cache line of the buffer."""
         self._buf.add_(1.0)
+
+
+def check_counts(repeats: int, warmup: int) -> None:
+    """Validate the repetition counts of :func:`interleaved_medians`.
+
+    Raises:
+        ConfigError: ``repeats``/``warmup`` not an integer, ``repeats < 1`` or ``warmup < 0``.
+    """
+    for name, value in (("repeats", repeats), ("warmup", warmup)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if repeats < 1:
+        raise ConfigError(f"repeats must be >= 1, got {repeats}")
+    if warmup < 0:
+        raise ConfigError(f"warmup must be >= 0, got {warmup}")
 
 
 def interleaved_medians(
@@ -65,12 +81,10 @@ def interleaved_medians(
         ``statistics.median`` of each (see :func:`median_ms`).
 
     Raises:
-        ConfigError: ``repeats < 1``, ``warmup < 0`` or a ``device`` that is not one.
+        ConfigError: ``repeats``/``warmup`` not an integer, ``repeats < 1``, ``warmup < 0``
+            or a ``device`` that is not one.
     """
-    if repeats < 1:
-        raise ConfigError(f"repeats must be >= 1, got {repeats}")
-    if warmup < 0:
-        raise ConfigError(f"warmup must be >= 0, got {warmup}")
+    check_counts(repeats, warmup)
     sync = _synchronizer(device)
     for fn in candidates:
         for _ in range(warmup):
@@ -113,5 +127,11 @@ def _synchronizer(device: torch.device | str | None) -> Callable[[], None]:
 
 
 def median_ms(times: Sequence[float]) -> float:
-    """The median of a list of times."""
+    """The median of a list of times.
+
+    Raises:
+        ConfigError: ``times`` is empty (nothing was timed).
+    """
+    if len(times) == 0:
+        raise ConfigError("no times to take the median of: nothing was timed")
     return float(statistics.median(times))
