@@ -35,8 +35,9 @@ def kernels() -> Kernels:
       zeroed by the caller, long enough for every symbol).
     * ``pack_codes(symbols, codes, lengths, out) -> nbytes``: writes ``codes[s]`` in
       ``lengths[s]`` bits (MSB-first, ``lengths[s] <= 32``) for every symbol into ``out``
-      (uint8, at least ``ceil(total_bits / 8)`` bytes) and returns the bytes written; the
-      last byte is zero-padded.
+      (uint8) and returns the number of bytes the codes take, ``ceil(total_bits / 8)``, the
+      last one zero-padded. Bytes past the end of ``out`` are counted but not written, so a
+      return value above ``len(out)`` means ``out`` was too short (and holds only the start).
     * ``unpack_fixed(payload, width, out)``: reads ``len(out)`` values of ``width`` bits
       (``0 <= width <= 32``); the caller checks that the payload holds them.
     * ``decode_huffman(payload, out, tsym, tlen, tbits, maxlen, limit, first, offset, syms)
@@ -64,6 +65,7 @@ def kernels() -> Kernels:
         acc = np.uint64(0)
         nacc = 0
         pos = 0
+        size = out.shape[0]
         for i in range(symbols.shape[0]):
             s = symbols[i]
             n = lengths[s]
@@ -71,10 +73,12 @@ def kernels() -> Kernels:
             nacc += n
             while nacc >= 8:
                 nacc -= 8
-                out[pos] = np.uint8((acc >> np.uint64(nacc)) & np.uint64(0xFF))
+                if pos < size:  # never write past ``out`` (bounds checks are off)
+                    out[pos] = np.uint8((acc >> np.uint64(nacc)) & np.uint64(0xFF))
                 pos += 1
         if nacc > 0:
-            out[pos] = np.uint8((acc << np.uint64(8 - nacc)) & np.uint64(0xFF))
+            if pos < size:
+                out[pos] = np.uint8((acc << np.uint64(8 - nacc)) & np.uint64(0xFF))
             pos += 1
         return pos
 

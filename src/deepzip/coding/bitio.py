@@ -79,7 +79,8 @@ def unpack_fixed(
     """Read ``count`` values of ``width`` bits (MSB-first) from the start of ``data``.
 
     Args:
-        data: at least ``ceil(count * width / 8)`` bytes; extra bytes are ignored.
+        data: at least ``ceil(count * width / 8)`` bytes; extra bytes are ignored. An array
+            is read as its bytes in memory order, whatever its dtype and shape.
         count: how many values.
         width: bits per value, 0..32.
         dtype: the output dtype (an unsigned type wide enough for ``width`` bits).
@@ -95,7 +96,10 @@ def unpack_fixed(
     out_dtype = np.dtype(dtype)
     if out_dtype.kind != "u" or out_dtype.itemsize * 8 < width:
         raise ValueError(f"dtype {out_dtype} cannot hold {width}-bit values")
-    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+    if isinstance(data, np.ndarray):  # its bytes, whatever its dtype and shape
+        buf = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    else:
+        buf = np.frombuffer(data, dtype=np.uint8)
     need = (count * width + 7) // 8
     if buf.size < need:
         raise CorruptFileError(
@@ -121,21 +125,34 @@ def pack_codes(
 
     Returns:
         ``ceil(total_bits / 8)`` bytes, the last one zero-padded.
+
+    Raises:
+        ValueError: symbols that are not uint8/uint16 or index past ``codes``, ``codes`` and
+            ``lengths`` of different sizes, a length above 32, a code wider than its length,
+            or a ``total_bits`` that is not the codes' total (checked without writing past
+            the output).
     """
     sym = np.ascontiguousarray(symbols).reshape(-1)
     if sym.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"symbols must be uint8 or uint16, got {sym.dtype}")
+    code_arr = np.ascontiguousarray(codes, dtype=np.uint32).reshape(-1)
+    len_arr = np.ascontiguousarray(lengths, dtype=np.uint8).reshape(-1)
+    if code_arr.size != len_arr.size:
+        raise ValueError(f"{code_arr.size} codes but {len_arr.size} lengths")
+    if len_arr.size and int(len_arr.max()) > _MAX_WIDTH:
+        raise ValueError(f"code lengths must be at most {_MAX_WIDTH}, got {int(len_arr.max())}")
+    if np.any(code_arr.astype(np.uint64) >> len_arr.astype(np.uint64)):
+        raise ValueError("every code must fit in its length (codes[s] < 2**lengths[s])")
+    if sym.size and int(sym.max()) >= len_arr.size:
+        raise ValueError(f"symbol {int(sym.max())} has no code ({len_arr.size} codes)")
+    if total_bits < 0:
+        raise ValueError(f"total_bits must be >= 0, got {total_bits}")
     nbytes = (total_bits + 7) // 8
-    out = np.empty(nbytes + 8, dtype=np.uint8)  # slack: a wrong total is caught below
-    written = kernels().pack_codes(
-        sym,
-        np.ascontiguousarray(codes, dtype=np.uint32),
-        np.ascontiguousarray(lengths, dtype=np.uint8),
-        out,
-    )
+    out = np.empty(nbytes, dtype=np.uint8)
+    written = kernels().pack_codes(sym, code_arr, len_arr, out)  # never writes past ``out``
     if written != nbytes:
         raise ValueError(f"total_bits {total_bits} does not match the codes ({written} bytes)")
-    return out[:nbytes].tobytes()
+    return out.tobytes()
 
 
 class BitWriter:

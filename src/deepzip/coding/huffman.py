@@ -14,10 +14,10 @@
   ``2**min(11, max length)`` entry table resolves short codes in one lookup, longer codes by a
   search over the canonical length limits.
 
-A set of lengths is *valid* (:func:`check_lengths`) when every used length is in
-``[1, MAX_CODE_LENGTH]`` and the code is complete (Kraft sum exactly 1), or when exactly one
-symbol is used and its length is 1. Complete codes make every bit pattern decodable, so a
-decoder needs no "invalid code" state.
+A set of lengths is *valid* (:func:`check_lengths`) when no length is negative, every used
+(non-zero) length is in ``[1, MAX_CODE_LENGTH]`` and the code is complete (Kraft sum exactly
+1), or when exactly one symbol is used and its length is 1. Complete codes make every bit
+pattern decodable, so a decoder needs no "invalid code" state.
 """
 
 from __future__ import annotations
@@ -161,6 +161,8 @@ def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.nd
 def check_lengths(lengths: np.ndarray, *, what: str) -> None:
     """Raise :class:`CorruptFileError` unless ``lengths`` is a valid set (module docstring)."""
     lens = np.asarray(lengths)
+    if lens.size and int(lens.min()) < 0:
+        raise CorruptFileError(f"{what}: negative Huffman code length {int(lens.min())}")
     used = lens[lens > 0].astype(np.int64)
     if used.size == 0:
         raise CorruptFileError(f"{what}: Huffman code has no symbols")
@@ -213,6 +215,10 @@ def encode(symbols: np.ndarray, lengths: np.ndarray, counts: np.ndarray) -> byte
 
     ``counts`` is the symbols' histogram (it sizes the output). A one-symbol code writes
     nothing: the count alone says how often the symbol repeats.
+
+    Raises:
+        ValueError: ``counts`` is not the histogram of ``symbols`` under these lengths, or a
+            symbol has no code (see ``deepzip.coding.bitio.pack_codes``).
     """
     total = encoded_bits(counts, lengths)
     if total == 0:

@@ -497,6 +497,11 @@ and the payload length's varint a byte off with it where the two lengths straddl
 16,384, ...)."""
 
 
+_MAX_TOTAL_COUNT = 1 << 58
+"""The largest symbol count (exclusive) :func:`estimated_size` takes: ``24 * 2**58`` bits, the
+longest Huffman payload, stays below ``2**63``."""
+
+
 def _checked_counts(counts: np.ndarray) -> np.ndarray:
     """Validate :func:`estimated_size`'s counts; return them as int64."""
     c = np.asarray(counts)
@@ -517,7 +522,13 @@ def _checked_counts(counts: np.ndarray) -> np.ndarray:
     if int(c.min()) < 0:
         i = int(np.argmin(c))
         raise ConfigError(f"counts must be non-negative, got counts[{i}] = {c[i].item()!r}")
-    return c.astype(np.int64)
+    out = c.astype(np.int64)
+    # the sizes are summed in int64 (Huffman's bits up to 24 per symbol): cap the total
+    if int(out.max()) * out.size >= _MAX_TOTAL_COUNT:
+        total = sum(int(x) for x in out[out > 0])
+        if total >= _MAX_TOTAL_COUNT:
+            raise ConfigError(f"counts must sum to less than 2**58, got {total}")
+    return out
 
 
 def estimated_size(counts: np.ndarray, *, coder: CoderName = "auto", quick: bool = False) -> int:
@@ -539,7 +550,8 @@ def estimated_size(counts: np.ndarray, *, coder: CoderName = "auto", quick: bool
 
     Raises:
         ConfigError: a bad ``coder`` or alphabet size, or counts that are not 1-D,
-            non-negative and integer-valued (integers, or floats with whole values).
+            non-negative and integer-valued (integers, or floats with whole values), or that
+            sum to ``2**58`` or more.
     """
     check_coder(coder)
     c = _checked_counts(counts)
