@@ -148,6 +148,20 @@ def _layer_bits(
     return None if found.skip else found.bits
 
 
+def _check_weights(name: str, weight: torch.Tensor) -> None:
+    """Finite, and within float32 (the levels' type; a float64 weight beyond it would turn
+    into infinity when quantized). Raises ``InvalidTensorError`` naming the layer."""
+    check_finite(name, weight)
+    if weight.dtype == torch.float64:
+        fits = torch.isfinite(weight.detach().to(torch.float32))
+        if not bool(fits.all()):
+            first = int((~fits).flatten().nonzero()[0])
+            raise InvalidTensorError(
+                f"{name}: {int((~fits).sum())} weight(s) beyond the float32 range of the levels "
+                f"(first at flat index {first}: {float(weight.detach().flatten()[first])})"
+            )
+
+
 def _surviving(target: Target) -> torch.Tensor:
     if get_shared(target.module, target.param_name) is not None:
         raise ConfigError(
@@ -187,7 +201,7 @@ def _select(
         if bits is None:
             skipped.append(Skipped(t.name, "skipped by override (kept in float)"))
             continue
-        check_finite(t.name, t.tensor)
+        _check_weights(t.name, t.tensor)
         mask = _surviving(t)
         if not bool(mask.any()):
             skipped.append(Skipped(t.name, "no surviving weights (all pruned); left as zeros"))
@@ -399,7 +413,7 @@ def _run(
                 continue
             # retraining may have diverged: a NaN would be frozen at a level (the 0 level of
             # INQ and ternary, where it silently becomes a pruned position)
-            check_finite(layer.name, layer.target.tensor)
+            _check_weights(layer.name, layer.target.tensor)
             step_fn(layer, fraction)
             assert layer.param is not None
             if layer.param.n_frozen == layer.param.n_surviving:
@@ -495,7 +509,8 @@ def slq_(
     Raises:
         ConfigError: a glob or override that matches nothing, a layer already quantized, or
             no layer left to quantize.
-        InvalidTensorError: non-finite weights.
+        InvalidTensorError: non-finite weights, or float64 weights beyond the float32 range
+            of the levels (checked before anything changes, and again before each step).
     """
     layers, skipped = _select(model, config, _kind_levels)
     plan = [(layers, float(f)) for f in config.steps]

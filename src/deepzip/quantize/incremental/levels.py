@@ -187,6 +187,17 @@ class ReclusterResult:
     converged: bool
 
 
+def _cluster_sums(labels: torch.Tensor, weights: torch.Tensor, k: int) -> torch.Tensor:
+    """Float64 (k,) per-cluster sums of ``weights``, on ``labels``' device.
+
+    Added on the CPU whatever the device: ATen's CPU ``bincount`` adds in index order, its
+    CUDA one with atomics in a racing order (nondeterministic, and refused under
+    ``torch.use_deterministic_algorithms``).
+    """
+    cpu = torch.bincount(labels.cpu(), weights=weights.to(torch.float64).cpu(), minlength=k)
+    return cpu.to(labels.device)
+
+
 def recluster_1d(
     values: torch.Tensor, centroids: torch.Tensor, fixed: torch.Tensor, *, max_iter: int = 100
 ) -> ReclusterResult:
@@ -219,13 +230,14 @@ def recluster_1d(
     c = centroids.detach().to(torch.float32)[order].clone()
     held = fixed.to(c.device)[order]
     x = values.detach().to(torch.float64)
+    x_cpu = x.cpu()  # the per-cluster sums are taken there (see _cluster_sums)
     k = c.numel()
     labels = assign_nearest(x, c)
     iterations, converged = 0, False
     while iterations < max_iter:
         iterations += 1
         counts = torch.bincount(labels, minlength=k).to(torch.float64)
-        sums = torch.bincount(labels, weights=x, minlength=k)
+        sums = _cluster_sums(labels, x_cpu, k)
         means = (sums / counts.clamp(min=1)).to(torch.float32)
         c = torch.where(held | (counts == 0), c, means)
         resort = torch.sort(c, stable=True).indices
@@ -271,7 +283,7 @@ def cluster_losses(
     x = values.detach().to(torch.float64)
     err = x - centroids.detach().to(torch.float64)[labels]
     k = centroids.numel()
-    sse = torch.bincount(labels, weights=err * err, minlength=k)
+    sse = _cluster_sums(labels, err * err, k)
     if kind == "sse":
         return sse
     counts = torch.bincount(labels, minlength=k).to(torch.float64)
