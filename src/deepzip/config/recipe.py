@@ -47,9 +47,9 @@ class Recipe:
     """A whole compression pipeline: ordered stages, per-layer overrides, a seed.
 
     Order rules (checked on construction, each violation a ``ConfigError`` naming the stage):
-    a train stage only first; prune and retrain stages before any quantization; a retrain stage
-    after a prune stage; a finetune stage after a quantize stage; the last stage encodes, and
-    only the last.
+    a train stage only first; prune, retrain and sensitivity stages before any quantization
+    (SLQ, MLQ, INQ and Weightless stages quantize too); a retrain stage after a prune stage; a
+    finetune stage after a quantize stage; the last stage encodes, and only the last.
 
     Attributes:
         stages: the stages in order.
@@ -109,8 +109,15 @@ class Recipe:
         return config
 
     def index_bits(self) -> dict[str, IndexBitsSpec]:
-        """``{glob: index bits}`` from the overrides that set ``index_bits`` (in order)."""
-        return {r.pattern: r.index_bits for r in self.overrides if r.index_bits is not None}
+        """``{glob: index bits}`` from the overrides that set ``index_bits``, in order, a glob
+        given twice where it last appears (the last matching rule wins, as ``dz.save`` reads
+        the mapping)."""
+        out: dict[str, IndexBitsSpec] = {}
+        for r in self.overrides:
+            if r.index_bits is not None:
+                out.pop(r.pattern, None)
+                out[r.pattern] = r.index_bits
+        return out
 
     def prune_job(self) -> PruneJob:
         """The first prune stage (with the train stage, if any) as a :class:`PruneJob`."""
@@ -183,12 +190,14 @@ class Recipe:
 
     @classmethod
     def from_prune_job(cls, job: PruneJob, *, encode: EncodeStage | None = None) -> Recipe:
-        """train (when the job has one) → prune → encode."""
+        """train (when the job has one) → prune → encode; the job's ``train.seed`` becomes the
+        recipe's seed."""
         stages: list[Stage] = []
         seed = 0
         if job.train is not None:
             seed = job.train.seed
-            stages.append(Stage("train", TrainStage(job.train)))
+            # the recipe's seed seeds the stages (a train stage keeps no seed of its own)
+            stages.append(Stage("train", TrainStage(replace(job.train, seed=0))))
         stages.append(Stage("prune", PruneStage(job.prune, job.schedule, job.retrain)))
         stages.append(Stage("encode", encode or EncodeStage()))
         return cls(stages=tuple(stages), seed=seed)

@@ -127,12 +127,21 @@ class LayerRule:
 
 @dataclass(frozen=True)
 class TrainStage:
-    """Dense training from the model's current weights (must be the first stage)."""
+    """Dense training from the model's current weights (must be the first stage).
+
+    ``train.seed`` must be 0: the recipe's seed seeds every stage (a stage's own seed would be
+    neither used nor kept in the recipe's TOML).
+    """
 
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
         _check_instance("train", self.train, TrainConfig)
+        if self.train.seed != 0:
+            raise ConfigError(
+                f"train stage: train.seed = {self.train.seed!r} is not used (the recipe's seed "
+                "seeds every stage); leave it 0 and set Recipe.seed"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The stage table (without ``type``)."""
@@ -755,7 +764,11 @@ def parse_stage(index: int, table: object, defaults: Mapping[str, Any]) -> Stage
             f"{where}: unknown stage type {kind_name!r} (known: {', '.join(sorted(_STAGE_KINDS))})"
         )
     name = table.get("name")
-    label = _stage_label(index, kind.name, name if isinstance(name, str) else None)
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigError(
+            f"{_stage_label(index, kind.name, None)}: name must be a non-empty string, got {name!r}"
+        )
+    label = _stage_label(index, kind.name, name)
     body = {k: v for k, v in table.items() if k not in ("type", "name")}
     try:
         config = kind.parse(body, StageParseContext(label, defaults))

@@ -61,9 +61,10 @@ class TrainRequest:
     """What a stage asks ``train_fn`` to do.
 
     Attributes:
-        stage: the stage type asking (``"train"``, ``"prune"``, ``"retrain"``, ``"finetune"``).
+        stage: the stage type asking (``"train"``, ``"prune"``, ``"retrain"``, ``"finetune"``,
+            ``"slq"``, ``"mlq"``, ``"inq"``, ``"weightless"``...).
         stage_index: the stage's position in the recipe, from 0.
-        step: the prune schedule step (prune stages), else ``None``.
+        step: the step of a prune or SLQ/MLQ/INQ stage, else ``None``.
         epochs: epochs to train (always >= 1).
         lr: the learning rate to use (already scaled by ``lr_scale``).
         optimizer: ``"sgd"`` (momentum 0.9), ``"adam"`` or ``"adamw"``.
@@ -97,8 +98,9 @@ class PipelineEvent:
     """Progress of a run, for the caller's display (the library never prints).
 
     Attributes:
-        kind: ``"start"``, ``"resume"``, ``"stage_start"``, ``"step"`` (a prune step),
-            ``"stage_end"`` or ``"done"``.
+        kind: ``"start"``, ``"resume"``, ``"stage_start"``, ``"step"`` (a step of a prune,
+            SLQ, MLQ or INQ stage, or a layer a Weightless stage encoded), ``"stage_end"`` or
+            ``"done"``.
         message: one human-readable line.
         index: the stage index, when the event concerns a stage.
         record: the finished stage (``"stage_end"``).
@@ -168,13 +170,16 @@ class StageContext:
         step: int | None = None,
         lr: float | None = None,
     ) -> TrainRequest:
-        """A :class:`TrainRequest` from a retraining config (teacher attached if distilling)."""
+        """A :class:`TrainRequest` from a retraining config (teacher attached if distilling).
+
+        ``lr``: the learning rate to train at instead of ``config.retrain_lr``.
+        """
         return TrainRequest(
             stage=self.stage.kind,
             stage_index=self.index,
             step=step,
             epochs=epochs,
-            lr=config.retrain_lr,
+            lr=config.retrain_lr if lr is None else lr,
             optimizer=config.optimizer,
             weight_decay=config.weight_decay,
             batch_size=config.batch_size,

@@ -473,8 +473,9 @@ def _index_bits(recipe: Recipe, encode: EncodeStage) -> IndexBits:
     per_layer = recipe.index_bits()
     if not per_layer:
         return encode.index_bits
-    base = {"*": encode.index_bits} if encode.index_bits is not None else {}
-    return {**base, **per_layer}
+    if encode.index_bits is None or "*" in per_layer:  # (a "*" rule replaces the stage's width)
+        return per_layer
+    return {"*": encode.index_bits, **per_layer}
 
 
 def _model_device(model: nn.Module) -> torch.device:

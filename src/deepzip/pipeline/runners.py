@@ -4,6 +4,7 @@ SLQ/MLQ/INQ and Weightless (registered on import).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
@@ -16,7 +17,6 @@ from deepzip.config import (
     MLQConfig,
     MLQStage,
     PruneStage,
-    QuantizeConfig,
     QuantizeStage,
     Recipe,
     RetrainStage,
@@ -281,6 +281,76 @@ def _quantized_by(
     return state if kept else "shared"
 
 
+def _state_before(
+    model: nn.Module, recipe: Recipe, index: int, target: Target
+) -> tuple[str | None, int | None, int | None]:
+    """What the stages before ``index`` leave ``target`` as (see :func:`_quantized_by`).
+
+    Returns:
+        ``(state, by, k)``: the state; the index of the last earlier stage that changed it
+        (``None``: the model came so); and the layer's codebook size as far as known before
+        it is encoded (``None`` when float, or when levels an incremental stage chooses, or
+        the model's own codebook with no earlier stage, decide it: the verbs check those).
+        A quantize stage clusters a selected layer again, so its bits set ``k`` (at most
+        ``2**bits``).
+    """
+    state: str | None = None
+    k: int | None = None
+    shared = get_shared(target.module, target.param_name)
+    if get_weightless(target.module, target.param_name) is not None:
+        state = "weightless"
+    elif shared is not None:
+        state, k = "shared", int(shared.codebook.numel())
+    by: int | None = None
+    for j, stage in enumerate(recipe.stages[:index]):
+        config = recipe.effective(stage)
+        if not isinstance(config, (QuantizeStage, *_INCREMENTAL, WeightlessStage)):
+            continue  # not a quantizer (or one this check does not know)
+        after = _quantized_by(model, target, config, state)
+        if isinstance(config, QuantizeStage) and state != "weightless":
+            q = config.quantize
+            selected = select_targets(model, include=q.include, exclude=q.exclude).names()
+            if target.name in selected and (bits := layer_bits(target, q)) is not None:
+                k, by = bits_to_k(bits), j  # clustered (again) with these bits
+        elif after != state and not isinstance(config, WeightlessStage):
+            k = None  # incremental levels: the verb checks the layer itself
+        if after != state:
+            state, by = after, j
+    return state, by, k
+
+
+def _encoded_named(
+    model: nn.Module,
+    recipe: Recipe,
+    index: int,
+    targets: Sequence[Target],
+    patterns: tuple[str, ...],
+) -> None:
+    """A layer an earlier stage encodes with Weightless (or the model came so) that ``patterns``
+    (the stage's ``include`` globs and override patterns) name would make the quantizer raise
+    when the stage starts; refuse it before the run starts."""
+    for t in targets:
+        if not any(t.matches(p) for p in patterns):
+            continue
+        state, by, _ = _state_before(model, recipe, index, t)
+        if state != "weightless":
+            continue
+        where = "the starting model" if by is None else recipe.stages[by].label(by)
+        raise ConfigError(
+            f"{t.name} is encoded with Weightless by {where}: quantizing it again would "
+            "drop its Bloomier filter; leave it out of this stage's include and overrides"
+        )
+
+
+def _check_quantize_order(model: nn.Module, recipe: Recipe, index: int) -> None:
+    """A quantize stage whose ``include`` or overrides name a layer encoded with Weightless
+    (by an earlier stage) is refused before the run starts, as ``quantize_`` refuses it."""
+    config = recipe.effective(recipe.stages[index])
+    q = config.quantize
+    targets = select_targets(model, include=q.include, exclude=q.exclude).targets
+    _encoded_named(model, recipe, index, targets, (*q.include, *(o.pattern for o in q.overrides)))
+
+
 def _check_incremental_order(model: nn.Module, recipe: Recipe, index: int) -> None:
     """A layer an earlier stage quantizes cannot be quantized incrementally again: checked
     before the run starts (the verb refuses it only when the stage starts, after the earlier
@@ -289,35 +359,19 @@ def _check_incremental_order(model: nn.Module, recipe: Recipe, index: int) -> No
     config = recipe.effective(recipe.stages[index])
     q = config.quantize
     patterns = (*q.include, *(o.pattern for o in q.overrides))
-    for t in select_targets(model, include=q.include, exclude=q.exclude).targets:
+    targets = select_targets(model, include=q.include, exclude=q.exclude).targets
+    for t in targets:
         if _last_override_skips(t, q.overrides):
             continue
-        state: str | None = None
-        if get_weightless(t.module, t.param_name) is not None:
-            state = "weightless"
-        elif get_shared(t.module, t.param_name) is not None:
-            state = "shared"
-        by: int | None = None
-        for j, stage in enumerate(recipe.stages[:index]):
-            earlier_config = recipe.effective(stage)
-            if not isinstance(earlier_config, (QuantizeStage, *_INCREMENTAL, WeightlessStage)):
-                continue  # not a quantizer (or one this check does not know)
-            after = _quantized_by(model, t, earlier_config, state)
-            if after != state:
-                state, by = after, j
-        if by is None:
+        state, by, _ = _state_before(model, recipe, index, t)
+        if by is None or state != "shared":
             continue  # as the model is now: the stage's own check covers it
         earlier = recipe.stages[by].label(by)
-        if state == "shared":
-            raise ConfigError(
-                f"{t.name} is quantized by {earlier} before it; exclude it here or leave it "
-                "in float there"
-            )
-        if state == "weightless" and any(t.matches(p) for p in patterns):
-            raise ConfigError(
-                f"{t.name} is encoded with Weightless by {earlier}: quantizing it again would "
-                "drop its Bloomier filter; leave it out of this stage's include and overrides"
-            )
+        raise ConfigError(
+            f"{t.name} is quantized by {earlier} before it; exclude it here or leave it "
+            "in float there"
+        )
+    _encoded_named(model, recipe, index, targets, patterns)
 
 
 def _last_override_skips(target: Target, overrides: tuple[BitsOverride, ...]) -> bool:
@@ -345,6 +399,7 @@ register_stage_runner(
     "quantize",
     _run_quantize,
     check=_check_quantize,
+    recipe_check=_check_quantize_order,
     needs_batches=lambda c: "importance = 'fisher'" if c.quantize.importance == "fisher" else None,
 )
 register_stage_runner("finetune", _run_finetune, needs_training=lambda c: bool(c.finetune.epochs))
@@ -363,15 +418,14 @@ def _check_weightless_widths(model: nn.Module, recipe: Recipe, index: int) -> No
     starts, after the earlier stages have run).
 
     A layer's K is at most ``2**bits`` of the last earlier quantize stage that clusters it,
-    else of the Weightless stage's own ``quantize``. A layer an earlier incremental stage
+    else the size of the codebook the model came with, else (a float layer) at most
+    ``2**bits`` of the Weightless stage's own ``quantize``. A layer an earlier Weightless
+    stage encodes is skipped (as the stage skips it), and one an earlier incremental stage
     (SLQ, MLQ, INQ) quantizes is left to ``weightless_``'s own check.
     """
     config = recipe.effective(recipe.stages[index])
     assert isinstance(config, WeightlessStage)
     w = config.weightless
-    earlier = [recipe.effective(s) for s in recipe.stages[:index] if s.role == "quantize"][
-        ::-1
-    ]  # the latest first
     for t in select_targets(model, include=w.include, exclude=w.exclude).targets:
         rule = cell_bits_rule(t, w.overrides)
         if rule is not None and rule.skip:
@@ -379,21 +433,13 @@ def _check_weightless_widths(model: nn.Module, recipe: Recipe, index: int) -> No
         fixed = rule.cell_bits if rule is not None else w.cell_bits
         if fixed is None:
             continue
-        quantize: QuantizeConfig | None = config.quantize
-        for stage in earlier:
-            q = stage.quantize
-            names = select_targets(model, include=q.include, exclude=q.exclude).names()
-            if t.name not in names:
-                continue
-            if not isinstance(stage, QuantizeStage):
-                quantize = None  # incremental levels: weightless_ checks the layer itself
-            elif layer_bits(t, q) is not None:  # else kept in float there: clustered later
-                quantize = q
-            else:
-                continue
-            break
-        if quantize is not None and (bits := layer_bits(t, quantize)) is not None:
-            check_cell_bits(t.name, fixed, bits_to_k(bits))
+        state, _, k = _state_before(model, recipe, index, t)
+        if state == "weightless":
+            continue  # encoded already: this stage skips it
+        if state is None and (bits := layer_bits(t, config.quantize)) is not None:
+            k = bits_to_k(bits)  # clustered by this stage
+        if k is not None:
+            check_cell_bits(t.name, fixed, k)
 
 
 _CELL_BITS_HINT = "set cell_bits"  # a fixed cell width needs no validation accuracy

@@ -9,6 +9,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -222,9 +223,23 @@ def _canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def _same_numbers(data: Any) -> Any:
+    """``data`` with every whole float written as an integer (``1.0`` and ``-0.0`` as ``1`` and
+    ``0``): equal recipes (``lr = 1`` and ``lr = 1.0`` compare equal) get one JSON form."""
+    if isinstance(data, float) and math.isfinite(data) and data == int(data):
+        return int(data)
+    if isinstance(data, Mapping):
+        return {k: _same_numbers(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_same_numbers(v) for v in data]
+    return data
+
+
 def recipe_hash(recipe: Recipe) -> str:
-    """SHA-256 of the recipe's canonical JSON form."""
-    return hashlib.sha256(_canonical_json(recipe.to_dict()).encode("utf-8")).hexdigest()
+    """SHA-256 of the recipe's canonical JSON form (equal recipes have equal hashes: a number
+    written ``1`` or ``1.0`` hashes the same)."""
+    canonical = _canonical_json(_same_numbers(recipe.to_dict()))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def model_fingerprint(model: nn.Module) -> str:
