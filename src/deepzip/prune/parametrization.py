@@ -3,13 +3,17 @@
 The module's ``weight`` becomes ``original * mask``. The product makes the masked entries of the
 effective weight exactly zero whatever the optimizer does to ``original`` (momentum, weight
 decay, Adam moments), and the gradient reaching ``original`` at masked positions is exactly
-zero. On top of that, :func:`zero_pruned_` clears the stored ``original`` at masked positions so
-a stripped or saved model holds exact zeros too.
+zero. On top of that, :func:`zero_pruned_` clears the stored ``original`` at masked positions
+(when a mask is attached or tightened, and when it is stripped) so a stripped model holds exact
+zeros too. An optimizer that keeps momentum or Adam moments from before a mask was tightened
+can still move the stored ``original`` there afterwards (the effective weight stays zero):
+create the optimizer after each pruning step (deepzip's own retraining does).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -53,11 +57,14 @@ class WeightMask(nn.Module):
     def _apply(
         self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
     ) -> WeightMask:
-        """As ``nn.Module._apply`` (``.to()``, ``.half()``, ...), but ``reference_std`` only
-        moves: it stays float64, so a model cast to bfloat16 keeps its quality thresholds."""
+        """As ``nn.Module._apply`` (``.to()``, ``.half()``, ``.to_empty()``, ...), but
+        ``reference_std`` only moves: it stays float64, so a model cast to bfloat16 keeps its
+        quality thresholds. A ``fn`` that keeps its dtype (a device move, ``to_empty`` of a
+        model on the meta device) is applied as it is."""
         std = self.reference_std
         super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
-        self.reference_std = std.to(device=self.reference_std.device)
+        if self.reference_std.dtype != std.dtype:
+            self.reference_std = std.to(device=self.reference_std.device)
         return self
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
@@ -165,8 +172,18 @@ def zero_pruned_(module: nn.Module, attr: str = "weight") -> None:
 
 
 def strip_mask(module: nn.Module, attr: str = "weight") -> None:
-    """Make pruning permanent: ``module.attr`` becomes a plain parameter with zeros."""
+    """Make pruning permanent: ``module.attr`` becomes a plain parameter with zeros.
+
+    A parametrization registered on top of the mask afterwards (the user's own: deepzip
+    refuses to mask a weight under one) stays: only the mask is removed, and the stored
+    ``original`` it acts on keeps the zeros. Removing the whole list would bake the user's
+    parametrization into the weight and drop it silently.
+    """
     if _find(module, attr) is None:
         return
     zero_pruned_(module, attr)
+    plist = cast(nn.ModuleList, module.parametrizations[attr])  # type: ignore[index]
+    if len(plist) > 1 and isinstance(plist[0], WeightMask):
+        del plist[0]  # original * mask == original now; the rest of the list is renumbered
+        return
     parametrize.remove_parametrizations(module, attr, leave_parametrized=True)

@@ -14,6 +14,7 @@ from torch import nn
 
 from deepzip.config import PruneConfig, ScheduleConfig
 from deepzip.prune.api import PruneReport, prune_
+from deepzip.targets import DEFAULT_LAYER_TYPES
 
 __all__ = [
     "StepRecord",
@@ -30,10 +31,12 @@ def scale_dropout_(model: nn.Module, kept_by_layer: dict[str, float]) -> dict[st
     """Scale each dropout rate by ``sqrt(kept / original connections)`` (Han et al. 2015, eq. 2).
 
     A pruned layer has fewer connections and so less co-adaptation, so it needs less dropout.
-    Each ``Dropout`` module is tied to the nearest pruned layer before it in module order (the
-    layer whose outputs it drops); a dropout with no pruned layer before it is left unchanged.
-    The rate is always computed from the dropout's original rate, so repeated calls do not
-    compound.
+    Each ``Dropout`` module is tied to the nearest layer before it in module order (the layer
+    whose outputs it drops): a module owning a tensor of ``kept_by_layer``, or a ``Linear``,
+    convolution or ``Embedding`` (see :data:`deepzip.targets.DEFAULT_LAYER_TYPES`). A dropout
+    whose layer is not in ``kept_by_layer`` (left dense, excluded or skipped), or with no
+    layer before it, is left unchanged. The rate is always computed from the dropout's
+    original rate, so repeated calls do not compound.
 
     Args:
         model: the model, modified in place.
@@ -45,6 +48,8 @@ def scale_dropout_(model: nn.Module, kept_by_layer: dict[str, float]) -> dict[st
     last_layer: str | None = None
     changed: dict[str, float] = {}
     for name, module in model.named_modules():
+        if isinstance(module, DEFAULT_LAYER_TYPES):
+            last_layer = None  # a layer left dense, unless it owns a pruned tensor below
         for pname in kept_by_layer:
             if pname.rpartition(".")[0] == name:  # a root parameter ("weight") has owner ""
                 last_layer = pname

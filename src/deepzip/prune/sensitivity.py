@@ -22,7 +22,7 @@ from deepzip.errors import ConfigError
 from deepzip.prune.api import layer_targets
 from deepzip.prune.masks import check_finite, sparsity_mask
 from deepzip.prune.parametrization import check_prunable, get_mask
-from deepzip.targets import Skipped
+from deepzip.targets import Skipped, Target, check_glob_sequence
 
 __all__ = [
     "DEFAULT_SWEEP",
@@ -81,6 +81,17 @@ class SensitivityResult:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
+def _stored(target: Target) -> torch.Tensor:
+    """The tensor a sweep writes: a masked layer's stored original, or the plain parameter."""
+    if get_mask(target.module, target.param_name) is not None:
+        original = target.module.parametrizations[target.param_name].original  # type: ignore[union-attr,index]
+        assert isinstance(original, torch.Tensor)
+        return original
+    value = getattr(target.module, target.param_name)
+    assert isinstance(value, torch.Tensor)
+    return value
+
+
 def sensitivity_analysis(
     model: nn.Module,
     evaluate: Callable[[nn.Module], float],
@@ -101,10 +112,12 @@ def sensitivity_analysis(
         on_point: progress callback ``(layer, sparsity, accuracy)``.
 
     Raises:
-        ConfigError: an empty sweep, a sparsity outside [0, 1), a glob matching nothing, or a
-            selected layer that is quantized or carries a parametrization that is not
-            deepzip's.
+        ConfigError: an empty sweep, a sparsity outside [0, 1), ``include``/``exclude`` given
+            as one string, a glob matching nothing, or a selected layer that is quantized or
+            carries a parametrization that is not deepzip's.
         InvalidTensorError: a selected weight holds NaN or infinity.
+
+    Every selected layer is checked before ``evaluate`` is first called.
     """
     sweep = tuple(float(s) for s in sparsities)
     if not sweep:
@@ -112,27 +125,25 @@ def sensitivity_analysis(
     for s in sweep:
         if not 0.0 <= s < 1.0:
             raise ConfigError(f"sensitivity sparsity must be in [0, 1), got {s!r}")
+    check_glob_sequence(include, "include")  # tuple("fc*") would be the globs "f", "c", "*"
+    check_glob_sequence(exclude, "exclude")
     config = PruneConfig(sparsity=0.0, include=tuple(include), exclude=tuple(exclude))
     chosen, skipped = layer_targets(model, config)
-    for target, _ in chosen:  # pruning its stored tensor would change nothing: refuse
+    for target, _ in chosen:  # every layer checked before the first evaluation
+        # pruning its stored tensor would change nothing: refuse
         check_prunable(
             target.module,
             target.param_name,
             target.name,
             "run the sensitivity analysis before quantizing, or strip_ first (or exclude it)",
         )
+        check_finite(target.name, _stored(target))
     baseline = evaluate(model)
     curves: dict[str, tuple[float, ...]] = {}
     weights: dict[str, int] = {}
     for target, _ in chosen:
         mask_mod = get_mask(target.module, target.param_name)
-        # Work on the stored tensor: a masked layer's original, or the plain parameter.
-        stored = (
-            target.module.parametrizations[target.param_name].original  # type: ignore[union-attr,index]
-            if mask_mod is not None
-            else getattr(target.module, target.param_name)
-        )
-        check_finite(target.name, stored)
+        stored = _stored(target)
         saved = stored.detach().clone()
         current = mask_mod.mask if mask_mod is not None else None
         accs = []
