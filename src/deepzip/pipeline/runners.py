@@ -239,13 +239,17 @@ def _run_incremental(ctx: StageContext, config: _IncrementalStage) -> StageResul
         report, steps = mlq_(ctx.model, q, retrain, evaluate=ctx.eval_fn, on_step=on_step)
     else:
         report, steps = inq_(ctx.model, q, retrain, evaluate=ctx.eval_fn, on_step=on_step)
-    # End as a stage checkpoint reloads: plain SharedWeights with trainable codebooks.
+    # End as a stage checkpoint reloads: plain SharedWeights (a ternary layer's tied codebook
+    # untied), whose codebooks train unless the stage left them frozen (INQ's powers of two,
+    # SLQ/MLQ with train_codebook = false): later stages must not move those.
     for layer in report.layers:
         owner, attr = layer.name.rsplit(".", 1) if "." in layer.name else ("", layer.name)
         module = ctx.model.get_submodule(owner)
         shared = get_shared(module, attr)
         if shared is not None:
-            attach_shared(module, attr, shared.export(), grad=shared.grad)
+            trains = shared.codebook.requires_grad
+            plain = attach_shared(module, attr, shared.export(), grad=shared.grad)
+            plain.codebook.requires_grad_(trains)
     return StageResult({"report": report.to_dict(), "steps": [s.to_dict() for s in steps]})
 
 

@@ -37,6 +37,7 @@ from deepzip.format.checkpoint import (
 )
 from deepzip.prune.schedule import ORIGINAL_P_ATTR
 from deepzip.quantize import get_shared
+from deepzip.quantize.weightless import get_weightless
 
 __all__ = [
     "DZIP_FILE",
@@ -73,6 +74,7 @@ STATE_FORMAT = "deepzip.run"
 STATE_VERSION = 1
 _DROPOUT_KEY = "deepzip.run.dropout"
 _GRAD_KEY = "deepzip.run.shared_grad"
+_FROZEN_KEY = "deepzip.run.frozen_codebooks"
 _log = logging.getLogger(__name__)
 
 
@@ -293,17 +295,38 @@ def _grad_rules(model: nn.Module) -> dict[str, str]:
     return out
 
 
+def _frozen_codebooks(model: nn.Module) -> list[str]:
+    """The weight-shared tensors (not Weightless ones: their checkpoint entry says whether they
+    train) whose codebook does not train, sorted."""
+    out: list[str] = []
+    for mod_name, module in model.named_modules():
+        for attr in getattr(module, "parametrizations", {}) or {}:
+            shared = get_shared(module, attr)
+            if (
+                shared is not None
+                and get_weightless(module, attr) is None
+                and not shared.codebook.requires_grad
+            ):
+                out.append(f"{mod_name}.{attr}" if mod_name else attr)
+    return sorted(out)
+
+
 def save_stage_checkpoint(model: nn.Module, path: Path, metadata: Mapping[str, str]) -> None:
     """Write a stage checkpoint (atomically): weights, masks, codebooks, and in its metadata
-    the dropout rates and grad rules that :func:`load_stage_checkpoint` restores."""
+    the dropout rates, grad rules and frozen codebooks that :func:`load_stage_checkpoint`
+    restores."""
     meta = dict(metadata)
     meta[_DROPOUT_KEY] = _canonical_json(_dropout_state(model))
     meta[_GRAD_KEY] = _canonical_json(_grad_rules(model))
+    frozen = _frozen_codebooks(model)
+    if frozen:  # (absent when none, as in the files of earlier versions)
+        meta[_FROZEN_KEY] = _canonical_json(frozen)
     save_checkpoint(model, path, metadata=meta)
 
 
 def load_stage_checkpoint(model: nn.Module, path: Path, *, sha256: str | None = None) -> None:
-    """Load a stage checkpoint into ``model``: weights, masks, codebooks, dropout, grad rules.
+    """Load a stage checkpoint into ``model``: weights, masks, codebooks, dropout, grad rules,
+    and which codebooks do not train (INQ's; SLQ/MLQ's with ``train_codebook = false``).
 
     ``sha256``: the digest the run recorded for the file; a file whose bytes differ is refused.
 
@@ -325,6 +348,7 @@ def load_stage_checkpoint(model: nn.Module, path: Path, *, sha256: str | None = 
     try:
         dropout = json.loads(ckpt.metadata.get(_DROPOUT_KEY, "{}"))
         grads = json.loads(ckpt.metadata.get(_GRAD_KEY, "{}"))
+        frozen = json.loads(ckpt.metadata.get(_FROZEN_KEY, "[]"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: bad run metadata: {exc}") from exc
     _restore_dropout(model, dropout)
@@ -334,6 +358,16 @@ def load_stage_checkpoint(model: nn.Module, path: Path, *, sha256: str | None = 
         if shared is None or rule not in ("sum", "mean"):
             raise CheckpointError(f"{path}: grad rule for {name!r} does not fit the model")
         shared.grad = rule
+    if not isinstance(frozen, list):
+        raise CheckpointError(f"{path}: frozen codebooks must be a list, got {frozen!r}")
+    for name in frozen:
+        shared = None
+        if isinstance(name, str) and name in ckpt.shared and name not in ckpt.bloomier:
+            owner, attr = name.rsplit(".", 1) if "." in name else ("", name)
+            shared = get_shared(model.get_submodule(owner), attr)
+        if shared is None:
+            raise CheckpointError(f"{path}: frozen codebook {name!r} does not fit the model")
+        shared.codebook.requires_grad_(False)
 
 
 def independent_copy(model: nn.Module) -> nn.Module:
