@@ -8,7 +8,9 @@ that a file being written is removed rather than left as a temporary file.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,16 +27,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deepzip`` command. Returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose:  # deepzip's own debug messages, not those of every library it imports
+        logging.getLogger("deepzip").setLevel(logging.DEBUG)
     try:
         with _terminate_as_interrupt():
             code: int = args.func(args)
     except _Terminated:
         err_console.print("deepzip: terminated", markup=False)
         return 128 + signal.SIGTERM
+    except BrokenPipeError:  # the reader went away (`deepzip inspect x.dzip --json | head`)
+        _drop_stdout()
+        return 1  # as Python, and rich for the tables, exit on a closed pipe: no error line
     except (DeepZipError, OSError) as exc:  # a file that cannot be read or written
         text = _os_error(exc) if isinstance(exc, OSError) else str(exc)
         one_line = " ".join(text.split())
@@ -46,6 +50,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         err_console.print("deepzip: interrupted", markup=False)
         return 130
     return code
+
+
+def _drop_stdout() -> None:
+    """Point standard output at ``os.devnull``, so that the interpreter's last flush of what
+    is still buffered does not fail on the closed pipe again ("Exception ignored ...")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (output captured in memory)
+        pass
 
 
 class _Terminated(KeyboardInterrupt):

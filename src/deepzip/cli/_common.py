@@ -40,7 +40,7 @@ from deepzip.errors import ConfigError
 from deepzip.format import apply_checkpoint, read_checkpoint
 from deepzip.format.checkpoint import check_checkpoint_name
 from deepzip.prune import StepRecord
-from deepzip.train import Callback, FitState
+from deepzip.train import Callback, FitState, resolve_device
 from deepzip.zoo import create_model, model_names
 
 # Piped or redirected output has no terminal width; rich would then squeeze the wide per-layer
@@ -114,6 +114,23 @@ def _progress(enabled: bool) -> Iterator[Progress]:
 
 def _data(args: argparse.Namespace) -> DataSplits:
     return load_dataset(args.dataset, args.data_dir, val_size=args.val_size, seed=args.seed)
+
+
+def _device(text: str | None) -> torch.device:
+    """``--device``: :func:`deepzip.train.resolve_device`, and a device that this PyTorch can
+    make tensors on (``meta``, an ``xpu`` without its build, ``hip``... are refused here in one
+    line rather than failing with a traceback in the middle of the work)."""
+    device = resolve_device(text)
+    if device.type == "meta":
+        raise ConfigError(f"--device {text}: a meta tensor holds no data; give cpu or cuda")
+    try:
+        torch.empty(0, device=device)
+    except Exception as exc:  # AssertionError, NotImplementedError, ModuleNotFoundError...
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(
+            f"--device {text}: this PyTorch cannot make tensors on it ({reason[:200]})"
+        ) from exc
+    return device
 
 
 def _seed(text: str) -> int:
@@ -219,12 +236,22 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Modu
     return model.to(device), name
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
+DEFAULT_DATASET = "fashion-mnist"
+"""The data set of a command given no ``--dataset`` (nor a recipe that names one)."""
+
+
+def _add_data_args(p: argparse.ArgumentParser, *, recipe: bool = False) -> None:
+    """The data flags; with ``recipe`` (``deepzip prune``) ``--dataset`` defaults to ``None``,
+    for the command to take the ``--recipe``'s data set when it names one."""
     p.add_argument(
         "--dataset",
-        default="fashion-mnist",
+        default=None if recipe else DEFAULT_DATASET,
         choices=DATASETS,
-        help="data set (default: fashion-mnist)",
+        help=(
+            f"data set (default: the recipe's, else {DEFAULT_DATASET})"
+            if recipe
+            else f"data set (default: {DEFAULT_DATASET})"
+        ),
     )
     p.add_argument(
         "--data-dir",

@@ -37,6 +37,18 @@ def _parse_layer_bits(text: str) -> tuple[str, int]:
     return pattern, _glob_number(text, value, int, "--layer-bits")
 
 
+def _layer_bits(texts: list[str]) -> dict[str, int]:
+    """The ``--layer-bits`` flags in the order given: the last matching glob wins, so a glob
+    given again moves to where it was given last (a plain ``dict`` would keep its first place
+    and let a glob given between the two win)."""
+    out: dict[str, int] = {}
+    for text in texts:
+        pattern, bits = _parse_layer_bits(text)
+        out.pop(pattern, None)
+        out[pattern] = bits
+    return out
+
+
 def _check_not_in_model_dir(source: str, path: str | None, flag: str) -> None:
     """Refuse an output that would replace a file of the model directory being compressed
     (one of its shards, its index)."""
@@ -158,7 +170,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             coder=args.coder,
             include=tuple(args.include),
             exclude=tuple(args.exclude),
-            layer_bits=dict(_parse_layer_bits(t) for t in args.layer_bits),
+            layer_bits=_layer_bits(args.layer_bits),
             index_bits=args.index_bits,
             layout=args.layout,
             requantize=_requantize(args),
@@ -276,7 +288,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     name = _bench_model_name(args)
     torch.manual_seed(0)
-    example = torch.rand(args.batch, *shape)
+    try:
+        example = torch.rand(args.batch, *shape)
+    except (RuntimeError, TypeError, MemoryError) as exc:  # too large to allocate or to count
+        reason = " ".join(str(exc).split())
+        raise ConfigError(
+            f"--batch {args.batch} --input-shape {args.input_shape}: cannot make an example "
+            f"input of shape {(args.batch, *shape)} ({reason[:200]})"
+        ) from exc
     policy = RuntimePolicy(batch_size=args.batch)
     layers = benchmark_layers(
         args.input, create_model(name), example, repeats=args.repeats, policy=policy

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deepzip", description="Deep Compression for PyTorch models."
     )
     parser.add_argument("--version", action="version", version=f"deepzip {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log deepzip's debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"retrain at lr × lr-scale (default: {_PRUNE_DEFAULTS['lr_scale']})",
     )
     p.add_argument("--json", default=None, help="also write the report as JSON")
-    _add_data_args(p)
+    _add_data_args(p, recipe=True)
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser(
@@ -315,7 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--coder", default="auto", choices=CODER_NAMES)
     p.add_argument(
-        "--layer-bits", action="append", default=[], metavar="GLOB=BITS", help="per-tensor bits"
+        "--layer-bits",
+        action="append",
+        default=[],
+        metavar="GLOB=BITS",
+        help="per-tensor bits (repeatable; the last glob that matches a tensor wins)",
     )
     p.add_argument(
         "--index-bits",

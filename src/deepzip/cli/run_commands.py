@@ -15,6 +15,7 @@ from rich.progress import (
 from deepzip.cli._common import (
     _check_output,
     _demo_recipe,
+    _device,
     _progress,
     _ProgressCallback,
     console,
@@ -41,7 +42,6 @@ from deepzip.report import (
     compression_table,
     stages_rich_table,
 )
-from deepzip.train import resolve_device
 from deepzip.zoo import create_model, model_names
 
 
@@ -90,7 +90,7 @@ def _run_and_report(
             f"{label} needs validation data: --val-size must be > 0, got {args.val_size}"
             + (f"; or {hint}" if hint else "")
         )
-    device = resolve_device(args.device)
+    device = _device(args.device)
     data = load_dataset(dataset, args.data_dir, val_size=args.val_size, seed=recipe.seed)
     torch.manual_seed(recipe.seed)
     model = create_model(model_name)

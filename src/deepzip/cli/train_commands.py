@@ -11,10 +11,12 @@ import torch
 
 from deepzip._atomic import atomic_write_text
 from deepzip.cli._common import (
+    DEFAULT_DATASET,
     _check_distinct,
     _check_output,
     _check_safetensors_output,
     _data,
+    _device,
     _floats,
     _glob_number,
     _load_model,
@@ -28,8 +30,10 @@ from deepzip.cli._common import (
 from deepzip.config import (
     BitsOverride,
     QuantizeConfig,
+    Recipe,
     RetrainConfig,
     TrainConfig,
+    load_toml,
 )
 from deepzip.errors import ConfigError
 from deepzip.format import save_checkpoint
@@ -47,7 +51,7 @@ from deepzip.report import (
     quantize_table,
     steps_table,
 )
-from deepzip.train import evaluate, resolve_device
+from deepzip.train import evaluate
 from deepzip.zoo import create_model
 
 
@@ -87,6 +91,20 @@ def _check_recipe_alone(args: argparse.Namespace) -> None:
         )
 
 
+def _recipe_names(recipe: str | None) -> tuple[str | None, str | None]:
+    """The ``model`` and ``dataset`` keys of ``prune --recipe`` (a file, or a built-in name
+    that ``_prune_job`` has checked); ``(None, None)`` without a recipe."""
+    if recipe is None:
+        return None, None
+    if Path(recipe).exists():
+        data = load_toml(recipe)
+        model, dataset = data.get("model"), data.get("dataset")
+    else:
+        builtin = Recipe.builtin(recipe)
+        model, dataset = builtin.model, builtin.dataset
+    return (None if model is None else str(model)), (None if dataset is None else str(dataset))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """``deepzip train``: train a zoo model, write a safetensors checkpoint."""
     _check_output(args.output, "-o")
@@ -99,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
     )
-    device = resolve_device(args.device)
+    device = _device(args.device)
     data = _data(args)
     torch.manual_seed(args.seed)
     model = create_model(args.model).to(device)
@@ -131,11 +149,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
     _check_output(args.json, "--json")
     _check_distinct(args.output, "-o", args.json, "--json")
     _check_distinct(args.checkpoint, "the input", args.json, "--json")
+    if args.recipe is not None and Path(args.recipe).exists():  # a file, not a built-in name
+        _check_distinct(args.recipe, "--recipe", args.json, "--json")
     _check_safetensors_output(args.output, "-o")
     _check_recipe_alone(args)
-    device = resolve_device(args.device)
+    device = _device(args.device)
     job = _prune_job(args)
+    # a recipe's data set, as `deepzip run` takes it (--dataset overrides it); its model must
+    # be the checkpoint's, rather than be ignored
+    recipe_model, recipe_dataset = _recipe_names(args.recipe)
+    if args.dataset is None:
+        args.dataset = recipe_dataset or DEFAULT_DATASET
     model, name = _load_model(args, device)
+    if recipe_model is not None and recipe_model != name:
+        raise ConfigError(
+            f"--recipe {args.recipe} is for model {recipe_model!r}, not the checkpoint's "
+            f"{name!r}: give a checkpoint of that model, or change the recipe's model"
+        )
     data = _data(args)
     with _progress(not args.no_progress) as progress:
         outcome = prune_with_retraining(
@@ -198,7 +228,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.bits is not None and widths:
         given = ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in widths.items())
         raise ConfigError(f"--bits {args.bits} sets every layer: {given} would be ignored")
-    device = resolve_device(args.device)
+    device = _device(args.device)
     config = QuantizeConfig(
         bits=args.bits,
         **widths,  # the paper's defaults where not given
@@ -279,7 +309,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     _check_distinct(args.output, "-o", plot_path, "--plot")
     _check_distinct(args.checkpoint, "the input", args.output, "-o")
     _check_distinct(args.checkpoint, "the input", plot_path, "--plot")
-    device = resolve_device(args.device)
+    device = _device(args.device)
     model, _ = _load_model(args, device)
     data = _data(args)
     loaders = make_loaders(data, 1000, seed=args.seed)
@@ -304,6 +334,10 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     result.save_json(args.output)
     plot_sensitivity(result, plot_path)
     console.print(f"baseline validation accuracy {100 * result.baseline:.2f}%")
+    for s in result.skipped:  # as prune and quantize list theirs (the JSON has them too)
+        console.print(
+            f"not analysed: {s.name} ({s.reason})", style="dim", markup=False, soft_wrap=True
+        )
     for layer, sparsity in result.suggest(args.max_drop / 100).items():
         console.print(
             f"  {layer}: prune up to {100 * sparsity:.0f}% within {args.max_drop:g} point(s)",
