@@ -161,8 +161,10 @@ def quantize_(
         ConfigError: a glob or override that matches no layer; importance missing, or given
             with ``config.importance == "none"``; an ``include`` glob that matches a layer
             encoded with Weightless.
-        InvalidTensorError: non-finite weights; importance of the wrong shape, negative, or
-            zero on all of a layer's surviving weights.
+        InvalidTensorError: non-finite weights, or float64 surviving weights beyond the
+            float32 range of the codebook; importance of the wrong shape, negative, beyond the
+            float32 range, or zero (in float32) on all of a layer's surviving weights. Every
+            layer is checked before any changes.
     """
     if config.importance == "none" and importance is not None:
         raise ConfigError(
@@ -192,7 +194,16 @@ def quantize_(
         check_finite(t.name, t.tensor)
         imp = _importance_for(t, importance) if config.importance != "none" else None
         mask = current_mask(t)
+        _check_float32_range(t.name, t.tensor.detach(), mask)
         if imp is not None and bool(mask.any()) and not bool((imp[mask] > 0).any()):
+            raw = importance[t.name] if importance is not None else imp
+            given = raw.detach().to(mask.device)[mask]
+            if bool((given > 0).any()):  # positive, but below float32's smallest value
+                raise InvalidTensorError(
+                    f"{t.name}: importance is below float32's smallest value on every "
+                    f"surviving weight (largest {float(given.max()):.3g}): only its relative "
+                    "sizes matter, so scale it up"
+                )
             raise InvalidTensorError(
                 f"{t.name}: importance is zero for every surviving weight (k-means needs at "
                 "least one weight with importance > 0)"
@@ -202,9 +213,11 @@ def quantize_(
     for t, bits, mask, imp in plans:  # every input validated before any layer changes
         weight = t.tensor.detach()
         if not bool(mask.any()):
-            skipped.append(Skipped(t.name, "no surviving weights (all pruned); left as zeros"))
+            skipped.append(Skipped(t.name, _no_survivors_reason(t)))
             continue
-        values = weight[mask].to(torch.float32)
+        values = weight[mask]
+        if values.dtype != torch.float64:  # (float64 is clustered as given: float32 could
+            values = values.to(torch.float32)  # merge distinct weights and hide their error)
         result = quantize_tensor(values, bits, config, weights=None if imp is None else imp[mask])
         indices = torch.zeros(weight.shape, dtype=torch.uint8, device=weight.device)
         indices[mask] = result.labels.to(device=weight.device, dtype=torch.uint8)
@@ -226,6 +239,30 @@ def quantize_(
     return QuantizeReport(tuple(layers), tuple(skipped))
 
 
+def _no_survivors_reason(target: Target) -> str:
+    """Why a layer without surviving weights is skipped: pruned by a mask, or all zero."""
+    # imported here: deepzip.quantize.incremental imports this module
+    from deepzip.quantize.incremental.parametrization import get_frozen
+
+    module, attr = target.module, target.param_name
+    if any(f(module, attr) is not None for f in (get_shared, get_mask, get_frozen)):
+        return "no surviving weights (all pruned); left as zeros"
+    return "no surviving weights (every weight is zero); left as zeros"
+
+
+def _check_float32_range(name: str, weight: torch.Tensor, mask: torch.Tensor) -> None:
+    """Surviving float64 weights must stay finite as float32, the codebook's type."""
+    if weight.dtype != torch.float64:
+        return
+    beyond = mask & ~torch.isfinite(weight.to(torch.float32))
+    if bool(beyond.any()):
+        first = tuple(int(i) for i in beyond.nonzero()[0])
+        raise InvalidTensorError(
+            f"{name}: {int(beyond.sum())} surviving weight(s) beyond the float32 range of the "
+            f"codebook (first at index {list(first)}: {float(weight[first]):g})"
+        )
+
+
 def _importance_for(target: Target, importance: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
     if importance is None or target.name not in importance:
         raise ConfigError(f"{target.name}: no importance tensor given for this layer")
@@ -242,7 +279,16 @@ def _importance_for(target: Target, importance: Mapping[str, torch.Tensor] | Non
             f"{target.name}: importance must be finite and >= 0: {int(bad.sum())} bad value(s) "
             f"(first at index {list(first)}: {float(imp[first])})"
         )
-    return imp.detach().to(device=target.tensor.device, dtype=torch.float32)
+    imp32 = imp.detach().to(device=target.tensor.device, dtype=torch.float32)
+    beyond = ~torch.isfinite(imp32)
+    if bool(beyond.any()):
+        first = tuple(int(i) for i in beyond.nonzero()[0])
+        raise InvalidTensorError(
+            f"{target.name}: importance beyond the float32 range: {int(beyond.sum())} value(s) "
+            f"(first at index {list(first)}: {float(imp[first]):g}); only its relative sizes "
+            "matter, so scale it down"
+        )
+    return imp32
 
 
 def export_shared(model: nn.Module) -> dict[str, SharedTensor]:
@@ -266,7 +312,8 @@ def strip_(model: nn.Module) -> nn.Module:
     ``FrozenWeight``) keeps its current weight, frozen levels and free weights alike. A
     Weightless layer keeps its decoded weight (false positives included), and the bias that
     its ``train_encoded = False`` froze trains again, like the weight. A weight the user had
-    frozen (``requires_grad=False`` before quantization) stays frozen.
+    frozen (``requires_grad=False`` before quantization) stays frozen. A parametrization the
+    user registered on top of deepzip's stays, acting on the now plain stored weight.
 
     Returns ``model`` (modified in place).
     """
@@ -283,12 +330,22 @@ def strip_(model: nn.Module) -> nn.Module:
             if shared is not None or get_frozen(module, attr) is not None:
                 # trains again unless the user had frozen it (a partly frozen weight's
                 # original keeps the user's flag)
-                original = params[attr].original
+                plist = params[attr]
+                original = plist.original
                 trainable = (
                     shared.source_trainable if shared is not None else original.requires_grad
                 )
-                parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
-                getattr(module, attr).requires_grad_(trainable)
+                ours: nn.Module = plist[0]
+                if len(plist) > 1 and (ours is shared or ours is get_frozen(module, attr)):
+                    # a parametrization the user registered on top stays: the stored
+                    # original takes deepzip's value and only deepzip's entry goes
+                    with torch.no_grad():
+                        original.copy_(ours(original))
+                    del plist[0]
+                    original.requires_grad_(trainable)
+                else:
+                    parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+                    getattr(module, attr).requires_grad_(trainable)
             bias = getattr(module, "bias", None)
             if encoded is not None and attr == "weight" and isinstance(bias, nn.Parameter):
                 bias.requires_grad_(True)

@@ -66,11 +66,11 @@ def fisher_diagonal(
     and label (a batch of one); the default is cross-entropy.
 
     Raises:
-        ConfigError: ``max_batches < 1``, a loader with no batches, or a selected weight that
-            is already weight-shared (no gradient reaches its weights).
+        ConfigError: ``max_batches`` not an integer >= 1, a loader with no batches, or a
+            selected weight that is already weight-shared (no gradient reaches its weights).
     """
-    if max_batches < 1:
-        raise ConfigError(f"max_batches must be >= 1, got {max_batches!r}")
+    if isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1:
+        raise ConfigError(f"max_batches must be an integer >= 1, got {max_batches!r}")
     criterion = loss_fn if loss_fn is not None else nn.functional.cross_entropy
     targets = select_targets(model, include=include, exclude=exclude).targets
     for t in targets:

@@ -3,11 +3,13 @@
 The codebook is an ``nn.Parameter``; the indices and the mask are fixed buffers. Because the
 weight is a gather from the codebook, autograd gives each centroid the SUM of the gradients of
 the weights in its cluster, which is Han et al.'s rule; ``grad="mean"`` divides it by the
-cluster size instead. Pruned positions are exactly zero and receive no gradient.
+cluster size instead. Pruned positions are exactly zero (+0.0, whatever the sign of the entry
+their index points at) and receive no gradient.
 
 The sum is taken in one fixed order (the cluster's members in position order, accumulated in
-float64), so training is bit-reproducible whatever the thread count: PyTorch's own backward of
-a multi-dimensional gather adds with parallel atomics on the CPU, and two runs then differ.
+float64, each cluster on its own), so training is bit-reproducible whatever the thread count:
+PyTorch's own backward of a multi-dimensional gather adds with parallel atomics on the CPU, and
+two runs then differ.
 """
 
 from __future__ import annotations
@@ -53,10 +55,13 @@ class _ScaleGrad(torch.autograd.Function):
 
 
 class _Gather(torch.autograd.Function):
-    """``codebook[index] * maskf``; the backward sums each entry's gradient in a fixed order.
+    """``codebook[index]`` with the pruned positions set to +0.0; the backward sums each entry's
+    gradient in a fixed order.
 
-    ``order`` lists the kept positions (flat) grouped by codebook entry, ``bounds`` (k + 1) where
-    each entry's group starts and ends in it.
+    ``pruned`` is the mask's complement (a product with a 0/1 mask would give -0.0 where the
+    entry is negative, so the pruned positions are filled instead). ``order`` lists the kept
+    positions (flat) grouped by codebook entry, ``bounds`` (k + 1) where each entry's group
+    starts and ends in it.
     """
 
     @staticmethod
@@ -64,23 +69,30 @@ class _Gather(torch.autograd.Function):
         ctx: Any,
         codebook: torch.Tensor,
         index: torch.Tensor,
-        maskf: torch.Tensor,
+        pruned: torch.Tensor,
         order: torch.Tensor,
         bounds: torch.Tensor,
     ) -> torch.Tensor:
         ctx.save_for_backward(order, bounds)
-        return codebook[index] * maskf
+        return codebook[index].masked_fill_(pruned, 0.0)
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         order, bounds = ctx.saved_tensors
         grad = grads[0]
-        acc = torch.float32 if grad.device.type == "mps" else torch.float64  # MPS has no float64
-        members = grad.reshape(-1).index_select(0, order).to(acc)
-        prefix = torch.zeros(members.numel() + 1, dtype=acc, device=grad.device)
-        torch.cumsum(members, 0, out=prefix[1:])
-        sums = (prefix[bounds[1:]] - prefix[bounds[:-1]]).to(grad.dtype)
-        return sums, None, None, None, None
+        members = grad.reshape(-1).index_select(0, order)
+        if grad.device.type in ("cpu", "cuda"):
+            # each group summed on its own, in order: a difference of prefix sums over all the
+            # groups would lose a group of small gradients against the running total
+            sums = torch.segment_reduce(
+                members.to(torch.float64), "sum", offsets=bounds, unsafe=True, initial=0.0
+            )
+        else:
+            acc = torch.float32 if grad.device.type == "mps" else torch.float64  # no MPS float64
+            prefix = torch.zeros(members.numel() + 1, dtype=acc, device=grad.device)
+            torch.cumsum(members.to(acc), 0, out=prefix[1:])
+            sums = prefix[bounds[1:]] - prefix[bounds[:-1]]
+        return sums.to(grad.dtype), None, None, None, None
 
 
 @dataclass(frozen=True)
@@ -98,8 +110,8 @@ class SharedTensor:
     mask: torch.Tensor
 
     def dense(self) -> torch.Tensor:
-        """The dense float32 tensor."""
-        return self.codebook[self.indices.long()] * self.mask.to(self.codebook.dtype)
+        """The dense float32 tensor (+0.0 at the pruned positions)."""
+        return self.codebook[self.indices.long()].masked_fill(self.mask.logical_not(), 0.0)
 
 
 class SharedWeight(nn.Module):
@@ -110,8 +122,8 @@ class SharedWeight(nn.Module):
 
     Raises:
         ConfigError: ``grad`` is not ``"sum"`` or ``"mean"``.
-        InvalidTensorError: a codebook that is not 1-D, floating point, finite with 1..256
-            entries; indices that are not integers in ``[0, k)``; indices and mask of
+        InvalidTensorError: a codebook that is not 1-D, floating point, finite in float32
+            with 1..256 entries; indices that are not integers in ``[0, k)``; indices and mask of
             different shapes.
     """
 
@@ -145,7 +157,7 @@ class SharedWeight(nn.Module):
         self.register_forward_pre_hook(_refresh_before_forward)
 
     def _refresh(self, numel: int, dtype: torch.dtype) -> None:
-        """Rebuild the cached long indices, float mask, members' order and ``counts`` when the
+        """Rebuild the cached long indices, pruned positions, members' order and ``counts`` when the
         buffers changed in place (their version counters) or moved (their storage)."""
         if self.indices.is_inference() or self.mask.is_inference():
             key = None  # inference tensors keep no version counter: rebuild every call
@@ -168,7 +180,7 @@ class SharedWeight(nn.Module):
                 counts = torch.bincount(members, minlength=numel)
                 bounds = torch.zeros(counts.numel() + 1, dtype=torch.long, device=counts.device)
                 torch.cumsum(counts, 0, out=bounds[1:])
-                self._plan = (index, self.mask.to(dtype), order, bounds)
+                self._plan = (index, self.mask.logical_not(), order, bounds)
                 if not torch.equal(counts, self.counts):
                     self.counts = counts
             self._plan_key = key
@@ -209,11 +221,11 @@ def _check_parts(codebook: torch.Tensor, indices: torch.Tensor, mask: torch.Tens
             "the codebook must be 1-D floating point with 1..256 entries, got shape "
             f"{tuple(codebook.shape)} {codebook.dtype}"
         )
-    finite = torch.isfinite(codebook)
+    finite = torch.isfinite(codebook.detach().to(torch.float32))  # (the codebook's type)
     if not bool(finite.all()):
         first = int((~finite).nonzero()[0])
         raise InvalidTensorError(
-            f"the codebook must be finite: entry {first} is {float(codebook[first])}"
+            f"the codebook must be finite in float32: entry {first} is {float(codebook[first])}"
         )
     if indices.shape != mask.shape:
         raise InvalidTensorError(
