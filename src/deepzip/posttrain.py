@@ -149,9 +149,12 @@ class PostTrainConfig:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s < 1.0:
             raise ConfigError(f"sparsity must be a number in [0, 1), got {s!r}")
         for pattern, bits in self.layer_bits:
-            QuantizeConfig(bits=bits)
             if not isinstance(pattern, str) or not pattern:
                 raise ConfigError(f"layer_bits pattern must be a non-empty glob, got {pattern!r}")
+            try:
+                QuantizeConfig(bits=bits)
+            except ConfigError as exc:
+                raise ConfigError(f"layer_bits[{pattern!r}]: {exc}") from exc
         for key, globs in (("include", self.include), ("exclude", self.exclude)):
             # a bare string would be read as one glob per character
             if not isinstance(globs, tuple) or any(not isinstance(g, str) or not g for g in globs):

@@ -117,20 +117,12 @@ def _data(args: argparse.Namespace) -> DataSplits:
 
 
 def _device(text: str | None) -> torch.device:
-    """``--device``: :func:`deepzip.train.resolve_device`, and a device that this PyTorch can
-    make tensors on (``meta``, an ``xpu`` without its build, ``hip``... are refused here in one
-    line rather than failing with a traceback in the middle of the work)."""
-    device = resolve_device(text)
-    if device.type == "meta":
-        raise ConfigError(f"--device {text}: a meta tensor holds no data; give cpu or cuda")
+    """``--device``: :func:`deepzip.train.resolve_device` (which refuses ``meta`` and devices
+    this PyTorch cannot make tensors on), its error naming the flag."""
     try:
-        torch.empty(0, device=device)
-    except Exception as exc:  # AssertionError, NotImplementedError, ModuleNotFoundError...
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ConfigError(
-            f"--device {text}: this PyTorch cannot make tensors on it ({reason[:200]})"
-        ) from exc
-    return device
+        return resolve_device(text)
+    except ConfigError as exc:
+        raise ConfigError(f"--device {text}: {exc}") from exc
 
 
 def _seed(text: str) -> int:

@@ -42,8 +42,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         The device.
 
     Raises:
-        ConfigError: the string is not a device name, or a CUDA device (or MPS) is requested
-            that this machine does not have.
+        ConfigError: the string is not a device name; a CUDA device (or MPS) is requested
+            that this machine does not have; ``meta`` (no data to train or evaluate on); or
+            another device type this PyTorch cannot make tensors on (``xpu`` without its
+            build, ``ve``...).
     """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -61,4 +63,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             )
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {device!r} requested but MPS is not available")
+    if dev.type == "meta":
+        raise ConfigError(f"device {device!r} holds no data (meta tensors have none)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        try:  # failing here, not with a traceback in the middle of the work
+            torch.empty(0, device=dev)
+        except Exception as exc:  # AssertionError, NotImplementedError, ModuleNotFoundError...
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise ConfigError(
+                f"device {device!r}: this PyTorch cannot make tensors on it ({reason[:200]})"
+            ) from exc
     return dev
