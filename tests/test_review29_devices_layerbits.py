@@ -3,6 +3,9 @@ and a bad ``layer_bits`` value names its glob."""
 
 from __future__ import annotations
 
+import fractions
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -41,3 +44,19 @@ def test_a_bad_layer_bits_value_names_its_glob() -> None:
     # it said only "quantize.bits must be an integer from 1 to 8, got 99"
     with pytest.raises(ConfigError, match=r"^layer_bits\['fc1\*'\]: .*got 99"):
         PostTrainConfig(layer_bits=(("fc*", 4), ("fc1*", 99)))
+
+
+def test_an_error_line_has_no_terminal_escape_codes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # torch.load's weights-only refusal puts bold on and off (ESC[1m ... ESC[0m) in its text
+    from deepzip.cli import main
+
+    path = tmp_path / "bad.pt"
+    torch.save({"w": torch.zeros(2), "x": fractions.Fraction(1, 3)}, path)
+    code = main(["compress", str(path), "-o", str(tmp_path / "out.dzip")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "weights_only" in err
+    assert "\x1b" not in err
+    assert not (tmp_path / "out.dzip").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -21,6 +22,9 @@ from deepzip.cli.parser import build_parser
 from deepzip.errors import DeepZipError
 
 __all__ = ["build_parser", "main"]
+
+# terminal control sequences (torch.load's refusal puts bold on and off in its message)
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1  # as Python, and rich for the tables, exit on a closed pipe: no error line
     except (DeepZipError, OSError) as exc:  # a file that cannot be read or written
         text = _os_error(exc) if isinstance(exc, OSError) else str(exc)
-        one_line = " ".join(text.split())
+        one_line = " ".join(_ESCAPES.sub("", text).split())
         err_console.print(
             f"deepzip: error: {one_line}", markup=False, highlight=False, soft_wrap=True
         )
