@@ -18,7 +18,8 @@ layer after layer:
 
 The cell width ``t`` trades the filter's size against its false positives. It is fixed, or
 chosen per layer: every ``t`` from small to large is tried (encode, freeze, retrain,
-``evaluate``) and the smallest whose accuracy stays within the budget is kept.
+``evaluate``) and the smallest whose accuracy stays within the budget is kept (when none
+is, the most accurate one, as its retraining left the model).
 
 The encoded layers carry their filters (:class:`~deepzip.quantize.weightless.WeightlessWeight`);
 ``deepzip.save`` stores them as the ``.dzip`` Bloomier encoding.
@@ -27,6 +28,7 @@ The encoded layers carry their filters (:class:`~deepzip.quantize.weightless.Wei
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -108,7 +110,7 @@ class WeightlessLayer:
         expected_false_positive_rate: ``K / 2**t``.
         accuracy: accuracy after this layer's retraining (``None`` without ``evaluate``).
         reference_accuracy: the accuracy this layer's budget was measured from (``None``
-            when the width was not chosen against a budget).
+            when no budget applied: a fixed width and no ``reference`` given).
         within_budget: whether ``accuracy`` met the budget (``None`` when not judged).
         trials: every cell width tried, in order.
     """
@@ -214,17 +216,26 @@ def encode_shared(
     """A Bloomier filter mapping each surviving position (C order) to its cluster index.
 
     Args:
-        shared: codebook, indices and mask of one clustered tensor.
+        shared: codebook, indices (integers) and mask (of the same shape) of one clustered
+            tensor.
         cell_bits: ``t``; needs ``2**t >= K`` (the codebook's size).
         hashes, ratio, seed, max_attempts: see :func:`deepzip.coding.bloomier.build_filter`.
         name: names the tensor in errors.
 
     Raises:
         ConfigError: ``t`` too small for the codebook, or a bad filter parameter.
-        InvalidTensorError: an index outside the codebook.
+        InvalidTensorError: an index outside the codebook, indices that are not integers, or
+            indices and mask of different shapes.
         BloomierBuildError: no seed could be peeled.
     """
     k = int(shared.codebook.numel())
+    if shared.indices.shape != shared.mask.shape:
+        raise InvalidTensorError(
+            f"{name}: indices of shape {tuple(shared.indices.shape)} and mask of shape "
+            f"{tuple(shared.mask.shape)} differ"
+        )
+    if not _is_integer(shared.indices.dtype):
+        raise InvalidTensorError(f"{name}: indices must be integers, got {shared.indices.dtype}")
     mask = shared.mask.detach().cpu().reshape(-1).numpy()
     indices = shared.indices.detach().cpu().reshape(-1).numpy().astype(np.int64)
     keys = np.flatnonzero(mask)
@@ -243,6 +254,31 @@ def encode_shared(
         max_attempts=max_attempts,
         name=name,
     )
+
+
+def _is_integer(dtype: torch.dtype) -> bool:
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
+def _accuracy(value: object, what: str) -> float:
+    """``value`` as an accuracy in ``[0, 1]``.
+
+    Raises:
+        ConfigError: ``value`` is not a number in ``[0, 1]`` (``what`` says where it came from).
+    """
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and _is_integer_or_float(value):
+        value = value.item()  # a one-element tensor, such as ``correct.float().mean()``
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{what} must be an accuracy in [0, 1], got {value!r}")
+    acc = float(value)
+    if not 0.0 <= acc <= 1.0:  # NaN fails too
+        hint = " (a fraction, not a percentage)" if acc > 1.0 else ""
+        raise ConfigError(f"{what} must be an accuracy in [0, 1]{hint}, got {value!r}")
+    return acc
+
+
+def _is_integer_or_float(value: torch.Tensor) -> bool:
+    return value.dtype.is_floating_point or _is_integer(value.dtype)
 
 
 def decode_filter(
@@ -429,11 +465,12 @@ def weightless_(
         evaluate: ``evaluate(model) -> accuracy`` in ``[0, 1]`` on validation data; needed
             when the cell width is chosen automatically.
         quantize: how to cluster the layers that are not clustered yet (bits, method); its
-            include/exclude are ignored (Weightless's own selection applies).
-        reference: a fixed accuracy every layer's budget is measured from (for a budget on
-            the whole model, e.g. the model's accuracy before the first layer). By default
-            each layer is measured from ``evaluate(model)`` just before it is clustered and
-            encoded, so each layer may cost up to ``config.max_drop`` points.
+            include/exclude are ignored (Weightless's own selection applies), and its
+            ``importance`` must be ``"none"`` (no importance tensors are passed).
+        reference: a fixed accuracy in ``[0, 1]`` every layer's budget is measured from (for
+            a budget on the whole model, e.g. the model's accuracy before the first layer). By
+            default each layer is measured from ``evaluate(model)`` just before it is
+            clustered and encoded, so each layer may cost up to ``config.max_drop`` points.
         on_layer: called with each layer's record once it is encoded (progress display).
 
     Returns:
@@ -441,10 +478,21 @@ def weightless_(
 
     Raises:
         ConfigError: a glob or override that matches no layer; an automatic cell width
-            without ``evaluate``; a layer neither clustered nor given ``quantize``; a fixed
-            ``t`` with ``2**t <= K`` for a layer's ``K`` clusters (one code must mean zero).
+            without ``evaluate``; a ``reference`` or an ``evaluate`` result that is not a
+            number in ``[0, 1]``; a ``quantize`` with ``importance`` other than ``"none"``; a
+            layer neither clustered nor given ``quantize``; a fixed ``t`` with ``2**t <= K``
+            for a layer's ``K`` clusters (one code must mean zero).
         BloomierBuildError: a filter could not be built (raise ``config.ratio``).
     """
+    if reference is not None:
+        reference = _accuracy(reference, "reference")
+    if quantize is not None and quantize.importance != "none":
+        # checked here: quantize_ would refuse it only when the first unclustered layer's turn
+        # comes, after the layers before it were encoded and retrained
+        raise ConfigError(
+            f"quantize.importance = {quantize.importance!r} is not available in weightless_ "
+            "(it passes no importance tensors to the layers it clusters); use 'none'"
+        )
     selection = select_targets(model, include=config.include, exclude=config.exclude)
     selection.check_overrides((o.pattern for o in config.overrides), "layer")
     selection.check_materialized("encode")
@@ -456,8 +504,12 @@ def weightless_(
             skipped.append(Skipped(t.name, "skipped by override (not encoded with Weightless)"))
             continue
         shared = get_shared(t.module, t.param_name)
-        if shared is None and not bool(current_mask(t).any()):
-            # quantize_ leaves such a layer unclustered: there is nothing to encode either way
+        if get_weightless(t.module, t.param_name) is not None:
+            skipped.append(Skipped(t.name, "already encoded with Weightless"))
+            continue
+        if not bool(current_mask(t).any()):
+            # quantize_ leaves such a layer unclustered, and a filter without keys would decode
+            # its false positives as weights: there is nothing to encode either way
             skipped.append(Skipped(t.name, "no surviving weights (all pruned); left as zeros"))
             continue
         if shared is None and quantize is None:
@@ -466,9 +518,6 @@ def weightless_(
             )
         if shared is None and quantize is not None and layer_bits(t, quantize) is None:
             skipped.append(Skipped(t.name, "kept in float by a quantize override (not encoded)"))
-            continue
-        if shared is not None and get_weightless(t.module, t.param_name) is not None:
-            skipped.append(Skipped(t.name, "already encoded with Weightless"))
             continue
         fixed = rule.cell_bits if rule is not None else config.cell_bits
         if fixed is not None:  # every layer checked before the first one is encoded
@@ -483,7 +532,7 @@ def weightless_(
     for target, fixed in plans:
         start = reference
         if start is None and evaluate is not None and fixed is None:
-            start = evaluate(model)
+            start = _accuracy(evaluate(model), f"evaluate(model) before {target.name}")
         record = _encode_layer(model, target, fixed, config, retrain, evaluate, quantize, start)
         layers.append(record)
         if on_layer is not None:
@@ -549,7 +598,9 @@ def _encode_layer(
         if retrain is not None:
             with _only_later_layers(model, target):
                 retrain(model, target.name)
-        acc = evaluate(model) if evaluate is not None else None
+        acc = None
+        if evaluate is not None:
+            acc = _accuracy(evaluate(model), f"evaluate(model) after {target.name} at t = {t}")
         trials.append(WeightlessTrial(t, len(data), int(decoded.mask.sum()) - keys, acc))
         within = None if budget is None or acc is None else acc >= budget
         if within is not False or len(candidates) == 1:

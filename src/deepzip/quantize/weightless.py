@@ -46,12 +46,14 @@ class WeightlessWeight(SharedWeight):
         grad: GradRule = "sum",
         train_encoded: bool = True,
     ) -> None:
+        if not isinstance(train_encoded, bool):
+            raise ConfigError(f"train_encoded must be true or false, got {train_encoded!r}")
         super().__init__(codebook, indices, mask, grad=grad)
         if not isinstance(filter_bytes, (bytes, bytearray)) or not filter_bytes:
             raise InvalidTensorError("a Weightless layer needs its serialised Bloomier filter")
         data = torch.frombuffer(bytearray(filter_bytes), dtype=torch.uint8)
         self.register_buffer("bloomier", data.to(self.indices.device))
-        self.train_encoded = bool(train_encoded)
+        self.train_encoded = train_encoded
         self.codebook.requires_grad_(self.train_encoded)
 
     def filter_bytes(self) -> bytes:
@@ -83,14 +85,19 @@ def attach_weightless(
         filter_bytes: the serialised filter.
         grad: the codebook's gradient rule (``"sum"`` or ``"mean"``).
         train_encoded: whether the codebook and, for ``"weight"``, the module's ``bias`` keep
-            training (``requires_grad``); ``False`` freezes the whole layer. Recorded on the
-            parametrization (``train_encoded``) so that a checkpoint can restore it.
+            training (``requires_grad``); ``False`` freezes the whole layer, and so does a
+            weight that did not train (``requires_grad=False`` on it, or on the original of
+            its parametrization): the user's freeze is kept. Recorded on the parametrization
+            (``train_encoded``) so that a checkpoint can restore it.
 
     Returns:
         The new parametrization. The stored original tensor no longer trains.
 
     Raises:
-        InvalidTensorError: the decoded tensors do not have the parameter's shape.
+        ConfigError: ``train_encoded`` is not a bool, or ``grad`` not ``"sum"`` or ``"mean"``
+            (nothing is changed).
+        InvalidTensorError: the decoded tensors do not have the parameter's shape, or do not
+            form a valid shared tensor; an empty filter (nothing is changed).
     """
     current = getattr(module, attr)
     if tuple(decoded.indices.shape) != tuple(current.shape) or decoded.mask.shape != current.shape:
@@ -106,6 +113,8 @@ def attach_weightless(
             codebook, indices, mask, filter_bytes, grad=grad, train_encoded=train_encoded
         ),
     )
+    if not p.source_trainable:  # a weight that did not train: its codebook stays frozen
+        p.train_encoded = False  # (install_shared), and so does the rest of the layer
     bias = getattr(module, "bias", None)
     if attr == "weight" and isinstance(bias, nn.Parameter):
         bias.requires_grad_(p.train_encoded)
