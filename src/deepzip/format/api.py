@@ -292,7 +292,9 @@ def save(
                 p = weightless[name]
                 dtype = value.dtype if isinstance(value, torch.Tensor) else torch.float32
                 shape = tuple(p.indices.shape)
-                writer.add_bloomier(name, p.codebook, p.filter_bytes(), shape, dtype=dtype)
+                writer.add_bloomier(
+                    name, p.codebook, p.filter_bytes(), shape, dtype=dtype, decoded=p.export()
+                )
             elif name in shared:
                 dtype = value.dtype if isinstance(value, torch.Tensor) else torch.float32
                 writer.add_shared(

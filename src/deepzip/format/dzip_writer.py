@@ -349,6 +349,7 @@ class DzipWriter:
         shape: tuple[int, ...],
         *,
         dtype: torch.dtype = torch.float32,
+        decoded: SharedTensor | None = None,
     ) -> TensorRecord:
         """Store a Weightless layer: codebook + Bloomier filter (``BLOOMIER``, format 1.1).
 
@@ -362,10 +363,13 @@ class DzipWriter:
                 ``prod(shape)`` positions.
             shape: the tensor's shape.
             dtype: the dtype decoding restores (float32, float16, bfloat16 or float64).
+            decoded: the indices and mask the layer has in memory, when known: the filter must
+                decode to exactly them (else the file would decode to another layer).
 
         Raises:
             InvalidTensorError: a bad codebook, dtype or shape, or a filter that does not parse,
-                does not cover the shape, or has another number of values than the codebook.
+                does not cover the shape, has another number of values than the codebook, or
+                does not decode to ``decoded``'s indices and mask.
         """
         cb = codebook.detach()
         self._check_codebook(name, "a Bloomier tensor", dtype, cb)
@@ -381,7 +385,22 @@ class DzipWriter:
             raise InvalidTensorError(
                 f"{name}: the filter holds {bloomier.num_values} values, the codebook {k}"
             )
-        kept = sum(int((values < k).sum()) for _, values in bloomier.decode_blocks())
+        if decoded is None:
+            kept = sum(int((values < k).sum()) for _, values in bloomier.decode_blocks())
+        else:
+            indices, mask = bloomier.decode_indices()
+            want_mask = decoded.mask.detach().cpu().reshape(-1).numpy()
+            want_indices = decoded.indices.detach().cpu().reshape(-1).numpy()
+            if (
+                decoded.mask.numel() != mask.size
+                or not np.array_equal(mask, want_mask)
+                or not np.array_equal(indices[mask], want_indices[want_mask])
+            ):
+                raise InvalidTensorError(
+                    f"{name}: the Bloomier filter does not decode to the layer's indices and "
+                    "mask (the file would decode to other weights)"
+                )
+            kept = int(mask.sum())
         table = cb.cpu().to(torch.float32).numpy().astype("<f4")
         parts = [
             (PartRecord("codebook", 0), memoryview(table.tobytes())),
