@@ -18,7 +18,8 @@ class FitState:
         epochs: number of epochs requested.
         step: optimizer steps done in the whole run.
         batch_in_epoch: optimizer steps done in the current epoch.
-        batches_per_epoch: ``len(loader)``, or ``None`` when the loader has no length.
+        batches_per_epoch: ``len(loader)`` taken at the current epoch's start, or ``None``
+            when the loader has no length.
         last_loss: loss of the last batch (NaN before the first one).
         epoch_loss: sample-weighted mean loss over the current epoch's batches so far
             (NaN before the first one).

@@ -20,13 +20,29 @@ __all__ = ["DistillationLoss", "pack_teacher_targets"]
 
 
 def pack_teacher_targets(labels: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """Rows ``[label, teacher logits...]`` (float32) for :class:`DistillationLoss`."""
+    """Rows ``[label, teacher logits...]`` (float32) for :class:`DistillationLoss`.
+
+    The teacher is fixed: its logits are detached (a ``teacher(x)`` computed with gradients
+    is not trained through the student's loss), and the rows are on the teacher logits'
+    device.
+
+    Args:
+        labels: ``(N,)`` class indices.
+        teacher_logits: ``(N, classes)`` logits of the teacher.
+
+    Returns:
+        The ``(N, 1 + classes)`` float32 rows, without gradient.
+
+    Raises:
+        ConfigError: the shapes are not ``(N,)`` and ``(N, classes)``.
+    """
     if labels.dim() != 1 or teacher_logits.dim() != 2 or labels.shape[0] != teacher_logits.shape[0]:
         raise ConfigError(
             f"labels {tuple(labels.shape)} and teacher logits {tuple(teacher_logits.shape)} "
             "must be (N,) and (N, classes)"
         )
-    return torch.cat([labels[:, None].to(torch.float32), teacher_logits.to(torch.float32)], 1)
+    teacher = teacher_logits.detach().to(torch.float32)
+    return torch.cat([labels[:, None].to(teacher.device, torch.float32), teacher], 1)
 
 
 class DistillationLoss(nn.Module):
@@ -35,10 +51,16 @@ class DistillationLoss(nn.Module):
     Args:
         alpha: weight of the distillation term, in [0, 1].
         temperature: softening temperature ``T > 0``.
+
+    Raises:
+        ConfigError: ``alpha`` or ``temperature`` is not a number in its range.
     """
 
     def __init__(self, alpha: float, temperature: float = 4.0) -> None:
         super().__init__()
+        for name, value in (("alpha", alpha), ("temperature", temperature)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"distillation {name} must be a number, got {value!r}")
         if not (0.0 <= alpha <= 1.0):
             raise ConfigError(f"distillation alpha must be in [0, 1], got {alpha!r}")
         if not (math.isfinite(temperature) and temperature > 0):

@@ -81,6 +81,19 @@ def _follow_parameters(optimizer: torch.optim.Optimizer) -> None:
                     state[key] = value.to(p.device)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _tensor_output(output: object, what: str) -> torch.Tensor:
+    """``output`` when it is a tensor, else an :class:`InvalidTensorError` naming ``what``."""
+    if not isinstance(output, torch.Tensor):
+        raise InvalidTensorError(
+            f"{what}: the model returned {type(output).__name__}, not a tensor of logits"
+        )
+    return output
+
+
 def _batches_per_epoch(loader: object) -> int | None:
     if not isinstance(loader, Sized):
         return None
@@ -158,13 +171,16 @@ def fit(
         The per-epoch history (it also ran as the last callback).
 
     Raises:
-        ConfigError: ``epochs < 0``, ``max_grad_norm <= 0``, a bad device or seed, a batch
-            that is not a pair, or a loader that yields no batch in an epoch.
+        ConfigError: ``epochs < 0``, a ``max_grad_norm`` that is not a finite number > 0, a
+            bad device or seed, a batch that is not a pair, or a loader that yields no batch
+            in an epoch.
         InvalidTensorError: the loss is NaN or infinite (no optimizer step is taken then).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ConfigError(f"epochs must be an integer >= 0, got {epochs!r}")
-    if max_grad_norm is not None and not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
+    if max_grad_norm is not None and not (
+        _is_number(max_grad_norm) and math.isfinite(max_grad_norm) and max_grad_norm > 0
+    ):
         raise ConfigError(f"max_grad_norm must be a finite number > 0, got {max_grad_norm!r}")
     if seed is not None:
         seed_everything(seed)
@@ -184,6 +200,7 @@ def fit(
             break
         state.epoch, state.batch_in_epoch = epoch, 0
         state.epoch_loss, state.metrics = math.nan, {}
+        state.batches_per_epoch = _batches_per_epoch(loader)  # a loader may change length
         model.train()
         for cb in hooks:
             cb.on_epoch_start(state)
@@ -239,8 +256,10 @@ def evaluate(
 ) -> EvalResult:
     """Mean loss and accuracy of ``model`` over a loader, without gradients.
 
-    Runs in eval mode under ``torch.inference_mode``; each submodule's training flag is
-    restored afterwards. Totals are accumulated on the device, so there is a single
+    Runs in eval mode under ``torch.no_grad`` (not ``inference_mode``: a tensor a module makes
+    during the forward, such as a lazy module's parameters or a cache, would be an inference
+    tensor that training can never update); each submodule's training flag is restored
+    afterwards. Totals are accumulated on the device, so there is a single
     host synchronisation at the end.
 
     Args:
@@ -255,8 +274,9 @@ def evaluate(
 
     Raises:
         ConfigError: the loader yields no samples, a batch is not a pair, or a bad device.
-        InvalidTensorError: a batch's outputs are not ``N×C`` or its targets not ``N`` class
-            indices (packed distillation targets, one-hot rows).
+        InvalidTensorError: a batch's outputs are not an ``N×C`` tensor (a tuple, a
+            dictionary) or its targets not ``N`` class indices (packed distillation targets,
+            one-hot rows).
     """
     dev = _model_device(model, device)
     model.to(dev)
@@ -264,10 +284,10 @@ def evaluate(
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), dtype=torch.long, device=dev)
     samples = 0
-    with _eval_mode(model), torch.inference_mode():
+    with _eval_mode(model), torch.no_grad():
         for index, batch in enumerate(loader):
             inputs, targets = _to_device(batch, dev)
-            logits = model(inputs)
+            logits = _tensor_output(model(inputs), f"evaluation batch {index + 1}")
             if logits.dim() != 2 or targets.shape != logits.shape[:1]:
                 # (N, 1 + C) distillation rows against N×C logits broadcast to an N×N
                 # comparison: a wrong accuracy, not an error, when N == 1 + C
@@ -303,14 +323,17 @@ def predict_logits(
 
     Raises:
         ConfigError: the loader yields no batches, a batch is not a pair, or a bad device.
+        InvalidTensorError: the model returns something other than a tensor (a tuple, a
+            dictionary).
     """
     dev = _model_device(model, device)
     model.to(dev)
     outputs: list[torch.Tensor] = []
     with _eval_mode(model), torch.no_grad():
-        for batch in loader:
+        for index, batch in enumerate(loader):
             inputs, _ = _split(batch)
-            outputs.append(model(inputs.to(dev, non_blocking=dev.type != "cpu")))
+            output = model(inputs.to(dev, non_blocking=dev.type != "cpu"))
+            outputs.append(_tensor_output(output, f"prediction batch {index + 1}"))
     if not outputs:
         raise ConfigError("the prediction loader yielded no batches")
     return torch.cat(outputs).cpu()

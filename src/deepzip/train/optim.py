@@ -37,20 +37,27 @@ def make_optimizer(
         The optimizer.
 
     Raises:
-        ConfigError: an unknown name or an out-of-range number.
+        ConfigError: an unknown name, a setting that is not a number or out of range, or
+            ``params`` torch refuses (none at all, a non-leaf tensor, one given twice).
     """
-    if name not in OPTIMIZERS:
+    if not isinstance(name, str) or name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {name!r}; known optimizers: {', '.join(OPTIMIZERS)}")
+    for setting, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{setting} must be a number, got {value!r}")
     if not (math.isfinite(lr) and lr > 0):
         raise ConfigError(f"lr must be a finite number > 0, got {lr!r}")
     if not 0 <= momentum < 1:
         raise ConfigError(f"momentum must be in [0, 1), got {momentum!r}")
     if not (math.isfinite(weight_decay) and weight_decay >= 0):
         raise ConfigError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
-    if name == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False
-        )
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    try:  # torch's ValueError/TypeError: no parameters, a non-leaf tensor, a repeated one...
+        if name == "sgd":
+            return torch.optim.SGD(
+                params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False
+            )
+        if name == "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot build the {name} optimizer: {exc}") from exc

@@ -49,7 +49,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         ConfigError: an unknown name, an argument the constructor does not take, or a bad
             argument value.
     """
-    factory = MODELS.get(name)
+    factory = MODELS.get(name) if isinstance(name, str) else None
     if factory is None:
         raise ConfigError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -11,6 +11,12 @@ from torch.nn import functional as F
 from deepzip.errors import ConfigError
 
 __all__ = ["BasicBlock", "TinyResNet"]
+
+
+def _check_sizes(sizes: Mapping[str, object]) -> None:
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -27,10 +33,14 @@ class BasicBlock(nn.Module):
         in_channels: channels of the input.
         out_channels: channels of the output.
         stride: stride of the first convolution (2 halves the resolution).
+
+    Raises:
+        ConfigError: a size or stride that is not an integer >= 1.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
+        _check_sizes({"in_channels": in_channels, "out_channels": out_channels, "stride": stride})
         self.conv1 = _conv3x3(in_channels, out_channels, stride)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = _conv3x3(out_channels, out_channels)
@@ -81,9 +91,7 @@ class TinyResNet(nn.Module):
             raise ConfigError(f"blocks must be a sequence of integers >= 1, got {blocks!r}")
         sizes = {"num_classes": num_classes, "in_channels": in_channels, "width": width}
         sizes.update({f"blocks[{i}]": n for i, n in enumerate(blocks)})
-        for name, value in sizes.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        _check_sizes(sizes)
         if not blocks:
             raise ConfigError("blocks must name at least one stage, got an empty sequence")
         self.conv = _conv3x3(in_channels, width)
