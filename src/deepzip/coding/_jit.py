@@ -33,11 +33,13 @@ def kernels() -> Kernels:
 
     * ``histogram(symbols, counts)``: ``counts[s] += 1`` for every symbol (``counts`` int64,
       zeroed by the caller, long enough for every symbol).
-    * ``pack_codes(symbols, codes, lengths, out) -> nbytes``: writes ``codes[s]`` in
-      ``lengths[s]`` bits (MSB-first, ``lengths[s] <= 32``) for every symbol into ``out``
+    * ``pack_codes(symbols, codes, lengths, out, tally=None) -> nbytes``: writes ``codes[s]``
+      in ``lengths[s]`` bits (MSB-first, ``lengths[s] <= 32``) for every symbol into ``out``
       (uint8) and returns the number of bytes the codes take, ``ceil(total_bits / 8)``, the
       last one zero-padded. Bytes past the end of ``out`` are counted but not written, so a
       return value above ``len(out)`` means ``out`` was too short (and holds only the start).
+      Given ``tally`` (int64, 2 entries), it sets ``tally[0]`` to the bits the codes take and
+      ``tally[1]`` to the number of symbols of length 0 (which write nothing).
     * ``unpack_fixed(payload, width, out)``: reads ``len(out)`` values of ``width`` bits
       (``0 <= width <= 32``); the caller checks that the payload holds them.
     * ``decode_huffman(payload, out, tsym, tlen, tbits, maxlen, limit, first, offset, syms)
@@ -61,14 +63,19 @@ def kernels() -> Kernels:
             counts[symbols[i]] += 1
 
     @njit
-    def pack_codes(symbols: Any, codes: Any, lengths: Any, out: Any) -> int:
+    def pack_codes(symbols: Any, codes: Any, lengths: Any, out: Any, tally: Any = None) -> int:
         acc = np.uint64(0)
         nacc = 0
         pos = 0
         size = out.shape[0]
+        bits = np.int64(0)  # (int64: pure Python would add in the lengths' uint8)
+        uncoded = 0
         for i in range(symbols.shape[0]):
             s = symbols[i]
             n = lengths[s]
+            if n == 0:
+                uncoded += 1
+            bits += np.int64(n)
             acc = (acc << np.uint64(n)) | np.uint64(codes[s])
             nacc += n
             while nacc >= 8:
@@ -80,6 +87,9 @@ def kernels() -> Kernels:
             if pos < size:
                 out[pos] = np.uint8((acc << np.uint64(8 - nacc)) & np.uint64(0xFF))
             pos += 1
+        if tally is not None:
+            tally[0] = bits
+            tally[1] = uncoded
         return pos
 
     @njit

@@ -80,7 +80,8 @@ def unpack_fixed(
 
     Args:
         data: at least ``ceil(count * width / 8)`` bytes; extra bytes are ignored. An array
-            is read as its bytes in memory order, whatever its dtype and shape.
+            is read as its bytes in row-major order (``data.tobytes()``), whatever its dtype
+            and shape.
         count: how many values.
         width: bits per value, 0..32.
         dtype: the output dtype (an unsigned type wide enough for ``width`` bits).
@@ -96,7 +97,7 @@ def unpack_fixed(
     out_dtype = np.dtype(dtype)
     if out_dtype.kind != "u" or out_dtype.itemsize * 8 < width:
         raise ValueError(f"dtype {out_dtype} cannot hold {width}-bit values")
-    if isinstance(data, np.ndarray):  # its bytes, whatever its dtype and shape
+    if isinstance(data, np.ndarray):  # its bytes (row-major), whatever its dtype and shape
         buf = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
     else:
         buf = np.frombuffer(data, dtype=np.uint8)
@@ -118,7 +119,7 @@ def pack_codes(
 
     Args:
         symbols: uint8 or uint16 symbols, each a valid index into ``codes`` and ``lengths``
-            (the caller has checked the range).
+            with a non-zero length.
         codes: uint32 code values, ``codes[s] < 2**lengths[s]``.
         lengths: uint8 code lengths, at most 32.
         total_bits: ``sum(lengths[symbols])``, which sizes the output.
@@ -127,10 +128,10 @@ def pack_codes(
         ``ceil(total_bits / 8)`` bytes, the last one zero-padded.
 
     Raises:
-        ValueError: symbols that are not uint8/uint16 or index past ``codes``, ``codes`` and
-            ``lengths`` of different sizes, a length above 32, a code wider than its length,
-            or a ``total_bits`` that is not the codes' total (checked without writing past
-            the output).
+        ValueError: symbols that are not uint8/uint16, that index past ``codes`` or whose
+            length is 0, ``codes`` and ``lengths`` of different sizes, a length above 32, a
+            code wider than its length, or a ``total_bits`` that is not the codes' total
+            (checked bit for bit, without writing past the output).
     """
     sym = np.ascontiguousarray(symbols).reshape(-1)
     if sym.dtype not in (np.uint8, np.uint16):
@@ -149,9 +150,15 @@ def pack_codes(
         raise ValueError(f"total_bits must be >= 0, got {total_bits}")
     nbytes = (total_bits + 7) // 8
     out = np.empty(nbytes, dtype=np.uint8)
-    written = kernels().pack_codes(sym, code_arr, len_arr, out)  # never writes past ``out``
-    if written != nbytes:
-        raise ValueError(f"total_bits {total_bits} does not match the codes ({written} bytes)")
+    tally = np.zeros(2, dtype=np.int64)  # the codes' bits, the symbols of length 0
+    written = kernels().pack_codes(sym, code_arr, len_arr, out, tally)  # never past ``out``
+    if int(tally[1]):
+        raise ValueError(f"{int(tally[1])} symbol(s) of length 0: a symbol used has no code")
+    if int(tally[0]) != total_bits:  # bit for bit: a byte count hides a total a few bits off
+        raise ValueError(
+            f"total_bits {total_bits} does not match the codes ({int(tally[0])} bits, "
+            f"{written} bytes)"
+        )
     return out.tobytes()
 
 

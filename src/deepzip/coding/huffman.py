@@ -220,9 +220,13 @@ def encode(symbols: np.ndarray, lengths: np.ndarray, counts: np.ndarray) -> byte
         ValueError: ``counts`` is not the histogram of ``symbols`` under these lengths, or a
             symbol has no code (see ``deepzip.coding.bitio.pack_codes``).
     """
-    total = encoded_bits(counts, lengths)
-    if total == 0:
+    if np.count_nonzero(np.asarray(lengths)) <= 1:  # nothing written: every symbol is the one
+        used = np.flatnonzero(np.asarray(lengths))
+        sym = np.asarray(symbols).reshape(-1)
+        if sym.size and (used.size == 0 or bool(np.any(sym != used[0]))):
+            raise ValueError("a symbol has no code (a one-symbol code codes only its symbol)")
         return b""
+    total = encoded_bits(counts, lengths)
     return pack_codes(symbols, canonical_codes(lengths), np.asarray(lengths, np.uint8), total)
 
 

@@ -162,9 +162,9 @@ def quantize_(
             with ``config.importance == "none"``; an ``include`` glob that matches a layer
             encoded with Weightless.
         InvalidTensorError: non-finite weights, or float64 surviving weights beyond the
-            float32 range of the codebook; importance of the wrong shape, negative, beyond the
-            float32 range, or zero (in float32) on all of a layer's surviving weights. Every
-            layer is checked before any changes.
+            float32 range of the codebook; importance that is not a real tensor, of the
+            wrong shape, negative, beyond the float32 range, or zero (in float32) on all of a
+            layer's surviving weights. Every layer is checked before any changes.
     """
     if config.importance == "none" and importance is not None:
         raise ConfigError(
@@ -267,6 +267,9 @@ def _importance_for(target: Target, importance: Mapping[str, torch.Tensor] | Non
     if importance is None or target.name not in importance:
         raise ConfigError(f"{target.name}: no importance tensor given for this layer")
     imp = importance[target.name]
+    if not isinstance(imp, torch.Tensor) or imp.is_complex():
+        what = imp.dtype if isinstance(imp, torch.Tensor) else type(imp).__name__
+        raise InvalidTensorError(f"{target.name}: importance must be a real tensor, got {what}")
     if imp.shape != target.tensor.shape:
         raise InvalidTensorError(
             f"{target.name}: importance has shape {tuple(imp.shape)}, "

@@ -55,13 +55,14 @@ class _ScaleGrad(torch.autograd.Function):
 
 
 class _Gather(torch.autograd.Function):
-    """``codebook[index]`` with the pruned positions set to +0.0; the backward sums each entry's
+    """``codebook[index]`` with the pruned positions +0.0; the backward sums each entry's
     gradient in a fixed order.
 
-    ``pruned`` is the mask's complement (a product with a 0/1 mask would give -0.0 where the
-    entry is negative, so the pruned positions are filled instead). ``order`` lists the kept
-    positions (flat) grouped by codebook entry, ``bounds`` (k + 1) where each entry's group
-    starts and ends in it.
+    ``index`` holds ``k`` (one past the codebook) at the pruned positions, which gather the
+    +0.0 appended to the codebook: one gather, no pass over a mask (a product with a 0/1 mask
+    would give -0.0 where the entry is negative, and a fill after the gather doubles the
+    forward's time). ``order`` lists the kept positions (flat) grouped by codebook entry,
+    ``bounds`` (k + 1) where each entry's group starts and ends in it.
     """
 
     @staticmethod
@@ -69,12 +70,11 @@ class _Gather(torch.autograd.Function):
         ctx: Any,
         codebook: torch.Tensor,
         index: torch.Tensor,
-        pruned: torch.Tensor,
         order: torch.Tensor,
         bounds: torch.Tensor,
     ) -> torch.Tensor:
         ctx.save_for_backward(order, bounds)
-        return codebook[index].masked_fill_(pruned, 0.0)
+        return torch.cat((codebook, codebook.new_zeros(1)))[index]
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -92,7 +92,7 @@ class _Gather(torch.autograd.Function):
             prefix = torch.zeros(members.numel() + 1, dtype=acc, device=grad.device)
             torch.cumsum(members.to(acc), 0, out=prefix[1:])
             sums = prefix[bounds[1:]] - prefix[bounds[:-1]]
-        return sums.to(grad.dtype), None, None, None, None
+        return sums.to(grad.dtype), None, None, None
 
 
 @dataclass(frozen=True)
@@ -157,8 +157,9 @@ class SharedWeight(nn.Module):
         self.register_forward_pre_hook(_refresh_before_forward)
 
     def _refresh(self, numel: int, dtype: torch.dtype) -> None:
-        """Rebuild the cached long indices, pruned positions, members' order and ``counts`` when the
-        buffers changed in place (their version counters) or moved (their storage)."""
+        """Rebuild the cached long indices (``numel`` at the pruned positions), members' order
+        and ``counts`` when the buffers changed in place (their version counters) or moved
+        (their storage)."""
         if self.indices.is_inference() or self.mask.is_inference():
             key = None  # inference tensors keep no version counter: rebuild every call
         else:
@@ -180,13 +181,15 @@ class SharedWeight(nn.Module):
                 counts = torch.bincount(members, minlength=numel)
                 bounds = torch.zeros(counts.numel() + 1, dtype=torch.long, device=counts.device)
                 torch.cumsum(counts, 0, out=bounds[1:])
-                self._plan = (index, self.mask.logical_not(), order, bounds)
+                # the pruned positions point one past the codebook, at the +0.0 _Gather adds
+                self._plan = (index.masked_fill(self.mask.logical_not(), numel), order, bounds)
                 if not torch.equal(counts, self.counts):
                     self.counts = counts
             self._plan_key = key
 
     def _gather(self, codebook: torch.Tensor) -> torch.Tensor:
-        """``codebook[indices] * mask``, with a reproducible backward (see :class:`_Gather`)."""
+        """``codebook[indices]``, +0.0 where pruned, with a reproducible backward (see
+        :class:`_Gather`)."""
         self._refresh(codebook.numel(), codebook.dtype)
         out: torch.Tensor = _Gather.apply(codebook, *self._plan)  # type: ignore[no-untyped-call]
         return out

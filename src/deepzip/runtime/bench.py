@@ -27,9 +27,11 @@ from torch.nn.utils.parametrize import type_before_parametrizations
 from deepzip.errors import ConfigError
 from deepzip.format.api import load_model
 from deepzip.format.dzip_reader import read_compressed
+from deepzip.quantize.shared import SharedTensor
 from deepzip.runtime.conv import SparseConv
 from deepzip.runtime.load import (
     RuntimeReport,
+    _check_overrides,
     _layer_decision,
     load_compressed,
     runtime_report,
@@ -205,17 +207,17 @@ def benchmark_layers(
         CheckpointError: the file does not fit the model.
         CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
         ConfigError: bad ``repeats``/``warmup``, an example input of no dimension, or one the
-            model cannot take (its forward pass fails: the message names the shape).
+            model cannot take (its forward pass fails: the message names the shape); a
+            runtime override of ``policy`` that matches no compressed layer.
     """
     policy, dense_model = _dense_and_policy(path, model, example_input, policy, repeats, warmup)
     cf = read_compressed(path)
     owners = [name.rsplit(".", 1)[0] if "." in name else "" for name in cf.shared]
-    captured = _capture_inputs(dense_model, owners, example_input)
     parents = weight_reading_parents(dense_model)
     registered: dict[int, list[str]] = {}  # every name of every module (shared ones too)
     for module_name, m in dense_model.named_modules(remove_duplicate=False):
         registered.setdefault(id(m), []).append(module_name)
-    timings: list[LayerTiming] = []
+    layers: list[tuple[str, SharedTensor, str, str, nn.Module, list[tuple[str, str]]]] = []
     seen: set[tuple[int, str]] = set()
     for (name, s), owner in zip(cf.shared.items(), owners, strict=True):
         attr = name.rsplit(".", 1)[-1]
@@ -223,16 +225,22 @@ def benchmark_layers(
         if (id(module), attr) in seen:  # a module registered under several names: timed once
             continue
         seen.add((id(module), attr))
-        weights = int(s.mask.numel())
-        density = int(s.mask.sum()) / weights if weights else 0.0
-        parent = parents.get(module)
-        # the form load_compressed gives the layer (an override on any of its names, the
-        # model itself as the layer)
         names = [(owner, name)] + [
             (o, f"{o}.{attr}" if o else attr)
             for o in registered.get(id(module), [owner])
             if o != owner
         ]
+        layers.append((name, s, owner, attr, module, names))
+    # as load_compressed does, before any timing: an override that matches no layer
+    _check_overrides(policy, [pair for *_, names in layers for pair in names], list(cf.shared))
+    captured = _capture_inputs(dense_model, owners, example_input)
+    timings: list[LayerTiming] = []
+    for name, s, owner, attr, module, names in layers:
+        weights = int(s.mask.numel())
+        density = int(s.mask.sum()) / weights if weights else 0.0
+        parent = parents.get(module)
+        # the form load_compressed gives the layer (an override on any of its names, the
+        # model itself as the layer)
         decision = _layer_decision(
             policy, names, module, attr, density, weights, dims=s.indices.dim(), parent=parent
         )
@@ -356,7 +364,8 @@ def benchmark_model(
         CheckpointError: the file does not fit the model.
         CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
         ConfigError: bad ``repeats``/``warmup``, an example input of no dimension, or one the
-            model cannot take (its forward pass fails: the message names the shape).
+            model cannot take (its forward pass fails: the message names the shape); a
+            runtime override of ``policy`` that matches no compressed layer.
     """
     policy, dense = _dense_and_policy(path, model, example_input, policy, repeats, warmup)
     runtime = load_compressed(path, copy.deepcopy(model), policy=policy).eval()

@@ -293,13 +293,26 @@ def _plan(
         plan = _Plan(name, owner, attr, module, s, others)
         by_layer[(id(module), attr)] = plan
         plans.append(plan)
+    _check_overrides(policy, [pair for p in plans for pair in p.names()], list(shared))
+    return plans
+
+
+def _check_overrides(
+    policy: RuntimePolicy, names: list[tuple[str, str]], layers: list[str]
+) -> None:
+    """Refuse an override of ``policy`` that matches none of ``names`` (every
+    ``(module name, tensor name)`` of every compressed layer; ``layers``, the file's tensor
+    names, go in the message).
+
+    Raises:
+        ConfigError: naming the override's pattern.
+    """
     for o in policy.overrides:
-        if not any(o.matches(owner, name) for p in plans for owner, name in p.names()):
+        if not any(o.matches(*pair) for pair in names):
             raise ConfigError(
                 f"runtime override {o.pattern!r} matches no compressed layer "
-                f"({', '.join(shared) or 'none'})"
+                f"({', '.join(layers) or 'none'})"
             )
-    return plans
 
 
 def _layer_decision(
