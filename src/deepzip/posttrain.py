@@ -100,7 +100,7 @@ class PostTrainConfig:
             :func:`~deepzip.quantize.scalar.step_quantize`): each tensor gets the levels its
             range needs, at most 256, instead of ``levels``/``2**bits`` spread over its range.
             Tensors a ``layer_bits`` glob matches keep their ``2**bits`` levels.
-        layer_bits: ``{glob: bits}`` per-tensor bits; the last matching glob wins.
+        layer_bits: ``((glob, bits), ...)`` per-tensor bits; the last matching glob wins.
         include: globs; when given, only matching tensors are compressed.
         exclude: globs of tensors left raw.
         min_elements: tensors with fewer elements are left raw (their codebook would cost
@@ -148,9 +148,17 @@ class PostTrainConfig:
         s = self.sparsity
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s < 1.0:
             raise ConfigError(f"sparsity must be a number in [0, 1), got {s!r}")
+        if not isinstance(self.layer_bits, tuple) or any(
+            not isinstance(p, tuple) or len(p) != 2 for p in self.layer_bits
+        ):  # a {glob: bits} dict would be read as its globs, each split into two characters
+            raise ConfigError(
+                f"layer_bits must be a tuple of (glob, bits) pairs, got {self.layer_bits!r}"
+            )
         for pattern, bits in self.layer_bits:
             if not isinstance(pattern, str) or not pattern:
                 raise ConfigError(f"layer_bits pattern must be a non-empty glob, got {pattern!r}")
+            if bits is None:  # QuantizeConfig takes None (per-layer defaults); here it is no width
+                raise ConfigError(f"layer_bits[{pattern!r}]: bits must be an integer, got None")
             try:
                 QuantizeConfig(bits=bits)
             except ConfigError as exc:
@@ -459,6 +467,16 @@ def _check_globs(names: Sequence[str], config: PostTrainConfig, index_bits: Inde
                 raise ConfigError(f"{key} pattern {g!r} matches no tensor (tensors: {sample})")
 
 
+def _layer_bits(layer_bits: Mapping[str, int] | None) -> tuple[tuple[str, int], ...]:
+    """``layer_bits`` as :class:`PostTrainConfig` takes it (``ConfigError`` for a non-mapping:
+    a list of pairs has no ``items``)."""
+    if layer_bits is None:
+        return ()
+    if not isinstance(layer_bits, Mapping):
+        raise ConfigError(f"layer_bits must be a {{glob: bits}} mapping, got {layer_bits!r}")
+    return tuple(layer_bits.items())
+
+
 def _globs(key: str, globs: Sequence[str]) -> tuple[str, ...]:
     """``include``/``exclude`` as a tuple; a bare string is refused, not split into characters."""
     check_glob_sequence(globs, key)
@@ -610,7 +628,7 @@ def compress_checkpoint(
         quantizer=quantizer,
         ecsq_lambda=ecsq_lambda,
         step=step,
-        layer_bits=tuple((layer_bits or {}).items()),
+        layer_bits=_layer_bits(layer_bits),
         include=_globs("include", include),
         exclude=_globs("exclude", exclude),
         min_elements=min_elements,

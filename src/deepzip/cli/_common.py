@@ -44,11 +44,12 @@ from deepzip.train import Callback, FitState, resolve_device
 from deepzip.zoo import create_model, model_names
 
 # Piped or redirected output has no terminal width; rich would then squeeze the wide per-layer
-# tables into 80 columns, so give it room (a terminal's own width is kept).
-console = Console()
+# tables into 80 columns, so give it room (a terminal's own width is kept). No emoji codes:
+# rich would print ``cuda:-1:`` or a file named ``a:+1:b`` with a thumb in place of ``:-1:``.
+console = Console(emoji=False)
 if not console.is_terminal:
-    console = Console(width=200)
-err_console = Console(stderr=True)
+    console = Console(width=200, emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 
 class _ProgressCallback(Callback):

@@ -13,6 +13,7 @@ from rich.progress import (
 )
 
 from deepzip.cli._common import (
+    DEFAULT_DATASET,
     _check_output,
     _demo_recipe,
     _device,
@@ -146,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f'{args.recipe}: the recipe names no model; add model = "..." or pass --model '
             f"({', '.join(model_names())})"
         )
-    dataset = args.dataset or recipe.dataset or "fashion-mnist"
+    dataset = args.dataset or recipe.dataset or DEFAULT_DATASET
     if args.start:
         recipe = recipe.without("train")
     if args.quick:
@@ -161,7 +162,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     recipe = _demo_recipe()
     if args.quick:
         recipe = quick_recipe(recipe)
-    dataset = args.dataset or recipe.dataset or "fashion-mnist"
+    dataset = args.dataset or recipe.dataset or DEFAULT_DATASET
     start = time.perf_counter()
     _run_and_report(args, recipe, "lenet-300-100", dataset, Path(args.out_dir))
     console.print(f"demo took {time.perf_counter() - start:.0f} s")

@@ -35,6 +35,7 @@ from deepzip.config import (
     TrainConfig,
     load_toml,
 )
+from deepzip.datasets import DATASETS
 from deepzip.errors import ConfigError
 from deepzip.format import save_checkpoint
 from deepzip.pipeline import (
@@ -93,16 +94,21 @@ def _check_recipe_alone(args: argparse.Namespace) -> None:
 
 def _recipe_names(recipe: str | None) -> tuple[str | None, str | None]:
     """The ``model`` and ``dataset`` keys of ``prune --recipe`` (a file, or a built-in name
-    that ``_prune_job`` has checked); ``(None, None)`` without a recipe."""
+    that ``_prune_job`` has checked); ``(None, None)`` without a recipe.
+
+    Raises:
+        ConfigError: naming the recipe: a ``model`` or ``dataset`` that is not a non-empty
+            string (as ``deepzip run`` refuses it).
+    """
     if recipe is None:
         return None, None
-    if Path(recipe).exists():
-        data = load_toml(recipe)
-        model, dataset = data.get("model"), data.get("dataset")
-    else:
-        builtin = Recipe.builtin(recipe)
-        model, dataset = builtin.model, builtin.dataset
-    return (None if model is None else str(model)), (None if dataset is None else str(dataset))
+    try:
+        parsed = Recipe.from_dict(load_toml(recipe)) if Path(recipe).exists() else None
+    except ConfigError as exc:
+        raise ConfigError(f"--recipe {recipe}: {exc}") from exc
+    if parsed is None:
+        parsed = Recipe.builtin(recipe)
+    return parsed.model, parsed.dataset
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -159,6 +165,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     # be the checkpoint's, rather than be ignored
     recipe_model, recipe_dataset = _recipe_names(args.recipe)
     if args.dataset is None:
+        if recipe_dataset is not None and recipe_dataset not in DATASETS:
+            raise ConfigError(
+                f"--recipe {args.recipe}: dataset {recipe_dataset!r} is not a data set deepzip "
+                f"knows ({', '.join(DATASETS)}); fix it, or give --dataset"
+            )
         args.dataset = recipe_dataset or DEFAULT_DATASET
     model, name = _load_model(args, device)
     if recipe_model is not None and recipe_model != name:

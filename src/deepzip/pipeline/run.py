@@ -408,7 +408,10 @@ def _mismatch(
     old = state.get("identity") or {}
     what = []
     if old.get("recipe_sha256") != identity["recipe_sha256"]:
-        what.append(describe_change(state.get("recipe") or {}, recipe.to_dict()))
+        recorded = state.get("recipe") or {}
+        given = json.loads(json.dumps(recipe.to_dict()))  # (tuples as the state's lists)
+        if recorded != given:  # an equal recipe hashed by an earlier deepzip: told below
+            what.append(describe_change(recorded, given))
     if old.get("model") != identity["model"]:
         what.append(f"model {old.get('model')!r} → {identity['model']!r}")
     elif old.get("model_sha256") != identity["model_sha256"]:
