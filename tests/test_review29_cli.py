@@ -136,15 +136,20 @@ def test_prune_refuses_a_recipe_for_another_model(
 
 
 def test_prune_help_says_where_the_data_set_comes_from(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # no line break inside "fashion-mnist"
+
     def help_text(command: str) -> str:
         with pytest.raises(SystemExit):
             main([command, "--help"])
         return " ".join(capsys.readouterr().out.split())
 
-    assert "(default: the recipe's, else fashion-mnist)" in help_text("prune")
-    assert "(default: fashion-mnist)" in help_text("quantize")
+    assert "(default: the recipe's, else the checkpoint's, else fashion-mnist)" in help_text(
+        "prune"
+    )
+    assert "(default: the checkpoint's, else fashion-mnist)" in help_text("quantize")
+    assert "(default: fashion-mnist)" in help_text("train")
 
 
 # ------------------------------------------------------------------ sensitivity skips

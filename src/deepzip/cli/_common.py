@@ -216,7 +216,11 @@ def _os_error(exc: OSError) -> str:
 
 
 def _load_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, str]:
-    """The zoo model named by ``--model`` or the checkpoint's metadata, with its weights."""
+    """The zoo model named by ``--model`` or the checkpoint's metadata, with its weights.
+
+    Without ``--dataset`` (``args.dataset`` is ``None``) the data set becomes the one the
+    checkpoint records (``deepzip.dataset``, written by ``train``, ``prune`` and
+    ``quantize``), else :data:`DEFAULT_DATASET`."""
     ckpt = read_checkpoint(args.checkpoint)
     name: str | None = args.model or ckpt.metadata.get("deepzip.model")
     if name is None:
@@ -224,28 +228,36 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Modu
             f"{args.checkpoint}: cannot tell the model architecture; pass --model "
             f"({', '.join(model_names())})"
         )
+    if getattr(args, "dataset", DEFAULT_DATASET) is None:  # no --dataset (nor a recipe's)
+        recorded = ckpt.metadata.get("deepzip.dataset")
+        if recorded is not None and recorded not in DATASETS:
+            raise ConfigError(
+                f"{args.checkpoint}: its data set {recorded!r} is not one deepzip knows "
+                f"({', '.join(DATASETS)}); give --dataset"
+            )
+        args.dataset = recorded or DEFAULT_DATASET  # the data set it was trained on
     model = create_model(name)
     apply_checkpoint(model, ckpt, strict=True, source=args.checkpoint)
     return model.to(device), name
 
 
 DEFAULT_DATASET = "fashion-mnist"
-"""The data set of a command given no ``--dataset`` (nor a recipe that names one)."""
+"""The data set of a command given no ``--dataset`` (nor a recipe or checkpoint that names
+one)."""
 
 
-def _add_data_args(p: argparse.ArgumentParser, *, recipe: bool = False) -> None:
-    """The data flags; with ``recipe`` (``deepzip prune``) ``--dataset`` defaults to ``None``,
-    for the command to take the ``--recipe``'s data set when it names one."""
-    p.add_argument(
-        "--dataset",
-        default=None if recipe else DEFAULT_DATASET,
-        choices=DATASETS,
-        help=(
-            f"data set (default: the recipe's, else {DEFAULT_DATASET})"
-            if recipe
-            else f"data set (default: {DEFAULT_DATASET})"
-        ),
-    )
+def _add_data_args(
+    p: argparse.ArgumentParser, *, checkpoint: bool = False, recipe: bool = False
+) -> None:
+    """The data flags. For a command that reads a ``checkpoint`` ``--dataset`` defaults to
+    ``None``: :func:`_load_model` then takes the checkpoint's data set; with ``recipe``
+    (``deepzip prune``) the ``--recipe``'s data set comes first, when it names one."""
+    if checkpoint or recipe:
+        first = "the recipe's, else the checkpoint's" if recipe else "the checkpoint's"
+        default, text = None, f"data set (default: {first}, else {DEFAULT_DATASET})"
+    else:
+        default, text = DEFAULT_DATASET, f"data set (default: {DEFAULT_DATASET})"
+    p.add_argument("--dataset", default=default, choices=DATASETS, help=text)
     p.add_argument(
         "--data-dir",
         default=None,

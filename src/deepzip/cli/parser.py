@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"retrain at lr × lr-scale (default: {_PRUNE_DEFAULTS['lr_scale']})",
     )
     p.add_argument("--json", default=None, help="also write the report as JSON")
-    _add_data_args(p, recipe=True)
+    _add_data_args(p, checkpoint=True, recipe=True)
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser(
@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_glob_args(p)
     p.add_argument("--json", default=None, help="also write the report as JSON")
-    _add_data_args(p)
+    _add_data_args(p, checkpoint=True)
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser(
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="accuracy budget (points) for the suggested per-layer sparsity (default: 1)",
     )
-    _add_data_args(p)
+    _add_data_args(p, checkpoint=True)
     p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser(

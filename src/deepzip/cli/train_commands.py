@@ -11,7 +11,6 @@ import torch
 
 from deepzip._atomic import atomic_write_text
 from deepzip.cli._common import (
-    DEFAULT_DATASET,
     _check_distinct,
     _check_output,
     _check_safetensors_output,
@@ -170,7 +169,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 f"--recipe {args.recipe}: dataset {recipe_dataset!r} is not a data set deepzip "
                 f"knows ({', '.join(DATASETS)}); fix it, or give --dataset"
             )
-        args.dataset = recipe_dataset or DEFAULT_DATASET
+        args.dataset = recipe_dataset  # None: the checkpoint's (see _load_model)
     model, name = _load_model(args, device)
     if recipe_model is not None and recipe_model != name:
         raise ConfigError(
