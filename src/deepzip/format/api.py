@@ -21,16 +21,23 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from deepzip._atomic import atomic_open
-from deepzip.config import CoderName, IndexBitsSpec, check_index_bits
+from deepzip.config import CoderName, IndexBitsSpec, check_coder, check_index_bits
 from deepzip.errors import CheckpointError, ConfigError, InvalidTensorError
-from deepzip.format.checkpoint import check_keys_fit, check_not_meta, plain_state_dict
+from deepzip.format.checkpoint import (
+    check_keys_fit,
+    check_loadable,
+    check_not_meta,
+    check_string_metadata,
+    load_plain_,
+    plain_state_dict,
+)
 from deepzip.format.dzip_reader import DzipReader
 from deepzip.format.dzip_report import InspectReport, SaveReport
 from deepzip.format.dzip_spec import (
     SAFETENSORS_DTYPE,
     dtype_itemsize,
 )
-from deepzip.format.dzip_writer import DzipWriter, GapWidth, Layout, tensor_bytes
+from deepzip.format.dzip_writer import _LAYOUTS, DzipWriter, GapWidth, Layout, tensor_bytes
 from deepzip.prune.parametrization import get_mask
 from deepzip.quantize.api import export_shared, strip_
 from deepzip.quantize.shared import SharedTensor
@@ -94,6 +101,11 @@ def _width_resolver(
         )
     out: dict[str, GapWidth] = dict.fromkeys(names, "auto")
     for pattern, bits in index_bits.items():
+        if not isinstance(pattern, str):
+            raise ConfigError(
+                f"index_bits keys are glob patterns (strings), got {pattern!r} "
+                f"({type(pattern).__name__})"
+            )
         spec = check_index_bits(f"index_bits[{pattern!r}]", bits)
         hits = [
             n
@@ -201,8 +213,9 @@ def save(
     mapping: ``SharedTensor`` values are stored shared (float32), tensors raw.
 
     Tied tensors are stored once: a name whose tensor is exactly one that an earlier name
-    holds (the same storage, offset, shape, strides and dtype; for a deepzip-parametrized
-    weight, the same parametrization, as when one module is registered under two names) is
+    holds (the same storage, offset, shape, strides and dtype; for a parametrized weight,
+    deepzip's or the user's, the same parametrization, as when one module is registered under
+    two names) is
     written as an alias of the first name (``ALIAS``, format 1.2), which costs only its
     directory entry; a partial overlap is not a tie. The report lists the alias with
     ``alias_of`` set and counts its elements once.
@@ -219,7 +232,8 @@ def save(
             it sets the width of the data stored under the first.
         layout: ``"auto"`` (the smaller of dense and sparse for each pruned quantized tensor),
             ``"sparse"`` (always the relative index) or ``"dense"``.
-        metadata: the caller's string key/values (stored under ``"user"``).
+        metadata: the caller's string key/values (stored under ``"user"``; a key or value
+            that is not a string is refused, not converted).
         recipe: the compression recipe (JSON-ready, or an object with ``to_dict()``).
         report: the per-layer report (JSON-ready, or an object with ``to_dict()``).
 
@@ -227,10 +241,17 @@ def save(
         The per-tensor report with the real file size and the ratio to float32.
 
     Raises:
-        ConfigError: bad ``coder``, ``layout``, ``index_bits`` or metadata.
-        InvalidTensorError: a tensor that cannot be stored, such as one on the meta device
-            (names it).
+        ConfigError: bad ``coder``, ``layout``, ``index_bits`` or metadata (checked whatever
+            tensors there are).
+        InvalidTensorError: a tensor that cannot be stored, such as one on the meta device,
+            or a state-dict key that is not a string (names it).
     """
+    check_coder(coder)
+    if not isinstance(layout, str) or layout not in _LAYOUTS:  # checked here: a model with no
+        raise ConfigError(  # shared tensor would never reach the writer's own check
+            f"layout must be one of {', '.join(map(repr, _LAYOUTS))}, got {layout!r}"
+        )
+    check_string_metadata(metadata, Path(path))
     weightless: dict[str, WeightlessWeight] = {}
     if isinstance(model_or_state_dict, nn.Module):
         model = model_or_state_dict
@@ -252,6 +273,10 @@ def save(
         model, state, shared, masks = None, model_or_state_dict, {}, {}
         is_conv = {}
         for name, value in state.items():
+            if not isinstance(name, str):
+                raise InvalidTensorError(
+                    f"state dict key {name!r} is not a string ({type(name).__name__})"
+                )
             if isinstance(value, SharedTensor):
                 shared[name] = value
                 is_conv[name] = value.indices.dim() >= 3
@@ -279,7 +304,7 @@ def save(
         _move_to_target(shared, name, target)
         _move_to_target(masks, name, target)
     widths = _width_resolver(index_bits, list(state), is_conv, alias_of)
-    meta: dict[str, Any] = {"user": {str(k): str(v) for k, v in (metadata or {}).items()}}
+    meta: dict[str, Any] = {"user": dict(metadata or {})}
     if recipe is not None:
         meta["recipe"] = _json_ready(recipe)
     if report is not None:
@@ -339,10 +364,14 @@ def load_state_dict(
 def load_model(model: nn.Module, path: str | os.PathLike[str], *, strict: bool = True) -> nn.Module:
     """Load a ``.dzip`` file's dense tensors into ``model`` in place.
 
-    Any pruning masks or shared weights on ``model`` are removed first (the loaded weights
-    carry the exact zeros and shared values). Names and shapes are checked before the model
-    is touched. A tied tensor's names all get its value: the model may tie them (one
-    ``Parameter``, or one module registered twice) or hold separate tensors.
+    Any pruning masks, shared weights or Weightless encodings on ``model`` are removed first
+    (the loaded weights carry the exact zeros and shared values): it ends with plain dense
+    tensors. Names and shapes are checked before the model is touched. Each value takes the
+    device and dtype of the model's tensor (as ``nn.Module.load_state_dict`` does). A tensor
+    under a parametrization of the model's own (not deepzip's: ``weight_norm``, say) is set
+    through its ``right_inverse``, as ``module.weight = value`` does. A tied tensor's names
+    all get its value: the model may tie them (one ``Parameter``, or one module registered
+    twice) or hold separate tensors.
 
     Args:
         model: a module with the same architecture.
@@ -353,9 +382,10 @@ def load_model(model: nn.Module, path: str | os.PathLike[str], *, strict: bool =
         ``model``.
 
     Raises:
-        CheckpointError: missing or unexpected keys (with ``strict``), a shape mismatch, or
-            a tensor of ``model`` on the meta device (loading into it would copy nothing);
-            the message names them.
+        CheckpointError: missing or unexpected keys (with ``strict``), a shape mismatch, a
+            tensor of ``model`` on the meta device (loading into it would copy nothing), or
+            one under a parametrization of the model's own without a ``right_inverse``; the
+            message names them.
         CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
     """
     state = load_state_dict(path)
@@ -371,8 +401,9 @@ def load_model(model: nn.Module, path: str | os.PathLike[str], *, strict: bool =
                 f"the model expects {tuple(t.shape)}"
             )
     check_not_meta(Path(path), {n: t for n, t in expected.items() if n in state}, saving=False)
+    check_loadable(Path(path), model, [n for n in expected if n in state])
     strip_(model)
-    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=strict)
+    load_plain_(model, {k: v for k, v in state.items() if k in expected}, Path(path))
     return model
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +28,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.utils import parametrize
 
 from deepzip._atomic import atomic_path
 from deepzip.coding.bloomier import BloomierFilter
 from deepzip.errors import CheckpointError, ConfigError, CorruptFileError, InvalidTensorError
 from deepzip.prune.api import mask_dict
-from deepzip.prune.parametrization import attach_mask, get_mask
+from deepzip.prune.parametrization import attach_mask, get_mask, get_quantization
 from deepzip.quantize.api import export_shared, strip_
-from deepzip.quantize.shared import SharedTensor, attach_shared
+from deepzip.quantize.shared import SharedTensor, attach_shared, get_shared
 from deepzip.quantize.weightless import attach_weightless, get_weightless
 
 __all__ = [
@@ -50,9 +51,12 @@ __all__ = [
     "check_bloomier_entry",
     "check_checkpoint_name",
     "check_keys_fit",
+    "check_loadable",
     "check_not_meta",
     "check_shared_entry",
+    "check_string_metadata",
     "load_checkpoint",
+    "load_plain_",
     "plain_state_dict",
     "read_checkpoint",
     "save_checkpoint",
@@ -73,7 +77,8 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict as the unpruned model would name it (masks applied, no mask buffers).
 
     Parametrized tensors appear under their plain name (``fc1.weight``) with their effective
-    value; the parametrizations' own buffers are left out.
+    value, a parametrization that stores several tensors (``weight_norm``'s ``original0``
+    and ``original1``) included; the parametrizations' own buffers are left out.
 
     Raises:
         InvalidTensorError: a state-dict entry that is not a tensor (a module's extra state
@@ -95,10 +100,82 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             out[key] = value.detach()
             continue
         attr, tail = rest.split(".", 1)
-        if tail == "original":
-            module = model.get_submodule(owner)
-            out[f"{owner}.{attr}" if owner else attr] = getattr(module, attr).detach()
+        # ``original``, or ``original0``, ``original1``... when the parametrization's
+        # right_inverse gives several tensors (``weight_norm``): one plain tensor either way
+        if tail == "original" or (tail.startswith("original") and tail[8:].isdigit()):
+            plain = f"{owner}.{attr}" if owner else attr
+            if plain not in out:
+                out[plain] = getattr(model.get_submodule(owner), attr).detach()
     return out
+
+
+def _users_parametrizations(module: nn.Module, attr: str) -> list[nn.Module]:
+    """The parametrizations on ``module.attr`` that are not deepzip's (``strip_`` keeps them)."""
+    if not parametrize.is_parametrized(module, attr):
+        return []
+    ours = (get_mask(module, attr), get_quantization(module, attr), get_weightless(module, attr))
+    return [
+        p
+        for p in module.parametrizations[attr]  # type: ignore[index]
+        if not any(p is o for o in ours)
+    ]
+
+
+def check_loadable(source: object, model: nn.Module, names: Iterable[str]) -> None:
+    """Refuse, before ``model`` is touched, a tensor that cannot take a stored value.
+
+    A stored tensor holds the plain value (:func:`plain_state_dict`). Where ``model`` has a
+    parametrization of its own on that tensor (not deepzip's, which loading removes), the
+    value goes in through the parametrizations' ``right_inverse`` (as ``module.weight =
+    value`` does), so each of them must have one.
+
+    Raises:
+        CheckpointError: naming ``source``, the tensor and the parametrization without a
+            ``right_inverse``.
+    """
+    for name in names:
+        owner_name, attr = name.rsplit(".", 1) if "." in name else ("", name)
+        for p in _users_parametrizations(model.get_submodule(owner_name), attr):
+            if not hasattr(p, "right_inverse"):
+                raise CheckpointError(
+                    f"{source}: tensor {name!r} is under the model's parametrization "
+                    f"{type(p).__name__}, which has no right_inverse: the stored value cannot "
+                    "be loaded into it (remove the parametrization, or give it a "
+                    "right_inverse)"
+                )
+
+
+def load_plain_(model: nn.Module, tensors: Mapping[str, torch.Tensor], source: object) -> None:
+    """Load tensors named as :func:`plain_state_dict` names them into ``model`` in place.
+
+    Call it after ``strip_`` and :func:`check_loadable`, with names and shapes already
+    checked. A tensor under a parametrization the model keeps (the user's own) is set through
+    its ``right_inverse``; each value takes the device and dtype of the model's tensor.
+
+    Raises:
+        CheckpointError: a name the model's ``load_state_dict`` does not take (naming it).
+    """
+    direct: dict[str, torch.Tensor] = {}
+    through: list[tuple[nn.Module, str, torch.Tensor]] = []
+    for name, value in tensors.items():
+        owner_name, attr = name.rsplit(".", 1) if "." in name else ("", name)
+        owner = model.get_submodule(owner_name)
+        if parametrize.is_parametrized(owner, attr):
+            through.append((owner, attr, value))
+        else:
+            direct[name] = value
+    result = model.load_state_dict(direct, strict=False)
+    if result.unexpected_keys:  # plain_state_dict and load_state_dict disagree on a name
+        raise CheckpointError(
+            f"{source}: tensors the model did not take: {', '.join(result.unexpected_keys[:5])}"
+        )
+    with torch.no_grad():
+        for owner, attr, value in through:
+            current = getattr(owner, attr)
+            # a copy: torch stores what right_inverse returns (weight_norm's ``v`` is its
+            # input) by ``set_``, which would share one loaded tensor between tensors the
+            # model keeps apart
+            setattr(owner, attr, value.to(device=current.device, dtype=current.dtype, copy=True))
 
 
 def check_keys_fit(source: object, missing: list[str], unexpected: list[str]) -> None:
@@ -168,6 +245,30 @@ class Checkpoint:
         self.metadata = metadata
 
 
+def check_string_metadata(metadata: object, source: object) -> None:
+    """Refuse caller metadata that is not ``None`` or a mapping of strings to strings.
+
+    A value or key of another type is not turned into a string: ``{1: "a", "1": "b"}`` would
+    lose one entry, and ``None`` would read back as ``"None"``.
+
+    Raises:
+        ConfigError: naming ``source`` (the file) and the first bad key or value.
+    """
+    if metadata is None:
+        return
+    if not isinstance(metadata, Mapping):
+        raise ConfigError(
+            f"{source}: metadata must be a mapping of strings to strings, got "
+            f"{type(metadata).__name__}"
+        )
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ConfigError(
+                f"{source}: metadata must map strings to strings, got {key!r}: {value!r} "
+                f"({type(key).__name__}: {type(value).__name__})"
+            )
+
+
 def check_checkpoint_name(path: str | os.PathLike[str], what: str | None = None) -> None:
     """Refuse a checkpoint name that is not ``.safetensors``.
 
@@ -202,16 +303,30 @@ def save_checkpoint(
 
     Raises:
         ConfigError: ``path`` is not named ``.safetensors`` (checkpoints are read by their
-            suffix: under another name the file could not be read back).
+            suffix: under another name the file could not be read back); ``metadata`` is not
+            a mapping of strings to strings; a layer is in the middle of an incremental
+            quantization run (SLQ, MLQ, INQ: its frozen weights and mask have no place in a
+            checkpoint), named.
         InvalidTensorError: a tensor on the meta device (no values to write), named.
         CheckpointError: the file could not be written (a full disk: safetensors reports it
             with its own error type); no file is left behind.
     """
     dest = Path(path)
     check_checkpoint_name(dest)
+    check_string_metadata(metadata, dest)
+    for mod_name, module in model.named_modules():
+        for attr in getattr(module, "parametrizations", {}):
+            if get_quantization(module, attr) is not None and get_shared(module, attr) is None:
+                name = f"{mod_name}.{attr}" if mod_name else attr
+                raise ConfigError(
+                    f"{name}: the layer is in the middle of an incremental quantization run "
+                    "(a FrozenWeight from SLQ, MLQ or INQ): a checkpoint cannot hold its "
+                    f"frozen weights and pruning mask, so {dest} is not written; finish the "
+                    "run first, or strip_ the model to save its current weights"
+                )
     plain = plain_state_dict(model)
     check_not_meta(dest, plain, saving=True)
-    tensors = {k: v.contiguous().cpu() for k, v in plain.items()}
+    tensors = _unshared({k: v.contiguous().cpu() for k, v in plain.items()})
     masks = mask_dict(model)
     train_encoded: dict[str, bool] = {}
     for name, s in export_shared(model).items():
@@ -230,7 +345,7 @@ def save_checkpoint(
         m = get_mask(model.get_submodule(owner), attr)
         assert m is not None
         stds[name] = float(m.reference_std)
-    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    meta = dict(metadata or {})
     meta.update(
         {
             "deepzip.format": "checkpoint",
@@ -247,6 +362,26 @@ def save_checkpoint(
             raise CheckpointError(f"{dest}: cannot write the checkpoint: {exc}") from exc
         _fix_header_order(tmp)
     return dest
+
+
+def _unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with every one whose storage an earlier one uses copied.
+
+    safetensors refuses two entries over one storage, which a model with tied weights (one
+    module registered twice, an embedding and an output layer sharing a ``Parameter``) or a
+    buffer that is a view of another gives; each name gets its own copy (loading gives them
+    the same values, and a model that ties them gets its tie back).
+    """
+    seen: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen:
+            t = t.clone()
+        elif ptr:
+            seen.add(ptr)
+        out[name] = t
+    return out
 
 
 def _fix_header_order(path: Path) -> None:
@@ -499,9 +634,13 @@ def load_checkpoint(
 
     Everything is checked before the model is touched: a failed load leaves it as it was.
 
+    A tensor under a parametrization of the model's own (not deepzip's: ``weight_norm``, say)
+    is set through its ``right_inverse``, as ``module.weight = value`` does.
+
     Raises:
         CheckpointError: missing or unexpected keys (with ``strict``), a shape mismatch, a
-            mask for a tensor the model does not have, or a model tensor on the meta device
+            mask for a tensor the model does not have, a model tensor on the meta device, or
+            one under a parametrization of the model's own without a ``right_inverse``
             (names the tensor).
     """
     return apply_checkpoint(model, read_checkpoint(path), strict=strict, source=str(path))
@@ -530,6 +669,7 @@ def apply_checkpoint(
             f"the model expects {tuple(expected[name].shape)}{more}"
         )
     check_not_meta(source, {n: t for n, t in expected.items() if n in ckpt.tensors}, saving=False)
+    check_loadable(source, model, [n for n in expected if n in ckpt.tensors])
     # every mask must name a tensor of the model (even without ``strict``): checked here, so
     # that a bad name fails before strip_ and load_state_dict change the model
     modules: dict[str, nn.Module] = {}
@@ -541,8 +681,15 @@ def apply_checkpoint(
             )
         owner = name.rsplit(".", 1)[0] if "." in name else ""
         modules[name] = model.get_submodule(owner)  # exists: the model has the tensor
+        users = _users_parametrizations(modules[name], name.rsplit(".", 1)[-1])
+        if users:
+            raise CheckpointError(
+                f"{source}: tensor {name!r} is pruned or quantized in the checkpoint, and "
+                f"under the model's own parametrization {type(users[0]).__name__}, which "
+                "deepzip does not put a mask or shared weights under: remove it first"
+            )
     strip_(model)
-    model.load_state_dict({k: v for k, v in ckpt.tensors.items() if k in expected}, strict=strict)
+    load_plain_(model, {k: v for k, v in ckpt.tensors.items() if k in expected}, source)
     for name, mask in ckpt.masks.items():
         attr = name.rsplit(".", 1)[-1]
         module = modules[name]
