@@ -20,7 +20,13 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrize import type_before_parametrizations
 
 from deepzip.errors import CheckpointError, ConfigError
-from deepzip.format.checkpoint import check_keys_fit, check_not_meta, plain_state_dict
+from deepzip.format.checkpoint import (
+    check_keys_fit,
+    check_loadable,
+    check_not_meta,
+    load_plain_,
+    plain_state_dict,
+)
 from deepzip.format.dzip_reader import read_compressed
 from deepzip.quantize.api import strip_
 from deepzip.quantize.shared import SharedTensor
@@ -517,11 +523,9 @@ def load_compressed(
     # everything compress_modules_ checks (overrides too), before strip_ touches the model;
     # strip_ and load_state_dict keep the module objects the plans hold
     plans = _plan(model, {k: v for k, v in shared.items() if k in expected}, policy)
+    raw = {k: v for k, v in cf.raw.items() if k in expected}
+    check_loadable(source, model, raw)  # a parametrization of the model's own (weight_norm)
     strip_(model)
-    result = model.load_state_dict({k: v for k, v in cf.raw.items() if k in expected}, strict=False)
-    if result.unexpected_keys:  # plain_state_dict and load_state_dict disagree on a name
-        raise CheckpointError(
-            f"{source}: tensors the model did not take: {', '.join(result.unexpected_keys[:5])}"
-        )
+    load_plain_(model, raw, source)  # through such a parametrization's right_inverse
     _apply(model, plans, policy)
     return model
