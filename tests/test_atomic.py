@@ -128,3 +128,14 @@ def test_a_failed_block_is_not_fsynced_or_renamed(
         write_half_then_fail()
     assert calls == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_destination_is_refused_naming_it(tmp_path: Path) -> None:
+    # the rename failed only after the write, naming the temporary file first
+    dest = tmp_path / "out.dzip"
+    dest.mkdir()
+    with pytest.raises(IsADirectoryError) as info, atomic_path(dest) as tmp:
+        tmp.write_bytes(b"never")
+    assert info.value.filename == str(dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.dzip"]
+    assert list(dest.iterdir()) == []

@@ -101,6 +101,8 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
 def _atomic_path(dest: str | os.PathLike[str], *, sync: bool) -> Iterator[Path]:
     """:func:`atomic_path`; ``sync=False`` when the caller fsyncs the file itself."""
     target = Path(dest)
+    if target.is_dir():  # the rename would fail only after the work, naming the temporary file
+        raise IsADirectoryError(errno.EISDIR, "a directory, not a file to write", str(target))
     created = _make_parents(target.parent)
     try:
         tmp = _create_temp(target)
