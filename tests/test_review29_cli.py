@@ -232,17 +232,25 @@ def test_bench_example_input_too_large_is_one_line(
 
 
 def test_verbose_logs_deepzips_debug_messages_not_every_librarys() -> None:
-    # -v set the root logger to DEBUG: matplotlib's font manager alone printed 268 lines
+    # -v set the root logger to DEBUG: matplotlib's font manager alone printed 268 lines; and
+    # the deepzip logger stayed at DEBUG for a later main() in the same process
     code = (
         "import logging\n"
+        "import deepzip.cli.parser as parser\n"
+        "seen = []\n"
+        "def probe(args):\n"
+        "    seen.append((logging.getLogger('deepzip.x').isEnabledFor(logging.DEBUG),"
+        " logging.getLogger('matplotlib').isEnabledFor(logging.DEBUG)))\n"
+        "    return 0\n"
+        "parser.cmd_inspect = probe\n"
         "from deepzip.cli import main\n"
-        "main(['-v', 'inspect', 'missing.dzip'])\n"
-        "print(logging.getLogger('deepzip.x').isEnabledFor(logging.DEBUG),"
-        " logging.getLogger('matplotlib').isEnabledFor(logging.DEBUG))\n"
+        "main(['-v', 'inspect', 'x.dzip'])\n"
+        "main(['inspect', 'x.dzip'])\n"
+        "print(seen, logging.getLogger('deepzip.x').isEnabledFor(logging.DEBUG))\n"
     )
     done = _python("-c", code)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True", "False"]
+    assert done.stdout.strip() == "[(True, False), (False, False)] False"
 
 
 def test_without_verbose_debug_messages_stay_hidden() -> None:

@@ -7,6 +7,7 @@ that a file being written is removed rather than left as a temporary file.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -32,8 +33,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logger = logging.getLogger("deepzip")
+    level = logger.level
     if args.verbose:  # deepzip's own debug messages, not those of every library it imports
-        logging.getLogger("deepzip").setLevel(logging.DEBUG)
+        logger.setLevel(logging.DEBUG)
+    try:
+        return _run(args)
+    finally:  # for this command only: a later main() in the process without -v logs none
+        logger.setLevel(level)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; the exit code, with errors and signals as one line."""
     try:
         with _terminate_as_interrupt():
             code: int = args.func(args)
