@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any, Literal
 import torch
 
 from deepzip.config import CoderName, IndexBitsSpec, QuantizeConfig, check_index_bits
-from deepzip.errors import CheckpointError, ConfigError
+from deepzip.errors import CheckpointError, ConfigError, InvalidTensorError
 from deepzip.format.api import IndexBits, gap_width, tie_key
 from deepzip.format.checkpoint import (
     BLOOMIER_PREFIX,
@@ -40,11 +41,12 @@ from deepzip.format.checkpoint import (
     MASK_PREFIX,
     check_bloomier_entry,
     check_shared_entry,
+    check_string_metadata,
     load_pickled_state_dict,
 )
 from deepzip.format.dzip_report import SaveReport
 from deepzip.format.dzip_spec import MAX_K
-from deepzip.format.dzip_writer import DzipWriter, GapWidth, Layout
+from deepzip.format.dzip_writer import _LAYOUTS, DzipWriter, GapWidth, Layout
 from deepzip.prune.masks import check_finite, sparsity_mask
 from deepzip.quantize.kmeans import KMeansResult, bits_to_k, kmeans_1d
 from deepzip.quantize.scalar import check_step, ecsq_quantize, step_quantize, uniform_quantize
@@ -76,6 +78,7 @@ LeNets in ``benchmarks/posttrain.py`` (11.7x on LeNet-300-100, 9.7x on LeNet-5);
 (``levels=``) trade accuracy for ratio."""
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_F32_MAX = torch.finfo(torch.float32).max
 
 ProgressFn = Callable[[str, int, int], None]
 """``progress(tensor name, index, total)``, called before each tensor is processed."""
@@ -366,8 +369,14 @@ def _open_source(src: Path) -> _Source:
     if suffix == ".safetensors":
         return _safetensors_source([src], label)
     if suffix in (".pt", ".pth", ".bin"):
-        state = load_pickled_state_dict(src, mmap=True)
-        return _Source(list(state), state.__getitem__, [src], label=label, ties=True)
+        # torch maps only the zip format (PyTorch >= 1.6); a legacy file is read into memory
+        state = load_pickled_state_dict(src, mmap=zipfile.is_zipfile(src))
+
+        def load(name: str) -> torch.Tensor:
+            # a saved nn.Parameter comes back requiring grad: its values only are needed
+            return state[name].detach()
+
+        return _Source(list(state), load, [src], label=label, ties=True)
     raise CheckpointError(
         f"{src}: unknown checkpoint type {suffix!r}; expected .safetensors, .pt, .pth "
         "or a Hugging Face model directory"
@@ -444,12 +453,26 @@ def _skip_reason(name: str, tensor: torch.Tensor, config: PostTrainConfig) -> st
             return f"excluded by pattern {pattern!r}"
     if config.include and not any(matches(p, module, attr) for p in config.include):
         return "not matched by any include pattern"
+    dtype = str(tensor.dtype).removeprefix("torch.")
     if tensor.dtype not in _FLOATS:
-        return f"not a floating-point tensor ({str(tensor.dtype).removeprefix('torch.')})"
+        if tensor.is_floating_point():  # float8: its own format, stored as it is
+            return f"{dtype} tensor (only float32, float16, bfloat16 and float64 are compressed)"
+        return f"not a floating-point tensor ({dtype})"
     if tensor.dim() < 2:
         return f"{tensor.dim()}-D tensor (bias/normalization vector, kept in float)"
     if tensor.numel() < config.min_elements:
         return f"{tensor.numel()} elements, fewer than min_elements={config.min_elements}"
+    if (
+        tensor.dtype == torch.float64
+        and config.levels_for(name) is not None
+        and tensor.layout == torch.strided
+        and not tensor.is_meta
+    ):
+        # the levels are float32: a finite float64 beyond its range has no level (NaN and
+        # infinity are left to the finiteness check, which names them)
+        largest = float(tensor.abs().max())
+        if _F32_MAX < largest < float("inf"):
+            return f"float64 values beyond float32's range (largest magnitude {largest:g}), kept"
     return None
 
 
@@ -541,11 +564,14 @@ def compress_checkpoint(
 ) -> SaveReport:
     """Compress a checkpoint into a ``.dzip`` file without data: prune, quantize, code.
 
-    Each floating-point tensor of 2 or more dimensions (and at least ``min_elements``
-    elements) that the globs select is pruned to ``sparsity`` by magnitude, quantized to
-    ``2**bits`` shared values and entropy-coded; every other tensor is stored raw and listed
-    in ``report.skipped`` with the reason. Tensors are read, compressed and written one at a
-    time, so memory holds one tensor (and its temporaries) at a time. A tensor a pickled state
+    Each floating-point tensor (float32, float16, bfloat16 or float64) of 2 or more
+    dimensions (and at least ``min_elements`` elements) that the globs select is pruned to
+    ``sparsity`` by magnitude, quantized to ``2**bits`` shared values and entropy-coded; every
+    other tensor (biases and normalization vectors, integer and bool buffers, float8, a float64
+    tensor beyond float32's range) is stored raw and listed in ``report.skipped`` with the
+    reason. Tensors are read, compressed and written one at a time, so memory holds one tensor
+    (and its temporaries) at a time (a ``.pt`` file in the legacy, pre-zip format of
+    PyTorch < 1.6 is read whole, as torch cannot map it). A tensor a pickled state
     dict holds under several names (tied embeddings) is stored once, as ``ALIAS`` entries
     (``docs/format.md`` 6.6), when its names get the same treatment (else each is compressed
     by its own settings).
@@ -600,7 +626,8 @@ def compress_checkpoint(
         requantize: whether the weight-shared tensors of a deepzip checkpoint are quantized
             again by these settings; ``None`` (default): when any of ``bits``, ``levels``,
             ``step``, ``quantizer`` and ``ecsq_lambda`` differs from its default.
-        metadata: the caller's string key/values.
+        metadata: the caller's string key/values (a key or value that is not a string is
+            refused, not converted).
         progress: called with ``(name, index, total)`` before each tensor.
 
     Returns:
@@ -609,9 +636,11 @@ def compress_checkpoint(
     Raises:
         CheckpointError: the checkpoint cannot be read, or its deepzip entries are unknown,
             incomplete or do not fit their tensor (names it).
-        ConfigError: a bad setting, a glob that matches no tensor, or ``dest`` is (a shard
-            of) the checkpoint ``src``.
-        InvalidTensorError: a selected tensor holds NaN or infinity (names it).
+        ConfigError: a bad setting (``layout`` and ``metadata`` included, checked before
+            anything is read), a glob that matches no tensor, or ``dest`` is (a shard of) the
+            checkpoint ``src``.
+        InvalidTensorError: a selected tensor holds NaN or infinity, is on the meta device or
+            is not strided (sparse), or a tensor cannot be stored (names it).
     """
     if requantize is None:
         requantize = (
@@ -635,6 +664,11 @@ def compress_checkpoint(
         requantize=requantize,
     )
     _check_index_bits(index_bits)
+    if not isinstance(layout, str) or layout not in _LAYOUTS:  # checked here: a checkpoint
+        raise ConfigError(  # with nothing to quantize never reaches the writer's own check
+            f"layout must be one of {', '.join(map(repr, _LAYOUTS))}, got {layout!r}"
+        )
+    check_string_metadata(metadata, Path(dest))
     source = _open_source(Path(src))
     _check_dest(Path(dest), source)
     _check_globs(source.tensors, config, index_bits)
@@ -644,7 +678,7 @@ def compress_checkpoint(
         config = replace(config, requantize=False)
     layers: dict[str, dict[str, Any]] = {}
     meta: dict[str, Any] = {
-        "user": {str(k): str(v) for k, v in (metadata or {}).items()},
+        "user": dict(metadata or {}),
         "recipe": config.to_dict(),
     }
     # a tied tensor (one tensor under several names, as a pickled state dict with tied
@@ -719,6 +753,13 @@ def _compress_tensor(
     ``sparsity`` prunes further; a weight-shared tensor of the checkpoint keeps its codebook
     unless the config re-quantizes it.
     """
+    if tensor.is_meta:
+        raise InvalidTensorError(
+            f"{name}: a tensor on the meta device has no values to store; materialize the "
+            "model first (model.to_empty(device=...) and load its weights)"
+        )
+    if tensor.layout != torch.strided:
+        raise InvalidTensorError(f"{name}: only strided (dense) tensors can be stored")
     values = tensor if prior is None else prior.values(tensor)
     check_finite(name, values)
     pruned = values != 0  # exact zeros are pruned weights: no level may replace them
