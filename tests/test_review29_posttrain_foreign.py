@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from deepzip.errors import ConfigError, InvalidTensorError
@@ -140,3 +141,16 @@ def test_float8_tensors_are_kept_raw_with_a_true_reason(tmp_path: Path) -> None:
     back = load_state_dict(tmp_path / "f8.dzip")["w"]
     assert back.dtype == torch.float8_e4m3fn
     assert torch.equal(back.view(torch.uint8), w.view(torch.uint8))
+
+
+def test_progress_must_be_callable_and_min_elements_not_negative(tmp_path: Path) -> None:
+    # progress=3 failed with a plain TypeError at the first tensor; min_elements=-1 was taken as 0
+    from deepzip.posttrain import PostTrainConfig
+
+    src = tmp_path / "m.safetensors"
+    save_file({"w": torch.randn(32, 32)}, str(src))
+    with pytest.raises(ConfigError, match="progress must be a callable"):
+        compress_checkpoint(src, tmp_path / "m.dzip", progress=3)  # type: ignore[arg-type]
+    assert not (tmp_path / "m.dzip").exists()
+    with pytest.raises(ConfigError, match=r"min_elements must be an integer >= 0, got -1"):
+        PostTrainConfig(min_elements=-1)

@@ -170,8 +170,12 @@ class PostTrainConfig:
             # a bare string would be read as one glob per character
             if not isinstance(globs, tuple) or any(not isinstance(g, str) or not g for g in globs):
                 raise ConfigError(f"{key} must be a tuple of non-empty glob strings, got {globs!r}")
-        if isinstance(self.min_elements, bool) or not isinstance(self.min_elements, int):
-            raise ConfigError(f"min_elements must be an integer, got {self.min_elements!r}")
+        if (
+            isinstance(self.min_elements, bool)
+            or not isinstance(self.min_elements, int)
+            or self.min_elements < 0
+        ):
+            raise ConfigError(f"min_elements must be an integer >= 0, got {self.min_elements!r}")
         if not isinstance(self.requantize, bool):
             raise ConfigError(f"requantize must be True or False, got {self.requantize!r}")
 
@@ -636,9 +640,9 @@ def compress_checkpoint(
     Raises:
         CheckpointError: the checkpoint cannot be read, or its deepzip entries are unknown,
             incomplete or do not fit their tensor (names it).
-        ConfigError: a bad setting (``layout`` and ``metadata`` included, checked before
-            anything is read), a glob that matches no tensor, or ``dest`` is (a shard of) the
-            checkpoint ``src``.
+        ConfigError: a bad setting (``layout``, ``metadata`` and ``progress`` included,
+            checked before anything is read), a glob that matches no tensor, or ``dest`` is
+            (a shard of) the checkpoint ``src``.
         InvalidTensorError: a selected tensor holds NaN or infinity, is on the meta device or
             is not strided (sparse), or a tensor cannot be stored (names it).
     """
@@ -669,6 +673,8 @@ def compress_checkpoint(
             f"layout must be one of {', '.join(map(repr, _LAYOUTS))}, got {layout!r}"
         )
     check_string_metadata(metadata, Path(dest))
+    if progress is not None and not callable(progress):
+        raise ConfigError(f"progress must be a callable or None, got {progress!r}")
     source = _open_source(Path(src))
     _check_dest(Path(dest), source)
     _check_globs(source.tensors, config, index_bits)
