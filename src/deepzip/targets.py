@@ -16,7 +16,9 @@ A parameter computed by a parametrization that is not deepzip's (``weight_norm``
 ``original0`` and ``original1`` make the weight, ``orthogonal``, one's own) is skipped with that
 reason: its stored tensor is not the weight, and pruning or weight sharing would replace the
 user's parametrization. An uninitialized parameter of a lazy module (``LazyLinear`` before its
-first forward pass) is an error naming it.
+first forward pass) that would be selected is an error naming it; one that would not (a
+``LazyBatchNorm1d``'s) is skipped with its reason. A layer of a default type whose ``weight``
+is a buffer, not a parameter, is skipped with that reason: only parameters are compressed.
 """
 
 from __future__ import annotations
@@ -192,13 +194,10 @@ def _full(module_name: str, param_name: str) -> str:
     return f"{module_name}.{param_name}" if module_name else param_name
 
 
-def _named_params(
-    model: nn.Module,
-) -> Iterable[tuple[tuple[str, ...], str, nn.Module, torch.Tensor]]:
-    """(every name of the module, attribute name, module, tensor), once per module and
-    attribute, seeing through parametrizations. A module registered under several names comes
-    once, at its first name, with all of them (first first); a tensor registered under
-    several attributes of one module comes once per attribute (they are tied)."""
+def _modules(model: nn.Module) -> list[tuple[tuple[str, ...], nn.Module]]:
+    """(every name of the module, module) in module order, parametrize's own modules left
+    out. A module registered under several names comes once, at its first name, with all of
+    them (first first)."""
     # parametrize's own modules (the ParametrizationList and what it holds) are not layers;
     # found by identity, since at the root their names have no leading dot
     inner = {
@@ -216,16 +215,21 @@ def _named_params(
             names[id(module)] = []
             modules.append(module)
         names[id(module)].append(mod_name)
-    for module in modules:
-        mod_names = tuple(names[id(module)])
-        seen: set[str] = set()
-        if parametrize.is_parametrized(module):
-            for attr in cast(nn.ModuleDict, module.parametrizations):
-                seen.add(attr)
-                yield mod_names, attr, module, getattr(module, attr)
-        for attr, param in module.named_parameters(recurse=False, remove_duplicate=False):
-            if attr not in seen:
-                yield mod_names, attr, module, param
+    return [(tuple(names[id(module)]), module) for module in modules]
+
+
+def _own_params(module: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
+    """(attribute name, tensor) of the module's own parameters, seeing through
+    parametrizations; a tensor registered under several attributes comes once per attribute
+    (they are tied)."""
+    seen: set[str] = set()
+    if parametrize.is_parametrized(module):
+        for attr in cast(nn.ModuleDict, module.parametrizations):
+            seen.add(attr)
+            yield attr, getattr(module, attr)
+    for attr, param in module.named_parameters(recurse=False, remove_duplicate=False):
+        if attr not in seen:
+            yield attr, param
 
 
 def select_targets(
@@ -248,17 +252,26 @@ def select_targets(
     named by its first name, with the others in ``module_aliases``; a tensor stored under two
     attributes (of one module or of two) is tied, and skipped with that reason.
 
+    A layer of one of ``layer_types`` whose ``weight`` is a buffer, not a parameter, is
+    skipped with that reason (only parameters are compressed).
+
     Returns:
         The selected targets (module order) and the skipped parameters with reasons.
 
     Raises:
-        ConfigError: ``include`` or ``exclude`` is a string, not a sequence of globs; a glob in
-            them matches no parameter at all; a parameter that would be selected is an
-            uninitialized parameter of a lazy module.
+        ConfigError: ``include`` or ``exclude`` is a string, not a sequence of globs, or holds
+            something other than a non-empty string; a glob in them matches no parameter at
+            all; a parameter that would be selected is an uninitialized parameter of a lazy
+            module.
     """
-    check_patterns_match(model, include, "include")
-    check_patterns_match(model, exclude, "exclude")
-    entries = list(_named_params(model))
+    check_patterns_match(model, include, "include", layer_types=layer_types)
+    check_patterns_match(model, exclude, "exclude", layer_types=layer_types)
+    modules = _modules(model)
+    entries = [
+        (mod_names, attr, module, tensor)
+        for mod_names, module in modules
+        for attr, tensor in _own_params(module)
+    ]
     # the attributes (of one module or of several) that store one tensor are tied; the other
     # names of a module registered under several names are not: it is one layer
     tied: dict[int, list[str]] = {}
@@ -281,7 +294,25 @@ def select_targets(
             targets.append(Target(full, mod_names[0], attr, module, kind, mod_names[1:]))
         else:
             skipped.append(Skipped(full, reason))
+    for mod_names, module in _buffer_weights(modules, layer_types):
+        # no parameter lists it, yet it is a layer left out all the same
+        reason = _pattern_reason(mod_names, "weight", include, exclude) or (
+            f"{layer_type(module)}.weight: a buffer, not a parameter; only parameters "
+            "are compressed"
+        )
+        skipped.append(Skipped(_full(mod_names[0], "weight"), reason))
     return TargetSelection(tuple(targets), tuple(skipped))
+
+
+def _buffer_weights(
+    modules: list[tuple[tuple[str, ...], nn.Module]], layer_types: tuple[type[nn.Module], ...]
+) -> list[tuple[tuple[str, ...], nn.Module]]:
+    """The modules of ``layer_types`` whose ``weight`` is a buffer, not a parameter."""
+    return [
+        (mod_names, module)
+        for mod_names, module in modules
+        if isinstance(module, layer_types) and module._buffers.get("weight") is not None
+    ]
 
 
 def _plist(module: nn.Module, attr: str) -> nn.Module:
@@ -319,6 +350,18 @@ def _is_deepzips(parametrization: nn.Module) -> bool:
     return type(parametrization).__module__.split(".", 1)[0] == "deepzip"
 
 
+def _pattern_reason(
+    mod_names: tuple[str, ...], attr: str, include: Sequence[str], exclude: Sequence[str]
+) -> str | None:
+    """The skip reason the globs give (excluded, or not included); ``None`` if they allow it."""
+    for pattern in exclude:
+        if _matches_any(pattern, mod_names, attr):
+            return f"excluded by pattern {pattern!r}"
+    if include and not any(_matches_any(p, mod_names, attr) for p in include):
+        return "not matched by any include pattern"
+    return None
+
+
 def _skip_reason(
     module: nn.Module,
     mod_names: tuple[str, ...],
@@ -328,13 +371,18 @@ def _skip_reason(
     exclude: Sequence[str],
     layer_types: tuple[type[nn.Module], ...],
 ) -> str | None:
-    for pattern in exclude:
-        if _matches_any(pattern, mod_names, attr):
-            return f"excluded by pattern {pattern!r}"
-    explicitly_included = any(_matches_any(p, mod_names, attr) for p in include)
-    if include and not explicitly_included:
-        return "not matched by any include pattern"
+    reason = _pattern_reason(mod_names, attr, include, exclude)
+    if reason is not None:
+        return reason
+    explicitly_included = bool(include)  # what is left of a non-empty include matched it
+    default_target = isinstance(module, layer_types) and attr == "weight"
     if is_lazy(tensor):
+        if not (default_target or explicitly_included):
+            # never selected whatever its shape, which is unknown until the forward pass
+            kind = "bias/normalization vector" if attr == "bias" else "not a default target"
+            return (
+                f"{layer_type(module)}.{attr}: {kind} (an uninitialized parameter of a lazy module)"
+            )
         full = _full(mod_names[0], attr)
         raise ConfigError(
             f"{full} is an uninitialized parameter of a lazy module ({layer_type(module)}); "
@@ -342,7 +390,6 @@ def _skip_reason(
         )
     if not tensor.is_floating_point():
         return f"not a floating-point tensor ({tensor.dtype})"
-    default_target = isinstance(module, layer_types) and attr == "weight"
     if default_target:
         return None
     if explicitly_included:
@@ -358,23 +405,36 @@ def _skip_reason(
 
 
 def check_glob_sequence(globs: Sequence[str], what: str) -> None:
-    """Raise ``ConfigError`` for globs given as one string: it would be read as one glob per
-    character."""
+    """Raise ``ConfigError`` for globs given as one string (it would be read as one glob per
+    character), or for an item that is not a non-empty string (``""`` would match the root
+    module's own parameters only; ``None`` or ``b"fc*"`` cannot be matched)."""
     if isinstance(globs, str):
         raise ConfigError(
             f"{what} must be a sequence of globs, got the string {globs!r} "
             f"(write ({globs!r},) or [{globs!r}])"
         )
+    for glob in globs:
+        if not isinstance(glob, str) or not glob:
+            raise ConfigError(f"{what} globs must be non-empty strings, got {glob!r}")
 
 
-def check_patterns_match(model: nn.Module, patterns: Sequence[str], what: str) -> None:
+def check_patterns_match(
+    model: nn.Module,
+    patterns: Sequence[str],
+    what: str,
+    *,
+    layer_types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
+) -> None:
     """Raise ``ConfigError`` for a glob that matches no module or parameter of ``model`` under
     any of their names, naming the ones there are; or for ``patterns`` given as one string
-    (see :func:`check_glob_sequence`)."""
+    (see :func:`check_glob_sequence`). The ``weight`` buffer of a layer of ``layer_types``
+    counts as a parameter (:func:`select_targets` lists it as skipped)."""
     check_glob_sequence(patterns, what)
     if not patterns:
         return
-    entries = [(mod_names, a) for mod_names, a, _, _ in _named_params(model)]
+    modules = _modules(model)
+    entries = [(mod_names, a) for mod_names, module in modules for a, _ in _own_params(module)]
+    entries += [(mod_names, "weight") for mod_names, _ in _buffer_weights(modules, layer_types)]
     for pattern in patterns:
         if not any(_matches_any(pattern, mod_names, a) for mod_names, a in entries):
             names = [(m, a) for mod_names, a in entries for m in mod_names]

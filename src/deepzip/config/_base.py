@@ -10,12 +10,21 @@ from typing import Any, TypeVar
 from deepzip.errors import ConfigError
 
 
+def _finite(value: float) -> bool:
+    """``math.isfinite``, but ``False`` (not ``OverflowError``) for an integer too large for a
+    float, such as JSON reads from a number written with 400 digits."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _check_sparsity(key: str, value: float | None) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{key} must be a number in [0, 1), got {value!r}")
-    if not (0.0 <= float(value) < 1.0) or math.isnan(value):
+    if not _finite(value) or not 0.0 <= value < 1.0:
         raise ConfigError(f"{key} must be in [0, 1), got {value!r}")
 
 
@@ -24,7 +33,7 @@ def _check_quality(key: str, value: float | None) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{key} must be a non-negative number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
+    if not _finite(value) or value < 0:
         raise ConfigError(f"{key} must be a finite number >= 0, got {value!r}")
 
 
@@ -46,7 +55,7 @@ def _check_seed(key: str, value: object, *, bits: int) -> None:
 
 
 def _check_number(key: str, value: object, *, positive: bool) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and _finite(value)
     if not ok or (value <= 0 if positive else value < 0):  # type: ignore[operator]
         raise ConfigError(f"{key} must be a number {'> 0' if positive else '>= 0'}, got {value!r}")
 
@@ -77,6 +86,13 @@ def _check_patterns(key: str, value: tuple[str, ...]) -> None:
 _T = TypeVar("_T")
 
 
+def _check_table(data: object, where: str) -> None:
+    """A config's ``from_dict`` input must be a table (``dict(data)`` of a list or a string
+    would raise ``TypeError``/``ValueError``, not name the config)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a table, got {data!r}")
+
+
 def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     value = data.get(key, {})
     if not isinstance(value, Mapping):
@@ -85,8 +101,7 @@ def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 
 def _build(cls: type[_T], data: Mapping[str, Any], where: str) -> _T:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where} must be a table, got {data!r}")
+    _check_table(data, where)
     known = fields(cls)  # type: ignore[arg-type]
     names = {f.name for f in known}
     unknown = sorted(set(data) - names)
@@ -132,6 +147,7 @@ def _selection_from_dict(
     cls: type[_T], override_cls: type, data: Mapping[str, Any], where: str
 ) -> _T:
     """Build a config with ``include``/``exclude`` globs and ``overrides`` tables."""
+    _check_table(data, where)
     data = dict(data)
     raw = data.pop("overrides", [])
     if not isinstance(raw, list):

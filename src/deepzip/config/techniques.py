@@ -22,6 +22,7 @@ from deepzip.config._base import (
     _check_seed,
     _check_selection,
     _check_sparsity,
+    _check_table,
     _selection_from_dict,
     _selection_to_dict,
 )
@@ -108,11 +109,12 @@ class PruneConfig:
             )
         if self.scope not in ("layer", "global"):
             raise ConfigError(f"prune.scope must be 'layer' or 'global', got {self.scope!r}")
+        # before the overrides are read below
+        _check_selection("prune", self.include, self.exclude, self.overrides, LayerOverride)
         if self.scope == "global" and self.sparsity is None:
             raise ConfigError("prune.scope = 'global' needs prune.sparsity, not quality")
         if self.scope == "global" and any(not o.skip for o in self.overrides):
             raise ConfigError("prune.scope = 'global' sets one threshold; overrides may only skip")
-        _check_selection("prune", self.include, self.exclude, self.overrides, LayerOverride)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PruneConfig:
@@ -205,6 +207,7 @@ class ScheduleConfig:
                 (``steps`` only with ``kind = "steps"``, ``n_steps`` only with ``"agp"``)
                 set to other than its default (older versions wrote every key).
         """
+        _check_table(data, "schedule")
         data = dict(data)
         _check_unused_schedule_keys(data.get("kind", "steps"), data)
         if "steps" in data:
@@ -284,6 +287,7 @@ class RetrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RetrainConfig:
         """Build from a TOML/JSON table; unknown keys raise ``ConfigError``."""
+        _check_table(data, "retrain")
         return _build(cls, dict(data), "retrain")
 
     def to_dict(self) -> dict[str, Any]:
@@ -328,6 +332,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Build from a TOML/JSON table; unknown keys raise ``ConfigError``."""
+        _check_table(data, "train")
         return _build(cls, dict(data), "train")
 
     def to_dict(self) -> dict[str, Any]:
@@ -462,6 +467,7 @@ def _check_fractions(key: str, value: object, *, end: str = "everything frozen")
 
 
 def _incremental_from_dict(cls: type[_T], data: Mapping[str, Any], where: str) -> _T:
+    _check_table(data, where)
     data = dict(data)
     if "steps" in data:
         if not isinstance(data["steps"], list):
@@ -719,12 +725,16 @@ class WeightlessConfig:
             every layer's ``K`` clusters (one code must mean zero); ``None`` chooses it per
             layer: the smallest ``t`` from ``min_cell_bits`` up whose accuracy after the
             layer's retraining is at most ``max_drop`` points below the accuracy the model had
-            before that layer was clustered and encoded (or below a fixed reference).
+            before that layer was clustered and encoded (or below a fixed reference). When no
+            ``t`` up to ``max_cell_bits`` is within the budget, the layer keeps the most
+            accurate one tried (the smallest of equals), as its retraining left the model,
+            and its report says it is over budget.
         min_cell_bits: smallest ``t`` tried (never below the smallest with ``2**t > K``);
             only with ``cell_bits = None``.
-        max_cell_bits: largest ``t`` tried (used when no smaller one is within budget). A
-            layer whose ``K`` clusters need more (``2**t > K``) is tried at that smallest
-            possible width only, above ``max_cell_bits``; its report records the width.
+        max_cell_bits: largest ``t`` tried; it is not kept by default when no width is
+            within budget (the most accurate one is). A layer whose ``K`` clusters need more
+            (``2**t > K``) is tried at that smallest possible width only, above
+            ``max_cell_bits``; its report records the width.
         max_drop: accuracy budget in points (``0.3`` = 0.3 percentage points).
         hashes: cells per position ``k`` (2..8); 3 needs the fewest cells. (With one cell per
             position two weights that share it can never both be stored.)
