@@ -240,13 +240,30 @@ class ImageDataset:
         """Select samples by index.
 
         Args:
-            indices: Sample indices, in the order wanted.
+            indices: Sample indices, in the order wanted (integers in ``[-len, len)``).
             split: Split name of the result; defaults to this split's name.
 
         Returns:
             A new data set holding copies of the selected samples.
+
+        Raises:
+            InvalidTensorError: ``indices`` are not integers (a boolean mask or floats, which
+                would select other samples) or one is out of range.
         """
-        index = torch.as_tensor(indices, dtype=torch.long)
+        index = torch.as_tensor(indices)
+        where = f"{self.name}/{self.split}"
+        if index.numel() and (index.dtype == torch.bool or index.is_floating_point()):
+            mask = index.dtype == torch.bool
+            hint = " (for a mask, pass mask.nonzero().flatten())" if mask else ""
+            raise InvalidTensorError(
+                f"{where}: subset takes integer sample indices, got {index.dtype}{hint}"
+            )
+        index = index.to(torch.long)
+        if index.numel() and not -len(self) <= int(index.min()) <= int(index.max()) < len(self):
+            bad = int(index.max()) if int(index.max()) >= len(self) else int(index.min())
+            raise InvalidTensorError(
+                f"{where}: sample index {bad} out of range for {len(self)} samples"
+            )
         return ImageDataset(self.images[index], self.labels[index], self.name, split or self.split)
 
 
@@ -323,6 +340,11 @@ def load_split(
     return ImageDataset(x, torch.from_numpy(labels).to(torch.int64), name, split)
 
 
+def _check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
+        raise ConfigError(f"seed must be an integer from -2**63 to 2**64 - 1, got {seed!r}")
+
+
 def train_val_split(
     ds: ImageDataset, val_size: int = 5000, seed: int = 0
 ) -> tuple[ImageDataset, ImageDataset]:
@@ -349,8 +371,7 @@ def train_val_split(
         or not 1 <= val_size <= len(ds) - 1
     ):
         raise ConfigError(f"val_size must be an integer in [1, {len(ds) - 1}], got {val_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
-        raise ConfigError(f"seed must be an integer from -2**63 to 2**64 - 1, got {seed!r}")
+    _check_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(ds), generator=generator)
     val_index = perm[:val_size].sort().values
@@ -387,6 +408,7 @@ def load_dataset(
         DatasetNotFoundError: The files are not found.
         IDXFormatError: A file is malformed.
     """
+    _check_seed(seed)  # also when val_size is 0 and the seed goes unused
     directory = find_data_dir(name, root)
     train = load_split(name, "train", directory, normalize=normalize)
     test = load_split(name, "test", directory, normalize=normalize)

@@ -180,8 +180,9 @@ def build_run_report(
         if role == "analyze" or acc is None:
             continue
         label = s.kind if role != "encode" else ".dzip (decoded)"
-        if role == "encode":
-            acc = float(s.details.get("decoded_test_acc", acc))
+        if role == "encode":  # the decoded model's accuracy of the kind the others show
+            decoded = "decoded_test_acc" if s.test_acc is not None else "decoded_val_acc"
+            acc = float(s.details.get(decoded, acc))
         points.append(StagePoint(f"{s.index + 1}. {label}", s.ratio, acc))
     if points:
         plots["accuracy_vs_ratio"] = plot_accuracy_vs_ratio(
@@ -222,13 +223,15 @@ def build_run_report(
         layers = {}
         for n in names:
             end = final.shared.get(n)
-            shared = end if end is not None else clustered.shared[n]
+            # the cluster sizes after clustering, as the crosses they set the height of (a
+            # later quantize stage may leave the layer with a codebook of another size)
+            first = clustered.shared[n]
             counts = torch.bincount(
-                shared.indices[shared.mask].long(), minlength=shared.codebook.numel()
+                first.indices[first.mask].long(), minlength=first.codebook.numel()
             )
             layers[n] = QuantizedLayerData(
                 weights=_kept_values(pre, [n]).get(n, np.zeros(0, dtype=np.float32)),
-                clustered=clustered.shared[n].codebook.numpy(),
+                clustered=first.codebook.numpy(),
                 finetuned=None if end is None else end.codebook.numpy(),
                 counts=counts.numpy(),
                 bits=bits.get(n),

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from rich.markup import escape
 from rich.table import Table
 
@@ -174,7 +175,9 @@ class CompressionRow:
     Bits are per stored entry. "Fixed" is what a fixed-width code needs (weight bits:
     ``ceil(log2(alphabet))``, the alphabet counting the sparse index's filler symbol; index
     bits: the gap width); "coded" is what the file's entropy-coded stream really takes, its
-    code table included. Sizes are fractions of the layer's float32 size.
+    code table included. Sizes are fractions of the layer's float32 size, counted as the
+    ``.dzip`` report counts the model's: 4 bytes per floating-point element, an integer or bool
+    element at its own size.
 
     A Bloomier (Weightless) layer stores no positions and no index stream: its filter answers
     for every position at once, and is not entropy coded (an LZMA-compressed table is counted
@@ -202,6 +205,7 @@ class CompressionRow:
         coders: the coders of the layer's streams (``"huffman"``, ``"ans"``, ``"raw"``).
         fixed_bytes: bytes with fixed-width codes (pruning + quantization, no entropy coding).
         coded_bytes: bytes in the file.
+        float32_bytes: the float32 size the fractions are of (``None``: 4 bytes per element).
     """
 
     name: str
@@ -217,6 +221,7 @@ class CompressionRow:
     coders: tuple[str, ...]
     fixed_bytes: float
     coded_bytes: int
+    float32_bytes: int | None = None
 
     @property
     def kept_fraction(self) -> float:
@@ -229,14 +234,18 @@ class CompressionRow:
         return 8.0 * self.coded_bytes / self.kept if self.kept else 0.0
 
     @property
+    def _float32(self) -> int:
+        return 4 * self.weights if self.float32_bytes is None else self.float32_bytes
+
+    @property
     def fixed_fraction(self) -> float:
         """Size after pruning + quantization (fixed-width codes) / float32 size."""
-        return self.fixed_bytes / (4 * self.weights) if self.weights else 0.0
+        return self.fixed_bytes / self._float32 if self._float32 else 0.0
 
     @property
     def coded_fraction(self) -> float:
         """Size in the file / float32 size."""
-        return self.coded_bytes / (4 * self.weights) if self.weights else 0.0
+        return self.coded_bytes / self._float32 if self._float32 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -255,6 +264,7 @@ class CompressionRow:
             "coders": list(self.coders),
             "fixed_bytes": self.fixed_bytes,
             "coded_bytes": self.coded_bytes,
+            "float32_bytes": self._float32,
             "fixed_fraction": self.fixed_fraction,
             "coded_fraction": self.coded_fraction,
             "bits_per_kept": self.bits_per_kept,
@@ -335,7 +345,13 @@ def _fixed_bits(alphabet: int) -> int:
     return max(1, math.ceil(math.log2(alphabet))) if alphabet > 1 else 1
 
 
-_DTYPE_BITS = {"float64": 64, "float32": 32, "float16": 16, "bfloat16": 16}
+def _element_bits(dtype: object) -> tuple[int, int]:
+    """``(bits of one element as stored, bytes of one element in the float32 size)`` of a
+    dtype name (``"int64"``); an unknown name counts as float32."""
+    found = getattr(torch, str(dtype), None)
+    if not isinstance(found, torch.dtype):
+        return 32, 4
+    return 8 * found.itemsize, 4 if found.is_floating_point else found.itemsize
 
 
 def compression_row(tensor: Mapping[str, Any]) -> CompressionRow:
@@ -349,7 +365,8 @@ def compression_row(tensor: Mapping[str, Any]) -> CompressionRow:
     weights, kept = int(tensor["weights"]), int(tensor["kept"])
     coded = int(sum(int(p["bytes"]) for p in tensor["parts"]))
     coders = tuple(sorted({str(p["coder"]) for p in tensor["parts"] if p.get("coder")}))
-    dtype_bits = _DTYPE_BITS.get(str(tensor.get("dtype")), 32)
+    dtype_bits, element_bytes = _element_bits(tensor.get("dtype"))
+    float32 = element_bytes * weights
     try:
         if encoding == "shared_sparse":
             values, gaps, book = parts["values"], parts["gaps"], parts["codebook"]
@@ -359,7 +376,7 @@ def compression_row(tensor: Mapping[str, Any]) -> CompressionRow:
             return CompressionRow(
                 name, encoding, weights, kept, int(tensor["k"]), entries, wbits,
                 _per(values["bytes"], entries), width, _per(gaps["bytes"], int(gaps["symbols"])),
-                coders, entries * (wbits + width) / 8 + int(book["bytes"]), coded,
+                coders, entries * (wbits + width) / 8 + int(book["bytes"]), coded, float32,
             )  # fmt: skip
         if encoding == "shared_dense":
             symbols, book = parts["symbols"], parts["codebook"]
@@ -368,14 +385,14 @@ def compression_row(tensor: Mapping[str, Any]) -> CompressionRow:
             return CompressionRow(
                 name, encoding, weights, kept, int(tensor["k"]), entries, wbits,
                 _per(symbols["bytes"], entries), None, None,
-                coders, entries * wbits / 8 + int(book["bytes"]), coded,
+                coders, entries * wbits / 8 + int(book["bytes"]), coded, float32,
             )  # fmt: skip
         if encoding == "bloomier":
             _, filt = parts["codebook"], parts["filter"]  # both are required
             per_kept = _per(filt["bytes"], kept)  # values and positions together
             return CompressionRow(
                 name, encoding, weights, kept, int(tensor["k"]), kept, per_kept, per_kept,
-                None, None, coders, coded, coded,
+                None, None, coders, coded, coded, float32,
             )  # fmt: skip
         if encoding == "sparse_float":
             gaps, values = parts["gaps"], parts["values"]
@@ -384,13 +401,13 @@ def compression_row(tensor: Mapping[str, Any]) -> CompressionRow:
             return CompressionRow(
                 name, encoding, weights, kept, None, entries, dtype_bits,
                 _per(values["bytes"], entries), width, _per(gaps["bytes"], entries),
-                coders, entries * (dtype_bits + width) / 8, coded,
+                coders, entries * (dtype_bits + width) / 8, coded, float32,
             )  # fmt: skip
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"tensor {name!r}: incomplete {encoding} record ({exc!r})") from exc
     return CompressionRow(
         name, encoding, weights, kept, None, weights, dtype_bits, _per(coded, weights),
-        None, None, coders, coded, coded,
+        None, None, coders, coded, coded, float32,
     )  # fmt: skip
 
 
@@ -417,6 +434,7 @@ def compression_table(save: Mapping[str, Any]) -> CompressionTable:
         others = CompressionRow(
             f"{len(raw)} other tensor(s), raw", "raw", weights, sum(r.kept for r in raw), None,
             weights, _per(coded, weights), _per(coded, weights), None, None, (), coded, coded,
+            sum(r._float32 for r in raw),
         )  # fmt: skip
     file_bytes = int(save["file_bytes"])
     float32 = int(save.get("float32_bytes", sum(4 * r.weights for r in rows)))
