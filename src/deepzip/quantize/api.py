@@ -20,7 +20,7 @@ from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.prune.api import strip_ as strip_masks_
 from deepzip.prune.masks import check_finite
 from deepzip.prune.parametrization import get_mask
-from deepzip.quantize.kmeans import KMeansResult, bits_to_k, kmeans_1d
+from deepzip.quantize.kmeans import KMeansResult, bits_to_k, check_float32_range, kmeans_1d
 from deepzip.quantize.scalar import ecsq_quantize, uniform_quantize
 from deepzip.quantize.shared import SharedTensor, attach_shared, get_shared
 from deepzip.quantize.weightless import get_weightless, weightless_skip
@@ -194,7 +194,7 @@ def quantize_(
         check_finite(t.name, t.tensor)
         imp = _importance_for(t, importance) if config.importance != "none" else None
         mask = current_mask(t)
-        _check_float32_range(t.name, t.tensor.detach(), mask)
+        check_float32_range(t.name, t.tensor, mask, noun="surviving weight(s)")
         if imp is not None and bool(mask.any()) and not bool((imp[mask] > 0).any()):
             raw = importance[t.name] if importance is not None else imp
             given = raw.detach().to(mask.device)[mask]
@@ -248,19 +248,6 @@ def _no_survivors_reason(target: Target) -> str:
     if any(f(module, attr) is not None for f in (get_shared, get_mask, get_frozen)):
         return "no surviving weights (all pruned); left as zeros"
     return "no surviving weights (every weight is zero); left as zeros"
-
-
-def _check_float32_range(name: str, weight: torch.Tensor, mask: torch.Tensor) -> None:
-    """Surviving float64 weights must stay finite as float32, the codebook's type."""
-    if weight.dtype != torch.float64:
-        return
-    beyond = mask & ~torch.isfinite(weight.to(torch.float32))
-    if bool(beyond.any()):
-        first = tuple(int(i) for i in beyond.nonzero()[0])
-        raise InvalidTensorError(
-            f"{name}: {int(beyond.sum())} surviving weight(s) beyond the float32 range of the "
-            f"codebook (first at index {list(first)}: {float(weight[first]):g})"
-        )
 
 
 def _importance_for(target: Target, importance: Mapping[str, torch.Tensor] | None) -> torch.Tensor:

@@ -34,6 +34,7 @@ __all__ = [
     "KMeansResult",
     "assign_nearest",
     "bits_to_k",
+    "check_float32_range",
     "check_inputs",
     "initial_centroids",
     "kmeans_1d",
@@ -136,23 +137,40 @@ def _check_finite(values: torch.Tensor, name: str, what: str) -> None:
         )
 
 
-def _check_float32_range(values: torch.Tensor, name: str) -> None:
-    """Finite float64 values must stay finite as float32, the codebook's type."""
+def check_float32_range(
+    name: str,
+    values: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    noun: str = "value(s)",
+    of: str = "the codebook",
+) -> None:
+    """Finite float64 ``values`` (those under ``mask``, when given) must stay finite as
+    float32, the type of codebooks and levels; other dtypes pass.
+
+    Raises:
+        InvalidTensorError: naming ``name``, how many ``noun`` are beyond float32's range and
+            the first of them.
+    """
     if values.dtype != torch.float64:
         return
-    fits = torch.isfinite(values.to(torch.float32))
-    if not bool(fits.all()):
-        first = int((~fits).nonzero()[0])
+    values = values.detach()
+    beyond = ~torch.isfinite(values.to(torch.float32))
+    if mask is not None:
+        beyond &= mask
+    if bool(beyond.any()):
+        first = tuple(int(i) for i in beyond.nonzero()[0])
+        where = first[0] if len(first) == 1 else list(first)
         raise InvalidTensorError(
-            f"{name}: {int((~fits).sum())} value(s) beyond the float32 range of the codebook "
-            f"(first at index {first}: {float(values[first])})"
+            f"{name}: {int(beyond.sum())} {noun} beyond the float32 range of {of} "
+            f"(first at index {where}: {float(values[first]):g})"
         )
 
 
 def _check_values(values: torch.Tensor, name: str = "values") -> None:
     _check_shape(values, name)
     _check_finite(values, name, "to quantize")
-    _check_float32_range(values, name)
+    check_float32_range(name, values)
 
 
 def _check_weights(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor | None:

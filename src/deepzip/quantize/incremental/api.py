@@ -44,7 +44,13 @@ from deepzip.quantize.incremental.parametrization import (
     attach_symmetric,
     get_frozen,
 )
-from deepzip.quantize.kmeans import assign_nearest, bits_to_k, kmeans_1d, sum_float64
+from deepzip.quantize.kmeans import (
+    assign_nearest,
+    bits_to_k,
+    check_float32_range,
+    kmeans_1d,
+    sum_float64,
+)
 from deepzip.quantize.shared import SharedTensor, SharedWeight, attach_shared, get_shared
 from deepzip.quantize.weightless import weightless_skip
 from deepzip.targets import Skipped, Target, select_targets
@@ -152,14 +158,7 @@ def _check_weights(name: str, weight: torch.Tensor) -> None:
     """Finite, and within float32 (the levels' type; a float64 weight beyond it would turn
     into infinity when quantized). Raises ``InvalidTensorError`` naming the layer."""
     check_finite(name, weight)
-    if weight.dtype == torch.float64:
-        fits = torch.isfinite(weight.detach().to(torch.float32))
-        if not bool(fits.all()):
-            first = int((~fits).flatten().nonzero()[0])
-            raise InvalidTensorError(
-                f"{name}: {int((~fits).sum())} weight(s) beyond the float32 range of the levels "
-                f"(first at flat index {first}: {float(weight.detach().flatten()[first])})"
-            )
+    check_float32_range(name, weight, noun="weight(s)", of="the levels")
 
 
 def _surviving(target: Target) -> torch.Tensor:
