@@ -12,7 +12,6 @@ compiled kernels against numba's pure-Python mode (``NUMBA_DISABLE_JIT=1``).
 from __future__ import annotations
 
 import hashlib
-import heapq
 import os
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from deepzip.coding.streams import (
     estimated_size,
 )
 from deepzip.errors import ConfigError, CorruptFileError
+from huffman_reference import reference_huffman_cost
 
 # ------------------------------------------------------------------ the code packer's bounds
 
@@ -118,18 +118,6 @@ def test_check_lengths_rejects_a_negative_length() -> None:
         huffman.decode(b"\x55", np.array([1, 1, -1]), 8, what="t")
 
 
-def _heap_huffman_cost(counts: np.ndarray) -> int:
-    """Optimal unlimited Huffman cost, an independent reference (merge weights summed)."""
-    heap = [int(c) for c in counts if c > 0]
-    heapq.heapify(heap)
-    cost = 0
-    while len(heap) > 1:
-        merged = heapq.heappop(heap) + heapq.heappop(heap)
-        cost += merged
-        heapq.heappush(heap, merged)
-    return cost
-
-
 def _package_merge_cost(counts: np.ndarray, limit: int) -> int:
     """Optimal cost of codes of at most ``limit`` bits (package-merge), a lower bound."""
     weights = sorted(int(c) for c in counts if c > 0)
@@ -165,7 +153,7 @@ def test_limited_lengths_are_complete_and_never_beat_the_optimum(limit: int) -> 
         cost = sum(int(c) * int(n) for c, n in zip(counts, lengths, strict=True))
         assert cost >= _package_merge_cost(counts, limit)
         if lengths.max() < limit:
-            assert cost == _heap_huffman_cost(counts)
+            assert cost == reference_huffman_cost(counts)
 
 
 # --------------------------------------------------------------------- estimated_size total

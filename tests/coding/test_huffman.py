@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 import itertools
 
 import numpy as np
@@ -12,20 +11,7 @@ from hypothesis import strategies as st
 
 from deepzip.coding import huffman
 from deepzip.errors import ConfigError, CorruptFileError
-
-
-def reference_huffman_cost(counts: list[int]) -> int:
-    """Optimal (unlimited) Huffman cost sum(count * length): the sum of all merge weights."""
-    heap = [c for c in counts if c > 0]
-    if len(heap) == 1:
-        return heap[0]
-    heapq.heapify(heap)
-    cost = 0
-    while len(heap) > 1:
-        merged = heapq.heappop(heap) + heapq.heappop(heap)
-        cost += merged
-        heapq.heappush(heap, merged)
-    return cost
+from huffman_reference import reference_huffman_cost
 
 
 def kraft_sum(lengths: np.ndarray) -> float:
