@@ -46,7 +46,7 @@ from deepzip.format.checkpoint import (
 )
 from deepzip.format.dzip_report import SaveReport
 from deepzip.format.dzip_spec import MAX_K
-from deepzip.format.dzip_writer import _LAYOUTS, DzipWriter, GapWidth, Layout
+from deepzip.format.dzip_writer import DzipWriter, GapWidth, Layout, check_layout
 from deepzip.prune.masks import check_finite, sparsity_mask
 from deepzip.quantize.kmeans import KMeansResult, bits_to_k, kmeans_1d
 from deepzip.quantize.scalar import check_step, ecsq_quantize, step_quantize, uniform_quantize
@@ -668,10 +668,7 @@ def compress_checkpoint(
         requantize=requantize,
     )
     _check_index_bits(index_bits)
-    if not isinstance(layout, str) or layout not in _LAYOUTS:  # checked here: a checkpoint
-        raise ConfigError(  # with nothing to quantize never reaches the writer's own check
-            f"layout must be one of {', '.join(map(repr, _LAYOUTS))}, got {layout!r}"
-        )
+    check_layout(layout)  # here too: with nothing to quantize add_shared is never reached
     check_string_metadata(metadata, Path(dest))
     if progress is not None and not callable(progress):
         raise ConfigError(f"progress must be a callable or None, got {progress!r}")

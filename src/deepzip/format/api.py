@@ -37,7 +37,13 @@ from deepzip.format.dzip_spec import (
     SAFETENSORS_DTYPE,
     dtype_itemsize,
 )
-from deepzip.format.dzip_writer import _LAYOUTS, DzipWriter, GapWidth, Layout, tensor_bytes
+from deepzip.format.dzip_writer import (
+    DzipWriter,
+    GapWidth,
+    Layout,
+    check_layout,
+    tensor_bytes,
+)
 from deepzip.prune.parametrization import get_mask
 from deepzip.quantize.api import export_shared, strip_
 from deepzip.quantize.shared import SharedTensor
@@ -247,10 +253,7 @@ def save(
             or a state-dict key that is not a string (names it).
     """
     check_coder(coder)
-    if not isinstance(layout, str) or layout not in _LAYOUTS:  # checked here: a model with no
-        raise ConfigError(  # shared tensor would never reach the writer's own check
-            f"layout must be one of {', '.join(map(repr, _LAYOUTS))}, got {layout!r}"
-        )
+    check_layout(layout)  # here too: a model with no shared tensor never reaches add_shared
     check_string_metadata(metadata, Path(path))
     weightless: dict[str, WeightlessWeight] = {}
     if isinstance(model_or_state_dict, nn.Module):

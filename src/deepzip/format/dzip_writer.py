@@ -61,6 +61,7 @@ __all__ = [
     "DzipWriter",
     "GapWidth",
     "Layout",
+    "check_layout",
     "check_little_endian",
 ]
 
@@ -73,6 +74,20 @@ or raw coding, and with ANS within the few bytes its size estimate can be off on
 index)."""
 
 _LAYOUTS = ("auto", "dense", "sparse")
+
+
+def check_layout(layout: object, name: str | None = None) -> None:
+    """Refuse a ``layout`` that is not one of ``"auto"``, ``"dense"``, ``"sparse"``.
+
+    Raises:
+        ConfigError: naming the value (and the tensor ``name``, when given).
+    """
+    if not isinstance(layout, str) or layout not in _LAYOUTS:
+        where = f"{name}: " if name is not None else ""
+        raise ConfigError(
+            f"{where}layout must be one of {', '.join(map(repr, _LAYOUTS))}, got {layout!r}"
+        )
+
 
 _Part = bytes | memoryview
 
@@ -257,8 +272,7 @@ class DzipWriter:
         """
         coder = self.coder if coder is None else coder
         check_coder(coder)
-        if layout not in _LAYOUTS:
-            raise ConfigError(f"{name}: layout must be one of {_LAYOUTS}, got {layout!r}")
+        check_layout(layout, name)
         _check_gap_width(name, gap_width)
         codebook, indices, mask = self._check_shared(name, shared, dtype)
         k = codebook.size
