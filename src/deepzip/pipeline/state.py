@@ -36,7 +36,7 @@ from deepzip.format.checkpoint import (
     save_checkpoint,
 )
 from deepzip.prune.schedule import ORIGINAL_P_ATTR
-from deepzip.quantize import get_shared
+from deepzip.quantize import SharedWeight, get_shared
 from deepzip.quantize.weightless import get_weightless
 
 __all__ = [
@@ -285,30 +285,29 @@ def _restore_dropout(model: nn.Module, state: Mapping[str, Sequence[float]]) -> 
                 setattr(module, ORIGINAL_P_ATTR, float(original))
 
 
-def _grad_rules(model: nn.Module) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _shared_layers(model: nn.Module) -> Iterator[tuple[str, SharedWeight, bool]]:
+    """``(tensor name, its SharedWeight, whether it is a Weightless layer)`` for every
+    weight-shared tensor of ``model``."""
     for mod_name, module in model.named_modules():
         for attr in getattr(module, "parametrizations", {}) or {}:
             shared = get_shared(module, attr)
             if shared is not None:
-                out[f"{mod_name}.{attr}" if mod_name else attr] = shared.grad
-    return out
+                name = f"{mod_name}.{attr}" if mod_name else attr
+                yield name, shared, get_weightless(module, attr) is not None
+
+
+def _grad_rules(model: nn.Module) -> dict[str, str]:
+    return {name: shared.grad for name, shared, _ in _shared_layers(model)}
 
 
 def _frozen_codebooks(model: nn.Module) -> list[str]:
     """The weight-shared tensors (not Weightless ones: their checkpoint entry says whether they
     train) whose codebook does not train, sorted."""
-    out: list[str] = []
-    for mod_name, module in model.named_modules():
-        for attr in getattr(module, "parametrizations", {}) or {}:
-            shared = get_shared(module, attr)
-            if (
-                shared is not None
-                and get_weightless(module, attr) is None
-                and not shared.codebook.requires_grad
-            ):
-                out.append(f"{mod_name}.{attr}" if mod_name else attr)
-    return sorted(out)
+    return sorted(
+        name
+        for name, shared, weightless in _shared_layers(model)
+        if not weightless and not shared.codebook.requires_grad
+    )
 
 
 def save_stage_checkpoint(model: nn.Module, path: Path, metadata: Mapping[str, str]) -> None:
