@@ -272,6 +272,22 @@ class BloomierFilter:
         mask = values < self.num_values
         return np.where(mask, values, 0), mask
 
+    def decodes_to(self, mask: npt.ArrayLike, indices: npt.ArrayLike) -> bool:
+        """Whether the filter decodes to exactly ``mask`` (kept positions, flat C order) and,
+        there, ``indices``: checked block by block (bounded memory)."""
+        want_mask = np.asarray(mask, dtype=np.bool_).reshape(-1)
+        want_indices = np.asarray(indices).reshape(-1)
+        if want_mask.size != self.n_positions or want_indices.size != self.n_positions:
+            return False
+        for start, values in self.decode_blocks():
+            kept = values < self.num_values
+            stop = start + values.size
+            if not np.array_equal(kept, want_mask[start:stop]) or not np.array_equal(
+                values[kept], want_indices[start:stop][kept]
+            ):
+                return False
+        return True
+
     # ------------------------------------------------------------------ serialisation
 
     def to_bytes(self, *, compress: bool = False) -> bytes:

@@ -23,7 +23,6 @@ import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -552,12 +551,8 @@ def check_bloomier_entry(where: str, name: str, data: torch.Tensor, shared: Shar
         f = BloomierFilter.from_bytes(raw, name=name, n_positions=shared.mask.numel())
     except CorruptFileError as exc:
         raise CheckpointError(f"{where}: {exc}") from exc
-    indices, mask = f.decode_indices()
-    flat_mask = shared.mask.reshape(-1).numpy()
-    if (
-        f.num_values != shared.codebook.numel()
-        or not np.array_equal(mask, flat_mask)
-        or not np.array_equal(indices[mask], shared.indices.reshape(-1).numpy()[flat_mask])
+    if f.num_values != shared.codebook.numel() or not f.decodes_to(
+        shared.mask.numpy(), shared.indices.numpy()
     ):
         raise CheckpointError(
             f"{where}: the Bloomier filter of {name!r} does not decode to its indices and mask"

@@ -399,26 +399,13 @@ class DzipWriter:
             raise InvalidTensorError(
                 f"{name}: the filter holds {bloomier.num_values} values, the codebook {k}"
             )
-        want: tuple[np.ndarray, np.ndarray] | None = None
-        matches = decoded is None or decoded.mask.numel() == bloomier.n_positions
-        if decoded is not None and matches:
-            want = (
-                decoded.mask.detach().cpu().reshape(-1).numpy(),
-                decoded.indices.detach().cpu().reshape(-1).numpy(),
-            )
-        kept = 0
-        for start, values in bloomier.decode_blocks():  # bounded memory, one pass
-            mask = values < k
-            kept += int(mask.sum())
-            if want is not None:
-                want_mask = want[0][start : start + values.size]
-                want_indices = want[1][start : start + values.size]
-                if not np.array_equal(mask, want_mask) or not np.array_equal(
-                    values[mask], want_indices[want_mask]
-                ):
-                    matches = False
-                    break
-        if not matches:
+        if decoded is None:
+            kept = sum(int((values < k).sum()) for _, values in bloomier.decode_blocks())
+        elif bloomier.decodes_to(
+            decoded.mask.detach().cpu().numpy(), decoded.indices.detach().cpu().numpy()
+        ):
+            kept = int(decoded.mask.sum())
+        else:
             raise InvalidTensorError(
                 f"{name}: the Bloomier filter does not decode to the layer's indices and mask "
                 "(the file would decode to other weights)"
