@@ -42,7 +42,7 @@ from torch.nn.utils import parametrize
 from deepzip.coding.bloomier import BloomierFilter, build_filter
 from deepzip.config import ACCURACY_SLACK, CellBitsOverride, QuantizeConfig, WeightlessConfig
 from deepzip.errors import ConfigError, InvalidTensorError
-from deepzip.quantize.api import current_mask, layer_bits, quantize_
+from deepzip.quantize.api import current_mask, layer_bits, no_survivors_reason, quantize_
 from deepzip.quantize.kmeans import bits_to_k
 from deepzip.quantize.shared import GradRule, SharedTensor, get_shared
 from deepzip.quantize.weightless import WeightlessWeight, attach_weightless, get_weightless
@@ -510,7 +510,7 @@ def weightless_(
         if not bool(current_mask(t).any()):
             # quantize_ leaves such a layer unclustered, and a filter without keys would decode
             # its false positives as weights: there is nothing to encode either way
-            skipped.append(Skipped(t.name, "no surviving weights (all pruned); left as zeros"))
+            skipped.append(Skipped(t.name, no_survivors_reason(t)))
             continue
         if shared is None and quantize is None:
             raise ConfigError(

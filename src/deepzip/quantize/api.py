@@ -213,7 +213,7 @@ def quantize_(
     for t, bits, mask, imp in plans:  # every input validated before any layer changes
         weight = t.tensor.detach()
         if not bool(mask.any()):
-            skipped.append(Skipped(t.name, _no_survivors_reason(t)))
+            skipped.append(Skipped(t.name, no_survivors_reason(t)))
             continue
         values = weight[mask]
         if values.dtype != torch.float64:  # (float64 is clustered as given: float32 could
@@ -239,8 +239,9 @@ def quantize_(
     return QuantizeReport(tuple(layers), tuple(skipped))
 
 
-def _no_survivors_reason(target: Target) -> str:
-    """Why a layer without surviving weights is skipped: pruned by a mask, or all zero."""
+def no_survivors_reason(target: Target) -> str:
+    """Why a layer without surviving weights is skipped: pruned by a mask, or all zero
+    (quantize_, the incremental methods and weightless_ give the same reasons)."""
     # imported here: deepzip.quantize.incremental imports this module
     from deepzip.quantize.incremental.parametrization import get_frozen
 

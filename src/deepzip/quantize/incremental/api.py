@@ -28,7 +28,7 @@ from deepzip.config import BitsOverride, FreezeOrder, INQConfig, MLQConfig, SLQC
 from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.prune.masks import check_finite
 from deepzip.prune.parametrization import get_mask
-from deepzip.quantize.api import QuantizedLayer, QuantizeReport
+from deepzip.quantize.api import QuantizedLayer, QuantizeReport, no_survivors_reason
 from deepzip.quantize.incremental.levels import (
     cluster_losses,
     inq_exponents,
@@ -203,7 +203,7 @@ def _select(
         _check_weights(t.name, t.tensor)
         mask = _surviving(t)
         if not bool(mask.any()):
-            skipped.append(Skipped(t.name, "no surviving weights (all pruned); left as zeros"))
+            skipped.append(Skipped(t.name, no_survivors_reason(t)))
             continue
         if not bool((t.tensor.detach()[mask] != 0).any()):
             skipped.append(Skipped(t.name, "every surviving weight is zero; left as zeros"))
