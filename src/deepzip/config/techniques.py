@@ -378,7 +378,7 @@ class QuantizeConfig:
         fc_bits: default bits of the other layers (paper: 5).
         method: ``"kmeans"`` (Deep Compression), ``"uniform"`` or ``"ecsq"`` (Choi et al.).
         init: k-means initialisation: ``"linear"`` (the paper's winner), ``"density"``,
-            ``"forgy"`` or ``"kmeans++"``.
+            ``"forgy"`` or ``"kmeans++"``; another than ``"linear"`` needs ``method="kmeans"``.
         importance: per-weight importance used as sample weights: ``"none"``, ``"fisher"``
             (squared gradients) or ``"adam"`` (the square root of Adam's second moment, as
             Choi et al. use it). The caller supplies the tensors (see
@@ -387,8 +387,11 @@ class QuantizeConfig:
             k-means started from the uniform quantizer's centres; a larger value trades
             distortion for a lower entropy of the indices.
         grad: centroid gradient rule: ``"sum"`` of member gradients (the paper) or ``"mean"``.
-        max_iter: most k-means / ECSQ iterations.
-        seed: seeds the random initialisations (0 to ``2**64 - 1``).
+        max_iter: most k-means / ECSQ iterations (``"uniform"`` takes none: only the
+            default is accepted with it).
+        seed: seeds the random initialisations (0 to ``2**64 - 1``); it has no effect on
+            ``"linear"``/``"density"`` k-means, ``"uniform"`` or ``"ecsq"``, which draw
+            nothing at random (the CLI's ``--seed`` also seeds the training).
         include: globs; when given, only matching layers are quantized.
         exclude: globs of layers left in float.
         overrides: per-layer bits or skip; the last matching override wins.
@@ -424,6 +427,17 @@ class QuantizeConfig:
                 f"got method {self.method!r}"
             )
         _check_int("quantize.max_iter", self.max_iter, minimum=1)
+        # settings the chosen method has no use for are refused, not ignored
+        if self.init != "linear" and self.method != "kmeans":
+            raise ConfigError(
+                f"quantize.init = {self.init!r} is a k-means initialisation: it needs method "
+                f"'kmeans', got method {self.method!r}"
+            )
+        if self.max_iter != 100 and self.method == "uniform":
+            raise ConfigError(
+                f"quantize.max_iter = {self.max_iter!r} is not used with method 'uniform' "
+                "(it does not iterate)"
+            )
         _check_seed("quantize.seed", self.seed, bits=64)  # torch.Generator's range
         _check_selection("quantize", self.include, self.exclude, self.overrides, BitsOverride)
 
