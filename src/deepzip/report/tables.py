@@ -493,12 +493,14 @@ def compression_table_rows(table: CompressionTable) -> list[list[str]]:
         ["header + directory + metadata", "", "", "", "", "", "", "",
          f"{table.overhead_bytes:,} B", "", ""]
     )  # fmt: skip
+    # the total's kept % is over every weight the row counts: a raw tensor is stored whole
     total_weights = table.weights + (table.others.weights if table.others else 0)
+    total_kept = table.kept + (table.others.kept if table.others else 0)
     rows.append(
         [
             "total",
             f"{total_weights:,}",
-            _pct(table.kept / table.weights if table.weights else 1.0),
+            _pct(total_kept / total_weights if total_weights else 1.0),
             _bits(table.mean_bits("weight_bits_fixed")),
             _bits(table.mean_bits("weight_bits_coded")),
             _bits(table.mean_bits("index_bits_fixed")),
