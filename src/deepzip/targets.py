@@ -41,7 +41,9 @@ __all__ = [
     "Skipped",
     "Target",
     "TargetSelection",
+    "check_config",
     "check_glob_sequence",
+    "check_module",
     "check_patterns_match",
     "layer_type",
     "listing",
@@ -232,6 +234,26 @@ def _own_params(module: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
             yield attr, param
 
 
+def check_module(model: object, verb: str) -> None:
+    """Refuse a ``model`` that is not an ``nn.Module`` (a state dict, a path, ``None``).
+
+    Raises:
+        ConfigError: naming ``verb`` and the type given.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{verb}() takes an nn.Module, got {type(model).__name__}")
+
+
+def check_config(config: object, expected: type, verb: str) -> None:
+    """Refuse a ``config`` that is not an ``expected`` (another technique's config, a dict).
+
+    Raises:
+        ConfigError: naming ``verb``, the expected type and the type given.
+    """
+    if not isinstance(config, expected):
+        raise ConfigError(f"{verb}() takes a {expected.__name__}, got {type(config).__name__}")
+
+
 def select_targets(
     model: nn.Module,
     *,
@@ -262,8 +284,9 @@ def select_targets(
         ConfigError: ``include`` or ``exclude`` is a string, not a sequence of globs, or holds
             something other than a non-empty string; a glob in them matches no parameter at
             all; a parameter that would be selected is an uninitialized parameter of a lazy
-            module.
+            module; ``model`` is not an ``nn.Module``.
     """
+    check_module(model, "select_targets")
     check_patterns_match(model, include, "include", layer_types=layer_types)
     check_patterns_match(model, exclude, "exclude", layer_types=layer_types)
     modules = _modules(model)

@@ -210,7 +210,8 @@ class ImageDataset:
         split: ``"train"``, ``"val"`` or ``"test"``.
 
     Raises:
-        InvalidTensorError: The shapes are not ``N×C×H×W`` and ``N``.
+        InvalidTensorError: ``images`` or ``labels`` is not a tensor, or their shapes are
+            not ``N×C×H×W`` and ``N``.
     """
 
     images: torch.Tensor
@@ -219,6 +220,11 @@ class ImageDataset:
     split: str
 
     def __post_init__(self) -> None:
+        for what, t in (("images", self.images), ("labels", self.labels)):
+            if not isinstance(t, torch.Tensor):
+                raise InvalidTensorError(
+                    f"{self.name}/{self.split}: {what} must be a tensor, got {type(t).__name__}"
+                )
         if self.images.ndim != 4 or self.labels.ndim != 1:
             raise InvalidTensorError(
                 f"{self.name}/{self.split}: images must be N×C×H×W and labels N, got "
@@ -535,7 +541,8 @@ class TensorLoader:
 
     Raises:
         ConfigError: ``batch_size < 1``, or a ``seed`` that is not an integer.
-        InvalidTensorError: ``images`` and ``labels`` differ in length.
+        InvalidTensorError: ``images`` or ``labels`` is not a tensor of at least one
+            dimension, or they differ in length.
     """
 
     def __init__(
@@ -552,6 +559,12 @@ class TensorLoader:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"seed must be an integer, got {seed!r}")
+        for what, t in (("images", images), ("labels", labels)):
+            if not isinstance(t, torch.Tensor) or t.dim() == 0:
+                got = "a 0-d tensor" if isinstance(t, torch.Tensor) else type(t).__name__
+                raise InvalidTensorError(
+                    f"{what} must be a tensor whose first dimension indexes the samples, got {got}"
+                )
         if images.shape[0] != labels.shape[0]:
             raise InvalidTensorError(f"{images.shape[0]} images but {labels.shape[0]} labels")
         self.images = images

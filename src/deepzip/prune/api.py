@@ -21,6 +21,8 @@ from deepzip.targets import (
     Skipped,
     Target,
     TargetSelection,
+    check_config,
+    check_module,
     layer_type,
     select_targets,
 )
@@ -147,12 +149,19 @@ def prune_(model: nn.Module, config: PruneConfig, *, progress: float = 1.0) -> P
         The per-layer report.
 
     Raises:
-        ConfigError: bad ``progress``, a glob that matches nothing, or a selected tensor that
+        ConfigError: ``model`` not an ``nn.Module`` or ``config`` not a :class:`PruneConfig`;
+            bad ``progress``, a glob that matches nothing, or a selected tensor that
             is already quantized or carries a parametrization that is not deepzip's
             (``orthogonal``, ...).
         InvalidTensorError: a selected weight holds NaN or infinity (names the tensor).
     """
-    if not (0.0 < progress <= 1.0):
+    check_module(model, "prune_")
+    check_config(config, PruneConfig, "prune_")
+    if (
+        isinstance(progress, bool)
+        or not isinstance(progress, (int, float))
+        or not 0.0 < progress <= 1.0
+    ):
         raise ConfigError(f"progress must be in (0, 1], got {progress!r}")
     chosen, skipped = layer_targets(model, config)
     for t, _ in chosen:  # every layer validated before any of them changes
@@ -205,7 +214,12 @@ def _report(
 
 
 def pruning_report(model: nn.Module) -> PruneReport:
-    """Report the masks currently attached to ``model`` (every masked tensor, module order)."""
+    """Report the masks currently attached to ``model`` (every masked tensor, module order).
+
+    Raises:
+        ConfigError: ``model`` is not an ``nn.Module``.
+    """
+    check_module(model, "pruning_report")
     selection = select_targets(model, include=(), exclude=())
     records = []
     for mod_name, module in model.named_modules():
@@ -235,7 +249,12 @@ def _masked_attrs(module: nn.Module) -> list[str]:
 
 
 def mask_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``{parameter name: bool keep-mask}`` for every masked tensor."""
+    """``{parameter name: bool keep-mask}`` for every masked tensor.
+
+    Raises:
+        ConfigError: ``model`` is not an ``nn.Module``.
+    """
+    check_module(model, "mask_dict")
     out: dict[str, torch.Tensor] = {}
     for mod_name, module in model.named_modules():
         for attr in _masked_attrs(module):
@@ -249,7 +268,11 @@ def strip_(model: nn.Module) -> nn.Module:
     """Make pruning permanent: remove every mask, leaving plain weights with exact zeros.
 
     Returns ``model`` (modified in place) for chaining.
+
+    Raises:
+        ConfigError: ``model`` is not an ``nn.Module``.
     """
+    check_module(model, "strip_")
     for _, module in list(model.named_modules()):
         for attr in _masked_attrs(module):
             strip_mask(module, attr)

@@ -24,7 +24,14 @@ from deepzip.quantize.kmeans import KMeansResult, bits_to_k, check_float32_range
 from deepzip.quantize.scalar import ecsq_quantize, uniform_quantize
 from deepzip.quantize.shared import SharedTensor, attach_shared, get_shared
 from deepzip.quantize.weightless import get_weightless, weightless_skip
-from deepzip.targets import CONV_LAYER_TYPES, Skipped, Target, select_targets
+from deepzip.targets import (
+    CONV_LAYER_TYPES,
+    Skipped,
+    Target,
+    check_config,
+    check_module,
+    select_targets,
+)
 
 __all__ = [
     "QuantizeReport",
@@ -158,14 +165,17 @@ def quantize_(
         would drop its filter.
 
     Raises:
-        ConfigError: a glob or override that matches no layer; importance missing, or given
-            with ``config.importance == "none"``; an ``include`` glob that matches a layer
-            encoded with Weightless.
+        ConfigError: ``model`` not an ``nn.Module`` or ``config`` not a
+            :class:`~deepzip.QuantizeConfig`; a glob or override that matches no layer;
+            importance missing, or given with ``config.importance == "none"``; an
+            ``include`` glob that matches a layer encoded with Weightless.
         InvalidTensorError: non-finite weights, or float64 surviving weights beyond the
             float32 range of the codebook; importance that is not a real tensor, of the
             wrong shape, negative, beyond the float32 range, or zero (in float32) on all of a
             layer's surviving weights. Every layer is checked before any changes.
     """
+    check_module(model, "quantize_")
+    check_config(config, QuantizeConfig, "quantize_")
     if config.importance == "none" and importance is not None:
         raise ConfigError(
             "importance tensors were given but quantize.importance is 'none', which would "
@@ -283,7 +293,12 @@ def _importance_for(target: Target, importance: Mapping[str, torch.Tensor] | Non
 
 
 def export_shared(model: nn.Module) -> dict[str, SharedTensor]:
-    """``{parameter name: (codebook, indices, mask)}`` for every quantized tensor."""
+    """``{parameter name: (codebook, indices, mask)}`` for every quantized tensor.
+
+    Raises:
+        ConfigError: ``model`` is not an ``nn.Module``.
+    """
+    check_module(model, "export_shared")
     out: dict[str, SharedTensor] = {}
     for mod_name, module in model.named_modules():
         params = getattr(module, "parametrizations", None)
@@ -307,7 +322,11 @@ def strip_(model: nn.Module) -> nn.Module:
     user registered on top of deepzip's stays, acting on the now plain stored weight.
 
     Returns ``model`` (modified in place).
+
+    Raises:
+        ConfigError: ``model`` is not an ``nn.Module``.
     """
+    check_module(model, "strip_")
     # imported here: deepzip.quantize.incremental imports this module
     from deepzip.quantize.incremental.parametrization import get_frozen
 

@@ -471,6 +471,12 @@ def initial_centroids(
 
     Returns:
         A float64 tensor of ``k`` sorted centroids on the values' device.
+
+    Raises:
+        ConfigError: bad ``k``, ``init`` or ``seed``, or fewer than ``k`` distinct values
+            with a non-zero importance.
+        InvalidTensorError: empty, non-1-D or non-finite values (or float64 values beyond
+            the float32 range), or bad importance.
     """
     _check_k(k)
     _check_shape(values, "values")

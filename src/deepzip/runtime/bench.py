@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,7 @@ from deepzip.runtime.policy import (
 from deepzip.runtime.sparse import SharedCSRModule
 from deepzip.runtime.sparse_linear import SparseLinear
 from deepzip.runtime.timing import check_counts, interleaved_medians, median_ms
+from deepzip.targets import check_module
 
 __all__ = ["LayerTiming", "ModelTiming", "benchmark_layers", "benchmark_model"]
 
@@ -166,10 +167,16 @@ def _dense_and_policy(
     policy: RuntimePolicy | None,
     repeats: int,
     warmup: int,
+    verb: str,
 ) -> tuple[RuntimePolicy, nn.Module]:
     """The policy (default: automatic at the example's batch size) and a copy of ``model``
     with the file's weights decoded dense, in eval mode (``repeats``/``warmup`` checked
-    first)."""
+    first; ``verb`` names the caller in errors)."""
+    check_module(model, verb)
+    if not isinstance(example_input, torch.Tensor):
+        raise ConfigError(
+            f"example_input must be a tensor (one batch), got {type(example_input).__name__}"
+        )
     if example_input.dim() == 0:
         raise ConfigError("example_input needs a batch dimension")
     check_counts(repeats, warmup)  # before any work, and even if no layer gets timed
@@ -206,11 +213,14 @@ def benchmark_layers(
     Raises:
         CheckpointError: the file does not fit the model.
         CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
-        ConfigError: bad ``repeats``/``warmup``, an example input of no dimension, or one the
+        ConfigError: ``model`` not an ``nn.Module``; bad ``repeats``/``warmup``, an
+            example input that is not a tensor or has no dimension, or one the
             model cannot take (its forward pass fails: the message names the shape); a
             runtime override of ``policy`` that matches no compressed layer.
     """
-    policy, dense_model = _dense_and_policy(path, model, example_input, policy, repeats, warmup)
+    policy, dense_model = _dense_and_policy(
+        path, model, example_input, policy, repeats, warmup, "benchmark_layers"
+    )
     cf = read_compressed(path)
     owners = [name.rsplit(".", 1)[0] if "." in name else "" for name in cf.shared]
     parents = weight_reading_parents(dense_model)
@@ -309,6 +319,18 @@ def benchmark_layers(
     return timings
 
 
+def _output_tensors(output: object) -> list[torch.Tensor]:
+    """The tensors of a model's output, in order: the output itself, or those of a tuple,
+    list or dict of them (nested); anything else in it is left out."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, Mapping):
+        return [t for v in output.values() for t in _output_tensors(v)]
+    if isinstance(output, (tuple, list)):
+        return [t for v in output for t in _output_tensors(v)]
+    return []
+
+
 @dataclass(frozen=True)
 class ModelTiming:
     """A whole model, decoded dense against loaded with :func:`load_compressed`.
@@ -316,7 +338,8 @@ class ModelTiming:
     Attributes:
         dense_ms: median latency of the dense model.
         runtime_ms: median latency of the runtime model.
-        max_abs_difference: largest difference between their outputs on the example.
+        max_abs_difference: largest difference between their outputs on the example (over
+            every tensor of an output that is a tuple, list or dict of tensors).
         report: the runtime model's per-layer forms.
     """
 
@@ -363,16 +386,22 @@ def benchmark_model(
     Raises:
         CheckpointError: the file does not fit the model.
         CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
-        ConfigError: bad ``repeats``/``warmup``, an example input of no dimension, or one the
+        ConfigError: ``model`` not an ``nn.Module``; bad ``repeats``/``warmup``, an
+            example input that is not a tensor or has no dimension, or one the
             model cannot take (its forward pass fails: the message names the shape); a
             runtime override of ``policy`` that matches no compressed layer.
     """
-    policy, dense = _dense_and_policy(path, model, example_input, policy, repeats, warmup)
+    policy, dense = _dense_and_policy(
+        path, model, example_input, policy, repeats, warmup, "benchmark_model"
+    )
     runtime = load_compressed(path, copy.deepcopy(model), policy=policy).eval()
     with torch.inference_mode():
-        expected = _first_forward(dense, example_input)
-        delta = (expected - runtime(example_input)).abs()
-        difference = float(delta.max()) if delta.numel() else 0.0  # an empty batch: none
+        expected = _output_tensors(_first_forward(dense, example_input))
+        got = _output_tensors(runtime(example_input))
+        difference = 0.0  # an empty batch: none
+        for a, b in zip(expected, got, strict=True):
+            if a.numel():
+                difference = max(difference, float((a - b).abs().max()))
         times = interleaved_medians(
             [functools.partial(dense, example_input), functools.partial(runtime, example_input)],
             repeats=repeats,

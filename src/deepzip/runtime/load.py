@@ -40,6 +40,7 @@ from deepzip.runtime.policy import (
 )
 from deepzip.runtime.sparse import SharedCSRModule, check_shared
 from deepzip.runtime.sparse_linear import SparseLinear
+from deepzip.targets import check_module
 
 __all__ = [
     "LayerRuntime",
@@ -241,8 +242,10 @@ def compress_modules_(
             parameter on the meta device, or two names of one module's weight with different
             shared tensors (checked for every layer before the model is touched).
         InvalidTensorError: a malformed shared tensor (names it).
-        ConfigError: an override glob that matches no compressed layer.
+        ConfigError: an override glob that matches no compressed layer; ``model`` not an
+            ``nn.Module``.
     """
+    check_module(model, "compress_modules_")
     policy = policy if policy is not None else RuntimePolicy()
     return _apply(model, _plan(model, shared, policy), policy)
 
@@ -483,11 +486,12 @@ def load_compressed(
             named.
         CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
         InvalidTensorError: a malformed shared tensor (names it).
-        ConfigError: a bad ``batch_size_hint`` or override.
+        ConfigError: a bad ``batch_size_hint`` or override; ``model`` not an ``nn.Module``.
 
         All of these are checked before the model is touched: a failed load leaves it as it
         was.
     """
+    check_module(model, "load_compressed")
     policy = policy if policy is not None else RuntimePolicy()
     if batch_size_hint is not None:
         policy = replace(policy, batch_size=batch_size_hint)  # validated by __post_init__

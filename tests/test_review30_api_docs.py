@@ -1,0 +1,135 @@
+"""The public API against its docstrings: typed errors for wrong inputs, documented results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import deepzip as dz
+from deepzip.datasets import ImageDataset, TensorLoader
+from deepzip.errors import ConfigError, InvalidTensorError
+from deepzip.prune import mask_dict
+from deepzip.quantize import strip_ as quantize_strip_
+from deepzip.runtime import (
+    RuntimePolicy,
+    benchmark_layers,
+    benchmark_model,
+    compress_modules_,
+    load_compressed,
+)
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+@pytest.mark.parametrize(
+    ("call", "verb"),
+    [
+        (lambda m: dz.prune_(m, dz.PruneConfig(sparsity=0.5)), "prune_"),
+        (dz.pruning_report, "pruning_report"),
+        (mask_dict, "mask_dict"),
+        (dz.strip_, "strip_"),
+        (lambda m: dz.quantize_(m, dz.QuantizeConfig(bits=2)), "quantize_"),
+        (dz.export_shared, "export_shared"),
+        (quantize_strip_, "strip_"),
+        (lambda m: compress_modules_(m, {}), "compress_modules_"),
+    ],
+)
+@pytest.mark.parametrize("model", [None, {"weight": torch.ones(2, 2)}, "model.safetensors"])
+def test_verbs_refuse_a_model_that_is_not_a_module(call, verb, model) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match=rf"{verb}\(\) takes an nn.Module"):
+        call(model)
+
+
+def test_prune_refuses_another_config_type() -> None:
+    model = _mlp()
+    with pytest.raises(ConfigError, match=r"prune_.*PruneConfig.*QuantizeConfig"):
+        dz.prune_(model, dz.QuantizeConfig())  # type: ignore[arg-type]
+    assert dz.pruning_report(model).layers == ()  # nothing changed
+
+
+def test_quantize_refuses_another_config_type() -> None:
+    model = _mlp()
+    with pytest.raises(ConfigError, match=r"quantize_.*QuantizeConfig.*PruneConfig"):
+        dz.quantize_(model, dz.PruneConfig(sparsity=0.5))  # type: ignore[arg-type]
+    assert dz.export_shared(model) == {}
+
+
+@pytest.mark.parametrize("progress", ["0.5", None, True])
+def test_prune_refuses_a_progress_that_is_not_a_number(progress: object) -> None:
+    with pytest.raises(ConfigError, match="progress"):
+        dz.prune_(_mlp(), dz.PruneConfig(sparsity=0.5), progress=progress)  # type: ignore[arg-type]
+
+
+def _saved(tmp_path: Path, model: nn.Module) -> Path:
+    dz.prune_(model, dz.PruneConfig(sparsity=0.9))
+    dz.quantize_(model, dz.QuantizeConfig(bits=3))
+    path = tmp_path / "m.dzip"
+    dz.save(model, path)
+    return path
+
+
+def test_load_compressed_refuses_a_model_that_is_not_a_module(tmp_path: Path) -> None:
+    path = _saved(tmp_path, _mlp())
+    with pytest.raises(ConfigError, match=r"load_compressed\(\) takes an nn.Module"):
+        load_compressed(path, None)  # type: ignore[arg-type]
+
+
+class _TwoOutputs(nn.Module):
+    """A model returning a tuple of tensors, as many models do (logits, features)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 16)
+        self.b = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        h = self.a(x)
+        return self.b(h), {"hidden": h}
+
+
+def test_benchmark_model_takes_a_model_with_a_tuple_output(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = _saved(tmp_path, _TwoOutputs())
+    x = torch.randn(2, 8)
+    policy = RuntimePolicy(mode="sparse")
+    timing = benchmark_model(path, _TwoOutputs(), x, repeats=1, warmup=0, policy=policy)
+    assert timing.report.sparse == ("a.weight", "b.weight")
+    assert 0.0 <= timing.max_abs_difference < 1e-5
+
+
+@pytest.mark.parametrize("bench", [benchmark_layers, benchmark_model])
+def test_benchmarks_refuse_bad_model_and_example_types(tmp_path: Path, bench) -> None:  # type: ignore[no-untyped-def]
+    path = _saved(tmp_path, _mlp())
+    with pytest.raises(ConfigError, match="example_input must be a tensor"):
+        bench(path, _mlp(), [[0.0] * 8], repeats=1, warmup=0)
+    with pytest.raises(ConfigError, match=rf"{bench.__name__}\(\) takes an nn.Module"):
+        bench(path, None, torch.randn(1, 8), repeats=1, warmup=0)
+
+
+def test_tensor_loader_refuses_zero_dimensional_and_non_tensor_inputs() -> None:
+    with pytest.raises(InvalidTensorError, match=r"images must be a tensor.*0-d"):
+        TensorLoader(torch.tensor(1.0), torch.tensor(1), 2)
+    with pytest.raises(InvalidTensorError, match=r"labels must be a tensor.*list"):
+        TensorLoader(torch.zeros(2, 3), [0, 1], 2)  # type: ignore[arg-type]
+
+
+def test_image_dataset_refuses_non_tensor_inputs() -> None:
+    with pytest.raises(InvalidTensorError, match="x/y: images must be a tensor"):
+        ImageDataset([[0.0]], torch.zeros(1), "x", "y")  # type: ignore[arg-type]
+
+
+def test_initial_centroids_raises_as_documented() -> None:
+    from deepzip.quantize import initial_centroids
+
+    doc = initial_centroids.__doc__ or ""
+    assert "Raises:" in doc
+    with pytest.raises(ConfigError, match="distinct"):
+        initial_centroids(torch.tensor([1.0, 2.0]), 4)
+    with pytest.raises(InvalidTensorError):
+        initial_centroids(torch.tensor([1.0, float("nan")]), 1)
