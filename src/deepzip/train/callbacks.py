@@ -22,12 +22,19 @@ class FitState:
             when the loader has no length.
         last_loss: loss of the last batch (NaN before the first one).
         epoch_loss: sample-weighted mean loss over the current epoch's batches so far
-            (NaN before the first one).
+            (NaN before the first one). Under ``torch.distributed`` with a
+            ``DistributedSampler``, this rank's own during the epoch and the mean over all
+            ranks' samples from the epoch end on (before evaluation and ``on_epoch_end``).
         metrics: evaluation results of the current epoch (``val_loss``, ``val_accuracy``),
             filled before ``on_epoch_end``; cleared at each epoch start. Callbacks may add
-            their own; :class:`FitHistory` records whatever is there at the epoch end.
+            their own; :class:`FitHistory` records whatever is there at the epoch end. Over a
+            ``DistributedSampler`` the evaluation is all-reduced, so every rank sees the same
+            values (see :func:`~deepzip.train.evaluate`).
         stop: set it to ``True`` to end training: checked after every batch (the epoch then
             ends early, with its usual evaluation and ``on_epoch_end``) and after every epoch.
+            Under DDP set it on every rank or on none (decide from values the ranks share,
+            such as ``metrics`` or the epoch-end ``epoch_loss``), or the ranks that go on
+            block in a collective the others never join.
     """
 
     epochs: int

@@ -1,4 +1,10 @@
-"""The training loop and evaluation, for any model, batch iterable, loss and optimizer."""
+"""The training loop and evaluation, for any model, batch iterable, loss and optimizer.
+
+All three functions work under ``torch.distributed`` (see :func:`fit` and :func:`evaluate`):
+``fit`` calls ``set_epoch`` on the loader's sampler at each epoch start, and the totals of
+an evaluation over a ``DistributedSampler`` are all-reduced, so every rank reports the same
+global loss and accuracy.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+from torch.utils.data import DistributedSampler
 
 from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.train.callbacks import Callback, FitHistory, FitState
@@ -113,6 +121,58 @@ def _model_device(model: nn.Module, device: str | torch.device | None) -> torch.
     return torch.device("cpu")
 
 
+def _samplers(loader: object) -> list[object]:
+    """The loader's ``sampler``, ``batch_sampler`` and ``batch_sampler.sampler``, each once.
+
+    A ``DataLoader`` built with ``sampler=`` holds it in both ``loader.sampler`` and
+    ``loader.batch_sampler.sampler``; one built with ``batch_sampler=`` holds a
+    ``SequentialSampler`` in ``loader.sampler`` and the real one inside the batch sampler.
+    """
+    found: list[object] = []
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for candidate in (
+        getattr(loader, "sampler", None),
+        batch_sampler,
+        getattr(batch_sampler, "sampler", None),
+    ):
+        if candidate is not None and not any(candidate is seen for seen in found):
+            found.append(candidate)
+    return found
+
+
+def _set_epoch(loader: object, epoch: int) -> None:
+    """``set_epoch(epoch)`` on each of the loader's samplers that has one (a
+    ``DistributedSampler`` seeds its shuffle with ``seed + epoch``)."""
+    for sampler in _samplers(loader):
+        set_epoch = getattr(sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+
+
+def _is_shard(loader: object) -> bool:
+    """Whether ``loader`` yields one rank's shard of the data, so that totals over it must be
+    all-reduced: ``torch.distributed`` is initialised and the loader's sampler is a
+    ``DistributedSampler`` over more than one replica.
+
+    Raises:
+        ConfigError: the sampler's ``num_replicas`` is not the default group's world size
+            (an all-reduce over that group would not add up the sampler's shards).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    for sampler in _samplers(loader):
+        if isinstance(sampler, DistributedSampler) and sampler.num_replicas > 1:
+            world = dist.get_world_size()
+            if sampler.num_replicas != world:
+                raise ConfigError(
+                    f"the loader's DistributedSampler splits the data into "
+                    f"{sampler.num_replicas} shards, but the default process group has "
+                    f"{world} ranks"
+                )
+            return True
+    return False
+
+
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
     """``model.eval()``, then restore each submodule's own training flag."""
@@ -147,6 +207,38 @@ def fit(
     ``state.metrics``), then the scheduler is stepped, then the callbacks' ``on_epoch_end``
     hooks run. A callback may end training early by setting ``state.stop``.
 
+    Each epoch starts by calling ``set_epoch(epoch)`` (``epoch`` counted from 0 in this call)
+    on every sampler of ``loader`` that has that method: ``loader.sampler``,
+    ``loader.batch_sampler`` and ``loader.batch_sampler.sampler``, each once.
+
+    Distributed data parallel: run ``fit`` on every rank with the model wrapped in
+    ``torch.nn.parallel.DistributedDataParallel`` (CUDA: ``device_ids=[local_rank]``, the
+    module moved there first, and ``device`` left ``None`` or that same device), the
+    optimizer built over the wrapped model's parameters, and ``loader`` a ``DataLoader``
+    with a ``torch.utils.data.DistributedSampler``. The ``set_epoch`` call gives every epoch
+    a new shuffle on which all ranks agree, and DDP averages the gradients in ``backward``,
+    so the ranks' parameters stay identical (``max_grad_norm`` clips the averaged gradients,
+    the same on every rank). When ``torch.distributed`` is initialised and ``loader``'s
+    sampler is a ``DistributedSampler`` over more than one replica, the epoch's training
+    loss is all-reduced at the epoch end (one collective per epoch): ``state.epoch_loss``
+    then holds the mean over all ranks' samples, as do the history and what a
+    ``ReduceLROnPlateau`` without ``eval_loader`` is stepped with, so that every rank makes
+    the same learning-rate decision; ``state.last_loss`` and the running ``epoch_loss``
+    during the epoch are the rank's own. ``eval_loader`` is evaluated as :func:`evaluate`
+    does, global metrics included. Every rank must run the same number of batches: stop
+    (``state.stop``) on every rank or on none, from a value the ranks share such as
+    ``val_loss``.
+
+    A non-finite loss raises :class:`InvalidTensorError` after ``backward`` and before the
+    optimizer step, on the rank that saw it only; no extra collective tells the others (it
+    would cost one per batch). Under DDP that rank's gradients were already averaged into
+    the others', which step on (onto non-finite parameters when that gradient was NaN or
+    infinite) and then block in their next collective (DDP's gradient
+    all-reduce) until the failing process exits (a launcher such as ``torchrun`` then ends
+    the job, and gloo or NCCL report the lost peer) or the process group's timeout expires,
+    as with any DDP loop; let the exception end the process rather than catching it and
+    carrying on.
+
     Args:
         model: any module; it is moved to ``device``, and the optimizer's state (momentum,
             moments) with it. The optimizer must hold its parameters.
@@ -172,8 +264,9 @@ def fit(
 
     Raises:
         ConfigError: ``epochs < 0``, a ``max_grad_norm`` that is not a finite number > 0, a
-            bad device or seed, a batch that is not a pair, or a loader that yields no batch
-            in an epoch.
+            bad device or seed, a batch that is not a pair, a loader that yields no batch
+            in an epoch, or a ``DistributedSampler`` whose ``num_replicas`` is not the
+            default process group's world size.
         InvalidTensorError: the loss is NaN or infinite (no optimizer step is taken then).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
@@ -201,6 +294,8 @@ def fit(
         state.epoch, state.batch_in_epoch = epoch, 0
         state.epoch_loss, state.metrics = math.nan, {}
         state.batches_per_epoch = _batches_per_epoch(loader)  # a loader may change length
+        _set_epoch(loader, epoch)
+        sharded = _is_shard(loader)
         model.train()
         for cb in hooks:
             cb.on_epoch_start(state)
@@ -230,6 +325,10 @@ def fit(
                 break
         if state.batch_in_epoch == 0:
             raise ConfigError(f"the training loader yielded no batches in epoch {epoch + 1}")
+        if sharded:
+            totals = torch.tensor([loss_sum, samples], dtype=torch.float64, device=dev)
+            dist.all_reduce(totals)
+            state.epoch_loss = totals[0].item() / totals[1].item()
         if eval_loader is not None:
             result = evaluate(model, eval_loader, loss_fn=criterion, device=dev)
             state.metrics.update(val_loss=result.loss, val_accuracy=result.accuracy)
@@ -262,6 +361,24 @@ def evaluate(
     afterwards. Totals are accumulated on the device, so there is a single
     host synchronisation at the end.
 
+    Under ``torch.distributed``: when it is initialised and the loader's sampler (``sampler``
+    or ``batch_sampler.sampler``) is a ``torch.utils.data.DistributedSampler`` over more than
+    one replica, the loss sum, the correct count and the sample count are all-reduced over
+    the default process group at the end, so every rank returns the same global loss,
+    accuracy and ``n``. Every rank must call ``evaluate`` then (it is a collective; an error
+    on one rank leaves the others waiting in the all-reduce until that process exits or the
+    group's timeout expires). The counts are those of the samples the sampler yields: unless
+    it was built with ``drop_last=True``, a ``DistributedSampler`` pads its shards to equal
+    length by repeating samples from the start of its order, so ``n`` may exceed the data
+    set's length by up to ``num_replicas - 1`` and those samples count twice; with
+    ``drop_last=True`` up to ``num_replicas - 1`` samples are left out instead. Any other
+    loader (no sampler, another sampler, a ``DistributedSampler`` with ``num_replicas=1``,
+    or ``torch.distributed`` not initialised) is evaluated on this process alone. A model
+    wrapped in ``DistributedDataParallel`` may be passed as it is when every rank evaluates,
+    but its first forward after a training one broadcasts the module's buffers (BatchNorm
+    statistics) from rank 0, itself a collective: to evaluate on some ranks only, pass the
+    wrapped ``model.module``.
+
     Args:
         model: a classifier returning ``N×C`` logits; it is moved to ``device``.
         loader: ``(inputs, targets)`` batches with class-index targets.
@@ -273,12 +390,15 @@ def evaluate(
         The sample-weighted mean loss, accuracy and sample count.
 
     Raises:
-        ConfigError: the loader yields no samples, a batch is not a pair, or a bad device.
+        ConfigError: the loader yields no samples (on all ranks together, when all-reduced), a
+            batch is not a pair, a bad device, or a ``DistributedSampler`` whose ``num_replicas``
+            is not the default process group's world size.
         InvalidTensorError: a batch's outputs are not an ``N×C`` tensor (a tuple, a
             dictionary) or its targets not ``N`` class indices (packed distillation targets,
             one-hot rows).
     """
     dev = _model_device(model, device)
+    sharded = _is_shard(loader)
     model.to(dev)
     criterion: _LossFn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
     loss_sum = torch.zeros((), device=dev)
@@ -299,6 +419,11 @@ def evaluate(
             loss_sum += criterion(logits, targets).float() * n
             correct += (logits.argmax(dim=1) == targets).sum()
             samples += n
+    if sharded:
+        counts = torch.stack([correct, torch.tensor(samples, device=dev)])
+        dist.all_reduce(loss_sum)
+        dist.all_reduce(counts)
+        correct, samples = counts[0], int(counts[1].item())
     if samples == 0:
         raise ConfigError("the evaluation loader yielded no samples")
     return EvalResult(loss=loss_sum.item() / samples, accuracy=correct.item() / samples, n=samples)
@@ -311,6 +436,14 @@ def predict_logits(
 
     Runs in eval mode without gradients (the result is an ordinary tensor); each
     submodule's training flag is restored afterwards.
+
+    Under ``torch.distributed`` nothing is gathered: over a loader with a
+    ``DistributedSampler`` each rank gets the outputs of its own shard, in its sampler's
+    order (padding repeats included), which is what per-sample work on that rank (such as
+    distillation targets for its own batches) needs. For the whole data set on one rank, use
+    a loader without a ``DistributedSampler``. A model wrapped in ``DistributedDataParallel``
+    broadcasts its buffers (BatchNorm statistics) from rank 0 in its first forward after a
+    training one, a collective: pass ``model.module`` unless every rank runs the prediction.
 
     Args:
         model: any module; it is moved to ``device``.
