@@ -12,6 +12,7 @@ import deepzip as dz
 from deepzip.datasets import ImageDataset, TensorLoader
 from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.prune import mask_dict
+from deepzip.quantize import fisher_diagonal
 from deepzip.quantize import strip_ as quantize_strip_
 from deepzip.runtime import (
     RuntimePolicy,
@@ -133,3 +134,15 @@ def test_initial_centroids_raises_as_documented() -> None:
         initial_centroids(torch.tensor([1.0, 2.0]), 4)
     with pytest.raises(InvalidTensorError):
         initial_centroids(torch.tensor([1.0, float("nan")]), 1)
+
+
+def test_fisher_diagonal_restores_each_submodules_own_training_flag() -> None:
+    # model.train(was_training) set a BatchNorm the user had frozen in eval mode back to
+    # training inside a model in training mode
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
+    model.train()
+    model[1].eval()
+    batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    fisher_diagonal(model, batches)
+    assert [m.training for m in model.modules()] == [True, True, False, True]

@@ -24,7 +24,8 @@ is a buffer, not a parameter, is skipped with that reason: only parameters are c
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
 
@@ -45,6 +46,7 @@ __all__ = [
     "check_glob_sequence",
     "check_module",
     "check_patterns_match",
+    "eval_mode",
     "layer_type",
     "listing",
     "matches",
@@ -232,6 +234,21 @@ def _own_params(module: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
     for attr, param in module.named_parameters(recurse=False, remove_duplicate=False):
         if attr not in seen:
             yield attr, param
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` for the block, then restore each submodule's own training flag (not
+    ``model.train(was_training)``, which would set every submodule to the root's flag: a
+    BatchNorm the user froze in eval mode inside a model in training mode came back training).
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def check_module(model: object, verb: str) -> None:

@@ -20,7 +20,7 @@ from torch import nn
 
 from deepzip.errors import ConfigError
 from deepzip.quantize.shared import get_shared
-from deepzip.targets import Target, select_targets
+from deepzip.targets import Target, eval_mode, select_targets
 
 __all__ = ["adam_second_moment", "fisher_diagonal"]
 
@@ -60,9 +60,10 @@ def fisher_diagonal(
     ``vmap`` cannot trace (data-dependent control flow, an autograd function without vmap
     support) falls back to one backward pass per sample, with the same result.
 
-    The model runs in eval mode (no dropout noise; BatchNorm uses its running statistics). Its
-    parameters are not changed and their ``.grad`` is left cleared. Batches are moved to the
-    device of the model's first parameter. ``loss_fn(output, labels)`` gets one sample's output
+    The model runs in eval mode (no dropout noise; BatchNorm uses its running statistics); each
+    submodule's own training flag is restored afterwards. Its parameters are not changed and
+    their ``.grad`` is left cleared. Batches are moved to the device of the model's first
+    parameter. ``loss_fn(output, labels)`` gets one sample's output
     and label (a batch of one); the default is cross-entropy.
 
     Raises:
@@ -88,38 +89,36 @@ def fisher_diagonal(
     first = next(model.parameters(), None)  # a model without parameters has no Fisher
     device = first.device if first is not None else torch.device("cpu")
     sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in stored.items()}
-    was_training = model.training
-    model.eval()
     flags = {n: p.requires_grad for n, p in stored.items()}
     samples = 0
     batch_count = 0
     use_vmap = len(param_name) == len(stored)
-    try:
-        for p in stored.values():
-            p.requires_grad_(True)
-        for inputs, labels in batches:
-            if batch_count == max_batches:
-                break
-            batch_count += 1
-            inputs, labels = inputs.to(device), labels.to(device)
-            for lo in range(0, int(inputs.shape[0]), _FISHER_CHUNK):
-                x, y = inputs[lo : lo + _FISHER_CHUNK], labels[lo : lo + _FISHER_CHUNK]
-                squares = None
-                if use_vmap:
-                    try:
-                        squares = _vmap_squares(model, criterion, stored, param_name, x, y)
-                    except (RuntimeError, NotImplementedError):
-                        use_vmap = False  # not traceable by vmap: the same sums, one by one
-                if squares is None:
-                    squares = _loop_squares(model, criterion, stored, x, y)
-                for n, sq in squares.items():
-                    sums[n] += sq
-                samples += int(x.shape[0])
-    finally:
-        model.zero_grad(set_to_none=True)
-        for n, p in stored.items():
-            p.requires_grad_(flags[n])
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            for p in stored.values():
+                p.requires_grad_(True)
+            for inputs, labels in batches:
+                if batch_count == max_batches:
+                    break
+                batch_count += 1
+                inputs, labels = inputs.to(device), labels.to(device)
+                for lo in range(0, int(inputs.shape[0]), _FISHER_CHUNK):
+                    x, y = inputs[lo : lo + _FISHER_CHUNK], labels[lo : lo + _FISHER_CHUNK]
+                    squares = None
+                    if use_vmap:
+                        try:
+                            squares = _vmap_squares(model, criterion, stored, param_name, x, y)
+                        except (RuntimeError, NotImplementedError):
+                            use_vmap = False  # not traceable by vmap: the same sums, one by one
+                    if squares is None:
+                        squares = _loop_squares(model, criterion, stored, x, y)
+                    for n, sq in squares.items():
+                        sums[n] += sq
+                    samples += int(x.shape[0])
+        finally:
+            model.zero_grad(set_to_none=True)
+            for n, p in stored.items():
+                p.requires_grad_(flags[n])
     if batch_count == 0:
         raise ConfigError("fisher_diagonal: the loader yielded no batches")
     if samples == 0:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +21,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data import DistributedSampler
 
 from deepzip.errors import ConfigError, InvalidTensorError
+from deepzip.targets import eval_mode
 from deepzip.train.callbacks import Callback, FitHistory, FitState
 from deepzip.train.seed import resolve_device, seed_everything
 
@@ -171,18 +171,6 @@ def _is_shard(loader: object) -> bool:
                 )
             return True
     return False
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """``model.eval()``, then restore each submodule's own training flag."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def fit(
@@ -404,7 +392,7 @@ def evaluate(
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), dtype=torch.long, device=dev)
     samples = 0
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for index, batch in enumerate(loader):
             inputs, targets = _to_device(batch, dev)
             logits = _tensor_output(model(inputs), f"evaluation batch {index + 1}")
@@ -462,7 +450,7 @@ def predict_logits(
     dev = _model_device(model, device)
     model.to(dev)
     outputs: list[torch.Tensor] = []
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for index, batch in enumerate(loader):
             inputs, _ = _split(batch)
             output = model(inputs.to(dev, non_blocking=dev.type != "cpu"))
