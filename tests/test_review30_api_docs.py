@@ -12,7 +12,7 @@ import deepzip as dz
 from deepzip.datasets import ImageDataset, TensorLoader
 from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.prune import mask_dict
-from deepzip.quantize import fisher_diagonal
+from deepzip.quantize import assign_nearest, fisher_diagonal
 from deepzip.quantize import strip_ as quantize_strip_
 from deepzip.runtime import (
     RuntimePolicy,
@@ -21,6 +21,7 @@ from deepzip.runtime import (
     compress_modules_,
     load_compressed,
 )
+from deepzip.runtime.policy import density_threshold
 
 
 def _mlp() -> nn.Sequential:
@@ -146,3 +147,22 @@ def test_fisher_diagonal_restores_each_submodules_own_training_flag() -> None:
     batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
     fisher_diagonal(model, batches)
     assert [m.training for m in model.modules()] == [True, True, False, True]
+
+
+def test_density_threshold_refuses_an_unknown_kind_and_batch_size() -> None:
+    # "Linear" (not "linear") silently read the convolution table
+    assert density_threshold("linear", 1) != density_threshold("conv", 1)
+    with pytest.raises(ConfigError, match="kind must be 'linear' or 'conv', got 'Linear'"):
+        density_threshold("Linear", 1)  # type: ignore[arg-type]
+    for bad in (0, True, 2.0):
+        with pytest.raises(ConfigError, match="batch_size must be an integer >= 1"):
+            density_threshold("conv", bad)  # type: ignore[arg-type]
+
+
+def test_assign_nearest_refuses_non_finite_centroids() -> None:
+    # a NaN centroid passed the "sorted" check and every value got label 1
+    values = torch.tensor([-1.0, 0.0, 5.0])
+    assert assign_nearest(values, torch.tensor([-1.0, 0.0, 5.0])).tolist() == [0, 1, 2]
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(InvalidTensorError, match="centroids must be finite"):
+            assign_nearest(values, torch.tensor([-1.0, bad, 5.0]))

@@ -263,13 +263,15 @@ def assign_nearest(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tenso
         int64 labels of ``values``' shape, on ``values``' device.
 
     Raises:
-        InvalidTensorError: ``centroids`` is empty, not 1-D or not sorted.
+        InvalidTensorError: ``centroids`` is empty, not 1-D, not finite or not sorted.
     """
     if centroids.dim() != 1 or centroids.numel() == 0:
         raise InvalidTensorError(
             f"centroids must be a non-empty 1-D tensor, got shape {tuple(centroids.shape)}"
         )
     c = centroids.detach().to(device=values.device, dtype=torch.float64)
+    if not bool(torch.isfinite(c).all()):  # NaN passes the order check: every label was 1
+        raise InvalidTensorError(f"centroids must be finite, got {centroids.tolist()}")
     if bool((c[1:] < c[:-1]).any()):
         raise InvalidTensorError("centroids must be sorted ascending")
     mids = (c[1:] + c[:-1]) / 2

@@ -156,7 +156,16 @@ class RuntimePolicy:
 
 
 def density_threshold(kind: Literal["linear", "conv"], batch_size: int) -> float:
-    """The measured threshold for ``kind`` at ``batch_size`` (the next smaller measured one)."""
+    """The measured threshold for ``kind`` at ``batch_size`` (the next smaller measured one).
+
+    Raises:
+        ConfigError: ``kind`` is not ``"linear"`` or ``"conv"``, or ``batch_size`` is not an
+            integer >= 1.
+    """
+    if kind not in ("linear", "conv"):
+        raise ConfigError(f"kind must be 'linear' or 'conv', got {kind!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     table = LINEAR_THRESHOLDS if kind == "linear" else CONV_THRESHOLDS
     value = table[0][1]
     for batch, threshold in table:
