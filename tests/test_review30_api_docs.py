@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,7 +14,7 @@ import deepzip as dz
 from deepzip.datasets import ImageDataset, TensorLoader
 from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.prune import mask_dict
-from deepzip.quantize import assign_nearest, fisher_diagonal
+from deepzip.quantize import assign_nearest, fisher_diagonal, kmeans_1d
 from deepzip.quantize import strip_ as quantize_strip_
 from deepzip.runtime import (
     RuntimePolicy,
@@ -166,3 +168,48 @@ def test_assign_nearest_refuses_non_finite_centroids() -> None:
     for bad in (float("nan"), float("inf")):
         with pytest.raises(InvalidTensorError, match="centroids must be finite"):
             assign_nearest(values, torch.tensor([-1.0, bad, 5.0]))
+
+
+def test_iterative_prune_refuses_bad_argument_types() -> None:
+    # schedule=None raised AttributeError: 'NoneType' object has no attribute 'fractions'
+    model = nn.Sequential(nn.Linear(8, 4))
+    config, schedule = dz.PruneConfig(sparsity=0.5), dz.ScheduleConfig(steps=(0.5, 1.0))
+
+    def no_retrain(m: nn.Module, i: int) -> None:
+        del m, i
+
+    cases: list[tuple[object, object, object, str]] = [
+        (model, config, None, "iterative_prune\\(\\) takes a ScheduleConfig, got NoneType"),
+        (model, dz.QuantizeConfig(), schedule, "takes a PruneConfig, got QuantizeConfig"),
+        ({"w": 1}, config, schedule, "iterative_prune\\(\\) takes an nn.Module, got dict"),
+    ]
+    for m, c, s, match in cases:
+        with pytest.raises(ConfigError, match=match):
+            dz.iterative_prune(m, c, s, no_retrain)  # type: ignore[arg-type]
+    assert not hasattr(model[0], "parametrizations")
+
+
+def test_sensitivity_refuses_non_numbers_and_keeps_numpy_sweeps() -> None:
+    # ["a"] raised ValueError from float(); suggest("0.1") raised TypeError
+    model = nn.Sequential(nn.Linear(8, 4))
+    for bad, match in (
+        (["a"], "sensitivity sparsity must be a number, got 'a'"),
+        ([True], "sensitivity sparsity must be a number, got True"),
+        ("0.5", "sparsities must be a sequence of numbers"),
+        (0.5, "sparsities must be a sequence of numbers, got float"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(match)):
+            dz.sensitivity_analysis(model, lambda m: 0.5, sparsities=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"sensitivity_analysis\(\) takes an nn\.Module"):
+        dz.sensitivity_analysis(None, lambda m: 0.5)  # type: ignore[arg-type]
+    result = dz.sensitivity_analysis(model, lambda m: 0.5, sparsities=np.array([0.25, 0.5]))
+    assert result.sparsities == (0.25, 0.5)
+    for bad_drop in ("0.1", True, None):
+        with pytest.raises(ConfigError, match="max_drop must be a finite number >= 0"):
+            result.suggest(bad_drop)  # type: ignore[arg-type]
+
+
+def test_kmeans_refuses_a_tol_that_is_not_a_number() -> None:
+    for bad in ("0", True, None):
+        with pytest.raises(ConfigError, match="tol must be a finite number >= 0"):
+            kmeans_1d(torch.randn(50), 4, tol=bad)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from torch import nn
 
 from deepzip.config import PruneConfig, ScheduleConfig
 from deepzip.prune.api import PruneReport, prune_
-from deepzip.targets import DEFAULT_LAYER_TYPES
+from deepzip.targets import DEFAULT_LAYER_TYPES, check_config, check_module
 
 __all__ = [
     "StepRecord",
@@ -110,7 +110,15 @@ def iterative_prune(
 
     Returns:
         The final report and one record per step.
+
+    Raises:
+        ConfigError: ``model`` not an ``nn.Module``, ``config`` not a :class:`PruneConfig`,
+            ``schedule`` not a :class:`ScheduleConfig`; and what :func:`~deepzip.prune_`
+            raises.
     """
+    check_module(model, "iterative_prune")
+    check_config(config, PruneConfig, "iterative_prune")
+    check_config(schedule, ScheduleConfig, "iterative_prune")
     records: list[StepRecord] = []
     report: PruneReport | None = None
     for i, fraction in enumerate(schedule.fractions()):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from deepzip.errors import ConfigError
 from deepzip.prune.api import layer_targets
 from deepzip.prune.masks import check_finite, sparsity_mask
 from deepzip.prune.parametrization import check_prunable, get_mask
-from deepzip.targets import Skipped, Target, check_glob_sequence
+from deepzip.targets import Skipped, Target, check_glob_sequence, check_module
 
 __all__ = [
     "DEFAULT_SWEEP",
@@ -52,7 +53,12 @@ class SensitivityResult:
         Raises:
             ConfigError: ``max_drop`` is negative or not finite.
         """
-        if not math.isfinite(max_drop) or max_drop < 0:
+        if (
+            isinstance(max_drop, bool)
+            or not isinstance(max_drop, numbers.Real)
+            or not math.isfinite(max_drop)
+            or max_drop < 0
+        ):
             raise ConfigError(f"max_drop must be a finite number >= 0, got {max_drop!r}")
         out: dict[str, float] = {}
         for name, accs in self.curves.items():
@@ -92,6 +98,28 @@ def _stored(target: Target) -> torch.Tensor:
     return value
 
 
+def _sweep(sparsities: object) -> tuple[float, ...]:
+    """The sweep as floats: any iterable of real numbers (a list, a NumPy array); a string,
+    a bool or an item that is not a number is a ``ConfigError``."""
+    if isinstance(sparsities, (str, bytes)):
+        raise ConfigError(f"sparsities must be a sequence of numbers, got {sparsities!r}")
+    try:
+        items = list(sparsities)  # type: ignore[call-overload]
+    except TypeError:
+        raise ConfigError(
+            f"sparsities must be a sequence of numbers, got {type(sparsities).__name__}"
+        ) from None
+    sweep: list[float] = []
+    for s in items:
+        try:
+            if isinstance(s, (bool, str, bytes)):
+                raise TypeError
+            sweep.append(float(s))
+        except (TypeError, ValueError):
+            raise ConfigError(f"sensitivity sparsity must be a number, got {s!r}") from None
+    return tuple(sweep)
+
+
 def sensitivity_analysis(
     model: nn.Module,
     evaluate: Callable[[nn.Module], float],
@@ -112,14 +140,16 @@ def sensitivity_analysis(
         on_point: progress callback ``(layer, sparsity, accuracy)``.
 
     Raises:
-        ConfigError: an empty sweep, a sparsity outside [0, 1), ``include``/``exclude`` given
+        ConfigError: ``model`` not an ``nn.Module``; an empty sweep, a sparsity that is not a
+            number in [0, 1), ``include``/``exclude`` given
             as one string, a glob matching nothing, or a selected layer that is quantized or
             carries a parametrization that is not deepzip's.
         InvalidTensorError: a selected weight holds NaN or infinity.
 
     Every selected layer is checked before ``evaluate`` is first called.
     """
-    sweep = tuple(float(s) for s in sparsities)
+    check_module(model, "sensitivity_analysis")
+    sweep = _sweep(sparsities)
     if not sweep:
         raise ConfigError("sensitivity sweep is empty")
     for s in sweep:

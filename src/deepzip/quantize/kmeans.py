@@ -18,6 +18,7 @@ optimisation, O(k · n log n)) for quality checks on small inputs.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -247,6 +248,11 @@ def weighted_sse(
     count)."""
     err = values.to(torch.float64) - centroids.to(torch.float64)[labels]
     return sum_float64(weights.to(torch.float64) * err * err)
+
+
+def _is_real(value: object) -> bool:
+    """A real number that is not a bool (``True`` is an ``int``)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def assign_nearest(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -725,7 +731,7 @@ def kmeans_1d(
     _check_init(init, seed)
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ConfigError(f"max_iter must be an integer >= 1, got {max_iter!r}")
-    if not math.isfinite(tol) or tol < 0:
+    if not _is_real(tol) or not math.isfinite(tol) or tol < 0:
         raise ConfigError(f"tol must be a finite number >= 0, got {tol!r}")
     if init_centroids is not None:
         if init_centroids.dim() != 1:
