@@ -780,9 +780,30 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _unpaired_surrogate(obj: Any) -> str | None:
+    """The first string (key or value) of a parsed JSON value that is not Unicode text: a
+    ``\\u`` escape of an unpaired surrogate (``"\\ud800"``) parses to a string that cannot
+    be encoded as UTF-8. Iterative: nesting as deep as ``json.loads`` accepts is fine."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return item
+    return None
+
+
 def parse_metadata(buf: bytes, where: str) -> dict[str, Any]:
     """Strictly parse a metadata section: UTF-8 JSON object, no duplicate keys, no NaN or
-    infinity (neither as a constant nor as a number that overflows to it)."""
+    infinity (neither as a constant nor as a number that overflows to it), no string with an
+    unpaired surrogate (which every later UTF-8 encoding of the metadata would fail on)."""
     try:
         obj = json.loads(
             buf.decode("utf-8"),
@@ -794,6 +815,13 @@ def parse_metadata(buf: bytes, where: str) -> dict[str, Any]:
         raise CorruptFileError(f"{where}: metadata is not valid UTF-8 JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise CorruptFileError(f"{where}: metadata must be a JSON object, got {type(obj).__name__}")
+    if b"\\u" in buf:  # a surrogate can only come from an escape (raw UTF-8 cannot hold one)
+        bad = _unpaired_surrogate(obj)
+        if bad is not None:
+            raise CorruptFileError(
+                f"{where}: metadata string {bad[:40]!a} holds an unpaired surrogate "
+                "(a \\u escape that is not Unicode text)"
+            )
     return obj
 
 
