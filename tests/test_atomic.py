@@ -96,7 +96,7 @@ def test_atomic_path_fsyncs_the_file_before_the_rename(
     dest = tmp_path / "out.bin"
     with atomic_path(dest) as tmp:
         tmp.write_bytes(b"data")  # written by another writer, through the path
-    assert calls == [("fsync", str(tmp)), ("replace", str(tmp))]
+    assert calls == [("fsync", str(tmp)), ("replace", str(tmp)), ("fsync", str(tmp_path))]
     assert dest.read_bytes() == b"data"
 
 
@@ -109,7 +109,7 @@ def test_atomic_open_fsyncs_once_before_the_rename(
     with atomic_open(dest) as fh:
         fh.write(b"data")
         tmp = fh.name
-    assert calls == [("fsync", str(tmp)), ("replace", str(tmp))]
+    assert calls == [("fsync", str(tmp)), ("replace", str(tmp)), ("fsync", str(tmp_path))]
 
 
 def test_a_failed_block_is_not_fsynced_or_renamed(

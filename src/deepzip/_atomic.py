@@ -2,11 +2,19 @@
 
 A crash or an exception part-way leaves the destination untouched (the old file, or none) and
 removes the temporary file. The temporary file's content is fsync'ed before the rename, so a
-power loss after it cannot leave an empty or partial file under the destination's name. The
+power loss after it cannot leave an empty or partial file under the destination's name; the
+directory is fsync'ed after the rename, so that the new file is there after a power loss. The
 file gets the permissions a plain ``open(dest, "wb")`` would give it: those of the file it
 replaces, else ``0o666`` less the umask, even when the code writing it replaces the temporary
 file by its own (as safetensors' ``save_file`` does). Parent directories created for the file
 are removed again when the write fails.
+
+The rename replaces the directory entry ``dest``: a symbolic link there is replaced by the new
+file (the file it pointed to is left as it was; the new file takes its permission bits; a link
+to a directory is refused, as a directory is), and an existing file is replaced whatever its
+own permission bits (as ``mv`` does: renaming needs only the right to write in the directory).
+A name as long as the file system allows (255 bytes) can be written: the temporary file's name
+is then shortened.
 """
 
 from __future__ import annotations
@@ -21,7 +29,14 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = [
+    "atomic_open",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "make_dirs",
+    "remove_dirs",
+]
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _CREATE |= getattr(os, "O_BINARY", 0) | getattr(os, "O_NOINHERIT", 0)
@@ -37,7 +52,7 @@ def _create_temp(target: Path) -> Path:
     ``O_EXCL`` makes the name ours (as in ``mkstemp``); a taken name is retried.
     """
     for _ in range(tempfile.TMP_MAX):
-        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        tmp = target.parent / _temp_name(target.name, secrets.token_hex(4))
         try:
             fd = os.open(tmp, _CREATE, 0o666)
         except FileExistsError:
@@ -48,6 +63,20 @@ def _create_temp(target: Path) -> Path:
         os.close(fd)
         return tmp
     raise FileExistsError(f"no free temporary file name next to {target}")
+
+
+_NAME_MAX = 255  # bytes in one file name, on the common file systems
+
+
+def _temp_name(name: str, token: str) -> str:
+    """``.<name>.<token>.tmp``, with ``name`` cut short (whole characters) where the whole
+    would exceed :data:`_NAME_MAX` bytes: a destination named near the limit stays writable.
+    A ``name`` over the limit itself is kept whole, so that creating the temporary file fails
+    at once (``ENAMETOOLONG``), before any work, as the rename would after it."""
+    if len(os.fsencode(name)) <= _NAME_MAX:
+        while len(os.fsencode(f".{name}.{token}.tmp")) > _NAME_MAX:
+            name = name[:-1]
+    return f".{name}.{token}.tmp"
 
 
 def _fsync_file(path: Path) -> None:
@@ -61,10 +90,27 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _make_parents(directory: Path) -> list[Path]:
+def _fsync_dir(directory: Path) -> None:
+    """Flush ``directory``'s entries to disk, so that a rename in it survives a power loss
+    (POSIX; elsewhere, or on a file system that cannot fsync a directory, nothing)."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        with suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(directory: Path) -> list[Path]:
     """Create ``directory`` and its missing parents; return those created, deepest first."""
     missing: list[Path] = []
-    while not directory.exists() and directory != directory.parent:
+    # (lexists: a dangling link is something on the way, not a directory to create)
+    while not os.path.lexists(directory) and directory != directory.parent:
         missing.append(directory)
         directory = directory.parent
     if not directory.is_dir():  # a file (or a dangling link) on the way
@@ -103,11 +149,11 @@ def _atomic_path(dest: str | os.PathLike[str], *, sync: bool) -> Iterator[Path]:
     target = Path(dest)
     if target.is_dir():  # the rename would fail only after the work, naming the temporary file
         raise IsADirectoryError(errno.EISDIR, "a directory, not a file to write", str(target))
-    created = _make_parents(target.parent)
+    created = make_dirs(target.parent)
     try:
         tmp = _create_temp(target)
     except BaseException:
-        _remove_dirs(created)
+        remove_dirs(created)
         raise
     try:
         with suppress(FileNotFoundError):  # replacing a file: keep its permission bits
@@ -121,14 +167,17 @@ def _atomic_path(dest: str | os.PathLike[str], *, sync: bool) -> Iterator[Path]:
         os.replace(tmp, target)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        _remove_dirs(created)
+        remove_dirs(created)
         if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
             exc.filename = str(target)  # a failed write() (ENOSPC, EIO) names no file
         raise
+    for d in (target.parent, *(c.parent for c in created)):  # the rename, the new dirs
+        _fsync_dir(d)
 
 
-def _remove_dirs(created: list[Path]) -> None:
-    """Remove the directories :func:`_make_parents` created, deepest first, while empty."""
+def remove_dirs(created: list[Path]) -> None:
+    """Remove the directories :func:`make_dirs` created, deepest first, while empty (a
+    failed write or run leaves no directory it made)."""
     for d in created:
         try:
             d.rmdir()

@@ -368,6 +368,8 @@ def _open_source(src: Path) -> _Source:
     if src.is_dir():
         return _safetensors_source(_hf_shards(src), label)
     if not src.is_file():
+        if src.exists():  # a FIFO (opening it would block), a device
+            raise CheckpointError(f"{src}: not a checkpoint file (not a regular file)")
         raise CheckpointError(f"checkpoint not found: {src}")
     suffix = src.suffix.lower()
     if suffix == ".safetensors":

@@ -286,7 +286,7 @@ def test_save_checkpoint_fsyncs_before_the_rename(
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     save_checkpoint(mlp, tmp_path / "c.safetensors")
-    assert calls == ["fsync", "replace"]
+    assert calls == ["fsync", "replace", "fsync"]  # the file, its name, then the directory
 
 
 @pytest.mark.parametrize("name", ["model.pt", "model.ckpt", "model"])

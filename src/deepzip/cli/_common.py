@@ -158,24 +158,41 @@ def _check_output(
 ) -> None:
     """Refuse an output path that cannot be written, before any long work starts.
 
-    A file output must not be a directory, a directory output must not be a file, and the
-    nearest existing directory above it must be a writable directory (missing ones are
-    created when the output is written).
+    A file output must not be a directory, a directory output must not be a file, its name
+    must fit the file system's limit, and the nearest existing directory above it must be a
+    writable directory (missing ones are created when the output is written; a dangling
+    symbolic link on the way is not a directory).
     """
     if path is None:
         return
     p = Path(path)
+    above = p.parent
+    while not os.path.lexists(above) and above != above.parent:
+        above = above.parent
+    limit = _name_max(above)
+    if limit is not None and len(os.fsencode(p.name)) > limit:  # (before stat() fails on it)
+        raise ConfigError(
+            f"{flag} {path}: the name is {len(os.fsencode(p.name))} bytes long, over the "
+            f"{limit} bytes a file name may have there"
+        )
     if not directory and p.is_dir():
         raise ConfigError(f"{flag} {path}: is a directory; give a file name")
     if directory and p.exists() and not p.is_dir():
         raise ConfigError(f"{flag} {path}: is not a directory")
-    above = p.parent
-    while not above.exists() and above != above.parent:
-        above = above.parent
     if not above.is_dir():
         raise ConfigError(f"{flag} {path}: {above} is not a directory")
     if not os.access(above, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {path}: no permission to write in {above}")
+
+
+def _name_max(directory: Path) -> int | None:
+    """The longest file name (in bytes) ``directory``'s file system takes, if it says."""
+    if not hasattr(os, "pathconf"):  # (Windows)
+        return None
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return None
 
 
 def _check_safetensors_output(path: str | os.PathLike[str], flag: str) -> None:

@@ -18,17 +18,30 @@ else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
 
+MAX_TOML_BYTES = 16 * 2**20
+"""The largest TOML file :func:`load_toml` reads (a recipe is a few kilobytes)."""
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML file.
 
     Raises:
         ConfigError: naming the file and the cause: it does not exist, cannot be read (a
-            directory, no permission...), is not UTF-8 text, or is not valid TOML.
+            directory, a FIFO or device, no permission...), is larger than
+            :data:`MAX_TOML_BYTES`, is not UTF-8 text, or is not valid TOML.
     """
     p = Path(path)
     try:
+        if p.exists() and not p.is_file():  # a FIFO would block the open, a device not end
+            what = "a directory" if p.is_dir() else "not a regular file"
+            raise ConfigError(f"{p}: cannot read the recipe: {what}")
         with p.open("rb") as fh:
-            return tomllib.load(fh)
+            raw = fh.read(MAX_TOML_BYTES + 1)
+        if len(raw) > MAX_TOML_BYTES:
+            raise ConfigError(
+                f"{p}: larger than {MAX_TOML_BYTES:,} bytes, too large for a recipe file"
+            )
+        return tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"recipe file not found: {p}") from exc
     except tomllib.TOMLDecodeError as exc:

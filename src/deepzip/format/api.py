@@ -350,7 +350,8 @@ def load_state_dict(
         device: where to put the tensors (default CPU).
 
     Raises:
-        CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
+        CorruptFileError, UnsupportedVersionError: the file is damaged or too new (or not a
+            regular file: a directory, a FIFO, a device).
     """
     out: dict[str, torch.Tensor] = {}
     with DzipReader(path) as r:
@@ -417,7 +418,8 @@ def inspect(path: str | os.PathLike[str]) -> InspectReport:
     size.
 
     Raises:
-        CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
+        CorruptFileError, UnsupportedVersionError: the file is damaged or too new (or not
+            a regular file: a directory, a FIFO, a device).
     """
     with DzipReader(path) as r:
         return r.inspect()
@@ -446,7 +448,8 @@ def to_safetensors(
         ``dest`` as a path.
 
     Raises:
-        CorruptFileError, UnsupportedVersionError: the ``.dzip`` file is damaged or too new.
+        CorruptFileError, UnsupportedVersionError: the ``.dzip`` file is damaged or too new
+            (or not a regular file: a directory, a FIFO, a device).
         InvalidTensorError: a tensor is named ``__metadata__``, which safetensors reserves
             (nothing is written).
     """

@@ -410,6 +410,8 @@ def _fix_header_order(path: Path) -> None:
 
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
+        if path.exists():  # a directory, a FIFO (opening it would block), a device
+            raise CheckpointError(f"{path}: not a checkpoint file (not a regular file)")
         raise CheckpointError(f"checkpoint not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":

@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Iterator
@@ -115,6 +116,36 @@ class _Cursor:
         return st.unpack(self.take(st.size, what))
 
 
+_SPECIAL_FILES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _check_regular_file(path: str | os.PathLike[str]) -> None:
+    """Refuse a ``.dzip`` path that is not a regular file, before it is opened.
+
+    Opening a FIFO for reading blocks until some process opens it for writing (a reader
+    would hang), and a ``.dzip`` file is read with seeks, which no pipe or device allows. A
+    missing or unreadable path is left to the reader's ``open``, which names it.
+
+    Raises:
+        CorruptFileError: ``path`` is a directory, a FIFO, a device or a socket (named).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return
+    for test, kind in _SPECIAL_FILES:
+        if test(mode):
+            raise CorruptFileError(
+                f"{Path(path)}: cannot open: {kind}, not a .dzip file (a regular file)"
+            )
+
+
 class DzipReader:
     """An open, validated ``.dzip`` file; tensors are decoded on demand.
 
@@ -130,7 +161,9 @@ class DzipReader:
             (default: the format's cap; lower it for untrusted files on small machines).
 
     Raises:
-        CorruptFileError: anything malformed (names the section or tensor and the value).
+        CorruptFileError: anything malformed (names the section or tensor and the value); a
+            path that cannot be opened or is not a regular file (a directory, a FIFO, whose
+            open would block, a device).
         UnsupportedVersionError: a newer major version, or an encoding of a newer minor one.
     """
 
@@ -138,6 +171,7 @@ class DzipReader:
         check_little_endian()
         self.path = Path(path)
         self.max_elements = min(int(max_elements), MAX_ELEMENTS)
+        _check_regular_file(self.path)
         try:
             self._fh: io.BufferedReader = self.path.open("rb")
         except OSError as exc:

@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepzip._atomic import atomic_write_text
+from deepzip._atomic import atomic_write_text, make_dirs, remove_dirs
 from deepzip._provenance import deepzip_identity
 from deepzip.config import (
     EncodeStage,
@@ -225,8 +225,7 @@ def run_recipe(
         with tempfile.TemporaryDirectory(dir=out, prefix=f".measure-{index + 1:02d}-") as tmp:
             return write_dzip(Path(tmp) / DZIP_FILE)
 
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    created = make_dirs(out)  # the run directory and its missing parents, deepest first
     try:
         with lock_run(out):  # one run at a time in a directory
             return _run_locked(
@@ -235,9 +234,8 @@ def run_recipe(
                 emit=emit,
             )  # fmt: skip
     except BaseException:
-        if created:  # a fresh run that failed before it recorded anything leaves no directory
-            with suppress(OSError):
-                out.rmdir()
+        # a fresh run that failed before it recorded anything leaves no directory it made
+        remove_dirs(created)
         raise
 
 
