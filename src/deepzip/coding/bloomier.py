@@ -625,9 +625,22 @@ def _lzma_decode(payload: bytes, expected: int, name: str) -> npt.NDArray[np.uin
             got += len(piece)
     except lzma.LZMAError as exc:
         raise CorruptFileError(f"{name}: the LZMA table does not decode ({exc})") from exc
-    if got != expected or not dec.eof or dec.unused_data:
+    if got > expected:
         raise CorruptFileError(
-            f"{name}: the LZMA table decodes to {got} bytes"
-            f"{' or more' if not dec.eof else ''}, expected exactly {expected}"
+            f"{name}: the LZMA table decodes to more than {expected} bytes, expected exactly "
+            f"{expected}"
+        )
+    if not dec.eof:
+        raise CorruptFileError(
+            f"{name}: the LZMA table ends after {got} of {expected} bytes without the LZMA2 "
+            "end marker (a truncated stream)"
+        )
+    if got != expected:
+        raise CorruptFileError(
+            f"{name}: the LZMA table decodes to {got} bytes, expected exactly {expected}"
+        )
+    if dec.unused_data:
+        raise CorruptFileError(
+            f"{name}: {len(dec.unused_data)} byte(s) after the end of the LZMA2 stream"
         )
     return out
