@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from deepzip.runtime import (
     benchmark_model,
     compress_modules_,
     load_compressed,
+    runtime_report,
 )
 from deepzip.runtime.policy import density_threshold
 
@@ -108,7 +110,9 @@ def test_benchmark_model_takes_a_model_with_a_tuple_output(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("bench", [benchmark_layers, benchmark_model])
-def test_benchmarks_refuse_bad_model_and_example_types(tmp_path: Path, bench) -> None:  # type: ignore[no-untyped-def]
+def test_benchmarks_refuse_bad_model_and_example_types(
+    tmp_path: Path, bench: Callable[..., object]
+) -> None:
     path = _saved(tmp_path, _mlp())
     with pytest.raises(ConfigError, match="example_input must be a tensor"):
         bench(path, _mlp(), [[0.0] * 8], repeats=1, warmup=0)
@@ -213,3 +217,47 @@ def test_kmeans_refuses_a_tol_that_is_not_a_number() -> None:
     for bad in ("0", True, None):
         with pytest.raises(ConfigError, match="tol must be a finite number >= 0"):
             kmeans_1d(torch.randn(50), 4, tol=bad)  # type: ignore[arg-type]
+
+
+def test_load_state_dict_refuses_a_bad_device_before_reading(tmp_path: Path) -> None:
+    # device="nodev" raised torch's RuntimeError after the file was read
+    path = _saved(tmp_path, _mlp())
+    with pytest.raises(ConfigError, match="device 'nodev' is not a valid torch device"):
+        dz.load_state_dict(path, device="nodev")
+    with pytest.raises(ConfigError, match="device 'meta' holds no data"):
+        dz.load_state_dict(path, device="meta")
+    state = dz.load_state_dict(path, device="cpu")
+    assert {t.device.type for t in state.values()} == {"cpu"}
+
+
+@pytest.mark.parametrize(
+    ("call", "verb"),
+    [
+        (lambda p: dz.load_model(None, p), "load_model"),  # type: ignore[arg-type]
+        (lambda p: dz.load_checkpoint(None, p), "load_checkpoint"),  # type: ignore[arg-type]
+        (lambda p: dz.save_checkpoint(None, p), "save_checkpoint"),  # type: ignore[arg-type]
+    ],
+)
+def test_file_verbs_refuse_a_model_that_is_not_a_module(
+    tmp_path: Path, call: Callable[[Path], object], verb: str
+) -> None:
+    # AttributeError: 'NoneType' object has no attribute 'state_dict' / 'named_modules'
+    path = tmp_path / ("m.dzip" if verb == "load_model" else "m.safetensors")
+    if verb == "load_model":
+        dz.save(_mlp(), path)
+    elif verb == "load_checkpoint":
+        dz.save_checkpoint(_mlp(), path)
+    with pytest.raises(ConfigError, match=rf"{verb}\(\) takes an nn\.Module, got NoneType"):
+        call(path)
+    if verb == "save_checkpoint":
+        assert not path.exists()
+
+
+def test_benchmark_layers_counts_dense_bytes_in_the_weights_dtype(tmp_path: Path) -> None:
+    # benchmark_layers said 4 bytes per weight for a float64 model; runtime_report said 8
+    model = _mlp().double()
+    path = _saved(tmp_path, model)
+    timings = benchmark_layers(path, _mlp().double(), torch.randn(2, 8).double(), repeats=1)
+    assert [t.dense_bytes for t in timings] == [8 * 8 * 16, 8 * 16 * 4]
+    report = runtime_report(load_compressed(path, _mlp().double()))
+    assert [layer.dense_bytes for layer in report.layers] == [t.dense_bytes for t in timings]

@@ -22,6 +22,7 @@ from torch.nn.utils import parametrize
 
 from deepzip._atomic import atomic_open
 from deepzip.config import CoderName, IndexBitsSpec, check_coder, check_index_bits
+from deepzip.devices import resolve_device
 from deepzip.errors import CheckpointError, ConfigError, InvalidTensorError
 from deepzip.format.checkpoint import (
     check_keys_fit,
@@ -48,7 +49,7 @@ from deepzip.prune.parametrization import get_mask
 from deepzip.quantize.api import export_shared, strip_
 from deepzip.quantize.shared import SharedTensor
 from deepzip.quantize.weightless import WeightlessWeight, get_weightless
-from deepzip.targets import CONV_LAYER_TYPES
+from deepzip.targets import CONV_LAYER_TYPES, check_module
 
 __all__ = [
     "CONV_GAP_WIDTH",
@@ -352,7 +353,11 @@ def load_state_dict(
     Raises:
         CorruptFileError, UnsupportedVersionError: the file is damaged or too new (or not a
             regular file: a directory, a FIFO, a device).
+        ConfigError: a ``device`` that is not a device name, that this machine does not have,
+            or ``meta`` (checked before the file is read; see
+            :func:`deepzip.devices.resolve_device`).
     """
+    dev = None if device is None else resolve_device(device)
     out: dict[str, torch.Tensor] = {}
     with DzipReader(path) as r:
         aliases = r.aliases
@@ -361,7 +366,7 @@ def load_state_dict(
                 out[e.name] = out[aliases[e.name]]
                 continue
             t = r.tensor(e.name)
-            out[e.name] = t if device is None else t.to(device)
+            out[e.name] = t if dev is None else t.to(dev)
     return out
 
 
@@ -391,7 +396,9 @@ def load_model(model: nn.Module, path: str | os.PathLike[str], *, strict: bool =
             one under a parametrization of the model's own without a ``right_inverse``; the
             message names them.
         CorruptFileError, UnsupportedVersionError: the file is damaged or too new.
+        ConfigError: ``model`` is not an ``nn.Module`` (checked before the file is read).
     """
+    check_module(model, "load_model")
     state = load_state_dict(path)
     expected = plain_state_dict(model)
     missing = [n for n in expected if n not in state]

@@ -37,6 +37,7 @@ from deepzip.prune.parametrization import attach_mask, get_mask, get_quantizatio
 from deepzip.quantize.api import export_shared, strip_
 from deepzip.quantize.shared import SharedTensor, attach_shared, get_shared
 from deepzip.quantize.weightless import attach_weightless, get_weightless
+from deepzip.targets import check_module
 
 __all__ = [
     "BLOOMIER_PREFIX",
@@ -301,15 +302,16 @@ def save_checkpoint(
         The path written.
 
     Raises:
-        ConfigError: ``path`` is not named ``.safetensors`` (checkpoints are read by their
-            suffix: under another name the file could not be read back); ``metadata`` is not
-            a mapping of strings to strings; a layer is in the middle of an incremental
-            quantization run (SLQ, MLQ, INQ: its frozen weights and mask have no place in a
-            checkpoint), named.
+        ConfigError: ``model`` is not an ``nn.Module``; ``path`` is not named
+            ``.safetensors`` (checkpoints are read by their suffix: under another name the
+            file could not be read back); ``metadata`` is not a mapping of strings to
+            strings; a layer is in the middle of an incremental quantization run (SLQ, MLQ,
+            INQ: its frozen weights and mask have no place in a checkpoint), named.
         InvalidTensorError: a tensor on the meta device (no values to write), named.
         CheckpointError: the file could not be written (a full disk: safetensors reports it
             with its own error type); no file is left behind.
     """
+    check_module(model, "save_checkpoint")
     dest = Path(path)
     check_checkpoint_name(dest)
     check_string_metadata(metadata, dest)
@@ -639,7 +641,9 @@ def load_checkpoint(
             mask for a tensor the model does not have, a model tensor on the meta device, or
             one under a parametrization of the model's own without a ``right_inverse``
             (names the tensor).
+        ConfigError: ``model`` is not an ``nn.Module`` (checked before the file is read).
     """
+    check_module(model, "load_checkpoint")
     return apply_checkpoint(model, read_checkpoint(path), strict=strict, source=str(path))
 
 

@@ -63,7 +63,7 @@ class LayerTiming:
             called the layer, see ``note``).
         runtime_ms: median latency of the runtime module (``None``: no sparse form, or not
             called; see ``note``).
-        dense_bytes: bytes of the dense weight (float32).
+        dense_bytes: bytes of the dense weight in its dtype (as in ``RuntimeReport``).
         runtime_bytes: bytes of the runtime module's weight arrays, plus the float CSR copy a
             batch makes it build (dense bytes if it has no runtime form).
         policy_form: what the automatic policy picks at this batch size.
@@ -256,7 +256,7 @@ def benchmark_layers(
         )
         unsupported = sparse_unsupported(module, attr, parent=parent)
         shape = tuple(int(d) for d in s.indices.shape)
-        dense_bytes = weights * 4
+        dense_bytes = weights * getattr(module, attr).element_size()  # as runtime_report
         x = captured.get(owner)
         runtime: SharedCSRModule | None = None
         if unsupported is None:
