@@ -199,9 +199,10 @@ def test_prune_without_a_recipe_keeps_the_documented_defaults(
     def stop(args: object, device: object) -> None:
         raise KeyboardInterrupt  # the job is built; nothing else is needed
 
-    def record(args: argparse.Namespace) -> PruneJob:
-        jobs.append(_prune_job(args))
-        return jobs[-1]
+    def record(args: argparse.Namespace) -> tuple[PruneJob, str | None, str | None]:
+        job, model, dataset = _prune_job(args)
+        jobs.append(job)
+        return job, model, dataset
 
     monkeypatch.setattr(train_commands, "_prune_job", record)
     monkeypatch.setattr(train_commands, "_load_model", stop)
@@ -474,7 +475,7 @@ def test_prune_recipe_takes_a_builtin_name(
     jobs: list[PruneJob] = []
 
     def record(args: argparse.Namespace) -> PruneJob:
-        jobs.append(_prune_job(args))
+        jobs.append(_prune_job(args)[0])
         raise KeyboardInterrupt  # the job is built; nothing else is needed
 
     monkeypatch.setattr(train_commands, "_prune_job", record)

@@ -33,7 +33,7 @@ from deepzip.config import (
     builtin_recipe,
     builtin_recipe_names,
     check_index_bits,
-    load_prune_job,
+    load_toml,
 )
 from deepzip.datasets import DATASETS, DataSplits, load_dataset
 from deepzip.errors import ConfigError
@@ -427,17 +427,35 @@ def _schedule(args: argparse.Namespace) -> ScheduleConfig:
     return ScheduleConfig(kind=kind)
 
 
-def _prune_job(args: argparse.Namespace) -> PruneJob:
+def _prune_job(args: argparse.Namespace) -> tuple[PruneJob, str | None, str | None]:
+    """``deepzip prune``'s job, and the ``model`` and ``dataset`` its ``--recipe`` names
+    (``None`` each without a recipe, or a recipe without the key). A recipe file is read once.
+
+    Raises:
+        ConfigError: naming the recipe: no such file nor built-in recipe, or a recipe that is
+            not valid (a ``model`` or ``dataset`` that is not a non-empty string included, as
+            ``deepzip run`` refuses it).
+    """
     if args.recipe is not None:
         # a file, or the name of a built-in recipe (an installed deepzip has no recipes/ path)
         if not Path(args.recipe).exists():
             if args.recipe in builtin_recipe_names():
-                return builtin_recipe(args.recipe)
+                recipe = Recipe.builtin(args.recipe)
+                return builtin_recipe(args.recipe), recipe.model, recipe.dataset
             raise ConfigError(
                 f"--recipe {args.recipe}: no such recipe file, nor a built-in recipe "
                 f"({', '.join(builtin_recipe_names())})"
             )
-        return load_prune_job(args.recipe)
+        data = load_toml(args.recipe)  # its errors name the file already
+        try:
+            job = PruneJob.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{args.recipe}: {exc}") from exc
+        try:
+            recipe = Recipe.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"--recipe {args.recipe}: {exc}") from exc
+        return job, recipe.model, recipe.dataset
     args = argparse.Namespace(**vars(args))  # the flags not given take their defaults
     for key, value in _PRUNE_DEFAULTS.items():
         if getattr(args, key) is None:
@@ -462,7 +480,7 @@ def _prune_job(args: argparse.Namespace) -> PruneJob:
         weight_decay=args.weight_decay,
         batch_size=args.batch_size,
     )
-    return PruneJob(prune, schedule, retrain)
+    return PruneJob(prune, schedule, retrain), None, None
 
 
 def _add_run_data_args(p: argparse.ArgumentParser) -> None:

@@ -29,10 +29,8 @@ from deepzip.cli._common import (
 from deepzip.config import (
     BitsOverride,
     QuantizeConfig,
-    Recipe,
     RetrainConfig,
     TrainConfig,
-    load_toml,
 )
 from deepzip.datasets import DATASETS
 from deepzip.errors import ConfigError
@@ -91,25 +89,6 @@ def _check_recipe_alone(args: argparse.Namespace) -> None:
         )
 
 
-def _recipe_names(recipe: str | None) -> tuple[str | None, str | None]:
-    """The ``model`` and ``dataset`` keys of ``prune --recipe`` (a file, or a built-in name
-    that ``_prune_job`` has checked); ``(None, None)`` without a recipe.
-
-    Raises:
-        ConfigError: naming the recipe: a ``model`` or ``dataset`` that is not a non-empty
-            string (as ``deepzip run`` refuses it).
-    """
-    if recipe is None:
-        return None, None
-    try:
-        parsed = Recipe.from_dict(load_toml(recipe)) if Path(recipe).exists() else None
-    except ConfigError as exc:
-        raise ConfigError(f"--recipe {recipe}: {exc}") from exc
-    if parsed is None:
-        parsed = Recipe.builtin(recipe)
-    return parsed.model, parsed.dataset
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """``deepzip train``: train a zoo model, write a safetensors checkpoint."""
     _check_output(args.output, "-o")
@@ -159,10 +138,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     _check_safetensors_output(args.output, "-o")
     _check_recipe_alone(args)
     device = _device(args.device)
-    job = _prune_job(args)
     # a recipe's data set, as `deepzip run` takes it (--dataset overrides it); its model must
     # be the checkpoint's, rather than be ignored
-    recipe_model, recipe_dataset = _recipe_names(args.recipe)
+    job, recipe_model, recipe_dataset = _prune_job(args)
     if args.dataset is None:
         if recipe_dataset is not None and recipe_dataset not in DATASETS:
             raise ConfigError(
