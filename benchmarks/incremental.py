@@ -53,7 +53,14 @@ tie), so it was followed up with 5 seeds at that level (seeds 0-2 repeat the mai
         --out benchmarks/results/incremental_3bit_5seeds.json
 
 Writes benchmarks/results/incremental.json (or incremental_quick.json) and prints a Markdown
-table.
+table. The full run takes about 90 minutes on 2 cores; it can be run one model at a time, the
+parts then combined into the file a single run gives (each model's results are computed on
+their own):
+
+    python benchmarks/incremental.py --threads 2 --models lenet-5 --out lenet5.json
+    python benchmarks/incremental.py --threads 2 --models tiny-resnet --out tiny.json
+    python benchmarks/incremental.py --combine lenet5.json tiny.json \
+        --out benchmarks/results/incremental.json
 """
 
 from __future__ import annotations
@@ -480,6 +487,52 @@ def _targets(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# what must agree between result files for their models to be combined into one
+_COMBINED_KEYS = (
+    "benchmark", "dataset", "quick", "budget", "seeds", "schedules", "torch", "threads", "machine"
+)  # fmt: skip
+
+
+def combine(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results file from runs of disjoint ``--models`` with the same settings.
+
+    Each model's results are computed on their own (the same data, budget and seeds whatever
+    else runs in the process), so runs made one model at a time (``--models lenet-5``, then
+    ``--models tiny-resnet``) give the file a single run would; ``seconds`` is their sum and
+    ``command`` lists each run's.
+
+    Raises:
+        ValueError: fewer than two parts, a setting that differs between them (named), or a
+            model in two of them.
+    """
+    if len(parts) < 2:
+        raise ValueError(f"combine needs at least two result files, got {len(parts)}")
+    first = parts[0]
+    for part in parts[1:]:
+        for key in _COMBINED_KEYS:
+            if part.get(key) != first.get(key):
+                raise ValueError(
+                    f"cannot combine: {key!r} differs ({first.get(key)!r} vs {part.get(key)!r})"
+                )
+    models: dict[str, Any] = {}
+    model_args: dict[str, Any] = {}
+    for part in parts:
+        for name, result in part["models"].items():
+            if name in models:
+                raise ValueError(f"cannot combine: model {name!r} is in two result files")
+            models[name] = result
+            model_args[name] = part["model_args"][name]
+    out = {key: first[key] for key in _COMBINED_KEYS}
+    out.update(
+        command=" + ".join(part["command"] for part in parts),
+        model_args=model_args,
+        seconds=sum(part["seconds"] for part in parts),
+        targets=_targets(models),
+        models=models,
+    )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small budget, 3 bits and ternary")
@@ -514,7 +567,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", default=None, help="result file (default: results/incremental.json)"
     )
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="FILE",
+        default=None,
+        help="write one results file (--out) from the result files of runs of other "
+        "--models with the same settings, and print its table; nothing is run",
+    )
     args = parser.parse_args(argv)
+    if args.combine is not None:
+        if args.out is None:
+            parser.error("--combine needs --out")
+        parts = [json.loads(Path(f).read_text(encoding="utf-8")) for f in args.combine]
+        try:
+            combined = combine(parts)
+        except ValueError as exc:
+            parser.error(str(exc))
+        atomic_write_text(Path(args.out), json.dumps(combined, indent=2) + "\n")
+        print(table(combined))
+        print(f"results → {args.out}")
+        return 0
     torch.set_num_threads(args.threads)
     levels: tuple[int | str, ...]
     if args.levels:
