@@ -1028,3 +1028,46 @@ def test_runtime_prose_is_runtime_json() -> None:
         f"were at most {max(s['speedup'] for s in conv if s['batch'] == 1):.1f}× faster at batch 1",
     )
     assert all(s["speedup"] < 1 for s in conv if s["batch"] >= 8)
+
+
+def test_incremental_tiny_resnet_rerun_prose_is_its_json() -> None:
+    text = _text()
+    old = _json("incremental.json")["models"]["tiny-resnet"]
+    rerun = _json("incremental_tiny_resnet_rerun.json")
+    new = rerun["models"]["tiny-resnet"]
+    assert list(rerun["models"]) == ["tiny-resnet"]
+    assert rerun["threads"] == 2
+    assert rerun["seeds"] == 3
+    assert rerun["budget"] == _json("incremental.json")["budget"]
+    _in(text, f"tiny-resnet --out benchmarks/results/incremental_tiny_resnet_rerun.json`, "
+        f"{rerun['seconds'] / 60:.0f} minutes)")  # fmt: skip
+    differ = sorted(
+        (key, run["seed"])
+        for key, runs in new["runs"].items()
+        for run, was in zip(runs, old["runs"][key], strict=True)
+        if any(run[k] != was[k] for k in ("acc", "val_acc", "lr"))
+    )
+    total = sum(len(runs) for runs in new["runs"].values())
+    _in(text, f"{total - len(differ)} of the {total} runs repeated their test and validation")
+    ternary = [(k, s) for k in ("mlq_ternary", "slq_ternary") for s in (0, 1, 2)]
+    assert differ == sorted([*ternary, ("mlq_5", 0), ("slq_5", 0)])
+    for key in ("slq_5", "mlq_5"):
+        assert new["runs"][key][0]["lr"] != old["runs"][key][0]["lr"]  # "the other rate"
+    changed = {k for k in new["acc"] if new["acc"][k] != old["acc"][k]}
+    assert changed == {"slq_ternary", "mlq_ternary", "mlq_5"}
+    _in(
+        text,
+        f"SLQ ternary {_pct(new['acc']['slq_ternary'])} (was {_pct(old['acc']['slq_ternary'])}), "
+        f"MLQ ternary {_pct(new['acc']['mlq_ternary'])} (was {_pct(old['acc']['mlq_ternary'])}), "
+        f"MLQ at 5 bits {_pct(new['acc']['mlq_5'])} (was {_pct(old['acc']['mlq_5'])})",
+    )
+    assert rerun["targets"]["tiny-resnet"] == _json("incremental.json")["targets"]["tiny-resnet"]
+    diffs = [
+        100 * s["diff"]
+        for c in ("slq_ternary_vs_kmeans_ternary", "mlq_ternary_vs_kmeans_ternary")
+        for s in new["paired"][c]
+    ]
+    assert min(diffs) > 0
+    _in(text, f"by {min(diffs):.2f} to {max(diffs):.2f} points")
+    _in(text, f"Its float32 size is {new['float32_bytes']:,} bytes")
+    _in(text, f"left out of the first run's {old['float32_bytes']:,}")
