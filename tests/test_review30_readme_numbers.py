@@ -1071,3 +1071,37 @@ def test_incremental_tiny_resnet_rerun_prose_is_its_json() -> None:
     _in(text, f"by {min(diffs):.2f} to {max(diffs):.2f} points")
     _in(text, f"Its float32 size is {new['float32_bytes']:,} bytes")
     _in(text, f"left out of the first run's {old['float32_bytes']:,}")
+
+
+def test_incremental_lenet5_rerun_prose_is_its_json() -> None:
+    text = _text()
+    main = _json("incremental.json")
+    old = main["models"]["lenet-5"]
+    rerun = _json("incremental_lenet5_rerun.json")
+    new = rerun["models"]["lenet-5"]
+    assert list(rerun["models"]) == ["lenet-5"]
+    assert rerun["threads"] == 2
+    assert rerun["seeds"] == 3
+    assert rerun["budget"] == main["budget"]
+    _in(text, f"incremental_lenet5_rerun.json`, {rerun['seconds'] / 60:.0f} minutes)")
+    differ = [
+        (key, run["seed"])
+        for key, runs in new["runs"].items()
+        for run, was in zip(runs, old["runs"][key], strict=True)
+        if any(run[k] != was[k] for k in ("acc", "val_acc", "lr"))
+    ]
+    total = sum(len(runs) for runs in new["runs"].values())
+    _in(text, f"{total - len(differ)} of its {total} runs repeated their accuracies")
+    assert differ == [("mlq_ternary", 2)]
+    changed = {k for k in new["acc"] if new["acc"][k] != old["acc"][k]}
+    assert changed == {"mlq_ternary"}
+    drop = _pts(new["dense_acc"], new["acc"]["mlq_ternary"])
+    _in(
+        text,
+        f"moves from {_pct(old['acc']['mlq_ternary'])} to {_pct(new['acc']['mlq_ternary'])} "
+        f"({drop:.2f} point below dense; target 1.5)",
+    )
+    shrink = old["bytes"]["inq_ternary"] - new["bytes"]["inq_ternary"]
+    _in(text, f"INQ ternary's median file is {shrink} bytes smaller")
+    assert rerun["targets"]["lenet-5"] == main["targets"]["lenet-5"]
+    assert all(rerun["targets"]["lenet-5"].values())
