@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "incremental.py"
-_SPEC = importlib.util.spec_from_file_location("bench_incremental", _PATH)
-assert _SPEC is not None
-assert _SPEC.loader is not None
-bench = importlib.util.module_from_spec(_SPEC)
-sys.modules[_SPEC.name] = bench  # dataclasses look their module up
-_SPEC.loader.exec_module(bench)
+from benchmark_module import load_benchmark
+
+bench = load_benchmark("incremental", "bench_incremental")
 
 
 def _t(bits: str) -> torch.Tensor:
