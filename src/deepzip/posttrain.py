@@ -40,6 +40,7 @@ from deepzip.format.checkpoint import (
     INDEX_PREFIX,
     MASK_PREFIX,
     check_bloomier_entry,
+    check_checkpoint_file,
     check_shared_entry,
     check_string_metadata,
     load_pickled_state_dict,
@@ -367,10 +368,7 @@ def _open_source(src: Path) -> _Source:
     label = str(src)
     if src.is_dir():
         return _safetensors_source(_hf_shards(src), label)
-    if not src.is_file():
-        if src.exists():  # a FIFO (opening it would block), a device
-            raise CheckpointError(f"{src}: not a checkpoint file (not a regular file)")
-        raise CheckpointError(f"checkpoint not found: {src}")
+    check_checkpoint_file(src)
     suffix = src.suffix.lower()
     if suffix == ".safetensors":
         return _safetensors_source([src], label)

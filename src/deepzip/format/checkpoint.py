@@ -49,6 +49,7 @@ __all__ = [
     "Checkpoint",
     "apply_checkpoint",
     "check_bloomier_entry",
+    "check_checkpoint_file",
     "check_checkpoint_name",
     "check_keys_fit",
     "check_loadable",
@@ -410,11 +411,21 @@ def _fix_header_order(path: Path) -> None:
         fh.write(blob + b" " * (size - len(blob)))  # safetensors pads its header with spaces
 
 
-def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def check_checkpoint_file(path: Path) -> None:
+    """Refuse a checkpoint path that is missing or not a regular file, before opening it.
+
+    Raises:
+        CheckpointError: no such file; a directory, a FIFO (opening it would block) or a
+            device (named).
+    """
     if not path.is_file():
-        if path.exists():  # a directory, a FIFO (opening it would block), a device
+        if path.exists():
             raise CheckpointError(f"{path}: not a checkpoint file (not a regular file)")
         raise CheckpointError(f"checkpoint not found: {path}")
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    check_checkpoint_file(path)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         try:
