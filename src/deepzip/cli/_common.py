@@ -30,7 +30,7 @@ from deepzip.config import (
     Recipe,
     RetrainConfig,
     ScheduleConfig,
-    builtin_recipe,
+    builtin_recipe_data,
     builtin_recipe_names,
     check_index_bits,
     load_toml,
@@ -429,7 +429,8 @@ def _schedule(args: argparse.Namespace) -> ScheduleConfig:
 
 def _prune_job(args: argparse.Namespace) -> tuple[PruneJob, str | None, str | None]:
     """``deepzip prune``'s job, and the ``model`` and ``dataset`` its ``--recipe`` names
-    (``None`` each without a recipe, or a recipe without the key). A recipe file is read once.
+    (``None`` each without a recipe, or a recipe without the key). The recipe (a file or a
+    built-in one) is read once.
 
     Raises:
         ConfigError: naming the recipe: no such file nor built-in recipe, or a recipe that is
@@ -438,15 +439,15 @@ def _prune_job(args: argparse.Namespace) -> tuple[PruneJob, str | None, str | No
     """
     if args.recipe is not None:
         # a file, or the name of a built-in recipe (an installed deepzip has no recipes/ path)
-        if not Path(args.recipe).exists():
-            if args.recipe in builtin_recipe_names():
-                recipe = Recipe.builtin(args.recipe)
-                return builtin_recipe(args.recipe), recipe.model, recipe.dataset
+        if Path(args.recipe).exists():
+            data = load_toml(args.recipe)  # its errors name the file already
+        elif args.recipe in builtin_recipe_names():
+            data = builtin_recipe_data(args.recipe)
+        else:
             raise ConfigError(
                 f"--recipe {args.recipe}: no such recipe file, nor a built-in recipe "
                 f"({', '.join(builtin_recipe_names())})"
             )
-        data = load_toml(args.recipe)  # its errors name the file already
         try:
             job = PruneJob.from_dict(data)
         except ConfigError as exc:

@@ -230,12 +230,9 @@ class Recipe:
     @classmethod
     def builtin(cls, name: str) -> Recipe:
         """A recipe shipped with deepzip (see :func:`builtin_recipe_names`)."""
-        names = builtin_recipe_names()
-        if name not in names:
-            raise ConfigError(f"no built-in recipe {name!r}; available: {', '.join(names)}")
-        text = resources.files("deepzip.recipes").joinpath(f"{name}.toml").read_text("utf-8")
+        data = builtin_recipe_data(name)
         try:
-            return cls.from_dict(tomllib.loads(text))
+            return cls.from_dict(data)
         except ConfigError as exc:  # pragma: no cover - shipped recipes are tested
             raise ConfigError(f"built-in recipe {name!r}: {exc}") from exc
 
@@ -362,14 +359,25 @@ class PruneJob:
 
 def builtin_recipe(name: str) -> PruneJob:
     """A recipe shipped with deepzip, by zoo model name (``"lenet-300-100"``, ``"lenet-5"``)."""
+    data = builtin_recipe_data(name)
+    try:
+        return PruneJob.from_dict(data)
+    except ConfigError as exc:  # pragma: no cover - shipped recipes are tested
+        raise ConfigError(f"built-in recipe {name!r}: {exc}") from exc
+
+
+def builtin_recipe_data(name: str) -> dict[str, Any]:
+    """The TOML table of a recipe shipped with deepzip (what :meth:`Recipe.builtin` and
+    :func:`builtin_recipe` build from).
+
+    Raises:
+        ConfigError: no built-in recipe of that name (the names are listed).
+    """
     names = builtin_recipe_names()
     if name not in names:
         raise ConfigError(f"no built-in recipe {name!r}; available: {', '.join(names)}")
     text = resources.files("deepzip.recipes").joinpath(f"{name}.toml").read_text("utf-8")
-    try:
-        return PruneJob.from_dict(tomllib.loads(text))
-    except ConfigError as exc:  # pragma: no cover - shipped recipes are tested
-        raise ConfigError(f"built-in recipe {name!r}: {exc}") from exc
+    return tomllib.loads(text)
 
 
 def builtin_recipe_names() -> list[str]:
