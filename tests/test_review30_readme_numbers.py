@@ -411,9 +411,7 @@ def test_incremental_prose_is_incremental_json() -> None:
     text = _text()
     d = _json("incremental.json")
     five, tiny = d["models"]["lenet-5"], d["models"]["tiny-resnet"]
-    _in(text, f"({d['seconds'] / 60:.0f} minutes on 2 CPU cores)")
-    n_runs = sum(len(r) for m in d["models"].values() for r in m["runs"].values())
-    _in(text, f"all {n_runs} runs repeated")
+    _in(text, f"({d['seconds'] / 60:.0f} minutes on 2 CPU cores in all)")
     _in(
         text,
         f"within 0.1 point of dense on both networks "
@@ -432,13 +430,65 @@ def test_incremental_prose_is_incremental_json() -> None:
     )
     a, b = d["budget"]["lrs"]
     _in(text, f"runs at lr {a:.0e} and at {b:.0e}".replace("e-0", "e-"))
+    ternary = [
+        100 * s["diff"]
+        for m in (five, tiny)
+        for c in ("slq_ternary_vs_kmeans_ternary", "mlq_ternary_vs_kmeans_ternary")
+        for s in m["paired"][c]
+    ]
+    assert len(ternary) == 12
+    assert min(ternary) > 0
+    _in(
+        text,
+        f"beat k-means at ternary on both networks in every seed, by {min(ternary):.2f} to "
+        f"{max(ternary):.2f} points",
+    )
+    three = [s["diff"] for c in ("slq_3", "mlq_3") for s in five["paired"][f"{c}_vs_kmeans_3"]]
+    assert min(three) > 0
+    _in(text, "and at 3 bits on LeNet-5 in every seed")
+
+
+def test_incremental_json_is_the_combined_per_model_reruns() -> None:
+    """incremental.json is `--combine` of the two per-model runs the README names."""
+    text = _text()
+    d = _json("incremental.json")
+    parts = [_json(f"incremental_{n}_rerun.json") for n in ("lenet5", "tiny_resnet")]
+    assert list(d["models"]) == ["lenet-5", "tiny-resnet"]
+    for part in parts:
+        (name,) = part["models"]
+        assert d["models"][name] == part["models"][name]
+        assert d["targets"][name] == part["targets"][name]
+        for field in ("budget", "seeds", "schedules", "threads", "torch", "machine", "model_args"):
+            if field == "model_args":
+                assert d[field][name] == part[field][name]
+            else:
+                assert d[field] == part[field], field
+        assert part["command"] in d["command"]
+    assert d["seconds"] == sum(p["seconds"] for p in parts)
+    _in(
+        text,
+        "`python benchmarks/incremental.py --threads 2 --models lenet-5 --out "
+        "benchmarks/results/incremental_lenet5_rerun.json` and the same with "
+        "`--models tiny-resnet`",
+        "joined by `python benchmarks/incremental.py --combine "
+        "benchmarks/results/incremental_lenet5_rerun.json "
+        "benchmarks/results/incremental_tiny_resnet_rerun.json`",
+    )
 
 
 def test_incremental_reruns_prose_is_their_json() -> None:
     text = _text()
-    main = _json("incremental.json")
+    main = _json("incremental_first_run.json")
     fresh = _json("incremental_fresh_machine.json")
     rebuilt = _json("incremental_tiny_resnet_rebuilt.json")
+    _in(
+        text,
+        f"both models in one process ({main['seconds'] / 60:.0f} minutes; kept as "
+        "`benchmarks/results/incremental_first_run.json`)",
+    )
+    assert main["command"].startswith("python benchmarks/incremental.py --threads 2 --out ")
+    n_runs = sum(len(r) for m in main["models"].values() for r in m["runs"].values())
+    _in(text, f"all {n_runs} runs repeated")
     _in(text, f"({fresh['seconds'] / 60:.0f} minutes, under other load;")
     ft = fresh["models"]["tiny-resnet"]
     _in(
@@ -1032,15 +1082,13 @@ def test_runtime_prose_is_runtime_json() -> None:
 
 def test_incremental_tiny_resnet_rerun_prose_is_its_json() -> None:
     text = _text()
-    old = _json("incremental.json")["models"]["tiny-resnet"]
+    old = _json("incremental_first_run.json")["models"]["tiny-resnet"]
     rerun = _json("incremental_tiny_resnet_rerun.json")
     new = rerun["models"]["tiny-resnet"]
     assert list(rerun["models"]) == ["tiny-resnet"]
     assert rerun["threads"] == 2
     assert rerun["seeds"] == 3
-    assert rerun["budget"] == _json("incremental.json")["budget"]
-    _in(text, f"tiny-resnet --out benchmarks/results/incremental_tiny_resnet_rerun.json`, "
-        f"{rerun['seconds'] / 60:.0f} minutes)")  # fmt: skip
+    assert rerun["budget"] == _json("incremental_first_run.json")["budget"]
     differ = sorted(
         (key, run["seed"])
         for key, runs in new["runs"].items()
@@ -1048,7 +1096,11 @@ def test_incremental_tiny_resnet_rerun_prose_is_its_json() -> None:
         if any(run[k] != was[k] for k in ("acc", "val_acc", "lr"))
     )
     total = sum(len(runs) for runs in new["runs"].values())
-    _in(text, f"{total - len(differ)} of the {total} runs repeated their test and validation")
+    _in(
+        text,
+        f"On tiny-resnet {total - len(differ)} of the {total} runs repeated the first run's test "
+        "and validation",
+    )
     ternary = [(k, s) for k in ("mlq_ternary", "slq_ternary") for s in (0, 1, 2)]
     assert differ == sorted([*ternary, ("mlq_5", 0), ("slq_5", 0)])
     for key in ("slq_5", "mlq_5"):
@@ -1061,21 +1113,15 @@ def test_incremental_tiny_resnet_rerun_prose_is_its_json() -> None:
         f"MLQ ternary {_pct(new['acc']['mlq_ternary'])} (was {_pct(old['acc']['mlq_ternary'])}), "
         f"MLQ at 5 bits {_pct(new['acc']['mlq_5'])} (was {_pct(old['acc']['mlq_5'])})",
     )
-    assert rerun["targets"]["tiny-resnet"] == _json("incremental.json")["targets"]["tiny-resnet"]
-    diffs = [
-        100 * s["diff"]
-        for c in ("slq_ternary_vs_kmeans_ternary", "mlq_ternary_vs_kmeans_ternary")
-        for s in new["paired"][c]
-    ]
-    assert min(diffs) > 0
-    _in(text, f"by {min(diffs):.2f} to {max(diffs):.2f} points")
+    first = _json("incremental_first_run.json")
+    assert rerun["targets"]["tiny-resnet"] == first["targets"]["tiny-resnet"]
     _in(text, f"Its float32 size is {new['float32_bytes']:,} bytes")
     _in(text, f"left out of the first run's {old['float32_bytes']:,}")
 
 
 def test_incremental_lenet5_rerun_prose_is_its_json() -> None:
     text = _text()
-    main = _json("incremental.json")
+    main = _json("incremental_first_run.json")
     old = main["models"]["lenet-5"]
     rerun = _json("incremental_lenet5_rerun.json")
     new = rerun["models"]["lenet-5"]
@@ -1083,7 +1129,6 @@ def test_incremental_lenet5_rerun_prose_is_its_json() -> None:
     assert rerun["threads"] == 2
     assert rerun["seeds"] == 3
     assert rerun["budget"] == main["budget"]
-    _in(text, f"incremental_lenet5_rerun.json`, {rerun['seconds'] / 60:.0f} minutes)")
     differ = [
         (key, run["seed"])
         for key, runs in new["runs"].items()
@@ -1091,7 +1136,7 @@ def test_incremental_lenet5_rerun_prose_is_its_json() -> None:
         if any(run[k] != was[k] for k in ("acc", "val_acc", "lr"))
     ]
     total = sum(len(runs) for runs in new["runs"].values())
-    _in(text, f"{total - len(differ)} of its {total} runs repeated their accuracies")
+    _in(text, f"On LeNet-5 {total - len(differ)} of its {total} runs repeated their accuracies")
     assert differ == [("mlq_ternary", 2)]
     changed = {k for k in new["acc"] if new["acc"][k] != old["acc"][k]}
     assert changed == {"mlq_ternary"}
@@ -1104,4 +1149,5 @@ def test_incremental_lenet5_rerun_prose_is_its_json() -> None:
     shrink = old["bytes"]["inq_ternary"] - new["bytes"]["inq_ternary"]
     _in(text, f"INQ ternary's median file is {shrink} bytes smaller")
     assert rerun["targets"]["lenet-5"] == main["targets"]["lenet-5"]
+    _in(text, "Every verdict and target of the first run stays.")
     assert all(rerun["targets"]["lenet-5"].values())
