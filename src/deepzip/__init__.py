@@ -47,6 +47,7 @@ from deepzip.pipeline import (
     RecipeChangedError,
     RunLockedError,
     RunResult,
+    RunWriteError,
     TrainRequest,
     run_recipe,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "RetrainConfig",
     "RunLockedError",
     "RunResult",
+    "RunWriteError",
     "SaveReport",
     "ScheduleConfig",
     "TrainConfig",

@@ -35,8 +35,30 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "make_dirs",
+    "os_error_reason",
     "remove_dirs",
 ]
+
+# what went wrong in a failed write, in the words of the messages deepzip makes up itself
+_REASONS = {
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "no permission",
+    errno.EPERM: "no permission",
+    errno.ENOSPC: "disk full",
+}
+if hasattr(errno, "EDQUOT"):  # (not on Windows)
+    _REASONS[errno.EDQUOT] = "disk full (quota exceeded)"
+
+
+def os_error_reason(exc: OSError) -> str:
+    """What went wrong in a failed write, in a few words, for a message that names the path.
+
+    ``read-only file system`` (``EROFS``), ``no permission`` (``EACCES``, ``EPERM``),
+    ``disk full`` (``ENOSPC``, ``EDQUOT``), else the error's ``strerror`` (or its text).
+    """
+    words = _REASONS.get(exc.errno) if exc.errno is not None else None
+    return words or exc.strerror or str(exc)
+
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _CREATE |= getattr(os, "O_BINARY", 0) | getattr(os, "O_NOINHERIT", 0)

@@ -5,6 +5,7 @@ option values.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from rich.progress import (
 )
 from torch import nn
 
+from deepzip._atomic import os_error_reason
 from deepzip.config import (
     IndexBitsSpec,
     LayerOverride,
@@ -36,7 +38,7 @@ from deepzip.config import (
     load_toml,
 )
 from deepzip.datasets import DATASETS, DataSplits, load_dataset
-from deepzip.errors import ConfigError
+from deepzip.errors import ConfigError, DeepZipError
 from deepzip.format import apply_checkpoint, read_checkpoint
 from deepzip.format.checkpoint import check_checkpoint_name
 from deepzip.prune import StepRecord
@@ -161,12 +163,14 @@ def _check_output(
     A file output must not be a directory, a directory output must not be a file, its name
     must fit the file system's limit, and the nearest existing directory above it must be a
     writable directory (missing ones are created when the output is written; a dangling
-    symbolic link on the way is not a directory).
+    symbolic link on the way is not a directory); a directory output that exists must itself
+    be writable (the files are written in it). The message says whether the file system is
+    read-only or the permission is missing.
     """
     if path is None:
         return
     p = Path(path)
-    above = p.parent
+    above = p if directory and p.is_dir() else p.parent
     while not os.path.lexists(above) and above != above.parent:
         above = above.parent
     limit = _name_max(above)
@@ -182,7 +186,19 @@ def _check_output(
     if not above.is_dir():
         raise ConfigError(f"{flag} {path}: {above} is not a directory")
     if not os.access(above, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path}: no permission to write in {above}")
+        code = errno.EROFS if _read_only(above) else errno.EACCES
+        reason = os_error_reason(OSError(code, os.strerror(code)))
+        raise ConfigError(f"{flag} {path}: cannot write in {above}: {reason}")
+
+
+def _read_only(directory: Path) -> bool:
+    """Whether ``directory`` is on a file system mounted read-only (POSIX; elsewhere False)."""
+    if not hasattr(os, "statvfs"):  # (Windows)
+        return False
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _name_max(directory: Path) -> int | None:
@@ -226,7 +242,11 @@ def _check_distinct(
 
 
 def _os_error(exc: OSError) -> str:
-    """``path: reason`` for an ``OSError`` (the destination of a failed rename)."""
+    """``path: reason`` for an ``OSError`` (the destination of a failed rename); a deepzip
+    error that is also an ``OSError`` (a run that cannot write in its directory) is its own
+    message, which names the path and the cause."""
+    if isinstance(exc, DeepZipError):
+        return str(exc)
     reason = exc.strerror or str(exc)
     name = exc.filename2 if exc.filename2 is not None else exc.filename
     return reason if name is None else f"{os.fsdecode(name)}: {reason}"

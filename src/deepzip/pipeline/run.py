@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepzip._atomic import atomic_write_text, make_dirs, remove_dirs
+from deepzip._atomic import atomic_write_text, make_dirs, os_error_reason, remove_dirs
 from deepzip._provenance import deepzip_identity
 from deepzip.config import (
     EncodeStage,
@@ -64,6 +64,7 @@ from deepzip.pipeline.state import (
     STATE_VERSION,
     RecipeChangedError,
     RunResult,
+    RunWriteError,
     StageRecord,
     clear_run,
     data_fingerprint,
@@ -158,6 +159,9 @@ def run_recipe(
             one started by another deepzip (version or code).
         RunLockedError: another process is running in ``run_dir``.
         CheckpointError: a checkpoint to resume from is missing, unreadable or changed.
+        RunWriteError: a stage's ``.dzip`` size could not be measured in ``run_dir`` (a full
+            disk): names the run directory, the stage and the cause; an ``OSError`` too. The
+            stage is not recorded: running again, with room, resumes at it.
 
     A deepzip error raised while a stage runs (a non-finite training loss, a layer that
     cannot be quantized...) propagates with its type, its message prefixed with the stage's
@@ -222,8 +226,22 @@ def run_recipe(
         )
 
     def measure(index: int) -> SaveReport:
-        with tempfile.TemporaryDirectory(dir=out, prefix=f".measure-{index + 1:02d}-") as tmp:
-            return write_dzip(Path(tmp) / DZIP_FILE)
+        """The ``.dzip`` report of the model after stage ``index`` (``-1``: the starting model),
+        from a file written in a temporary directory of the run directory, then removed."""
+        try:
+            with tempfile.TemporaryDirectory(dir=out, prefix=f".measure-{index + 1:02d}-") as tmp:
+                return write_dzip(Path(tmp) / DZIP_FILE)
+        except OSError as exc:  # a full disk: named by the run directory, not the temporary
+            if isinstance(exc, DeepZipError):
+                raise
+            label = recipe.stages[index].label(index) if index >= 0 else "the starting model"
+            raise RunWriteError(
+                f"{label}: cannot measure its .dzip size in the run directory {out}: "
+                f"{os_error_reason(exc)}",
+                exc.errno,
+                exc.strerror,
+                str(out),
+            ) from exc
 
     created = make_dirs(out)  # the run directory and its missing parents, deepest first
     try:

@@ -49,6 +49,7 @@ __all__ = [
     "RecipeChangedError",
     "RunLockedError",
     "RunResult",
+    "RunWriteError",
     "StageRecord",
     "accuracy_reference",
     "clear_run",
@@ -88,6 +89,31 @@ class RecipeChangedError(ConfigError):
 
 class RunLockedError(DeepZipError):
     """Another process is running in the same run directory (it holds the directory's lock)."""
+
+
+class RunWriteError(DeepZipError, OSError):
+    """A run cannot write in its run directory (a full disk, a read-only file system...).
+
+    The message names the run directory, the stage and the cause; as an ``OSError`` it has the
+    cause's ``errno`` and ``strerror``, and the run directory as its ``filename``. The run
+    records nothing of the stage it was in, so running it again resumes at that stage.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        code: int | None = None,
+        strerror: str | None = None,
+        filename: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.errno, self.strerror, self.filename = code, strerror, filename
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno N] strerror: filename"
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self) -> tuple[Any, ...]:  # (pickled with the cause, not only the message)
+        return type(self), (str(self), self.errno, self.strerror, self.filename)
 
 
 @dataclass(frozen=True)
