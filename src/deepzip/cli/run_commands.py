@@ -84,19 +84,19 @@ def _run_and_report(
 ) -> RunResult:
     """Run a recipe on a zoo model and a data set with progress display; print the tables."""
     _check_output(run_dir, "--out-dir" if args.command == "demo" else "--run-dir", directory=True)
-    needs_val = validation_stage(recipe)
+    device = _device(args.device)
+    torch.manual_seed(recipe.seed)
+    model = create_model(model_name)
+    if getattr(args, "start", None):
+        apply_checkpoint(model, read_checkpoint(args.start), strict=True, source=args.start)
+    needs_val = validation_stage(recipe, model)
     if needs_val is not None and args.val_size <= 0:
         label, hint = needs_val
         raise ConfigError(
             f"{label} needs validation data: --val-size must be > 0, got {args.val_size}"
             + (f"; or {hint}" if hint else "")
         )
-    device = _device(args.device)
     data = load_dataset(dataset, args.data_dir, val_size=args.val_size, seed=recipe.seed)
-    torch.manual_seed(recipe.seed)
-    model = create_model(model_name)
-    if getattr(args, "start", None):
-        apply_checkpoint(model, read_checkpoint(args.start), strict=True, source=args.start)
     with _progress(not args.no_progress) as progress:
         tracker = _StageProgress(progress)
         result = run_recipe(

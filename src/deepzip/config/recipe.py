@@ -4,6 +4,7 @@ TOML and the recipes shipped with deepzip.
 
 from __future__ import annotations
 
+import fnmatch
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,7 @@ from deepzip.config.stages import (
     Stage,
     TrainStage,
     WeightlessStage,
+    layer_scope,
     parse_stage,
     stage_kinds,
 )
@@ -49,14 +51,19 @@ class Recipe:
     Order rules (checked on construction, each violation a ``ConfigError`` naming the stage):
     a train stage only first; prune, retrain and sensitivity stages before any quantization
     (SLQ, MLQ, INQ and Weightless stages quantize too); a retrain stage after a prune stage; a
-    finetune stage after a quantize stage; the last stage encodes, and only the last.
+    finetune stage after a quantize stage; the last stage encodes, and only the last. Also
+    refused on construction: a setting of ``overrides`` that no stage of the recipe takes
+    (``bits`` without a quantizing stage), and a stage's own override whose pattern is a
+    layer name that the stage's ``exclude`` leaves out (the rest of the per-layer checks need
+    the model: ``deepzip.pipeline.check_recipe``).
 
     Attributes:
         stages: the stages in order.
         seed: seeds every stage (stage ``i`` uses a seed derived from it and ``i``), 0 to
             ``2**31 - 1``.
-        overrides: per-layer rules by glob, applied by every stage (a stage's own overrides
-            come after them and win).
+        overrides: per-layer rules by glob, applied by every stage that acts on a layer they
+            match (a stage's own overrides come after them and win; a stage that leaves the
+            layer out does not use its rule).
         model: zoo model name, for ``deepzip run`` (Python callers pass their own model).
         dataset: data set name (``"fashion-mnist"``, ``"mnist"``), for ``deepzip run``.
         name: a title for reports.
@@ -84,27 +91,48 @@ class Recipe:
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
         _check_order(self.stages)
+        _check_rules_taken(self.stages, self.overrides)
+        _check_own_overrides(self.stages)
 
     # -- per-stage views with the recipe-wide overrides merged in
 
-    def effective(self, stage: Stage) -> Any:
-        """``stage.config`` with the recipe's per-layer overrides merged in (stage's win)."""
+    def effective(self, stage: Stage, *, overrides: tuple[LayerRule, ...] | None = None) -> Any:
+        """``stage.config`` with the recipe's per-layer overrides merged in (stage's win).
+
+        Args:
+            stage: one of the recipe's stages.
+            overrides: the recipe-wide rules to merge in, in the recipe's order (default:
+                every one). A rule applies only to the stages that act on a layer it
+                matches: ``deepzip.pipeline.stage_config`` passes the rules that match a layer
+                of the stage, so that a stage that leaves a layer out does not get its rule.
+
+        Raises:
+            ConfigError: a rule that the stage cannot take (a per-layer sparsity in a prune
+                stage with ``scope = 'global'``, bits below 2 in an INQ stage), naming it.
+        """
+        rules = self.overrides if overrides is None else overrides
         config = stage.config
         if isinstance(config, PruneStage):
-            rules = tuple(o for r in self.overrides if (o := r.prune_override()) is not None)
-            if rules and config.prune.scope == "global" and any(not o.skip for o in rules):
-                raise ConfigError(
-                    "recipe overrides set a per-layer sparsity, but a prune stage uses "
-                    "scope = 'global' (one threshold); overrides may only skip there"
-                )
-            prune = replace(config.prune, overrides=rules + config.prune.overrides)
+            prune_rules = tuple(o for r in rules if (o := r.prune_override()) is not None)
+            if config.prune.scope == "global":
+                for rule in rules:
+                    o = rule.prune_override()
+                    if o is not None and not o.skip:
+                        key = "sparsity" if o.sparsity is not None else "quality"
+                        value = o.sparsity if o.sparsity is not None else o.quality
+                        raise ConfigError(
+                            f"overrides[{rule.pattern!r}]: {key} = {value!r} sets a per-layer "
+                            "threshold, but this prune stage uses scope = 'global' (one "
+                            "threshold); overrides may only skip there"
+                        )
+            prune = replace(config.prune, overrides=prune_rules + config.prune.overrides)
             return replace(config, prune=prune)
         if isinstance(config, QuantizeStage):
-            bits = tuple(b for r in self.overrides if (b := r.bits_override()) is not None)
+            bits = tuple(b for r in rules if (b := r.bits_override()) is not None)
             quantize = replace(config.quantize, overrides=bits + config.quantize.overrides)
             return replace(config, quantize=quantize)
         if isinstance(config, (SLQStage, MLQStage, INQStage, WeightlessStage)):
-            bits = tuple(b for r in self.overrides if (b := r.bits_override()) is not None)
+            bits = tuple(b for r in rules if (b := r.bits_override()) is not None)
             return config.with_bits_overrides(bits)
         return config
 
@@ -157,8 +185,9 @@ class Recipe:
 
         Raises:
             ConfigError: naming the stage and key: an unknown stage type or key, a bad value,
-                an impossible stage order, a ``[defaults]`` key that no stage of the recipe
-                takes (it would be neither used nor checked).
+                an impossible stage order, a ``[defaults]`` key or an override setting that no
+                stage of the recipe takes (it would be neither used nor checked), a stage's own
+                override of a layer its ``exclude`` names.
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"a recipe must be a table, got {data!r}")
@@ -250,6 +279,53 @@ def _check_defaults_taken(defaults: Mapping[str, Any], stages: tuple[Stage, ...]
                 f"defaults: {key} = {value!r} is taken by no stage of this recipe (its stages: "
                 f"{present}; {key} is for {', '.join(takers)} stages); remove it"
             )
+
+
+def _check_rules_taken(stages: tuple[Stage, ...], rules: tuple[LayerRule, ...]) -> None:
+    """A recipe-wide setting that no stage of the recipe takes (``bits`` without a stage that
+    quantizes, ``sparsity`` without a prune stage) would be neither used nor checked: refuse
+    it, naming the rule, the setting and its value. Whether a stage that takes it acts on a
+    layer the rule matches needs the model (``deepzip.pipeline.check_recipe``)."""
+    scopes = [layer_scope(s.config) for s in stages]
+    taken = frozenset().union(*(sc.takes for sc in scopes if sc is not None))
+    for i, rule in enumerate(rules):
+        for key, value in rule.settings().items():
+            if key not in taken:
+                takers = _RULE_TAKERS[key]
+                present = ", ".join(dict.fromkeys(s.kind for s in stages))
+                raise ConfigError(
+                    f"overrides[{i}] ({rule.pattern!r}): {key} = {value!r} is used by no stage "
+                    f"of this recipe (its stages: {present}; {key} is for {takers} stages)"
+                )
+
+
+# What takes each LayerRule setting (for the messages of _check_rules_taken).
+_RULE_TAKERS = {
+    "sparsity": "prune",
+    "quality": "prune",
+    "bits": "quantize, slq, mlq, inq and weightless",
+    "skip": "prune, quantize, slq, mlq, inq and weightless",
+    "index_bits": "encode",
+}
+
+
+def _check_own_overrides(stages: tuple[Stage, ...]) -> None:
+    """A stage's own override whose pattern is a layer name that its own ``exclude`` leaves
+    out contradicts it: refuse it, naming both. (A glob that matches only excluded layers
+    is refused against the model, by ``deepzip.pipeline.check_recipe``.)"""
+    for i, stage in enumerate(stages):
+        scope = layer_scope(stage.config)
+        if scope is None:
+            continue
+        for pattern in scope.own:
+            if any(c in pattern for c in "*?["):
+                continue
+            glob = next((g for g in scope.exclude if fnmatch.fnmatchcase(pattern, g)), None)
+            if glob is not None:
+                raise ConfigError(
+                    f"{stage.label(i)}: override pattern {pattern!r} names a layer this stage "
+                    f"excludes (exclude glob {glob!r}); remove the override or the exclusion"
+                )
 
 
 def _check_order(stages: tuple[Stage, ...]) -> None:

@@ -64,9 +64,14 @@ class LayerRule:
     """A recipe-wide per-layer override: the layers whose name matches ``pattern``.
 
     Each prune stage turns ``sparsity``/``quality``/``skip`` into a :class:`LayerOverride`,
-    each quantize stage turns ``bits``/``skip`` into a :class:`BitsOverride`, and the encode
-    stage uses ``index_bits``; a stage's own ``overrides`` come after and win. The glob must
-    match a compressible layer of the model (checked before the first stage runs).
+    each quantizing stage (quantize, SLQ/MLQ/INQ, Weightless's clustering) turns
+    ``bits``/``skip`` into a :class:`BitsOverride`, and the encode stage uses ``index_bits``;
+    a stage's own ``overrides`` come after and win. A rule applies to the stages that act on
+    a layer it matches: a stage that leaves those layers out (``exclude``, or an ``include``
+    that does not name them) does not use it. A setting that no stage of the recipe takes is
+    refused when the recipe is built; against the model, before the first stage runs, the
+    glob must match a layer and each setting must be used by a stage that acts on one of
+    its layers (``deepzip.pipeline.check_recipe``).
 
     Attributes:
         pattern: fnmatch glob on module and parameter names (``"conv*"``, ``"fc1.weight"``).
@@ -104,6 +109,22 @@ class LayerRule:
             raise ConfigError(f"{key}: skip = true leaves the layer uncompressed; set nothing else")
         if not self.skip and all(v is None for v in settings):
             raise ConfigError(f"{key}: set sparsity, quality, bits, index_bits or skip = true")
+
+    def settings(self) -> dict[str, Any]:
+        """The settings this rule makes, by key (``skip`` only when true)."""
+        out = {
+            k: v
+            for k, v in (
+                ("sparsity", self.sparsity),
+                ("quality", self.quality),
+                ("bits", self.bits),
+                ("index_bits", self.index_bits),
+            )
+            if v is not None
+        }
+        if self.skip:
+            out["skip"] = True
+        return out
 
     def prune_override(self) -> LayerOverride | None:
         """The pruning part of this rule, if any."""
@@ -783,3 +804,47 @@ def parse_stage(index: int, table: object, defaults: Mapping[str, Any]) -> Stage
 def _stage_label(index: int, kind: str, name: str | None) -> str:
     named = f" {name!r}" if name else ""
     return f"stage {index + 1} ({kind}{named})"
+
+
+@dataclass(frozen=True)
+class LayerScope:
+    """The layers a stage acts on, and what it takes from the recipe's per-layer rules.
+
+    Attributes:
+        include: the stage's include globs (empty: every compressible layer).
+        exclude: the stage's exclude globs.
+        own: the patterns of the stage's own per-layer overrides.
+        takes: the :class:`LayerRule` settings the stage uses on its layers (``"sparsity"``,
+            ``"quality"``, ``"bits"``, ``"index_bits"``, ``"skip"``).
+    """
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    own: tuple[str, ...] = ()
+    takes: frozenset[str] = frozenset()
+
+
+_PRUNE_TAKES = frozenset({"sparsity", "quality", "skip"})
+_BITS_TAKES = frozenset({"bits", "skip"})
+
+
+def layer_scope(config: object) -> LayerScope | None:
+    """The layers a built-in stage configuration acts on (:class:`LayerScope`), or ``None``
+    for one that selects no layers (train, retrain, finetune, or a registered type deepzip
+    does not know). An encode stage acts on every layer and takes ``index_bits``."""
+    if isinstance(config, SensitivityStage):
+        return LayerScope(config.include, config.exclude)
+    if isinstance(config, PruneStage):
+        p = config.prune
+        return LayerScope(p.include, p.exclude, tuple(o.pattern for o in p.overrides), _PRUNE_TAKES)
+    if isinstance(config, (QuantizeStage, SLQStage, MLQStage, INQStage)):
+        q = config.quantize
+        return LayerScope(q.include, q.exclude, tuple(o.pattern for o in q.overrides), _BITS_TAKES)
+    if isinstance(config, WeightlessStage):
+        w = config.weightless
+        own = tuple(o.pattern for o in w.overrides)
+        own += tuple(o.pattern for o in config.quantize.overrides)
+        return LayerScope(w.include, w.exclude, own, _BITS_TAKES)
+    if isinstance(config, EncodeStage):
+        return LayerScope(takes=frozenset({"index_bits"}))
+    return None

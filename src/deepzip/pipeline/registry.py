@@ -18,10 +18,11 @@ from deepzip.config import (
     Stage,
     stage_kinds,
 )
+from deepzip.config.stages import LayerScope, layer_scope
 from deepzip.errors import ConfigError
 from deepzip.format.dzip_report import SaveReport
 from deepzip.pipeline.state import StageRecord
-from deepzip.targets import listing, select_targets
+from deepzip.targets import Target, listing, select_targets
 
 __all__ = [
     "Batches",
@@ -38,6 +39,7 @@ __all__ = [
     "no_validation_error",
     "register_stage_runner",
     "registered_runner",
+    "stage_config",
     "stage_seed",
     "validation_stage",
 ]
@@ -121,7 +123,8 @@ class StageContext:
         recipe: the whole recipe.
         stage: this stage.
         index: its position, from 0.
-        config: its configuration with the recipe's per-layer overrides merged in.
+        config: its configuration with the recipe's per-layer overrides that apply to it
+            merged in (:func:`stage_config`: the rules that match a layer the stage acts on).
         seed: its seed (already applied with ``seed_everything`` before the runner starts).
         run_dir: the run directory (a runner may write files there, named after its index).
         device: where to run (``None``: where the model is).
@@ -208,6 +211,7 @@ class StageResult:
 StageRunner = Callable[[StageContext, Any], StageResult]
 StageCheck = Callable[[nn.Module, Any, str], None]
 RecipeCheck = Callable[[nn.Module, Recipe, int], None]
+RecipeNeedsValidation = Callable[[nn.Module, Recipe, int], bool]
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,7 @@ class _Runner:
     validation_hint: str
     recipe_check: RecipeCheck | None = None
     needs_batches: Callable[[Any], str | None] = lambda config: None
+    recipe_needs_validation: RecipeNeedsValidation | None = None
 
 
 _RUNNERS: dict[str, _Runner] = {}
@@ -234,6 +239,7 @@ def register_stage_runner(
     validation_hint: str = "",
     recipe_check: RecipeCheck | None = None,
     needs_batches: Callable[[Any], str | None] = lambda config: None,
+    recipe_needs_validation: RecipeNeedsValidation | None = None,
     overwrite: bool = False,
 ) -> None:
     """Register how a stage type runs (its recipe side: ``deepzip.config.register_stage_kind``).
@@ -244,8 +250,8 @@ def register_stage_runner(
         check: ``check(model, config, label)`` validates the stage against the model before
             the run starts (globs that match no layer...), raising ``ConfigError``.
         needs_training: whether a config of this stage calls ``train_fn``.
-        needs_validation: whether a config of this stage needs ``eval_fn`` (validation
-            accuracy).
+        needs_validation: whether a config of this stage may need ``eval_fn`` (validation
+            accuracy), when the model is not at hand.
         validation_hint: how a config of this stage can do without it (``"set cell_bits"``),
             added to the error when it is missing; ``""`` when it cannot.
         recipe_check: ``recipe_check(model, recipe, index)``, for a check that needs the
@@ -254,6 +260,10 @@ def register_stage_runner(
         needs_batches: what in a config of this stage needs ``batches`` (training batches
             for statistics), such as ``"importance = 'fisher'"``, or ``None`` when nothing
             does; checked before the run starts.
+        recipe_needs_validation: ``recipe_needs_validation(model, recipe, index)``: with
+            the model at hand, whether stage ``index`` needs ``eval_fn`` (a Weightless
+            stage whose every layer has a fixed cell width does not); by default
+            ``needs_validation`` of its configuration.
         overwrite: replace an existing runner.
 
     Raises:
@@ -265,7 +275,14 @@ def register_stage_runner(
     if kind in _RUNNERS and not overwrite:
         raise ConfigError(f"stage type {kind!r} already has a runner")
     _RUNNERS[kind] = _Runner(
-        run, check, needs_training, needs_validation, validation_hint, recipe_check, needs_batches
+        run,
+        check,
+        needs_training,
+        needs_validation,
+        validation_hint,
+        recipe_check,
+        needs_batches,
+        recipe_needs_validation,
     )
 
 
@@ -282,11 +299,18 @@ def no_validation_error(label: str, hint: str = "") -> ConfigError:
     )
 
 
-def validation_stage(recipe: Recipe) -> tuple[str, str] | None:
+def validation_stage(recipe: Recipe, model: nn.Module | None = None) -> tuple[str, str] | None:
     """The first stage that needs validation accuracy (``eval_fn``), or ``None``.
 
-    A sensitivity stage does, and so does a Weightless stage that chooses its cell widths.
-    Stage types without a runner are left out (:func:`check_recipe` reports them).
+    A sensitivity stage does, and so does a Weightless stage that chooses a cell width: one
+    whose ``cell_bits`` is not set, unless (known only with ``model``) every layer it
+    encodes has a fixed width from its overrides. Stage types without a runner are left out
+    (:func:`check_recipe` reports them).
+
+    Args:
+        recipe: the recipe.
+        model: the model it will run on (as it starts); without it, a stage that may need
+            validation accuracy is taken to need it.
 
     Returns:
         ``(label, hint)``: the stage's label and how it could do without validation data
@@ -294,28 +318,66 @@ def validation_stage(recipe: Recipe) -> tuple[str, str] | None:
     """
     for i, stage in enumerate(recipe.stages):
         runner = _RUNNERS.get(stage.kind)
-        if runner is not None and runner.needs_validation(recipe.effective(stage)):
+        if runner is None:
+            continue
+        if model is not None and runner.recipe_needs_validation is not None:
+            needs = runner.recipe_needs_validation(model, recipe, i)
+        else:
+            config = recipe.effective(stage) if model is None else stage_config(model, recipe, i)
+            needs = runner.needs_validation(config)
+        if needs:
             return stage.label(i), runner.validation_hint
     return None
+
+
+def _stage_targets(model: nn.Module, scope: LayerScope) -> tuple[Target, ...]:
+    """The layers a stage with ``scope`` acts on."""
+    return select_targets(model, include=scope.include, exclude=scope.exclude).targets
+
+
+def stage_config(model: nn.Module, recipe: Recipe, index: int) -> Any:
+    """Stage ``index``'s configuration with the recipe-wide overrides that apply to it merged
+    in: those that match a layer the stage acts on (:meth:`Recipe.effective`). A stage that
+    leaves a layer out (``exclude``, or an ``include`` that does not name it) does not get
+    the rules of that layer; a rule that no stage uses is refused by :func:`check_recipe`.
+
+    Raises:
+        ConfigError: a rule that the stage cannot take (see :meth:`Recipe.effective`), or a
+            glob of the stage that matches no layer.
+    """
+    stage = recipe.stages[index]
+    scope = layer_scope(stage.config)
+    if scope is None or not recipe.overrides:
+        return recipe.effective(stage)
+    targets = _stage_targets(model, scope)
+    rules = tuple(r for r in recipe.overrides if any(t.matches(r.pattern) for t in targets))
+    return recipe.effective(stage, overrides=rules)
+
+
+def _left_out(pattern: str, scope: LayerScope, targets: list[Target]) -> str:
+    """Why the layers ``pattern`` matches are not among a stage's: its globs, named."""
+    excluded = [
+        g for g in scope.exclude if any(t.matches(g) and t.matches(pattern) for t in targets)
+    ]
+    if excluded:
+        return f"exclude = {excluded!r}"
+    return f"include = {list(scope.include)!r}"
 
 
 def check_recipe(model: nn.Module, recipe: Recipe) -> None:
     """Validate a recipe against a model before anything runs.
 
     Every glob (recipe overrides, each stage's include/exclude/overrides) must match a layer,
-    and every stage type must have a runner.
+    a stage's own override must name a layer the stage acts on (not one it leaves out), every
+    setting of a recipe-wide override must be used by a stage that acts on a layer it
+    matches, and every stage type must have a runner.
 
     Raises:
         ConfigError: naming the stage or override and the glob.
     """
     selection = select_targets(model)
-    names = listing([n for t in selection.targets for n in (t.name, *t.aliases)]) or "none"
-    for i, rule in enumerate(recipe.overrides):
-        if not any(t.matches(rule.pattern) for t in selection.targets):
-            raise ConfigError(
-                f"overrides[{i}]: pattern {rule.pattern!r} matches no compressible layer "
-                f"(layers: {names})"
-            )
+    scopes = [layer_scope(s.config) for s in recipe.stages]
+    stage_targets: list[tuple[Target, ...] | None] = [None] * len(recipe.stages)
     for i, stage in enumerate(recipe.stages):
         runner = _RUNNERS.get(stage.kind)
         if runner is None:
@@ -323,12 +385,72 @@ def check_recipe(model: nn.Module, recipe: Recipe) -> None:
                 f"{stage.label(i)}: stage type {stage.kind!r} has no runner; import the module "
                 "that provides it (deepzip.pipeline.register_stage_runner)"
             )
-        label = stage.label(i)
+    # every layer some stage may act on: the compressible ones, and those an include names
+    known = {t.name: t for t in selection.targets}
+    for i, scope in enumerate(scopes):
+        if scope is None:
+            continue
+        label = recipe.stages[i].label(i)
         try:
+            stage_targets[i] = _stage_targets(model, scope)
+            for t in select_targets(model, include=scope.include).targets:
+                known.setdefault(t.name, t)
+        except ConfigError as exc:
+            msg = str(exc)
+            raise ConfigError(msg if msg.startswith(label) else f"{label}: {msg}") from exc
+    layers = list(known.values())
+    names = listing([n for t in layers for n in (t.name, *t.aliases)]) or "none"
+    for i, rule in enumerate(recipe.overrides):
+        if not any(t.matches(rule.pattern) for t in layers):
+            raise ConfigError(
+                f"overrides[{i}]: pattern {rule.pattern!r} matches no compressible layer "
+                f"(layers: {names})"
+            )
+    for i, stage in enumerate(recipe.stages):
+        runner = _RUNNERS[stage.kind]
+        label = stage.label(i)
+        scope, targets = scopes[i], stage_targets[i]
+        try:
+            if scope is not None and targets is not None:
+                for pattern in scope.own:
+                    if any(t.matches(pattern) for t in targets):
+                        continue
+                    named = [t.name for t in layers if t.matches(pattern)]
+                    if named:  # (one that matches nothing at all is the stage check's)
+                        raise ConfigError(
+                            f"override pattern {pattern!r} names {listing(named)}, which this "
+                            f"stage leaves out ({_left_out(pattern, scope, layers)}); remove "
+                            "the override or select the layer here"
+                        )
             if runner.check is not None:
-                runner.check(model, recipe.effective(stage), label)
+                runner.check(model, stage_config(model, recipe, i), label)
             if runner.recipe_check is not None:
                 runner.recipe_check(model, recipe, i)
         except ConfigError as exc:
             msg = str(exc)
             raise ConfigError(msg if msg.startswith(label) else f"{label}: {msg}") from exc
+    _check_rules_used(recipe, scopes, stage_targets, layers)
+
+
+def _check_rules_used(
+    recipe: Recipe,
+    scopes: list[LayerScope | None],
+    stage_targets: list[tuple[Target, ...] | None],
+    layers: list[Target],
+) -> None:
+    """Each setting of a recipe-wide override must be taken by a stage that acts on a layer
+    the override matches; one that none uses would be ignored (``Recipe`` already refuses a
+    setting that no stage of the recipe takes at all)."""
+    for i, rule in enumerate(recipe.overrides):
+        for key, value in rule.settings().items():
+            if key == "index_bits":
+                continue  # the encode stage writes every layer the rule matches
+            takers = [j for j, sc in enumerate(scopes) if sc is not None and key in sc.takes]
+            if any(any(t.matches(rule.pattern) for t in stage_targets[j] or ()) for j in takers):
+                continue
+            matched = listing([t.name for t in layers if t.matches(rule.pattern)])
+            stages = ", ".join(recipe.stages[j].label(j) for j in takers) or "none"
+            raise ConfigError(
+                f"overrides[{i}] ({rule.pattern!r}): {key} = {value!r} is used by no stage: "
+                f"the stages that take {key} ({stages}) leave out {matched}"
+            )

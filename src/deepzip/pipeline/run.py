@@ -53,6 +53,7 @@ from deepzip.pipeline.registry import (
     check_recipe,
     no_validation_error,
     registered_runner,
+    stage_config,
     stage_seed,
     validation_stage,
 )
@@ -186,16 +187,15 @@ def run_recipe(
     model.to(dev)
     check_recipe(model, recipe)
     for i, stage in enumerate(recipe.stages):
-        if train_fn is None and registered_runner(stage.kind).needs_training(
-            recipe.effective(stage)
-        ):
+        config = stage_config(model, recipe, i)
+        if train_fn is None and registered_runner(stage.kind).needs_training(config):
             raise ConfigError(f"{stage.label(i)} trains the model: pass train_fn= or data=")
-        reason = registered_runner(stage.kind).needs_batches(recipe.effective(stage))
+        reason = registered_runner(stage.kind).needs_batches(config)
         if batches is None and reason is not None:
             raise ConfigError(
                 f"{stage.label(i)}: {reason} needs training batches: pass batches= or data="
             )
-    needs_val = validation_stage(recipe)
+    needs_val = validation_stage(recipe, model)
     if eval_fn is None and needs_val is not None:
         raise no_validation_error(*needs_val)
     identity: dict[str, Any] = {
@@ -377,7 +377,7 @@ def _run_locked(
             recipe=recipe,
             stage=stage,
             index=index,
-            config=recipe.effective(stage),
+            config=stage_config(model, recipe, index),
             seed=seed,
             run_dir=out,
             device=dev,

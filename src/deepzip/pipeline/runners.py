@@ -4,7 +4,7 @@ SLQ/MLQ/INQ and Weightless (registered on import).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
@@ -35,6 +35,7 @@ from deepzip.pipeline.registry import (
     TrainRequest,
     no_validation_error,
     register_stage_runner,
+    stage_config,
 )
 from deepzip.pipeline.state import DZIP_FILE, independent_copy
 from deepzip.prune import (
@@ -51,6 +52,7 @@ from deepzip.quantize import (
     quantize_,
     strip_,
 )
+from deepzip.quantize.api import current_mask
 from deepzip.quantize.incremental import IncrementalStep, inq_, mlq_, slq_, step_count
 from deepzip.quantize.shared import attach_shared
 from deepzip.quantize.weightless import get_weightless
@@ -306,8 +308,8 @@ def _state_before(
     elif shared is not None:
         state, k = "shared", int(shared.codebook.numel())
     by: int | None = None
-    for j, stage in enumerate(recipe.stages[:index]):
-        config = recipe.effective(stage)
+    for j in range(index):
+        config = stage_config(model, recipe, j)
         if not isinstance(config, (QuantizeStage, *_INCREMENTAL, WeightlessStage)):
             continue  # not a quantizer (or one this check does not know)
         after = _quantized_by(model, target, config, state)
@@ -349,7 +351,7 @@ def _encoded_named(
 def _check_quantize_order(model: nn.Module, recipe: Recipe, index: int) -> None:
     """A quantize stage whose ``include`` or overrides name a layer encoded with Weightless
     (by an earlier stage) is refused before the run starts, as ``quantize_`` refuses it."""
-    config = recipe.effective(recipe.stages[index])
+    config = stage_config(model, recipe, index)
     q = config.quantize
     targets = select_targets(model, include=q.include, exclude=q.exclude).targets
     _encoded_named(model, recipe, index, targets, (*q.include, *(o.pattern for o in q.overrides)))
@@ -360,7 +362,7 @@ def _check_incremental_order(model: nn.Module, recipe: Recipe, index: int) -> No
     before the run starts (the verb refuses it only when the stage starts, after the earlier
     stages have run). A layer encoded with Weightless is refused when an ``include`` glob or
     an override names it, and otherwise skipped, as the verb does."""
-    config = recipe.effective(recipe.stages[index])
+    config = stage_config(model, recipe, index)
     q = config.quantize
     patterns = (*q.include, *(o.pattern for o in q.overrides))
     targets = select_targets(model, include=q.include, exclude=q.exclude).targets
@@ -414,6 +416,10 @@ def _check_weightless(model: nn.Module, config: WeightlessStage, label: str) -> 
     w = config.weightless
     selection = select_targets(model, include=w.include, exclude=w.exclude)
     selection.check_overrides((o.pattern for o in w.overrides), "layer Weightless encodes")
+    # the clustering's overrides too: weightless_ applies each to the layers it matches
+    # and would ignore one that matches none
+    patterns = (o.pattern for o in config.quantize.overrides)
+    selection.check_overrides(patterns, "layer Weightless encodes (quantize.overrides)")
 
 
 def _check_weightless_widths(model: nn.Module, recipe: Recipe, index: int) -> None:
@@ -427,7 +433,7 @@ def _check_weightless_widths(model: nn.Module, recipe: Recipe, index: int) -> No
     stage encodes is skipped (as the stage skips it), and one an earlier incremental stage
     (SLQ, MLQ, INQ) quantizes is left to ``weightless_``'s own check.
     """
-    config = recipe.effective(recipe.stages[index])
+    config = stage_config(model, recipe, index)
     assert isinstance(config, WeightlessStage)
     w = config.weightless
     for t in select_targets(model, include=w.include, exclude=w.exclude).targets:
@@ -449,10 +455,46 @@ def _check_weightless_widths(model: nn.Module, recipe: Recipe, index: int) -> No
 _CELL_BITS_HINT = "set cell_bits"  # a fixed cell width needs no validation accuracy
 
 
+def _chooses_width(
+    model: nn.Module, config: WeightlessStage, state_of: Callable[[Target], str | None]
+) -> bool:
+    """Whether the stage chooses some layer's cell width (with validation accuracy): one it
+    encodes has no fixed width, neither ``cell_bits`` nor an override's. ``state_of(t)``
+    says what ``t`` is when the stage starts (see :func:`_quantized_by`)."""
+    w = config.weightless
+    if w.cell_bits is not None:
+        return False
+    for t in select_targets(model, include=w.include, exclude=w.exclude).targets:
+        if cell_bits_rule(t, w.overrides) is not None:
+            continue  # a fixed width, or skipped
+        state = state_of(t)
+        if state == "weightless" or (state is None and layer_bits(t, config.quantize) is None):
+            continue  # encoded already, or kept in float: the stage skips it
+        return True
+    return False
+
+
+def _weightless_needs_validation(model: nn.Module, recipe: Recipe, index: int) -> bool:
+    """Validation accuracy is needed when a layer's cell width is chosen automatically."""
+    config = stage_config(model, recipe, index)
+    assert isinstance(config, WeightlessStage)
+    return _chooses_width(model, config, lambda t: _state_before(model, recipe, index, t)[0])
+
+
+def _state_now(target: Target) -> str | None:
+    """What ``target`` is now: ``"weightless"``, ``"shared"``, or ``None`` (float); a layer
+    with no surviving weight counts as encoded (``weightless_`` skips it)."""
+    if get_weightless(target.module, target.param_name) is not None:
+        return "weightless"
+    if not bool(current_mask(target).any()):
+        return "weightless"
+    return "shared" if get_shared(target.module, target.param_name) is not None else None
+
+
 def _run_weightless(ctx: StageContext, config: WeightlessStage) -> StageResult:
     w, r = config.weightless, config.retrain
     auto = w.cell_bits is None
-    if auto and ctx.eval_fn is None:
+    if auto and ctx.eval_fn is None and _chooses_width(ctx.model, config, _state_now):
         raise no_validation_error(ctx.label, _CELL_BITS_HINT)
 
     def retrain(model: nn.Module, layer: str) -> None:
@@ -490,6 +532,7 @@ register_stage_runner(
     needs_training=lambda c: bool(c.retrain.epochs),
     needs_validation=lambda c: c.weightless.cell_bits is None,
     validation_hint=_CELL_BITS_HINT,
+    recipe_needs_validation=_weightless_needs_validation,
 )
 for _name in ("slq", "mlq", "inq"):
     register_stage_runner(
