@@ -22,6 +22,7 @@ payload is empty.
 from __future__ import annotations
 
 import heapq
+import math
 import struct
 from collections.abc import Callable
 from fractions import Fraction
@@ -29,6 +30,7 @@ from fractions import Fraction
 import numpy as np
 
 from deepzip.coding.huffman import output_dtype
+from deepzip.coding.portable_math import log2, sum_of_products
 from deepzip.errors import CorruptFileError
 
 __all__ = [
@@ -178,11 +180,18 @@ def _take_back(cu: np.ndarray, w: np.ndarray, units: int) -> np.ndarray:
 
 
 def estimated_bits(counts: np.ndarray, weights: np.ndarray, precision: int) -> float:
-    """The ideal code length of the data under the model, ``sum c * (precision - log2 w)``."""
+    """The ideal code length of the data under the model, ``sum c * (precision - log2 w)``
+    (infinite when a counted symbol has no weight).
+
+    Computed with :mod:`deepzip.coding.portable_math`, so that :func:`choose_precision`, which
+    compares these, chooses the same precision on every machine.
+    """
     c = np.asarray(counts, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
     nz = c > 0
-    return float(np.sum(c[nz] * (precision - np.log2(w[nz]))))
+    if bool(np.any(w[nz] <= 0)):
+        return math.inf
+    return sum_of_products(c[nz], precision - log2(w[nz]))
 
 
 def choose_precision(

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepzip.coding import ans, huffman, varint
+from deepzip.coding import ans, huffman, portable_math, varint
 from deepzip.coding._jit import kernels
 from deepzip.coding.bitio import BitReader, BitWriter, pack_fixed, unpack_fixed
 from deepzip.config import CoderName, check_coder
@@ -103,7 +103,8 @@ def _table_bits(values: np.ndarray) -> tuple[bool, int, int]:
     vbits = max(1, int(values.max()).bit_length())
     dense = 22 + (int(used[-1]) + 1) * vbits
     gaps = np.diff(used, prepend=-1)  # gap + 1 per used symbol
-    gamma = int(np.sum(2 * np.floor(np.log2(gaps)).astype(np.int64) + 1))
+    # floor(log2 g) + 1 = the exponent frexp gives (exact for g < 2**53, unlike np.log2)
+    gamma = int(np.sum(2 * np.frexp(gaps)[1].astype(np.int64) - 1))
     sparse = 22 + gamma + used.size * vbits
     return sparse < dense, vbits, min(dense, sparse)
 
@@ -380,7 +381,7 @@ def entropy_bits(symbols: np.ndarray, alphabet_size: int) -> float:
     if n == 0:
         return 0.0
     c = counts[counts > 0].astype(np.float64)
-    return float(-np.sum(c * np.log2(c / n)))
+    return 0.0 - portable_math.sum_of_products(c, portable_math.log2(c / n))
 
 
 def _checked_symbols(symbols: np.ndarray, alphabet_size: int) -> np.ndarray:
@@ -574,7 +575,8 @@ def estimated_size(counts: np.ndarray, *, coder: CoderName = "auto", quick: bool
     if coder in ("auto", "ans"):
         used = c[c > 0]
         if quick and used.size > 1:
-            bits, model_len = float(-np.sum(used * np.log2(used / count))), hmodel_len
+            entropy = 0.0 - portable_math.sum_of_products(used, portable_math.log2(used / count))
+            bits, model_len = entropy, hmodel_len
         else:
             precision, weights = _ans_weights(c)
             bits, model_len = ans.estimated_bits(c, weights, precision), _ans_model_len(weights)
