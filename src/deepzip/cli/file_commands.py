@@ -256,9 +256,8 @@ def _bench_model_name(args: argparse.Namespace) -> str:
     if args.model:
         return str(args.model)
     with DzipReader(args.input) as reader:
-        meta = reader.metadata
-    user = meta.get("user") if isinstance(meta, dict) else None
-    name = user.get("deepzip.model") if isinstance(user, dict) else None
+        user = reader.metadata.get("user", {})  # strings to strings: the reader checked
+    name = user.get("deepzip.model")
     if not isinstance(name, str) or name not in model_names():
         found = f" (the file names {name!r}, not a zoo model)" if name else ""
         raise ConfigError(

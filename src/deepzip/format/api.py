@@ -212,7 +212,9 @@ def save(
 ) -> SaveReport:
     """Write a model or state dict to a ``.dzip`` file, atomically.
 
-    From a model: every tensor of its plain state dict, in order. A weight with shared-weight
+    From a model: every tensor of its plain state dict, in order (the order the model had
+    before it was pruned or quantized: a pruned ``Linear``'s ``weight`` before its ``bias``,
+    see :func:`~deepzip.format.checkpoint.plain_state_dict`). A weight with shared-weight
     parametrization (``deepzip.quantize_``) is stored as codebook + coded indices (with the
     relative sparse index when pruned); a layer encoded with Weightless
     (``deepzip.weightless_``) as codebook + its Bloomier filter; a weight with only a pruning
@@ -375,12 +377,13 @@ def load_model(model: nn.Module, path: str | os.PathLike[str], *, strict: bool =
 
     Any pruning masks, shared weights or Weightless encodings on ``model`` are removed first
     (the loaded weights carry the exact zeros and shared values): it ends with plain dense
-    tensors. Names and shapes are checked before the model is touched. Each value takes the
-    device and dtype of the model's tensor (as ``nn.Module.load_state_dict`` does). A tensor
-    under a parametrization of the model's own (not deepzip's: ``weight_norm``, say) is set
-    through its ``right_inverse``, as ``module.weight = value`` does. A tied tensor's names
-    all get its value: the model may tie them (one ``Parameter``, or one module registered
-    twice) or hold separate tensors.
+    tensors, listed by ``model.state_dict()`` in the order the model had before it was
+    pruned or quantized (``weight`` before ``bias``). Names and shapes are checked before
+    the model is touched. Each value takes the device and dtype of the model's tensor (as
+    ``nn.Module.load_state_dict`` does). A tensor under a parametrization of the model's own
+    (not deepzip's: ``weight_norm``, say) is set through its ``right_inverse``, as
+    ``module.weight = value`` does. A tied tensor's names all get its value: the model may tie
+    them (one ``Parameter``, or one module registered twice) or hold separate tensors.
 
     Args:
         model: a module with the same architecture.
@@ -413,7 +416,7 @@ def load_model(model: nn.Module, path: str | os.PathLike[str], *, strict: bool =
             )
     check_not_meta(Path(path), {n: t for n, t in expected.items() if n in state}, saving=False)
     check_loadable(Path(path), model, [n for n in expected if n in state])
-    strip_(model)
+    strip_(model)  # (it keeps each module's tensors in their unparametrized order)
     load_plain_(model, {k: v for k, v in state.items() if k in expected}, Path(path))
     return model
 
@@ -461,8 +464,7 @@ def to_safetensors(
             (nothing is written).
     """
     with DzipReader(src) as r:
-        user = r.metadata.get("user")
-        meta = {str(k): str(v) for k, v in user.items()} if isinstance(user, dict) else {}
+        meta = dict(r.metadata.get("user", {}))  # strings to strings: the reader checked
         meta["format"] = "pt"
         header: dict[str, Any] = {"__metadata__": meta}
         pos = 0

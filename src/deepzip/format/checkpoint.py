@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from deepzip._atomic import atomic_path
+from deepzip._parametrize import own_tensor_order
 from deepzip.coding.bloomier import BloomierFilter
 from deepzip.errors import CheckpointError, ConfigError, CorruptFileError, InvalidTensorError
 from deepzip.prune.api import mask_dict
@@ -79,7 +80,12 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
     Parametrized tensors appear under their plain name (``fc1.weight``) with their effective
     value, a parametrization that stores several tensors (``weight_norm``'s ``original0``
-    and ``original1``) included; the parametrizations' own buffers are left out.
+    and ``original1``) included; the parametrizations' own buffers are left out. The order
+    is the unparametrized model's: ``state_dict()`` of a parametrized module lists the
+    parametrized tensor after all of the module's other tensors (a pruned ``Linear`` gives
+    ``bias`` before ``weight``), and here it is moved back in front of them (see
+    :func:`deepzip._parametrize.own_tensor_order`), so that pruning or quantizing a model
+    does not change the order of its files.
 
     Raises:
         InvalidTensorError: a state-dict entry that is not a tensor (a module's extra state
@@ -87,6 +93,7 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             tensors only.
     """
     out: dict[str, torch.Tensor] = {}
+    owners: dict[str, None] = {}  # the names of parametrized modules, in state-dict order
     for key, value in model.state_dict().items():
         if not isinstance(value, torch.Tensor):
             raise InvalidTensorError(
@@ -107,7 +114,38 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             plain = f"{owner}.{attr}" if owner else attr
             if plain not in out:
                 out[plain] = getattr(model.get_submodule(owner), attr).detach()
-    return out
+                owners[owner] = None
+    return {name: out[name] for name in _unparametrized_order(model, list(out), list(owners))}
+
+
+def _unparametrized_order(model: nn.Module, names: list[str], owners: list[str]) -> list[str]:
+    """``names`` (the plain state dict's, in ``model.state_dict()`` order) reordered as the
+    model without parametrizations lists them.
+
+    ``state_dict()`` lists a module's own parameters, its own buffers, then its children,
+    each module's keys together; a parametrized tensor comes from the ``parametrizations``
+    child, registered last. The own tensors of each parametrized module in ``owners`` are
+    put back at the start of its keys, in :func:`~deepzip._parametrize.own_tensor_order`.
+    One pass: a key's enclosing modules are its name's prefixes.
+    """
+    present = set(names)
+    own_of: dict[str, list[str]] = {}
+    for owner in owners:
+        prefix = f"{owner}." if owner else ""
+        names_of = (prefix + attr for attr in own_tensor_order(model.get_submodule(owner)))
+        own_of[owner] = [n for n in names_of if n in present]
+    moved = {n for own in own_of.values() for n in own}
+    order: list[str] = []
+    for name in names:
+        parts = name.split(".")
+        for depth in range(len(parts)):  # the root, then each enclosing module, outermost first
+            owner = ".".join(parts[:depth])
+            own = own_of.pop(owner, None)
+            if own is not None:  # the first key of this module: its own tensors go here
+                order.extend(own)
+        if name not in moved:
+            order.append(name)
+    return order
 
 
 def _users_parametrizations(module: nn.Module, attr: str) -> list[nn.Module]:
@@ -250,7 +288,8 @@ def check_string_metadata(metadata: object, source: object) -> None:
     """Refuse caller metadata that is not ``None`` or a mapping of strings to strings.
 
     A value or key of another type is not turned into a string: ``{1: "a", "1": "b"}`` would
-    lose one entry, and ``None`` would read back as ``"None"``.
+    lose one entry, and ``None`` would read back as ``"None"``. A string holding an unpaired
+    surrogate (``"\\ud800"``) is not Unicode text and is refused too: no UTF-8 file holds it.
 
     Raises:
         ConfigError: naming ``source`` (the file) and the first bad key or value.
@@ -268,6 +307,14 @@ def check_string_metadata(metadata: object, source: object) -> None:
                 f"{source}: metadata must map strings to strings, got {key!r}: {value!r} "
                 f"({type(key).__name__}: {type(value).__name__})"
             )
+        for text in (key, value):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ConfigError(
+                    f"{source}: metadata string {text[:40]!a} holds an unpaired surrogate "
+                    "(not Unicode text: no file can store it as UTF-8)"
+                ) from exc
 
 
 def check_checkpoint_name(path: str | os.PathLike[str], what: str | None = None) -> None:
@@ -289,6 +336,12 @@ def check_checkpoint_name(path: str | os.PathLike[str], what: str | None = None)
         )
 
 
+_RESERVED_KEYS = frozenset(
+    {"deepzip.format", "deepzip.version", "deepzip.reference_std", "deepzip.train_encoded"}
+)
+"""The header keys :func:`save_checkpoint` writes itself (a caller's would be overwritten)."""
+
+
 def save_checkpoint(
     model: nn.Module, path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None
 ) -> Path:
@@ -306,7 +359,9 @@ def save_checkpoint(
         ConfigError: ``model`` is not an ``nn.Module``; ``path`` is not named
             ``.safetensors`` (checkpoints are read by their suffix: under another name the
             file could not be read back); ``metadata`` is not a mapping of strings to
-            strings; a layer is in the middle of an incremental quantization run (SLQ, MLQ,
+            strings, or uses a key deepzip writes (``deepzip.format``, ``deepzip.version``,
+            ``deepzip.reference_std``, ``deepzip.train_encoded``); a layer is in the middle of
+            an incremental quantization run (SLQ, MLQ,
             INQ: its frozen weights and mask have no place in a checkpoint), named.
         InvalidTensorError: a tensor on the meta device (no values to write), named.
         CheckpointError: the file could not be written (a full disk: safetensors reports it
@@ -316,6 +371,12 @@ def save_checkpoint(
     dest = Path(path)
     check_checkpoint_name(dest)
     check_string_metadata(metadata, dest)
+    reserved = sorted(set(metadata or {}) & _RESERVED_KEYS)
+    if reserved:
+        raise ConfigError(
+            f"{dest}: metadata key {reserved[0]!r} is deepzip's own (the checkpoint's "
+            f"{', '.join(sorted(_RESERVED_KEYS))}); use another name"
+        )
     for mod_name, module in model.named_modules():
         for attr in getattr(module, "parametrizations", {}):
             if get_quantization(module, attr) is not None and get_shared(module, attr) is None:

@@ -65,6 +65,8 @@ from deepzip.format.dzip_spec import (
     TensorEntry,
     dtype_itemsize,
     dtype_name,
+    json_kind,
+    user_metadata_offender,
 )
 from deepzip.format.dzip_writer import check_little_endian
 from deepzip.quantize.shared import SharedTensor
@@ -837,7 +839,9 @@ def _unpaired_surrogate(obj: Any) -> str | None:
 def parse_metadata(buf: bytes, where: str) -> dict[str, Any]:
     """Strictly parse a metadata section: UTF-8 JSON object, no duplicate keys, no NaN or
     infinity (neither as a constant nor as a number that overflows to it), no string with an
-    unpaired surrogate (which every later UTF-8 encoding of the metadata would fail on)."""
+    unpaired surrogate (which every later UTF-8 encoding of the metadata would fail on), and
+    a ``"user"`` value, when there is one, that is an object of strings to strings (what a
+    writer stores there; its readers take it as such)."""
     try:
         obj = json.loads(
             buf.decode("utf-8"),
@@ -856,6 +860,18 @@ def parse_metadata(buf: bytes, where: str) -> dict[str, Any]:
                 f"{where}: metadata string {bad[:40]!a} holds an unpaired surrogate "
                 "(a \\u escape that is not Unicode text)"
             )
+    offender = user_metadata_offender(obj)
+    if offender is not None:
+        key, value = offender
+        if key is None:
+            raise CorruptFileError(
+                f'{where}: metadata "user" is {json_kind(value)}, not an object of strings '
+                "to strings"
+            )
+        raise CorruptFileError(
+            f'{where}: metadata "user" key {str(key)[:60]!r} holds {json_kind(value)}, not a '
+            "string (the user key/values are strings to strings)"
+        )
     return obj
 
 

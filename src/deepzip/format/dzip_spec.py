@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -61,6 +62,8 @@ __all__ = [
     "canonical_json",
     "dtype_itemsize",
     "dtype_name",
+    "json_kind",
+    "user_metadata_offender",
 ]
 
 MAGIC = b"\x89DZIP\r\n\x1a"
@@ -264,6 +267,42 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(
         obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode("utf-8")
+
+
+def user_metadata_offender(metadata: Mapping[str, Any]) -> tuple[object, object] | None:
+    """What keeps ``metadata["user"]`` from being an object of strings to strings
+    (``docs/format.md`` section 9), or ``None`` when it is one or is absent.
+
+    Returns:
+        ``(None, user)`` when ``"user"`` is not a mapping; else ``(key, value)`` of its first
+        key or value that is not a ``str``.
+    """
+    if "user" not in metadata:
+        return None
+    user = metadata["user"]
+    if not isinstance(user, Mapping):
+        return None, user
+    for key, value in user.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            return key, value
+    return None
+
+
+def json_kind(value: object) -> str:
+    """The JSON type of a parsed JSON value, with its article: ``"a number"``, ``"null"``..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return f"a {type(value).__name__}"
 
 
 def _check_keys(obj: Any) -> None:

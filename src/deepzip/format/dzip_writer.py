@@ -53,6 +53,7 @@ from deepzip.format.dzip_spec import (
     TensorEntry,
     canonical_json,
     dtype_name,
+    user_metadata_offender,
 )
 from deepzip.quantize.shared import SharedTensor
 
@@ -155,7 +156,10 @@ class DzipWriter:
         coder: default entropy coder of every stream: ``"auto"`` (the smaller of Huffman and
             ANS, per stream), ``"huffman"``, ``"ans"`` or ``"raw"`` (fixed width).
         metadata: the JSON object stored in the metadata section (canonical JSON; may be
-            replaced through :attr:`metadata` before the writer closes).
+            replaced through :attr:`metadata` before the writer closes). Its ``"user"``
+            value, when there is one, must map strings to strings (``docs/format.md`` section
+            9), else ``ConfigError`` (here, or on closing for a replaced one; nothing is
+            written).
     """
 
     def __init__(
@@ -170,6 +174,7 @@ class DzipWriter:
         self.path = Path(path)
         self.coder: CoderName = coder
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self._check_user_metadata()
         self.skipped: list[tuple[str, str]] = []
         self._entries: list[TensorEntry] = []
         self._records: list[TensorRecord] = []
@@ -626,6 +631,24 @@ class DzipWriter:
         self._records.append(row)
         return row
 
+    def _check_user_metadata(self) -> None:
+        """Refuse a ``"user"`` metadata value that is not strings to strings, which a reader
+        refuses as corrupt (``docs/format.md`` section 9).
+
+        Raises:
+            ConfigError: naming the file and the first bad key or value, with their types.
+        """
+        bad = user_metadata_offender(self.metadata)
+        if bad is None:
+            return
+        key, value = bad
+        got = (
+            type(value).__name__
+            if key is None
+            else f"{key!r}: {value!r} ({type(key).__name__}: {type(value).__name__})"
+        )
+        raise ConfigError(f'{self.path}: metadata "user" must map strings to strings, got {got}')
+
     def _finish(self) -> None:
         assert self._fh is not None
         directory = b"".join(e.pack() for e in self._entries)
@@ -639,6 +662,7 @@ class DzipWriter:
                 f"{self.path}: metadata must be a mapping (a JSON object), got "
                 f"{type(self.metadata).__name__}"
             )
+        self._check_user_metadata()
         try:
             metadata = canonical_json(dict(self.metadata))
         except (TypeError, ValueError, RecursionError) as exc:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from deepzip._parametrize import tensor_order_kept
 from deepzip.config import LayerOverride, PruneConfig
 from deepzip.errors import ConfigError
 from deepzip.prune.masks import (
@@ -273,7 +274,8 @@ def strip_(model: nn.Module) -> nn.Module:
         ConfigError: ``model`` is not an ``nn.Module``.
     """
     check_module(model, "strip_")
-    for _, module in list(model.named_modules()):
-        for attr in _masked_attrs(module):
-            strip_mask(module, attr)
+    with tensor_order_kept(model):  # (a stripped Linear would list bias before weight)
+        for _, module in list(model.named_modules()):
+            for attr in _masked_attrs(module):
+                strip_mask(module, attr)
     return model

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from deepzip._parametrize import find_parametrization
+from deepzip._parametrize import find_parametrization, remember_tensor_order
 from deepzip.errors import ConfigError
 from deepzip.prune.masks import check_mask_shape, reference_std
 
@@ -157,6 +157,7 @@ def attach_mask(
     else:
         std = reference_std(weight)
         existing = WeightMask(mask.to(weight.device), std)
+        remember_tensor_order(module)
         parametrize.register_parametrization(module, attr, existing, unsafe=False)
     zero_pruned_(module, attr)
     return existing

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from deepzip._parametrize import tensor_order_kept
 from deepzip.config import BitsOverride, QuantizeConfig
 from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.prune.api import strip_ as strip_masks_
@@ -327,6 +328,14 @@ def strip_(model: nn.Module) -> nn.Module:
         ConfigError: ``model`` is not an ``nn.Module``.
     """
     check_module(model, "strip_")
+    with tensor_order_kept(model):  # (a stripped Linear would list bias before weight)
+        _remove_ours(model)
+        strip_masks_(model)
+    return model
+
+
+def _remove_ours(model: nn.Module) -> None:
+    """:func:`strip_`'s removal of the shared-weight and frozen-weight parametrizations."""
     # imported here: deepzip.quantize.incremental imports this module
     from deepzip.quantize.incremental.parametrization import get_frozen
 
@@ -359,4 +368,3 @@ def strip_(model: nn.Module) -> nn.Module:
             bias = getattr(module, "bias", None)
             if encoded is not None and attr == "weight" and isinstance(bias, nn.Parameter):
                 bias.requires_grad_(True)
-    return strip_masks_(model)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from deepzip._parametrize import find_parametrization
+from deepzip._parametrize import find_parametrization, remember_tensor_order
 from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.targets import layer_type
 
@@ -307,6 +307,7 @@ def install_shared(
     p.source_trainable = trainable
     if not trainable:
         p.codebook.requires_grad_(False)
+    remember_tensor_order(module)
     if parametrize.is_parametrized(module, attr):
         parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     parametrize.register_parametrization(module, attr, p, unsafe=True)

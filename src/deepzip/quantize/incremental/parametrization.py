@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from deepzip._parametrize import find_parametrization
+from deepzip._parametrize import find_parametrization, remember_tensor_order
 from deepzip.errors import ConfigError, InvalidTensorError
 from deepzip.quantize.shared import GradRule, SharedTensor, SharedWeight, install_shared
 
@@ -96,6 +96,7 @@ def attach_frozen(module: nn.Module, attr: str, mask: torch.Tensor) -> FrozenWei
         raise InvalidTensorError(
             f"{attr}: the mask has shape {tuple(mask.shape)}, the weight {tuple(current.shape)}"
         )
+    remember_tensor_order(module)
     if parametrize.is_parametrized(module, attr):
         parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     weight = getattr(module, attr)
