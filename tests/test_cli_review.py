@@ -192,17 +192,17 @@ def test_prune_without_a_recipe_keeps_the_documented_defaults(
 ) -> None:
     import deepzip.cli.train_commands as train_commands
     from deepzip.cli._common import _prune_job
-    from deepzip.config import PruneJob, RetrainConfig, ScheduleConfig
+    from deepzip.config import PruneJob, Recipe, RetrainConfig, ScheduleConfig
 
     jobs: list[PruneJob] = []
 
     def stop(args: object, device: object) -> None:
         raise KeyboardInterrupt  # the job is built; nothing else is needed
 
-    def record(args: argparse.Namespace) -> tuple[PruneJob, str | None, str | None]:
-        job, model, dataset = _prune_job(args)
+    def record(args: argparse.Namespace) -> tuple[PruneJob, Recipe | None]:
+        job, recipe = _prune_job(args)
         jobs.append(job)
-        return job, model, dataset
+        return job, recipe
 
     monkeypatch.setattr(train_commands, "_prune_job", record)
     monkeypatch.setattr(train_commands, "_load_model", stop)

@@ -54,7 +54,8 @@ def test_prune_reads_its_recipe_file_once(tmp_path: Path, monkeypatch: pytest.Mo
     assert main([*argv, "--device", "cpu"]) == 130
     assert len(opened) == 1
     assert datasets == ["mnist"]
-    job, model, dataset = _prune_job(argparse.Namespace(recipe=str(recipe)))
-    assert (model, dataset) == ("lenet-5", "mnist")
+    job, parsed = _prune_job(argparse.Namespace(recipe=str(recipe)))
+    assert parsed is not None
+    assert (parsed.model, parsed.dataset) == ("lenet-5", "mnist")
     assert job.prune.sparsity == 0.5
     assert job.schedule.steps == (0.5, 1.0)

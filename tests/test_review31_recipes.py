@@ -390,3 +390,61 @@ def test_cli_run_needs_no_validation_split_for_an_all_fixed_weightless_stage(
     err = capsys.readouterr().err
     assert "stage 2 (weightless) needs validation data: --val-size must be > 0, got 0" in err
     assert not (tmp_path / "r2").exists()
+
+
+PRUNE_PART = """
+model = "lenet-300-100"
+
+[[overrides]]
+pattern = "fc3"
+skip = true
+
+[[stages]]
+type = "prune"
+sparsity = 0.5
+exclude = ["fc3"]
+[stages.retrain]
+epochs = 0
+final_epochs = 0
+
+[[stages]]
+type = "quantize"
+bits = 4
+
+[[stages]]
+type = "encode"
+"""
+
+
+def test_cli_prune_with_a_recipe_gives_the_prune_stage_only_its_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the fc3 rule is the quantize stage's (the prune stage excludes fc3): `deepzip prune
+    # --recipe` merged it into the prune job, which then refused it as matching nothing
+    import deepzip.cli.train_commands as train_commands
+    from deepzip.cli import main
+    from deepzip.config import PruneJob
+    from deepzip.format import save_checkpoint
+    from deepzip.zoo import create_model
+
+    checkpoint = tmp_path / "dense.safetensors"
+    save_checkpoint(
+        create_model("lenet-300-100"), checkpoint, metadata={"deepzip.model": "lenet-300-100"}
+    )
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(PRUNE_PART, encoding="utf-8")
+    jobs: list[PruneJob] = []
+
+    def prune(model: nn.Module, data: object, job: PruneJob, **kwargs: object) -> None:
+        jobs.append(job)
+        raise KeyboardInterrupt  # the job is what this test is about
+
+    monkeypatch.setattr(train_commands, "prune_with_retraining", prune)
+    monkeypatch.setattr(train_commands, "_data", lambda args: None)
+    out = tmp_path / "p.safetensors"
+    argv = ["prune", str(checkpoint), "-o", str(out), "--recipe", str(recipe), "--device", "cpu"]
+    assert main(argv) == 130
+    (job,) = jobs
+    assert job.prune.exclude == ("fc3",)
+    assert job.prune.overrides == ()
+    assert job.prune.sparsity == 0.5

@@ -447,10 +447,12 @@ def _schedule(args: argparse.Namespace) -> ScheduleConfig:
     return ScheduleConfig(kind=kind)
 
 
-def _prune_job(args: argparse.Namespace) -> tuple[PruneJob, str | None, str | None]:
-    """``deepzip prune``'s job, and the ``model`` and ``dataset`` its ``--recipe`` names
-    (``None`` each without a recipe, or a recipe without the key). The recipe (a file or a
-    built-in one) is read once.
+def _prune_job(args: argparse.Namespace) -> tuple[PruneJob, Recipe | None]:
+    """``deepzip prune``'s job, and the recipe its ``--recipe`` gives (``None`` without one;
+    its ``model`` and ``dataset`` may be ``None``). The recipe (a file or a built-in one) is
+    read once. The job of a recipe with stages merges every recipe-wide rule; with the model
+    at hand, ``deepzip.pipeline.recipe_prune_job`` gives the one a run of the recipe prunes
+    with.
 
     Raises:
         ConfigError: naming the recipe: no such file nor built-in recipe, or a recipe that is
@@ -476,7 +478,7 @@ def _prune_job(args: argparse.Namespace) -> tuple[PruneJob, str | None, str | No
             recipe = Recipe.from_dict(data)
         except ConfigError as exc:
             raise ConfigError(f"--recipe {args.recipe}: {exc}") from exc
-        return job, recipe.model, recipe.dataset
+        return job, recipe
     args = argparse.Namespace(**vars(args))  # the flags not given take their defaults
     for key, value in _PRUNE_DEFAULTS.items():
         if getattr(args, key) is None:
@@ -501,7 +503,7 @@ def _prune_job(args: argparse.Namespace) -> tuple[PruneJob, str | None, str | No
         weight_decay=args.weight_decay,
         batch_size=args.batch_size,
     )
-    return PruneJob(prune, schedule, retrain), None, None
+    return PruneJob(prune, schedule, retrain), None
 
 
 def _add_run_data_args(p: argparse.ArgumentParser) -> None:

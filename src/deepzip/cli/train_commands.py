@@ -40,6 +40,7 @@ from deepzip.pipeline import (
     make_loaders,
     prune_with_retraining,
     quantize_with_finetuning,
+    recipe_prune_job,
     train_dense,
 )
 from deepzip.prune import sensitivity_analysis
@@ -140,7 +141,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     device = _device(args.device)
     # a recipe's data set, as `deepzip run` takes it (--dataset overrides it); its model must
     # be the checkpoint's, rather than be ignored
-    job, recipe_model, recipe_dataset = _prune_job(args)
+    job, recipe = _prune_job(args)
+    recipe_model = recipe.model if recipe is not None else None
+    recipe_dataset = recipe.dataset if recipe is not None else None
     if args.dataset is None:
         if recipe_dataset is not None and recipe_dataset not in DATASETS:
             raise ConfigError(
@@ -154,6 +157,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
             f"--recipe {args.recipe} is for model {recipe_model!r}, not the checkpoint's "
             f"{name!r}: give a checkpoint of that model, or change the recipe's model"
         )
+    if recipe is not None and recipe.stages:
+        # a rule for a layer the prune stage leaves out is another stage's (as in a run)
+        job = recipe_prune_job(model, recipe)
     data = _data(args)
     with _progress(not args.no_progress) as progress:
         outcome = prune_with_retraining(

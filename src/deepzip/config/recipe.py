@@ -147,12 +147,18 @@ class Recipe:
                 out[r.pattern] = r.index_bits
         return out
 
-    def prune_job(self) -> PruneJob:
-        """The first prune stage (with the train stage, if any) as a :class:`PruneJob`."""
+    def prune_job(self, *, overrides: tuple[LayerRule, ...] | None = None) -> PruneJob:
+        """The first prune stage (with the train stage, if any) as a :class:`PruneJob`.
+
+        Args:
+            overrides: the recipe-wide rules to merge in (default: every one; with the model
+                at hand, ``deepzip.pipeline.recipe_prune_job`` passes only those that match
+                a layer the stage prunes, as a run of the recipe does).
+        """
         prune = next((s for s in self.stages if isinstance(s.config, PruneStage)), None)
         if prune is None:
             raise ConfigError("this recipe has no prune stage")
-        cfg = self.effective(prune)
+        cfg = self.effective(prune, overrides=overrides)
         train = next((s.config for s in self.stages if isinstance(s.config, TrainStage)), None)
         return PruneJob(
             prune=cfg.prune,

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from deepzip.config import (
+    LayerRule,
+    PruneJob,
     Recipe,
     RetrainConfig,
     Stage,
@@ -35,8 +37,10 @@ __all__ = [
     "StageRunner",
     "TrainFn",
     "TrainRequest",
+    "applicable_rules",
     "check_recipe",
     "no_validation_error",
+    "recipe_prune_job",
     "register_stage_runner",
     "registered_runner",
     "stage_config",
@@ -335,6 +339,33 @@ def _stage_targets(model: nn.Module, scope: LayerScope) -> tuple[Target, ...]:
     return select_targets(model, include=scope.include, exclude=scope.exclude).targets
 
 
+def applicable_rules(model: nn.Module, recipe: Recipe, index: int) -> tuple[LayerRule, ...]:
+    """The recipe-wide rules that apply to stage ``index``: those that match a layer it acts
+    on (every one for a stage that selects no layers).
+
+    Raises:
+        ConfigError: a glob of the stage that matches no layer.
+    """
+    scope = layer_scope(recipe.stages[index].config)
+    if scope is None or not recipe.overrides:
+        return recipe.overrides
+    targets = _stage_targets(model, scope)
+    return tuple(r for r in recipe.overrides if any(t.matches(r.pattern) for t in targets))
+
+
+def recipe_prune_job(model: nn.Module, recipe: Recipe) -> PruneJob:
+    """:meth:`Recipe.prune_job` for ``model``: the first prune stage gets only the recipe-wide
+    rules that match a layer it prunes (a rule for a layer it excludes is not its own).
+
+    Raises:
+        ConfigError: the recipe has no prune stage; a glob of it matches no layer.
+    """
+    index = next((i for i, s in enumerate(recipe.stages) if s.kind == "prune"), None)
+    if index is None:
+        raise ConfigError("this recipe has no prune stage")
+    return recipe.prune_job(overrides=applicable_rules(model, recipe, index))
+
+
 def stage_config(model: nn.Module, recipe: Recipe, index: int) -> Any:
     """Stage ``index``'s configuration with the recipe-wide overrides that apply to it merged
     in: those that match a layer the stage acts on (:meth:`Recipe.effective`). A stage that
@@ -345,13 +376,7 @@ def stage_config(model: nn.Module, recipe: Recipe, index: int) -> Any:
         ConfigError: a rule that the stage cannot take (see :meth:`Recipe.effective`), or a
             glob of the stage that matches no layer.
     """
-    stage = recipe.stages[index]
-    scope = layer_scope(stage.config)
-    if scope is None or not recipe.overrides:
-        return recipe.effective(stage)
-    targets = _stage_targets(model, scope)
-    rules = tuple(r for r in recipe.overrides if any(t.matches(r.pattern) for t in targets))
-    return recipe.effective(stage, overrides=rules)
+    return recipe.effective(recipe.stages[index], overrides=applicable_rules(model, recipe, index))
 
 
 def _left_out(pattern: str, scope: LayerScope, targets: list[Target]) -> str:
