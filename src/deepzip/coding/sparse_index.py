@@ -265,9 +265,13 @@ def decode_relative(
         raise CorruptFileError(f"{what}: {gaps.size} entries for a tensor of {numel} elements")
     if gaps.size == 0:
         return np.zeros(0, dtype=np.int64), vals
-    if int(gaps.min()) < 0 or int(gaps.max()) >= 1 << index.width:
+    if int(gaps.min()) < 0:  # (signed streams only: a file's are unsigned)
+        raise CorruptFileError(f"{what}: negative gap {int(gaps.min())}")
+    if int(gaps.max()) >= 1 << index.width:
         raise CorruptFileError(f"{what}: gap {int(gaps.max())} does not fit in {index.width} bits")
-    if int(vals.min()) < 0 or int(vals.max()) > filler:
+    if int(vals.min()) < 0:
+        raise CorruptFileError(f"{what}: negative index value {int(vals.min())}")
+    if int(vals.max()) > filler:
         raise CorruptFileError(
             f"{what}: index value {int(vals.max())} is above the filler symbol {filler}"
         )
