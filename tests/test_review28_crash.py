@@ -28,6 +28,7 @@ from deepzip.errors import CheckpointError, ConfigError
 from deepzip.format import save_checkpoint
 from deepzip.pipeline import DZIP_FILE, STATE_FILE, PipelineEvent, read_run, run_recipe
 from deepzip.pipeline.state import LOCK_FILE, RunLockedError, lock_run
+from full_disk import FullDisk
 from pipeline_toy import toy_data, toy_model, toy_recipe
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
@@ -93,28 +94,6 @@ def test_a_checkpoint_gets_the_mode_open_would_give(tmp_path: Path, umask_022: N
     assert _mode(old) == 0o640
 
 
-class _FullDisk:
-    """A writable file that fails like a full disk after ``room`` bytes."""
-
-    def __init__(self, fh: Any, room: int) -> None:
-        self.fh, self.room = fh, room
-
-    def write(self, data: bytes) -> int:
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return int(self.fh.write(data))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.fh, name)
-
-    def __enter__(self) -> _FullDisk:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.fh.__exit__(*exc)
-
-
 @pytest.fixture
 def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every file opened for writing through ``Path.open`` holds at most 100 bytes."""
@@ -122,7 +101,7 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def open_(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         fh = real(self, mode, *args, **kwargs)
-        return _FullDisk(fh, 100) if "w" in mode else fh
+        return FullDisk(fh, 100) if "w" in mode else fh
 
     monkeypatch.setattr(Path, "open", open_)
 
@@ -151,7 +130,7 @@ def test_compress_on_a_full_disk_is_one_line_naming_the_output(
         Path,
         "open",
         lambda self, mode="r", *a, **k: (
-            _FullDisk(real(self, mode, *a, **k), 100) if "w" in mode else real(self, mode, *a, **k)
+            FullDisk(real(self, mode, *a, **k), 100) if "w" in mode else real(self, mode, *a, **k)
         ),
     )
     assert main(["compress", str(src), "-o", str(out), "--bits", "3", "--no-progress"]) == 2

@@ -25,31 +25,10 @@ from deepzip.errors import ConfigError, DeepZipError
 from deepzip.format import save_checkpoint
 from deepzip.pipeline import DZIP_FILE, read_run, run_recipe
 from deepzip.pipeline.state import RunWriteError
+from full_disk import FullDisk
 from pipeline_toy import toy_data, toy_model, toy_recipe
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file systems")
-
-
-class _FullDisk:
-    """A writable file that fails like a full disk after ``room`` bytes."""
-
-    def __init__(self, fh: Any, room: int) -> None:
-        self.fh, self.room = fh, room
-
-    def write(self, data: bytes) -> int:
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return int(self.fh.write(data))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.fh, name)
-
-    def __enter__(self) -> _FullDisk:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.fh.__exit__(*exc)
 
 
 def _full_while_measuring(monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
@@ -58,7 +37,7 @@ def _full_while_measuring(monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
 
     def open_(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         fh = real(self, mode, *args, **kwargs)
-        return _FullDisk(fh, 100) if "w" in mode and self.parent.name.startswith(prefix) else fh
+        return FullDisk(fh, 100) if "w" in mode and self.parent.name.startswith(prefix) else fh
 
     monkeypatch.setattr(Path, "open", open_)
 
