@@ -448,3 +448,42 @@ def test_cli_prune_with_a_recipe_gives_the_prune_stage_only_its_rules(
     assert job.prune.exclude == ("fc3",)
     assert job.prune.overrides == ()
     assert job.prune.sparsity == 0.5
+
+
+def test_checking_a_recipe_selects_layers_per_stage_not_per_layer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the checks ask, per layer, what the earlier stages made of it; computing each earlier
+    # stage's configuration (a layer selection) per layer made check_recipe quadratic
+    import deepzip.pipeline.registry as registry
+    import deepzip.pipeline.runners as runners
+
+    calls = [0]
+    real = registry.select_targets
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "select_targets", counting)
+    monkeypatch.setattr(runners, "select_targets", counting)
+    recipe = Recipe.from_dict(
+        {
+            "overrides": [{"pattern": "1*", "bits": 4}],
+            "stages": [
+                {"type": "prune", "sparsity": 0.5, "retrain": NO_RETRAIN},
+                {"type": "quantize", "bits": 3, "exclude": ["2*"]},
+                {"type": "slq", "bits": 3, "include": ["2*"], "retrain": NO_RETRAIN},
+                {"type": "weightless", "quantize": {"bits": 2}, "retrain": {"epochs": 0}},
+                {"type": "encode"},
+            ],
+        }
+    )
+    counts = []
+    for n in (12, 48):
+        calls[0] = 0
+        model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(n)])
+        check_recipe(model, recipe)
+        validation_stage(recipe, model)
+        counts.append(calls[0])
+    assert counts[0] == counts[1]

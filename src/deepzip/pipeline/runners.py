@@ -5,6 +5,7 @@ SLQ/MLQ/INQ and Weightless (registered on import).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -256,18 +257,19 @@ def _run_incremental(ctx: StageContext, config: _IncrementalStage) -> StageResul
 
 
 def _quantized_by(
-    model: nn.Module,
     target: Target,
     config: QuantizeStage | _IncrementalStage | WeightlessStage,
+    selected: frozenset[str],
     state: str | None,
 ) -> str | None:
-    """What a quantize-role stage leaves ``target`` as, from ``state`` before it (``None``:
-    float, ``"shared"``: clustered, ``"weightless"``: encoded with Weightless)."""
+    """What a quantize-role stage (which selects the layers named ``selected``) leaves
+    ``target`` as, from ``state`` before it (``None``: float, ``"shared"``: clustered,
+    ``"weightless"``: encoded with Weightless)."""
     if state == "weightless":  # every quantizer skips (or refuses) an encoded layer
         return state
     if isinstance(config, WeightlessStage):
         w = config.weightless
-        if target.name not in select_targets(model, include=w.include, exclude=w.exclude).names():
+        if target.name not in selected:
             return state
         rule = cell_bits_rule(target, w.overrides)
         if (rule is not None and rule.skip) or (
@@ -278,7 +280,7 @@ def _quantized_by(
     if state is not None:
         return state
     q = config.quantize
-    if target.name not in select_targets(model, include=q.include, exclude=q.exclude).names():
+    if target.name not in selected:
         return state
     if isinstance(config, QuantizeStage):
         kept = layer_bits(target, config.quantize) is None
@@ -287,10 +289,35 @@ def _quantized_by(
     return state if kept else "shared"
 
 
+@dataclass(frozen=True)
+class _Quantizer:
+    """A stage before the one checked that quantizes: its index, its configuration (with the
+    recipe's rules that apply to it) and the names of the layers it selects."""
+
+    index: int
+    config: QuantizeStage | _IncrementalStage | WeightlessStage
+    selected: frozenset[str]
+
+
+def _quantizers_before(model: nn.Module, recipe: Recipe, index: int) -> list[_Quantizer]:
+    """The stages before ``index`` that quantize (what :func:`_state_before` goes through),
+    computed once for all the layers a check looks at."""
+    out = []
+    for j in range(index):
+        config = stage_config(model, recipe, j)
+        if not isinstance(config, (QuantizeStage, *_INCREMENTAL, WeightlessStage)):
+            continue  # not a quantizer (or one this check does not know)
+        scope = config.weightless if isinstance(config, WeightlessStage) else config.quantize
+        selection = select_targets(model, include=scope.include, exclude=scope.exclude)
+        out.append(_Quantizer(j, config, frozenset(selection.names())))
+    return out
+
+
 def _state_before(
-    model: nn.Module, recipe: Recipe, index: int, target: Target
+    model: nn.Module, quantizers: Sequence[_Quantizer], target: Target
 ) -> tuple[str | None, int | None, int | None]:
-    """What the stages before ``index`` leave ``target`` as (see :func:`_quantized_by`).
+    """What the stages before the checked one (``quantizers``, from
+    :func:`_quantizers_before`) leave ``target`` as (see :func:`_quantized_by`).
 
     Returns:
         ``(state, by, k)``: the state; the index of the last earlier stage that changed it
@@ -308,15 +335,12 @@ def _state_before(
     elif shared is not None:
         state, k = "shared", int(shared.codebook.numel())
     by: int | None = None
-    for j in range(index):
-        config = stage_config(model, recipe, j)
-        if not isinstance(config, (QuantizeStage, *_INCREMENTAL, WeightlessStage)):
-            continue  # not a quantizer (or one this check does not know)
-        after = _quantized_by(model, target, config, state)
+    for quantizer in quantizers:
+        j, config = quantizer.index, quantizer.config
+        after = _quantized_by(target, config, quantizer.selected, state)
         if isinstance(config, QuantizeStage) and state != "weightless":
-            q = config.quantize
-            selected = select_targets(model, include=q.include, exclude=q.exclude).names()
-            if target.name in selected and (bits := layer_bits(target, q)) is not None:
+            bits = layer_bits(target, config.quantize)
+            if target.name in quantizer.selected and bits is not None:
                 k, by = bits_to_k(bits), j  # clustered (again) with these bits
         elif after != state and not isinstance(config, WeightlessStage):
             k = None  # incremental levels: the verb checks the layer itself
@@ -335,10 +359,11 @@ def _encoded_named(
     """A layer an earlier stage encodes with Weightless (or the model came so) that ``patterns``
     (the stage's ``include`` globs and override patterns) name would make the quantizer raise
     when the stage starts; refuse it before the run starts."""
+    quantizers = _quantizers_before(model, recipe, index)
     for t in targets:
         if not any(t.matches(p) for p in patterns):
             continue
-        state, by, _ = _state_before(model, recipe, index, t)
+        state, by, _ = _state_before(model, quantizers, t)
         if state != "weightless":
             continue
         where = "the starting model" if by is None else recipe.stages[by].label(by)
@@ -366,10 +391,11 @@ def _check_incremental_order(model: nn.Module, recipe: Recipe, index: int) -> No
     q = config.quantize
     patterns = (*q.include, *(o.pattern for o in q.overrides))
     targets = select_targets(model, include=q.include, exclude=q.exclude).targets
+    quantizers = _quantizers_before(model, recipe, index)
     for t in targets:
         if _last_override_skips(t, q.overrides):
             continue
-        state, by, _ = _state_before(model, recipe, index, t)
+        state, by, _ = _state_before(model, quantizers, t)
         if by is None or state != "shared":
             continue  # as the model is now: the stage's own check covers it
         earlier = recipe.stages[by].label(by)
@@ -436,6 +462,7 @@ def _check_weightless_widths(model: nn.Module, recipe: Recipe, index: int) -> No
     config = stage_config(model, recipe, index)
     assert isinstance(config, WeightlessStage)
     w = config.weightless
+    quantizers = _quantizers_before(model, recipe, index)
     for t in select_targets(model, include=w.include, exclude=w.exclude).targets:
         rule = cell_bits_rule(t, w.overrides)
         if rule is not None and rule.skip:
@@ -443,7 +470,7 @@ def _check_weightless_widths(model: nn.Module, recipe: Recipe, index: int) -> No
         fixed = rule.cell_bits if rule is not None else w.cell_bits
         if fixed is None:
             continue
-        state, _, k = _state_before(model, recipe, index, t)
+        state, _, k = _state_before(model, quantizers, t)
         if state == "weightless":
             continue  # encoded already: this stage skips it
         if state is None and (bits := layer_bits(t, config.quantize)) is not None:
@@ -478,7 +505,8 @@ def _weightless_needs_validation(model: nn.Module, recipe: Recipe, index: int) -
     """Validation accuracy is needed when a layer's cell width is chosen automatically."""
     config = stage_config(model, recipe, index)
     assert isinstance(config, WeightlessStage)
-    return _chooses_width(model, config, lambda t: _state_before(model, recipe, index, t)[0])
+    quantizers = _quantizers_before(model, recipe, index)
+    return _chooses_width(model, config, lambda t: _state_before(model, quantizers, t)[0])
 
 
 def _state_now(target: Target) -> str | None:
