@@ -225,7 +225,9 @@ def ecsq_quantize(
         weights: optional per-value importance (>= 0).
         max_iter: most assignment/update rounds.
     """
-    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+    if isinstance(lam, bool) or not (
+        isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0
+    ):
         raise ConfigError(f"ECSQ lambda must be a finite number >= 0, got {lam!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ConfigError(f"max_iter must be an integer >= 1, got {max_iter!r}")

@@ -195,7 +195,8 @@ def _cluster_sums(labels: torch.Tensor, weights: torch.Tensor, k: int) -> torch.
     ``torch.use_deterministic_algorithms``).
     """
     cpu = torch.bincount(labels.cpu(), weights=weights.to(torch.float64).cpu(), minlength=k)
-    return cpu.to(labels.device)
+    # (with no labels, bincount returns int64 zeros whatever the weights)
+    return cpu.to(device=labels.device, dtype=torch.float64)
 
 
 def recluster_1d(
