@@ -62,6 +62,9 @@ def quantize_counts(counts: np.ndarray, precision: int) -> np.ndarray:
     leftover units go to the largest remainders (ties: lower symbol), or, when raising small
     weights to 1 overshot, units are taken back one at a time from the symbol where that
     costs least, ``count / (weight - 1/2)`` compared as exact fractions (ties: lower symbol).
+    Counts that sum to ``2**38`` or more are first scaled down (so that ``count * 2**24``
+    stays below ``2**63``): each becomes ``ceil(count / 2**s)`` with
+    ``s = bit_length(total // 2**38)``, and the rule applies to those.
 
     Args:
         counts: non-negative integer counts (1-D), at least one non-zero.
