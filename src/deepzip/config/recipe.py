@@ -155,10 +155,7 @@ class Recipe:
                 at hand, ``deepzip.pipeline.recipe_prune_job`` passes only those that match
                 a layer the stage prunes, as a run of the recipe does).
         """
-        prune = next((s for s in self.stages if isinstance(s.config, PruneStage)), None)
-        if prune is None:
-            raise ConfigError("this recipe has no prune stage")
-        cfg = self.effective(prune, overrides=overrides)
+        cfg = self.effective(self.stages[self.prune_index()], overrides=overrides)
         train = next((s.config for s in self.stages if isinstance(s.config, TrainStage)), None)
         return PruneJob(
             prune=cfg.prune,
@@ -166,6 +163,17 @@ class Recipe:
             retrain=cfg.retrain,
             train=replace(train.train, seed=self.seed) if train is not None else None,
         )
+
+    def prune_index(self) -> int:
+        """The position of the first prune stage (the one :meth:`prune_job` takes).
+
+        Raises:
+            ConfigError: the recipe has no prune stage.
+        """
+        for index, stage in enumerate(self.stages):
+            if isinstance(stage.config, PruneStage):
+                return index
+        raise ConfigError("this recipe has no prune stage")
 
     def without(self, kind: str) -> Recipe:
         """A copy without the stages of one type (e.g. ``"train"`` to start from a checkpoint)."""

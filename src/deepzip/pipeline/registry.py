@@ -349,7 +349,11 @@ def applicable_rules(model: nn.Module, recipe: Recipe, index: int) -> tuple[Laye
     scope = layer_scope(recipe.stages[index].config)
     if scope is None or not recipe.overrides:
         return recipe.overrides
-    targets = _stage_targets(model, scope)
+    return _rules_matching(recipe, _stage_targets(model, scope))
+
+
+def _rules_matching(recipe: Recipe, targets: tuple[Target, ...]) -> tuple[LayerRule, ...]:
+    """The recipe-wide rules that match one of ``targets`` (a stage's layers), in order."""
     return tuple(r for r in recipe.overrides if any(t.matches(r.pattern) for t in targets))
 
 
@@ -360,10 +364,7 @@ def recipe_prune_job(model: nn.Module, recipe: Recipe) -> PruneJob:
     Raises:
         ConfigError: the recipe has no prune stage; a glob of it matches no layer.
     """
-    index = next((i for i, s in enumerate(recipe.stages) if s.kind == "prune"), None)
-    if index is None:
-        raise ConfigError("this recipe has no prune stage")
-    return recipe.prune_job(overrides=applicable_rules(model, recipe, index))
+    return recipe.prune_job(overrides=applicable_rules(model, recipe, recipe.prune_index()))
 
 
 def stage_config(model: nn.Module, recipe: Recipe, index: int) -> Any:
@@ -448,7 +449,9 @@ def check_recipe(model: nn.Module, recipe: Recipe) -> None:
                             "the override or select the layer here"
                         )
             if runner.check is not None:
-                runner.check(model, stage_config(model, recipe, i), label)
+                # stage_config's rules, from the layers selected above
+                rules = None if targets is None else _rules_matching(recipe, targets)
+                runner.check(model, recipe.effective(stage, overrides=rules), label)
             if runner.recipe_check is not None:
                 runner.recipe_check(model, recipe, i)
         except ConfigError as exc:
