@@ -8,10 +8,15 @@ result depends on the code alone, not on how busy the machine is. ``pytest
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from hypothesis import settings
 from torch import nn
+
+from deepzip.datasets import write_idx
 
 # deadline=None: Hypothesis's default fails an example that takes over 200 ms of wall time
 settings.register_profile("deterministic", derandomize=True, database=None, deadline=None)
@@ -97,3 +102,18 @@ def blobs() -> tuple[torch.Tensor, torch.Tensor]:
     y = torch.randint(0, 4, (1024,), generator=g)
     x = centers[y] + torch.randn(1024, 20, generator=g)
     return x, y
+
+
+@pytest.fixture(scope="session")
+def tiny_idx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory of random IDX files (300 training, 100 test images of 28×28, 10 labels) in
+    the layout of MNIST and Fashion-MNIST: what `deepzip run --data-dir` reads."""
+    root = tmp_path_factory.mktemp("idx")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 300), ("t10k", 100)):
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n).astype(np.uint8))
+        write_idx(
+            root / f"{prefix}-images-idx3-ubyte",
+            rng.integers(0, 255, (n, 28, 28)).astype(np.uint8),
+        )
+    return root

@@ -16,14 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from deepzip._atomic import atomic_open, atomic_write_bytes
 from deepzip.cli import main
-from deepzip.datasets import DataSplits, ImageDataset, write_idx
+from deepzip.datasets import DataSplits, ImageDataset
 from deepzip.errors import CheckpointError, ConfigError
 from deepzip.format import save_checkpoint
 from deepzip.pipeline import DZIP_FILE, STATE_FILE, PipelineEvent, read_run, run_recipe
@@ -334,19 +333,6 @@ def test_a_run_killed_while_writing_the_dzip_resumes_cleanly(
 
 
 # --- the command line ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_idx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("idx")
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 300), ("t10k", 100)):
-        write_idx(root / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n).astype(np.uint8))
-        write_idx(
-            root / f"{prefix}-images-idx3-ubyte",
-            rng.integers(0, 255, (n, 28, 28)).astype(np.uint8),
-        )
-    return root
 
 
 def test_run_in_a_busy_directory_is_one_line(

@@ -12,7 +12,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -20,7 +19,6 @@ from torch import nn
 from deepzip._atomic import os_error_reason
 from deepzip.cli import main
 from deepzip.cli._common import _check_output, _os_error
-from deepzip.datasets import write_idx
 from deepzip.errors import ConfigError, DeepZipError
 from deepzip.format import save_checkpoint
 from deepzip.pipeline import DZIP_FILE, read_run, run_recipe
@@ -110,19 +108,6 @@ def test_a_run_write_error_pickles_with_its_cause() -> None:
         "/r",
     )
     assert _os_error(exc) == "stage 1 (train): x"  # the CLI's line is the message
-
-
-@pytest.fixture(scope="module")
-def tiny_idx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("idx")
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 300), ("t10k", 100)):
-        write_idx(root / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n).astype(np.uint8))
-        write_idx(
-            root / f"{prefix}-images-idx3-ubyte",
-            rng.integers(0, 255, (n, 28, 28)).astype(np.uint8),
-        )
-    return root
 
 
 def test_the_cli_names_the_stage_and_the_run_directory_on_a_full_disk(

@@ -367,18 +367,11 @@ type = "encode"
 
 
 def test_cli_run_needs_no_validation_split_for_an_all_fixed_weightless_stage(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_idx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import numpy as np
-
     from deepzip.cli import main
-    from deepzip.datasets import write_idx
 
-    data = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 200), ("t10k", 100)):
-        write_idx(data / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28), np.uint8))
-        write_idx(data / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n, np.uint8))
+    data = tiny_idx
     recipe = tmp_path / "w.toml"
     common = ["--data-dir", str(data), "--no-progress", "--device", "cpu", "--val-size", "0"]
     recipe.write_text(WEIGHTLESS_FIXED)
