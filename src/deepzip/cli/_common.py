@@ -452,7 +452,7 @@ def _prune_job(args: argparse.Namespace) -> tuple[PruneJob, Recipe | None]:
     its ``model`` and ``dataset`` may be ``None``). The recipe (a file or a built-in one) is
     read once. The job of a recipe with stages merges every recipe-wide rule; with the model
     at hand, ``deepzip.pipeline.recipe_prune_job`` gives the one a run of the recipe prunes
-    with.
+    with (as ``deepzip prune`` does once it has built the model).
 
     Raises:
         ConfigError: naming the recipe: no such file nor built-in recipe, or a recipe that is

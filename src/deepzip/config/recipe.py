@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deepzip.config._base import _build, _check_instance, _check_keys, _check_seed, _table
 from deepzip.config.encoding import IndexBitsSpec
@@ -27,11 +27,15 @@ from deepzip.config.stages import (
     WeightlessStage,
     layer_scope,
     parse_stage,
+    rule_takers,
     stage_kinds,
 )
 from deepzip.config.techniques import PruneConfig, RetrainConfig, ScheduleConfig, TrainConfig
 from deepzip.config.tomlfile import load_toml, save_toml
 from deepzip.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -305,22 +309,12 @@ def _check_rules_taken(stages: tuple[Stage, ...], rules: tuple[LayerRule, ...]) 
     for i, rule in enumerate(rules):
         for key, value in rule.settings().items():
             if key not in taken:
-                takers = _RULE_TAKERS[key]
+                takers = ", ".join(rule_takers(key))
                 present = ", ".join(dict.fromkeys(s.kind for s in stages))
                 raise ConfigError(
                     f"overrides[{i}] ({rule.pattern!r}): {key} = {value!r} is used by no stage "
                     f"of this recipe (its stages: {present}; {key} is for {takers} stages)"
                 )
-
-
-# What takes each LayerRule setting (for the messages of _check_rules_taken).
-_RULE_TAKERS = {
-    "sparsity": "prune",
-    "quality": "prune",
-    "bits": "quantize, slq, mlq, inq and weightless",
-    "skip": "prune, quantize, slq, mlq, inq and weightless",
-    "index_bits": "encode",
-}
 
 
 def _check_own_overrides(stages: tuple[Stage, ...]) -> None:
@@ -413,9 +407,10 @@ class PruneJob:
     def from_dict(cls, data: Mapping[str, Any]) -> PruneJob:
         """Build from ``[prune]``, ``[schedule]``, ``[retrain]`` and optional ``[train]``.
 
-        A pipeline recipe (``[[stages]]``) gives its first prune stage and its train stage.
-        The recipe keys ``name``, ``description``, ``model`` and ``dataset`` are accepted and
-        not part of the job.
+        A pipeline recipe (``[[stages]]``) gives its first prune stage and its train stage,
+        with every recipe-wide rule merged in (:func:`load_prune_job` with ``model`` gives
+        only the rules of the layers the stage prunes). The recipe keys ``name``,
+        ``description``, ``model`` and ``dataset`` are accepted and not part of the job.
         """
         if "stages" in data:  # a pipeline recipe: its train stage and first prune stage
             return Recipe.from_dict(data).prune_job()
@@ -476,10 +471,31 @@ def builtin_recipe_names() -> list[str]:
     return sorted(f.name.removesuffix(".toml") for f in files if f.name.endswith(".toml"))
 
 
-def load_prune_job(path: str | Path) -> PruneJob:
-    """Load a pruning recipe (``[prune]``, ``[schedule]``, ``[retrain]``) from TOML."""
+def load_prune_job(path: str | Path, *, model: nn.Module | None = None) -> PruneJob:
+    """Load a pruning recipe (``[prune]``, ``[schedule]``, ``[retrain]``) from TOML.
+
+    A pipeline recipe (``[[stages]]``) gives its first prune stage and its train stage. Its
+    recipe-wide ``[[overrides]]`` rules apply to the prune stage only where they match a layer
+    it prunes, which needs the model: with ``model``, the job gets exactly the rules a run of
+    the recipe prunes with (``deepzip.pipeline.recipe_prune_job``); without it, every rule is
+    merged in, and a rule for a layer the stage excludes then fails when the job prunes.
+
+    Raises:
+        ConfigError: naming the file: a recipe that is not valid; with ``model``, a glob of
+            the prune stage that matches no layer of it.
+    """
+    if model is not None:
+        from torch import nn as torch_nn  # config needs no torch otherwise
+
+        if not isinstance(model, torch_nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     data = load_toml(path)  # its errors name the file already
     try:
+        if model is not None and "stages" in data:
+            # the pipeline imports config, not the other way round: import it here
+            from deepzip.pipeline.registry import recipe_prune_job
+
+            return recipe_prune_job(model, Recipe.from_dict(data))
         return PruneJob.from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc

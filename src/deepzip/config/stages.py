@@ -824,27 +824,42 @@ class LayerScope:
     takes: frozenset[str] = frozenset()
 
 
-_PRUNE_TAKES = frozenset({"sparsity", "quality", "skip"})
-_BITS_TAKES = frozenset({"bits", "skip"})
-
-
 def layer_scope(config: object) -> LayerScope | None:
     """The layers a built-in stage configuration acts on (:class:`LayerScope`), or ``None``
     for one that selects no layers (train, retrain, finetune, or a registered type deepzip
     does not know). An encode stage acts on every layer and takes ``index_bits``."""
+    takes = _RULE_KEYS.get(type(config), frozenset())
     if isinstance(config, SensitivityStage):
         return LayerScope(config.include, config.exclude)
     if isinstance(config, PruneStage):
         p = config.prune
-        return LayerScope(p.include, p.exclude, tuple(o.pattern for o in p.overrides), _PRUNE_TAKES)
+        return LayerScope(p.include, p.exclude, tuple(o.pattern for o in p.overrides), takes)
     if isinstance(config, (QuantizeStage, SLQStage, MLQStage, INQStage)):
         q = config.quantize
-        return LayerScope(q.include, q.exclude, tuple(o.pattern for o in q.overrides), _BITS_TAKES)
+        return LayerScope(q.include, q.exclude, tuple(o.pattern for o in q.overrides), takes)
     if isinstance(config, WeightlessStage):
         w = config.weightless
         own = tuple(o.pattern for o in w.overrides)
         own += tuple(o.pattern for o in config.quantize.overrides)
-        return LayerScope(w.include, w.exclude, own, _BITS_TAKES)
+        return LayerScope(w.include, w.exclude, own, takes)
     if isinstance(config, EncodeStage):
-        return LayerScope(takes=frozenset({"index_bits"}))
+        return LayerScope(takes=takes)
     return None
+
+
+# The LayerRule settings each built-in stage type uses on its layers (LayerScope.takes).
+_BITS_TAKES = frozenset({"bits", "skip"})
+_RULE_KEYS: dict[type, frozenset[str]] = {
+    PruneStage: frozenset({"sparsity", "quality", "skip"}),
+    QuantizeStage: _BITS_TAKES,
+    SLQStage: _BITS_TAKES,
+    MLQStage: _BITS_TAKES,
+    INQStage: _BITS_TAKES,
+    WeightlessStage: _BITS_TAKES,
+    EncodeStage: frozenset({"index_bits"}),
+}
+
+
+def rule_takers(key: str) -> list[str]:
+    """The registered stage types that use the per-layer rule setting ``key`` (sorted)."""
+    return sorted(k.name for k in _STAGE_KINDS.values() if key in _RULE_KEYS.get(k.config_type, ()))
