@@ -446,8 +446,8 @@ def to_safetensors(
     Names, shapes and dtypes are exactly those stored; the tensors appear in file order. The
     safetensors header is computed from the ``.dzip`` directory first, then each tensor is
     decoded and written, so memory holds one decoded tensor at a time. The ``.dzip`` file's
-    user key/values become the safetensors metadata (plus ``"format": "pt"``). The write is
-    atomic.
+    user key/values become the safetensors metadata, plus ``"format": "pt"`` where they have
+    no ``"format"`` key of their own (theirs is kept as it is). The write is atomic.
 
     Args:
         src: the ``.dzip`` file.
@@ -465,7 +465,7 @@ def to_safetensors(
     """
     with DzipReader(src) as r:
         meta = dict(r.metadata.get("user", {}))  # strings to strings: the reader checked
-        meta["format"] = "pt"
+        meta.setdefault("format", "pt")  # the caller's own "format" is theirs: kept
         header: dict[str, Any] = {"__metadata__": meta}
         pos = 0
         for e in r.entries:
