@@ -741,6 +741,22 @@ def _quantize(
     return kmeans_1d(values, k)
 
 
+_SELECT_BLOCK = 1 << 22  # elements per block of _kept_values
+
+
+def _kept_values(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values[mask]`` as float32, a block at a time: indexing by a bool mask builds the
+    int64 positions of every kept value (8 bytes each) before it copies them."""
+    flat_values, flat_mask = values.reshape(-1), mask.reshape(-1)
+    out = torch.empty(int(flat_mask.sum()), dtype=torch.float32, device=values.device)
+    done = 0
+    for start in range(0, flat_values.numel(), _SELECT_BLOCK):
+        block = flat_values[start : start + _SELECT_BLOCK][flat_mask[start : start + _SELECT_BLOCK]]
+        out[done : done + block.numel()] = block
+        done += block.numel()
+    return out
+
+
 def _compress_tensor(
     writer: DzipWriter,
     name: str,
@@ -784,20 +800,22 @@ def _compress_tensor(
         else:
             writer.add_sparse_float(name, values, mask, gap_width=width)
         return {"levels": None, "kept": kept}
-    flat = values.reshape(-1).float() if dense else values[mask].to(torch.float32)
+    flat = values.reshape(-1).float() if dense else _kept_values(values, mask)
     step = config.step_for(name)
     result = _quantize(flat, k, config, name, step)
     del flat
     indices = torch.zeros(tensor.shape, dtype=torch.uint8)
     if dense:
         indices.view(-1).copy_(result.labels)
-    else:
-        indices[mask] = result.labels.to(torch.uint8)
-    shared = SharedTensor(result.centroids.cpu(), indices, mask)
+    else:  # (indexing by a bool mask would build int64 positions, 8 bytes a weight)
+        indices.masked_scatter_(mask, result.labels.to(torch.uint8))
+    centroids, used = result.centroids.cpu(), result.k
+    del result  # its int64 labels (8 bytes a weight) are in the uint8 indices now
+    shared = SharedTensor(centroids, indices, mask)
     writer.add_shared(name, shared, dtype=tensor.dtype, gap_width=width, layout=layout)
     if step is not None:
-        return {"step": step, "levels": result.k, "used": result.k, "kept": kept}
-    return {"levels": k, "used": result.k, "kept": kept}
+        return {"step": step, "levels": used, "used": used, "kept": kept}
+    return {"levels": k, "used": used, "kept": kept}
 
 
 def _keep_shared(

@@ -22,7 +22,7 @@ in ``width`` bits, every value is at most ``filler``, and the last entry lies in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,12 +82,61 @@ def _check_filler(filler: int, exc: type[Exception], what: str) -> None:
         raise exc(f"{what}: filler symbol must be in [0, {_MAX_FILLER}], got {filler}")
 
 
+# Mask elements per block of _skipped_blocks: the int64 work arrays of a block take 32 MiB each
+# whatever the tensor's size (a whole 8192 x 8192 layer's took 512 MiB each).
+_BLOCK = 1 << 22
+
+
+def _skipped_blocks(mask: np.ndarray) -> Iterator[np.ndarray]:
+    """The number of pruned positions before each kept one (C order), as int64 arrays, one
+    block of the mask at a time; joined, the blocks are ``diff(flatnonzero(mask), prepend=-1)
+    - 1``. Blocks without a kept position yield nothing."""
+    flat = mask.reshape(-1)
+    last = -1  # the previous kept position
+    for start in range(0, flat.size, _BLOCK):
+        positions = np.flatnonzero(flat[start : start + _BLOCK])
+        if positions.size == 0:
+            continue
+        positions += start
+        skipped = np.diff(positions, prepend=last)
+        skipped -= 1
+        last = int(positions[-1])
+        yield skipped
+
+
 def filler_count(mask: np.ndarray, width: int) -> int:
     """How many filler entries :func:`encode_relative` will insert for ``mask``."""
     _check_width(width, ConfigError, "relative index")
-    positions = np.flatnonzero(np.asarray(mask, dtype=bool))
-    skipped = np.diff(positions, prepend=-1) - 1
-    return int(np.sum(skipped >> width))
+    m = np.asarray(mask, dtype=bool)
+    return sum(int(np.sum(skipped >> width)) for skipped in _skipped_blocks(m))
+
+
+# Runs of pruned positions shorter than this are counted in a table; the longer (rare) ones
+# are sorted.
+_SHORT_RUN = 1 << 16
+
+
+def _run_histogram(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The distinct lengths of the runs of pruned positions before each kept position
+    (ascending, int64), how often each occurs, and the number of kept positions: what
+    ``np.unique(skipped, return_counts=True)`` gives, in memory bounded by a block."""
+    short = np.zeros(_SHORT_RUN, dtype=np.int64)
+    long_runs: list[np.ndarray] = []
+    kept = 0
+    for skipped in _skipped_blocks(mask):
+        kept += skipped.size
+        is_long = skipped >= _SHORT_RUN
+        if is_long.any():
+            long_runs.append(skipped[is_long])
+            skipped = skipped[~is_long]
+        short += np.bincount(skipped, minlength=_SHORT_RUN)
+    runs = np.flatnonzero(short)
+    counts = short[runs]
+    if long_runs:
+        long_values, long_counts = np.unique(np.concatenate(long_runs), return_counts=True)
+        runs = np.concatenate([runs, long_values])
+        counts = np.concatenate([counts, long_counts])
+    return runs, counts, kept
 
 
 _SHORTLIST = 4  # widths whose size rank_widths estimates in full (ANS's model included)
@@ -103,11 +152,9 @@ def _ranked(
     if m.dtype != np.bool_:
         raise InvalidTensorError(f"relative index: mask must be boolean, got {m.dtype}")
     check_coder(coder)
-    skipped = np.diff(np.flatnonzero(m), prepend=-1) - 1
-    kept = int(skipped.size)
     # the distinct runs of pruned positions and how often each occurs: one pass over the
     # tensor, then every width works on these few numbers
-    runs, run_counts = np.unique(skipped, return_counts=True)
+    runs, run_counts, kept = _run_histogram(m)
     counts = None if value_counts is None else np.asarray(value_counts, dtype=np.int64)
     streams: dict[int, tuple[np.ndarray, np.ndarray | None, int]] = {}
     for width in range(MIN_WIDTH, MAX_WIDTH + 1):
@@ -210,8 +257,7 @@ def encode_relative(
     vals = np.asarray(values).reshape(-1)
     if vals.dtype.kind not in "ui":
         raise InvalidTensorError(f"relative index: values must be integers, got {vals.dtype}")
-    positions = np.flatnonzero(m)
-    n = positions.size
+    n = int(np.count_nonzero(m))
     if vals.size != n:
         raise InvalidTensorError(f"relative index: {vals.size} values for {n} kept positions")
     if n and (int(vals.min()) < 0 or int(vals.max()) >= filler):
@@ -221,15 +267,39 @@ def encode_relative(
         )
     gap_dtype = np.uint8 if width <= 8 else np.uint16
     val_dtype = np.uint8 if filler <= 255 else np.uint16
-    skipped = np.diff(positions, prepend=-1) - 1  # pruned positions before each kept one
-    fillers = skipped >> width  # floor(d / 2**width)
-    total = n + int(fillers.sum())
-    slot = np.arange(n, dtype=np.int64) + np.cumsum(fillers)  # entry index of each kept weight
-    gaps = np.full(total, (1 << width) - 1, dtype=gap_dtype)
-    gaps[slot] = (skipped - (fillers << width)).astype(gap_dtype)
-    out_values = np.full(total, filler, dtype=val_dtype)
-    out_values[slot] = vals.astype(val_dtype)
-    return RelativeIndex(gaps=gaps, values=out_values, width=int(width))
+    gap_parts: list[np.ndarray] = []
+    value_parts: list[np.ndarray] = []
+    done = 0  # kept weights encoded so far
+    # a block of kept weights at a time: the entries of each are those of its weights, in order
+    for skipped in _skipped_blocks(m):  # pruned positions before each kept one
+        block_vals = vals[done : done + skipped.size]
+        done += skipped.size
+        fillers = skipped >> width  # floor(d / 2**width)
+        n_fillers = int(fillers.sum())
+        if n_fillers == 0:  # every gap fits: one entry per kept weight
+            gap_parts.append(skipped.astype(gap_dtype))
+            value_parts.append(block_vals.astype(val_dtype))
+            continue
+        slot = np.cumsum(fillers)  # entry index of each kept weight in the block
+        slot += np.arange(skipped.size, dtype=np.int64)
+        total = skipped.size + n_fillers
+        gaps = np.full(total, (1 << width) - 1, dtype=gap_dtype)
+        skipped -= fillers << width
+        gaps[slot] = skipped.astype(gap_dtype)
+        out_values = np.full(total, filler, dtype=val_dtype)
+        out_values[slot] = block_vals.astype(val_dtype)
+        gap_parts.append(gaps)
+        value_parts.append(out_values)
+    return RelativeIndex(
+        gaps=_joined(gap_parts, gap_dtype), values=_joined(value_parts, val_dtype), width=int(width)
+    )
+
+
+def _joined(parts: list[np.ndarray], dtype: type[np.unsignedinteger]) -> np.ndarray:
+    """The blocks' entries as one array (the block itself when there is one)."""
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
 def decode_relative(

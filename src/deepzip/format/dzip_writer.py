@@ -26,7 +26,7 @@ import torch
 from deepzip._atomic import atomic_open
 from deepzip.coding.bloomier import BloomierFilter
 from deepzip.coding.sparse_index import encode_relative, width_candidates
-from deepzip.coding.streams import EncodedStream, encode_symbols
+from deepzip.coding.streams import EncodedStream, encode_symbols, symbol_counts
 from deepzip.config import CoderName, check_coder
 from deepzip.errors import ConfigError, CorruptFileError, DeepZipError, InvalidTensorError
 from deepzip.format.dzip_report import PartRecord, SaveReport, TensorRecord
@@ -286,13 +286,14 @@ class DzipWriter:
         cb_part = (PartRecord("codebook", 0), memoryview(codebook.astype("<f4").tobytes()))
         candidates: list[tuple[Encoding, int, list[tuple[PartRecord, _Part]]]] = []
         if layout == "sparse" or (layout == "auto" and kept < mask.size):
+            kept_indices = indices[mask]  # C order
             if gap_width == "auto":
-                counts = np.bincount(indices[mask].astype(np.int64), minlength=k)
+                counts = symbol_counts(kept_indices, k)
                 widths = width_candidates(mask, counts, coder=coder)
             else:
                 widths = [gap_width]
             for width in widths:
-                sparse = self._sparse(indices, mask, k, width, coder)
+                sparse = self._sparse(kept_indices, mask, k, width, coder)
                 candidates.append((Encoding.SHARED_SPARSE, width, [cb_part, *sparse]))
         if layout in ("dense", "auto"):
             dense = self._dense(indices, mask, k, coder)
@@ -474,14 +475,13 @@ class DzipWriter:
 
     @staticmethod
     def _sparse(
-        indices: np.ndarray[Any, Any],
+        kept_indices: np.ndarray[Any, Any],
         mask: np.ndarray[Any, Any],
         k: int,
         width: int,
         coder: CoderName,
     ) -> list[tuple[PartRecord, _Part]]:
-        values = indices[mask].astype(np.uint16)
-        index = encode_relative(mask, values, width, filler=k)
+        index = encode_relative(mask, kept_indices, width, filler=k)
         gaps = encode_symbols(np.asarray(index.gaps), 1 << width, coder=coder)
         vals = encode_symbols(np.asarray(index.values), k + 1, coder=coder)
         return [_stream_part("gaps", gaps), _stream_part("values", vals)]

@@ -241,13 +241,26 @@ def sum_float64(v: torch.Tensor) -> float:
     return float(v.sum())
 
 
+_SSE_BLOCK = 1 << 22  # values per block of weighted_sse's gather
+
+
 def weighted_sse(
-    values: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
+    values: torch.Tensor,
+    centroids: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor | None = None,
 ) -> float:
     """``Σ w · (x − centroid[label])²``, computed in float64 (on CPU the same for every thread
-    count)."""
-    err = values.to(torch.float64) - centroids.to(torch.float64)[labels]
-    return sum_float64(weights.to(torch.float64) * err * err)
+    count); ``weights=None`` is importance 1 everywhere (the same sum, without the ones)."""
+    err = values.to(torch.float64, copy=True)  # the work arrays are updated in place
+    c = centroids.to(torch.float64)
+    for start in range(0, err.numel(), _SSE_BLOCK):  # the gathered centroids, a block at a time
+        err[start : start + _SSE_BLOCK] -= c[labels[start : start + _SSE_BLOCK]]
+    if weights is None:
+        return sum_float64(err.square_())  # 1·e·e is e·e exactly
+    weighted = weights.to(torch.float64) * err
+    weighted *= err
+    return sum_float64(weighted)
 
 
 def _is_real(value: object) -> bool:

@@ -52,31 +52,37 @@ def _cells(values: torch.Tensor, k: int) -> torch.Tensor:
     lo, hi = values.min(), values.max()
     if float(hi) == float(lo):
         return torch.zeros_like(values, dtype=torch.int64)
-    scaled = (values.to(torch.float64) - float(lo)) / (float(hi) - float(lo)) * k
-    return scaled.floor().clamp_(0, k - 1).to(torch.int64)
+    scaled = values.to(torch.float64, copy=True)  # (x − lo) / (hi − lo) · k, in place
+    scaled.sub_(float(lo)).div_(float(hi) - float(lo)).mul_(k)
+    return scaled.floor_().clamp_(0, k - 1).to(torch.int64)
 
 
 def _finish(
     values: torch.Tensor,
-    weights: torch.Tensor,
+    weights: torch.Tensor | None,
     cluster_of_value: torch.Tensor,
     k_requested: int,
     iterations: int,
     converged: bool,
     notes: list[str],
 ) -> KMeansResult:
-    """Drop empty clusters, sort centres, relabel, and compute the SSE."""
+    """Drop empty clusters, sort centres, relabel, and compute the SSE (``weights=None``:
+    importance 1 everywhere, the same sums without a tensor of ones)."""
     n_clusters = int(cluster_of_value.max()) + 1
-    w = weights.to(torch.float64)
-    wsum = torch.zeros(n_clusters, dtype=torch.float64, device=values.device)
-    xsum = torch.zeros_like(wsum)
-    count = torch.zeros(n_clusters, dtype=torch.int64, device=values.device)
-    wsum.index_add_(0, cluster_of_value, w)
-    xsum.index_add_(0, cluster_of_value, w * values.to(torch.float64))
-    count.index_add_(0, cluster_of_value, torch.ones_like(cluster_of_value))
+    x = values.to(torch.float64)
+    count = torch.bincount(cluster_of_value, minlength=n_clusters)
     used = count > 0
     # a cluster whose members all have zero importance takes their plain mean
-    plain = torch.zeros_like(wsum).index_add_(0, cluster_of_value, values.to(torch.float64))
+    plain = torch.zeros(n_clusters, dtype=torch.float64, device=values.device)
+    plain.index_add_(0, cluster_of_value, x)
+    if weights is None:  # Σ 1 is the count, Σ 1·x the plain sum: exactly
+        wsum, xsum = count.to(torch.float64), plain
+    else:
+        w = weights.to(torch.float64)
+        wsum = torch.zeros_like(plain).index_add_(0, cluster_of_value, w)
+        xsum = torch.zeros_like(plain).index_add_(0, cluster_of_value, w * x)
+        del w
+    del x
     centre = torch.where(wsum > 0, xsum / wsum.clamp(min=1e-300), plain / count.clamp(min=1))
     order = torch.argsort(centre[used], stable=True)
     centroids = centre[used][order]
@@ -85,6 +91,7 @@ def _finish(
         centroids.numel(), device=values.device
     )
     labels = remap[cluster_of_value]
+    del cluster_of_value  # (int64, one per value: freed here unless the caller holds it)
     if centroids.numel() < k_requested:
         notes.append(f"{k_requested - centroids.numel()} of {k_requested} levels unused")
     centroids32 = centroids.to(torch.float32)
@@ -119,9 +126,11 @@ def uniform_quantize(
         k: number of bins, 1..256.
         weights: optional per-value importance (>= 0).
     """
-    w = check_inputs(values, k, weights)
-    cells = _cells(values, k)
-    return _finish(values, w, cells, k, 0, True, [])
+    w: torch.Tensor | None = check_inputs(values, k, weights)
+    if weights is None:
+        w = None  # (ones: _finish needs none)
+    # (the bins go straight to _finish, which lets go of them once it has the labels)
+    return _finish(values, w, _cells(values, k), k, 0, True, [])
 
 
 def check_step(step: object) -> None:
@@ -182,7 +191,8 @@ def step_quantize(
             f"{name}: step {step:g} uses {used} levels over [{lo:g}, {hi:g}], more than "
             f"{max_levels}: use a step of at least {_fitting_step(lo, hi, max_levels):.3g}"
         )
-    return _finish(values, w, cell, used, 0, True, [])
+    del x
+    return _finish(values, None if weights is None else w, cell, used, 0, True, [])
 
 
 def _fitting_step(lo: float, hi: float, levels: int) -> float:
@@ -271,7 +281,7 @@ def ecsq_quantize(
             break
         label = new_label
     notes = [] if converged else [f"ECSQ stopped at max_iter={max_iter} before it settled"]
-    return _finish(values, w32, label, k, iterations, converged, notes)
+    return _finish(values, None if weights is None else w32, label, k, iterations, converged, notes)
 
 
 def _centres_and_rates(

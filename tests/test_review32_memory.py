@@ -1,0 +1,78 @@
+"""Session 32: large layers in bounded memory. The post-training path selects kept values and
+scatters labels a block at a time, the scalar quantizers skip the tensor of ones when there is
+no importance, and ``weighted_sse`` works in place. None of it may change a result: each is
+checked here against the plain whole-tensor expression it replaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deepzip import posttrain
+from deepzip.quantize import kmeans
+from deepzip.quantize.kmeans import sum_float64, weighted_sse
+from deepzip.quantize.scalar import ecsq_quantize, step_quantize, uniform_quantize
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("block", [1, 7, 1 << 22])
+def test_kept_values_are_values_at_the_mask_in_float32(
+    dtype: torch.dtype, block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(posttrain, "_SELECT_BLOCK", block)
+    g = torch.Generator().manual_seed(block)
+    values = torch.randn(5, 9, 4, generator=g).to(dtype)
+    for mask in (values > 0.3, torch.zeros_like(values, dtype=torch.bool), values == values):
+        got = posttrain._kept_values(values, mask)
+        assert got.dtype == torch.float32
+        assert torch.equal(got, values[mask].to(torch.float32))
+    t = values.transpose(0, 2)  # not contiguous: C order of the view, as values[mask]
+    assert torch.equal(posttrain._kept_values(t, t > 0), t[t > 0].to(torch.float32))
+
+
+@pytest.mark.parametrize("block", [1, 5, 1 << 22])
+def test_weighted_sse_is_the_plain_expression_bit_for_bit(
+    block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kmeans, "_SSE_BLOCK", block)
+    g = torch.Generator().manual_seed(3)
+    for dtype in (torch.float32, torch.float64):
+        values = torch.randn(1000, generator=g, dtype=dtype)
+        before = values.clone()
+        centroids = torch.randn(6, generator=g)
+        labels = torch.randint(0, 6, (1000,), generator=g)
+        w = torch.rand(1000, generator=g)
+        err = values.to(torch.float64) - centroids.to(torch.float64)[labels]
+        assert weighted_sse(values, centroids, labels, w) == sum_float64(
+            w.to(torch.float64) * err * err
+        )
+        ones = torch.ones(1000)
+        assert weighted_sse(values, centroids, labels) == sum_float64(
+            ones.to(torch.float64) * err * err
+        )
+        assert weighted_sse(values, centroids, labels, ones) == weighted_sse(
+            values, centroids, labels
+        )
+        assert torch.equal(values, before)  # a float64 input is not updated in place
+
+
+def test_no_importance_is_importance_one_for_every_scalar_quantizer() -> None:
+    g = torch.Generator().manual_seed(5)
+    values = torch.randn(4000, generator=g) * 0.05
+    values[:10] = 0.0
+    ones = torch.ones_like(values)
+    for quantize in (
+        lambda w: uniform_quantize(values, 16, weights=w),
+        lambda w: step_quantize(values, 0.01, weights=w),
+        lambda w: ecsq_quantize(values, 16, 0.05, weights=w),
+    ):
+        plain, weighted = quantize(None), quantize(ones)
+        assert torch.equal(plain.centroids, weighted.centroids)
+        assert torch.equal(plain.labels, weighted.labels)
+        assert plain.sse == weighted.sse
+        assert (plain.k, plain.iterations, plain.converged, plain.notes) == (
+            weighted.k,
+            weighted.iterations,
+            weighted.converged,
+            weighted.notes,
+        )
