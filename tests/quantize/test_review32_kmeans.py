@@ -5,6 +5,8 @@ mutants survived."""
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 from fractions import Fraction
 
@@ -13,7 +15,7 @@ import torch
 from kmeans_reference import lloyd
 
 from deepzip.errors import ConfigError, InvalidTensorError
-from deepzip.quantize.kmeans import kmeans_1d
+from deepzip.quantize.kmeans import initial_centroids, kmeans_1d
 
 
 def _cases(seed: int, count: int) -> list[tuple[list[int], list[int] | None, list[int], int]]:
@@ -126,3 +128,119 @@ def test_bad_lloyd_settings_are_refused(
 ) -> None:
     with pytest.raises(error, match=match):
         kmeans_1d(torch.tensor([0.0, 1.0, 2.0, 5.0]), 2, **kwargs)  # type: ignore[arg-type]
+
+
+# --- the initialisations, against references written from their docstrings ----------------
+
+
+def _merged(values: list[int], weights: list[int] | None) -> tuple[list[int], list[int]]:
+    """Distinct values (ascending) and their summed importance (counts when unweighted)."""
+    acc: dict[int, int] = {}
+    for i, v in enumerate(values):
+        acc[v] = acc.get(v, 0) + (1 if weights is None else weights[i])
+    xs = sorted(acc)
+    return xs, [acc[x] for x in xs]
+
+
+def _data(seed: int) -> tuple[list[int], list[int] | None]:
+    rng = random.Random(seed)
+    values = [rng.randint(-40, 40) for _ in range(rng.randint(12, 60))]
+    weights = [rng.choice([0, 1, 2, 5]) for _ in values] if seed % 2 else None
+    if weights is not None:
+        weights[0] = 3  # not all zero
+    return values, weights
+
+
+def _tensors(values: list[int], weights: list[int] | None) -> dict[str, torch.Tensor | None]:
+    return {
+        "values": torch.tensor(values, dtype=torch.float32),
+        "weights": None if weights is None else torch.tensor(weights, dtype=torch.float32),
+    }
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+def test_density_init_takes_the_values_at_the_weighted_cdf_levels(seed: int, k: int) -> None:
+    values, weights = _data(seed)
+    xs, ws = _merged(values, weights)
+    live = [(x, w) for x, w in zip(xs, ws, strict=True) if w > 0]
+    assert len(live) >= k  # (the data of every seed has enough)
+    total = sum(ws)
+    expected = []
+    for i in range(k):
+        level = Fraction(2 * i + 1, 2 * k) * total  # (i + 0.5) / k of the importance
+        cum = 0
+        for x, w in zip(xs, ws, strict=True):
+            cum += w
+            if cum >= level:  # the first value whose cumulative importance reaches it
+                expected.append(x)
+                break
+    got = initial_centroids(init="density", k=k, **_tensors(values, weights))  # type: ignore[arg-type]
+    assert got.tolist() == sorted(expected)
+
+
+def _draws(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_forgy_init_is_the_k_largest_efraimidis_spirakis_keys(seed: int) -> None:
+    values, weights = _data(seed)
+    xs, ws = _merged(values, weights)
+    k = 5
+    u = torch.rand(len(xs), generator=_draws(seed), dtype=torch.float64).tolist()
+    keys = [
+        math.log(max(ui, 1e-300)) / w if w > 0 else -math.inf for ui, w in zip(u, ws, strict=True)
+    ]
+    best = sorted(range(len(xs)), key=lambda i: -keys[i])[:k]
+    got = initial_centroids(init="forgy", k=k, seed=seed, **_tensors(values, weights))  # type: ignore[arg-type]
+    assert got.tolist() == sorted(xs[i] for i in best)
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_kmeanspp_init_is_weighted_d2_seeding(seed: int, k: int) -> None:
+    values, weights = _data(seed)
+    xs, ws = _merged(values, weights)
+    gen = _draws(seed)
+    d2 = [1] * len(xs)  # the first pick: in proportion to importance alone
+    chosen: list[int] = []
+    for _ in range(k):
+        cdf = list(itertools.accumulate(w * d for w, d in zip(ws, d2, strict=True)))
+        r = float(torch.rand(1, generator=gen, dtype=torch.float64)) * cdf[-1]
+        i = min(next(j for j, c in enumerate(cdf) if c > r), len(xs) - 1)
+        chosen.append(i)
+        fresh = [(x - xs[i]) ** 2 for x in xs]
+        d2 = fresh if len(chosen) == 1 else [min(a, b) for a, b in zip(d2, fresh, strict=True)]
+    got = initial_centroids(init="kmeans++", k=k, seed=seed, **_tensors(values, weights))  # type: ignore[arg-type]
+    assert got.tolist() == sorted(xs[i] for i in chosen)
+
+
+def test_kmeanspp_on_a_sample_keeps_to_values_with_importance_and_pads_a_short_sample() -> None:
+    # 2**17 + 2 distinct values (past the sample size): the importance of the even ones only
+    n = (1 << 17) + 2
+    values = torch.arange(n, dtype=torch.float32)
+    weights = (torch.arange(n) % 2 == 0).to(torch.float32)
+    got = initial_centroids(values, 8, weights=weights, init="kmeans++", seed=1)
+    assert all(int(v) % 2 == 0 for v in got.tolist())  # the sample draws by importance
+    # three values carry all but 1e-30 of the importance: the sample holds only them, the
+    # seeding runs out after three picks and the last pick fills the other two places
+    heavy = torch.full((n,), 1e-30)
+    heavy[[10, 70_000, 130_000]] = 1.0
+    got = initial_centroids(values, 5, weights=heavy, init="kmeans++", seed=3)
+    assert set(got.tolist()) == {10.0, 70_000.0, 130_000.0}
+    assert sorted(got.tolist().count(v) for v in set(got.tolist())) == [1, 1, 3]
+    result = kmeans_1d(values, 5, weights=heavy, init="kmeans++", seed=3, max_iter=3)
+    assert result.k == 5  # Lloyd's empty-cluster rule separates the repeated start
+
+
+@pytest.mark.parametrize("seed", [-(1 << 63), 0, (1 << 64) - 1])
+def test_every_torch_seed_is_accepted(seed: int) -> None:
+    got = initial_centroids(torch.arange(10.0), 3, init="forgy", seed=seed)
+    assert got.numel() == 3
+
+
+@pytest.mark.parametrize("seed", [True, 1.0, "1", -(1 << 63) - 1, 1 << 64])
+def test_a_seed_torch_cannot_take_is_refused(seed: object) -> None:
+    with pytest.raises(ConfigError, match=r"seed must be an integer from -2\*\*63 to 2\*\*64 - 1"):
+        initial_centroids(torch.arange(10.0), 3, init="forgy", seed=seed)  # type: ignore[arg-type]
