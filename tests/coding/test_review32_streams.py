@@ -13,6 +13,7 @@ from deepzip.coding.streams import (
     _table_bits,
     decode_symbols,
     encode_symbols,
+    estimated_size,
 )
 from deepzip.errors import CorruptFileError
 
@@ -69,3 +70,95 @@ def test_an_alphabet_of_256_decodes_to_uint8_and_257_to_uint16() -> None:
 def test_a_stream_needs_a_coder_member() -> None:
     with pytest.raises(TypeError, match="coder must be a Coder, got 0"):
         EncodedStream(0, 4, 0, b"", b"")  # type: ignore[arg-type]
+
+
+# --- sizes: the estimates are the real sizes, and "auto" takes the smallest ----------------
+
+
+def _streams(seed: int, count: int) -> list[tuple[np.ndarray, int]]:
+    """Small random streams of skewed symbols (the near-ties between coders are common)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        size = int(rng.integers(1, 24))
+        n = int(rng.integers(1, 60))
+        p = rng.dirichlet(np.full(size, 0.4))
+        out.append((rng.choice(size, n, p=p).astype(np.int64), size))
+    return out
+
+
+def test_auto_is_the_smallest_of_the_three_coders_simplest_on_a_tie() -> None:
+    for symbols, size in _streams(0, 300):
+        each = [encode_symbols(symbols, size, coder=c) for c in ("raw", "huffman", "ans")]
+        best = min(range(3), key=lambda i: (each[i].nbytes, i))
+        auto = encode_symbols(symbols, size)
+        assert auto.to_bytes() == each[best].to_bytes(), (symbols.tolist(), size)
+
+
+def test_estimated_size_is_exact_for_raw_and_huffman_and_close_for_ans() -> None:
+    for symbols, size in _streams(1, 300):
+        counts = np.bincount(symbols, minlength=size)
+        for coder in ("raw", "huffman"):
+            real = encode_symbols(symbols, size, coder=coder).nbytes
+            assert estimated_size(counts, coder=coder) == real, (symbols.tolist(), size, coder)
+        real = encode_symbols(symbols, size, coder="ans").nbytes
+        assert abs(estimated_size(counts, coder="ans") - real) <= 5, (symbols.tolist(), size)
+        if np.count_nonzero(counts) == 1:  # no payload: exact
+            assert estimated_size(counts, coder="ans") == real
+
+
+def test_the_ans_precision_minimises_payload_plus_the_stored_model() -> None:
+    from deepzip.coding import ans
+    from deepzip.coding.streams import _ANS_PRECISION_BITS, _ans_model
+
+    for symbols, size in _streams(2, 200):
+        counts = np.bincount(symbols, minlength=size)
+        m = int(np.count_nonzero(counts))
+        if m < 2:
+            continue
+        costs = {}
+        for p in range((m - 1).bit_length() or 1, ans.MAX_PRECISION + 1):
+            w = ans.quantize_counts(counts, p)
+            model = _ANS_PRECISION_BITS + _table_bits(w)[2]
+            costs[p] = ans.estimated_bits(counts, w, p) + model
+        best = min(costs, key=lambda p: (costs[p], p))
+        _, precision, model_bytes = _ans_model(counts)
+        assert precision == best
+        assert (
+            len(model_bytes)
+            == (_ANS_PRECISION_BITS + _table_bits(_ans_model(counts)[0])[2] + 7) // 8
+        )
+
+
+@pytest.mark.parametrize(
+    ("counts", "match"),
+    [
+        (np.array([2.0**63]), r"counts must be whole numbers, got counts\[0\] = 9\.2"),
+        (np.array([1.0, 2.0**64]), r"counts must be whole numbers, got counts\[1\]"),
+        (np.array([2**63], dtype=np.uint64), r"counts must be below 2\*\*63, got counts\[0\]"),
+        (
+            np.array([2**63 - 1], dtype=np.uint64),
+            r"counts must sum to less than 2\*\*58, got 9223372036854775807",
+        ),
+        (
+            np.array([1 << 57, 1 << 57]),
+            r"counts must sum to less than 2\*\*58, got 288230376151711744",
+        ),
+        (np.array([0, -1]), r"counts must be non-negative, got counts\[1\] = -1"),
+    ],
+)
+def test_bad_counts_are_refused(counts: np.ndarray, match: str) -> None:
+    from deepzip.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        estimated_size(counts)
+
+
+def test_counts_just_below_the_caps_are_taken() -> None:
+    big = np.array([(1 << 58) - 2, 1])  # the sum is 2**58 - 1
+    assert estimated_size(big, coder="raw") > 0
+    assert estimated_size(np.array([2.0**62 / 2**5]), coder="raw") > 0
+    assert (
+        estimated_size(np.array([1], dtype=np.uint64), coder="huffman")
+        == encode_symbols(np.zeros(1, dtype=np.int64), 1, coder="huffman").nbytes
+    )
