@@ -15,7 +15,7 @@ import torch
 from kmeans_reference import lloyd
 
 from deepzip.errors import ConfigError, InvalidTensorError
-from deepzip.quantize.kmeans import initial_centroids, kmeans_1d
+from deepzip.quantize.kmeans import bits_to_k, check_float32_range, initial_centroids, kmeans_1d
 
 
 def _cases(seed: int, count: int) -> list[tuple[list[int], list[int] | None, list[int], int]]:
@@ -244,3 +244,43 @@ def test_every_torch_seed_is_accepted(seed: int) -> None:
 def test_a_seed_torch_cannot_take_is_refused(seed: object) -> None:
     with pytest.raises(ConfigError, match=r"seed must be an integer from -2\*\*63 to 2\*\*64 - 1"):
         initial_centroids(torch.arange(10.0), 3, init="forgy", seed=seed)  # type: ignore[arg-type]
+
+
+# --- the argument checks whose mutants survived ------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [2.5, "3", None, True, 0, 9])
+def test_bits_to_k_refuses_anything_but_an_integer_from_1_to_8(bits: object) -> None:
+    with pytest.raises(ConfigError, match="bits must be an integer from 1 to 8"):
+        bits_to_k(bits)  # type: ignore[arg-type]
+
+
+def test_float64_beyond_float32_is_named_at_its_index_in_any_rank() -> None:
+    values = torch.tensor([0.0, 1.0, 1e300, -1e300], dtype=torch.float64)
+    with pytest.raises(
+        InvalidTensorError, match=r"x: 2 value\(s\) .* \(first at index 2: 1e\+300\)"
+    ):
+        check_float32_range("x", values)
+    grid = values.reshape(2, 2)
+    with pytest.raises(InvalidTensorError, match=r"first at index \[1, 0\]: 1e\+300"):
+        check_float32_range("x", grid)
+    with pytest.raises(InvalidTensorError, match=r"1 value\(s\) .*first at index \[1, 1\]"):
+        check_float32_range("x", grid, torch.tensor([[True, True], [False, True]]))
+
+
+def test_negative_importance_is_counted_and_named_zeros_are_not() -> None:
+    values = torch.arange(5.0)
+    weights = torch.tensor([0.0, 0.5, -2.0, 0.0, -0.5])
+    with pytest.raises(
+        InvalidTensorError,
+        match=r"importance must be finite and >= 0: 2 negative value\(s\) \(first at index 2: -2",
+    ):
+        kmeans_1d(values, 2, weights=weights)
+
+
+def test_float64_importance_that_is_zero_in_float32_is_refused() -> None:
+    from deepzip.quantize.scalar import uniform_quantize
+
+    weights = torch.full((4,), 1e-50, dtype=torch.float64)
+    with pytest.raises(InvalidTensorError, match="importance is zero for every value in float32"):
+        uniform_quantize(torch.arange(4.0), 2, weights=weights)
