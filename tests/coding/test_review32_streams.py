@@ -162,3 +162,101 @@ def test_counts_just_below_the_caps_are_taken() -> None:
         estimated_size(np.array([1], dtype=np.uint64), coder="huffman")
         == encode_symbols(np.zeros(1, dtype=np.int64), 1, coder="huffman").nbytes
     )
+
+
+# --- a hostile stream's header and model: each check, by its message ---------------------
+
+
+def _header(coder: int, alphabet: int, count: int, model_len: int, payload_len: int) -> bytes:
+    from deepzip.coding import varint
+
+    fields = (alphabet, count, model_len, payload_len)
+    return bytes([coder]) + b"".join(varint.encode(v) for v in fields)
+
+
+def test_a_stream_needs_a_non_negative_count_and_cap() -> None:
+    with pytest.raises(ValueError, match="count must be >= 0, got -1"):
+        EncodedStream(Coder.RAW, 4, -1, b"", b"")
+    with pytest.raises(ValueError, match="max_count must be >= 0, got -1"):
+        EncodedStream.read_from(b"\x00\x04\x00\x00\x00", max_count=-1, what="s")
+
+
+def test_declared_lengths_past_the_bytes_present_are_refused_by_name() -> None:
+    raw = int(Coder.RAW)
+    data = _header(raw, 4, 8, 100, 2) + b"\x00" * 10  # the model alone is too long
+    with pytest.raises(
+        CorruptFileError,
+        match=r"^s: declared model \(100 bytes\) and payload \(2 bytes\) exceed the 10 bytes",
+    ):
+        EncodedStream.from_bytes(data, max_count=100, what="s")
+    data = _header(raw, 4, 8, 0, 11) + b"\x00" * 10  # the payload is one byte too long
+    with pytest.raises(CorruptFileError, match=r"payload \(11 bytes\) exceed the 10 bytes"):
+        EncodedStream.from_bytes(data, max_count=100, what="s")
+    ans_ = int(Coder.ANS)
+    data = _header(ans_, 4, 8, 6, 5) + b"\x00" * 10  # model 6 + payload 5 = 11 > 10
+    with pytest.raises(CorruptFileError, match=r"model \(6 bytes\) and payload \(5 bytes\) exceed"):
+        EncodedStream.from_bytes(data, max_count=100, what="s")
+
+
+def test_a_stream_is_read_from_a_memoryview_of_any_item_size() -> None:
+    stream = encode_symbols(np.array([0, 1, 1, 2, 3, 3, 3]), 4, coder="huffman")
+    data = stream.to_bytes()
+    padded = data + b"\x00" * (-len(data) % 4)
+    words = memoryview(np.frombuffer(padded, dtype=np.uint32))  # format "I", 4 bytes an item
+    got, end = EncodedStream.read_from(words, max_count=100, what="s")
+    assert end == len(data)
+    assert got == stream
+
+
+@pytest.mark.parametrize(
+    ("coder", "count", "match"),
+    [
+        (Coder.HUFFMAN, 0, "an empty stream must have an empty model, got 3 bytes"),
+        (Coder.RAW, 5, "a RAW stream must have an empty model, got 3 bytes"),
+    ],
+)
+def test_a_model_where_none_belongs_is_refused(coder: Coder, count: int, match: str) -> None:
+    with pytest.raises(CorruptFileError, match=f"^s: {match}"):
+        decode_symbols(EncodedStream(coder, 4, count, b"\x01\x02\x03", b"\x00" * 2), what="s")
+
+
+def _ans_model(precision: int, vbits: int, weights: list[int]) -> bytes:
+    """An ANS model: the precision, then a dense symbol table (docs/format.md section 7)."""
+    w = BitWriter()
+    w.write(precision, 5)
+    w.write(0, 1)
+    w.write(vbits - 1, 5)
+    w.write(len(weights) - 1, 16)
+    w.write_fixed(np.array(weights), vbits)
+    return w.getvalue()
+
+
+def test_ans_models_at_and_past_their_limits() -> None:
+    from deepzip.coding import ans
+    from deepzip.coding.streams import _parse_model
+
+    top = ans.MAX_PRECISION
+    half = 1 << (top - 1)
+    model = _ans_model(top, top, [half, 0, half])  # the largest precision: taken
+    values, precision = _parse_model(Coder.ANS, 4, 10, model, "s")
+    assert precision == top
+    assert values.tolist() == [half, 0, half, 0]
+    with pytest.raises(CorruptFileError, match=f"^s: ANS precision {top + 1} exceeds {top}"):
+        _parse_model(Coder.ANS, 4, 10, _ans_model(top + 1, top, [half, 0, half]), "s")
+    # one used symbol: precision 0 and weight 1 only (zeros in the table change nothing)
+    assert _parse_model(Coder.ANS, 4, 10, _ans_model(0, 1, [0, 1]), "s")[1] == 0
+    for p, weight in ((1, 2), (0, 2)):
+        with pytest.raises(
+            CorruptFileError,
+            match=f"^s: a one-symbol ANS model must have precision 0 and weight 1, got "
+            f"precision {p} and weight {weight}",
+        ):
+            _parse_model(Coder.ANS, 4, 10, _ans_model(p, 2, [0, weight]), "s")
+
+
+def test_entropy_bits_ignores_unused_symbols() -> None:
+    from deepzip.coding.streams import entropy_bits
+
+    assert entropy_bits(np.array([0, 1, 0, 1]), 4) == 4.0  # two symbols, 1 bit each
+    assert entropy_bits(np.array([3, 3, 3]), 4) == 0.0
+    assert entropy_bits(np.zeros(0, dtype=np.int64), 4) == 0.0

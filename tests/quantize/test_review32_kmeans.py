@@ -226,12 +226,22 @@ def test_kmeanspp_on_a_sample_keeps_to_values_with_importance_and_pads_a_short_s
     # three values carry all but 1e-30 of the importance: the sample holds only them, the
     # seeding runs out after three picks and the last pick fills the other two places
     heavy = torch.full((n,), 1e-30)
-    heavy[[10, 70_000, 130_000]] = 1.0
+    heavy[[10, 70_000, n - 1]] = 1.0  # the last value too: the sample must reach it
     got = initial_centroids(values, 5, weights=heavy, init="kmeans++", seed=3)
-    assert set(got.tolist()) == {10.0, 70_000.0, 130_000.0}
+    assert set(got.tolist()) == {10.0, 70_000.0, float(n - 1)}
     assert sorted(got.tolist().count(v) for v in set(got.tolist())) == [1, 1, 3]
     result = kmeans_1d(values, 5, weights=heavy, init="kmeans++", seed=3, max_iter=3)
     assert result.k == 5  # Lloyd's empty-cluster rule separates the repeated start
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kmeanspp_seeds_on_all_values_up_to_the_sample_size(seed: int) -> None:
+    # exactly 2**17 distinct values, equally important: no sample, so the first pick is the
+    # first draw r at floor(r · n) (the first value whose cumulative count exceeds r · n)
+    n = 1 << 17
+    r = float(torch.rand(1, generator=_draws(seed), dtype=torch.float64))
+    got = initial_centroids(torch.arange(n, dtype=torch.float32), 1, init="kmeans++", seed=seed)
+    assert got.tolist() == [float(math.floor(r * n))]
 
 
 @pytest.mark.parametrize("seed", [-(1 << 63), 0, (1 << 64) - 1])
