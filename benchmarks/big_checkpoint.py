@@ -260,9 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.against is not None:
         other = {step: _median_of(times["against"][step]) for step in ("compress", "decompress")}
+        head = subprocess.run(
+            ["git", "-C", str(args.against), "rev-parse", "HEAD"], capture_output=True, text=True
+        )
         record["against"] = {
             "src": str(args.against),
             "imported_from": against,
+            "commit": head.stdout.strip() if head.returncode == 0 else None,
             "dzip_bytes": dzip_bytes["against"],
             "same_bytes_as_this": dzip_bytes["against"] == dzip_bytes["this"],
             **other,
