@@ -294,3 +294,16 @@ def test_float64_importance_that_is_zero_in_float32_is_refused() -> None:
     weights = torch.full((4,), 1e-50, dtype=torch.float64)
     with pytest.raises(InvalidTensorError, match="importance is zero for every value in float32"):
         uniform_quantize(torch.arange(4.0), 2, weights=weights)
+
+
+def test_tol_stops_when_no_centroid_moves_more_than_tol_inclusive() -> None:
+    # traced by hand: start 1, 3, 15; midpoints 2 and 9 give {1}, {2, 4, 4} and
+    # {11, 12, 13, 13, 14, 15, 19, 19}: means 1, 10/3 and 116/8 = 14.5. The largest move is
+    # exactly 0.5 (15 -> 14.5): with tol = 0.5 Lloyd stops there, after one iteration
+    values = torch.tensor([13.0, 4, 15, 19, 2, 4, 11, 13, 1, 19, 14, 12])
+    start = torch.tensor([1.0, 3.0, 15.0])
+    got = kmeans_1d(values, 3, init_centroids=start, tol=0.5)
+    assert (got.iterations, got.converged) == (1, True)
+    assert got.centroids.tolist() == [1.0, float(torch.tensor(10 / 3)), 14.5]
+    # a hair less tolerance and it goes on (the partition still changes)
+    assert kmeans_1d(values, 3, init_centroids=start, tol=0.4999).iterations > 1
