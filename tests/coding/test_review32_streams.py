@@ -258,5 +258,40 @@ def test_entropy_bits_ignores_unused_symbols() -> None:
     from deepzip.coding.streams import entropy_bits
 
     assert entropy_bits(np.array([0, 1, 0, 1]), 4) == 4.0  # two symbols, 1 bit each
+    # counts 1, 1, 2 of 4: 2 + 2 + 1 + 1 bits (symbols seen once count too)
+    assert entropy_bits(np.array([0, 1, 2, 2]), 4) == 6.0
     assert entropy_bits(np.array([3, 3, 3]), 4) == 0.0
     assert entropy_bits(np.zeros(0, dtype=np.int64), 4) == 0.0
+
+
+@pytest.mark.parametrize("size", [4.0, True, "4", None])
+def test_the_alphabet_size_must_be_an_integer(size: object) -> None:
+    from deepzip.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"alphabet_size must be an integer, got {size!r}"):
+        encode_symbols(np.array([0, 1]), size)  # type: ignore[arg-type]
+
+
+def test_a_numpy_integer_alphabet_size_is_taken_by_every_coder() -> None:
+    # the check took numpy integers, and then RAW (and auto) failed on np.int64.bit_length
+    for coder in ("raw", "huffman", "ans", "auto"):
+        stream = encode_symbols(np.array([0, 1, 3]), np.int64(4), coder=coder)
+        assert type(stream.alphabet_size) is int
+        assert decode_symbols(stream).tolist() == [0, 1, 3]
+        assert EncodedStream.from_bytes(stream.to_bytes(), max_count=3, what="s") == stream
+
+
+def test_a_one_symbol_stream_is_estimated_exactly_quick_or_not() -> None:
+    counts = np.array([0, 7, 0])
+    real = encode_symbols(np.full(7, 1), 3, coder="ans").nbytes
+    assert estimated_size(counts, coder="ans") == real
+    assert estimated_size(counts, coder="ans", quick=True) == real
+
+
+def test_the_total_count_cap_counts_the_ones() -> None:
+    from deepzip.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"counts must sum to less than 2\*\*58, got 288230376151711744$"
+    ):
+        estimated_size(np.array([(1 << 58) - 1, 1]))

@@ -452,6 +452,7 @@ def encode_symbols(
     """
     check_coder(coder)
     sym = _checked_symbols(symbols, alphabet_size)
+    alphabet_size = int(alphabet_size)  # a numpy integer is taken: the stream holds an int
     count = int(sym.size)
     if count == 0:
         kind = {"auto": Coder.RAW, "raw": Coder.RAW, "huffman": Coder.HUFFMAN, "ans": Coder.ANS}
