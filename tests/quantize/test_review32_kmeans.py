@@ -307,3 +307,26 @@ def test_tol_stops_when_no_centroid_moves_more_than_tol_inclusive() -> None:
     assert got.centroids.tolist() == [1.0, float(torch.tensor(10 / 3)), 14.5]
     # a hair less tolerance and it goes on (the partition still changes)
     assert kmeans_1d(values, 3, init_centroids=start, tol=0.4999).iterations > 1
+
+
+def test_the_exact_optimum_reports_no_iterations_and_its_size_limit_is_inclusive() -> None:
+    from deepzip.quantize.kmeans import OPTIMAL_MAX_VALUES, optimal_kmeans_1d
+
+    got = optimal_kmeans_1d(torch.tensor([0.0, 1, 2, 10, 11, 12, 30, 31]), 3)
+    assert got.centroids.tolist() == [1.0, 11.0, 30.5]  # by hand: the three groups' means
+    assert (got.iterations, got.converged, got.sse) == (0, True, 4.5)
+    values = torch.arange(OPTIMAL_MAX_VALUES, dtype=torch.float32) % 97
+    assert optimal_kmeans_1d(values, 2).k == 2
+    with pytest.raises(ConfigError, match=f"at most {OPTIMAL_MAX_VALUES} values"):
+        optimal_kmeans_1d(torch.arange(OPTIMAL_MAX_VALUES + 1, dtype=torch.float32), 2)
+
+
+def test_the_exact_optimum_leaves_values_of_zero_importance_out() -> None:
+    from deepzip.quantize.kmeans import optimal_kmeans_1d
+
+    values = torch.tensor([0.0, 1, 2, 5, 10, 11, 12, 50])
+    weights = torch.tensor([1.0, 1, 1, 0, 1, 1, 1, 0])  # 5 and 50 do not count
+    got = optimal_kmeans_1d(values, 2, weights=weights)
+    assert got.centroids.tolist() == [1.0, 11.0]
+    assert got.labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]  # each takes its nearest
+    assert got.sse == 4.0
