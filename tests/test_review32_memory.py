@@ -76,3 +76,32 @@ def test_no_importance_is_importance_one_for_every_scalar_quantizer() -> None:
             weighted.converged,
             weighted.notes,
         )
+
+
+def _sorted_mask(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
+    """The formulation ``sparsity_mask`` had: the first n_prune of a stable ascending sort."""
+    keep = torch.ones(scores.numel(), dtype=torch.bool)
+    keep[torch.sort(scores, stable=True).indices[:n_prune]] = False
+    return keep
+
+
+def test_sparsity_mask_prunes_the_stable_sorts_first_n_by_selection() -> None:
+    from deepzip.prune import masks
+
+    g = torch.Generator().manual_seed(11)
+    for trial in range(60):
+        n = int(torch.randint(1, 400, (1,), generator=g))
+        # few distinct magnitudes: many ties, which go in index order
+        weight = torch.randint(-4, 5, (n,), generator=g).to(torch.float32)
+        current = torch.rand(n, generator=g) < 0.8 if trial % 2 else None
+        for sparsity in (0.0, 0.1, 0.5, 0.73, 0.99):
+            got = masks.sparsity_mask(weight, sparsity, current)
+            scores = masks._scores("w", weight, current)
+            n_prune = round(sparsity * n)
+            if current is not None:
+                n_prune = max(n_prune, n - int(current.sum()))
+            assert torch.equal(got, _sorted_mask(scores, n_prune)), (trial, sparsity)
+    shaped = torch.randn(3, 4, 5, generator=g)
+    assert torch.equal(
+        masks.sparsity_mask(shaped, 0.5).flatten(), _sorted_mask(shaped.abs().flatten(), 30)
+    )
