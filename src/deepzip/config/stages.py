@@ -828,7 +828,7 @@ def layer_scope(config: object) -> LayerScope | None:
     """The layers a built-in stage configuration acts on (:class:`LayerScope`), or ``None``
     for one that selects no layers (train, retrain, finetune, or a registered type deepzip
     does not know). An encode stage acts on every layer and takes ``index_bits``."""
-    takes = _RULE_KEYS.get(type(config), frozenset())
+    takes = _rule_keys(type(config))
     if isinstance(config, SensitivityStage):
         return LayerScope(config.include, config.exclude)
     if isinstance(config, PruneStage):
@@ -860,6 +860,11 @@ _RULE_KEYS: dict[type, frozenset[str]] = {
 }
 
 
+def _rule_keys(config_type: type) -> frozenset[str]:
+    """The LayerRule settings a stage configuration of this type (or a subclass) uses."""
+    return next((v for t, v in _RULE_KEYS.items() if issubclass(config_type, t)), frozenset())
+
+
 def rule_takers(key: str) -> list[str]:
     """The registered stage types that use the per-layer rule setting ``key`` (sorted)."""
-    return sorted(k.name for k in _STAGE_KINDS.values() if key in _RULE_KEYS.get(k.config_type, ()))
+    return sorted(k.name for k in _STAGE_KINDS.values() if key in _rule_keys(k.config_type))
