@@ -49,7 +49,7 @@ def test_blocks_give_the_whole_arrays_entries(block: int, monkeypatch: pytest.Mo
     rng = np.random.default_rng(block)
     for mask in _masks(rng):
         kept = int(mask.sum())
-        for filler in (3, 300):
+        for filler in (3, 255, 256, 300):  # uint8 values up to filler 255
             values = rng.integers(0, filler, kept)
             for width in (1, 2, 5, 8, 16):
                 index = encode_relative(mask, values, width, filler=filler)
@@ -69,7 +69,9 @@ def test_the_run_histogram_is_np_unique_of_the_runs_for_any_block(
     sparse = rng.random(5000) < 0.1
     long_runs = np.zeros(200_000, dtype=bool)  # runs past the short-run table (2**16)
     long_runs[[3, 70_000, 70_001, 140_002, 199_999]] = True
-    masks = [sparse, long_runs, np.zeros(10, dtype=bool), np.ones(10, dtype=bool)]
+    edge = np.zeros(140_000, dtype=bool)  # runs of exactly 2**16 - 1 and 2**16
+    edge[[0, 65_536, 131_073]] = True
+    masks = [sparse, long_runs, edge, np.zeros(10, dtype=bool), np.ones(10, dtype=bool)]
     ranked = {}
     for i, m in enumerate(masks):
         ranked[i] = rank_widths(m, np.array([3, 1, int(m.sum()) - 4]) if m.sum() > 4 else None)
