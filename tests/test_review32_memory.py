@@ -105,3 +105,25 @@ def test_sparsity_mask_prunes_the_stable_sorts_first_n_by_selection() -> None:
     assert torch.equal(
         masks.sparsity_mask(shaped, 0.5).flatten(), _sorted_mask(shaped.abs().flatten(), 30)
     )
+
+
+def test_global_masks_prune_the_stable_sorts_first_n_by_selection() -> None:
+    from deepzip.prune import masks
+
+    g = torch.Generator().manual_seed(12)
+    for trial in range(30):
+        weights = {
+            name: torch.randint(-3, 4, shape, generator=g).to(torch.float32)
+            for name, shape in (("b", (7, 5)), ("a", (11,)), ("c", (2, 3, 4)))
+        }
+        current = {"a": torch.rand(11, generator=g) < 0.7} if trial % 2 else None
+        for sparsity in (0.0, 0.2, 0.5, 0.9):
+            got = masks.global_magnitude_masks(weights, sparsity, current)
+            names = sorted(weights)
+            scores = torch.cat(
+                [masks._scores(n, weights[n], (current or {}).get(n)) for n in names]
+            )
+            n_prune = max(round(sparsity * scores.numel()), int((scores < 0).sum()))
+            expected = _sorted_mask(scores, n_prune)
+            assert torch.equal(torch.cat([got[n].flatten() for n in names]), expected)
+            assert list(got) == list(weights)  # in the weights' order

@@ -189,9 +189,10 @@ def global_magnitude_masks(
     scores = torch.cat([_scores(n, weights[n], current.get(n)).to(device) for n in names])
     total = scores.numel()
     n_prune = max(round(sparsity * total), int((scores < 0).sum()))
-    keep = torch.ones(total, dtype=torch.bool, device=device)
     if n_prune > 0:
-        keep[torch.sort(scores, stable=True).indices[:n_prune]] = False
+        keep = _keep_largest(scores, n_prune)
+    else:
+        keep = torch.ones(total, dtype=torch.bool, device=device)
     found: dict[str, torch.Tensor] = {}
     offset = 0
     for n in names:
