@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -322,8 +322,8 @@ class _Sorted:
     run_start: torch.Tensor  # int64 (nd + 1): start of each distinct value's run, then n
     xd: torch.Tensor  # float64 distinct values, ascending
     wd: torch.Tensor  # float64 summed importance (counts when unweighted)
-    pw: torch.Tensor  # float64 (nd + 1) prefix sums of wd
-    px: torch.Tensor  # float64 (nd + 1) prefix sums of wd * xd
+    pw: torch.Tensor  # float64 (nd + 1) prefix sums of wd (empty once Lloyd is done)
+    px: torch.Tensor  # float64 (nd + 1) prefix sums of wd * xd (empty once Lloyd is done)
     n_pos: int  # distinct values with non-zero importance
 
 
@@ -368,10 +368,14 @@ def _prepare(values: torch.Tensor, weights: torch.Tensor | None) -> _Sorted:
     if not bool(torch.isfinite(ends.to(torch.float32)).all()):
         _check_values(values)
     distinct, counts = torch.unique_consecutive(xs, return_counts=True)
+    merged = distinct.numel() != xs.numel()
+    del xs, x  # (the work arrays below take 8 bytes a value each: free what is done with)
     run_start = _prefix(counts)
     xd = distinct.to(torch.float64)
+    del distinct
     if weights is None:
         wd = counts.to(torch.float64)
+        del counts
         pw = _prefix(wd)
     else:
         # Everything below works from these prefix sums, so the importance of a value is
@@ -379,7 +383,7 @@ def _prepare(values: torch.Tensor, weights: torch.Tensor | None) -> _Sorted:
         # exactly zero, and an importance below float64 resolution of the running total
         # counts as zero, consistently everywhere).
         pw = _prefix(weights[order])
-        if distinct.numel() != xs.numel():
+        if merged:
             pw = pw[run_start]
         wd = pw[1:] - pw[:-1]
     px = _prefix(wd * xd)
@@ -658,6 +662,7 @@ def _finish(
     ids = torch.arange(k_eff, device=device)
     err = s.xd - torch.repeat_interleave(c, dbounds[1:] - dbounds[:-1], output_size=nd)
     sse = sum_float64(s.wd * err.square_())
+    del err  # (8 bytes a distinct value: gone before the labels are built)
     fb = s.run_start[dbounds]
     n = values.numel()
     labels_sorted = torch.repeat_interleave(ids, fb[1:] - fb[:-1], output_size=n)
@@ -767,6 +772,8 @@ def kmeans_1d(
     notes: list[str] = []
     if not converged:
         notes.append(f"k-means stopped at max_iter={max_iter} before the assignment settled")
+    # _finish needs no prefix sums: let them go before it builds the labels (16 bytes a value)
+    s = replace(s, pw=s.pw.new_empty(0), px=s.px.new_empty(0))
     return _finish(values, s, c, k, iterations, converged, notes)
 
 
