@@ -117,3 +117,18 @@ def tiny_idx(tmp_path_factory: pytest.TempPathFactory) -> Path:
             rng.integers(0, 255, (n, 28, 28)).astype(np.uint8),
         )
     return root
+
+
+@pytest.fixture
+def quantize_run(tiny_idx: Path, tmp_path: Path) -> tuple[list[str], Path]:
+    """``deepzip run`` arguments for a quantize-and-encode recipe of lenet-300-100 on
+    ``tiny_idx``, on CPU without progress; and its run directory (not created)."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        'model = "lenet-300-100"\n[[stages]]\ntype = "quantize"\nbits = 4\n'
+        '[[stages]]\ntype = "encode"\n'
+    )
+    run_dir = tmp_path / "run"
+    argv = ["run", str(recipe), "--run-dir", str(run_dir), "--data-dir", str(tiny_idx)]
+    argv += ["--val-size", "50", "--no-progress", "--device", "cpu"]
+    return argv, run_dir

@@ -336,17 +336,10 @@ def test_a_run_killed_while_writing_the_dzip_resumes_cleanly(
 
 
 def test_run_in_a_busy_directory_is_one_line(
-    tiny_idx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    quantize_run: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    recipe = tmp_path / "r.toml"
-    recipe.write_text(
-        'model = "lenet-300-100"\n[[stages]]\ntype = "quantize"\nbits = 4\n'
-        '[[stages]]\ntype = "encode"\n'
-    )
-    run_dir = tmp_path / "run"
+    argv, run_dir = quantize_run
     run_dir.mkdir()
-    argv = ["run", str(recipe), "--run-dir", str(run_dir), "--data-dir", str(tiny_idx)]
-    argv += ["--val-size", "50", "--no-progress", "--device", "cpu"]
     with lock_run(run_dir):
         assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -277,6 +278,18 @@ class _ScaleFirst(nn.Module):
         return nn.functional.linear(x, self.weight, self.bias) * self.scale
 
 
+def _order_kept(
+    model: nn.Module, plain: list[str], tmp_path: Path, strip: Callable[[nn.Module], object]
+) -> None:
+    """The file, its decoded state dict and the stripped model list the tensors as ``plain``."""
+    assert list(plain_state_dict(model)) == plain
+    path = tmp_path / "m.dzip"
+    dz.save(model, path)
+    assert list(dz.load_state_dict(path)) == plain
+    strip(model)
+    assert list(model.state_dict()) == plain
+
+
 @pytest.mark.parametrize("how", ["prune", "quantize", "prune+quantize"])
 def test_a_custom_modules_order_is_kept_exactly(tmp_path: Path, how: str) -> None:
     from deepzip.prune.parametrization import attach_mask
@@ -296,12 +309,7 @@ def test_a_custom_modules_order_is_kept_exactly(tmp_path: Path, how: str) -> Non
         codebook = torch.tensor([-1.0, 0.0, 1.0])
         attach_shared(module, "weight", SharedTensor(codebook, indices, mask))
     assert list(model.state_dict())[:3] != plain[:3]  # the parametrization moved the weight
-    assert list(plain_state_dict(model)) == plain
-    path = tmp_path / "m.dzip"
-    dz.save(model, path)
-    assert list(dz.load_state_dict(path)) == plain
-    dz.quantize.strip_(model)
-    assert list(model.state_dict()) == plain
+    _order_kept(model, plain, tmp_path, dz.quantize.strip_)
 
 
 def test_a_multi_weight_recurrent_layer_keeps_its_order(tmp_path: Path) -> None:
@@ -312,12 +320,7 @@ def test_a_multi_weight_recurrent_layer_keeps_its_order(tmp_path: Path) -> None:
     plain = list(model.state_dict())
     dz.prune_(model, dz.PruneConfig(sparsity=0.5, include=("0.weight_*",)))
     assert list(model.state_dict()) != plain
-    assert list(plain_state_dict(model)) == plain
-    path = tmp_path / "m.dzip"
-    dz.save(model, path)
-    assert list(dz.load_state_dict(path)) == plain
-    dz.prune.strip_(model)
-    assert list(model.state_dict()) == plain
+    _order_kept(model, plain, tmp_path, dz.prune.strip_)
 
 
 @pytest.mark.parametrize(

@@ -111,19 +111,11 @@ def test_a_run_write_error_pickles_with_its_cause() -> None:
 
 
 def test_the_cli_names_the_stage_and_the_run_directory_on_a_full_disk(
-    tiny_idx: Path,
-    tmp_path: Path,
+    quantize_run: tuple[list[str], Path],
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    recipe = tmp_path / "r.toml"
-    recipe.write_text(
-        'model = "lenet-300-100"\n[[stages]]\ntype = "quantize"\nbits = 4\n'
-        '[[stages]]\ntype = "encode"\n'
-    )
-    run_dir = tmp_path / "run"
-    argv = ["run", str(recipe), "--run-dir", str(run_dir), "--data-dir", str(tiny_idx)]
-    argv += ["--val-size", "50", "--no-progress", "--device", "cpu"]
+    argv, run_dir = quantize_run
     _full_while_measuring(monkeypatch, ".measure-01-")
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # (after the progress lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,25 +64,23 @@ def test_the_code_length_estimates_do_not_use_numpys_log2(
     rng = np.random.default_rng(2)
     counts = rng.integers(0, 5000, size=300)
     symbols = rng.integers(0, 40, size=2000)
-    expected = (
-        ans.choose_precision(counts),
-        streams.estimated_size(counts),
-        streams.estimated_size(counts, quick=True),
-        streams.entropy_bits(symbols, 40),
-        streams.encode_symbols(symbols, 40, coder="ans"),
-    )
+
+    def decisions() -> tuple[Any, ...]:
+        return (
+            ans.choose_precision(counts),
+            streams.estimated_size(counts),
+            streams.estimated_size(counts, quick=True),
+            streams.entropy_bits(symbols, 40),
+            streams.encode_symbols(symbols, 40, coder="ans"),
+        )
+
+    expected = decisions()
 
     def no_log2(*args: object, **kwargs: object) -> None:
         raise AssertionError("np.log2 was called")
 
     monkeypatch.setattr(np, "log2", no_log2)
-    got = (
-        ans.choose_precision(counts),
-        streams.estimated_size(counts),
-        streams.estimated_size(counts, quick=True),
-        streams.entropy_bits(symbols, 40),
-        streams.encode_symbols(symbols, 40, coder="ans"),
-    )
+    got = decisions()
     assert got[0][0] == expected[0][0]
     assert np.array_equal(got[0][1], expected[0][1])
     assert got[1:] == expected[1:]
