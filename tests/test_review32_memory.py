@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepzip import posttrain
+from deepzip import _select
+from deepzip._select import masked_values
 from deepzip.quantize import kmeans
 from deepzip.quantize.kmeans import sum_float64, weighted_sse
 from deepzip.quantize.scalar import ecsq_quantize, step_quantize, uniform_quantize
@@ -16,18 +17,21 @@ from deepzip.quantize.scalar import ecsq_quantize, step_quantize, uniform_quanti
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("block", [1, 7, 1 << 22])
-def test_kept_values_are_values_at_the_mask_in_float32(
+def test_masked_values_are_values_at_the_mask(
     dtype: torch.dtype, block: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(posttrain, "_SELECT_BLOCK", block)
+    monkeypatch.setattr(_select, "BLOCK", block)
     g = torch.Generator().manual_seed(block)
     values = torch.randn(5, 9, 4, generator=g).to(dtype)
     for mask in (values > 0.3, torch.zeros_like(values, dtype=torch.bool), values == values):
-        got = posttrain._kept_values(values, mask)
+        got = masked_values(values, mask, dtype=torch.float32)
         assert got.dtype == torch.float32
         assert torch.equal(got, values[mask].to(torch.float32))
+        own = masked_values(values, mask)
+        assert own.dtype == dtype
+        assert torch.equal(own, values[mask])
     t = values.transpose(0, 2)  # not contiguous: C order of the view, as values[mask]
-    assert torch.equal(posttrain._kept_values(t, t > 0), t[t > 0].to(torch.float32))
+    assert torch.equal(masked_values(t, t > 0), t[t > 0])
 
 
 @pytest.mark.parametrize("block", [1, 5, 1 << 22])

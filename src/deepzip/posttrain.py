@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import torch
 
+from deepzip._select import masked_values
 from deepzip.config import CoderName, IndexBitsSpec, QuantizeConfig, check_index_bits
 from deepzip.errors import CheckpointError, ConfigError, InvalidTensorError
 from deepzip.format.api import IndexBits, gap_width, tie_key
@@ -741,22 +742,6 @@ def _quantize(
     return kmeans_1d(values, k)
 
 
-_SELECT_BLOCK = 1 << 22  # elements per block of _kept_values
-
-
-def _kept_values(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``values[mask]`` as float32, a block at a time: indexing by a bool mask builds the
-    int64 positions of every kept value (8 bytes each) before it copies them."""
-    flat_values, flat_mask = values.reshape(-1), mask.reshape(-1)
-    out = torch.empty(int(flat_mask.sum()), dtype=torch.float32, device=values.device)
-    done = 0
-    for start in range(0, flat_values.numel(), _SELECT_BLOCK):
-        block = flat_values[start : start + _SELECT_BLOCK][flat_mask[start : start + _SELECT_BLOCK]]
-        out[done : done + block.numel()] = block
-        done += block.numel()
-    return out
-
-
 def _compress_tensor(
     writer: DzipWriter,
     name: str,
@@ -800,7 +785,7 @@ def _compress_tensor(
         else:
             writer.add_sparse_float(name, values, mask, gap_width=width)
         return {"levels": None, "kept": kept}
-    flat = values.reshape(-1).float() if dense else _kept_values(values, mask)
+    flat = values.reshape(-1).float() if dense else masked_values(values, mask, dtype=torch.float32)
     step = config.step_for(name)
     result = _quantize(flat, k, config, name, step)
     del flat
@@ -846,5 +831,5 @@ def _keep_shared(
         gap_width=width,
         layout=layout,
     )
-    used = int(torch.unique(shared.indices[mask]).numel())
+    used = int(torch.unique(masked_values(shared.indices, mask)).numel())
     return {**line, "used": used, "kept": int(mask.sum())}

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from deepzip._atomic import atomic_open
+from deepzip._select import masked_values
 from deepzip.coding.bloomier import BloomierFilter
 from deepzip.coding.sparse_index import encode_relative, width_candidates
 from deepzip.coding.streams import EncodedStream, encode_symbols, symbol_counts
@@ -338,7 +339,7 @@ class DzipWriter:
             )
         m = mask.detach().cpu().contiguous().numpy()
         kept = int(m.sum())
-        kept_values = t.contiguous()[mask.cpu()]
+        kept_values = masked_values(t, mask.cpu())
         if gap_width == "auto":
             value_bits = 8 * t.element_size()
             widths = width_candidates(m, value_bits=value_bits, coder=coder)
