@@ -165,14 +165,18 @@ def test_ecsq_is_deterministic() -> None:
 
 
 def test_ecsq_matches_for_any_row_block_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    import deepzip.quantize.scalar as scalar
+    import deepzip.quantize.ecsq_assign as ecsq_assign
 
     x = _gauss(5000, seed=4)
-    whole = ecsq_quantize(x, 32, 0.02)
-    monkeypatch.setattr(scalar, "_COST_ELEMENTS", 32 * 7)  # blocks of 7 rows
-    blocked = ecsq_quantize(x, 32, 0.02)
-    assert torch.equal(whole.labels, blocked.labels)
-    assert torch.equal(whole.centroids, blocked.centroids)
+    h = _importance(5000)
+    for w in (None, h):
+        whole = ecsq_quantize(x, 32, 0.02, weights=w)
+        with monkeypatch.context() as patch:
+            patch.setattr(ecsq_assign, "_MIN_BLOCK", 7)  # blocks of 7 weights
+            blocked = ecsq_quantize(x, 32, 0.02, weights=w)
+        assert torch.equal(whole.labels, blocked.labels)
+        assert torch.equal(whole.centroids, blocked.centroids)
+        assert whole.iterations == blocked.iterations
 
 
 @pytest.mark.parametrize(

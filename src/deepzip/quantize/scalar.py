@@ -27,9 +27,10 @@ uniform quantizer's centres; a larger ``λ`` pulls weights into the more probabl
 empties the rare ones (fewer levels, a lower entropy rate, more distortion). Distortion is
 divided by the layer's weighted variance ``σ²`` and by its mean importance ``ī``, so one ``λ``
 means the same for every layer whatever the scale of its weights and of its importance (a
-Fisher estimate is often ~1e-8; only the importance's relative sizes matter). The weight ×
-cluster cost is computed a block of rows at a time, so memory stays bounded for millions of
-weights.
+Fisher estimate is often ~1e-8; only the importance's relative sizes matter). Each round
+evaluates only the clusters that can be a weight's least cost (:mod:`.ecsq_assign`: usually
+one to three per weight, not ``k``), in memory linear in the number of weights, with the
+labels the whole cost matrix would give.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import math
 import torch
 
 from deepzip.errors import ConfigError
+from deepzip.quantize.ecsq_assign import SortedBlocks
 from deepzip.quantize.kmeans import KMeansResult, check_inputs, sum_float64, weighted_sse
 
 __all__ = ["MAX_GRID_SPAN", "check_step", "ecsq_quantize", "step_quantize", "uniform_quantize"]
@@ -211,10 +213,6 @@ def _fitting_step(lo: float, hi: float, levels: int) -> float:
     return (math.floor(bound / quantum) + 1) * quantum
 
 
-_COST_ELEMENTS = 1 << 22
-"""Most entries of the weight × cluster cost matrix that :func:`ecsq_quantize` holds at once."""
-
-
 def ecsq_quantize(
     values: torch.Tensor,
     k: int,
@@ -255,31 +253,28 @@ def ecsq_quantize(
     h = w * scale
     # start: the uniform quantizer's occupied bins (their weighted means, their shares)
     _, label = torch.unique(_cells(values, k), return_inverse=True)
-    rows = max(1, _COST_ELEMENTS // k)
+    blocks = SortedBlocks(x, h, k, banded=weights is not None)
+    del h
+    label = blocks.sort(label)  # (block order from here on; see ecsq_assign)
     sums_of = (w.cpu(), (w * x).cpu(), x.cpu())  # what the clusters sum, once (see below)
     iterations, converged = 0, False
     for step in range(1, max_iter + 1):
         iterations = step
-        centre, rate = _centres_and_rates(sums_of, label, n, x.device)
-        new_label = torch.empty_like(label)
-        for start in range(0, n, rows):
-            end = min(n, start + rows)
-            # cost[i, j] = h_i (w_i − c_j)² / (σ² ī) + λ (−log2 p_j)
-            cost = h[start:end, None] * (x[start:end, None] - centre[None, :]) ** 2
-            cost += lam * rate[None, :]
-            best = torch.argmin(cost, dim=1)
-            # a tie keeps the weight where it is (a weight of zero importance costs the same
-            # in every cluster at λ = 0, and must not move to cluster 0)
-            own = cost.gather(1, label[start:end, None]).squeeze(1)
-            keep = own <= cost.gather(1, best[:, None]).squeeze(1)
-            new_label[start:end] = torch.where(keep, label[start:end], best)
-        # drop the clusters left empty, keeping the numbering compact
-        used = torch.bincount(new_label, minlength=centre.numel()) > 0
+        # (the sums run in the original order: index_add_ adds in index order)
+        centre, rate = _centres_and_rates(sums_of, blocks.unsort(label), n, x.device)
+        # each weight to its cluster of least cost h (w − c)² + λ (−log2 p), the lowest on a
+        # tie; a tie with its own cluster keeps it there (a weight of zero importance costs
+        # the same in every cluster at λ = 0, and must not move to cluster 0)
+        new_label = blocks.assign(label, centre, lam * rate)
+        # drop the clusters left empty, keeping the numbering compact (the padding at the
+        # end of the last block repeats its last weight, so it changes neither)
+        used = torch.bincount(new_label.flatten(), minlength=centre.numel()) > 0
         new_label = (torch.cumsum(used, 0) - 1)[new_label]
         if torch.equal(new_label, label):
             converged = True
             break
         label = new_label
+    label = blocks.unsort(label)
     notes = [] if converged else [f"ECSQ stopped at max_iter={max_iter} before it settled"]
     return _finish(values, None if weights is None else w32, label, k, iterations, converged, notes)
 
