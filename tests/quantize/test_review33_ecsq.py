@@ -88,8 +88,9 @@ CASES = [  # every kind of values with every kind of importance, k and λ in tur
 PATHS = {
     "whole": {},  # small: one block, every cluster
     "blocks": {"SMALL": 0},  # sorted blocks, bounds; few candidates by column
-    "blocks-matrix": {"SMALL": 0, "_LOOP": 0},  # every group by cost matrix and argmin
-    "blocks-columns": {"SMALL": 0, "_LOOP": 1 << 30},  # every group column by column
+    # every group by cost matrix and argmin, or column by column; two blocks at a time
+    "blocks-matrix": {"SMALL": 0, "_LOOP": 0, "_CHUNK": 1024},
+    "blocks-columns": {"SMALL": 0, "_LOOP": 1 << 30, "_CHUNK": 1024},
 }
 
 

@@ -53,6 +53,9 @@ _LOOP = 4
 _COST_ELEMENTS = 1 << 22
 """Most entries of a cost matrix held at once."""
 
+_CHUNK = 1 << 20
+"""Most weights evaluated at once (each takes a few float64 temporaries)."""
+
 
 class SortedBlocks:
     """The weights of one ECSQ run, sorted and cut into blocks (see the module doc).
@@ -63,7 +66,8 @@ class SortedBlocks:
         k: the most clusters there will be.
         banded: True when ``h`` varies (importance was given): weights are grouped into
             bands of importance within a factor of 4 before sorting by value, so that a
-            block's ``h_lo`` and ``h_hi`` stay close.
+            block's ``h_lo`` and ``h_hi`` stay close. False when every ``h`` is the same:
+            only ``h[0]`` is read.
     """
 
     def __init__(self, x: torch.Tensor, h: torch.Tensor, k: int, *, banded: bool) -> None:
@@ -81,17 +85,23 @@ class SortedBlocks:
                 band = torch.where(h > 0, band, band.min() - 1)
                 order = order[torch.argsort(band[order], stable=True)]
         self.order = order
-        blocks = -(-n // self.block)
-        pad = blocks * self.block - n
-        # (the last block is padded by repeating its last weight; those rows are dropped)
-        self._pad_index = torch.cat([order, order[-1:].expand(pad)]) if pad else order
-        self.xs = x[self._pad_index].view(blocks, self.block)
-        self.hs = h[self._pad_index].view(blocks, self.block)
+        self.shape = (-(-n // self.block), self.block)
+        index = self._padded(order)
+        self.xs = x[index].view(self.shape)
+        # (one importance for all: a broadcast view, no copy)
+        self.hs = h[index].view(self.shape) if banded else h[:1].view(1, 1).expand(self.shape)
+        del index
         # (without bands, sorted values: each block's first and last are its range)
         self.lo, self.hi = self.xs[:, 0], self.xs[:, -1]
         if banded or self.whole:
             self.lo, self.hi = self.xs.amin(1), self.xs.amax(1)
         self.h_lo, self.h_hi = self.hs.amin(1), self.hs.amax(1)
+
+    def _padded(self, v: torch.Tensor) -> torch.Tensor:
+        """``v`` (n,) padded to whole blocks by repeating its last element (whose rows are
+        dropped again by :meth:`unsort`)."""
+        pad = self.shape[0] * self.shape[1] - self.n
+        return torch.cat([v, v[-1:].expand(pad)]) if pad else v
 
     def candidates(self, centre: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         """(blocks, k) bool: the clusters that can be a block's least cost (module doc)."""
@@ -108,7 +118,7 @@ class SortedBlocks:
 
     def sort(self, label: torch.Tensor) -> torch.Tensor:
         """``label`` (original order) in block order, (blocks, block)."""
-        return label[self._pad_index].view(self.xs.shape)
+        return label[self._padded(self.order)].view(self.shape)
 
     def unsort(self, sorted_label: torch.Tensor) -> torch.Tensor:
         """Block-order labels back in the original order, (n,)."""
@@ -129,26 +139,26 @@ class SortedBlocks:
         count = cand.sum(1)
         by_count = torch.argsort(count, stable=True)
         sizes, runs = torch.unique_consecutive(count[by_count], return_counts=True)
+        chunk = max(1, _CHUNK // self.block)  # (blocks at a time: bounded temporaries)
         start = 0
         for size, run in zip(sizes.tolist(), runs.tolist(), strict=True):
-            group = by_count[start : start + run]
-            start += run
-            every = run == count.numel()  # (the usual case: no copies)
             # each block's candidate clusters, in increasing order (row-major nonzero)
-            pick = torch.nonzero(cand if every else cand[group])[:, 1].view(run, size)
-            x, h = (self.xs, self.hs) if every else (self.xs[group], self.hs[group])
-            least = _least_by_column if size <= _LOOP else _least_by_matrix
-            best, best_cost = least(x, h, pick, centre, lr)
-            # a weight whose own cluster costs no more stays there (only those not already
-            # in their best cluster need their own cost)
-            own = label if every else label[group]
-            moved = torch.nonzero(own != best, as_tuple=True)
-            mine = own[moved]
-            stay = _cost(x[moved], h[moved], centre[mine], lr[mine]) <= best_cost[moved]
-            best[moved] = torch.where(stay, mine, best[moved])
-            if every:
-                return best
-            new[group] = best
+            group = by_count[start : start + run]
+            pick = torch.nonzero(cand[group])[:, 1].view(run, size)
+            start += run
+            for first in range(0, run, chunk):
+                blocks, cols = group[first : first + chunk], pick[first : first + chunk]
+                x, h = self.xs[blocks], self.hs[blocks]
+                least = _least_by_column if size <= _LOOP else _least_by_matrix
+                best, best_cost = least(x, h, cols, centre, lr)
+                # a weight whose own cluster costs no more stays there (only those not
+                # already in their best cluster need their own cost)
+                own = label[blocks]
+                moved = torch.nonzero(own != best, as_tuple=True)
+                mine = own[moved]
+                stay = _cost(x[moved], h[moved], centre[mine], lr[mine]) <= best_cost[moved]
+                best[moved] = torch.where(stay, mine, best[moved])
+                new[blocks] = best
         return new
 
 

@@ -239,8 +239,10 @@ def ecsq_quantize(
         raise ConfigError(f"ECSQ lambda must be a finite number >= 0, got {lam!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ConfigError(f"max_iter must be an integer >= 1, got {max_iter!r}")
-    w32 = check_inputs(values, k, weights)
-    w = w32.to(torch.float64)
+    checked = check_inputs(values, k, weights)
+    w = checked.to(torch.float64)
+    w32 = None if weights is None else checked  # (ones: _finish needs none)
+    del checked
     x = values.to(torch.float64)
     n = x.numel()
     total_w = sum_float64(w)
@@ -256,7 +258,10 @@ def ecsq_quantize(
     blocks = SortedBlocks(x, h, k, banded=weights is not None)
     del h
     label = blocks.sort(label)  # (block order from here on; see ecsq_assign)
-    sums_of = (w.cpu(), (w * x).cpu(), x.cpu())  # what the clusters sum, once (see below)
+    # what the clusters sum, once, on the CPU (see below); without importance w is 1: its
+    # sums are the counts and w·x is x
+    sums_of = (w.cpu(), (w * x).cpu(), x.cpu()) if weights is not None else (None, None, x.cpu())
+    del w
     iterations, converged = 0, False
     for step in range(1, max_iter + 1):
         iterations = step
@@ -276,11 +281,11 @@ def ecsq_quantize(
         label = new_label
     label = blocks.unsort(label)
     notes = [] if converged else [f"ECSQ stopped at max_iter={max_iter} before it settled"]
-    return _finish(values, None if weights is None else w32, label, k, iterations, converged, notes)
+    return _finish(values, w32, label, k, iterations, converged, notes)
 
 
 def _centres_and_rates(
-    sums_of: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    sums_of: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor],
     label: torch.Tensor,
     n: int,
     device: torch.device,
@@ -289,17 +294,23 @@ def _centres_and_rates(
     zero importance) and code length ``−log2 p`` (``p`` its share of the ``n`` values), on
     ``device``; every label from 0 to ``label.max()`` must be used.
 
-    ``sums_of`` is ``(w, w·x, x)`` on the CPU. ATen's CPU ``index_add_`` adds in index order,
-    whatever the number of threads; on CUDA it adds in a racing order, and prefix sums in label
-    order lose a cluster of small values to cancellation against the running total (members 4
-    and 6 gave a centre of 6.3), so the sums are taken on the CPU whatever the device.
+    ``sums_of`` is ``(w, w·x, x)`` on the CPU, or ``(None, None, x)`` for importance 1
+    (whose sums are the counts and the sums of ``x``, exactly). ATen's CPU ``index_add_`` adds
+    in index order, whatever the number of threads; on CUDA it adds in a racing order, and
+    prefix sums in label order lose a cluster of small values to cancellation against the
+    running total (members 4 and 6 gave a centre of 6.3), so the sums are taken on the CPU
+    whatever the device.
     """
     cpu_label = label.cpu()
     count = torch.bincount(cpu_label)
-    sw, s1, sx = (
-        torch.zeros(count.numel(), dtype=v.dtype).index_add_(0, cpu_label, v).to(device)
-        for v in sums_of
-    )
+    w, wx, x = sums_of
+    sx = torch.zeros(count.numel(), dtype=x.dtype).index_add_(0, cpu_label, x).to(device)
     counts = count.to(device=device, dtype=torch.float64)
+    if w is None or wx is None:
+        return sx / counts, -torch.log2(counts / n)
+    sw, s1 = (
+        torch.zeros(count.numel(), dtype=v.dtype).index_add_(0, cpu_label, v).to(device)
+        for v in (w, wx)
+    )
     centre = torch.where(sw > 0, s1 / sw.clamp(min=1e-300), sx / counts)
     return centre, -torch.log2(counts / n)
