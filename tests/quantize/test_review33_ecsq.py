@@ -165,3 +165,21 @@ def test_few_candidates_per_block() -> None:
     mid = int(torch.nonzero((blocks.lo <= 0) & (blocks.hi >= 0))[0])
     cand = blocks.candidates(centre, torch.zeros(64, dtype=torch.float64))
     assert set(torch.nonzero(cand[mid]).flatten().tolist()) <= {31, 32}
+
+
+@pytest.mark.parametrize("end", ["first", "last"])
+@pytest.mark.parametrize("banded", [False, True])
+def test_a_block_ends_outlier_keeps_its_own_cluster(end: str, banded: bool) -> None:
+    """A block's range is its least and greatest value: an outlier at either end, alone near
+    its own cluster, must still be offered that cluster."""
+    x = torch.zeros(1024, dtype=torch.float64)
+    x[0 if end == "first" else 511] = -10.0 if end == "first" else 10.0
+    h = torch.ones_like(x) if not banded else torch.where(torch.arange(1024) % 2 == 0, 1.0, 3.0)
+    centre = torch.tensor([-10.0, 0.0, 10.0], dtype=torch.float64)
+    lr = torch.zeros(3, dtype=torch.float64)
+    label = torch.ones(1024, dtype=torch.int64)
+    blocks = SortedBlocks(x, h.double(), 1 << 20, banded=banded)  # (k large: blocks, not whole)
+    got = blocks.unsort(blocks.assign(blocks.sort(label), centre, lr))
+    expect = _full_round(x, h.double(), label, centre, lr)
+    assert torch.equal(got, expect)
+    assert int(got[0 if end == "first" else 511]) == (0 if end == "first" else 2)

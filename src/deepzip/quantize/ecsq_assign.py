@@ -189,14 +189,13 @@ def _least_by_matrix(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What :func:`_least_by_column` computes, with one (blocks, block, size) cost matrix
     and argmin (the first least), a few blocks at a time."""
-    best = torch.empty(x.shape, dtype=pick.dtype, device=x.device)
-    best_cost = torch.empty_like(x)
+    best, best_cost = [], []
     step = max(1, _COST_ELEMENTS // (x.shape[1] * pick.shape[1]))
     for first in range(0, x.shape[0], step):
         rows = slice(first, first + step)
         cols = pick[rows]
         cost = _cost(x[rows, :, None], h[rows, :, None], centre[cols][:, None], lr[cols][:, None])
         at = torch.argmin(cost, dim=2)
-        best[rows] = cols.gather(1, at)
-        best_cost[rows] = cost.gather(2, at[:, :, None]).squeeze(2)
-    return best, best_cost
+        best.append(cols.gather(1, at))
+        best_cost.append(cost.gather(2, at[:, :, None]).squeeze(2))
+    return torch.cat(best), torch.cat(best_cost)
