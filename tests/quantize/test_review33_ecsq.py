@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from deepzip.errors import ConfigError
 from deepzip.quantize import ecsq_assign, scalar
 from deepzip.quantize.ecsq_assign import SortedBlocks
 from deepzip.quantize.kmeans import check_inputs, sum_float64
@@ -183,3 +184,21 @@ def test_a_block_ends_outlier_keeps_its_own_cluster(end: str, banded: bool) -> N
     expect = _full_round(x, h.double(), label, centre, lr)
     assert torch.equal(got, expect)
     assert int(got[0 if end == "first" else 511]) == (0 if end == "first" else 2)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_layer_of_one_value_is_one_level(weighted: bool) -> None:
+    """No spread (σ² = 0): distortion is measured in units of the mean importance alone."""
+    # (sums of 0.25 times small integers are exact: the variance is exactly 0)
+    x = torch.full((700,), 0.25)
+    w = (torch.arange(700) % 4).float() if weighted else None
+    for lam in (0.0, 0.5):
+        r = ecsq_quantize(x, 8, lam, weights=w)
+        assert r.centroids.tolist() == [x[0].item()]
+        assert torch.equal(r.labels, torch.zeros(700, dtype=torch.int64))
+        assert (r.sse, r.iterations, r.converged) == (0.0, 1, True)
+
+
+def test_lambda_must_be_a_number_not_a_bool() -> None:
+    with pytest.raises(ConfigError, match="ECSQ lambda must be a finite number >= 0, got True"):
+        ecsq_quantize(torch.randn(50), 4, True)
