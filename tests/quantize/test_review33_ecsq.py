@@ -202,3 +202,18 @@ def test_a_layer_of_one_value_is_one_level(weighted: bool) -> None:
 def test_lambda_must_be_a_number_not_a_bool() -> None:
     with pytest.raises(ConfigError, match="ECSQ lambda must be a finite number >= 0, got True"):
         ecsq_quantize(torch.randn(50), 4, True)
+
+
+def test_a_tiny_total_importance_still_weights_the_mean() -> None:
+    """σ² is the importance-weighted variance about the importance-weighted mean, whatever
+    the importance's total (a Fisher estimate sums to far below 1): importance that favours
+    one side gives the same result at any scale."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.cat(
+        [torch.randn(2000, generator=g) * 0.2 - 1.0, torch.randn(2000, generator=g) * 0.2 + 1.0]
+    )
+    imp = torch.where(x > 0, 1.0, 1e-3)
+    results = [ecsq_quantize(x, 32, 0.05, weights=imp * scale) for scale in (1.0, 1e-9)]
+    assert results[0].k > 4
+    assert torch.equal(results[0].labels, results[1].labels)
+    assert torch.equal(results[0].centroids, results[1].centroids)
