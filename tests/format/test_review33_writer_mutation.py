@@ -13,33 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dzip_craft import HEADER_SIZE, header
 
 from deepzip.coding.bloomier import build_filter
 from deepzip.errors import ConfigError, DeepZipError, InvalidTensorError
 from deepzip.format import DzipReader, DzipWriter
 from deepzip.quantize.shared import SharedTensor
-
-HEADER = struct.Struct("<8sHHIQQQQQIIII")  # docs/format.md section 3
-HEADER_SIZE = 72
-
-
-def _header(path: Path) -> dict[str, int]:
-    names = [
-        "magic",
-        "major",
-        "minor",
-        "flags",
-        "file_size",
-        "directory_offset",
-        "directory_length",
-        "metadata_offset",
-        "metadata_length",
-        "tensor_count",
-        "directory_crc32",
-        "metadata_crc32",
-        "header_crc32",
-    ]
-    return dict(zip(names, HEADER.unpack(path.read_bytes()[:HEADER_SIZE]), strict=True))
 
 
 def _shared(k: int, n: int, kept_every: int = 1, seed: int = 0) -> SharedTensor:
@@ -110,7 +89,7 @@ def test_header_and_sections_tile_the_file(tmp_path: Path) -> None:
         w.add_raw("a", a)
         w.add_raw("b", torch.tensor([1.5], dtype=torch.float64))
     data = path.read_bytes()
-    h = _header(path)
+    h = header(path.read_bytes())
     meta = b'{"user":{"x":"y"}}'
     assert h["magic"] == b"\x89DZIP\r\n\x1a"
     assert (h["major"], h["minor"], h["flags"]) == (1, 0, 0)
@@ -143,7 +122,7 @@ def test_report_sizes(tmp_path: Path) -> None:
         w.add_raw("a", torch.zeros(3, dtype=torch.float64))
         w.add_raw("b", torch.zeros(2, dtype=torch.int8))
         w.add_alias("c", "a")
-    h = _header(path)
+    h = header(path.read_bytes())
     assert w.report.file_bytes == path.stat().st_size
     assert w.report.overhead_bytes == HEADER_SIZE + h["directory_length"] + 2
     assert w.report.original_bytes == 3 * 8 + 2  # the alias counts once
@@ -163,7 +142,7 @@ def test_minor_version_is_the_lowest_that_defines_every_encoding(
                 np.array([0, 2, 3]), np.array([1, 0, 1]), n_positions=4, num_values=2, cell_bits=8
             )
             w.add_bloomier("f", torch.tensor([0.5, -0.5]), filt.to_bytes(), (4,))
-    assert _header(path)["minor"] == minor
+    assert header(path.read_bytes())["minor"] == minor
 
 
 def test_dense_layout_with_256_entries_and_pruning_round_trips(tmp_path: Path) -> None:
