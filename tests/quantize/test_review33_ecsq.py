@@ -12,7 +12,7 @@ import torch
 from deepzip.errors import ConfigError
 from deepzip.quantize import ecsq_assign, scalar
 from deepzip.quantize.ecsq_assign import SortedBlocks
-from deepzip.quantize.kmeans import check_inputs, sum_float64
+from deepzip.quantize.kmeans import check_inputs
 from deepzip.quantize.scalar import ecsq_quantize
 
 
@@ -37,11 +37,7 @@ def _full_matrix_ecsq(
     w = check_inputs(values, k, weights).to(torch.float64)
     x = values.to(torch.float64)
     n = x.numel()
-    total_w = sum_float64(w)
-    mean = sum_float64(w * x) / total_w if total_w > 0 else sum_float64(x) / n
-    var = sum_float64(w * (x - mean) ** 2) / total_w if total_w > 0 else 0.0
-    mean_imp = total_w / n if total_w > 0 else 1.0
-    h = w * (1.0 / (var * mean_imp) if var > 0 else 1.0 / mean_imp)
+    h = w * scalar._distortion_scale(x, w)
     _, label = torch.unique(scalar._cells(values, k), return_inverse=True)
     sums_of = (w, w * x, x)
     for step in range(1, max_iter + 1):

@@ -245,14 +245,7 @@ def ecsq_quantize(
     del checked
     x = values.to(torch.float64)
     n = x.numel()
-    total_w = sum_float64(w)
-    mean = sum_float64(w * x) / total_w if total_w > 0 else sum_float64(x) / n
-    var = sum_float64(w * (x - mean) ** 2) / total_w if total_w > 0 else 0.0
-    # per-weight distortion in units of the layer's variance and mean importance (see the
-    # module doc): scaling every weight or every importance by a constant changes nothing
-    mean_imp = total_w / n if total_w > 0 else 1.0
-    scale = 1.0 / (var * mean_imp) if var > 0 else 1.0 / mean_imp
-    h = w * scale
+    h = w * _distortion_scale(x, w)
     # start: the uniform quantizer's occupied bins (their weighted means, their shares)
     _, label = torch.unique(_cells(values, k), return_inverse=True)
     blocks = SortedBlocks(x, h, k, banded=weights is not None)
@@ -282,6 +275,20 @@ def ecsq_quantize(
     label = blocks.unsort(label)
     notes = [] if converged else [f"ECSQ stopped at max_iter={max_iter} before it settled"]
     return _finish(values, w32, label, k, iterations, converged, notes)
+
+
+def _distortion_scale(x: torch.Tensor, w: torch.Tensor) -> float:
+    """``1 / (σ² ī)``: per-weight distortion in units of the layer's importance-weighted
+    variance and its mean importance (see the module doc), so that scaling every weight or
+    every importance by a constant changes nothing; ``1 / ī`` when the variance is 0.
+
+    ``x`` and ``w`` are float64 values and their importance (ones when there is none)."""
+    n = x.numel()
+    total_w = sum_float64(w)
+    mean = sum_float64(w * x) / total_w if total_w > 0 else sum_float64(x) / n
+    var = sum_float64(w * (x - mean) ** 2) / total_w if total_w > 0 else 0.0
+    mean_imp = total_w / n if total_w > 0 else 1.0
+    return 1.0 / (var * mean_imp) if var > 0 else 1.0 / mean_imp
 
 
 def _centres_and_rates(
