@@ -56,6 +56,9 @@ OPTIMAL_MAX_VALUES = 20_000
 _KMEANSPP_SAMPLE = 1 << 17
 """k-means++ seeds from a weighted sample of this many values when there are more (see below)."""
 
+_LABEL_BLOCK = 1 << 20
+"""Values labelled at a time by :func:`_finish` (bounds its float64 copy of them to 8 MB)."""
+
 _CPU_SEARCH_CHUNK = 200
 """ATen's CPU ``searchsorted`` goes multi-threaded above 200 queries; for the k − 1 midpoints
 of an iteration waking the thread pool costs far more than the search, so search in chunks."""
@@ -316,10 +319,13 @@ def _search(sorted_seq: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _Sorted:
-    """Values sorted once and merged: ``xd`` distinct (float64), ``wd`` their importance."""
+    """Values sorted once and merged: ``xd`` distinct (float64), ``wd`` their importance.
 
-    order: torch.Tensor  # sort permutation of the input
-    run_start: torch.Tensor  # int64 (nd + 1): start of each distinct value's run, then n
+    No permutation is kept: the labels are found from the values themselves at the end (see
+    :func:`_finish`), so while Lloyd runs the work arrays are these four, 32 bytes a distinct
+    value.
+    """
+
     xd: torch.Tensor  # float64 distinct values, ascending
     wd: torch.Tensor  # float64 summed importance (counts when unweighted)
     pw: torch.Tensor  # float64 (nd + 1) prefix sums of wd (empty once Lloyd is done)
@@ -333,6 +339,20 @@ def _prefix(v: torch.Tensor) -> torch.Tensor:
     out[0] = 0
     torch.cumsum(v, 0, out=out[1:])
     return out
+
+
+def _prefix_in_place(buf: torch.Tensor) -> torch.Tensor:
+    """``buf[1:]`` holds ``v``: turn ``buf`` into :func:`_prefix` of ``v`` (the same sums).
+
+    On CPU the sums are taken in place (ATen's CPU cumsum is one sequential pass, so this is
+    bit for bit the out-of-place result, without its second array); elsewhere out of place.
+    """
+    buf[0] = 0
+    if buf.device.type == "cpu":
+        torch.cumsum(buf[1:], 0, out=buf[1:])
+    else:
+        buf[1:] = torch.cumsum(buf[1:], 0)
+    return buf
 
 
 def _ordered_bits(x: torch.Tensor) -> torch.Tensor:
@@ -357,38 +377,78 @@ def _sort_floats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _ordered_bits(keys).view(x.dtype), order
 
 
+def _sorted_values(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (float32/float64, on CPU) sorted ascending, as :func:`_sort_floats` sorts it.
+
+    NumPy's sort (SIMD quicksort) gives no permutation, needs one copy of the values rather
+    than the radix sort's key, value and index buffers, and is faster. It orders every value
+    as :func:`_sort_floats` does except the zeros: it compares -0.0 and +0.0 as equal, and
+    its min/max sorting network may even change one into the other. Merged, the zeros are
+    one distinct value whose sign is that of its run's first element, which
+    :func:`_sort_floats` makes -0.0 whenever the input holds one; so that element is set
+    from the input here. (NaN sorts last, as the check of the two ends expects.)
+    """
+    a = x.numpy().copy()
+    a.sort(kind="quicksort")
+    lo, hi = int(np.searchsorted(a, 0.0, "left")), int(np.searchsorted(a, 0.0, "right"))
+    if hi > lo:
+        itype = torch.int64 if x.element_size() == 8 else torch.int32
+        negative_zero = torch.iinfo(itype).min  # the bits of -0.0: the sign bit alone
+        a[lo] = -0.0 if bool((x.view(itype) == negative_zero).any()) else 0.0
+    return torch.from_numpy(a)
+
+
 def _prepare(values: torch.Tensor, weights: torch.Tensor | None) -> _Sorted:
     """Sort once, merge equal values, build the prefix sums. Checks finiteness on the way
-    (NaN sorts last, infinities to the ends), which saves a pass over the values."""
+    (NaN sorts last, infinities to the ends), which saves a pass over the values.
+
+    ``weights`` is the validated float64 importance. Callers pass their only reference
+    (``_prepare(values, _check_weights(...))``), so a copy made by the validation is freed
+    once it is gathered into sorted order. The work arrays take 8 bytes a value each, so
+    each is freed as soon as nothing below needs it.
+    """
     x = values.detach()
     if x.dtype != torch.float64:
         x = x.to(torch.float32)
-    xs, order = _sort_floats(x)
+    if weights is None and x.device.type == "cpu":
+        xs, order = _sorted_values(x), None  # no importance to gather: no permutation
+    else:
+        xs, order = _sort_floats(x)
     ends = xs[[0, -1]]
     if not bool(torch.isfinite(ends.to(torch.float32)).all()):
         _check_values(values)
     distinct, counts = torch.unique_consecutive(xs, return_counts=True)
     merged = distinct.numel() != xs.numel()
-    del xs, x  # (the work arrays below take 8 bytes a value each: free what is done with)
-    run_start = _prefix(counts)
-    xd = distinct.to(torch.float64)
-    del distinct
+    del xs, x
     if weights is None:
         wd = counts.to(torch.float64)
         del counts
         pw = _prefix(wd)
+        n_pos = wd.numel()
     else:
         # Everything below works from these prefix sums, so the importance of a value is
         # taken as its step in them (deterministic on every device; a run of zeros stays
         # exactly zero, and an importance below float64 resolution of the running total
         # counts as zero, consistently everywhere).
-        pw = _prefix(weights[order])
+        assert order is not None
+        pw = torch.empty(order.numel() + 1, dtype=torch.float64, device=order.device)
+        torch.index_select(weights, 0, order, out=pw[1:])
+        del order, weights
+        _prefix_in_place(pw)
         if merged:
+            run_start = _prefix(counts)  # where each distinct value's run starts, then n
+            del counts
             pw = pw[run_start]
+            del run_start
+        else:
+            del counts
         wd = pw[1:] - pw[:-1]
-    px = _prefix(wd * xd)
-    n_pos = xd.numel() if weights is None else int((wd > 0).sum())
-    return _Sorted(order, run_start, xd, wd, pw, px, n_pos)
+        n_pos = int((wd > 0).sum())
+    xd = distinct.to(torch.float64)
+    del distinct
+    px = torch.empty_like(pw)
+    torch.mul(wd, xd, out=px[1:])
+    return _Sorted(xd, wd, pw, _prefix_in_place(px), n_pos)
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,8 +566,7 @@ def initial_centroids(
     _check_k(k)
     _check_shape(values, "values")
     _check_init(init, seed)
-    w = _check_weights(values, weights)
-    s = _prepare(values, w)
+    s = _prepare(values, _check_weights(values, weights))
     if s.n_pos < k:
         raise ConfigError(
             f"k={k} initial centroids requested but the values have only {s.n_pos} distinct "
@@ -643,7 +702,13 @@ def _finish(
     converged: bool,
     notes: list[str],
 ) -> KMeansResult:
-    """Round the centroids to float32, label every value (nearest), and compute the SSE."""
+    """Round the centroids to float32, label every value (nearest), and compute the SSE.
+
+    A value's label is the number of midpoints between consecutive centroids that are <= it
+    (a value at a midpoint goes right, as in Lloyd's search). It is found from the values
+    themselves, a block at a time, so no sort permutation needs to be kept: a value compares
+    with a midpoint exactly as its float64 distinct value in ``s.xd`` does.
+    """
     c32 = c64.to(torch.float32)
     if c32.numel() > 1 and bool((c32[1:] == c32[:-1]).any()):
         before = int(c32.numel())
@@ -655,18 +720,21 @@ def _finish(
     c = c32.to(torch.float64)
     k_eff = int(c.numel())
     device = values.device
-    bounds = _search(s.xd, (c[1:] + c[:-1]) / 2)
+    mids = (c[1:] + c[:-1]) / 2
+    bounds = _search(s.xd, mids)
     nd = s.xd.numel()
     zero = torch.zeros(1, dtype=torch.int64, device=device)
     dbounds = torch.cat([zero, bounds, torch.full((1,), nd, dtype=torch.int64, device=device)])
-    ids = torch.arange(k_eff, device=device)
-    err = s.xd - torch.repeat_interleave(c, dbounds[1:] - dbounds[:-1], output_size=nd)
-    sse = sum_float64(s.wd * err.square_())
+    # (centroid − value)² is (value − centroid)² bit for bit; built in place, one array
+    err = torch.repeat_interleave(c, dbounds[1:] - dbounds[:-1], output_size=nd)
+    sse = sum_float64(err.sub_(s.xd).square_().mul_(s.wd))
     del err  # (8 bytes a distinct value: gone before the labels are built)
-    fb = s.run_start[dbounds]
-    n = values.numel()
-    labels_sorted = torch.repeat_interleave(ids, fb[1:] - fb[:-1], output_size=n)
-    labels = torch.empty(n, dtype=torch.int64, device=device).scatter_(0, s.order, labels_sorted)
+    flat = values.detach()
+    n = flat.numel()
+    labels = torch.empty(n, dtype=torch.int64, device=device)
+    for a in range(0, n, _LABEL_BLOCK):
+        block = flat[a : a + _LABEL_BLOCK].to(torch.float64)
+        torch.searchsorted(mids, block, right=True, out=labels[a : a + _LABEL_BLOCK])
     return KMeansResult(
         centroids=c32,
         labels=labels,
@@ -759,10 +827,9 @@ def kmeans_1d(
         if init_centroids.numel() != k:
             raise ConfigError(f"init_centroids has {init_centroids.numel()} value(s) but k is {k}")
         _check_values(init_centroids, "init_centroids")
-    w = _check_weights(values, weights)
-    s = _prepare(values, w)
+    s = _prepare(values, _check_weights(values, weights))
     if s.n_pos <= k:
-        return _reduced(values, s, k, w is not None)
+        return _reduced(values, s, k, weights is not None)
     if init_centroids is not None:
         c = init_centroids.detach().to(device=values.device, dtype=torch.float64)
         c = torch.sort(c).values
@@ -870,10 +937,9 @@ def optimal_kmeans_1d(
             f"optimal_kmeans_1d takes at most {OPTIMAL_MAX_VALUES} values "
             f"(it is a quality check, not a quantizer), got {values.numel()}"
         )
-    w = _check_weights(values, weights)
-    s = _prepare(values, w)
+    s = _prepare(values, _check_weights(values, weights))
     if s.n_pos <= k:
-        return _reduced(values, s, k, w is not None)
+        return _reduced(values, s, k, weights is not None)
     live = s.wd > 0
     x, wx = s.xd[live], s.wd[live]
     cut = _optimal_cuts(x, wx, k)
