@@ -21,6 +21,9 @@ the working memory of one tensor dominates (the stack's tensors are at most 4 M 
 writes ``big_layer.json``. ``--against SRC`` also runs both commands with another deepzip's
 source tree first on ``PYTHONPATH`` (e.g. an older commit's checkout), in the same run, and
 records its figures beside this one's; ``--runs`` repeats every command (medians reported).
+``--quantizer kmeans`` (or ``ecsq``) compresses with that quantizer instead of the default
+and writes its results beside the default's (``big_layer_kmeans.json``, ...); each compressed
+tensor is then checked against that quantizer run here on the tensor's values.
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ from safetensors.torch import save_file
 
 from deepzip import __version__
 from deepzip._atomic import atomic_write_text
-from deepzip.posttrain import DEFAULT_BITS, DEFAULT_QUANTIZER
-from deepzip.quantize.scalar import uniform_quantize
+from deepzip.posttrain import DEFAULT_BITS, DEFAULT_QUANTIZER, PostTrainConfig
+from deepzip.quantize.kmeans import KMeansResult, kmeans_1d
+from deepzip.quantize.scalar import ecsq_quantize, uniform_quantize
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PEAK_LIMIT = 3.0
@@ -125,7 +129,16 @@ def timed(cmd: list[str], src: Path | None = None) -> dict[str, Any]:
             "wall_seconds": seconds, "peak_rss_bytes": 1024 * int(rss.group(1))}  # fmt: skip
 
 
-def verify(original: Path, decompressed: Path, levels: int) -> dict[str, Any]:
+def quantized(values: torch.Tensor, levels: int, quantizer: str) -> KMeansResult:
+    """What ``deepzip compress --quantizer <quantizer>`` does to one tensor's values."""
+    if quantizer == "kmeans":
+        return kmeans_1d(values, levels)
+    if quantizer == "ecsq":
+        return ecsq_quantize(values, levels, PostTrainConfig().ecsq_lambda)
+    return uniform_quantize(values, levels)
+
+
+def verify(original: Path, decompressed: Path, levels: int, quantizer: str) -> dict[str, Any]:
     """Names, shapes, dtypes and values of the decompressed file, one tensor at a time."""
     compressed = exact = 0
     with (
@@ -143,7 +156,7 @@ def verify(original: Path, decompressed: Path, levels: int) -> dict[str, Any]:
                     sys.exit(f"{name}: raw tensor changed")
                 exact += 1
                 continue
-            q = uniform_quantize(a.flatten(), levels)
+            q = quantized(a.flatten(), levels, quantizer)
             if not torch.equal(q.centroids[q.labels].reshape(a.shape), b):
                 sys.exit(f"{name}: decompressed tensor is not the quantized tensor")
             compressed += 1
@@ -180,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", type=Path, default=None, help="another deepzip's src/")
     parser.add_argument("--runs", type=int, default=1, help="runs of each command (median)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the files here")
+    parser.add_argument(
+        "--quantizer",
+        choices=("uniform", "kmeans", "ecsq"),
+        default=DEFAULT_QUANTIZER,
+        help=f"the compress command's quantizer (default {DEFAULT_QUANTIZER})",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1 or (args.layer is not None and args.layer < 1):
         parser.error("--runs and --layer must be >= 1")
@@ -207,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, src in sources:  # interleaved: both see the same machine load
                 dzip, back = work / f"{label}.dzip", work / f"{label}.safetensors"
                 cmd = [*_deepzip(), "compress", str(ckpt), "-o", str(dzip), "--no-progress"]
+                cmd += ["--quantizer", args.quantizer]
                 times[label]["compress"].append(timed(cmd, src))
                 cmd = [*_deepzip(), "decompress", str(dzip), "-o", str(back), "--no-progress"]
                 times[label]["decompress"].append(timed(cmd, src))
@@ -215,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{step} {t['wall_seconds']:.1f} s, {t['peak_rss_bytes'] / 2**20:.0f} MiB"
                     for step, t in done), flush=True)  # fmt: skip
                 if run == 0:
-                    checks[label] = verify(ckpt, back, 1 << DEFAULT_BITS)
+                    checks[label] = verify(ckpt, back, 1 << DEFAULT_BITS, args.quantizer)
                     dzip_bytes[label] = dzip.stat().st_size
     finally:
         if args.workdir is None:
@@ -232,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.layer is not None
             else "seeded synthetic transformer-like float32 checkpoint"
         )
-        + f"; default post-training settings ({DEFAULT_QUANTIZER}, {DEFAULT_BITS} bits, coder "
-        f"auto, no pruning); medians of {args.runs} run(s)",
+        + f"; post-training settings {args.quantizer}, {DEFAULT_BITS} bits, coder auto, no "
+        f"pruning (the default quantizer is {DEFAULT_QUANTIZER}); medians of {args.runs} run(s)",
+        "quantizer": args.quantizer,
         "parameters": params,
         "checkpoint_bytes": ckpt_bytes,
         "float32_bytes": 4 * params,  # every tensor of the checkpoint is float32
@@ -277,11 +298,12 @@ def main(argv: list[str] | None = None) -> int:
                 for key in ("wall_seconds", "peak_rss_bytes")
             },
         }
+    suffix = "" if args.quantizer == DEFAULT_QUANTIZER else f"_{args.quantizer}"
     if args.layer is not None:
-        out = RESULTS / "big_layer.json"
+        out = RESULTS / f"big_layer{suffix}.json"
         atomic_write_text(out, json.dumps({"big_layer": record}, indent=2) + "\n")
-    elif args.quick:
-        out = RESULTS / "big_checkpoint_quick.json"
+    elif args.quick or suffix:
+        out = RESULTS / f"big_checkpoint{'_quick' if args.quick else ''}{suffix}.json"
         atomic_write_text(out, json.dumps({"big_checkpoint": record}, indent=2) + "\n")
     else:
         out = RESULTS / "coding.json"
