@@ -770,7 +770,8 @@ def kmeans_1d(
 ) -> KMeansResult:
     """Weighted 1-D k-means: exact Lloyd iterations on the sorted values.
 
-    Cost: one sort (O(n log n)), O(k log n) per iteration, O(n) to label the values at the end.
+    Cost: one sort (O(n log n)), O(k log n) per iteration, O(n log k) to label the values at
+    the end (a search of the k − 1 midpoints, a block of values at a time).
     The result is deterministic for a given seed on a given device.
 
     Empty clusters: when an assignment leaves a cluster without importance (no members, or
