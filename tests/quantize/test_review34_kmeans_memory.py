@@ -62,6 +62,12 @@ def test_labels_match_the_reference_whatever_the_label_block(
             assert [Fraction(float(v)) for v in got.centroids] == ref[0], where
             assert got.labels.tolist() == ref[1], where
             assert got.labels.dtype == torch.int64
+            wt = [1] * len(values) if weights is None else weights
+            sse = sum(
+                wi * (Fraction(v) - ref[0][j]) ** 2
+                for v, wi, j in zip(values, wt, ref[1], strict=True)
+            )
+            assert got.sse == pytest.approx(float(sse), rel=1e-12, abs=1e-12), where
             checked += 1
 
 
@@ -101,7 +107,8 @@ def test_labels_of_a_strided_view_are_those_of_its_copy(monkeypatch: pytest.Monk
 @pytest.mark.parametrize("weighted", [False, True])
 def test_prefix_sums_in_place_are_the_out_of_place_sums(weighted: bool) -> None:
     # kmeans_1d's cluster sums come from _prepare's prefix sums; built in place they must be
-    # the out-of-place cumulative sums of the merged importance and importance x value
+    # the out-of-place cumulative sums of the merged importance and importance x value (the
+    # importance itself is their step; without importance, the run starts as int32)
     g = torch.Generator().manual_seed(5)
     n = 20_000
     x = torch.round(torch.randn(n, generator=g, dtype=torch.float64) * 50) / 7
@@ -111,9 +118,10 @@ def test_prefix_sums_in_place_are_the_out_of_place_sums(weighted: bool) -> None:
     assert torch.equal(s.xd, xd)
     zero = torch.zeros(1, dtype=torch.float64)
     if w is None:
-        wd = torch.bincount(inverse, minlength=xd.numel()).double()
-        assert torch.equal(s.wd, wd)
-        assert torch.equal(s.pw, torch.cat([zero, torch.cumsum(wd, 0)]))
+        counts = torch.bincount(inverse, minlength=xd.numel())
+        wd = counts.double()
+        assert s.pw.dtype == torch.int32  # the run starts, 4 bytes each below 2^31 values
+        assert s.pw.tolist() == [0, *torch.cumsum(counts, 0).tolist()]
     else:
         # the importance of a value is its step in the prefix sums over the sorted input
         order = torch.sort(x, stable=True).indices
@@ -123,7 +131,8 @@ def test_prefix_sums_in_place_are_the_out_of_place_sums(weighted: bool) -> None:
         )
         assert torch.equal(s.pw, full[run_start])
         wd = s.pw[1:] - s.pw[:-1]
-        assert torch.equal(s.wd, wd)
+    assert torch.equal(s.importance(), wd)
+    assert torch.equal(s.importance(3, 17), wd[3:17])
     assert torch.equal(s.px, torch.cat([zero, torch.cumsum(wd * xd, 0)]))
     assert s.n_pos == int((wd > 0).sum())
 

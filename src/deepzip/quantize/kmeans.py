@@ -319,18 +319,29 @@ def _search(sorted_seq: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _Sorted:
-    """Values sorted once and merged: ``xd`` distinct (float64), ``wd`` their importance.
+    """Values sorted once and merged: ``xd`` distinct (float64), ``pw`` the prefix sums of their
+    importance, ``px`` those of importance × value.
 
-    No permutation is kept: the labels are found from the values themselves at the end (see
-    :func:`_finish`), so while Lloyd runs the work arrays are these four, 32 bytes a distinct
-    value.
+    No permutation is kept (the labels are found from the values themselves at the end, see
+    :func:`_finish`), and no array of the importance itself: it is the step in ``pw``
+    (:meth:`importance`). Without importance ``pw`` holds the run starts as integers, int32
+    below 2^31 values. So while Lloyd runs the work arrays take 20 bytes a distinct value
+    (28 with importance).
     """
 
     xd: torch.Tensor  # float64 distinct values, ascending
-    wd: torch.Tensor  # float64 summed importance (counts when unweighted)
-    pw: torch.Tensor  # float64 (nd + 1) prefix sums of wd (empty once Lloyd is done)
-    px: torch.Tensor  # float64 (nd + 1) prefix sums of wd * xd (empty once Lloyd is done)
+    pw: torch.Tensor  # (nd + 1) prefix sums of the importance (integer counts when unweighted)
+    px: torch.Tensor  # float64 (nd + 1) prefix sums of importance * xd (empty after Lloyd)
     n_pos: int  # distinct values with non-zero importance
+
+    def cum(self, idx: torch.Tensor) -> torch.Tensor:
+        """``pw[idx]`` as float64 (integer counts below 2^53 convert exactly)."""
+        return self.pw[idx].to(torch.float64)
+
+    def importance(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """The float64 importance of distinct values ``start:stop``: its step in ``pw``."""
+        stop = self.xd.numel() if stop is None else stop
+        return (self.pw[start + 1 : stop + 1] - self.pw[start:stop]).to(torch.float64)
 
 
 def _prefix(v: torch.Tensor) -> torch.Tensor:
@@ -421,10 +432,16 @@ def _prepare(values: torch.Tensor, weights: torch.Tensor | None) -> _Sorted:
     merged = distinct.numel() != xs.numel()
     del xs, x
     if weights is None:
-        wd = counts.to(torch.float64)
+        pw = _prefix(counts.to(torch.int32) if values.numel() < 1 << 31 else counts)
         del counts
-        pw = _prefix(wd)
-        n_pos = wd.numel()
+        xd = distinct.to(torch.float64)
+        del distinct
+        px = torch.empty(xd.numel() + 1, dtype=torch.float64, device=xd.device)
+        nd = xd.numel()
+        for a in range(0, nd, _LABEL_BLOCK):  # count × value, a block at a time (exact counts)
+            b = min(a + _LABEL_BLOCK, nd)
+            torch.mul(pw[a + 1 : b + 1] - pw[a:b], xd[a:b], out=px[a + 1 : b + 1])
+        n_pos = nd
     else:
         # Everything below works from these prefix sums, so the importance of a value is
         # taken as its step in them (deterministic on every device; a run of zeros stays
@@ -442,13 +459,13 @@ def _prepare(values: torch.Tensor, weights: torch.Tensor | None) -> _Sorted:
             del run_start
         else:
             del counts
-        wd = pw[1:] - pw[:-1]
-        n_pos = int((wd > 0).sum())
-    xd = distinct.to(torch.float64)
-    del distinct
-    px = torch.empty_like(pw)
-    torch.mul(wd, xd, out=px[1:])
-    return _Sorted(xd, wd, pw, _prefix_in_place(px), n_pos)
+        xd = distinct.to(torch.float64)
+        del distinct
+        px = torch.empty_like(pw)
+        torch.sub(pw[1:], pw[:-1], out=px[1:])  # the importance, for a moment
+        n_pos = int((px[1:] > 0).sum())
+        px[1:].mul_(xd)
+    return _Sorted(xd, pw, _prefix_in_place(px), n_pos)
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,7 +473,7 @@ def _prepare(values: torch.Tensor, weights: torch.Tensor | None) -> _Sorted:
 
 
 def _linear(s: _Sorted, k: int) -> torch.Tensor:
-    live = s.xd if s.n_pos == s.xd.numel() else s.xd[s.wd > 0]
+    live = s.xd if s.n_pos == s.xd.numel() else s.xd[s.importance() > 0]
     lo, hi = float(live[0]), float(live[-1])
     return torch.linspace(lo, hi, k, dtype=torch.float64, device=s.xd.device)
 
@@ -464,9 +481,9 @@ def _linear(s: _Sorted, k: int) -> torch.Tensor:
 def _density(s: _Sorted, k: int) -> torch.Tensor:
     """Values at the weighted-CDF levels (i + 0.5) / k (duplicates are possible: Lloyd's
     empty-cluster rule separates them)."""
-    total = s.pw[-1]
+    total = s.pw[-1].to(torch.float64)
     levels = (torch.arange(k, dtype=torch.float64, device=s.xd.device) + 0.5) / k * total
-    idx = torch.searchsorted(s.pw[1:].contiguous(), levels).clamp_(max=s.xd.numel() - 1)
+    idx = torch.searchsorted(s.pw[1:].to(torch.float64), levels).clamp_(max=s.xd.numel() - 1)
     return s.xd[idx]
 
 
@@ -474,7 +491,7 @@ def _forgy(s: _Sorted, k: int, gen: torch.Generator) -> torch.Tensor:
     """k distinct values drawn without replacement, with probability proportional to their
     importance (their count when unweighted), by Efraimidis–Spirakis keys ``log(u) / w``."""
     u = torch.rand(s.xd.numel(), generator=gen, dtype=torch.float64).to(s.xd.device)
-    keys = torch.log(u.clamp_(min=1e-300)) / s.wd  # zero importance -> -inf, never chosen
+    keys = torch.log(u.clamp_(min=1e-300)) / s.importance()  # zero importance: -inf, never chosen
     idx = torch.topk(keys, k).indices
     return s.xd[idx]
 
@@ -486,11 +503,14 @@ def _kmeanspp(s: _Sorted, k: int, gen: torch.Generator) -> torch.Tensor:
     replacement in proportion to importance (equal draws merged, weighted by their count), so
     it costs O(k · 2^17) whatever n is.
     """
-    x, w = s.xd, s.wd
+    x = s.xd
     device = x.device
-    if x.numel() > _KMEANSPP_SAMPLE:
+    if x.numel() <= _KMEANSPP_SAMPLE:
+        w = s.importance()
+    else:
         u = torch.rand(_KMEANSPP_SAMPLE, generator=gen, dtype=torch.float64).to(device)
-        pick = torch.searchsorted(s.pw[1:].contiguous(), u * s.pw[-1], right=True)
+        whole = s.pw[-1].to(torch.float64)
+        pick = torch.searchsorted(s.pw[1:].to(torch.float64), u * whole, right=True)
         pick = torch.sort(pick.clamp_(max=x.numel() - 1)).values
         uniq, cnt = torch.unique_consecutive(pick, return_counts=True)
         x, w = x[uniq], cnt.to(torch.float64)
@@ -584,7 +604,7 @@ def _farthest(s: _Sorted, c: torch.Tensor, n_new: int) -> torch.Tensor:
     to their nearest centroid in sorted ``c`` (ties: the smaller value first). Those values
     are not centroids already (their error is positive), so the centroids stay distinct."""
     err = s.xd - _spread(c, _search(s.xd, (c[1:] + c[:-1]) / 2), s.xd.numel())
-    err.square_().mul_(s.wd)
+    err.square_().mul_(s.importance())
     n_cand = min(n_new, int((err > 0).sum()))
     if n_cand == 0:
         return c
@@ -617,12 +637,13 @@ def _reseat(
 
     Cost: O(k log n), plus O(n) in the rare fallback.
     """
-    pw, px, xd = s.pw, s.px, s.xd
-    sw = pw[stops] - pw[starts]
+    px, xd = s.px, s.xd
+    cum = s.cum
+    sw = cum(stops) - cum(starts)
     sx = px[stops] - px[starts]
     mean = sx / torch.where(live, sw, torch.ones_like(sw))
     q = torch.minimum(torch.maximum(_search(xd, mean), starts), stops)
-    wl, wr = pw[q] - pw[starts], pw[stops] - pw[q]
+    wl, wr = cum(q) - cum(starts), cum(stops) - cum(q)
     cross = (px[q] - px[starts]) * wr - (px[stops] - px[q]) * wl
     ok = live & (wl > 0) & (wr > 0)
     den = torch.where(ok, wl * wr * sw, torch.ones_like(sw))
@@ -668,7 +689,7 @@ def _lloyd(
             return c, iterations, False
         starts = torch.cat([zero, ends])
         stops = torch.cat([ends, last])
-        sw = s.pw[stops] - s.pw[starts]
+        sw = s.cum(stops) - s.cum(starts)
         sx = s.px[stops] - s.px[starts]
         live = sw > 0
         mean = sx / torch.where(live, sw, torch.ones_like(sw))
@@ -693,22 +714,9 @@ def _lloyd(
             return c, iterations, True
 
 
-def _finish(
-    values: torch.Tensor,
-    s: _Sorted,
-    c64: torch.Tensor,
-    k_requested: int,
-    iterations: int,
-    converged: bool,
-    notes: list[str],
-) -> KMeansResult:
-    """Round the centroids to float32, label every value (nearest), and compute the SSE.
-
-    A value's label is the number of midpoints between consecutive centroids that are <= it
-    (a value at a midpoint goes right, as in Lloyd's search). It is found from the values
-    themselves, a block at a time, so no sort permutation needs to be kept: a value compares
-    with a midpoint exactly as its float64 distinct value in ``s.xd`` does.
-    """
+def _codebook(s: _Sorted, c64: torch.Tensor, notes: list[str]) -> tuple[torch.Tensor, float]:
+    """Round the centroids to float32 (merging any that become equal) and compute the SSE of
+    the nearest-centroid assignment; returns (float32 centroids, SSE)."""
     c32 = c64.to(torch.float32)
     if c32.numel() > 1 and bool((c32[1:] == c32[:-1]).any()):
         before = int(c32.numel())
@@ -718,20 +726,39 @@ def _finish(
             "resolution were merged"
         )
     c = c32.to(torch.float64)
-    k_eff = int(c.numel())
-    device = values.device
-    mids = (c[1:] + c[:-1]) / 2
-    bounds = _search(s.xd, mids)
     nd = s.xd.numel()
-    zero = torch.zeros(1, dtype=torch.int64, device=device)
-    dbounds = torch.cat([zero, bounds, torch.full((1,), nd, dtype=torch.int64, device=device)])
+    bounds = [0, *_search(s.xd, (c[1:] + c[:-1]) / 2).tolist(), nd]
     # (centroid − value)² is (value − centroid)² bit for bit; built in place, one array
-    err = torch.repeat_interleave(c, dbounds[1:] - dbounds[:-1], output_size=nd)
-    sse = sum_float64(err.sub_(s.xd).square_().mul_(s.wd))
-    del err  # (8 bytes a distinct value: gone before the labels are built)
+    err = torch.empty(nd, dtype=torch.float64, device=c.device)
+    for j in range(c.numel()):
+        err[bounds[j] : bounds[j + 1]] = c[j]
+    err.sub_(s.xd).square_()
+    for a in range(0, nd, _LABEL_BLOCK):  # times the importance, a block at a time
+        err[a : a + _LABEL_BLOCK].mul_(s.importance(a, min(a + _LABEL_BLOCK, nd)))
+    return c32, sum_float64(err)
+
+
+def _result(
+    values: torch.Tensor,
+    c32: torch.Tensor,
+    sse: float,
+    k_requested: int,
+    iterations: int,
+    converged: bool,
+    notes: list[str],
+) -> KMeansResult:
+    """Label every value with its nearest centroid in ``c32`` and build the result.
+
+    A value's label is the number of midpoints between consecutive centroids that are <= it
+    (a value at a midpoint goes right, as in Lloyd's search). It is found from the values
+    themselves, a block at a time, so no sort permutation needs to be kept: a value compares
+    with a midpoint exactly as its float64 distinct value in ``_Sorted.xd`` does.
+    """
+    c = c32.to(torch.float64)
+    mids = (c[1:] + c[:-1]) / 2
     flat = values.detach()
     n = flat.numel()
-    labels = torch.empty(n, dtype=torch.int64, device=device)
+    labels = torch.empty(n, dtype=torch.int64, device=values.device)
     for a in range(0, n, _LABEL_BLOCK):
         block = flat[a : a + _LABEL_BLOCK].to(torch.float64)
         torch.searchsorted(mids, block, right=True, out=labels[a : a + _LABEL_BLOCK])
@@ -739,12 +766,26 @@ def _finish(
         centroids=c32,
         labels=labels,
         k_requested=k_requested,
-        k=k_eff,
+        k=int(c32.numel()),
         iterations=iterations,
         sse=sse,
         converged=converged,
         notes=tuple(notes),
     )
+
+
+def _finish(
+    values: torch.Tensor,
+    s: _Sorted,
+    c64: torch.Tensor,
+    k_requested: int,
+    iterations: int,
+    converged: bool,
+    notes: list[str],
+) -> KMeansResult:
+    """:func:`_codebook` then :func:`_result` (for callers whose ``s`` is small)."""
+    c32, sse = _codebook(s, c64, notes)
+    return _result(values, c32, sse, k_requested, iterations, converged, notes)
 
 
 def _reduced(values: torch.Tensor, s: _Sorted, k: int, weighted: bool) -> KMeansResult:
@@ -753,7 +794,7 @@ def _reduced(values: torch.Tensor, s: _Sorted, k: int, weighted: bool) -> KMeans
     if s.n_pos < k:
         what = "distinct value(s) with non-zero importance" if weighted else "distinct value(s)"
         notes.append(f"k reduced from {k} to {s.n_pos}: only {s.n_pos} {what}")
-    live = s.xd if s.n_pos == s.xd.numel() else s.xd[s.wd > 0]
+    live = s.xd if s.n_pos == s.xd.numel() else s.xd[s.importance() > 0]
     return _finish(values, s, live, k, 0, True, notes)
 
 
@@ -840,9 +881,10 @@ def kmeans_1d(
     notes: list[str] = []
     if not converged:
         notes.append(f"k-means stopped at max_iter={max_iter} before the assignment settled")
-    # _finish needs no prefix sums: let them go before it builds the labels (16 bytes a value)
-    s = replace(s, pw=s.pw.new_empty(0), px=s.px.new_empty(0))
-    return _finish(values, s, c, k, iterations, converged, notes)
+    s = replace(s, px=s.px.new_empty(0))  # _codebook needs no px: let it go first
+    c32, sse = _codebook(s, c, notes)
+    del s  # (12 bytes a distinct value: gone before the labels are built)
+    return _result(values, c32, sse, k, iterations, converged, notes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -941,8 +983,9 @@ def optimal_kmeans_1d(
     s = _prepare(values, _check_weights(values, weights))
     if s.n_pos <= k:
         return _reduced(values, s, k, weights is not None)
-    live = s.wd > 0
-    x, wx = s.xd[live], s.wd[live]
+    importance = s.importance()
+    live = importance > 0
+    x, wx = s.xd[live], importance[live]
     cut = _optimal_cuts(x, wx, k)
     pw, px = _prefix(wx), _prefix(wx * x)
     mean = (px[cut[1:]] - px[cut[:-1]]) / (pw[cut[1:]] - pw[cut[:-1]])
