@@ -323,10 +323,10 @@ class _Sorted:
     importance, ``px`` those of importance × value.
 
     No permutation is kept (the labels are found from the values themselves at the end, see
-    :func:`_finish`), and no array of the importance itself: it is the step in ``pw``
+    :func:`_result`), and no array of the importance itself: it is the step in ``pw``
     (:meth:`importance`). Without importance ``pw`` holds the run starts as integers, int32
     below 2^31 values. So while Lloyd runs the work arrays take 20 bytes a distinct value
-    (28 with importance).
+    (24 with importance).
     """
 
     xd: torch.Tensor  # float64 distinct values, ascending
