@@ -258,7 +258,8 @@ def weighted_sse(
     err = values.to(torch.float64, copy=True)  # the work arrays are updated in place
     c = centroids.to(torch.float64)
     for start in range(0, err.numel(), _SSE_BLOCK):  # the gathered centroids, a block at a time
-        err[start : start + _SSE_BLOCK] -= c[labels[start : start + _SSE_BLOCK]]
+        # (index_select takes int32 labels as they are; [] would copy them to int64)
+        err[start : start + _SSE_BLOCK] -= c.index_select(0, labels[start : start + _SSE_BLOCK])
     if weights is None:
         return sum_float64(err.square_())  # 1·e·e is e·e exactly
     weighted = weights.to(torch.float64) * err

@@ -50,13 +50,14 @@ MAX_GRID_SPAN = 1 << 20
 
 
 def _cells(values: torch.Tensor, k: int) -> torch.Tensor:
-    """Uniform bin index of each value over ``[min, max]`` (``k`` bins)."""
+    """Uniform bin index of each value over ``[min, max]`` (``k`` bins), as int32 (half the
+    memory of int64 labels until :func:`_finish` has computed the SSE)."""
     lo, hi = values.min(), values.max()
     if float(hi) == float(lo):
-        return torch.zeros_like(values, dtype=torch.int64)
+        return torch.zeros_like(values, dtype=torch.int32)
     scaled = values.to(torch.float64, copy=True)  # (x − lo) / (hi − lo) · k, in place
     scaled.sub_(float(lo)).div_(float(hi) - float(lo)).mul_(k)
-    return scaled.floor_().clamp_(0, k - 1).to(torch.int64)
+    return scaled.floor_().clamp_(0, k - 1).to(torch.int32)
 
 
 def _finish(
@@ -69,7 +70,12 @@ def _finish(
     notes: list[str],
 ) -> KMeansResult:
     """Drop empty clusters, sort centres, relabel, and compute the SSE (``weights=None``:
-    importance 1 everywhere, the same sums without a tensor of ones)."""
+    importance 1 everywhere, the same sums without a tensor of ones).
+
+    ``cluster_of_value`` is int32 or int64. The SSE is computed from it, through a table of
+    each cluster's final centroid, before the int64 labels exist: the errors (8 bytes a
+    value) and the labels are never held at once.
+    """
     n_clusters = int(cluster_of_value.max()) + 1
     x = values.to(torch.float64)
     count = torch.bincount(cluster_of_value, minlength=n_clusters)
@@ -88,23 +94,26 @@ def _finish(
     centre = torch.where(wsum > 0, xsum / wsum.clamp(min=1e-300), plain / count.clamp(min=1))
     order = torch.argsort(centre[used], stable=True)
     centroids = centre[used][order]
-    remap = torch.full((n_clusters,), -1, dtype=torch.int64, device=values.device)
+    # each cluster's label (an empty cluster has no member: 0 stands in for it)
+    remap = torch.zeros(n_clusters, dtype=torch.int64, device=values.device)
     remap[torch.nonzero(used).flatten()[order]] = torch.arange(
         centroids.numel(), device=values.device
     )
-    labels = remap[cluster_of_value]
-    del cluster_of_value  # (int64, one per value: freed here unless the caller holds it)
     if centroids.numel() < k_requested:
         notes.append(f"{k_requested - centroids.numel()} of {k_requested} levels unused")
     centroids32 = centroids.to(torch.float32)
     if centroids32.numel() > 1 and bool((centroids32[1:] == centroids32[:-1]).any()):
         # (float64 values) centres closer than float32 resolution become one level
         centroids32, merged = torch.unique_consecutive(centroids32, return_inverse=True)
-        labels = merged[labels]
+        remap = merged[remap]
         notes.append(
             f"{centroids.numel() - centroids32.numel()} level(s) closer than float32 "
             "resolution were merged"
         )
+    # the SSE against centroids32[label], read through the cluster numbers: the same errors
+    sse = weighted_sse(values, centroids32.to(torch.float64)[remap], cluster_of_value, weights)
+    labels = torch.index_select(remap, 0, cluster_of_value)  # ([] would copy int32 to int64)
+    del cluster_of_value  # (freed here unless the caller holds it)
     k_eff = int(centroids32.numel())
     return KMeansResult(
         centroids=centroids32,
@@ -112,7 +121,7 @@ def _finish(
         k_requested=k_requested,
         k=k_eff,
         iterations=iterations,
-        sse=weighted_sse(values, centroids32, labels, weights),
+        sse=sse,
         converged=converged,
         notes=tuple(notes),
     )
