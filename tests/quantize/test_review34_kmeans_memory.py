@@ -8,6 +8,7 @@ strided views."""
 from __future__ import annotations
 
 import random
+import warnings
 from fractions import Fraction
 
 import pytest
@@ -84,6 +85,18 @@ def test_a_value_of_no_importance_at_a_midpoint_goes_right_in_every_block(
     assert got.centroids.tolist() == [0.0, 2.0]
     assert got.labels.tolist() == [1, 0, 0, 1, 1, 0, 1, 0, 1]
     assert got.sse == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_strided_view_without_importance_is_labelled_quietly(dtype: torch.dtype) -> None:
+    # the labels are searched from the values: a strided float64 view must not reach
+    # searchsorted as it is (torch warns that it copies a non-contiguous input)
+    base = torch.tensor([1.0, -0.0, 2.0, 0.0, 3.0, -0.0, 4.0, 0.0] * 3, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = kmeans_1d(base[::2], 2)
+    assert got.centroids.tolist() == [1.5, 3.5]
+    assert got.labels.tolist() == [0, 0, 1, 1] * 3
 
 
 def test_labels_of_a_strided_view_are_those_of_its_copy(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -761,7 +761,7 @@ def _result(
     n = flat.numel()
     labels = torch.empty(n, dtype=torch.int64, device=values.device)
     for a in range(0, n, _LABEL_BLOCK):
-        block = flat[a : a + _LABEL_BLOCK].to(torch.float64)
+        block = flat[a : a + _LABEL_BLOCK].to(torch.float64).contiguous()  # (a strided view)
         torch.searchsorted(mids, block, right=True, out=labels[a : a + _LABEL_BLOCK])
     return KMeansResult(
         centroids=c32,
