@@ -138,14 +138,18 @@ def make_dirs(directory: Path) -> list[Path]:
     if not directory.is_dir():  # a file (or a dangling link) on the way
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory))
     created: list[Path] = []
-    for d in reversed(missing):
-        try:
-            d.mkdir()
-        except FileExistsError:  # made meanwhile by another writer: not ours to remove
-            if not d.is_dir():
-                raise
-        else:
-            created.insert(0, d)
+    try:
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:  # made meanwhile by another writer: not ours to remove
+                if not d.is_dir():
+                    raise
+            else:
+                created.insert(0, d)
+    except BaseException:  # a name too long, a full disk: none of the directories is left
+        remove_dirs(created)
+        raise
     return created
 
 
@@ -156,10 +160,12 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     The parent directory is created if needed. The temporary file exists (empty) and has the
     permission bits ``dest`` will end with: those of the file it replaces, else what a plain
     ``open()`` would give a new file (bits that a writer replacing the temporary file by its
-    own changed are set back before the rename). When the block succeeds the temporary file is
-    fsync'ed, then renamed over ``dest``. On any exception the temporary file is deleted, the
-    directories created for it are removed (when still empty) and ``dest`` is left as it was;
-    an ``OSError`` that names no file (a full disk) is given ``dest`` as its file name.
+    own changed are set back before the rename; the owner's write bit, which it has until then
+    so that it can be written, is taken off for a read-only ``dest``). When the block succeeds
+    the temporary file is fsync'ed, then renamed over ``dest``. On any exception the temporary
+    file is deleted, the directories created for it are removed (when still empty) and ``dest``
+    is left as it was; an ``OSError`` that names no file (a full disk) is given ``dest`` as its
+    file name.
     """
     with _atomic_path(dest, sync=True) as tmp:
         yield tmp
@@ -178,9 +184,11 @@ def _atomic_path(dest: str | os.PathLike[str], *, sync: bool) -> Iterator[Path]:
         remove_dirs(created)
         raise
     try:
+        mode = stat.S_IMODE(os.stat(tmp).st_mode)  # what open() gives a new file
         with suppress(FileNotFoundError):  # replacing a file: keep its permission bits
-            os.chmod(tmp, os.stat(target).st_mode & 0o777)  # (not setuid, setgid, sticky)
-        mode = stat.S_IMODE(os.stat(tmp).st_mode)
+            mode = os.stat(target).st_mode & 0o777  # (not setuid, setgid, sticky)
+            # writable by its owner until the rename, so that a read-only file is replaced
+            os.chmod(tmp, mode | stat.S_IWUSR)
         yield tmp
         if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # the writer put its own file there
             os.chmod(tmp, mode)
