@@ -51,7 +51,8 @@ if hasattr(errno, "EDQUOT"):  # (not on Windows)
 
 
 def os_error_reason(exc: OSError) -> str:
-    """What went wrong in a failed write, in a few words, for a message that names the path.
+    """What went wrong in a failed read or write, in a few words, for a message that names the
+    path.
 
     ``read-only file system`` (``EROFS``), ``no permission`` (``EACCES``, ``EPERM``),
     ``disk full`` (``ENOSPC``, ``EDQUOT``), else the error's ``strerror`` (or its text).

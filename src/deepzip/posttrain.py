@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import torch
 
+from deepzip._atomic import os_error_reason
 from deepzip._select import masked_values
 from deepzip.config import CoderName, IndexBitsSpec, QuantizeConfig, check_index_bits
 from deepzip.errors import CheckpointError, ConfigError, InvalidTensorError
@@ -318,6 +319,7 @@ def _safetensors_source(files: Sequence[Path], label: str) -> _Source:
     owner: dict[str, Path] = {}
     names: list[str] = []
     for f in files:
+        check_checkpoint_file(f)  # (safe_open reports a shard it may not read as missing)
         try:
             with safe_open(str(f), framework="pt") as handle:
                 keys = list(handle.keys())
@@ -344,7 +346,11 @@ def _hf_shards(directory: Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            raw = index.read_bytes()
+        except OSError as exc:
+            raise CheckpointError(f"{index}: cannot read it: {os_error_reason(exc)}") from exc
+        try:
+            weight_map = json.loads(raw.decode("utf-8"))["weight_map"]
             files = sorted({str(v) for v in weight_map.values()})
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CheckpointError(f"{index}: not a safetensors index ({exc})") from exc

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
-from deepzip._atomic import atomic_path
+from deepzip._atomic import atomic_path, os_error_reason
 from deepzip._parametrize import own_tensor_order
 from deepzip.coding.bloomier import BloomierFilter
 from deepzip.errors import CheckpointError, ConfigError, CorruptFileError, InvalidTensorError
@@ -473,16 +473,23 @@ def _fix_header_order(path: Path) -> None:
 
 
 def check_checkpoint_file(path: Path) -> None:
-    """Refuse a checkpoint path that is missing or not a regular file, before opening it.
+    """Refuse a checkpoint path that is missing, not a regular file or not readable, before
+    a reader opens it (safetensors reports a file it may not read as missing).
 
     Raises:
         CheckpointError: no such file; a directory, a FIFO (opening it would block) or a
-            device (named).
+            device (named); a file that cannot be opened for reading (named, with the reason,
+            e.g. no permission).
     """
     if not path.is_file():
         if path.exists():
             raise CheckpointError(f"{path}: not a checkpoint file (not a regular file)")
         raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it: {os_error_reason(exc)}") from exc
+    os.close(fd)
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
