@@ -175,8 +175,8 @@ def find_data_dir(name: str, root: str | os.PathLike[str] | None = None) -> Path
     """
     _check_name(name)
     env = os.environ.get("DEEPZIP_DATA")
-    given = root if root is not None else env
-    base = Path(given).expanduser() if given else None
+    given = root if root is not None else (env or None)  # an empty $DEEPZIP_DATA is unset
+    base = Path(given).expanduser() if given is not None else None  # root="" is Path("")
     candidates = [base, base / name] if base is not None else []
     if root is None:
         candidates += [_default_cache() / name, SYSTEM_DATA_ROOT / name]
