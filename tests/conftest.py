@@ -8,6 +8,8 @@ result depends on the code alone, not on how busy the machine is. ``pytest
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +104,17 @@ def blobs() -> tuple[torch.Tensor, torch.Tensor]:
     y = torch.randint(0, 4, (1024,), generator=g)
     x = centers[y] + torch.randn(1024, 20, generator=g)
     return x, y
+
+
+@pytest.fixture
+def umask() -> Iterator[None]:
+    """The process umask set to 0o022 for the test, and restored after it (the file-mode
+    tests depend on it, and set it themselves)."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,6 @@ import pytest
 from deepzip._atomic import atomic_open, atomic_path, atomic_write_bytes
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
-
-
-@pytest.fixture
-def umask() -> Iterator[None]:
-    """Restore the process umask after the test (the tests set it)."""
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def _mode(path: Path) -> int:

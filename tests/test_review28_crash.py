@@ -12,7 +12,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,17 +71,8 @@ def test_a_parent_that_is_a_file_is_named(tmp_path: Path) -> None:
     assert _names(tmp_path) == ["f"]
 
 
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
 @posix_only
-def test_a_checkpoint_gets_the_mode_open_would_give(tmp_path: Path, umask_022: None) -> None:
+def test_a_checkpoint_gets_the_mode_open_would_give(tmp_path: Path, umask: None) -> None:
     """safetensors writes its own 0o600 temporary file and renames it over the one given."""
     new = save_checkpoint(nn.Linear(2, 2), tmp_path / "new.safetensors")
     assert _mode(new) == 0o644

@@ -16,7 +16,7 @@ import re
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -371,15 +371,6 @@ def test_a_quota_exceeded_is_a_full_disk() -> None:
 
 def test_an_os_error_with_no_errno_gives_its_text() -> None:
     assert os_error_reason(OSError("the medium went away")) == "the medium went away"
-
-
-@pytest.fixture
-def umask() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 @posix_only
