@@ -416,8 +416,8 @@ def _prepare(values: torch.Tensor, weights: torch.Tensor | None) -> _Sorted:
 
     ``weights`` is the validated float64 importance. Callers pass their only reference
     (``_prepare(values, _check_weights(...))``), so a copy made by the validation is freed
-    once it is gathered into sorted order. The work arrays take 8 bytes a value each, so
-    each is freed as soon as nothing below needs it.
+    once it is gathered into sorted order. Each work array is freed as soon as nothing below
+    needs it.
     """
     x = values.detach()
     if x.dtype != torch.float64:
