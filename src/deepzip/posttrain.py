@@ -344,7 +344,11 @@ def _safetensors_source(files: Sequence[Path], label: str) -> _Source:
 
 def _hf_shards(directory: Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
-    if index.is_file():
+    try:
+        indexed = index.is_file()
+    except OSError as exc:  # the directory may not be searched
+        raise CheckpointError(f"{index}: cannot read it: {os_error_reason(exc)}") from exc
+    if indexed:
         try:
             raw = index.read_bytes()
         except OSError as exc:
@@ -363,6 +367,11 @@ def _hf_shards(directory: Path) -> list[Path]:
                 raise CheckpointError(f"{index}: shard {name!r} is not a file in {directory}")
             paths.append(p)
         return paths
+    try:  # (glob finds nothing in a directory it may not list)
+        with os.scandir(directory):
+            pass
+    except OSError as exc:
+        raise CheckpointError(f"{directory}: cannot list it: {os_error_reason(exc)}") from exc
     shards = sorted(directory.glob("*.safetensors"))
     if not shards:
         raise CheckpointError(
@@ -373,7 +382,11 @@ def _hf_shards(directory: Path) -> list[Path]:
 
 def _open_source(src: Path) -> _Source:
     label = str(src)
-    if src.is_dir():
+    try:
+        directory = src.is_dir()
+    except OSError as exc:  # a directory on the way that may not be searched
+        raise CheckpointError(f"{src}: cannot read it: {os_error_reason(exc)}") from exc
+    if directory:
         return _safetensors_source(_hf_shards(src), label)
     check_checkpoint_file(src)
     suffix = src.suffix.lower()

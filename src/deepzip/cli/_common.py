@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -189,6 +190,25 @@ def _check_output(
         code = errno.EROFS if _read_only(above) else errno.EACCES
         reason = os_error_reason(OSError(code, os.strerror(code)))
         raise ConfigError(f"{flag} {path}: cannot write in {above}: {reason}")
+    if not directory and _sticky_refuses(p):
+        raise ConfigError(
+            f"{flag} {path}: cannot replace it: another user's file in {above}, whose sticky "
+            "bit lets only the file's owner replace it"
+        )
+
+
+def _sticky_refuses(path: Path) -> bool:
+    """Whether the sticky bit of ``path``'s directory (as on ``/tmp``) keeps this process from
+    replacing the existing ``path``: only the owner of the file or of the directory (or root)
+    may rename over it (POSIX; elsewhere False)."""
+    if not hasattr(os, "geteuid"):  # (Windows)
+        return False
+    try:
+        folder, entry = os.stat(path.parent), os.lstat(path)
+    except OSError:  # no file to replace (or none that can be seen): nothing refuses
+        return False
+    uid = os.geteuid()
+    return bool(folder.st_mode & stat.S_ISVTX) and uid not in (0, folder.st_uid, entry.st_uid)
 
 
 def _read_only(directory: Path) -> bool:
@@ -229,7 +249,7 @@ def _check_distinct(
         return
     p, q = Path(path), Path(other)
     same = p.resolve() == q.resolve()
-    if not same and p.exists() and q.exists():
+    if not same and os.path.exists(p) and os.path.exists(q):  # (False where not searchable)
         try:
             same = os.path.samefile(p, q)
         except OSError:  # vanished or unreadable meanwhile: the write reports it

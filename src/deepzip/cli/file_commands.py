@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def _zoo_model_of(source: str) -> dict[str, str]:
     so that ``deepzip bench`` knows the compressed file's architecture; ``{}`` otherwise (an
     unreadable file is reported by the compression itself)."""
     path = Path(source)
-    if path.suffix.lower() != ".safetensors" or not path.is_file():
+    if path.suffix.lower() != ".safetensors" or not os.path.isfile(path):  # (False on EACCES)
         return {}
     try:
         from safetensors import safe_open

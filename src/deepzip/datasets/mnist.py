@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from deepzip._atomic import atomic_open
+from deepzip._atomic import atomic_open, os_error_reason
 from deepzip.datasets.idx import read_idx
 from deepzip.errors import (
     ConfigError,
@@ -180,15 +180,25 @@ def find_data_dir(name: str, root: str | os.PathLike[str] | None = None) -> Path
     candidates = [base, base / name] if base is not None else []
     if root is None:
         candidates += [_default_cache() / name, SYSTEM_DATA_ROOT / name]
+    refused: dict[Path, str] = {}
     for directory in candidates:
-        if _holds(directory):
+        try:
+            found = _holds(directory)
+        except OSError as exc:  # one it may not look in (another user's home): search on
+            refused[directory] = os_error_reason(exc)
+            continue
+        if found:
             logger.debug("%s data found in %s", name, directory)
             return directory
     files = ", ".join(_all_files())
     lines = [f"{name} data not found: no directory holds {files} (raw or .gz). Searched:"]
     if root is None and not env:
         lines.append("  - $DEEPZIP_DATA: not set")
-    lines += [f"  - {directory}" for directory in candidates]
+    lines += [
+        f"  - {directory}"
+        + (f" (cannot look in it: {refused[directory]})" if directory in refused else "")
+        for directory in candidates
+    ]
     lines.append("To get the data, do one of:")
     hints = [
         *_apt_hint(name),

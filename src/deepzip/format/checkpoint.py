@@ -481,8 +481,13 @@ def check_checkpoint_file(path: Path) -> None:
             device (named); a file that cannot be opened for reading (named, with the reason,
             e.g. no permission).
     """
-    if not path.is_file():
-        if path.exists():
+    try:
+        regular = path.is_file()
+        present = regular or path.exists()
+    except OSError as exc:  # a directory on the way that may not be searched
+        raise CheckpointError(f"{path}: cannot read it: {os_error_reason(exc)}") from exc
+    if not regular:
+        if present:
             raise CheckpointError(f"{path}: not a checkpoint file (not a regular file)")
         raise CheckpointError(f"checkpoint not found: {path}")
     try:

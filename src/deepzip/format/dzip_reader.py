@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepzip._atomic import os_error_reason
 from deepzip.coding.bloomier import BloomierFilter
 from deepzip.coding.sparse_index import RelativeIndex, decode_relative
 from deepzip.coding.streams import EncodedStream, decode_symbols
@@ -177,7 +178,7 @@ class DzipReader:
         try:
             self._fh: io.BufferedReader = self.path.open("rb")
         except OSError as exc:
-            raise CorruptFileError(f"{self.path}: cannot open: {exc}") from exc
+            raise CorruptFileError(f"{self.path}: cannot open: {os_error_reason(exc)}") from exc
         try:
             size = os.fstat(self._fh.fileno()).st_size
             self.header = self._read_header(size)

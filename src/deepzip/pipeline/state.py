@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from deepzip._atomic import os_error_reason
 from deepzip.config import (
     Recipe,
 )
@@ -363,7 +364,11 @@ def load_stage_checkpoint(model: nn.Module, path: Path, *, sha256: str | None = 
         restore = "Restore it, or restart the run (restart=True; --restart on the command line)"
         if not path.is_file():
             raise CheckpointError(f"{path}: the run wrote this checkpoint, it is gone. {restore}")
-        if (found := file_sha256(path)) != sha256:
+        try:
+            found = file_sha256(path)
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read it: {os_error_reason(exc)}") from exc
+        if found != sha256:
             raise CheckpointError(
                 f"{path}: changed since the run wrote it (SHA-256 {found[:16]}…, recorded "
                 f"{sha256[:16]}…); resuming from it would not give the run's result. {restore}"
@@ -415,8 +420,12 @@ def independent_copy(model: nn.Module) -> nn.Module:
 def read_state(path: Path) -> dict[str, Any]:
     """Read and check a run's ``state.json`` (``ConfigError`` when it is not a usable one)."""
     try:
-        state = json.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:  # (no permission: the run is there, restarting would discard it)
+        raise ConfigError(f"{path}: cannot read the run state: {os_error_reason(exc)}") from exc
+    try:
+        state = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: unreadable run state ({exc}); rerun with restart") from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ConfigError(f"{path}: not a deepzip run state file")
@@ -531,7 +540,9 @@ def lock_run(run_dir: Path) -> Iterator[None]:
     The lock is an advisory ``flock`` (``msvcrt.locking`` on Windows) that the system drops
     when the process ends, however it ends: a killed run leaves no lock behind. The lock file
     is removed when the block ends. On a file system that cannot lock files the block runs
-    unlocked, with a warning logged; in a directory this process cannot write to, unlocked.
+    unlocked, with a warning logged; in a directory this process cannot write to, unlocked. A
+    lock file this process may not write (another user's) is locked through a read-only
+    descriptor, and left there.
 
     Raises:
         RunLockedError: another process holds the lock.
@@ -543,8 +554,11 @@ def lock_run(run_dir: Path) -> Iterator[None]:
         except OSError as exc:
             if exc.errno not in _READ_ONLY:
                 raise
-            fd = -1  # nothing can be written there: a finished run is only read back
-            break
+            try:  # another user's lock file (a run of theirs holds it, or was killed)
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                fd = -1  # nothing can be written there: a finished run is only read back
+                break
         try:
             _lock_fd(fd, run_dir)
             try:  # a holder that finished meanwhile removed the file we locked: lock anew
@@ -565,7 +579,11 @@ def lock_run(run_dir: Path) -> Iterator[None]:
     finally:
         try:
             if sys.platform != "win32":  # (Windows cannot remove an open file)
-                path.unlink(missing_ok=True)  # while locked: nobody can hold the old file
+                try:
+                    path.unlink(missing_ok=True)  # while locked: nobody can hold the old file
+                except OSError as exc:  # another user's, in a directory it may not leave
+                    if exc.errno not in _READ_ONLY:
+                        raise
         finally:
             os.close(fd)  # releases the lock
 
