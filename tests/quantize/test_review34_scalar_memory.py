@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from deepzip.quantize.kmeans import weighted_sse
-from deepzip.quantize.scalar import uniform_quantize
+from deepzip.quantize.scalar import ecsq_quantize, uniform_quantize
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -55,3 +55,24 @@ def test_weighted_sse_takes_int32_labels_as_int64() -> None:
             for v, wi, j in zip(x.tolist(), wt, labels.tolist(), strict=True)
         )
         assert got == pytest.approx(float(exact), rel=1e-12)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_ecsq_labels_are_int64_and_the_sse_is_theirs(weighted: bool) -> None:
+    # ECSQ's rounds keep int32 labels (and the blocked path runs: n·k > 2^20); the result's
+    # labels are int64 and its SSE is that of those labels
+    g = torch.Generator().manual_seed(5)
+    n = 20_000
+    x = torch.round(torch.randn(n, generator=g) * 256) / 256
+    w = torch.randint(0, 4, (n,), generator=g).float() if weighted else None
+    got = ecsq_quantize(x, 64, 0.05, weights=w, max_iter=10)
+    assert got.labels.dtype == torch.int64
+    assert int(got.labels.min()) == 0
+    assert int(got.labels.max()) == got.k - 1
+    c = [Fraction(float(v)) for v in got.centroids]
+    wt = [1] * n if w is None else [int(v) for v in w]
+    exact = sum(
+        wi * (Fraction(float(v)) - c[j]) ** 2
+        for v, wi, j in zip(x.tolist(), wt, got.labels.tolist(), strict=True)
+    )
+    assert got.sse == pytest.approx(float(exact), rel=1e-12)

@@ -158,7 +158,7 @@ class SortedBlocks:
                 mine = own[moved]
                 stay = _cost(x[moved], h[moved], centre[mine], lr[mine]) <= best_cost[moved]
                 best[moved] = torch.where(stay, mine, best[moved])
-                new[blocks] = best
+                new[blocks] = best.to(new.dtype)
         return new
 
 

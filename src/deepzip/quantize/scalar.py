@@ -256,7 +256,9 @@ def ecsq_quantize(
     n = x.numel()
     h = w * _distortion_scale(x, w)
     # start: the uniform quantizer's occupied bins (their weighted means, their shares)
+    # (labels are int32 throughout: 4 bytes a weight in each of the round's label arrays)
     _, label = torch.unique(_cells(values, k), return_inverse=True)
+    label = label.to(torch.int32)
     blocks = SortedBlocks(x, h, k, banded=weights is not None)
     del h
     label = blocks.sort(label)  # (block order from here on; see ecsq_assign)
@@ -276,12 +278,14 @@ def ecsq_quantize(
         # drop the clusters left empty, keeping the numbering compact (the padding at the
         # end of the last block repeats its last weight, so it changes neither)
         used = torch.bincount(new_label.flatten(), minlength=centre.numel()) > 0
-        new_label = (torch.cumsum(used, 0) - 1)[new_label]
+        renumber = (torch.cumsum(used, 0) - 1).to(torch.int32)
+        new_label = torch.index_select(renumber, 0, new_label.flatten()).view(new_label.shape)
         if torch.equal(new_label, label):
             converged = True
             break
         label = new_label
     label = blocks.unsort(label)
+    del blocks, sums_of, x  # (the sorted copies and sums: 16-40 bytes a weight, not needed)
     notes = [] if converged else [f"ECSQ stopped at max_iter={max_iter} before it settled"]
     return _finish(values, w32, label, k, iterations, converged, notes)
 
