@@ -338,6 +338,7 @@ def _check_own_overrides(stages: tuple[Stage, ...]) -> None:
 
 def _check_order(stages: tuple[Stage, ...]) -> None:
     quantized: Stage | None = None
+    at = 0  # the most recent quantizing stage's number (stages may be equal: not .index)
     pruned = False
     for i, stage in enumerate(stages):
         role, where = stage.role, stage.label(i)
@@ -346,13 +347,13 @@ def _check_order(stages: tuple[Stage, ...]) -> None:
         if role in ("prune", "retrain") and quantized is not None:
             raise ConfigError(
                 f"{where}: {stage.kind} after {quantized.kind} (stage "
-                f"{stages.index(quantized) + 1}) cannot work: once weights are shared only "
+                f"{at}) cannot work: once weights are shared only "
                 "the codebooks train; prune and retrain before quantizing, fine-tune after"
             )
         if role == "analyze" and quantized is not None:
             raise ConfigError(
                 f"{where}: {stage.kind} after {quantized.kind} (stage "
-                f"{stages.index(quantized) + 1}) cannot work: it measures pruning, and "
+                f"{at}) cannot work: it measures pruning, and "
                 "quantized layers can no longer be pruned; analyze before quantizing"
             )
         if role == "retrain" and not pruned:
@@ -368,7 +369,7 @@ def _check_order(stages: tuple[Stage, ...]) -> None:
             raise ConfigError(f"{where}: encode must be the last stage")
         pruned = pruned or role == "prune"
         if role == "quantize":
-            quantized = stage
+            quantized, at = stage, i + 1
     if not stages or stages[-1].role != "encode":
         last = stages[-1].label(len(stages) - 1) if stages else "none"
         raise ConfigError(f"the last stage must be an encode stage (last: {last})")
