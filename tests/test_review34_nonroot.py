@@ -8,13 +8,10 @@ root, which may do all of it, so the refusals of the kernel are emulated."""
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -34,49 +31,7 @@ from deepzip.pipeline.state import (
     read_state,
     save_stage_checkpoint,
 )
-
-
-def _refuse(path: object) -> PermissionError:
-    return PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))  # type: ignore[arg-type]
-
-
-def _emulate(monkeypatch: pytest.MonkeyPatch, denied: Callable[[str], bool]) -> None:
-    """Looking up, opening or listing a path for which ``denied(absolute path)`` holds fails
-    with EACCES, by every route deepzip takes (os.stat, os.lstat, os.open, os.scandir,
-    Path.open, Path.read_bytes, Path.read_text)."""
-
-    def hit(path: object) -> bool:
-        return not isinstance(path, int) and denied(os.path.abspath(os.fsdecode(path)))  # type: ignore[arg-type]
-
-    def wrap(real: Callable[..., Any]) -> Callable[..., Any]:
-        def fake(path: object, *args: object, **kwargs: object) -> Any:
-            if hit(path):
-                raise _refuse(path)
-            return real(path, *args, **kwargs)
-
-        return fake
-
-    for name in ("stat", "lstat", "open", "scandir"):
-        monkeypatch.setattr(os, name, wrap(getattr(os, name)))
-    for name in ("open", "read_bytes", "read_text"):
-        monkeypatch.setattr(Path, name, wrap(getattr(Path, name)))
-
-
-def _unsearchable(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
-    """``directory`` may be looked up, but nothing in it (no search permission)."""
-    prefix = os.path.abspath(directory) + os.sep
-    _emulate(monkeypatch, lambda p: p.startswith(prefix))
-
-
-def _unreadable(monkeypatch: pytest.MonkeyPatch, path: Path, *, stat_ok: bool = True) -> None:
-    """``path`` may not be opened (no read permission); with ``stat_ok=False``, it may not be
-    listed either (a directory without read permission)."""
-    target = os.path.abspath(path)
-    real_stat, real_lstat = os.stat, os.lstat
-    _emulate(monkeypatch, lambda p: p == target)
-    if stat_ok:  # (a file without read permission can still be looked up)
-        monkeypatch.setattr(os, "stat", real_stat)
-        monkeypatch.setattr(os, "lstat", real_lstat)
+from permissions import refuse, unreadable, unsearchable
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -100,7 +55,7 @@ def test_the_data_search_goes_past_a_home_it_may_not_look_in(
     monkeypatch.delenv("DEEPZIP_DATA", raising=False)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setattr(mnist, "SYSTEM_DATA_ROOT", system)
-    _unsearchable(monkeypatch, home)
+    unsearchable(monkeypatch, home)
     assert mnist.find_data_dir("fashion-mnist") == system / "fashion-mnist"
 
 
@@ -109,7 +64,7 @@ def test_a_data_directory_it_may_not_look_in_is_said_so(
 ) -> None:
     data = tmp_path / "data"
     _idx_files(data)
-    _unsearchable(monkeypatch, data)
+    unsearchable(monkeypatch, data)
     with pytest.raises(DatasetNotFoundError) as info:
         mnist.find_data_dir("fashion-mnist", data)
     assert f"  - {data} (cannot look in it: no permission)\n" in str(info.value)
@@ -122,7 +77,7 @@ def test_a_shard_directory_that_may_not_be_listed_is_not_called_empty(
     save_file({"fc.weight": tensors["fc.weight"]}, str(tmp_path / "a.safetensors"))
     save_file({"fc.bias": tensors["fc.bias"]}, str(tmp_path / "b.safetensors"))
     out = tmp_path.parent / f"{tmp_path.name}.dzip"
-    _unreadable(monkeypatch, tmp_path)  # (its files may still be opened by name)
+    unreadable(monkeypatch, tmp_path)  # (its files may still be opened by name)
     with pytest.raises(CheckpointError) as info:
         dz.compress_checkpoint(tmp_path, out)
     assert str(info.value) == f"{tmp_path}: cannot list it: no permission"
@@ -134,7 +89,7 @@ def test_a_shard_directory_that_may_not_be_searched_is_named(
 ) -> None:
     save_file(_tensors(), str(tmp_path / "a.safetensors"))
     out = tmp_path.parent / f"{tmp_path.name}.dzip"
-    _unsearchable(monkeypatch, tmp_path)
+    unsearchable(monkeypatch, tmp_path)
     with pytest.raises(CheckpointError) as info:
         dz.compress_checkpoint(tmp_path, out)
     index = tmp_path / "model.safetensors.index.json"
@@ -150,7 +105,7 @@ def test_a_checkpoint_in_a_directory_that_may_not_be_searched_is_named(
     src = folder / "model.safetensors"
     save_file(_tensors(), str(src))
     out = tmp_path / "out.dzip"
-    _unsearchable(monkeypatch, folder)
+    unsearchable(monkeypatch, folder)
     expected = f"{src}: cannot read it: no permission"
     with pytest.raises(CheckpointError) as info:
         dz.compress_checkpoint(src, out)
@@ -171,7 +126,7 @@ def test_a_dzip_file_that_may_not_be_opened_is_named_with_the_reason(
     src = folder / "net.dzip"
     dz.save(nn.Linear(4, 4), src)
     out = tmp_path / "out.safetensors"
-    _unsearchable(monkeypatch, folder)
+    unsearchable(monkeypatch, folder)
     with pytest.raises(CorruptFileError) as info:
         DzipReader(src)
     assert str(info.value) == f"{src}: cannot open: no permission"
@@ -185,7 +140,7 @@ def test_an_unreadable_run_state_asks_for_no_restart(
 ) -> None:
     path = tmp_path / "state.json"
     path.write_text("{}")
-    _unreadable(monkeypatch, path)
+    unreadable(monkeypatch, path)
     with pytest.raises(ConfigError) as info:
         read_state(path)
     assert str(info.value) == f"{path}: cannot read the run state: no permission"
@@ -196,7 +151,7 @@ def test_an_unreadable_stage_checkpoint_is_named(
 ) -> None:
     path = tmp_path / "stage-01-train.safetensors"
     save_stage_checkpoint(nn.Linear(2, 2), path, {})
-    _unreadable(monkeypatch, path)
+    unreadable(monkeypatch, path)
     with pytest.raises(CheckpointError) as info:
         load_stage_checkpoint(nn.Linear(2, 2), path, sha256="0" * 64)
     assert str(info.value) == f"{path}: cannot read it: no permission"
@@ -247,7 +202,7 @@ def test_another_users_lock_file_still_locks_the_run(
 
         def fake_open(path: object, flags: int, *args: object, **kwargs: object) -> int:
             if os.fsdecode(path) == str(lock) and flags & (os.O_RDWR | os.O_WRONLY):  # type: ignore[arg-type]
-                raise _refuse(path)
+                raise refuse(path)
             return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
 
         monkeypatch.setattr(os, "open", fake_open)

@@ -5,9 +5,7 @@ as root, which may read anything, so the refusal of the kernel is emulated."""
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,25 +14,7 @@ from safetensors.torch import save_file
 
 import deepzip as dz
 from deepzip.errors import CheckpointError
-
-
-def _deny(monkeypatch: pytest.MonkeyPatch, denied: Path) -> None:
-    """Opening ``denied`` (by any route that reaches os.open or Path.read_bytes) fails with
-    EACCES, as it does for a user without read permission."""
-    real_open, real_read = os.open, Path.read_bytes
-
-    def fake_open(path: object, flags: int, *args: object, **kwargs: object) -> int:
-        if Path(os.fsdecode(path)).resolve() == denied.resolve():  # type: ignore[arg-type]
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
-        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
-
-    def fake_read(self: Path) -> bytes:
-        if self.resolve() == denied.resolve():
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
-        return real_read(self)
-
-    monkeypatch.setattr(os, "open", fake_open)
-    monkeypatch.setattr(Path, "read_bytes", fake_read)
+from permissions import unreadable
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -52,7 +32,7 @@ def test_an_unreadable_checkpoint_is_named_with_the_reason(
     else:
         save_file(_tensors(), str(src))
     out = tmp_path / "out.dzip"
-    _deny(monkeypatch, src)
+    unreadable(monkeypatch, src)
     with pytest.raises(CheckpointError) as info:
         dz.compress_checkpoint(src, out)
     assert str(info.value) == f"{src}: cannot read it: no permission"
@@ -69,7 +49,7 @@ def test_an_unreadable_shard_is_named(tmp_path: Path, monkeypatch: pytest.Monkey
     out = tmp_path.parent / f"{tmp_path.name}.dzip"
     dz.compress_checkpoint(tmp_path, out)  # readable: it compresses
     out.unlink()
-    _deny(monkeypatch, tmp_path / "b.safetensors")
+    unreadable(monkeypatch, tmp_path / "b.safetensors")
     with pytest.raises(CheckpointError) as info:
         dz.compress_checkpoint(tmp_path, out)
     assert str(info.value) == f"{tmp_path / 'b.safetensors'}: cannot read it: no permission"
@@ -82,7 +62,7 @@ def test_an_unreadable_shard_index_is_named(
     save_file(_tensors(), str(tmp_path / "a.safetensors"))
     index = tmp_path / "model.safetensors.index.json"
     index.write_text(json.dumps({"weight_map": {"fc.weight": "a.safetensors"}}))
-    _deny(monkeypatch, index)
+    unreadable(monkeypatch, index)
     out = tmp_path.parent / f"{tmp_path.name}.dzip"
     with pytest.raises(CheckpointError) as info:
         dz.compress_checkpoint(tmp_path, out)
