@@ -1,5 +1,5 @@
-"""Session 34: k-means keeps no sort permutation. ``_finish`` labels the values from the values
-themselves, a block of ``_LABEL_BLOCK`` at a time, and ``_prepare`` builds its prefix sums in
+"""Session 34: k-means keeps no sort permutation. ``_result`` labels the values from the values
+themselves, a block of ``_BLOCK`` at a time, and ``_prepare`` builds its prefix sums in
 place. Checked against the exact reference (kmeans_reference.py) with blocks small enough that
 every case spans several, on the inputs where the permutation used to matter: repeated values,
 -0.0 beside +0.0, values of zero importance exactly at a midpoint, non-float32 dtypes and
@@ -46,7 +46,7 @@ def _reference(
 def test_labels_match_the_reference_whatever_the_label_block(
     monkeypatch: pytest.MonkeyPatch, block: int, dtype: torch.dtype
 ) -> None:
-    monkeypatch.setattr(km, "_LABEL_BLOCK", block)
+    monkeypatch.setattr(km, "_BLOCK", block)
     rng = random.Random(34)
     checked = 0
     while checked < 25:
@@ -77,7 +77,7 @@ def test_a_value_of_no_importance_at_a_midpoint_goes_right_in_every_block(
 ) -> None:
     # centroids 0 and 2 (the values of importance); the value 1 is their midpoint, -0.0 and
     # +0.0 are the lower centroid, and 1 - 2**-23 just below the midpoint goes left
-    monkeypatch.setattr(km, "_LABEL_BLOCK", 2)
+    monkeypatch.setattr(km, "_BLOCK", 2)
     below = 1 - 2.0**-23
     values = torch.tensor([1.0, 0.0, -0.0, 2.0, 1.0, below, 2.0, 0.0, 1.0])
     weights = torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
@@ -100,7 +100,7 @@ def test_a_strided_view_without_importance_is_labelled_quietly(dtype: torch.dtyp
 
 
 def test_labels_of_a_strided_view_are_those_of_its_copy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(km, "_LABEL_BLOCK", 5)
+    monkeypatch.setattr(km, "_BLOCK", 5)
     g = torch.Generator().manual_seed(3)
     base = torch.round(torch.randn(301, generator=g) * 8) / 8
     view = base[::3]
@@ -166,7 +166,7 @@ def test_float64_values_are_labelled_at_their_own_precision(
 ) -> None:
     # 1 - 1e-12 and 1 + 1e-12 round to the midpoint 1.0 in float32; in float64 they are on
     # either side of it
-    monkeypatch.setattr(km, "_LABEL_BLOCK", 3)
+    monkeypatch.setattr(km, "_BLOCK", 3)
     values = torch.tensor([0.0, 1 - 1e-12, 2.0, 1 + 1e-12, 1.0, 0.0, 2.0], dtype=torch.float64)
     weights = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0], dtype=torch.float64)
     got = kmeans_1d(values, 2, weights=weights)

@@ -56,8 +56,10 @@ OPTIMAL_MAX_VALUES = 20_000
 _KMEANSPP_SAMPLE = 1 << 17
 """k-means++ seeds from a weighted sample of this many values when there are more (see below)."""
 
-_LABEL_BLOCK = 1 << 20
-"""Values labelled at a time by :func:`_finish` (bounds its float64 copy of them to 8 MB)."""
+_BLOCK = 1 << 20
+"""Values worked on at a time in the O(n) passes that need a temporary (a value's count ×
+value in ``_prepare``, the SSE's importance in ``_codebook``, the labels' float64 copy in
+``_result``): 8 MB a temporary."""
 
 _CPU_SEARCH_CHUNK = 200
 """ATen's CPU ``searchsorted`` goes multi-threaded above 200 queries; for the k − 1 midpoints
@@ -439,8 +441,8 @@ def _prepare(values: torch.Tensor, weights: torch.Tensor | None) -> _Sorted:
         del distinct
         px = torch.empty(xd.numel() + 1, dtype=torch.float64, device=xd.device)
         nd = xd.numel()
-        for a in range(0, nd, _LABEL_BLOCK):  # count × value, a block at a time (exact counts)
-            b = min(a + _LABEL_BLOCK, nd)
+        for a in range(0, nd, _BLOCK):  # count × value, a block at a time (exact counts)
+            b = min(a + _BLOCK, nd)
             torch.mul(pw[a + 1 : b + 1] - pw[a:b], xd[a:b], out=px[a + 1 : b + 1])
         n_pos = nd
     else:
@@ -734,8 +736,8 @@ def _codebook(s: _Sorted, c64: torch.Tensor, notes: list[str]) -> tuple[torch.Te
     for j in range(c.numel()):
         err[bounds[j] : bounds[j + 1]] = c[j]
     err.sub_(s.xd).square_()
-    for a in range(0, nd, _LABEL_BLOCK):  # times the importance, a block at a time
-        err[a : a + _LABEL_BLOCK].mul_(s.importance(a, min(a + _LABEL_BLOCK, nd)))
+    for a in range(0, nd, _BLOCK):  # times the importance, a block at a time
+        err[a : a + _BLOCK].mul_(s.importance(a, min(a + _BLOCK, nd)))
     return c32, sum_float64(err)
 
 
@@ -760,9 +762,9 @@ def _result(
     flat = values.detach()
     n = flat.numel()
     labels = torch.empty(n, dtype=torch.int64, device=values.device)
-    for a in range(0, n, _LABEL_BLOCK):
-        block = flat[a : a + _LABEL_BLOCK].to(torch.float64).contiguous()  # (a strided view)
-        torch.searchsorted(mids, block, right=True, out=labels[a : a + _LABEL_BLOCK])
+    for a in range(0, n, _BLOCK):
+        block = flat[a : a + _BLOCK].to(torch.float64).contiguous()  # (a strided view)
+        torch.searchsorted(mids, block, right=True, out=labels[a : a + _BLOCK])
     return KMeansResult(
         centroids=c32,
         labels=labels,
