@@ -45,6 +45,7 @@ from deepzip.format.checkpoint import (
     check_checkpoint_file,
     check_shared_entry,
     check_string_metadata,
+    checkpoint_read_errors,
     load_pickled_state_dict,
 )
 from deepzip.format.dzip_report import SaveReport
@@ -344,15 +345,11 @@ def _safetensors_source(files: Sequence[Path], label: str) -> _Source:
 
 def _hf_shards(directory: Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
-    try:
+    with checkpoint_read_errors(index):  # (the directory may not be searched)
         indexed = index.is_file()
-    except OSError as exc:  # the directory may not be searched
-        raise CheckpointError(f"{index}: cannot read it: {os_error_reason(exc)}") from exc
     if indexed:
-        try:
+        with checkpoint_read_errors(index):
             raw = index.read_bytes()
-        except OSError as exc:
-            raise CheckpointError(f"{index}: cannot read it: {os_error_reason(exc)}") from exc
         try:
             weight_map = json.loads(raw.decode("utf-8"))["weight_map"]
             files = sorted({str(v) for v in weight_map.values()})
@@ -382,10 +379,8 @@ def _hf_shards(directory: Path) -> list[Path]:
 
 def _open_source(src: Path) -> _Source:
     label = str(src)
-    try:
+    with checkpoint_read_errors(src):  # (a directory on the way that may not be searched)
         directory = src.is_dir()
-    except OSError as exc:  # a directory on the way that may not be searched
-        raise CheckpointError(f"{src}: cannot read it: {os_error_reason(exc)}") from exc
     if directory:
         return _safetensors_source(_hf_shards(src), label)
     check_checkpoint_file(src)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -57,6 +58,7 @@ __all__ = [
     "check_not_meta",
     "check_shared_entry",
     "check_string_metadata",
+    "checkpoint_read_errors",
     "load_checkpoint",
     "load_plain_",
     "plain_state_dict",
@@ -472,6 +474,17 @@ def _fix_header_order(path: Path) -> None:
         fh.write(blob + b" " * (size - len(blob)))  # safetensors pads its header with spaces
 
 
+@contextmanager
+def checkpoint_read_errors(path: Path) -> Iterator[None]:
+    """An ``OSError`` in the block (looking ``path`` up or reading it: no permission, a
+    directory on the way that may not be searched) is a ``CheckpointError`` naming ``path``
+    with the reason: ``<path>: cannot read it: no permission``."""
+    try:
+        yield
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it: {os_error_reason(exc)}") from exc
+
+
 def check_checkpoint_file(path: Path) -> None:
     """Refuse a checkpoint path that is missing, not a regular file or not readable, before
     a reader opens it (safetensors reports a file it may not read as missing).
@@ -481,20 +494,15 @@ def check_checkpoint_file(path: Path) -> None:
             device (named); a file that cannot be opened for reading (named, with the reason,
             e.g. no permission).
     """
-    try:
+    with checkpoint_read_errors(path):  # (a directory on the way that may not be searched)
         regular = path.is_file()
         present = regular or path.exists()
-    except OSError as exc:  # a directory on the way that may not be searched
-        raise CheckpointError(f"{path}: cannot read it: {os_error_reason(exc)}") from exc
     if not regular:
         if present:
             raise CheckpointError(f"{path}: not a checkpoint file (not a regular file)")
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read it: {os_error_reason(exc)}") from exc
-    os.close(fd)
+    with checkpoint_read_errors(path):
+        os.close(os.open(path, os.O_RDONLY))
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

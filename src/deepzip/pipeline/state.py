@@ -32,6 +32,7 @@ from deepzip.datasets import DataSplits
 from deepzip.errors import CheckpointError, ConfigError, DeepZipError
 from deepzip.format.checkpoint import (
     apply_checkpoint,
+    checkpoint_read_errors,
     plain_state_dict,
     read_checkpoint,
     save_checkpoint,
@@ -364,10 +365,8 @@ def load_stage_checkpoint(model: nn.Module, path: Path, *, sha256: str | None = 
         restore = "Restore it, or restart the run (restart=True; --restart on the command line)"
         if not path.is_file():
             raise CheckpointError(f"{path}: the run wrote this checkpoint, it is gone. {restore}")
-        try:
+        with checkpoint_read_errors(path):
             found = file_sha256(path)
-        except OSError as exc:
-            raise CheckpointError(f"{path}: cannot read it: {os_error_reason(exc)}") from exc
         if found != sha256:
             raise CheckpointError(
                 f"{path}: changed since the run wrote it (SHA-256 {found[:16]}…, recorded "
